@@ -1,0 +1,170 @@
+//! Command-line interface: thin commands over the library; prints, never decides.
+
+mod cache_cmd;
+mod inspect;
+mod run_cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::diag::{self, Diagnostic, Diagnostics};
+
+/// dnaflow: run gene-sequence language-model workflows (the DNAGPT2 tutorial) from YAML,
+/// caching every step so reruns only redo what changed.
+#[derive(Parser, Debug)]
+#[command(name = "dnaflow", version, propagate_version = true)]
+pub struct Cli {
+    /// Cache directory (objects, run records, logs).
+    #[arg(long, global = true, env = "DNAFLOW_CACHE", default_value = "cache")]
+    cache: PathBuf,
+    /// More logging (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options that choose what a workflow means (shared by run, plan, check, …).
+#[derive(clap::Args, Debug, Clone)]
+pub struct WorkflowArgs {
+    /// Workflow YAML file.
+    file: PathBuf,
+    /// Apply a named profile of parameter overrides.
+    #[arg(long)]
+    profile: Option<String>,
+    /// Override a parameter: `--set vocab=4096` (repeatable; applied after --profile).
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_set)]
+    sets: Vec<(String, String)>,
+}
+
+fn parse_set(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got `{s}`"))
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a workflow: the target steps and their ancestors (all steps by default).
+    #[command(after_help = "Examples:\n  dnaflow run workflows/ch1-data.yaml\n  dnaflow run wf.yaml train --profile full --set lr=3e-4 --report run.json")]
+    Run(run_cmd::RunArgs),
+    /// Run (or reuse) a workflow, then fail if any `expect:` bound is not met.
+    #[command(after_help = "Example (CI gate):\n  dnaflow check workflows/ch2-2-gpt2.yaml")]
+    Check(run_cmd::RunArgs),
+    /// Dry run: which steps would run, which are cached, and why.
+    #[command(after_help = "Example:\n  dnaflow plan wf.yaml --set vocab=2048")]
+    Plan(run_cmd::PlanArgs),
+    /// Explain a step: every field that changed since the last run, old → new.
+    #[command(after_help = "Example:\n  dnaflow why wf.yaml train")]
+    Why(run_cmd::WhyArgs),
+    /// Check a workflow without running anything.
+    #[command(after_help = "Example:\n  dnaflow validate workflows/*.yaml")]
+    Validate(run_cmd::ValidateArgs),
+    /// Print the step graph as text, Graphviz DOT or Mermaid (cached steps marked).
+    #[command(after_help = "Examples:\n  dnaflow dag wf.yaml\n  dnaflow dag wf.yaml --format dot | dot -Tpng -o dag.png")]
+    Dag(inspect::DagArgs),
+    /// Show or compare the metrics of runs.
+    #[command(subcommand, after_help = "Examples:\n  dnaflow metrics show\n  dnaflow metrics diff RUN_A RUN_B")]
+    Metrics(inspect::MetricsCommand),
+    /// Inspect and maintain the cache.
+    #[command(subcommand, after_help = "Examples:\n  dnaflow cache ls\n  dnaflow cache gc --max-size 20G --max-age 30d\n  dnaflow cache verify")]
+    Cache(cache_cmd::CacheCommand),
+    /// List built-in step kinds, or describe one.
+    #[command(after_help = "Example:\n  dnaflow kinds file.write")]
+    Kinds(inspect::KindsArgs),
+    /// Print the workflow JSON Schema (or write it with --write).
+    #[command(after_help = "Example:\n  dnaflow schema --write schemas/workflow.schema.json")]
+    Schema(inspect::SchemaArgs),
+    /// Print shell completions.
+    #[command(after_help = "Example:\n  dnaflow completions bash > ~/.local/share/bash-completion/completions/dnaflow")]
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
+}
+
+/// A failure the CLI reports and turns into an exit code.
+pub enum Failure {
+    /// Problems in the user's workflow, each with its place.
+    Workflow(Vec<Diagnostic>),
+    /// Anything else, with context.
+    Other(anyhow::Error),
+    /// Already reported; exit with this code.
+    Exit(u8),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Failure {
+        Failure::Other(e)
+    }
+}
+impl From<Diagnostics> for Failure {
+    fn from(d: Diagnostics) -> Failure {
+        Failure::Workflow(d.0)
+    }
+}
+impl From<Diagnostic> for Failure {
+    fn from(d: Diagnostic) -> Failure {
+        Failure::Workflow(vec![d])
+    }
+}
+
+/// Entry point of the `dnaflow` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let result = match cli.command {
+        Command::Run(a) => run_cmd::run(&cli.cache, &a, false),
+        Command::Check(a) => run_cmd::run(&cli.cache, &a, true),
+        Command::Plan(a) => run_cmd::plan_cmd(&cli.cache, &a),
+        Command::Why(a) => run_cmd::why(&cli.cache, &a),
+        Command::Validate(a) => run_cmd::validate(&a),
+        Command::Dag(a) => inspect::dag(&cli.cache, &a),
+        Command::Metrics(m) => inspect::metrics(&cli.cache, &m),
+        Command::Cache(c) => cache_cmd::cache(&cli.cache, &c),
+        Command::Kinds(a) => inspect::kinds(&a),
+        Command::Schema(a) => inspect::schema(&a),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "dnaflow", &mut std::io::stdout());
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Workflow(ds)) => {
+            for d in &ds {
+                eprintln!("{}", diag::render(d));
+            }
+            if ds.len() > 1 {
+                eprintln!("{} problems found", ds.len());
+            }
+            ExitCode::from(2)
+        }
+        Err(Failure::Other(e)) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::from(1)
+        }
+        Err(Failure::Exit(code)) => ExitCode::from(code),
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "dnaflow=info",
+        _ => "dnaflow=debug",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .try_init();
+}

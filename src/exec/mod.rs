@@ -1,0 +1,505 @@
+//! The executor: runs a [`Plan`] with a ready queue, within `--jobs` and declared resources,
+//! committing each step's outputs to the cache and writing the run record.
+
+pub mod plan;
+pub mod progress;
+pub mod shell;
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::time::Instant;
+
+use serde_json::Value;
+
+use crate::cache::runs::{self, RunRecord, StepRecord, StepStatus};
+use crate::cache::{Cache, CacheError, Manifest};
+use crate::diag::Diagnostic;
+use crate::metrics;
+use crate::steps::{StepContext, StepError};
+use crate::workflow::{Action, Step, Workflow};
+pub use plan::{Decision, Plan};
+pub use progress::OutputMode;
+pub use shell::{CANCELLED, install_interrupt_handler};
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Most steps at once.
+    pub jobs: usize,
+    /// CPU threads to share among steps.
+    pub cpus: usize,
+    /// GPUs to share among steps (indices 0..gpus).
+    pub gpus: usize,
+    /// Memory to share among steps, MiB.
+    pub mem_mb: u64,
+    /// After a failure, go on with steps that do not depend on it.
+    pub keep_going: bool,
+    pub output: OutputMode,
+}
+
+/// Errors that stop a run before it starts.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error("{0}")]
+    Resources(Diagnostic),
+}
+
+/// Machine capacity: cores, GPUs (from the driver's /proc entries or CUDA_VISIBLE_DEVICES), memory.
+pub fn detect_capacity() -> (usize, usize, u64) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let gpus = match std::env::var("CUDA_VISIBLE_DEVICES") {
+        Ok(v) if !v.trim().is_empty() => v.split(',').filter(|s| !s.trim().is_empty()).count(),
+        Ok(_) => 0,
+        Err(_) => std::fs::read_dir("/proc/driver/nvidia/gpus").map_or(0, |d| d.count()),
+    };
+    let mem_mb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb / 1024);
+    (cpus, gpus, mem_mb)
+}
+
+/// What a worker reports back.
+struct Outcome {
+    index: usize,
+    record: StepRecord,
+    gpus: Vec<usize>,
+}
+
+/// Shared state for workers.
+struct Exec<'a> {
+    wf: &'a Workflow,
+    cache: &'a Cache,
+    keys: &'a [String],
+    recipes: &'a [Option<crate::cache::Recipe>],
+    log_dir: PathBuf,
+}
+
+/// Run the plan; always writes a run record, also after failures and interrupts.
+pub fn run(plan: &Plan, cache: &Cache, opts: &RunOptions) -> Result<RunRecord, ExecError> {
+    let wf = plan.wf;
+    check_resources(plan, opts)?;
+    let _lock = cache.lock_shared()?;
+    let started = std::time::SystemTime::now();
+    let clock = Instant::now();
+    let run_id = runs::new_run_id();
+    let exec = Exec {
+        wf,
+        cache,
+        keys: &plan.keys,
+        recipes: &plan.recipes,
+        log_dir: runs::workflow_dir(&cache.runs(), &wf.name).join(&run_id),
+    };
+
+    let n = wf.steps.len();
+    let mut records: Vec<Option<StepRecord>> = vec![None; n];
+    let mut progress = progress::Progress::new(opts.output, plan.order.len());
+    for &i in &plan.order {
+        if plan.decisions[i] == Decision::Cached {
+            let rec = cached_record(plan, cache, i, "cached");
+            progress.finished(i, &wf.steps[i].name, rec.status, 0.0, &rec.reason);
+            records[i] = Some(with_expectations(&wf.steps[i], rec));
+        }
+    }
+
+    let mut launched = vec![false; n];
+    let mut free_cpus = opts.cpus.max(1);
+    let mut free_gpus: Vec<usize> = (0..opts.gpus).collect();
+    let mut free_mem = opts.mem_mb;
+    let mut running = 0usize;
+    let mut stop_reason: Option<String> = None;
+    let (tx, rx) = mpsc::channel::<Outcome>();
+
+    std::thread::scope(|scope| {
+        loop {
+            if CANCELLED.load(Ordering::SeqCst) && stop_reason.is_none() {
+                stop_reason = Some("interrupted before it started".into());
+            }
+            // Skip steps whose upstream failed; launch ready ones that fit.
+            for &i in &plan.order {
+                if records[i].is_some() || launched[i] {
+                    continue;
+                }
+                let step = &wf.steps[i];
+                if let Some(&bad) = step.deps.iter().find(|&&d| {
+                    records[d]
+                        .as_ref()
+                        .is_some_and(|r| matches!(r.status, StepStatus::Failed | StepStatus::Skipped))
+                }) {
+                    let reason = format!("upstream `{}` did not finish", wf.steps[bad].name);
+                    let rec = skipped(plan, i, reason);
+                    progress.finished(i, &step.name, StepStatus::Skipped, 0.0, &rec.reason);
+                    records[i] = Some(rec);
+                    continue;
+                }
+                if stop_reason.is_some() {
+                    continue;
+                }
+                let ready = step.deps.iter().all(|&d| records[d].is_some());
+                let need = &step.resources;
+                let cpus = (need.cpus as usize).min(opts.cpus.max(1));
+                let fits = running < opts.jobs.max(1)
+                    && cpus <= free_cpus
+                    && need.gpus as usize <= free_gpus.len()
+                    && (need.mem_mb == 0 || need.mem_mb <= free_mem);
+                if !ready || !fits {
+                    continue;
+                }
+                launched[i] = true;
+                running += 1;
+                free_cpus -= cpus;
+                free_mem = free_mem.saturating_sub(need.mem_mb);
+                let gpus: Vec<usize> = free_gpus.drain(..need.gpus as usize).collect();
+                progress.started(i, &step.name);
+                let tx = tx.clone();
+                let exec = &exec;
+                let reason = plan.reasons[i].clone();
+                scope.spawn(move || {
+                    let record = exec.step(i, cpus, &gpus, reason);
+                    let _ = tx.send(Outcome { index: i, record, gpus });
+                });
+            }
+            if running == 0 {
+                break;
+            }
+            let Ok(done) = rx.recv() else { break };
+            running -= 1;
+            let step = &wf.steps[done.index];
+            free_cpus += (step.resources.cpus as usize).min(opts.cpus.max(1));
+            free_mem += step.resources.mem_mb;
+            free_gpus.extend(done.gpus);
+            free_gpus.sort_unstable();
+            let rec = with_expectations(step, done.record);
+            progress.finished(done.index, &step.name, rec.status, rec.seconds, rec.error.as_deref().unwrap_or(&rec.reason));
+            if rec.status == StepStatus::Failed && !opts.keep_going && stop_reason.is_none() {
+                stop_reason = Some(format!(
+                    "not started: the run stopped after `{}` failed (--keep-going runs independent steps)",
+                    step.name
+                ));
+            }
+            records[done.index] = Some(rec);
+        }
+    });
+    progress.done();
+
+    // Whatever never started was stopped by a failure or an interrupt.
+    for &i in &plan.order {
+        if records[i].is_none() {
+            let reason = stop_reason.clone().unwrap_or_else(|| "not started".into());
+            records[i] = Some(skipped(plan, i, reason));
+        }
+    }
+    let steps: Vec<StepRecord> = plan.order.iter().filter_map(|&i| records[i].take()).collect();
+    let status = if CANCELLED.load(Ordering::SeqCst) {
+        "interrupted"
+    } else if steps.iter().any(|s| matches!(s.status, StepStatus::Failed | StepStatus::Skipped)) {
+        "failed"
+    } else {
+        "ok"
+    };
+    let record = RunRecord {
+        run_id,
+        workflow: wf.name.clone(),
+        file: std::path::absolute(&wf.source.path).unwrap_or_else(|_| wf.source.path.clone()),
+        profile: wf.profile.clone(),
+        params: wf.params.clone(),
+        started: humantime::format_rfc3339_millis(started).to_string(),
+        seconds: clock.elapsed().as_secs_f64(),
+        status: status.into(),
+        dnaflow_version: env!("CARGO_PKG_VERSION").into(),
+        steps,
+    };
+    runs::write(&cache.runs(), &record).map_err(|e| CacheError::Io { path: cache.runs(), source: e })?;
+    Ok(record)
+}
+
+/// Refuse a plan whose steps can never fit the machine.
+fn check_resources(plan: &Plan, opts: &RunOptions) -> Result<(), ExecError> {
+    for &i in &plan.order {
+        let step = &plan.wf.steps[i];
+        if plan.decisions[i] != Decision::Run {
+            continue;
+        }
+        let need = &step.resources;
+        let problem = if need.gpus as usize > opts.gpus {
+            Some((
+                format!("step `{}` needs {} GPU(s), but {} are available", step.name, need.gpus, opts.gpus),
+                "run it on a machine with GPUs, pass `--gpus N`, or lower `resources.gpus` (e.g. with a profile)",
+            ))
+        } else if opts.mem_mb > 0 && need.mem_mb > opts.mem_mb {
+            Some((
+                format!("step `{}` needs {} MiB of memory, but {} MiB are available", step.name, need.mem_mb, opts.mem_mb),
+                "lower `resources.mem`, or pass `--mem SIZE` if the machine really has more",
+            ))
+        } else {
+            None
+        };
+        if let Some((msg, help)) = problem {
+            return Err(ExecError::Resources(Diagnostic::at(&plan.wf.source, need.span, msg).with_help(help)));
+        }
+    }
+    Ok(())
+}
+
+fn with_expectations(step: &Step, mut rec: StepRecord) -> StepRecord {
+    if matches!(rec.status, StepStatus::Ran | StepStatus::Cached) {
+        rec.expect = step
+            .expect
+            .iter()
+            .map(|(m, e)| metrics::check(&rec.metrics, &m.value, e))
+            .collect();
+    }
+    rec
+}
+
+fn base_record(plan: &Plan, i: usize, status: StepStatus, reason: String) -> StepRecord {
+    StepRecord {
+        name: plan.wf.steps[i].name.clone(),
+        key: plan.keys[i].clone(),
+        status,
+        reason,
+        seconds: 0.0,
+        out: None,
+        metrics: Value::Object(Default::default()),
+        expect: Vec::new(),
+        error: None,
+        stdout: None,
+        stderr: None,
+        log_tail: None,
+        attempts: 0,
+    }
+}
+
+fn skipped(plan: &Plan, i: usize, reason: String) -> StepRecord {
+    base_record(plan, i, StepStatus::Skipped, reason)
+}
+
+/// A record for a step whose object is in the cache; metrics from the last run when it had the
+/// same key (no I/O), else from the object's manifest.
+fn cached_record(plan: &Plan, cache: &Cache, i: usize, reason: &str) -> StepRecord {
+    let key = &plan.keys[i];
+    let mut rec = base_record(plan, i, StepStatus::Cached, reason.into());
+    rec.out = Some(cache.out_dir(key));
+    let prev = plan
+        .previous
+        .as_ref()
+        .and_then(|p| p.step(&plan.wf.steps[i].name))
+        .filter(|s| &s.key == key && s.status != StepStatus::Failed);
+    rec.metrics = match prev {
+        Some(p) => p.metrics.clone(),
+        None => cache.manifest(key).map(|m| m.metrics).unwrap_or(Value::Object(Default::default())),
+    };
+    rec
+}
+
+impl Exec<'_> {
+    /// Compute one step (with retries) and commit it; never panics outward.
+    fn step(&self, i: usize, cpus: usize, gpus: &[usize], reason: String) -> StepRecord {
+        let step = &self.wf.steps[i];
+        let key = &self.keys[i];
+        let clock = Instant::now();
+        let mut rec = StepRecord {
+            name: step.name.clone(),
+            key: key.clone(),
+            status: StepStatus::Ran,
+            reason,
+            seconds: 0.0,
+            out: None,
+            metrics: Value::Object(Default::default()),
+            expect: Vec::new(),
+            error: None,
+            stdout: None,
+            stderr: None,
+            log_tail: None,
+            attempts: 0,
+        };
+        let fail = |mut rec: StepRecord, msg: String| {
+            rec.status = StepStatus::Failed;
+            rec.error = Some(msg);
+            rec.seconds = clock.elapsed().as_secs_f64();
+            rec
+        };
+        // Another run may be computing the same key: wait for it, then reuse its result.
+        let _key_lock = match self.cache.lock_key(key) {
+            Ok(l) => l,
+            Err(e) => return fail(rec, e.to_string()),
+        };
+        if self.cache.has(key) {
+            rec.status = StepStatus::Cached;
+            rec.reason = "cached (computed by a concurrent run)".into();
+            rec.out = Some(self.cache.out_dir(key));
+            rec.metrics = self.cache.manifest(key).map(|m| m.metrics).unwrap_or_default();
+            return rec;
+        }
+        if let Some(r) = self.recipe(i)
+            && let Err(e) = self.cache.save_recipe(key, r)
+        {
+            return fail(rec, e.to_string());
+        }
+        let safe = step.name.replace(['/', '\0'], "_");
+        let (out_path, err_path) = (self.log_dir.join(format!("{safe}.out")), self.log_dir.join(format!("{safe}.err")));
+        rec.stdout = Some(out_path.clone());
+        rec.stderr = Some(err_path.clone());
+        let attempts = step.retries + 1;
+        let mut last_error = String::new();
+        for attempt in 1..=attempts {
+            rec.attempts = attempt;
+            if CANCELLED.load(Ordering::SeqCst) {
+                last_error = "interrupted".into();
+                break;
+            }
+            match self.attempt(i, cpus, gpus, &out_path, &err_path, attempt) {
+                Ok(metrics) => {
+                    rec.metrics = metrics;
+                    rec.out = Some(self.cache.out_dir(key));
+                    rec.seconds = clock.elapsed().as_secs_f64();
+                    return rec;
+                }
+                Err(e) => last_error = e,
+            }
+        }
+        rec.log_tail = log_tail(&err_path).or_else(|| log_tail(&out_path));
+        fail(rec, last_error)
+    }
+
+    fn recipe(&self, i: usize) -> Option<&crate::cache::Recipe> {
+        self.recipes[i].as_ref()
+    }
+
+    /// One try: stage, run, check outputs, commit. Returns the metrics.
+    fn attempt(&self, i: usize, cpus: usize, gpus: &[usize], out_log: &Path, err_log: &Path, attempt: u32) -> Result<Value, String> {
+        let step = &self.wf.steps[i];
+        let key = &self.keys[i];
+        let clock = Instant::now();
+        let staging = self.cache.stage(key).map_err(|e| e.to_string())?;
+        let result = self.execute(step, &staging.out, cpus, gpus, out_log, err_log, attempt).and_then(|()| {
+            for (name, rel) in &step.outputs {
+                if !matches!(name.as_str(), "out" | "metrics") && !staging.out.join(rel).exists() {
+                    return Err(format!("declared output `{name}` ({rel}) was not written"));
+                }
+            }
+            metrics::read(&staging.out.join("metrics.json"))
+        });
+        let metrics = match result {
+            Ok(m) => m,
+            Err(e) => {
+                self.cache.discard(&staging);
+                return Err(e);
+            }
+        };
+        let manifest = Manifest {
+            key: key.clone(),
+            step: step.name.clone(),
+            workflow: self.wf.name.clone(),
+            created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            seconds: clock.elapsed().as_secs_f64(),
+            recipe: self.recipe_of(i),
+            metrics: metrics.clone(),
+            files: Default::default(),
+        };
+        self.cache.commit(staging, manifest).map_err(|e| e.to_string())?;
+        Ok(metrics)
+    }
+
+    fn recipe_of(&self, i: usize) -> crate::cache::Recipe {
+        self.recipes[i].clone().unwrap_or_else(|| panic!("step {i} was planned without a recipe"))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn execute(&self, step: &Step, out: &Path, cpus: usize, gpus: &[usize], out_log: &Path, err_log: &Path, attempt: u32) -> Result<(), String> {
+        std::fs::create_dir_all(&self.log_dir).map_err(|e| format!("{}: {e}", self.log_dir.display()))?;
+        let open = |p: &Path| {
+            let mut f = File::options().create(true).append(true).open(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            if attempt > 1 {
+                use std::io::Write;
+                let _ = writeln!(f, "--- attempt {attempt} ---");
+            }
+            Ok::<File, String>(f)
+        };
+        let (stdout, stderr) = (open(out_log)?, open(err_log)?);
+        let mut resolve = |part: &crate::workflow::Part| plan::real_part(self.wf, self.cache, self.keys, part, out);
+        let mut env: Vec<(String, String)> = vec![
+            ("DNAFLOW_OUT".into(), out.display().to_string()),
+            ("DNAFLOW_STEP".into(), step.name.clone()),
+            ("DNAFLOW_THREADS".into(), cpus.to_string()),
+            ("OMP_NUM_THREADS".into(), cpus.to_string()),
+            ("RAYON_NUM_THREADS".into(), cpus.to_string()),
+        ];
+        if !gpus.is_empty() {
+            let ids: Vec<String> = gpus.iter().map(usize::to_string).collect();
+            env.push(("CUDA_VISIBLE_DEVICES".into(), ids.join(",")));
+        }
+        for (k, v) in &step.env {
+            env.push((k.clone(), v.render(&mut resolve)));
+        }
+        match &step.action {
+            Action::Run { command } => {
+                let mut quote = |p: &crate::workflow::Part| match p {
+                    crate::workflow::Part::Text(t) => vec![t.clone()],
+                    other => resolve(other).iter().map(|s| crate::workflow::template::shell_quote(s)).collect(),
+                };
+                let cmd = command.render(&mut quote);
+                shell::run(&cmd, &self.wf.workdir, &env, stdout, stderr)
+            }
+            Action::Uses { kind, with } => {
+                let mut value = with.render(&mut resolve);
+                // File parameters reach the kind as absolute paths.
+                if let Value::Object(m) = &mut value {
+                    for name in kind.file_params {
+                        if let Some(Value::String(p)) = m.get_mut(*name) {
+                            *p = self.wf.workdir.join(&*p).display().to_string();
+                        }
+                    }
+                }
+                let mut log = stdout;
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let mut ctx = StepContext {
+                        with: &value,
+                        out,
+                        workdir: &self.wf.workdir,
+                        threads: cpus,
+                        log: &mut log,
+                        cancelled: &CANCELLED,
+                    };
+                    (kind.run)(&mut ctx)
+                }));
+                drop(stderr);
+                match result {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(StepError { message })) => Err(message),
+                    Err(panic) => Err(format!(
+                        "internal error in `{}`: {} (please report this)",
+                        kind.name,
+                        panic
+                            .downcast_ref::<String>()
+                            .map(String::as_str)
+                            .or_else(|| panic.downcast_ref::<&str>().copied())
+                            .unwrap_or("panic")
+                    )),
+                }
+            }
+        }
+    }
+}
+
+/// The last lines of a log, for failure messages.
+fn log_tail(path: &Path) -> Option<String> {
+    let mut f = File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(4096))).ok()?;
+    let mut s = String::new();
+    f.read_to_string(&mut s).ok()?;
+    let lines: Vec<&str> = s.lines().collect();
+    let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+    (!tail.trim().is_empty()).then_some(tail)
+}

@@ -1,0 +1,210 @@
+//! Planning: compute every selected step's key, decide cached or run, and say why.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use crate::cache::hash::StatCache;
+use crate::cache::key::{Change, diff};
+use crate::cache::runs::{self, RunRecord, StepStatus};
+use crate::cache::{Cache, CacheError, Recipe};
+use crate::diag::Diagnostic;
+use crate::graph::Dag;
+use crate::workflow::{Action, Part, Step, Workflow};
+
+/// What a plan says of one step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Cached,
+    Run,
+}
+
+/// The keys and decisions for the selected steps of a workflow.
+pub struct Plan<'w> {
+    pub wf: &'w Workflow,
+    pub dag: Dag,
+    /// Steps in dependency order, only the selected ones.
+    pub order: Vec<usize>,
+    pub selected: Vec<bool>,
+    pub keys: Vec<String>,
+    pub recipes: Vec<Option<Recipe>>,
+    pub decisions: Vec<Decision>,
+    pub reasons: Vec<String>,
+    /// The workflow's previous run, if any.
+    pub previous: Option<RunRecord>,
+}
+
+/// Errors while planning.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error("{0}")]
+    Input(Diagnostic),
+}
+
+impl<'w> Plan<'w> {
+    /// Plan `targets` (and their ancestors; every step when empty).
+    pub fn new(wf: &'w Workflow, dag: Dag, targets: &[usize], cache: &Cache) -> Result<Plan<'w>, PlanError> {
+        let n = wf.steps.len();
+        let selected = dag.ancestors(targets);
+        let order: Vec<usize> = dag.topo_order().into_iter().filter(|&i| selected[i]).collect();
+        let mut stat = StatCache::load(&cache.stat_cache_path());
+        let mut keys = vec![String::new(); n];
+        let mut recipes: Vec<Option<Recipe>> = vec![None; n];
+        for &i in &order {
+            let recipe = recipe(wf, i, &keys, &mut stat)?;
+            keys[i] = recipe.key();
+            recipes[i] = Some(recipe);
+        }
+        let _ = stat.save(&cache.stat_cache_path());
+
+        let previous = runs::latest(&cache.runs(), &wf.name);
+        let mut decisions = vec![Decision::Run; n];
+        let mut reasons = vec![String::new(); n];
+        for &i in &order {
+            if cache.has(&keys[i]) {
+                decisions[i] = Decision::Cached;
+                reasons[i] = "cached".into();
+            } else {
+                reasons[i] = reason(wf, i, &keys, &recipes, previous.as_ref(), cache);
+            }
+        }
+        Ok(Plan { wf, dag, order, selected, keys, recipes, decisions, reasons, previous })
+    }
+
+    /// Steps that would run.
+    pub fn to_run(&self) -> usize {
+        self.order.iter().filter(|&&i| self.decisions[i] == Decision::Run).count()
+    }
+
+    /// Field-level changes of step `i` since the previous run (`None`: nothing to compare).
+    pub fn changes(&self, i: usize, cache: &Cache) -> Option<(String, Vec<Change>)> {
+        let prev = self.previous.as_ref()?.step(&self.wf.steps[i].name)?;
+        let old = cache.recipe(&prev.key)?;
+        Some((prev.key.clone(), diff(&old, self.recipes[i].as_ref()?)))
+    }
+}
+
+/// Why step `i` must run, in one line.
+fn reason(wf: &Workflow, i: usize, keys: &[String], recipes: &[Option<Recipe>], previous: Option<&RunRecord>, cache: &Cache) -> String {
+    let step = &wf.steps[i];
+    let Some(prev_run) = previous else {
+        return "first run of this workflow".into();
+    };
+    let Some(prev) = prev_run.step(&step.name) else {
+        return "new step (not in the previous run)".into();
+    };
+    if prev.key == keys[i] {
+        return match prev.status {
+            StepStatus::Failed => "failed in the previous run".into(),
+            StepStatus::Skipped => "skipped in the previous run".into(),
+            _ => "output no longer in the cache".into(),
+        };
+    }
+    match (cache.recipe(&prev.key), &recipes[i]) {
+        (Some(old), Some(new)) => {
+            let changes = diff(&old, new);
+            match changes.split_first() {
+                Some((first, rest)) if rest.is_empty() => first.to_string(),
+                Some((first, rest)) => format!("{first} (+{} more)", rest.len()),
+                None => "recipe changed".into(),
+            }
+        }
+        _ => "inputs changed (the previous recipe was not kept)".into(),
+    }
+}
+
+/// The recipe of step `i`; upstream keys must already be in `keys`.
+fn recipe(wf: &Workflow, i: usize, keys: &[String], stat: &mut StatCache) -> Result<Recipe, PlanError> {
+    let step = &wf.steps[i];
+    let mut symbolic = |part: &Part| symbolic_part(wf, part);
+    let (kind, version, command, with) = match &step.action {
+        Action::Run { command } => ("run".to_string(), 1, Some(command.render(&mut symbolic)), None),
+        Action::Uses { kind, with } => (kind.name.to_string(), kind.version, None, Some(with.render(&mut symbolic))),
+    };
+    let env = step
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.render(&mut symbolic)))
+        .collect();
+    let mut inputs = BTreeMap::new();
+    for input in &step.inputs {
+        let path = wf.input_path(input);
+        let hash = stat.hash_path(&path).map_err(|e| {
+            PlanError::Input(
+                Diagnostic::at(&wf.source, input.span, format!("cannot read input `{}`: {e}", input.path))
+                    .with_help("the file must exist and be readable when the workflow runs"),
+            )
+        })?;
+        inputs.insert(input.path.clone(), hash);
+    }
+    let upstream = step
+        .deps
+        .iter()
+        .map(|&d| (wf.steps[d].name.clone(), keys[d].clone()))
+        .collect();
+    let outputs = step
+        .outputs
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "out" | "metrics"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Ok(Recipe {
+        kind,
+        version,
+        command,
+        with: with.map(normalize_numbers),
+        env,
+        inputs,
+        upstream,
+        outputs,
+        context: BTreeMap::new(),
+    })
+}
+
+/// References as they enter a key: by step name (the upstream key is recorded beside it).
+fn symbolic_part(wf: &Workflow, part: &Part) -> Vec<String> {
+    match part {
+        Part::Text(t) => vec![t.clone()],
+        Part::Out => vec!["<out>".into()],
+        Part::Output { steps, output } => steps
+            .iter()
+            .map(|&s| format!("<steps.{}.{output}>", wf.steps[s].name))
+            .collect(),
+    }
+}
+
+/// `1.0` and `1` mean the same parameter; key them the same.
+fn normalize_numbers(v: Value) -> Value {
+    match v {
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f.abs() < 9e15 && !n.is_i64() && !n.is_u64() => Value::from(f as i64),
+            _ => Value::Number(n),
+        },
+        Value::Array(a) => Value::Array(a.into_iter().map(normalize_numbers).collect()),
+        Value::Object(m) => Value::Object(m.into_iter().map(|(k, v)| (k, normalize_numbers(v))).collect()),
+        other => other,
+    }
+}
+
+/// The concrete path of a reference, given upstream keys.
+pub fn real_part(wf: &Workflow, cache: &Cache, keys: &[String], part: &Part, out: &std::path::Path) -> Vec<String> {
+    match part {
+        Part::Text(t) => vec![t.clone()],
+        Part::Out => vec![out.display().to_string()],
+        Part::Output { steps, output } => steps
+            .iter()
+            .map(|&s| output_path(&wf.steps[s], cache, &keys[s], output))
+            .collect(),
+    }
+}
+
+/// Path of a named output of `step` stored under `key`.
+pub fn output_path(step: &Step, cache: &Cache, key: &str, output: &str) -> String {
+    let base = cache.out_dir(key);
+    match step.outputs.get(output).map(String::as_str) {
+        Some("") | None => base.display().to_string(),
+        Some(rel) => base.join(rel).display().to_string(),
+    }
+}

@@ -1,0 +1,12 @@
+//! dnaflow: run the DNAGPT2 tutorial chapters as cached, declarative YAML workflows.
+//!
+//! Layers, top to bottom: [`cli`] → [`workflow`] → [`graph`] → [`cache`] → [`exec`] → [`steps`].
+
+pub mod cache;
+pub mod cli;
+pub mod diag;
+pub mod exec;
+pub mod graph;
+pub mod metrics;
+pub mod steps;
+pub mod workflow;

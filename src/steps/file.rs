@@ -1,0 +1,42 @@
+//! `file.write`: write a text file (and optional metrics); the smallest useful built-in kind.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::{StepContext, StepError, StepKind, params};
+
+/// Parameters of `file.write`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct WriteParams {
+    /// Text written to `file.txt` in the step's output.
+    content: String,
+    /// Metrics written to `metrics.json` (for `expect:` checks).
+    #[serde(default)]
+    metrics: BTreeMap<String, serde_json::Value>,
+}
+
+pub static WRITE: StepKind = StepKind {
+    name: "file.write",
+    version: 1,
+    summary: "write `content` to file.txt (output `file`) and optional `metrics`",
+    outputs: &[("file", "file.txt")],
+    file_params: &[],
+    schema: |g| g.subschema_for::<WriteParams>(),
+    check: |with| params::<WriteParams>(with).map(|_| ()),
+    run,
+};
+
+fn run(ctx: &mut StepContext) -> Result<(), StepError> {
+    let p: WriteParams = params(ctx.with).map_err(StepError::new)?;
+    std::fs::write(ctx.out.join("file.txt"), &p.content)?;
+    if !p.metrics.is_empty() {
+        let json = serde_json::to_vec_pretty(&p.metrics).map_err(|e| StepError::new(e.to_string()))?;
+        std::fs::write(ctx.out.join("metrics.json"), json)?;
+    }
+    writeln!(ctx.log, "wrote {} bytes", p.content.len())?;
+    Ok(())
+}
+

@@ -1,0 +1,94 @@
+//! Built-in step kinds: typed parameters plus a function that writes outputs into a directory.
+//!
+//! A step never sees the cache or the scheduler. Adding a kind is one module plus one line in
+//! [`KINDS`].
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use schemars::{Schema, SchemaGenerator};
+use serde::de::DeserializeOwned;
+
+mod file;
+
+/// Everything a running step may touch.
+pub struct StepContext<'a> {
+    /// The step's parameters, interpolated: upstream references are absolute paths.
+    pub with: &'a serde_json::Value,
+    /// Directory the step writes its outputs (and optional `metrics.json`) into.
+    pub out: &'a Path,
+    /// The workflow's working directory; relative input paths start here.
+    pub workdir: &'a Path,
+    /// CPU threads the scheduler granted the step.
+    pub threads: usize,
+    /// The step's log (saved with the run record).
+    pub log: &'a mut dyn Write,
+    /// Set when the user interrupts the run; long steps should poll it and stop.
+    pub cancelled: &'a AtomicBool,
+}
+
+/// Why a step failed, in words the user can act on.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct StepError {
+    pub message: String,
+}
+
+impl StepError {
+    pub fn new(message: impl Into<String>) -> StepError {
+        StepError {
+            message: message.into(),
+        }
+    }
+}
+
+impl From<std::io::Error> for StepError {
+    fn from(e: std::io::Error) -> StepError {
+        StepError::new(e.to_string())
+    }
+}
+
+/// A built-in step kind.
+pub struct StepKind {
+    /// Name used in `uses:`.
+    pub name: &'static str,
+    /// Bump when the same parameters would now give different results: it is part of the cache key.
+    pub version: u32,
+    /// One line for `dnaflow kinds` and the schema.
+    pub summary: &'static str,
+    /// Named outputs: name and path inside the step's output directory.
+    pub outputs: &'static [(&'static str, &'static str)],
+    /// Parameters naming input files or directories; their bytes are hashed into the key.
+    pub file_params: &'static [&'static str],
+    /// JSON Schema of `with:`.
+    pub schema: fn(&mut SchemaGenerator) -> Schema,
+    /// Checks `with:` before anything runs; the message names the bad field.
+    pub check: fn(&serde_json::Value) -> Result<(), String>,
+    /// Does the work.
+    pub run: fn(&mut StepContext) -> Result<(), StepError>,
+}
+
+impl std::fmt::Debug for StepKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StepKind({} v{})", self.name, self.version)
+    }
+}
+
+/// Every built-in kind.
+pub static KINDS: &[&StepKind] = &[&file::WRITE];
+
+/// The kind called `name`.
+pub fn find(name: &str) -> Option<&'static StepKind> {
+    KINDS.iter().copied().find(|k| k.name == name)
+}
+
+/// Typed parameters from `with:`; used by kinds in `check` and `run`.
+pub fn params<P: DeserializeOwned>(with: &serde_json::Value) -> Result<P, String> {
+    let value = if with.is_null() {
+        serde_json::Value::Object(Default::default())
+    } else {
+        with.clone()
+    };
+    serde_json::from_value(value).map_err(|e| e.to_string())
+}

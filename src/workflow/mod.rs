@@ -1,0 +1,1017 @@
+//! YAML workflow files: parsing with located errors, parameters and profiles, `${{ }}`
+//! interpolation, `foreach` expansion, and reference resolution into a typed [`Workflow`].
+
+pub mod located;
+pub mod schema;
+pub mod syntax;
+pub mod template;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use indexmap::IndexMap;
+use serde_json::Value;
+
+use crate::diag::{Diagnostic, Diagnostics, Source, Span, did_you_mean};
+use crate::steps::{self, StepKind};
+use located::{Located, Node};
+use syntax::{Expectation, StepDef, WorkflowFile};
+use template::{Expr, Piece};
+
+/// Choices made on the command line that change what a workflow means.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// `--profile NAME`
+    pub profile: Option<String>,
+    /// `--set key=value`, applied after the profile.
+    pub sets: Vec<(String, String)>,
+}
+
+/// A workflow ready to plan: parameters resolved, steps expanded, references bound to steps.
+#[derive(Debug)]
+pub struct Workflow {
+    pub name: String,
+    pub description: Option<String>,
+    pub source: Source,
+    /// Directory relative paths and shell commands start from.
+    pub workdir: PathBuf,
+    pub profile: Option<String>,
+    pub params: IndexMap<String, Value>,
+    /// Steps in file order (expansions of one `foreach` step stay together).
+    pub steps: Vec<Step>,
+}
+
+/// One step after `foreach` expansion.
+#[derive(Debug)]
+pub struct Step {
+    /// Unique name, e.g. `train` or `train[fold=0]`.
+    pub name: String,
+    /// Name as written in the file (the same for every expansion).
+    pub base: String,
+    /// Where the step is defined.
+    pub span: Span,
+    pub matrix: IndexMap<String, Value>,
+    pub action: Action,
+    /// Project files the step reads; their bytes go into its key.
+    pub inputs: Vec<Input>,
+    /// Named outputs: name and path inside the output directory (always has `out` and `metrics`).
+    pub outputs: IndexMap<String, String>,
+    /// Upstream steps (indices into [`Workflow::steps`]), from references and `needs`.
+    pub deps: Vec<usize>,
+    pub resources: ResourceNeeds,
+    pub retries: u32,
+    pub env: IndexMap<String, Template>,
+    pub expect: Vec<(Located<String>, Expectation)>,
+}
+
+/// What a step does.
+#[derive(Debug)]
+pub enum Action {
+    /// A built-in kind with its parameters.
+    Uses {
+        kind: &'static StepKind,
+        with: Param,
+    },
+    /// A shell command.
+    Run { command: Template },
+}
+
+/// A project file or directory a step depends on.
+#[derive(Debug, Clone)]
+pub struct Input {
+    /// Path as written (after parameter interpolation), relative to the workdir.
+    pub path: String,
+    pub span: Span,
+    /// The `with:` parameter that names it, for built-in kinds.
+    pub param: Option<String>,
+}
+
+/// Resources a step occupies while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResourceNeeds {
+    pub cpus: u32,
+    pub gpus: u32,
+    pub mem_mb: u64,
+    pub span: Span,
+}
+
+/// A string whose step references are bound but not yet rendered (paths come from the cache).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Template(pub Vec<Part>);
+
+/// A piece of a [`Template`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Part {
+    Text(String),
+    /// The step's own output directory.
+    Out,
+    /// An output of upstream steps; several when it refers to all expansions of a `foreach` step.
+    Output { steps: Vec<usize>, output: String },
+}
+
+/// A `with:` value with its step references bound.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Param {
+    Value(Value),
+    Template(Template),
+    List(Vec<Param>),
+    Map(IndexMap<String, Param>),
+}
+
+impl Template {
+    /// Render, asking `resolve` for the text of each reference (one string per step).
+    pub fn render(&self, resolve: &mut dyn FnMut(&Part) -> Vec<String>) -> String {
+        let mut s = String::new();
+        for part in &self.0 {
+            match part {
+                Part::Text(t) => s.push_str(t),
+                other => s.push_str(&resolve(other).join(" ")),
+            }
+        }
+        s
+    }
+
+    /// Steps this template refers to.
+    pub fn deps(&self) -> impl Iterator<Item = usize> + '_ {
+        self.0.iter().flat_map(|p| match p {
+            Part::Output { steps, .. } => steps.as_slice(),
+            _ => &[],
+        })
+        .copied()
+    }
+}
+
+impl Param {
+    /// Render to JSON. A string that is exactly one reference to several steps becomes a list.
+    pub fn render(&self, resolve: &mut dyn FnMut(&Part) -> Vec<String>) -> Value {
+        match self {
+            Param::Value(v) => v.clone(),
+            Param::Template(t) => match t.0.as_slice() {
+                [part @ Part::Output { steps, .. }] if steps.len() > 1 => {
+                    Value::Array(resolve(part).into_iter().map(Value::String).collect())
+                }
+                _ => Value::String(t.render(resolve)),
+            },
+            Param::List(items) => Value::Array(items.iter().map(|i| i.render(resolve)).collect()),
+            Param::Map(m) => Value::Object(
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.render(resolve)))
+                    .collect(),
+            ),
+        }
+    }
+
+    fn deps(&self, out: &mut Vec<usize>) {
+        match self {
+            Param::Value(_) => {}
+            Param::Template(t) => out.extend(t.deps()),
+            Param::List(items) => items.iter().for_each(|i| i.deps(out)),
+            Param::Map(m) => m.values().for_each(|v| v.deps(out)),
+        }
+    }
+}
+
+impl Workflow {
+    /// Index of the step called `name`.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.steps.iter().position(|s| s.name == name)
+    }
+
+    /// Steps matching a command-line target: an exact name, or a base name (all its expansions).
+    pub fn select(&self, target: &str) -> Result<Vec<usize>, String> {
+        if let Some(i) = self.index_of(target) {
+            return Ok(vec![i]);
+        }
+        let found: Vec<usize> = (0..self.steps.len())
+            .filter(|&i| self.steps[i].base == target)
+            .collect();
+        if found.is_empty() {
+            let hint = did_you_mean(target, self.steps.iter().map(|s| s.base.as_str()))
+                .map(|m| format!("; did you mean `{m}`?"))
+                .unwrap_or_default();
+            return Err(format!(
+                "no step `{target}` in {}{hint}",
+                self.source.path.display()
+            ));
+        }
+        Ok(found)
+    }
+
+    /// Path of an input, absolute.
+    pub fn input_path(&self, input: &Input) -> PathBuf {
+        self.workdir.join(&input.path)
+    }
+}
+
+/// Read, check and resolve a workflow file. Every problem found is reported, each with its place.
+pub fn load(path: &Path, opts: &LoadOptions) -> Result<Workflow, Diagnostics> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Diagnostics(vec![
+            Diagnostic::file(path, format!("cannot read workflow: {e}"))
+                .with_help("check the path; `dnaflow run FILE` takes a workflow YAML file"),
+        ])
+    })?;
+    let source = Source::new(path, text);
+    let file = parse(&source).map_err(|d| Diagnostics(vec![d]))?;
+    Resolver::new(&source, opts).resolve(file)
+}
+
+fn parse(source: &Source) -> Result<WorkflowFile, Diagnostic> {
+    let options = serde_saphyr::options! { with_snippet: false };
+    serde_saphyr::from_str_with_options::<WorkflowFile>(&source.text, options).map_err(|e| {
+        let span = e
+            .location()
+            .map(|l| Span::from_location(&l))
+            .unwrap_or_default();
+        let mut message = e.to_string();
+        // The parser appends its own position; ours comes first in the diagnostic.
+        if let Some(cut) = message.find(" at line ") {
+            message.truncate(cut);
+        }
+        let d = Diagnostic::at(source, span, message.clone());
+        match unknown_field_hint(&message) {
+            Some(h) => d.with_help(h),
+            None => d,
+        }
+    })
+}
+
+/// serde lists the expected fields; turn that into a "did you mean".
+fn unknown_field_hint(message: &str) -> Option<String> {
+    let rest = message.split("unknown field `").nth(1)?;
+    let field = rest.split('`').next()?;
+    let expected: Vec<&str> = rest.split('`').skip(2).step_by(2).collect();
+    let best = did_you_mean(field, expected.iter().copied());
+    Some(match best {
+        Some(b) => format!("did you mean `{b}`?"),
+        None => format!("allowed here: {}", expected.join(", ")),
+    })
+}
+
+struct Resolver<'a> {
+    source: &'a Source,
+    opts: &'a LoadOptions,
+    errors: Vec<Diagnostic>,
+    params: IndexMap<String, Value>,
+}
+
+/// A step instance during resolution.
+struct Instance<'f> {
+    name: String,
+    base: String,
+    span: Span,
+    matrix: IndexMap<String, Value>,
+    def: &'f StepDef,
+    outputs: IndexMap<String, String>,
+}
+
+impl<'a> Resolver<'a> {
+    fn new(source: &'a Source, opts: &'a LoadOptions) -> Resolver<'a> {
+        Resolver {
+            source,
+            opts,
+            errors: Vec::new(),
+            params: IndexMap::new(),
+        }
+    }
+
+    fn error(&mut self, span: Span, message: impl Into<String>) -> &mut Diagnostic {
+        self.errors.push(Diagnostic::at(self.source, span, message));
+        self.errors.last_mut().expect("just pushed")
+    }
+
+    fn resolve(mut self, file: WorkflowFile) -> Result<Workflow, Diagnostics> {
+        let file_dir = self
+            .source
+            .path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let file_dir = if file_dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            file_dir
+        };
+        let workdir = match &file.workdir {
+            Some(w) => {
+                let dir = file_dir.join(&w.value);
+                if !dir.is_dir() {
+                    self.error(w.span, format!("workdir `{}` is not a directory", dir.display()));
+                }
+                dir
+            }
+            None => file_dir,
+        };
+        let workdir = std::path::absolute(&workdir).unwrap_or(workdir);
+        let name = match &file.name {
+            Some(n) => {
+                if !valid_name(&n.value) {
+                    self.error(n.span, format!("workflow name `{}` may only use letters, digits, `_` and `-`", n.value));
+                }
+                n.value.clone()
+            }
+            None => self
+                .source
+                .path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "workflow".into()),
+        };
+
+        self.resolve_params(&file);
+        let instances = self.expand(&file);
+        let steps = self.bind(&instances, &workdir);
+
+        if !self.errors.is_empty() {
+            return Err(Diagnostics(self.errors));
+        }
+        Ok(Workflow {
+            name,
+            description: file.description.clone(),
+            source: self.source.clone(),
+            workdir,
+            profile: self.opts.profile.clone(),
+            params: self.params,
+            steps,
+        })
+    }
+
+    fn resolve_params(&mut self, file: &WorkflowFile) {
+        for (k, v) in &file.params {
+            if !valid_name(&k.value) {
+                self.error(k.span, format!("parameter name `{}` may only use letters, digits, `_` and `-`", k.value));
+            }
+            self.params.insert(k.value.clone(), v.value.to_json());
+        }
+        if let Some(profile) = &self.opts.profile {
+            match file.profiles.iter().find(|(k, _)| &k.value == profile) {
+                Some((_, overrides)) => {
+                    for (k, v) in &overrides.value {
+                        if self.params.contains_key(&k.value) {
+                            self.params.insert(k.value.clone(), v.value.to_json());
+                        } else {
+                            let hint = self.param_hint(&k.value);
+                            self.error(k.span, format!("profile `{profile}` sets `{}`, which is not a parameter", k.value))
+                                .help = Some(format!("declare it under `params:` first{hint}"));
+                        }
+                    }
+                }
+                None => {
+                    let names: Vec<&str> = file.profiles.keys().map(|k| k.value.as_str()).collect();
+                    let help = if names.is_empty() {
+                        "this workflow defines no profiles".to_string()
+                    } else {
+                        format!("profiles here: {}", names.join(", "))
+                    };
+                    self.errors.push(
+                        Diagnostic::file(&self.source.path, format!("no profile `{profile}`")).with_help(help),
+                    );
+                }
+            }
+        }
+        for (k, raw) in &self.opts.sets {
+            if !self.params.contains_key(k) {
+                let hint = self.param_hint(k);
+                self.errors.push(
+                    Diagnostic::file(&self.source.path, format!("--set {k}=…: `{k}` is not a parameter of this workflow"))
+                        .with_help(format!("parameters: {}{hint}", self.params.keys().cloned().collect::<Vec<_>>().join(", "))),
+                );
+                continue;
+            }
+            let value = serde_saphyr::from_str::<Node>(raw)
+                .map(|n| n.to_json())
+                .unwrap_or_else(|_| Value::String(raw.clone()));
+            self.params.insert(k.clone(), value);
+        }
+    }
+
+    fn param_hint(&self, name: &str) -> String {
+        did_you_mean(name, self.params.keys().map(String::as_str))
+            .map(|m| format!("; did you mean `{m}`?"))
+            .unwrap_or_default()
+    }
+
+    /// Expand `foreach` steps into instances with readable names.
+    fn expand<'f>(&mut self, file: &'f WorkflowFile) -> Vec<Instance<'f>> {
+        let mut out: Vec<Instance<'f>> = Vec::new();
+        let mut seen: HashMap<String, Span> = HashMap::new();
+        for (key, def) in &file.steps {
+            let base = key.value.clone();
+            if !valid_name(&base) {
+                self.error(key.span, format!("step name `{base}` may only use letters, digits, `_` and `-`"))
+                    .help = Some("dots and brackets are reserved for references and expansions".into());
+                continue;
+            }
+            let def = &def.value;
+            let outputs = self.outputs_of(def);
+            for matrix in self.matrix_rows(def) {
+                let name = if matrix.is_empty() {
+                    base.clone()
+                } else {
+                    let pairs: Vec<String> = matrix
+                        .iter()
+                        .map(|(k, v)| format!("{k}={}", value_text(v)))
+                        .collect();
+                    format!("{base}[{}]", pairs.join(","))
+                };
+                if let Some(prev) = seen.get(&name) {
+                    let msg = format!(
+                        "two steps are named `{name}` (the other is at line {})",
+                        prev.line
+                    );
+                    self.error(key.span, msg);
+                    continue;
+                }
+                seen.insert(name.clone(), key.span);
+                out.push(Instance {
+                    name,
+                    base: base.clone(),
+                    span: key.span,
+                    matrix,
+                    def,
+                    outputs: outputs.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    fn outputs_of(&mut self, def: &StepDef) -> IndexMap<String, String> {
+        let mut outputs = IndexMap::new();
+        outputs.insert("out".to_string(), String::new());
+        outputs.insert("metrics".to_string(), "metrics.json".to_string());
+        if let Some(kind) = def.uses.as_ref().and_then(|u| steps::find(&u.value)) {
+            for (name, path) in kind.outputs {
+                outputs.insert(name.to_string(), path.to_string());
+            }
+        }
+        for (k, v) in &def.outputs {
+            if def.uses.is_some() {
+                self.error(k.span, "`outputs:` is for shell steps; a built-in kind names its own outputs");
+            } else if outputs.contains_key(&k.value) {
+                self.error(k.span, format!("output name `{}` is reserved", k.value));
+            } else if !valid_name(&k.value) {
+                self.error(k.span, format!("output name `{}` may only use letters, digits, `_` and `-`", k.value));
+            } else if Path::new(&v.value).is_absolute() || v.value.split('/').any(|c| c == "..") {
+                self.error(v.span, format!("output `{}` must be a path inside the step's output directory", v.value));
+            } else {
+                outputs.insert(k.value.clone(), v.value.clone());
+            }
+        }
+        outputs
+    }
+
+    /// The rows of a `foreach` grid (one empty row for a plain step).
+    fn matrix_rows(&mut self, def: &StepDef) -> Vec<IndexMap<String, Value>> {
+        let Some(foreach) = &def.foreach else {
+            return vec![IndexMap::new()];
+        };
+        if foreach.value.is_empty() {
+            self.error(foreach.span, "`foreach:` needs at least one key with a list of values");
+            return vec![];
+        }
+        let mut rows = vec![IndexMap::new()];
+        for (key, values) in &foreach.value {
+            if !valid_name(&key.value) {
+                self.error(key.span, format!("foreach key `{}` may only use letters, digits, `_` and `-`", key.value));
+                return vec![];
+            }
+            let list = match self.list_value(values) {
+                Some(l) if !l.is_empty() => l,
+                Some(_) => {
+                    self.error(values.span, format!("foreach `{}` has an empty list", key.value));
+                    return vec![];
+                }
+                None => return vec![],
+            };
+            rows = rows
+                .into_iter()
+                .flat_map(|row| {
+                    list.iter().map(move |v| {
+                        let mut r = row.clone();
+                        r.insert(key.value.clone(), v.clone());
+                        r
+                    })
+                })
+                .collect();
+        }
+        rows
+    }
+
+    /// A list written inline, or a `${{ params.NAME }}` holding one.
+    fn list_value(&mut self, node: &Located<Node>) -> Option<Vec<Value>> {
+        let value = match &node.value {
+            Node::String(s) => match template::parse(s) {
+                Ok(p) => match p.as_slice() {
+                    [Piece::Expr(Expr::Param(name))] => match self.params.get(name) {
+                        Some(v) => v.clone(),
+                        None => {
+                            let hint = self.param_hint(name);
+                            self.error(node.span, format!("unknown parameter `{name}`{hint}"));
+                            return None;
+                        }
+                    },
+                    _ => node.value.to_json(),
+                },
+                Err(e) => {
+                    self.error(node.span, e);
+                    return None;
+                }
+            },
+            other => other.to_json(),
+        };
+        match value {
+            Value::Array(items) => {
+                if let Some(bad) = items.iter().find(|v| v.is_object() || v.is_array()) {
+                    self.error(node.span, format!("foreach values must be scalars, found {bad}"));
+                    return None;
+                }
+                Some(items)
+            }
+            other => {
+                self.error(node.span, format!("foreach values must be a list, found {other}"));
+                None
+            }
+        }
+    }
+
+    /// Resolve every instance's action, references and settings.
+    fn bind(&mut self, instances: &[Instance], workdir: &Path) -> Vec<Step> {
+        let mut by_name: HashMap<&str, usize> = HashMap::new();
+        let mut by_base: IndexMap<&str, Vec<usize>> = IndexMap::new();
+        for (i, inst) in instances.iter().enumerate() {
+            by_name.insert(&inst.name, i);
+            by_base.entry(&inst.base).or_default().push(i);
+        }
+        let index = StepIndex {
+            instances,
+            by_name,
+            by_base,
+        };
+        instances
+            .iter()
+            .enumerate()
+            .filter_map(|(i, inst)| self.bind_one(&index, i, inst, workdir))
+            .collect()
+    }
+
+    fn bind_one(&mut self, index: &StepIndex, me: usize, inst: &Instance, workdir: &Path) -> Option<Step> {
+        let def = inst.def;
+        let before = self.errors.len();
+        let scope = Scope { index, me, inst };
+
+        let action = match (&def.uses, &def.run) {
+            (Some(_), Some(run)) => {
+                self.error(run.span, "a step has either `uses:` or `run:`, not both");
+                None
+            }
+            (None, None) => {
+                self.error(inst.span, format!("step `{}` needs `uses: KIND` or `run: COMMAND`", inst.base));
+                None
+            }
+            (None, Some(run)) => {
+                if let Some(w) = &def.with {
+                    self.error(w.span, "`with:` gives parameters to a `uses:` kind; a `run:` step has none")
+                        .help = Some("use `${{ params.NAME }}` in the command, or `env:`".into());
+                }
+                self.template(&scope, &run.value, run.span, true)
+                    .map(|command| Action::Run { command })
+            }
+            (Some(uses), None) => match steps::find(&uses.value) {
+                None => {
+                    let names = steps::KINDS.iter().map(|k| k.name);
+                    let help = match did_you_mean(&uses.value, names) {
+                        Some(m) => format!("did you mean `{m}`? (`dnaflow kinds` lists them all)"),
+                        None => "`dnaflow kinds` lists the built-in kinds".to_string(),
+                    };
+                    self.error(uses.span, format!("unknown step kind `{}`", uses.value)).help = Some(help);
+                    None
+                }
+                Some(kind) => {
+                    let empty = Located::new(Node::Map(IndexMap::new()), uses.span);
+                    let with_node = def.with.as_ref().unwrap_or(&empty);
+                    self.param(&scope, with_node).and_then(|with| {
+                        self.check_kind(kind, &with, with_node).then_some(Action::Uses { kind, with })
+                    })
+                }
+            },
+        };
+
+        let mut inputs = Vec::new();
+        for i in &def.inputs {
+            if let Some(t) = self.template(&scope, &i.value, i.span, false) {
+                let path = t.render(&mut |_| vec![]);
+                inputs.push(Input { path, span: i.span, param: None });
+            }
+        }
+        if let Some(Action::Uses { kind, with: Param::Map(m) }) = &action {
+            for name in kind.file_params {
+                if let Some(Param::Value(Value::String(p))) = m.get(*name) {
+                    let span = with_key_span(def, name).unwrap_or(inst.span);
+                    inputs.push(Input { path: p.clone(), span, param: Some(name.to_string()) });
+                }
+            }
+        }
+        for input in &inputs {
+            if !workdir.join(&input.path).exists() {
+                self.error(input.span, format!("input `{}` not found", input.path)).help =
+                    Some(format!("looked for {}; paths are relative to the workdir", workdir.join(&input.path).display()));
+            }
+        }
+
+        let mut deps = Vec::new();
+        if let Some(a) = &action {
+            match a {
+                Action::Run { command } => deps.extend(command.deps()),
+                Action::Uses { with, .. } => with.deps(&mut deps),
+            }
+        }
+        let mut env = IndexMap::new();
+        for (k, v) in &def.env {
+            if !valid_env_name(&k.value) {
+                self.error(k.span, format!("`{}` is not a valid environment variable name", k.value));
+            }
+            if let Some(t) = self.template(&scope, &v.value, v.span, true) {
+                deps.extend(t.deps());
+                env.insert(k.value.clone(), t);
+            }
+        }
+        for need in &def.needs {
+            if let Some(found) = self.select_steps(&scope, &need.value, need.span) {
+                deps.extend(found);
+            }
+        }
+        deps.sort_unstable();
+        deps.dedup();
+
+        let resources = self.resources(def, inst.span);
+        let mut expect = Vec::new();
+        for (metric, e) in &def.expect {
+            let ex = &e.value;
+            if ex.min.is_none() && ex.max.is_none() && ex.equals.is_none() {
+                self.error(e.span, format!("expectation on `{}` sets no bound", metric.value)).help =
+                    Some("use `min`, `max` or `equals` (with optional `tol`)".into());
+            } else if ex.tol.is_some() && ex.equals.is_none() {
+                self.error(e.span, "`tol` only applies to `equals`");
+            } else if let (Some(lo), Some(hi)) = (ex.min, ex.max)
+                && lo > hi
+            {
+                self.error(e.span, format!("`min` {lo} is above `max` {hi}"));
+            }
+            expect.push((metric.clone(), ex.clone()));
+        }
+
+        if self.errors.len() > before {
+            return None;
+        }
+        Some(Step {
+            name: inst.name.clone(),
+            base: inst.base.clone(),
+            span: inst.span,
+            matrix: inst.matrix.clone(),
+            action: action?,
+            inputs,
+            outputs: inst.outputs.clone(),
+            deps,
+            resources,
+            retries: def.retries,
+            env,
+            expect,
+        })
+    }
+
+    /// Check `with:` against the kind's typed parameters, references replaced by sample paths.
+    fn check_kind(&mut self, kind: &StepKind, with: &Param, node: &Located<Node>) -> bool {
+        let sample = with.render(&mut |_| vec!["/path/from/upstream".to_string()]);
+        match (kind.check)(&sample) {
+            Ok(()) => true,
+            Err(msg) => {
+                // Point at the offending key when serde names one.
+                let field = msg.split('`').nth(1).unwrap_or("");
+                let span = match &node.value {
+                    Node::Map(m) => m.keys().find(|k| k.value == field).map(|k| k.span),
+                    _ => None,
+                }
+                .unwrap_or(node.span);
+                let help = unknown_field_hint(&msg)
+                    .unwrap_or_else(|| format!("`dnaflow kinds {}` describes its parameters", kind.name));
+                self.error(span, format!("bad parameters for `{}`: {msg}", kind.name)).help = Some(help);
+                false
+            }
+        }
+    }
+
+    fn param(&mut self, scope: &Scope, node: &Located<Node>) -> Option<Param> {
+        Some(match &node.value {
+            Node::String(s) => {
+                let pieces = match template::parse(s) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.error(node.span, e);
+                        return None;
+                    }
+                };
+                // A string that is one parameter or matrix value keeps that value's type.
+                if let [Piece::Expr(e @ (Expr::Param(_) | Expr::Matrix(_)))] = pieces.as_slice() {
+                    return self.scalar_expr(scope, e, node.span).map(Param::Value);
+                }
+                let t = self.template(scope, s, node.span, true)?;
+                match t.0.as_slice() {
+                    [] => Param::Value(Value::String(String::new())),
+                    [Part::Text(text)] => Param::Value(Value::String(text.clone())),
+                    _ => Param::Template(t),
+                }
+            }
+            Node::Seq(items) => {
+                let mut out = Vec::new();
+                for i in items {
+                    out.push(self.param(scope, i)?);
+                }
+                Param::List(out)
+            }
+            Node::Map(m) => {
+                let mut out = IndexMap::new();
+                for (k, v) in m {
+                    out.insert(k.value.clone(), self.param(scope, v)?);
+                }
+                Param::Map(out)
+            }
+            other => Param::Value(other.to_json()),
+        })
+    }
+
+    fn scalar_expr(&mut self, scope: &Scope, e: &Expr, span: Span) -> Option<Value> {
+        match e {
+            Expr::Param(name) => match self.params.get(name) {
+                Some(v) => Some(v.clone()),
+                None => {
+                    let hint = self.param_hint(name);
+                    self.error(span, format!("unknown parameter `{name}`{hint}")).help =
+                        Some("declare it under `params:`".into());
+                    None
+                }
+            },
+            Expr::Matrix(name) => match scope.inst.matrix.get(name) {
+                Some(v) => Some(v.clone()),
+                None => {
+                    let msg = if scope.inst.matrix.is_empty() {
+                        format!("`matrix.{name}` used in step `{}`, which has no `foreach:`", scope.inst.base)
+                    } else {
+                        let keys: Vec<&str> = scope.inst.matrix.keys().map(String::as_str).collect();
+                        format!("`matrix.{name}` is not a foreach key of `{}` (keys: {})", scope.inst.base, keys.join(", "))
+                    };
+                    self.error(span, msg);
+                    None
+                }
+            },
+            _ => None,
+        }
+    }
+
+    /// Bind a string's references. `steps_allowed` is false where only project files may be named.
+    fn template(&mut self, scope: &Scope, s: &str, span: Span, steps_allowed: bool) -> Option<Template> {
+        let pieces = match template::parse(s) {
+            Ok(p) => p,
+            Err(e) => {
+                self.error(span, e);
+                return None;
+            }
+        };
+        let mut parts: Vec<Part> = Vec::new();
+        let mut ok = true;
+        for piece in pieces {
+            let part = match piece {
+                Piece::Text(t) => Part::Text(t),
+                Piece::Expr(e @ (Expr::Param(_) | Expr::Matrix(_))) => match self.scalar_expr(scope, &e, span) {
+                    Some(v) => Part::Text(value_text(&v)),
+                    None => {
+                        ok = false;
+                        continue;
+                    }
+                },
+                Piece::Expr(Expr::Out) if steps_allowed => Part::Out,
+                Piece::Expr(Expr::Step { step, output }) if steps_allowed => {
+                    match self.select_steps(scope, &step, span) {
+                        Some(found) => {
+                            for &f in &found {
+                                let target = &scope.index.instances[f];
+                                if !target.outputs.contains_key(&output) {
+                                    let names: Vec<&str> = target.outputs.keys().map(String::as_str).collect();
+                                    let hint = did_you_mean(&output, names.iter().copied())
+                                        .map(|m| format!("did you mean `{m}`? "))
+                                        .unwrap_or_default();
+                                    self.error(span, format!("step `{}` has no output `{output}`", target.name)).help =
+                                        Some(format!("{hint}its outputs: {}", names.join(", ")));
+                                    ok = false;
+                                }
+                            }
+                            Part::Output { steps: found, output }
+                        }
+                        None => {
+                            ok = false;
+                            continue;
+                        }
+                    }
+                }
+                Piece::Expr(_) => {
+                    self.error(span, "this field names project files: `${{ out }}` and `${{ steps.… }}` are not allowed here")
+                        .help = Some("reference upstream outputs in `run:`, `with:` or `env:` instead".into());
+                    ok = false;
+                    continue;
+                }
+            };
+            match (parts.last_mut(), part) {
+                (Some(Part::Text(prev)), Part::Text(t)) => prev.push_str(&t),
+                (_, p) => parts.push(p),
+            }
+        }
+        ok.then_some(Template(parts))
+    }
+
+    /// The instances a reference `name` means, seen from the current step.
+    fn select_steps(&mut self, scope: &Scope, name: &str, span: Span) -> Option<Vec<usize>> {
+        let index = scope.index;
+        if name == scope.inst.name || (name == scope.inst.base && !name.contains('[') && scope.inst.matrix.is_empty()) {
+            self.error(span, format!("step `{}` refers to itself", scope.inst.name)).help =
+                Some("a step writes its own results into `${{ out }}`".into());
+            return None;
+        }
+        if name.contains('[') {
+            return match index.by_name.get(name) {
+                Some(&i) => Some(vec![i]),
+                None => {
+                    let hint = did_you_mean(name, index.instances.iter().map(|s| s.name.as_str()))
+                        .map(|m| format!("did you mean `{m}`?"))
+                        .unwrap_or_else(|| "`dnaflow dag FILE` lists the step names".into());
+                    self.error(span, format!("unknown step `{name}`")).help = Some(hint);
+                    None
+                }
+            };
+        }
+        let Some(all) = index.by_base.get(name) else {
+            let hint = did_you_mean(name, index.by_base.keys().copied())
+                .map(|m| format!("did you mean `{m}`?"))
+                .unwrap_or_else(|| format!("steps: {}", index.by_base.keys().copied().collect::<Vec<_>>().join(", ")));
+            self.error(span, format!("unknown step `{name}`")).help = Some(hint);
+            return None;
+        };
+        // Within a foreach, a reference to a step expanded over the same keys means the matching copy.
+        let mine = &scope.inst.matrix;
+        let chosen: Vec<usize> = all
+            .iter()
+            .copied()
+            .filter(|&i| {
+                index.instances[i]
+                    .matrix
+                    .iter()
+                    .all(|(k, v)| mine.get(k).is_none_or(|m| m == v))
+            })
+            .filter(|&i| i != scope.me)
+            .collect();
+        if chosen.is_empty() {
+            self.error(span, format!("`{name}` has no expansion matching this step's foreach values"));
+            return None;
+        }
+        Some(chosen)
+    }
+
+    fn resources(&mut self, def: &StepDef, span: Span) -> ResourceNeeds {
+        let mut r = ResourceNeeds { cpus: 1, gpus: 0, mem_mb: 0, span };
+        let Some(res) = &def.resources else { return r };
+        if let Some(n) = &res.cpus {
+            r.cpus = self.count(n, "cpus").unwrap_or(1).max(1) as u32;
+        }
+        if let Some(n) = &res.gpus {
+            r.gpus = self.count(n, "gpus").unwrap_or(0) as u32;
+        }
+        if let Some(n) = &res.mem {
+            r.mem_mb = self.mem(n).unwrap_or(0);
+        }
+        if let Some(s) = res.cpus.as_ref().or(res.gpus.as_ref()).or(res.mem.as_ref()) {
+            r.span = s.span;
+        }
+        r
+    }
+
+    fn resource_value(&mut self, node: &Located<Node>) -> Option<Value> {
+        match &node.value {
+            Node::String(s) => match template::parse(s) {
+                Ok(p) => match p.as_slice() {
+                    [Piece::Expr(Expr::Param(name))] => {
+                        let e = Expr::Param(name.clone());
+                        let v = self.params.get(name).cloned();
+                        if v.is_none() {
+                            let hint = self.param_hint(name);
+                            self.error(node.span, format!("unknown parameter `{name}`{hint}"));
+                        }
+                        let _ = e;
+                        v
+                    }
+                    _ => Some(Value::String(s.clone())),
+                },
+                Err(e) => {
+                    self.error(node.span, e);
+                    None
+                }
+            },
+            other => Some(other.to_json()),
+        }
+    }
+
+    fn count(&mut self, node: &Located<Node>, what: &str) -> Option<u64> {
+        let v = self.resource_value(node)?;
+        match v.as_u64() {
+            Some(n) => Some(n),
+            None => {
+                self.error(node.span, format!("`{what}` must be a whole number, found {v}"));
+                None
+            }
+        }
+    }
+
+    fn mem(&mut self, node: &Located<Node>) -> Option<u64> {
+        let v = self.resource_value(node)?;
+        let parsed = match &v {
+            Value::Number(n) => n.as_u64(),
+            Value::String(s) => parse_mem_mb(s),
+            _ => None,
+        };
+        if parsed.is_none() {
+            self.error(node.span, format!("`mem` must be a size like 512M or 4G, found {v}"));
+        }
+        parsed
+    }
+}
+
+struct StepIndex<'i, 'f> {
+    instances: &'i [Instance<'f>],
+    by_name: HashMap<&'i str, usize>,
+    by_base: IndexMap<&'i str, Vec<usize>>,
+}
+
+struct Scope<'s, 'i, 'f> {
+    index: &'s StepIndex<'i, 'f>,
+    me: usize,
+    inst: &'s Instance<'f>,
+}
+
+fn with_key_span(def: &StepDef, key: &str) -> Option<Span> {
+    match &def.with.as_ref()?.value {
+        Node::Map(m) => m.iter().find(|(k, _)| k.value == key).map(|(_, v)| v.span),
+        _ => None,
+    }
+}
+
+/// A value as it reads inside a string: text unquoted, lists space-separated.
+pub fn value_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        Value::Array(items) => items.iter().map(value_text).collect::<Vec<_>>().join(" "),
+        other => other.to_string(),
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn valid_env_name(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// `512M`, `4G`, `1.5G`, `100` (MiB) → MiB.
+pub fn parse_mem_mb(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => (&s[..i], s[i..].to_ascii_uppercase()),
+        None => (s, String::new()),
+    };
+    let n: f64 = num.trim().parse().ok()?;
+    let factor = match unit.trim_end_matches("IB").trim_end_matches('B') {
+        "" | "M" => 1.0,
+        "K" => 1.0 / 1024.0,
+        "G" => 1024.0,
+        "T" => 1024.0 * 1024.0,
+        _ => return None,
+    };
+    (n >= 0.0).then(|| (n * factor).ceil() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_mem_mb("512M"), Some(512));
+        assert_eq!(parse_mem_mb("4G"), Some(4096));
+        assert_eq!(parse_mem_mb("1.5GiB"), Some(1536));
+        assert_eq!(parse_mem_mb("100"), Some(100));
+        assert_eq!(parse_mem_mb("lots"), None);
+    }
+}

@@ -1,0 +1,103 @@
+//! The workflow file as users write it; doc comments here become the JSON Schema's descriptions.
+
+use indexmap::IndexMap;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::located::{Located, Node};
+
+/// A dnaflow workflow: named parameters, optional profiles that override them, and steps.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "dnaflow workflow")]
+pub struct WorkflowFile {
+    /// Name of the workflow; run records are grouped by it (default: the file name).
+    pub name: Option<Located<String>>,
+    /// What the workflow does, for people reading it.
+    pub description: Option<String>,
+    /// Directory that relative paths and shell steps start from, relative to this file
+    /// (default: the directory holding this file).
+    pub workdir: Option<Located<String>>,
+    /// Parameters, used as `${{ params.NAME }}`; overridden by `--profile` and `--set`.
+    #[serde(default)]
+    pub params: IndexMap<Located<String>, Located<Node>>,
+    /// Named sets of parameter overrides, chosen with `--profile NAME`.
+    #[serde(default)]
+    pub profiles: IndexMap<Located<String>, Located<IndexMap<Located<String>, Located<Node>>>>,
+    /// The steps, by name. Dependencies come from `${{ steps.NAME.… }}` references and `needs`.
+    pub steps: IndexMap<Located<String>, Located<StepDef>>,
+}
+
+/// One step: a built-in kind (`uses` + `with`) or a shell command (`run`).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StepDef {
+    /// What the step does, for people reading it.
+    pub description: Option<String>,
+    /// Built-in step kind, e.g. `file.write` (see `dnaflow kinds`).
+    pub uses: Option<Located<String>>,
+    /// Parameters of the built-in kind.
+    pub with: Option<Located<Node>>,
+    /// Shell command (bash, `-e -o pipefail`), run in the workflow's workdir; write results into `${{ out }}`.
+    pub run: Option<Located<String>>,
+    /// Files or directories whose bytes the step depends on (paths relative to the workdir).
+    #[serde(default)]
+    pub inputs: Vec<Located<String>>,
+    /// Named files a shell step writes inside `${{ out }}`, referable as `${{ steps.NAME.OUTPUT }}`.
+    #[serde(default)]
+    pub outputs: IndexMap<Located<String>, Located<String>>,
+    /// Steps that must finish first, when no `${{ steps.… }}` reference says so already.
+    #[serde(default)]
+    pub needs: Vec<Located<String>>,
+    /// What the step occupies while it runs; the scheduler never over-commits them.
+    pub resources: Option<Resources>,
+    /// How many times to retry the step when it fails.
+    #[serde(default)]
+    pub retries: u32,
+    /// Environment variables for the step (values may use `${{ … }}`).
+    #[serde(default)]
+    pub env: IndexMap<Located<String>, Located<String>>,
+    /// Bounds on the step's metrics (from `metrics.json` in its output), checked by `dnaflow check`.
+    #[serde(default)]
+    pub expect: IndexMap<Located<String>, Located<Expectation>>,
+    /// Run one copy of the step per combination of these lists (a grid), named `step[key=value,…]`.
+    pub foreach: Option<Located<IndexMap<Located<String>, Located<Node>>>>,
+}
+
+/// Resources a step needs. Values may be `${{ params.… }}` expressions.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// CPU threads (default 1); exported to the step as DNAFLOW_THREADS, OMP_NUM_THREADS, RAYON_NUM_THREADS.
+    #[schemars(with = "Option<IntOrExpr>")]
+    pub cpus: Option<Located<Node>>,
+    /// GPUs (default 0); the step sees its own in CUDA_VISIBLE_DEVICES.
+    #[schemars(with = "Option<IntOrExpr>")]
+    pub gpus: Option<Located<Node>>,
+    /// Memory, e.g. `512M`, `4G` (a plain number means MiB).
+    #[schemars(with = "Option<IntOrExpr>")]
+    pub mem: Option<Located<Node>>,
+}
+
+/// A count, a size like `4G`, or a `${{ params.NAME }}` expression.
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum IntOrExpr {
+    Int(u64),
+    Expr(String),
+}
+
+/// Bounds on one metric. A metric name may be a dotted path into nested `metrics.json`.
+#[derive(Debug, Clone, Deserialize, JsonSchema, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Expectation {
+    /// Fails when the metric is below this.
+    pub min: Option<f64>,
+    /// Fails when the metric is above this.
+    pub max: Option<f64>,
+    /// Fails unless the metric equals this (within `tol` for numbers).
+    pub equals: Option<serde_json::Value>,
+    /// Absolute tolerance for `equals`.
+    pub tol: Option<f64>,
+}
