@@ -51,6 +51,23 @@ impl Source {
         }
     }
 
+    /// Byte offset of a 1-based line and (character) column.
+    pub fn offset_of(&self, line: u32, column: u32) -> usize {
+        let mut offset = 0;
+        for (i, l) in self.text.split_inclusive('\n').enumerate() {
+            if i + 1 == line as usize {
+                let col: usize = l
+                    .chars()
+                    .take(column.saturating_sub(1) as usize)
+                    .map(char::len_utf8)
+                    .sum();
+                return offset + col;
+            }
+            offset += l.len();
+        }
+        self.text.len()
+    }
+
     /// Line and column (1-based) of a byte offset.
     pub fn line_col(&self, offset: usize) -> (u32, u32) {
         let before = &self.text[..offset.min(self.text.len())];
@@ -72,7 +89,10 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     /// A diagnostic at `span` of `source`.
-    pub fn at(source: &Source, span: Span, message: impl Into<String>) -> Diagnostic {
+    pub fn at(source: &Source, mut span: Span, message: impl Into<String>) -> Diagnostic {
+        if span.len == 0 && span.line > 0 {
+            span.offset = source.offset_of(span.line, span.column);
+        }
         Diagnostic {
             file: source.path.clone(),
             span,
@@ -131,10 +151,9 @@ impl miette::Diagnostic for Diagnostic {
             return None;
         }
         let span = SourceSpan::new(self.span.offset.into(), self.span.len.max(1));
-        Some(Box::new(std::iter::once(miette::LabeledSpan::new_with_span(
-            Some("here".into()),
-            span,
-        ))))
+        Some(Box::new(std::iter::once(
+            miette::LabeledSpan::new_with_span(Some("here".into()), span),
+        )))
     }
 }
 
@@ -157,7 +176,7 @@ impl fmt::Display for Diagnostics {
 /// Render a diagnostic with its snippet for a terminal (or plain text when not a TTY).
 pub fn render(d: &Diagnostic) -> String {
     let named = d.text.as_ref().map(|t| {
-        NamedSource::new(d.location(), t.to_string()).with_language("yaml")
+        NamedSource::new(d.file.display().to_string(), t.to_string()).with_language("yaml")
     });
     let mut out = String::new();
     let handler = miette::GraphicalReportHandler::new_themed(if colors_enabled() {
@@ -181,7 +200,10 @@ fn colors_enabled() -> bool {
 }
 
 /// Closest candidate to `name`, for "did you mean" hints.
-pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (strsim::jaro_winkler(name, c), c))

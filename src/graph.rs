@@ -83,7 +83,10 @@ impl Dag {
         let mut order = Vec::with_capacity(n);
         while let Some(i) = ready.pop_first() {
             order.push(i);
-            for next in self.graph.neighbors_directed(NodeIndex::new(i), Direction::Outgoing) {
+            for next in self
+                .graph
+                .neighbors_directed(NodeIndex::new(i), Direction::Outgoing)
+            {
                 indegree[next.index()] -= 1;
                 if indegree[next.index()] == 0 {
                     ready.insert(next.index());

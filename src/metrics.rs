@@ -132,8 +132,18 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn ex(min: Option<f64>, max: Option<f64>, equals: Option<Value>, tol: Option<f64>) -> Expectation {
-        Expectation { min, max, equals, tol }
+    fn ex(
+        min: Option<f64>,
+        max: Option<f64>,
+        equals: Option<Value>,
+        tol: Option<f64>,
+    ) -> Expectation {
+        Expectation {
+            min,
+            max,
+            equals,
+            tol,
+        }
     }
 
     #[test]

@@ -47,11 +47,16 @@ fn human(bytes: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", units[u]) }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
 }
 
 pub fn cache(dir: &Path, cmd: &CacheCommand) -> Result<(), Failure> {
-    let cache = Cache::open(dir).with_context(|| format!("cannot open the cache at {}", dir.display()))?;
+    let cache =
+        Cache::open(dir).with_context(|| format!("cannot open the cache at {}", dir.display()))?;
     match cmd {
         CacheCommand::Ls { json } => {
             let list = cache.list();
@@ -60,7 +65,12 @@ pub fn cache(dir: &Path, cmd: &CacheCommand) -> Result<(), Failure> {
                 return Ok(());
             }
             let total: u64 = list.iter().map(|o| o.size).sum();
-            println!("{} objects, {} in {}", list.len(), human(total), cache.root.display());
+            println!(
+                "{} objects, {} in {}",
+                list.len(),
+                human(total),
+                cache.root.display()
+            );
             for o in &list {
                 println!(
                     "  {}  {:<10} {:>10}  {:<24} {}/{}{}",
@@ -74,10 +84,17 @@ pub fn cache(dir: &Path, cmd: &CacheCommand) -> Result<(), Failure> {
                 );
             }
         }
-        CacheCommand::Gc { max_size, max_age, keep_runs } => {
+        CacheCommand::Gc {
+            max_size,
+            max_age,
+            keep_runs,
+        } => {
             let max_size = match max_size {
                 Some(s) => Some(
-                    crate::workflow::parse_mem_mb(s).ok_or_else(|| anyhow!("--max-size {s}: expected a size like 20G"))? * 1024 * 1024,
+                    crate::workflow::parse_mem_mb(s)
+                        .ok_or_else(|| anyhow!("--max-size {s}: expected a size like 20G"))?
+                        * 1024
+                        * 1024,
                 ),
                 None => None,
             };
@@ -88,7 +105,11 @@ pub fn cache(dir: &Path, cmd: &CacheCommand) -> Result<(), Failure> {
                     cache.lock_exclusive(true)?.expect("blocking lock")
                 }
             };
-            let report = cache.gc(&GcOptions { max_size, max_age: max_age.map(Into::into), keep_runs: *keep_runs })?;
+            let report = cache.gc(&GcOptions {
+                max_size,
+                max_age: max_age.map(Into::into),
+                keep_runs: *keep_runs,
+            })?;
             drop(lock);
             println!(
                 "removed {} objects, {} run records, {} staging dirs; freed {}, {} kept",
@@ -105,10 +126,18 @@ pub fn cache(dir: &Path, cmd: &CacheCommand) -> Result<(), Failure> {
                 println!("DAMAGED {key}: {problem}");
             }
             if report.staging > 0 {
-                println!("{} staging dirs from interrupted runs (harmless; `dnaflow cache gc` removes them)", report.staging);
+                println!(
+                    "{} staging dirs from interrupted runs (harmless; `dnaflow cache gc` removes them)",
+                    report.staging
+                );
             }
-            let damaged: std::collections::BTreeSet<&String> = report.problems.iter().map(|(k, _)| k).collect();
-            println!("verified {} objects: {} damaged", report.checked, damaged.len());
+            let damaged: std::collections::BTreeSet<&String> =
+                report.problems.iter().map(|(k, _)| k).collect();
+            println!(
+                "verified {} objects: {} damaged",
+                report.checked,
+                damaged.len()
+            );
             if *fix {
                 for key in &damaged {
                     cache.remove(key)?;

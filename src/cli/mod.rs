@@ -48,7 +48,9 @@ fn parse_set(s: &str) -> Result<(String, String), String> {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a workflow: the target steps and their ancestors (all steps by default).
-    #[command(after_help = "Examples:\n  dnaflow run workflows/ch1-data.yaml\n  dnaflow run wf.yaml train --profile full --set lr=3e-4 --report run.json")]
+    #[command(
+        after_help = "Examples:\n  dnaflow run workflows/ch1-data.yaml\n  dnaflow run wf.yaml train --profile full --set lr=3e-4 --report run.json"
+    )]
     Run(run_cmd::RunArgs),
     /// Run (or reuse) a workflow, then fail if any `expect:` bound is not met.
     #[command(after_help = "Example (CI gate):\n  dnaflow check workflows/ch2-2-gpt2.yaml")]
@@ -63,13 +65,21 @@ enum Command {
     #[command(after_help = "Example:\n  dnaflow validate workflows/*.yaml")]
     Validate(run_cmd::ValidateArgs),
     /// Print the step graph as text, Graphviz DOT or Mermaid (cached steps marked).
-    #[command(after_help = "Examples:\n  dnaflow dag wf.yaml\n  dnaflow dag wf.yaml --format dot | dot -Tpng -o dag.png")]
+    #[command(
+        after_help = "Examples:\n  dnaflow dag wf.yaml\n  dnaflow dag wf.yaml --format dot | dot -Tpng -o dag.png"
+    )]
     Dag(inspect::DagArgs),
     /// Show or compare the metrics of runs.
-    #[command(subcommand, after_help = "Examples:\n  dnaflow metrics show\n  dnaflow metrics diff RUN_A RUN_B")]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  dnaflow metrics show\n  dnaflow metrics diff RUN_A RUN_B"
+    )]
     Metrics(inspect::MetricsCommand),
     /// Inspect and maintain the cache.
-    #[command(subcommand, after_help = "Examples:\n  dnaflow cache ls\n  dnaflow cache gc --max-size 20G --max-age 30d\n  dnaflow cache verify")]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  dnaflow cache ls\n  dnaflow cache gc --max-size 20G --max-age 30d\n  dnaflow cache verify"
+    )]
     Cache(cache_cmd::CacheCommand),
     /// List built-in step kinds, or describe one.
     #[command(after_help = "Example:\n  dnaflow kinds file.write")]
@@ -78,7 +88,9 @@ enum Command {
     #[command(after_help = "Example:\n  dnaflow schema --write schemas/workflow.schema.json")]
     Schema(inspect::SchemaArgs),
     /// Print shell completions.
-    #[command(after_help = "Example:\n  dnaflow completions bash > ~/.local/share/bash-completion/completions/dnaflow")]
+    #[command(
+        after_help = "Example:\n  dnaflow completions bash > ~/.local/share/bash-completion/completions/dnaflow"
+    )]
     Completions {
         /// bash, zsh, fish, elvish or powershell
         shell: clap_complete::Shell,

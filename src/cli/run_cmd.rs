@@ -73,7 +73,10 @@ pub struct ValidateArgs {
 
 /// Load, check the graph, and resolve targets.
 fn load(args: &WorkflowArgs, targets: &[String]) -> Result<(Workflow, Dag, Vec<usize>), Failure> {
-    let opts = LoadOptions { profile: args.profile.clone(), sets: args.sets.clone() };
+    let opts = LoadOptions {
+        profile: args.profile.clone(),
+        sets: args.sets.clone(),
+    };
     let wf = workflow::load(&args.file, &opts)?;
     let dag = Dag::new(&wf).map_err(Failure::Workflow)?;
     let mut selected = Vec::new();
@@ -89,7 +92,12 @@ fn open_cache(dir: &Path) -> Result<Cache, Failure> {
         .map_err(Failure::Other)
 }
 
-fn plan<'w>(wf: &'w Workflow, dag: Dag, targets: &[usize], cache: &Cache) -> Result<Plan<'w>, Failure> {
+fn plan<'w>(
+    wf: &'w Workflow,
+    dag: Dag,
+    targets: &[usize],
+    cache: &Cache,
+) -> Result<Plan<'w>, Failure> {
     Plan::new(wf, dag, targets, cache).map_err(|e| match e {
         exec::plan::PlanError::Input(d) => Failure::Workflow(vec![d]),
         other => Failure::Other(other.into()),
@@ -103,7 +111,8 @@ pub fn run(cache_dir: &Path, args: &RunArgs, check: bool) -> Result<(), Failure>
     let plan = plan(&wf, dag, &targets, &cache)?;
     let (cpus, gpus, mem_mb) = exec::detect_capacity();
     let mem_mb = match &args.mem {
-        Some(m) => workflow::parse_mem_mb(m).ok_or_else(|| anyhow::anyhow!("--mem {m}: expected a size like 16G"))?,
+        Some(m) => workflow::parse_mem_mb(m)
+            .ok_or_else(|| anyhow::anyhow!("--mem {m}: expected a size like 16G"))?,
         None => mem_mb,
     };
     let output = if args.quiet {
@@ -156,8 +165,16 @@ fn print_summary(record: &RunRecord, wf: &Workflow) {
 }
 
 fn print_failures(record: &RunRecord) {
-    for s in record.steps.iter().filter(|s| s.status == StepStatus::Failed) {
-        eprintln!("\nerror: step `{}` failed: {}", s.name, s.error.as_deref().unwrap_or("unknown error"));
+    for s in record
+        .steps
+        .iter()
+        .filter(|s| s.status == StepStatus::Failed)
+    {
+        eprintln!(
+            "\nerror: step `{}` failed: {}",
+            s.name,
+            s.error.as_deref().unwrap_or("unknown error")
+        );
         if let Some(tail) = &s.log_tail {
             eprintln!("--- last lines of its log ---");
             for line in tail.lines() {
@@ -181,16 +198,30 @@ fn print_expectations(record: &RunRecord, all: bool) -> bool {
     if rows.is_empty() || (!all && failed == 0) {
         return failed == 0;
     }
-    let width = rows.iter().map(|(s, e)| s.len() + e.metric.len() + 1).max().unwrap_or(10).max(6);
-    println!("\n{:<width$}  {:>14}  {:<22}  result", "metric", "value", "expected");
+    let width = rows
+        .iter()
+        .map(|(s, e)| s.len() + e.metric.len() + 1)
+        .max()
+        .unwrap_or(10)
+        .max(6);
+    println!(
+        "\n{:<width$}  {:>14}  {:<22}  result",
+        "metric", "value", "expected"
+    );
     for (step, e) in &rows {
         if !all && e.ok {
             continue;
         }
-        let value = e.value.as_ref().map_or("missing".to_string(), |v| match v.as_f64() {
-            Some(f) => format!("{f:.6}").trim_end_matches('0').trim_end_matches('.').to_string(),
-            None => v.to_string(),
-        });
+        let value = e
+            .value
+            .as_ref()
+            .map_or("missing".to_string(), |v| match v.as_f64() {
+                Some(f) => format!("{f:.6}")
+                    .trim_end_matches('0')
+                    .trim_end_matches('.')
+                    .to_string(),
+                None => v.to_string(),
+            });
         println!(
             "{:<width$}  {:>14}  {:<22}  {}",
             format!("{step}/{}", e.metric),
@@ -224,10 +255,19 @@ pub fn plan_cmd(cache_dir: &Path, args: &PlanArgs) -> Result<(), Failure> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"workflow": wf.name, "steps": steps})).expect("json"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"workflow": wf.name, "steps": steps}))
+                .expect("json")
+        );
         return Ok(());
     }
-    let width = plan.order.iter().map(|&i| wf.steps[i].name.len()).max().unwrap_or(4);
+    let width = plan
+        .order
+        .iter()
+        .map(|&i| wf.steps[i].name.len())
+        .max()
+        .unwrap_or(4);
     println!(
         "plan for {} ({}): {} steps, {} to run, {} cached",
         wf.name,
@@ -239,12 +279,14 @@ pub fn plan_cmd(cache_dir: &Path, args: &PlanArgs) -> Result<(), Failure> {
     for &i in &plan.order {
         match plan.decisions[i] {
             Decision::Cached => println!("  cached  {}", wf.steps[i].name),
-            Decision::Run => println!("  run     {:<width$}  {}", wf.steps[i].name, plan.reasons[i]),
+            Decision::Run => println!(
+                "  run     {:<width$}  {}",
+                wf.steps[i].name, plan.reasons[i]
+            ),
         }
     }
     Ok(())
 }
-
 
 pub fn why(cache_dir: &Path, args: &WhyArgs) -> Result<(), Failure> {
     let (wf, dag, _) = load(&args.wf, &[])?;
@@ -258,7 +300,13 @@ pub fn why(cache_dir: &Path, args: &WhyArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-fn explain(plan: &Plan, cache: &Cache, i: usize, depth: usize, seen: &mut std::collections::HashSet<usize>) {
+fn explain(
+    plan: &Plan,
+    cache: &Cache,
+    i: usize,
+    depth: usize,
+    seen: &mut std::collections::HashSet<usize>,
+) {
     let wf = plan.wf;
     if !seen.insert(i) {
         return;
@@ -267,23 +315,36 @@ fn explain(plan: &Plan, cache: &Cache, i: usize, depth: usize, seen: &mut std::c
     let name = &wf.steps[i].name;
     let key = &plan.keys[i];
     if plan.decisions[i] == Decision::Cached {
-        println!("{pad}`{name}` is cached (key {}): it would not run", &key[..12]);
+        println!(
+            "{pad}`{name}` is cached (key {}): it would not run",
+            &key[..12]
+        );
         return;
     }
-    println!("{pad}`{name}` would run (key {}): {}", &key[..12], plan.reasons[i]);
+    println!(
+        "{pad}`{name}` would run (key {}): {}",
+        &key[..12],
+        plan.reasons[i]
+    );
     let Some((old_key, changes)) = plan.changes(i, cache) else {
         return;
     };
     if changes.is_empty() {
         return;
     }
-    println!("{pad}  changed since the last run (key {}):", &old_key[..old_key.len().min(12)]);
+    println!(
+        "{pad}  changed since the last run (key {}):",
+        &old_key[..old_key.len().min(12)]
+    );
     for c in &changes {
         println!("{pad}  - {c}");
     }
     // Follow changed upstream steps to the change that started it.
     for c in &changes {
-        if let Some(up) = c.what.strip_prefix("upstream `").and_then(|s| s.strip_suffix('`'))
+        if let Some(up) = c
+            .what
+            .strip_prefix("upstream `")
+            .and_then(|s| s.strip_suffix('`'))
             && c.new.is_some()
             && let Some(j) = wf.index_of(up)
         {
@@ -295,12 +356,25 @@ fn explain(plan: &Plan, cache: &Cache, i: usize, depth: usize, seen: &mut std::c
 pub fn validate(args: &ValidateArgs) -> Result<(), Failure> {
     let mut problems = Vec::new();
     for file in &args.files {
-        let wf_args = WorkflowArgs { file: file.clone(), profile: args.profile.clone(), sets: args.sets.clone() };
+        let wf_args = WorkflowArgs {
+            file: file.clone(),
+            profile: args.profile.clone(),
+            sets: args.sets.clone(),
+        };
         match load(&wf_args, &[]) {
-            Ok((wf, _, _)) => println!("ok: {} ({}): {} steps", file.display(), wf.name, wf.steps.len()),
+            Ok((wf, _, _)) => println!(
+                "ok: {} ({}): {} steps",
+                file.display(),
+                wf.name,
+                wf.steps.len()
+            ),
             Err(Failure::Workflow(ds)) => problems.extend(ds),
             Err(other) => return Err(other),
         }
     }
-    if problems.is_empty() { Ok(()) } else { Err(Failure::Workflow(problems)) }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::Workflow(problems))
+    }
 }

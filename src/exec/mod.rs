@@ -132,9 +132,9 @@ pub fn run(plan: &Plan, cache: &Cache, opts: &RunOptions) -> Result<RunRecord, E
                 }
                 let step = &wf.steps[i];
                 if let Some(&bad) = step.deps.iter().find(|&&d| {
-                    records[d]
-                        .as_ref()
-                        .is_some_and(|r| matches!(r.status, StepStatus::Failed | StepStatus::Skipped))
+                    records[d].as_ref().is_some_and(|r| {
+                        matches!(r.status, StepStatus::Failed | StepStatus::Skipped)
+                    })
                 }) {
                     let reason = format!("upstream `{}` did not finish", wf.steps[bad].name);
                     let rec = skipped(plan, i, reason);
@@ -166,7 +166,11 @@ pub fn run(plan: &Plan, cache: &Cache, opts: &RunOptions) -> Result<RunRecord, E
                 let reason = plan.reasons[i].clone();
                 scope.spawn(move || {
                     let record = exec.step(i, cpus, &gpus, reason);
-                    let _ = tx.send(Outcome { index: i, record, gpus });
+                    let _ = tx.send(Outcome {
+                        index: i,
+                        record,
+                        gpus,
+                    });
                 });
             }
             if running == 0 {
@@ -180,7 +184,13 @@ pub fn run(plan: &Plan, cache: &Cache, opts: &RunOptions) -> Result<RunRecord, E
             free_gpus.extend(done.gpus);
             free_gpus.sort_unstable();
             let rec = with_expectations(step, done.record);
-            progress.finished(done.index, &step.name, rec.status, rec.seconds, rec.error.as_deref().unwrap_or(&rec.reason));
+            progress.finished(
+                done.index,
+                &step.name,
+                rec.status,
+                rec.seconds,
+                rec.error.as_deref().unwrap_or(&rec.reason),
+            );
             if rec.status == StepStatus::Failed && !opts.keep_going && stop_reason.is_none() {
                 stop_reason = Some(format!(
                     "not started: the run stopped after `{}` failed (--keep-going runs independent steps)",
@@ -199,10 +209,17 @@ pub fn run(plan: &Plan, cache: &Cache, opts: &RunOptions) -> Result<RunRecord, E
             records[i] = Some(skipped(plan, i, reason));
         }
     }
-    let steps: Vec<StepRecord> = plan.order.iter().filter_map(|&i| records[i].take()).collect();
+    let steps: Vec<StepRecord> = plan
+        .order
+        .iter()
+        .filter_map(|&i| records[i].take())
+        .collect();
     let status = if CANCELLED.load(Ordering::SeqCst) {
         "interrupted"
-    } else if steps.iter().any(|s| matches!(s.status, StepStatus::Failed | StepStatus::Skipped)) {
+    } else if steps
+        .iter()
+        .any(|s| matches!(s.status, StepStatus::Failed | StepStatus::Skipped))
+    {
         "failed"
     } else {
         "ok"
@@ -219,7 +236,10 @@ pub fn run(plan: &Plan, cache: &Cache, opts: &RunOptions) -> Result<RunRecord, E
         dnaflow_version: env!("CARGO_PKG_VERSION").into(),
         steps,
     };
-    runs::write(&cache.runs(), &record).map_err(|e| CacheError::Io { path: cache.runs(), source: e })?;
+    runs::write(&cache.runs(), &record).map_err(|e| CacheError::Io {
+        path: cache.runs(),
+        source: e,
+    })?;
     Ok(record)
 }
 
@@ -233,19 +253,27 @@ fn check_resources(plan: &Plan, opts: &RunOptions) -> Result<(), ExecError> {
         let need = &step.resources;
         let problem = if need.gpus as usize > opts.gpus {
             Some((
-                format!("step `{}` needs {} GPU(s), but {} are available", step.name, need.gpus, opts.gpus),
+                format!(
+                    "step `{}` needs {} GPU(s), but {} are available",
+                    step.name, need.gpus, opts.gpus
+                ),
                 "run it on a machine with GPUs, pass `--gpus N`, or lower `resources.gpus` (e.g. with a profile)",
             ))
         } else if opts.mem_mb > 0 && need.mem_mb > opts.mem_mb {
             Some((
-                format!("step `{}` needs {} MiB of memory, but {} MiB are available", step.name, need.mem_mb, opts.mem_mb),
+                format!(
+                    "step `{}` needs {} MiB of memory, but {} MiB are available",
+                    step.name, need.mem_mb, opts.mem_mb
+                ),
                 "lower `resources.mem`, or pass `--mem SIZE` if the machine really has more",
             ))
         } else {
             None
         };
         if let Some((msg, help)) = problem {
-            return Err(ExecError::Resources(Diagnostic::at(&plan.wf.source, need.span, msg).with_help(help)));
+            return Err(ExecError::Resources(
+                Diagnostic::at(&plan.wf.source, need.span, msg).with_help(help),
+            ));
         }
     }
     Ok(())
@@ -297,7 +325,10 @@ fn cached_record(plan: &Plan, cache: &Cache, i: usize, reason: &str) -> StepReco
         .filter(|s| &s.key == key && s.status != StepStatus::Failed);
     rec.metrics = match prev {
         Some(p) => p.metrics.clone(),
-        None => cache.manifest(key).map(|m| m.metrics).unwrap_or(Value::Object(Default::default())),
+        None => cache
+            .manifest(key)
+            .map(|m| m.metrics)
+            .unwrap_or(Value::Object(Default::default())),
     };
     rec
 }
@@ -338,7 +369,11 @@ impl Exec<'_> {
             rec.status = StepStatus::Cached;
             rec.reason = "cached (computed by a concurrent run)".into();
             rec.out = Some(self.cache.out_dir(key));
-            rec.metrics = self.cache.manifest(key).map(|m| m.metrics).unwrap_or_default();
+            rec.metrics = self
+                .cache
+                .manifest(key)
+                .map(|m| m.metrics)
+                .unwrap_or_default();
             return rec;
         }
         if let Some(r) = self.recipe(i)
@@ -347,7 +382,10 @@ impl Exec<'_> {
             return fail(rec, e.to_string());
         }
         let safe = step.name.replace(['/', '\0'], "_");
-        let (out_path, err_path) = (self.log_dir.join(format!("{safe}.out")), self.log_dir.join(format!("{safe}.err")));
+        let (out_path, err_path) = (
+            self.log_dir.join(format!("{safe}.out")),
+            self.log_dir.join(format!("{safe}.err")),
+        );
         rec.stdout = Some(out_path.clone());
         rec.stderr = Some(err_path.clone());
         let attempts = step.retries + 1;
@@ -377,19 +415,33 @@ impl Exec<'_> {
     }
 
     /// One try: stage, run, check outputs, commit. Returns the metrics.
-    fn attempt(&self, i: usize, cpus: usize, gpus: &[usize], out_log: &Path, err_log: &Path, attempt: u32) -> Result<Value, String> {
+    fn attempt(
+        &self,
+        i: usize,
+        cpus: usize,
+        gpus: &[usize],
+        out_log: &Path,
+        err_log: &Path,
+        attempt: u32,
+    ) -> Result<Value, String> {
         let step = &self.wf.steps[i];
         let key = &self.keys[i];
         let clock = Instant::now();
         let staging = self.cache.stage(key).map_err(|e| e.to_string())?;
-        let result = self.execute(step, &staging.out, cpus, gpus, out_log, err_log, attempt).and_then(|()| {
-            for (name, rel) in &step.outputs {
-                if !matches!(name.as_str(), "out" | "metrics") && !staging.out.join(rel).exists() {
-                    return Err(format!("declared output `{name}` ({rel}) was not written"));
+        let result = self
+            .execute(step, &staging.out, cpus, gpus, out_log, err_log, attempt)
+            .and_then(|()| {
+                for (name, rel) in &step.outputs {
+                    if !matches!(name.as_str(), "out" | "metrics")
+                        && !staging.out.join(rel).exists()
+                    {
+                        return Err(format!("declared output `{name}` ({rel}) was not written"));
+                    }
                 }
-            }
-            metrics::read(&staging.out.join("metrics.json"))
-        });
+                // Name files as the step author knows them, not by their staging path.
+                metrics::read(&staging.out.join("metrics.json"))
+                    .map_err(|e| e.replace(&staging.out.display().to_string(), "${{ out }}"))
+            });
         let metrics = match result {
             Ok(m) => m,
             Err(e) => {
@@ -407,19 +459,37 @@ impl Exec<'_> {
             metrics: metrics.clone(),
             files: Default::default(),
         };
-        self.cache.commit(staging, manifest).map_err(|e| e.to_string())?;
+        self.cache
+            .commit(staging, manifest)
+            .map_err(|e| e.to_string())?;
         Ok(metrics)
     }
 
     fn recipe_of(&self, i: usize) -> crate::cache::Recipe {
-        self.recipes[i].clone().unwrap_or_else(|| panic!("step {i} was planned without a recipe"))
+        self.recipes[i]
+            .clone()
+            .unwrap_or_else(|| panic!("step {i} was planned without a recipe"))
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn execute(&self, step: &Step, out: &Path, cpus: usize, gpus: &[usize], out_log: &Path, err_log: &Path, attempt: u32) -> Result<(), String> {
-        std::fs::create_dir_all(&self.log_dir).map_err(|e| format!("{}: {e}", self.log_dir.display()))?;
+    fn execute(
+        &self,
+        step: &Step,
+        out: &Path,
+        cpus: usize,
+        gpus: &[usize],
+        out_log: &Path,
+        err_log: &Path,
+        attempt: u32,
+    ) -> Result<(), String> {
+        std::fs::create_dir_all(&self.log_dir)
+            .map_err(|e| format!("{}: {e}", self.log_dir.display()))?;
         let open = |p: &Path| {
-            let mut f = File::options().create(true).append(true).open(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            let mut f = File::options()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| format!("{}: {e}", p.display()))?;
             if attempt > 1 {
                 use std::io::Write;
                 let _ = writeln!(f, "--- attempt {attempt} ---");
@@ -427,7 +497,9 @@ impl Exec<'_> {
             Ok::<File, String>(f)
         };
         let (stdout, stderr) = (open(out_log)?, open(err_log)?);
-        let mut resolve = |part: &crate::workflow::Part| plan::real_part(self.wf, self.cache, self.keys, part, out);
+        let mut resolve = |part: &crate::workflow::Part| {
+            plan::real_part(self.wf, self.cache, self.keys, part, out)
+        };
         let mut env: Vec<(String, String)> = vec![
             ("DNAFLOW_OUT".into(), out.display().to_string()),
             ("DNAFLOW_STEP".into(), step.name.clone()),
@@ -446,7 +518,10 @@ impl Exec<'_> {
             Action::Run { command } => {
                 let mut quote = |p: &crate::workflow::Part| match p {
                     crate::workflow::Part::Text(t) => vec![t.clone()],
-                    other => resolve(other).iter().map(|s| crate::workflow::template::shell_quote(s)).collect(),
+                    other => resolve(other)
+                        .iter()
+                        .map(|s| crate::workflow::template::shell_quote(s))
+                        .collect(),
                 };
                 let cmd = command.render(&mut quote);
                 shell::run(&cmd, &self.wf.workdir, &env, stdout, stderr)

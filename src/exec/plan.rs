@@ -45,10 +45,19 @@ pub enum PlanError {
 
 impl<'w> Plan<'w> {
     /// Plan `targets` (and their ancestors; every step when empty).
-    pub fn new(wf: &'w Workflow, dag: Dag, targets: &[usize], cache: &Cache) -> Result<Plan<'w>, PlanError> {
+    pub fn new(
+        wf: &'w Workflow,
+        dag: Dag,
+        targets: &[usize],
+        cache: &Cache,
+    ) -> Result<Plan<'w>, PlanError> {
         let n = wf.steps.len();
         let selected = dag.ancestors(targets);
-        let order: Vec<usize> = dag.topo_order().into_iter().filter(|&i| selected[i]).collect();
+        let order: Vec<usize> = dag
+            .topo_order()
+            .into_iter()
+            .filter(|&i| selected[i])
+            .collect();
         let mut stat = StatCache::load(&cache.stat_cache_path());
         let mut keys = vec![String::new(); n];
         let mut recipes: Vec<Option<Recipe>> = vec![None; n];
@@ -70,12 +79,25 @@ impl<'w> Plan<'w> {
                 reasons[i] = reason(wf, i, &keys, &recipes, previous.as_ref(), cache);
             }
         }
-        Ok(Plan { wf, dag, order, selected, keys, recipes, decisions, reasons, previous })
+        Ok(Plan {
+            wf,
+            dag,
+            order,
+            selected,
+            keys,
+            recipes,
+            decisions,
+            reasons,
+            previous,
+        })
     }
 
     /// Steps that would run.
     pub fn to_run(&self) -> usize {
-        self.order.iter().filter(|&&i| self.decisions[i] == Decision::Run).count()
+        self.order
+            .iter()
+            .filter(|&&i| self.decisions[i] == Decision::Run)
+            .count()
     }
 
     /// Field-level changes of step `i` since the previous run (`None`: nothing to compare).
@@ -87,7 +109,14 @@ impl<'w> Plan<'w> {
 }
 
 /// Why step `i` must run, in one line.
-fn reason(wf: &Workflow, i: usize, keys: &[String], recipes: &[Option<Recipe>], previous: Option<&RunRecord>, cache: &Cache) -> String {
+fn reason(
+    wf: &Workflow,
+    i: usize,
+    keys: &[String],
+    recipes: &[Option<Recipe>],
+    previous: Option<&RunRecord>,
+    cache: &Cache,
+) -> String {
     let step = &wf.steps[i];
     let Some(prev_run) = previous else {
         return "first run of this workflow".into();
@@ -106,7 +135,7 @@ fn reason(wf: &Workflow, i: usize, keys: &[String], recipes: &[Option<Recipe>], 
         (Some(old), Some(new)) => {
             let changes = diff(&old, new);
             match changes.split_first() {
-                Some((first, rest)) if rest.is_empty() => first.to_string(),
+                Some((first, [])) => first.to_string(),
                 Some((first, rest)) => format!("{first} (+{} more)", rest.len()),
                 None => "recipe changed".into(),
             }
@@ -116,12 +145,27 @@ fn reason(wf: &Workflow, i: usize, keys: &[String], recipes: &[Option<Recipe>], 
 }
 
 /// The recipe of step `i`; upstream keys must already be in `keys`.
-fn recipe(wf: &Workflow, i: usize, keys: &[String], stat: &mut StatCache) -> Result<Recipe, PlanError> {
+fn recipe(
+    wf: &Workflow,
+    i: usize,
+    keys: &[String],
+    stat: &mut StatCache,
+) -> Result<Recipe, PlanError> {
     let step = &wf.steps[i];
     let mut symbolic = |part: &Part| symbolic_part(wf, part);
     let (kind, version, command, with) = match &step.action {
-        Action::Run { command } => ("run".to_string(), 1, Some(command.render(&mut symbolic)), None),
-        Action::Uses { kind, with } => (kind.name.to_string(), kind.version, None, Some(with.render(&mut symbolic))),
+        Action::Run { command } => (
+            "run".to_string(),
+            1,
+            Some(command.render(&mut symbolic)),
+            None,
+        ),
+        Action::Uses { kind, with } => (
+            kind.name.to_string(),
+            kind.version,
+            None,
+            Some(with.render(&mut symbolic)),
+        ),
     };
     let env = step
         .env
@@ -133,8 +177,12 @@ fn recipe(wf: &Workflow, i: usize, keys: &[String], stat: &mut StatCache) -> Res
         let path = wf.input_path(input);
         let hash = stat.hash_path(&path).map_err(|e| {
             PlanError::Input(
-                Diagnostic::at(&wf.source, input.span, format!("cannot read input `{}`: {e}", input.path))
-                    .with_help("the file must exist and be readable when the workflow runs"),
+                Diagnostic::at(
+                    &wf.source,
+                    input.span,
+                    format!("cannot read input `{}`: {e}", input.path),
+                )
+                .with_help("the file must exist and be readable when the workflow runs"),
             )
         })?;
         inputs.insert(input.path.clone(), hash);
@@ -179,17 +227,29 @@ fn symbolic_part(wf: &Workflow, part: &Part) -> Vec<String> {
 fn normalize_numbers(v: Value) -> Value {
     match v {
         Value::Number(n) => match n.as_f64() {
-            Some(f) if f.fract() == 0.0 && f.abs() < 9e15 && !n.is_i64() && !n.is_u64() => Value::from(f as i64),
+            Some(f) if f.fract() == 0.0 && f.abs() < 9e15 && !n.is_i64() && !n.is_u64() => {
+                Value::from(f as i64)
+            }
             _ => Value::Number(n),
         },
         Value::Array(a) => Value::Array(a.into_iter().map(normalize_numbers).collect()),
-        Value::Object(m) => Value::Object(m.into_iter().map(|(k, v)| (k, normalize_numbers(v))).collect()),
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .map(|(k, v)| (k, normalize_numbers(v)))
+                .collect(),
+        ),
         other => other,
     }
 }
 
 /// The concrete path of a reference, given upstream keys.
-pub fn real_part(wf: &Workflow, cache: &Cache, keys: &[String], part: &Part, out: &std::path::Path) -> Vec<String> {
+pub fn real_part(
+    wf: &Workflow,
+    cache: &Cache,
+    keys: &[String],
+    part: &Part,
+    out: &std::path::Path,
+) -> Vec<String> {
     match part {
         Part::Text(t) => vec![t.clone()],
         Part::Out => vec![out.display().to_string()],

@@ -31,27 +31,44 @@ impl Progress {
             let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
             let bar = multi.add(ProgressBar::new(steps as u64));
             bar.set_style(
-                ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} steps  {elapsed}  {msg}")
-                    .expect("valid template"),
+                ProgressStyle::with_template(
+                    "{bar:30.cyan/blue} {pos}/{len} steps  {elapsed}  {msg}",
+                )
+                .expect("valid template"),
             );
             (Some(multi), Some(bar))
         } else {
             (None, None)
         };
-        Progress { mode, multi, total, running: Default::default() }
+        Progress {
+            mode,
+            multi,
+            total,
+            running: Default::default(),
+        }
     }
 
     pub fn started(&mut self, i: usize, name: &str) {
         if let Some(multi) = &self.multi {
             let bar = multi.insert_from_back(1, ProgressBar::new_spinner());
-            bar.set_style(ProgressStyle::with_template("  {spinner} {msg} {elapsed}").expect("valid template"));
+            bar.set_style(
+                ProgressStyle::with_template("  {spinner} {msg} {elapsed}")
+                    .expect("valid template"),
+            );
             bar.set_message(name.to_string());
             bar.enable_steady_tick(Duration::from_millis(120));
             self.running.insert(i, bar);
         }
     }
 
-    pub fn finished(&mut self, i: usize, name: &str, status: StepStatus, seconds: f64, reason: &str) {
+    pub fn finished(
+        &mut self,
+        i: usize,
+        name: &str,
+        status: StepStatus,
+        seconds: f64,
+        reason: &str,
+    ) {
         let line = match status {
             StepStatus::Cached => format!("  cached   {name}"),
             StepStatus::Ran => format!("  ran      {name}  ({seconds:.2}s)"),

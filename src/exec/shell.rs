@@ -36,8 +36,18 @@ pub fn install_interrupt_handler() {
 
 /// Run `command` in `workdir` with `env`, stdout/stderr into the given files.
 /// Returns `Ok(())` on exit status 0, else a message naming the status.
-pub fn run(command: &str, workdir: &Path, env: &[(String, String)], stdout: File, stderr: File) -> Result<(), String> {
-    let shell = if Path::new("/bin/bash").exists() { "/bin/bash" } else { "/bin/sh" };
+pub fn run(
+    command: &str,
+    workdir: &Path,
+    env: &[(String, String)],
+    stdout: File,
+    stderr: File,
+) -> Result<(), String> {
+    let shell = if Path::new("/bin/bash").exists() {
+        "/bin/bash"
+    } else {
+        "/bin/sh"
+    };
     let mut cmd = Command::new(shell);
     if shell.ends_with("bash") {
         cmd.args(["-e", "-o", "pipefail", "-c", command]);
@@ -58,7 +68,9 @@ pub fn run(command: &str, workdir: &Path, env: &[(String, String)], stdout: File
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(|e| format!("cannot start {shell}: {e}"))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start {shell}: {e}"))?;
     let pid = child.id() as i32;
     if let Ok(mut g) = CHILDREN.lock() {
         g.get_or_insert_with(HashSet::new).insert(pid);
@@ -82,7 +94,9 @@ pub fn run(command: &str, workdir: &Path, env: &[(String, String)], stdout: File
     use std::os::unix::process::ExitStatusExt;
     Err(match (status.code(), status.signal()) {
         (Some(code), _) => format!("command exited with status {code}"),
-        (None, Some(sig)) if CANCELLED.load(Ordering::SeqCst) => format!("interrupted (signal {sig})"),
+        (None, Some(sig)) if CANCELLED.load(Ordering::SeqCst) => {
+            format!("interrupted (signal {sig})")
+        }
         (None, Some(sig)) => format!("command killed by signal {sig}"),
         _ => "command failed".into(),
     })

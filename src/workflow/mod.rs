@@ -106,7 +106,10 @@ pub enum Part {
     /// The step's own output directory.
     Out,
     /// An output of upstream steps; several when it refers to all expansions of a `foreach` step.
-    Output { steps: Vec<usize>, output: String },
+    Output {
+        steps: Vec<usize>,
+        output: String,
+    },
 }
 
 /// A `with:` value with its step references bound.
@@ -133,11 +136,13 @@ impl Template {
 
     /// Steps this template refers to.
     pub fn deps(&self) -> impl Iterator<Item = usize> + '_ {
-        self.0.iter().flat_map(|p| match p {
-            Part::Output { steps, .. } => steps.as_slice(),
-            _ => &[],
-        })
-        .copied()
+        self.0
+            .iter()
+            .flat_map(|p| match p {
+                Part::Output { steps, .. } => steps.as_slice(),
+                _ => &[],
+            })
+            .copied()
     }
 }
 
@@ -228,19 +233,47 @@ fn parse(source: &Source) -> Result<WorkflowFile, Diagnostic> {
         if let Some(cut) = message.find(" at line ") {
             message.truncate(cut);
         }
-        let d = Diagnostic::at(source, span, message.clone());
-        match unknown_field_hint(&message) {
+        let (message, help) = explain_parse_error(&message);
+        let d = Diagnostic::at(source, span, message);
+        match help {
             Some(h) => d.with_help(h),
             None => d,
         }
     })
 }
 
+/// Parser messages in the words of a workflow author, with a hint where one helps.
+fn explain_parse_error(message: &str) -> (String, Option<String>) {
+    if let Some(key) = message.strip_prefix("duplicate mapping key: ") {
+        let key = key.split(", set DuplicateKeyPolicy").next().unwrap_or(key);
+        return (
+            format!("duplicate key `{key}`"),
+            Some("each key (and each step name) may appear only once in a mapping".into()),
+        );
+    }
+    for (ty, what) in [
+        ("u32", "a whole number, 0 or more"),
+        ("u64", "a whole number, 0 or more"),
+        ("f64", "a number"),
+        ("bool", "true or false"),
+    ] {
+        if message.starts_with(&format!("invalid {ty}")) {
+            return (format!("expected {what}"), None);
+        }
+    }
+    (message.to_string(), unknown_field_hint(message))
+}
+
 /// serde lists the expected fields; turn that into a "did you mean".
 fn unknown_field_hint(message: &str) -> Option<String> {
     let rest = message.split("unknown field `").nth(1)?;
     let field = rest.split('`').next()?;
-    let expected: Vec<&str> = rest.split('`').skip(2).step_by(2).collect();
+    let after = rest.split_once('`').map_or("", |(_, a)| a);
+    let expected: Vec<&str> = match after.split_once("expected one of ") {
+        // serde-saphyr lists names bare, serde_json in backticks.
+        Some((_, list)) => list.split(", ").map(|n| n.trim_matches('`')).collect(),
+        None => after.split('`').skip(1).step_by(2).collect(),
+    };
     let best = did_you_mean(field, expected.iter().copied());
     Some(match best {
         Some(b) => format!("did you mean `{b}`?"),
@@ -296,7 +329,10 @@ impl<'a> Resolver<'a> {
             Some(w) => {
                 let dir = file_dir.join(&w.value);
                 if !dir.is_dir() {
-                    self.error(w.span, format!("workdir `{}` is not a directory", dir.display()));
+                    self.error(
+                        w.span,
+                        format!("workdir `{}` is not a directory", dir.display()),
+                    );
                 }
                 dir
             }
@@ -306,7 +342,13 @@ impl<'a> Resolver<'a> {
         let name = match &file.name {
             Some(n) => {
                 if !valid_name(&n.value) {
-                    self.error(n.span, format!("workflow name `{}` may only use letters, digits, `_` and `-`", n.value));
+                    self.error(
+                        n.span,
+                        format!(
+                            "workflow name `{}` may only use letters, digits, `_` and `-`",
+                            n.value
+                        ),
+                    );
                 }
                 n.value.clone()
             }
@@ -339,9 +381,31 @@ impl<'a> Resolver<'a> {
     fn resolve_params(&mut self, file: &WorkflowFile) {
         for (k, v) in &file.params {
             if !valid_name(&k.value) {
-                self.error(k.span, format!("parameter name `{}` may only use letters, digits, `_` and `-`", k.value));
+                self.error(
+                    k.span,
+                    format!(
+                        "parameter name `{}` may only use letters, digits, `_` and `-`",
+                        k.value
+                    ),
+                );
             }
             self.params.insert(k.value.clone(), v.value.to_json());
+        }
+        // Every profile is checked, chosen or not, so a typo shows up before anyone needs it.
+        for (name, overrides) in &file.profiles {
+            for (k, _) in &overrides.value {
+                if !self.params.contains_key(&k.value) {
+                    let hint = self.param_hint(&k.value);
+                    self.error(
+                        k.span,
+                        format!(
+                            "profile `{}` sets `{}`, which is not a parameter",
+                            name.value, k.value
+                        ),
+                    )
+                    .help = Some(format!("declare it under `params:` first{hint}"));
+                }
+            }
         }
         if let Some(profile) = &self.opts.profile {
             match file.profiles.iter().find(|(k, _)| &k.value == profile) {
@@ -349,10 +413,6 @@ impl<'a> Resolver<'a> {
                     for (k, v) in &overrides.value {
                         if self.params.contains_key(&k.value) {
                             self.params.insert(k.value.clone(), v.value.to_json());
-                        } else {
-                            let hint = self.param_hint(&k.value);
-                            self.error(k.span, format!("profile `{profile}` sets `{}`, which is not a parameter", k.value))
-                                .help = Some(format!("declare it under `params:` first{hint}"));
                         }
                     }
                 }
@@ -364,7 +424,8 @@ impl<'a> Resolver<'a> {
                         format!("profiles here: {}", names.join(", "))
                     };
                     self.errors.push(
-                        Diagnostic::file(&self.source.path, format!("no profile `{profile}`")).with_help(help),
+                        Diagnostic::file(&self.source.path, format!("no profile `{profile}`"))
+                            .with_help(help),
                     );
                 }
             }
@@ -373,8 +434,14 @@ impl<'a> Resolver<'a> {
             if !self.params.contains_key(k) {
                 let hint = self.param_hint(k);
                 self.errors.push(
-                    Diagnostic::file(&self.source.path, format!("--set {k}=…: `{k}` is not a parameter of this workflow"))
-                        .with_help(format!("parameters: {}{hint}", self.params.keys().cloned().collect::<Vec<_>>().join(", "))),
+                    Diagnostic::file(
+                        &self.source.path,
+                        format!("--set {k}=…: `{k}` is not a parameter of this workflow"),
+                    )
+                    .with_help(format!(
+                        "parameters: {}{hint}",
+                        self.params.keys().cloned().collect::<Vec<_>>().join(", ")
+                    )),
                 );
                 continue;
             }
@@ -398,8 +465,11 @@ impl<'a> Resolver<'a> {
         for (key, def) in &file.steps {
             let base = key.value.clone();
             if !valid_name(&base) {
-                self.error(key.span, format!("step name `{base}` may only use letters, digits, `_` and `-`"))
-                    .help = Some("dots and brackets are reserved for references and expansions".into());
+                self.error(
+                    key.span,
+                    format!("step name `{base}` may only use letters, digits, `_` and `-`"),
+                )
+                .help = Some("dots and brackets are reserved for references and expansions".into());
                 continue;
             }
             let def = &def.value;
@@ -447,13 +517,28 @@ impl<'a> Resolver<'a> {
         }
         for (k, v) in &def.outputs {
             if def.uses.is_some() {
-                self.error(k.span, "`outputs:` is for shell steps; a built-in kind names its own outputs");
+                self.error(
+                    k.span,
+                    "`outputs:` is for shell steps; a built-in kind names its own outputs",
+                );
             } else if outputs.contains_key(&k.value) {
                 self.error(k.span, format!("output name `{}` is reserved", k.value));
             } else if !valid_name(&k.value) {
-                self.error(k.span, format!("output name `{}` may only use letters, digits, `_` and `-`", k.value));
+                self.error(
+                    k.span,
+                    format!(
+                        "output name `{}` may only use letters, digits, `_` and `-`",
+                        k.value
+                    ),
+                );
             } else if Path::new(&v.value).is_absolute() || v.value.split('/').any(|c| c == "..") {
-                self.error(v.span, format!("output `{}` must be a path inside the step's output directory", v.value));
+                self.error(
+                    v.span,
+                    format!(
+                        "output `{}` must be a path inside the step's output directory",
+                        v.value
+                    ),
+                );
             } else {
                 outputs.insert(k.value.clone(), v.value.clone());
             }
@@ -467,19 +552,31 @@ impl<'a> Resolver<'a> {
             return vec![IndexMap::new()];
         };
         if foreach.value.is_empty() {
-            self.error(foreach.span, "`foreach:` needs at least one key with a list of values");
+            self.error(
+                foreach.span,
+                "`foreach:` needs at least one key with a list of values",
+            );
             return vec![];
         }
         let mut rows = vec![IndexMap::new()];
         for (key, values) in &foreach.value {
             if !valid_name(&key.value) {
-                self.error(key.span, format!("foreach key `{}` may only use letters, digits, `_` and `-`", key.value));
+                self.error(
+                    key.span,
+                    format!(
+                        "foreach key `{}` may only use letters, digits, `_` and `-`",
+                        key.value
+                    ),
+                );
                 return vec![];
             }
             let list = match self.list_value(values) {
                 Some(l) if !l.is_empty() => l,
                 Some(_) => {
-                    self.error(values.span, format!("foreach `{}` has an empty list", key.value));
+                    self.error(
+                        values.span,
+                        format!("foreach `{}` has an empty list", key.value),
+                    );
                     return vec![];
                 }
                 None => return vec![],
@@ -523,13 +620,19 @@ impl<'a> Resolver<'a> {
         match value {
             Value::Array(items) => {
                 if let Some(bad) = items.iter().find(|v| v.is_object() || v.is_array()) {
-                    self.error(node.span, format!("foreach values must be scalars, found {bad}"));
+                    self.error(
+                        node.span,
+                        format!("foreach values must be scalars, found {bad}"),
+                    );
                     return None;
                 }
                 Some(items)
             }
             other => {
-                self.error(node.span, format!("foreach values must be a list, found {other}"));
+                self.error(
+                    node.span,
+                    format!("foreach values must be a list, found {other}"),
+                );
                 None
             }
         }
@@ -555,7 +658,13 @@ impl<'a> Resolver<'a> {
             .collect()
     }
 
-    fn bind_one(&mut self, index: &StepIndex, me: usize, inst: &Instance, workdir: &Path) -> Option<Step> {
+    fn bind_one(
+        &mut self,
+        index: &StepIndex,
+        me: usize,
+        inst: &Instance,
+        workdir: &Path,
+    ) -> Option<Step> {
         let def = inst.def;
         let before = self.errors.len();
         let scope = Scope { index, me, inst };
@@ -566,13 +675,19 @@ impl<'a> Resolver<'a> {
                 None
             }
             (None, None) => {
-                self.error(inst.span, format!("step `{}` needs `uses: KIND` or `run: COMMAND`", inst.base));
+                self.error(
+                    inst.span,
+                    format!("step `{}` needs `uses: KIND` or `run: COMMAND`", inst.base),
+                );
                 None
             }
             (None, Some(run)) => {
                 if let Some(w) = &def.with {
-                    self.error(w.span, "`with:` gives parameters to a `uses:` kind; a `run:` step has none")
-                        .help = Some("use `${{ params.NAME }}` in the command, or `env:`".into());
+                    self.error(
+                        w.span,
+                        "`with:` gives parameters to a `uses:` kind; a `run:` step has none",
+                    )
+                    .help = Some("use `${{ params.NAME }}` in the command, or `env:`".into());
                 }
                 self.template(&scope, &run.value, run.span, true)
                     .map(|command| Action::Run { command })
@@ -584,14 +699,16 @@ impl<'a> Resolver<'a> {
                         Some(m) => format!("did you mean `{m}`? (`dnaflow kinds` lists them all)"),
                         None => "`dnaflow kinds` lists the built-in kinds".to_string(),
                     };
-                    self.error(uses.span, format!("unknown step kind `{}`", uses.value)).help = Some(help);
+                    self.error(uses.span, format!("unknown step kind `{}`", uses.value))
+                        .help = Some(help);
                     None
                 }
                 Some(kind) => {
                     let empty = Located::new(Node::Map(IndexMap::new()), uses.span);
                     let with_node = def.with.as_ref().unwrap_or(&empty);
                     self.param(&scope, with_node).and_then(|with| {
-                        self.check_kind(kind, &with, with_node).then_some(Action::Uses { kind, with })
+                        self.check_kind(kind, &with, with_node)
+                            .then_some(Action::Uses { kind, with })
                     })
                 }
             },
@@ -601,21 +718,36 @@ impl<'a> Resolver<'a> {
         for i in &def.inputs {
             if let Some(t) = self.template(&scope, &i.value, i.span, false) {
                 let path = t.render(&mut |_| vec![]);
-                inputs.push(Input { path, span: i.span, param: None });
+                inputs.push(Input {
+                    path,
+                    span: i.span,
+                    param: None,
+                });
             }
         }
-        if let Some(Action::Uses { kind, with: Param::Map(m) }) = &action {
+        if let Some(Action::Uses {
+            kind,
+            with: Param::Map(m),
+        }) = &action
+        {
             for name in kind.file_params {
                 if let Some(Param::Value(Value::String(p))) = m.get(*name) {
                     let span = with_key_span(def, name).unwrap_or(inst.span);
-                    inputs.push(Input { path: p.clone(), span, param: Some(name.to_string()) });
+                    inputs.push(Input {
+                        path: p.clone(),
+                        span,
+                        param: Some(name.to_string()),
+                    });
                 }
             }
         }
         for input in &inputs {
             if !workdir.join(&input.path).exists() {
-                self.error(input.span, format!("input `{}` not found", input.path)).help =
-                    Some(format!("looked for {}; paths are relative to the workdir", workdir.join(&input.path).display()));
+                self.error(input.span, format!("input `{}` not found", input.path))
+                    .help = Some(format!(
+                    "looked for {}; paths are relative to the workdir",
+                    workdir.join(&input.path).display()
+                ));
             }
         }
 
@@ -629,7 +761,10 @@ impl<'a> Resolver<'a> {
         let mut env = IndexMap::new();
         for (k, v) in &def.env {
             if !valid_env_name(&k.value) {
-                self.error(k.span, format!("`{}` is not a valid environment variable name", k.value));
+                self.error(
+                    k.span,
+                    format!("`{}` is not a valid environment variable name", k.value),
+                );
             }
             if let Some(t) = self.template(&scope, &v.value, v.span, true) {
                 deps.extend(t.deps());
@@ -649,8 +784,11 @@ impl<'a> Resolver<'a> {
         for (metric, e) in &def.expect {
             let ex = &e.value;
             if ex.min.is_none() && ex.max.is_none() && ex.equals.is_none() {
-                self.error(e.span, format!("expectation on `{}` sets no bound", metric.value)).help =
-                    Some("use `min`, `max` or `equals` (with optional `tol`)".into());
+                self.error(
+                    e.span,
+                    format!("expectation on `{}` sets no bound", metric.value),
+                )
+                .help = Some("use `min`, `max` or `equals` (with optional `tol`)".into());
             } else if ex.tol.is_some() && ex.equals.is_none() {
                 self.error(e.span, "`tol` only applies to `equals`");
             } else if let (Some(lo), Some(hi)) = (ex.min, ex.max)
@@ -693,9 +831,11 @@ impl<'a> Resolver<'a> {
                     _ => None,
                 }
                 .unwrap_or(node.span);
-                let help = unknown_field_hint(&msg)
-                    .unwrap_or_else(|| format!("`dnaflow kinds {}` describes its parameters", kind.name));
-                self.error(span, format!("bad parameters for `{}`: {msg}", kind.name)).help = Some(help);
+                let help = unknown_field_hint(&msg).unwrap_or_else(|| {
+                    format!("`dnaflow kinds {}` describes its parameters", kind.name)
+                });
+                self.error(span, format!("bad parameters for `{}`: {msg}", kind.name))
+                    .help = Some(help);
                 false
             }
         }
@@ -746,8 +886,8 @@ impl<'a> Resolver<'a> {
                 Some(v) => Some(v.clone()),
                 None => {
                     let hint = self.param_hint(name);
-                    self.error(span, format!("unknown parameter `{name}`{hint}")).help =
-                        Some("declare it under `params:`".into());
+                    self.error(span, format!("unknown parameter `{name}`{hint}"))
+                        .help = Some("declare it under `params:`".into());
                     None
                 }
             },
@@ -755,10 +895,18 @@ impl<'a> Resolver<'a> {
                 Some(v) => Some(v.clone()),
                 None => {
                     let msg = if scope.inst.matrix.is_empty() {
-                        format!("`matrix.{name}` used in step `{}`, which has no `foreach:`", scope.inst.base)
+                        format!(
+                            "`matrix.{name}` used in step `{}`, which has no `foreach:`",
+                            scope.inst.base
+                        )
                     } else {
-                        let keys: Vec<&str> = scope.inst.matrix.keys().map(String::as_str).collect();
-                        format!("`matrix.{name}` is not a foreach key of `{}` (keys: {})", scope.inst.base, keys.join(", "))
+                        let keys: Vec<&str> =
+                            scope.inst.matrix.keys().map(String::as_str).collect();
+                        format!(
+                            "`matrix.{name}` is not a foreach key of `{}` (keys: {})",
+                            scope.inst.base,
+                            keys.join(", ")
+                        )
                     };
                     self.error(span, msg);
                     None
@@ -769,7 +917,13 @@ impl<'a> Resolver<'a> {
     }
 
     /// Bind a string's references. `steps_allowed` is false where only project files may be named.
-    fn template(&mut self, scope: &Scope, s: &str, span: Span, steps_allowed: bool) -> Option<Template> {
+    fn template(
+        &mut self,
+        scope: &Scope,
+        s: &str,
+        span: Span,
+        steps_allowed: bool,
+    ) -> Option<Template> {
         let pieces = match template::parse(s) {
             Ok(p) => p,
             Err(e) => {
@@ -782,13 +936,15 @@ impl<'a> Resolver<'a> {
         for piece in pieces {
             let part = match piece {
                 Piece::Text(t) => Part::Text(t),
-                Piece::Expr(e @ (Expr::Param(_) | Expr::Matrix(_))) => match self.scalar_expr(scope, &e, span) {
-                    Some(v) => Part::Text(value_text(&v)),
-                    None => {
-                        ok = false;
-                        continue;
+                Piece::Expr(e @ (Expr::Param(_) | Expr::Matrix(_))) => {
+                    match self.scalar_expr(scope, &e, span) {
+                        Some(v) => Part::Text(value_text(&v)),
+                        None => {
+                            ok = false;
+                            continue;
+                        }
                     }
-                },
+                }
                 Piece::Expr(Expr::Out) if steps_allowed => Part::Out,
                 Piece::Expr(Expr::Step { step, output }) if steps_allowed => {
                     match self.select_steps(scope, &step, span) {
@@ -796,16 +952,24 @@ impl<'a> Resolver<'a> {
                             for &f in &found {
                                 let target = &scope.index.instances[f];
                                 if !target.outputs.contains_key(&output) {
-                                    let names: Vec<&str> = target.outputs.keys().map(String::as_str).collect();
+                                    let names: Vec<&str> =
+                                        target.outputs.keys().map(String::as_str).collect();
                                     let hint = did_you_mean(&output, names.iter().copied())
                                         .map(|m| format!("did you mean `{m}`? "))
                                         .unwrap_or_default();
-                                    self.error(span, format!("step `{}` has no output `{output}`", target.name)).help =
+                                    self.error(
+                                        span,
+                                        format!("step `{}` has no output `{output}`", target.name),
+                                    )
+                                    .help =
                                         Some(format!("{hint}its outputs: {}", names.join(", ")));
                                     ok = false;
                                 }
                             }
-                            Part::Output { steps: found, output }
+                            Part::Output {
+                                steps: found,
+                                output,
+                            }
                         }
                         None => {
                             ok = false;
@@ -831,9 +995,11 @@ impl<'a> Resolver<'a> {
     /// The instances a reference `name` means, seen from the current step.
     fn select_steps(&mut self, scope: &Scope, name: &str, span: Span) -> Option<Vec<usize>> {
         let index = scope.index;
-        if name == scope.inst.name || (name == scope.inst.base && !name.contains('[') && scope.inst.matrix.is_empty()) {
-            self.error(span, format!("step `{}` refers to itself", scope.inst.name)).help =
-                Some("a step writes its own results into `${{ out }}`".into());
+        if name == scope.inst.name
+            || (name == scope.inst.base && !name.contains('[') && scope.inst.matrix.is_empty())
+        {
+            self.error(span, format!("step `{}` refers to itself", scope.inst.name))
+                .help = Some("a step writes its own results into `${{ out }}`".into());
             return None;
         }
         if name.contains('[') {
@@ -851,7 +1017,12 @@ impl<'a> Resolver<'a> {
         let Some(all) = index.by_base.get(name) else {
             let hint = did_you_mean(name, index.by_base.keys().copied())
                 .map(|m| format!("did you mean `{m}`?"))
-                .unwrap_or_else(|| format!("steps: {}", index.by_base.keys().copied().collect::<Vec<_>>().join(", ")));
+                .unwrap_or_else(|| {
+                    format!(
+                        "steps: {}",
+                        index.by_base.keys().copied().collect::<Vec<_>>().join(", ")
+                    )
+                });
             self.error(span, format!("unknown step `{name}`")).help = Some(hint);
             return None;
         };
@@ -869,14 +1040,22 @@ impl<'a> Resolver<'a> {
             .filter(|&i| i != scope.me)
             .collect();
         if chosen.is_empty() {
-            self.error(span, format!("`{name}` has no expansion matching this step's foreach values"));
+            self.error(
+                span,
+                format!("`{name}` has no expansion matching this step's foreach values"),
+            );
             return None;
         }
         Some(chosen)
     }
 
     fn resources(&mut self, def: &StepDef, span: Span) -> ResourceNeeds {
-        let mut r = ResourceNeeds { cpus: 1, gpus: 0, mem_mb: 0, span };
+        let mut r = ResourceNeeds {
+            cpus: 1,
+            gpus: 0,
+            mem_mb: 0,
+            span,
+        };
         let Some(res) = &def.resources else { return r };
         if let Some(n) = &res.cpus {
             r.cpus = self.count(n, "cpus").unwrap_or(1).max(1) as u32;
@@ -898,13 +1077,11 @@ impl<'a> Resolver<'a> {
             Node::String(s) => match template::parse(s) {
                 Ok(p) => match p.as_slice() {
                     [Piece::Expr(Expr::Param(name))] => {
-                        let e = Expr::Param(name.clone());
                         let v = self.params.get(name).cloned();
                         if v.is_none() {
                             let hint = self.param_hint(name);
                             self.error(node.span, format!("unknown parameter `{name}`{hint}"));
                         }
-                        let _ = e;
                         v
                     }
                     _ => Some(Value::String(s.clone())),
@@ -923,7 +1100,10 @@ impl<'a> Resolver<'a> {
         match v.as_u64() {
             Some(n) => Some(n),
             None => {
-                self.error(node.span, format!("`{what}` must be a whole number, found {v}"));
+                self.error(
+                    node.span,
+                    format!("`{what}` must be a whole number, found {v}"),
+                );
                 None
             }
         }
@@ -937,7 +1117,10 @@ impl<'a> Resolver<'a> {
             _ => None,
         };
         if parsed.is_none() {
-            self.error(node.span, format!("`mem` must be a size like 512M or 4G, found {v}"));
+            self.error(
+                node.span,
+                format!("`mem` must be a size like 512M or 4G, found {v}"),
+            );
         }
         parsed
     }

@@ -40,8 +40,8 @@ pub fn workflow_schema() -> Value {
             { "required": ["run"], "not": { "required": ["uses"] } }
         ]);
     }
-    if let Some(defs) = generator.definitions().clone().into_iter().next() {
-        let _ = defs;
+    if let Some(steps) = root.pointer_mut("/properties/steps") {
+        steps["propertyNames"] = json!({ "pattern": "^[A-Za-z0-9_-]+$" });
     }
     // Definitions the kinds registered live in the generator; copy them into the root.
     let extra = generator.take_definitions(true);

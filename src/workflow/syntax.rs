@@ -20,13 +20,16 @@ pub struct WorkflowFile {
     pub workdir: Option<Located<String>>,
     /// Parameters, used as `${{ params.NAME }}`; overridden by `--profile` and `--set`.
     #[serde(default)]
-    pub params: IndexMap<Located<String>, Located<Node>>,
+    pub params: ParamMap,
     /// Named sets of parameter overrides, chosen with `--profile NAME`.
     #[serde(default)]
-    pub profiles: IndexMap<Located<String>, Located<IndexMap<Located<String>, Located<Node>>>>,
+    pub profiles: IndexMap<Located<String>, Located<ParamMap>>,
     /// The steps, by name. Dependencies come from `${{ steps.NAME.… }}` references and `needs`.
     pub steps: IndexMap<Located<String>, Located<StepDef>>,
 }
+
+/// Parameter names and values, as written.
+pub type ParamMap = IndexMap<Located<String>, Located<Node>>;
 
 /// One step: a built-in kind (`uses` + `with`) or a shell command (`run`).
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -1,0 +1,124 @@
+//! Helpers for end-to-end tests: a temp project with a workflow, and the `dnaflow` binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+pub struct Project {
+    pub dir: tempfile::TempDir,
+}
+
+impl Project {
+    pub fn new() -> Project {
+        Project {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn write(&self, rel: &str, text: &str) -> &Project {
+        let p = self.path(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+        self
+    }
+
+    pub fn cache(&self) -> PathBuf {
+        self.path("cache")
+    }
+
+    /// `dnaflow ARGS` in the project dir with the project's cache.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_dnaflow"));
+        c.current_dir(self.dir.path())
+            .env("DNAFLOW_CACHE", self.cache())
+            .env("NO_COLOR", "1")
+            .args(args);
+        c
+    }
+
+    pub fn dnaflow(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("dnaflow runs")
+    }
+
+    /// Run the workflow, asserting success, and return the report.
+    pub fn run_ok(&self, args: &[&str]) -> Report {
+        let (out, report) = self.run(args);
+        assert!(
+            out.status.success(),
+            "dnaflow {args:?} failed:\n{}",
+            text(&out)
+        );
+        report
+    }
+
+    /// Run with `--report`, returning the output and the report.
+    pub fn run(&self, args: &[&str]) -> (Output, Report) {
+        let report = self.path("report.json");
+        let _ = std::fs::remove_file(&report);
+        let mut all = vec!["run"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--report", report.to_str().unwrap()]);
+        let out = self.dnaflow(&all);
+        let json = std::fs::read(&report)
+            .ok()
+            .map(|b| serde_json::from_slice(&b).expect("report is JSON"))
+            .unwrap_or(Value::Null);
+        (out, Report(json))
+    }
+}
+
+/// stdout + stderr of a finished command.
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+pub struct Report(pub Value);
+
+impl Report {
+    pub fn steps(&self) -> &Vec<Value> {
+        self.0["steps"].as_array().expect("report has steps")
+    }
+
+    /// Names of steps with this status, sorted.
+    pub fn with_status(&self, status: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .steps()
+            .iter()
+            .filter(|s| s["status"] == status)
+            .map(|s| s["name"].as_str().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    }
+
+    pub fn step(&self, name: &str) -> &Value {
+        self.steps()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("no step {name}"))
+    }
+
+    pub fn out(&self, name: &str) -> PathBuf {
+        PathBuf::from(self.step(name)["out"].as_str().expect("step has out"))
+    }
+}
+
+pub fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+pub fn names(v: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
+    v.sort();
+    v
+}
