@@ -199,3 +199,14 @@ steps:
     assert!(env.starts_with("2 2 hi /"), "{env}");
     assert_eq!(read(&r.out("env").join("ls.txt")), "marker.txt\n");
 }
+
+#[test]
+fn reasons_look_past_a_targeted_run() {
+    let p = project();
+    p.run_ok(&["wf.yaml"]);
+    // Only `word` runs with the new text; `joined` was not part of that run.
+    p.run_ok(&["wf.yaml", "word", "--set", "word=TTTT"]);
+    let t = text(&p.dnaflow(&["plan", "wf.yaml", "--set", "word=TTTT"]));
+    assert!(t.contains("joined  upstream `word` changed"), "{t}");
+    assert!(!t.contains("new step"), "{t}");
+}

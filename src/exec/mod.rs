@@ -318,10 +318,8 @@ fn cached_record(plan: &Plan, cache: &Cache, i: usize, reason: &str) -> StepReco
     let key = &plan.keys[i];
     let mut rec = base_record(plan, i, StepStatus::Cached, reason.into());
     rec.out = Some(cache.out_dir(key));
-    let prev = plan
-        .previous
+    let prev = plan.previous[i]
         .as_ref()
-        .and_then(|p| p.step(&plan.wf.steps[i].name))
         .filter(|s| &s.key == key && s.status != StepStatus::Failed);
     rec.metrics = match prev {
         Some(p) => p.metrics.clone(),

@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use crate::cache::hash::StatCache;
 use crate::cache::key::{Change, diff};
-use crate::cache::runs::{self, RunRecord, StepStatus};
+use crate::cache::runs::{self, RunRecord, StepRecord, StepStatus};
 use crate::cache::{Cache, CacheError, Recipe};
 use crate::diag::Diagnostic;
 use crate::graph::Dag;
@@ -30,8 +30,10 @@ pub struct Plan<'w> {
     pub recipes: Vec<Option<Recipe>>,
     pub decisions: Vec<Decision>,
     pub reasons: Vec<String>,
-    /// The workflow's previous run, if any.
-    pub previous: Option<RunRecord>,
+    /// Per step, its record in the most recent run that included it.
+    pub previous: Vec<Option<StepRecord>>,
+    /// Whether the workflow ever ran on this cache.
+    pub ran_before: bool,
 }
 
 /// Errors while planning.
@@ -68,7 +70,12 @@ impl<'w> Plan<'w> {
         }
         let _ = stat.save(&cache.stat_cache_path());
 
-        let previous = runs::latest(&cache.runs(), &wf.name);
+        let mut history = History::new(cache, &wf.name);
+        let ran_before = !history.ids.is_empty();
+        let mut previous = vec![None; n];
+        for &i in &order {
+            previous[i] = history.step(&wf.steps[i].name);
+        }
         let mut decisions = vec![Decision::Run; n];
         let mut reasons = vec![String::new(); n];
         for &i in &order {
@@ -76,7 +83,7 @@ impl<'w> Plan<'w> {
                 decisions[i] = Decision::Cached;
                 reasons[i] = "cached".into();
             } else {
-                reasons[i] = reason(wf, i, &keys, &recipes, previous.as_ref(), cache);
+                reasons[i] = reason(i, &keys, &recipes, ran_before, previous[i].as_ref(), cache);
             }
         }
         Ok(Plan {
@@ -89,6 +96,7 @@ impl<'w> Plan<'w> {
             decisions,
             reasons,
             previous,
+            ran_before,
         })
     }
 
@@ -102,27 +110,65 @@ impl<'w> Plan<'w> {
 
     /// Field-level changes of step `i` since the previous run (`None`: nothing to compare).
     pub fn changes(&self, i: usize, cache: &Cache) -> Option<(String, Vec<Change>)> {
-        let prev = self.previous.as_ref()?.step(&self.wf.steps[i].name)?;
+        let prev = self.previous[i].as_ref()?;
         let old = cache.recipe(&prev.key)?;
         Some((prev.key.clone(), diff(&old, self.recipes[i].as_ref()?)))
     }
 }
 
+/// Run records of one workflow, newest first, read only as far back as needed.
+struct History {
+    dir: std::path::PathBuf,
+    ids: Vec<String>,
+    loaded: Vec<RunRecord>,
+}
+
+/// How many earlier runs to search for a step missing from the newer ones.
+const HISTORY_DEPTH: usize = 20;
+
+impl History {
+    fn new(cache: &Cache, workflow: &str) -> History {
+        let mut ids = runs::list(&cache.runs(), workflow);
+        ids.reverse();
+        ids.truncate(HISTORY_DEPTH);
+        History {
+            dir: runs::workflow_dir(&cache.runs(), workflow),
+            ids,
+            loaded: Vec::new(),
+        }
+    }
+
+    /// The step's record in the newest run that has it (a targeted run may have left it out).
+    fn step(&mut self, name: &str) -> Option<StepRecord> {
+        let mut at = 0;
+        loop {
+            if at == self.loaded.len() {
+                let id = self.ids.get(at)?;
+                let rec = runs::read(&self.dir.join(format!("{id}.json"))).ok()?;
+                self.loaded.push(rec);
+            }
+            if let Some(s) = self.loaded[at].step(name) {
+                return Some(s.clone());
+            }
+            at += 1;
+        }
+    }
+}
+
 /// Why step `i` must run, in one line.
 fn reason(
-    wf: &Workflow,
     i: usize,
     keys: &[String],
     recipes: &[Option<Recipe>],
-    previous: Option<&RunRecord>,
+    ran_before: bool,
+    previous: Option<&StepRecord>,
     cache: &Cache,
 ) -> String {
-    let step = &wf.steps[i];
-    let Some(prev_run) = previous else {
+    if !ran_before {
         return "first run of this workflow".into();
-    };
-    let Some(prev) = prev_run.step(&step.name) else {
-        return "new step (not in the previous run)".into();
+    }
+    let Some(prev) = previous else {
+        return "new step (in none of the recent runs)".into();
     };
     if prev.key == keys[i] {
         return match prev.status {
