@@ -11,6 +11,8 @@ use schemars::{Schema, SchemaGenerator};
 use serde::de::DeserializeOwned;
 
 mod file;
+pub mod plot;
+pub mod table;
 
 /// Everything a running step may touch.
 pub struct StepContext<'a> {
