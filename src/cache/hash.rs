@@ -1,0 +1,188 @@
+//! Content hashes of project files, with a stat cache so unchanged big files are not re-read.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+/// blake3 of a file's bytes, as hex (streamed in 1 MiB blocks).
+pub fn hash_file(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct StatEntry {
+    size: u64,
+    mtime_ns: i128,
+    ino: u64,
+    hash: String,
+}
+
+/// Remembers file hashes by (path, size, mtime, inode).
+#[derive(Debug, Default)]
+pub struct StatCache {
+    entries: HashMap<PathBuf, StatEntry>,
+    dirty: bool,
+}
+
+impl StatCache {
+    /// Load from `path`; a missing or unreadable file gives an empty cache.
+    pub fn load(path: &Path) -> StatCache {
+        let entries = std::fs::read(path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        StatCache {
+            entries,
+            dirty: false,
+        }
+    }
+
+    /// Write back if anything changed (atomically: temp file + rename).
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        if !self.dirty {
+            return Ok(());
+        }
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, serde_json::to_vec(&self.entries)?)?;
+        std::fs::rename(tmp, path)
+    }
+
+    /// Hash of a file or a directory (over sorted relative paths and file hashes).
+    pub fn hash_path(&mut self, path: &Path) -> std::io::Result<String> {
+        let meta = std::fs::metadata(path)?;
+        if meta.is_dir() {
+            let mut files = Vec::new();
+            walk(path, Path::new(""), &mut files)?;
+            let mut hasher = blake3::Hasher::new();
+            for rel in files {
+                let h = self.hash_one(&path.join(&rel))?;
+                hasher.update(rel.to_string_lossy().as_bytes());
+                hasher.update(b"\0");
+                hasher.update(h.as_bytes());
+                hasher.update(b"\n");
+            }
+            Ok(format!("dir:{}", &hasher.finalize().to_hex()[..32]))
+        } else {
+            self.hash_one(path)
+        }
+    }
+
+    fn hash_one(&mut self, path: &Path) -> std::io::Result<String> {
+        let meta = std::fs::metadata(path)?;
+        let mtime_ns = meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128;
+        let abs = std::path::absolute(path)?;
+        if let Some(e) = self.entries.get(&abs)
+            && e.size == meta.len()
+            && e.mtime_ns == mtime_ns
+            && e.ino == meta.ino()
+        {
+            return Ok(e.hash.clone());
+        }
+        let hash = hash_file(path)?;
+        // A file modified within the clock's resolution of now could change again unseen with
+        // the same mtime; only remember hashes of files that have been still for a while.
+        let settled = meta
+            .modified()
+            .ok()
+            .and_then(|m| SystemTime::now().duration_since(m).ok())
+            .is_some_and(|age| age > Duration::from_secs(2));
+        if settled {
+            self.entries.insert(
+                abs,
+                StatEntry {
+                    size: meta.len(),
+                    mtime_ns,
+                    ino: meta.ino(),
+                    hash: hash.clone(),
+                },
+            );
+            self.dirty = true;
+        }
+        Ok(hash)
+    }
+}
+
+/// Relative paths of every file under `dir`, sorted.
+pub fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(root.join(rel))?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let path = rel.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            walk(root, &path, out)?;
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settled_files_are_not_read_again() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("big.fa");
+        std::fs::write(&path, "ACGT").unwrap();
+        let old = SystemTime::now() - Duration::from_secs(60);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let mut sc = StatCache::default();
+        let first = sc.hash_path(&path).unwrap();
+        // Same size, inode and mtime: the remembered hash is used, the bytes are not read.
+        std::fs::write(&path, "TTTT").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert_eq!(sc.hash_path(&path).unwrap(), first);
+        // A new mtime means a new read.
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(old + Duration::from_secs(1))
+            .unwrap();
+        assert_ne!(sc.hash_path(&path).unwrap(), first);
+        // And the cache survives a save and load.
+        let file = d.path().join("stat.json");
+        sc.save(&file).unwrap();
+        assert_eq!(StatCache::load(&file).entries.len(), 1);
+    }
+
+    #[test]
+    fn dir_hash_depends_on_names_and_bytes() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("sub")).unwrap();
+        std::fs::write(d.path().join("sub/a"), "1").unwrap();
+        let mut sc = StatCache::default();
+        let h1 = sc.hash_path(d.path()).unwrap();
+        std::fs::write(d.path().join("sub/a"), "2").unwrap();
+        let h2 = sc.hash_path(d.path()).unwrap();
+        assert_ne!(h1, h2);
+        std::fs::rename(d.path().join("sub/a"), d.path().join("sub/b")).unwrap();
+        assert_ne!(h2, sc.hash_path(d.path()).unwrap());
+    }
+}

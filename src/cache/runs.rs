@@ -1,0 +1,158 @@
+//! Run records: what each `dnaflow run` did, per step, kept under `cache/runs/<workflow>/`.
+
+use std::path::{Path, PathBuf};
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::metrics::ExpectResult;
+
+/// What happened to a step in a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepStatus {
+    Ran,
+    Cached,
+    Failed,
+    Skipped,
+}
+
+impl std::fmt::Display for StepStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StepStatus::Ran => "ran",
+            StepStatus::Cached => "cached",
+            StepStatus::Failed => "failed",
+            StepStatus::Skipped => "skipped",
+        })
+    }
+}
+
+/// One step's line in a run record (and in `--report`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub name: String,
+    pub key: String,
+    pub status: StepStatus,
+    /// Why it ran, was cached, failed or was skipped.
+    pub reason: String,
+    pub seconds: f64,
+    /// The step's output directory in the cache (absent unless it succeeded).
+    pub out: Option<PathBuf>,
+    /// Contents of the step's `metrics.json`.
+    #[serde(default)]
+    pub metrics: Value,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expect: Vec<ExpectResult>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Saved stdout / stderr of the step, when it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_tail: Option<String>,
+    #[serde(default)]
+    pub attempts: u32,
+}
+
+/// Everything one run did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub run_id: String,
+    pub workflow: String,
+    pub file: PathBuf,
+    pub profile: Option<String>,
+    pub params: IndexMap<String, Value>,
+    pub started: String,
+    pub seconds: f64,
+    /// `ok`, `failed` or `interrupted`.
+    pub status: String,
+    pub dnaflow_version: String,
+    pub steps: Vec<StepRecord>,
+}
+
+impl RunRecord {
+    /// The step called `name`.
+    pub fn step(&self, name: &str) -> Option<&StepRecord> {
+        self.steps.iter().find(|s| s.name == name)
+    }
+}
+
+/// A new run id: UTC time to the microsecond plus a random suffix, so ids sort by start time.
+pub fn new_run_id() -> String {
+    let now = std::time::SystemTime::now();
+    let stamp = humantime::format_rfc3339_micros(now)
+        .to_string()
+        .replace(['-', ':'], "");
+    let salt = blake3::hash(format!("{stamp}-{}", std::process::id()).as_bytes());
+    format!("{stamp}-{}", &salt.to_hex()[..4])
+}
+
+/// Directory of a workflow's run records.
+pub fn workflow_dir(runs: &Path, workflow: &str) -> PathBuf {
+    runs.join(workflow)
+}
+
+/// Run ids of a workflow, oldest first.
+pub fn list(runs: &Path, workflow: &str) -> Vec<String> {
+    let mut ids: Vec<String> = std::fs::read_dir(workflow_dir(runs, workflow))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".json"))
+                .map(str::to_string)
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Every (workflow, run id), oldest first by id.
+pub fn list_all(runs: &Path) -> Vec<(String, String)> {
+    let mut all = Vec::new();
+    for wf in std::fs::read_dir(runs).into_iter().flatten().flatten() {
+        if let Some(name) = wf.file_name().to_str() {
+            for id in list(runs, name) {
+                all.push((name.to_string(), id));
+            }
+        }
+    }
+    all.sort_by(|a, b| a.1.cmp(&b.1));
+    all
+}
+
+/// Read a record file.
+pub fn read(path: &Path) -> std::io::Result<RunRecord> {
+    let bytes = std::fs::read(path)?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))
+}
+
+/// The newest record of a workflow.
+pub fn latest(runs: &Path, workflow: &str) -> Option<RunRecord> {
+    let id = list(runs, workflow).pop()?;
+    read(&workflow_dir(runs, workflow).join(format!("{id}.json"))).ok()
+}
+
+/// Write a record atomically.
+pub fn write(runs: &Path, record: &RunRecord) -> std::io::Result<PathBuf> {
+    let dir = workflow_dir(runs, &record.workflow);
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{}.json", record.run_id));
+    write_json_atomic(&path, record)?;
+    Ok(path)
+}
+
+/// Serialize to a temp file beside `path`, then rename over it.
+pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("json.tmp{}", std::process::id()));
+    let bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
