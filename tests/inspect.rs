@@ -190,3 +190,23 @@ fn help_has_examples_and_completions_work() {
     let t = text(&p.dnaflow(&["kinds"]));
     assert!(t.contains("file.write"), "{t}");
 }
+
+#[test]
+fn env_reports_the_machine() {
+    let p = Project::new();
+    let out = p.dnaflow(&["env", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(j["cpu_threads"].as_u64().unwrap() >= 1);
+    assert!(j["memory_mib"].as_u64().unwrap() > 0);
+    assert!(
+        j["step_kinds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k == "data.fetch")
+    );
+    let mut c = p.cmd(&["env"]);
+    c.env("HF_HOME", "/somewhere").env_remove("HF_HUB_CACHE");
+    assert!(text(&c.output().unwrap()).contains("/somewhere/hub"));
+}

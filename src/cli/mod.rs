@@ -1,6 +1,7 @@
 //! Command-line interface: thin commands over the library; prints, never decides.
 
 mod cache_cmd;
+mod env_cmd;
 mod inspect;
 mod run_cmd;
 
@@ -87,6 +88,13 @@ enum Command {
     /// Print the workflow JSON Schema (or write it with --write).
     #[command(after_help = "Example:\n  dnaflow schema --write schemas/workflow.schema.json")]
     Schema(inspect::SchemaArgs),
+    /// What this machine offers for training: backends, threads, GPUs, memory, caches, versions.
+    #[command(after_help = "Example:\n  dnaflow env --json")]
+    Env {
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print shell completions.
     #[command(
         after_help = "Example:\n  dnaflow completions bash > ~/.local/share/bash-completion/completions/dnaflow"
@@ -138,6 +146,7 @@ pub fn main() -> ExitCode {
         Command::Cache(c) => cache_cmd::cache(&cli.cache, &c),
         Command::Kinds(a) => inspect::kinds(&a),
         Command::Schema(a) => inspect::schema(&a),
+        Command::Env { json } => env_cmd::env(&cli.cache, json),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "dnaflow", &mut std::io::stdout());

@@ -10,6 +10,7 @@ use std::sync::atomic::AtomicBool;
 use schemars::{Schema, SchemaGenerator};
 use serde::de::DeserializeOwned;
 
+pub mod fetch;
 mod file;
 pub mod plot;
 pub mod table;
@@ -78,7 +79,7 @@ impl std::fmt::Debug for StepKind {
 }
 
 /// Every built-in kind.
-pub static KINDS: &[&StepKind] = &[&file::WRITE];
+pub static KINDS: &[&StepKind] = &[&file::WRITE, &fetch::FETCH];
 
 /// The kind called `name`.
 pub fn find(name: &str) -> Option<&'static StepKind> {
