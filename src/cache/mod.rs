@@ -138,8 +138,7 @@ impl Cache {
         })
     }
 
-    /// Shared lock for a run; `gc` waits for every run to finish.
-    pub fn lock_shared(&self) -> Result<CacheLock, CacheError> {
+    fn lock_file(&self) -> Result<(File, PathBuf), CacheError> {
         let path = self.root.join("LOCK");
         let file = File::options()
             .create(true)
@@ -147,19 +146,19 @@ impl Cache {
             .write(true)
             .open(&path)
             .map_err(io(&path))?;
+        Ok((file, path))
+    }
+
+    /// Shared lock for a run; `gc` waits for every run to finish.
+    pub fn lock_shared(&self) -> Result<CacheLock, CacheError> {
+        let (file, path) = self.lock_file()?;
         file.lock_shared().map_err(io(&path))?;
         Ok(CacheLock { _file: file })
     }
 
     /// Exclusive lock for maintenance; `None` when a run holds the cache and `wait` is false.
     pub fn lock_exclusive(&self, wait: bool) -> Result<Option<CacheLock>, CacheError> {
-        let path = self.root.join("LOCK");
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io(&path))?;
+        let (file, path) = self.lock_file()?;
         if wait {
             file.lock().map_err(io(&path))?;
         } else if file.try_lock().is_err() {

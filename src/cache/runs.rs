@@ -58,6 +58,27 @@ pub struct StepRecord {
     pub attempts: u32,
 }
 
+impl StepRecord {
+    /// A record with nothing measured yet.
+    pub fn new(name: &str, key: &str, status: StepStatus, reason: String) -> StepRecord {
+        StepRecord {
+            name: name.to_string(),
+            key: key.to_string(),
+            status,
+            reason,
+            seconds: 0.0,
+            out: None,
+            metrics: Value::Object(Default::default()),
+            expect: Vec::new(),
+            error: None,
+            stdout: None,
+            stderr: None,
+            log_tail: None,
+            attempts: 0,
+        }
+    }
+}
+
 /// Everything one run did.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunRecord {

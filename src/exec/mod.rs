@@ -291,21 +291,7 @@ fn with_expectations(step: &Step, mut rec: StepRecord) -> StepRecord {
 }
 
 fn base_record(plan: &Plan, i: usize, status: StepStatus, reason: String) -> StepRecord {
-    StepRecord {
-        name: plan.wf.steps[i].name.clone(),
-        key: plan.keys[i].clone(),
-        status,
-        reason,
-        seconds: 0.0,
-        out: None,
-        metrics: Value::Object(Default::default()),
-        expect: Vec::new(),
-        error: None,
-        stdout: None,
-        stderr: None,
-        log_tail: None,
-        attempts: 0,
-    }
+    StepRecord::new(&plan.wf.steps[i].name, &plan.keys[i], status, reason)
 }
 
 fn skipped(plan: &Plan, i: usize, reason: String) -> StepRecord {
@@ -337,21 +323,7 @@ impl Exec<'_> {
         let step = &self.wf.steps[i];
         let key = &self.keys[i];
         let clock = Instant::now();
-        let mut rec = StepRecord {
-            name: step.name.clone(),
-            key: key.clone(),
-            status: StepStatus::Ran,
-            reason,
-            seconds: 0.0,
-            out: None,
-            metrics: Value::Object(Default::default()),
-            expect: Vec::new(),
-            error: None,
-            stdout: None,
-            stderr: None,
-            log_tail: None,
-            attempts: 0,
-        };
+        let mut rec = StepRecord::new(&step.name, key, StepStatus::Ran, reason);
         let fail = |mut rec: StepRecord, msg: String| {
             rec.status = StepStatus::Failed;
             rec.error = Some(msg);
