@@ -36,6 +36,7 @@ impl Progress {
                 )
                 .expect("valid template"),
             );
+            bar.enable_steady_tick(Duration::from_millis(200));
             (Some(multi), Some(bar))
         } else {
             (None, None)
