@@ -210,3 +210,24 @@ fn env_reports_the_machine() {
     c.env("HF_HOME", "/somewhere").env_remove("HF_HUB_CACHE");
     assert!(text(&c.output().unwrap()).contains("/somewhere/hub"));
 }
+
+#[test]
+fn verbose_traces_what_the_engine_does() {
+    let p = project();
+    let out = p.dnaflow(&["run", "wf.yaml", "-v"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    for line in [
+        "loaded workflow workflow=demo steps=3",
+        "plan ready selected=3 to_run=3",
+        "running step=data",
+        "committed step=train",
+        "run recorded",
+    ] {
+        assert!(t.contains(line), "missing `{line}` in:\n{t}");
+    }
+    assert!(
+        !t.contains('\u{1b}'),
+        "no colour codes when not on a terminal:\n{t}"
+    );
+}

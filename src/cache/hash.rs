@@ -92,6 +92,7 @@ impl StatCache {
         {
             return Ok(e.hash.clone());
         }
+        tracing::debug!(path = %path.display(), bytes = meta.len(), "hashing input");
         let hash = hash_file(path)?;
         // A file modified within the clock's resolution of now could change again unseen with
         // the same mtime; only remember hashes of files that have been still for a while.

@@ -397,6 +397,7 @@ impl Cache {
 
     /// Collect garbage; see [`GcOptions`]. Needs the exclusive lock (no run in progress).
     pub fn gc(&self, opts: &GcOptions) -> Result<GcReport, CacheError> {
+        tracing::info!(?opts, "collecting garbage");
         let mut report = GcReport::default();
         let runs_dir = self.runs();
         // 1. Old run records beyond `keep_runs` per workflow, with their logs.

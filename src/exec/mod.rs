@@ -236,10 +236,11 @@ pub fn run(plan: &Plan, cache: &Cache, opts: &RunOptions) -> Result<RunRecord, E
         dnaflow_version: env!("CARGO_PKG_VERSION").into(),
         steps,
     };
-    runs::write(&cache.runs(), &record).map_err(|e| CacheError::Io {
+    let path = runs::write(&cache.runs(), &record).map_err(|e| CacheError::Io {
         path: cache.runs(),
         source: e,
     })?;
+    tracing::info!(record = %path.display(), status = %record.status, "run recorded");
     Ok(record)
 }
 
@@ -331,6 +332,7 @@ impl Exec<'_> {
             rec
         };
         // Another run may be computing the same key: wait for it, then reuse its result.
+        tracing::debug!(step = %step.name, key = %key, "locking key");
         let _key_lock = match self.cache.lock_key(key) {
             Ok(l) => l,
             Err(e) => return fail(rec, e.to_string()),
@@ -366,14 +368,19 @@ impl Exec<'_> {
                 last_error = "interrupted".into();
                 break;
             }
+            tracing::info!(step = %step.name, key = %key, attempt, cpus, gpus = ?gpus, "running");
             match self.attempt(i, cpus, gpus, &out_path, &err_path, attempt) {
                 Ok(metrics) => {
+                    tracing::info!(step = %step.name, seconds = clock.elapsed().as_secs_f64(), "committed");
                     rec.metrics = metrics;
                     rec.out = Some(self.cache.out_dir(key));
                     rec.seconds = clock.elapsed().as_secs_f64();
                     return rec;
                 }
-                Err(e) => last_error = e,
+                Err(e) => {
+                    tracing::warn!(step = %step.name, attempt, of = attempts, "attempt failed: {e}");
+                    last_error = e;
+                }
             }
         }
         rec.log_tail = log_tail(&err_path).or_else(|| log_tail(&out_path));

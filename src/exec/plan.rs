@@ -68,7 +68,9 @@ impl<'w> Plan<'w> {
             keys[i] = recipe.key();
             recipes[i] = Some(recipe);
         }
-        let _ = stat.save(&cache.stat_cache_path());
+        if let Err(e) = stat.save(&cache.stat_cache_path()) {
+            tracing::warn!("could not save the stat cache: {e}");
+        }
 
         let mut history = History::new(cache, &wf.name);
         let ran_before = !history.ids.is_empty();
@@ -86,7 +88,10 @@ impl<'w> Plan<'w> {
                 reasons[i] = reason(i, &keys, &recipes, ran_before, previous[i].as_ref(), cache);
             }
         }
-        Ok(Plan {
+        for &i in &order {
+            tracing::debug!(step = %wf.steps[i].name, key = %keys[i], decision = ?decisions[i], reason = %reasons[i], "planned");
+        }
+        let plan = Plan {
             wf,
             dag,
             order,
@@ -97,7 +102,13 @@ impl<'w> Plan<'w> {
             reasons,
             previous,
             ran_before,
-        })
+        };
+        tracing::info!(
+            selected = plan.order.len(),
+            to_run = plan.to_run(),
+            "plan ready"
+        );
+        Ok(plan)
     }
 
     /// Steps that would run.

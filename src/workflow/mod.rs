@@ -218,7 +218,9 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Workflow, Diagnostics> {
     })?;
     let source = Source::new(path, text);
     let file = parse(&source).map_err(|d| Diagnostics(vec![d]))?;
-    Resolver::new(&source, opts).resolve(file)
+    let wf = Resolver::new(&source, opts).resolve(file)?;
+    tracing::info!(workflow = %wf.name, steps = wf.steps.len(), workdir = %wf.workdir.display(), profile = ?wf.profile, "loaded workflow");
+    Ok(wf)
 }
 
 fn parse(source: &Source) -> Result<WorkflowFile, Diagnostic> {
