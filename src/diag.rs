@@ -67,14 +67,6 @@ impl Source {
         }
         self.text.len()
     }
-
-    /// Line and column (1-based) of a byte offset.
-    pub fn line_col(&self, offset: usize) -> (u32, u32) {
-        let before = &self.text[..offset.min(self.text.len())];
-        let line = before.matches('\n').count() as u32 + 1;
-        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) as u32 + 1;
-        (line, col)
-    }
 }
 
 /// An error in a workflow file that a user can act on: where, what, and what to do.

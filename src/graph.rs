@@ -95,13 +95,6 @@ impl Dag {
         }
         order
     }
-
-    /// Direct dependents of step `i`.
-    pub fn dependents(&self, i: usize) -> impl Iterator<Item = usize> + '_ {
-        self.graph
-            .neighbors_directed(NodeIndex::new(i), Direction::Outgoing)
-            .map(|n| n.index())
-    }
 }
 
 /// A path around a strongly connected component, starting at its first member.

@@ -151,7 +151,8 @@ pub fn run(plan: &Plan, cache: &Cache, opts: &RunOptions) -> Result<RunRecord, E
                 let fits = running < opts.jobs.max(1)
                     && cpus <= free_cpus
                     && need.gpus as usize <= free_gpus.len()
-                    && (need.mem_mb == 0 || need.mem_mb <= free_mem);
+                    // Unknown machine memory (0) does not limit.
+                    && (need.mem_mb == 0 || opts.mem_mb == 0 || need.mem_mb <= free_mem);
                 if !ready || !fits {
                     continue;
                 }
@@ -165,7 +166,22 @@ pub fn run(plan: &Plan, cache: &Cache, opts: &RunOptions) -> Result<RunRecord, E
                 let exec = &exec;
                 let reason = plan.reasons[i].clone();
                 scope.spawn(move || {
-                    let record = exec.step(i, cpus, &gpus, reason);
+                    // A panic must still report back, or the loop below would wait forever.
+                    let record = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        exec.step(i, cpus, &gpus, reason.clone())
+                    }))
+                    .unwrap_or_else(|_| {
+                        let mut r = StepRecord::new(
+                            &exec.wf.steps[i].name,
+                            &exec.keys[i],
+                            StepStatus::Failed,
+                            reason,
+                        );
+                        r.error = Some(
+                            "internal error while running the step (please report this)".into(),
+                        );
+                        r
+                    });
                     let _ = tx.send(Outcome {
                         index: i,
                         record,

@@ -1,6 +1,6 @@
 //! Planning: compute every selected step's key, decide cached or run, and say why.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde_json::Value;
 
@@ -25,7 +25,6 @@ pub struct Plan<'w> {
     pub dag: Dag,
     /// Steps in dependency order, only the selected ones.
     pub order: Vec<usize>,
-    pub selected: Vec<bool>,
     pub keys: Vec<String>,
     pub recipes: Vec<Option<Recipe>>,
     pub decisions: Vec<Decision>,
@@ -95,7 +94,6 @@ impl<'w> Plan<'w> {
             wf,
             dag,
             order,
-            selected,
             keys,
             recipes,
             decisions,
@@ -131,7 +129,8 @@ impl<'w> Plan<'w> {
 struct History {
     dir: std::path::PathBuf,
     ids: Vec<String>,
-    loaded: Vec<RunRecord>,
+    /// Loaded records, each with its steps indexed by name.
+    loaded: Vec<(RunRecord, HashMap<String, usize>)>,
 }
 
 /// How many earlier runs to search for a step missing from the newer ones.
@@ -156,10 +155,17 @@ impl History {
             if at == self.loaded.len() {
                 let id = self.ids.get(at)?;
                 let rec = runs::read(&self.dir.join(format!("{id}.json"))).ok()?;
-                self.loaded.push(rec);
+                let index = rec
+                    .steps
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| (s.name.clone(), i))
+                    .collect();
+                self.loaded.push((rec, index));
             }
-            if let Some(s) = self.loaded[at].step(name) {
-                return Some(s.clone());
+            let (rec, index) = &self.loaded[at];
+            if let Some(&i) = index.get(name) {
+                return Some(rec.steps[i].clone());
             }
             at += 1;
         }
