@@ -355,7 +355,10 @@ impl Cache {
 
     /// Listing for `cache ls`: key, manifest, size, newest use.
     pub fn list(&self) -> Vec<ObjectInfo> {
-        let last_used = self.last_used();
+        self.list_with(&self.last_used())
+    }
+
+    fn list_with(&self, last_used: &HashMap<String, String>) -> Vec<ObjectInfo> {
         self.keys()
             .into_iter()
             .filter_map(|k| {
@@ -419,9 +422,10 @@ impl Cache {
                 keep.extend(rec.steps.into_iter().map(|s| s.key));
             }
         }
-        let referenced: HashSet<String> = self.last_used().into_keys().collect();
+        // Every key a kept run record mentions, with its newest use (reads the records once).
+        let last_used = self.last_used();
         // 3. Candidates, least recently used first.
-        let mut objects = self.list();
+        let mut objects = self.list_with(&last_used);
         objects.sort_by(|a, b| a.last_used.cmp(&b.last_used));
         let mut total: u64 = objects.iter().map(|o| o.size).sum();
         let now = SystemTime::now();
@@ -433,7 +437,7 @@ impl Cache {
                 .ok()
                 .and_then(|t| now.duration_since(t).ok())
                 .unwrap_or(Duration::ZERO);
-            let unreferenced = !referenced.contains(&o.key);
+            let unreferenced = !last_used.contains_key(&o.key);
             let too_old = opts.max_age.is_some_and(|m| age > m);
             let too_big = opts.max_size.is_some_and(|m| total > m);
             if unreferenced || too_old || too_big {
@@ -454,7 +458,7 @@ impl Cache {
             let _ = std::fs::remove_dir_all(e.path());
             report.staging_removed += 1;
         }
-        let live: HashSet<String> = self.last_used().into_keys().chain(self.keys()).collect();
+        let live: HashSet<String> = last_used.into_keys().chain(self.keys()).collect();
         for sub in ["recipes", "locks"] {
             for e in std::fs::read_dir(self.root.join(sub))
                 .into_iter()

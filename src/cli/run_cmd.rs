@@ -108,6 +108,8 @@ pub fn run(cache_dir: &Path, args: &RunArgs, check: bool) -> Result<(), Failure>
     let (wf, dag, targets) = load(&args.wf, &args.steps)?;
     let cache = open_cache(cache_dir)?;
     exec::install_interrupt_handler();
+    // Hold the cache from planning on, so a `gc` cannot remove what the plan found cached.
+    let _lock = cache.lock_shared()?;
     let plan = plan(&wf, dag, &targets, &cache)?;
     let (cpus, gpus, mem_mb) = exec::detect_capacity();
     let mem_mb = match &args.mem {
