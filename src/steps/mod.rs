@@ -14,6 +14,7 @@ pub mod fetch;
 mod file;
 pub mod plot;
 pub mod table;
+mod tokenizer;
 
 /// Everything a running step may touch.
 pub struct StepContext<'a> {
@@ -79,7 +80,12 @@ impl std::fmt::Debug for StepKind {
 }
 
 /// Every built-in kind.
-pub static KINDS: &[&StepKind] = &[&file::WRITE, &fetch::FETCH];
+pub static KINDS: &[&StepKind] = &[
+    &file::WRITE,
+    &fetch::FETCH,
+    &tokenizer::TRAIN,
+    &tokenizer::EVAL,
+];
 
 /// The kind called `name`.
 pub fn find(name: &str) -> Option<&'static StepKind> {

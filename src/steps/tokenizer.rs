@@ -1,0 +1,607 @@
+//! `tokenizer.train` and `tokenizer.eval`: DNA tokenizers with the `tokenizers` crate, saved as
+//! `tokenizer.json` (plus `tokenizer_config.json` and `special_tokens_map.json`) so Python
+//! `tokenizers` and `transformers` load them and encode identically.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::json;
+use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
+use tokenizers::models::unigram::{Unigram, UnigramTrainer};
+use tokenizers::models::wordpiece::{WordPiece, WordPieceTrainerBuilder};
+use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::whitespace::WhitespaceSplit;
+use tokenizers::processors::template::TemplateProcessing;
+use tokenizers::{
+    AddedToken, DecoderWrapper, Model, NormalizerWrapper, PostProcessorWrapper,
+    PreTokenizerWrapper, Tokenizer, TokenizerBuilder, TokenizerImpl, Trainer,
+};
+
+use super::table::for_each_sequence;
+use super::{StepContext, StepError, StepKind, params, plot};
+
+/// Tokenizer models for DNA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+enum ModelKind {
+    /// Byte-level BPE, as GPT-2 and the tutorial's first tokenizer.
+    Bpe,
+    /// WordPiece, as BERT and the tutorial's second tokenizer.
+    Wordpiece,
+    /// Unigram language model (SentencePiece style).
+    Unigram,
+    /// One token per base.
+    Char,
+    /// Fixed k-mers (DNABERT-1 style): every k-mer over ACGT is a token.
+    Kmer,
+}
+
+/// Parameters of `tokenizer.train`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct TrainParams {
+    /// Training sequences: a table (parquet/csv) or a one-sequence-per-line `.txt` file.
+    input: String,
+    /// Column holding the sequences in a table.
+    #[serde(default = "sequence")]
+    column: String,
+    model: ModelKind,
+    /// Target vocabulary size, special tokens included (ignored by `char` and `kmer`).
+    #[serde(default = "vocab_size")]
+    vocab_size: usize,
+    /// Least count for a merge or piece to be learned.
+    #[serde(default = "min_frequency")]
+    min_frequency: u64,
+    /// Special tokens; default `<|endoftext|>` for bpe, `[PAD] [UNK] [CLS] [SEP] [MASK]` otherwise.
+    special_tokens: Option<Vec<String>>,
+    /// k for `kmer`.
+    #[serde(default = "k")]
+    k: usize,
+    /// For `kmer`: overlapping k-mers (stride 1, DNABERT-1) rather than consecutive ones.
+    #[serde(default)]
+    overlap: bool,
+    /// Train on at most this many sequences (0: all).
+    #[serde(default)]
+    max_sequences: usize,
+}
+
+fn sequence() -> String {
+    "sequence".into()
+}
+fn vocab_size() -> usize {
+    4096
+}
+fn min_frequency() -> u64 {
+    2
+}
+fn k() -> usize {
+    6
+}
+
+pub static TRAIN: StepKind = StepKind {
+    name: "tokenizer.train",
+    version: 1,
+    summary: "train a DNA tokenizer (bpe, wordpiece, unigram, char, kmer) into tokenizer.json",
+    outputs: &[("tokenizer", "tokenizer.json")],
+    file_params: &["input"],
+    schema: |g| g.subschema_for::<TrainParams>(),
+    check: |with| {
+        let p = params::<TrainParams>(with)?;
+        if p.model == ModelKind::Kmer && !(1..=8).contains(&p.k) {
+            return Err(format!(
+                "`k` must be between 1 and 8 for kmer tokenizers, not {}",
+                p.k
+            ));
+        }
+        Ok(())
+    },
+    run: train,
+};
+
+/// Parameters of `tokenizer.eval`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct EvalParams {
+    /// `tokenizer.json`, or the directory holding it.
+    tokenizer: String,
+    /// Held-out sequences: a table or a `.txt` file.
+    input: String,
+    #[serde(default = "sequence")]
+    column: String,
+    /// Evaluate at most this many sequences (0: all).
+    #[serde(default)]
+    max_sequences: usize,
+}
+
+pub static EVAL: StepKind = StepKind {
+    name: "tokenizer.eval",
+    version: 1,
+    summary: "bases per token, fertility (tokens per sequence), vocab usage, unknown rate, token lengths",
+    outputs: &[("plot", "token_lengths.svg")],
+    file_params: &["tokenizer", "input"],
+    schema: |g| g.subschema_for::<EvalParams>(),
+    check: |with| params::<EvalParams>(with).map(|_| ()),
+    run: eval,
+};
+
+type Builder<M> = TokenizerBuilder<
+    M,
+    NormalizerWrapper,
+    PreTokenizerWrapper,
+    PostProcessorWrapper,
+    DecoderWrapper,
+>;
+
+fn tk(e: impl std::fmt::Display) -> StepError {
+    StepError::new(format!("tokenizer: {e}"))
+}
+
+/// Read training sequences (uppercased, as the models are case-sensitive).
+fn read_sequences(path: &Path, column: &str, max: usize) -> Result<Vec<String>, StepError> {
+    let mut seqs = Vec::new();
+    for_each_sequence(path, column, |s| {
+        if max == 0 || seqs.len() < max {
+            seqs.push(s.to_ascii_uppercase());
+        }
+    })?;
+    if seqs.is_empty() {
+        return Err(StepError::new(format!(
+            "{}: no sequences to train on",
+            path.display()
+        )));
+    }
+    Ok(seqs)
+}
+
+fn bert_specials() -> Vec<String> {
+    ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        .map(String::from)
+        .to_vec()
+}
+
+/// `[CLS] $A [SEP]` around every sequence, as BERT expects.
+fn bert_template(
+    specials: &[String],
+    ids: impl Fn(&str) -> Option<u32>,
+) -> Option<PostProcessorWrapper> {
+    let (cls, sep) = (
+        specials.iter().find(|s| s.as_str() == "[CLS]")?,
+        specials.iter().find(|s| s.as_str() == "[SEP]")?,
+    );
+    TemplateProcessing::builder()
+        .try_single(format!("{cls} $A {sep}"))
+        .ok()?
+        .try_pair(format!("{cls} $A {sep} $B:1 {sep}:1"))
+        .ok()?
+        .special_tokens(vec![(cls.clone(), ids(cls)?), (sep.clone(), ids(sep)?)])
+        .build()
+        .ok()
+        .map(PostProcessorWrapper::Template)
+}
+
+fn train_with<M, T>(
+    builder: Builder<M>,
+    trainer: &mut T,
+    seqs: &[String],
+) -> Result<
+    TokenizerImpl<M, NormalizerWrapper, PreTokenizerWrapper, PostProcessorWrapper, DecoderWrapper>,
+    StepError,
+>
+where
+    M: Model + Send + Sync,
+    T: Trainer<Model = M> + Sync,
+{
+    let mut tokenizer = builder.build().map_err(tk)?;
+    tokenizer.train(trainer, seqs.iter()).map_err(tk)?;
+    Ok(tokenizer)
+}
+
+fn added(specials: &[String]) -> Vec<AddedToken> {
+    specials
+        .iter()
+        .map(|s| AddedToken::from(s.clone(), true))
+        .collect()
+}
+
+fn train(ctx: &mut StepContext) -> Result<(), StepError> {
+    let p: TrainParams = params(ctx.with).map_err(StepError::new)?;
+    let clock = Instant::now();
+    let seqs = read_sequences(Path::new(&p.input), &p.column, p.max_sequences)?;
+    let bases: usize = seqs.iter().map(String::len).sum();
+    let longest = seqs.iter().map(String::len).max().unwrap_or(0);
+    let specials = p.special_tokens.clone().unwrap_or_else(|| match p.model {
+        ModelKind::Bpe => vec!["<|endoftext|>".to_string()],
+        _ => bert_specials(),
+    });
+    writeln!(
+        ctx.log,
+        "training {:?} on {} sequences, {bases} bases",
+        p.model,
+        seqs.len()
+    )?;
+    // Train with the threads the scheduler granted, not the whole machine.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(ctx.threads.max(1))
+        .build()
+        .map_err(tk)?;
+    let tokenizer: Tokenizer = pool.install(|| -> Result<Tokenizer, StepError> {
+        Ok(match p.model {
+            ModelKind::Bpe => {
+                let byte_level = ByteLevel::new(false, true, true);
+                let builder = Builder::<BPE>::new()
+                    .with_model(BPE::default())
+                    .with_pre_tokenizer(Some(byte_level.into()))
+                    .with_decoder(Some(byte_level.into()));
+                let mut trainer = BpeTrainerBuilder::new()
+                    .vocab_size(p.vocab_size)
+                    .min_frequency(p.min_frequency)
+                    .special_tokens(added(&specials))
+                    .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+                    .show_progress(false)
+                    .build();
+                train_with(builder, &mut trainer, &seqs)?.into()
+            }
+            ModelKind::Char => {
+                // A BPE with room for nothing but the alphabet learns no merges: one token per base.
+                let alphabet: HashSet<char> = seqs.iter().flat_map(|s| s.chars()).collect();
+                let builder = Builder::<BPE>::new()
+                    .with_model(
+                        BPE::builder()
+                            .unk_token("[UNK]".into())
+                            .build()
+                            .map_err(tk)?,
+                    )
+                    .with_pre_tokenizer(Some(WhitespaceSplit.into()));
+                let mut trainer = BpeTrainerBuilder::new()
+                    .vocab_size(specials.len() + alphabet.len())
+                    .min_frequency(0)
+                    .special_tokens(added(&specials))
+                    .initial_alphabet(alphabet)
+                    .show_progress(false)
+                    .build();
+                let mut t = train_with(builder, &mut trainer, &seqs)?;
+                let template = bert_template(&specials, |s| t.token_to_id(s));
+                t.with_post_processor(template);
+                t.into()
+            }
+            ModelKind::Wordpiece => {
+                let builder = Builder::<WordPiece>::new()
+                    .with_model(WordPiece::default())
+                    .with_pre_tokenizer(Some(BertPreTokenizer.into()))
+                    .with_decoder(Some(
+                        tokenizers::decoders::wordpiece::WordPiece::default().into(),
+                    ));
+                let mut trainer = WordPieceTrainerBuilder::new()
+                    .vocab_size(p.vocab_size)
+                    .min_frequency(p.min_frequency)
+                    .special_tokens(added(&specials))
+                    .show_progress(false)
+                    .build();
+                let mut t = train_with(builder, &mut trainer, &seqs)?;
+                // WordPiece turns any word longer than this into [UNK], and a DNA line is one
+                // word: allow far more than any sequence, not the default 100.
+                let mut model = t.get_model().clone();
+                model.max_input_chars_per_word = MAX_WORD.max(longest * 4);
+                t.with_model(model);
+                let template = bert_template(&specials, |s| t.token_to_id(s));
+                t.with_post_processor(template);
+                t.into()
+            }
+            ModelKind::Unigram => {
+                let builder = Builder::<Unigram>::new()
+                    .with_model(Unigram::default())
+                    .with_pre_tokenizer(Some(WhitespaceSplit.into()));
+                let mut trainer = UnigramTrainer::builder()
+                    .vocab_size(p.vocab_size as u32)
+                    .special_tokens(added(&specials))
+                    .unk_token(specials.iter().find(|s| s.contains("UNK")).cloned())
+                    .show_progress(false)
+                    .build()
+                    .map_err(tk)?;
+                let mut t = train_with(builder, &mut trainer, &seqs)?;
+                let template = bert_template(&specials, |s| t.token_to_id(s));
+                t.with_post_processor(template);
+                t.into()
+            }
+            ModelKind::Kmer => kmer_tokenizer(p.k, &specials)?,
+        })
+    })?;
+    let tokenizer = canonical(tokenizer, p.model)?;
+    let path = ctx.out.join("tokenizer.json");
+    tokenizer.save(&path, true).map_err(tk)?;
+    write_hf_configs(ctx.out, &specials, p.model, &p)?;
+    let metrics = json!({
+        "model": format!("{:?}", p.model).to_lowercase(),
+        "vocab_size": tokenizer.get_vocab_size(true),
+        "sequences": seqs.len(),
+        "bases": bases,
+        "seconds": (clock.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+    });
+    std::fs::write(
+        ctx.out.join("metrics.json"),
+        serde_json::to_vec_pretty(&metrics).map_err(tk)?,
+    )?;
+    Ok(())
+}
+
+/// The same tokenizer whatever order the trainer's (randomly seeded) hash maps were walked in.
+///
+/// WordPiece ids carry no meaning (matching is by text), but the trainer numbers the `##`
+/// continuations in hash order: renumber them specials first, then by length, prefix and text.
+/// Unigram scores are log-probabilities summed in hash order, so their last digits vary:
+/// round them to 10 decimals.
+fn canonical(tokenizer: Tokenizer, model: ModelKind) -> Result<Tokenizer, StepError> {
+    if !matches!(model, ModelKind::Wordpiece | ModelKind::Unigram) {
+        return Ok(tokenizer);
+    }
+    let mut doc: serde_json::Value =
+        serde_json::from_str(&tokenizer.to_string(false).map_err(tk)?).map_err(tk)?;
+    let specials: Vec<String> = doc["added_tokens"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| t["content"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    match model {
+        ModelKind::Wordpiece => {
+            let vocab = doc["model"]["vocab"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
+            let mut rest: Vec<&String> = vocab.keys().filter(|t| !specials.contains(t)).collect();
+            rest.sort_by_key(|t| {
+                (
+                    t.trim_start_matches("##").len(),
+                    t.starts_with("##"),
+                    t.to_string(),
+                )
+            });
+            let mut ordered = serde_json::Map::new();
+            for t in specials
+                .iter()
+                .filter(|t| vocab.contains_key(*t))
+                .chain(rest)
+            {
+                ordered.insert(t.clone(), json!(ordered.len()));
+            }
+            doc["model"]["vocab"] = serde_json::Value::Object(ordered);
+        }
+        _ => {
+            if let Some(pieces) = doc["model"]["vocab"].as_array_mut() {
+                for piece in pieces {
+                    if let Some(score) = piece[1].as_f64() {
+                        piece[1] = json!((score * 1e10).round() / 1e10);
+                    }
+                }
+            }
+        }
+    }
+    doc.to_string().parse::<Tokenizer>().map_err(tk)
+}
+
+/// Longest "word" WordPiece will split; longer ones become [UNK].
+const MAX_WORD: usize = 100_000;
+
+/// Every k-mer over ACGT in lexical order after the specials; raw sequences are cut into
+/// consecutive k-mers, and text already split into (overlapping) k-mers by spaces is kept.
+fn kmer_tokenizer(k: usize, specials: &[String]) -> Result<Tokenizer, StepError> {
+    let mut vocab = serde_json::Map::new();
+    for s in specials {
+        vocab.insert(s.clone(), json!(vocab.len()));
+    }
+    for i in 0..4usize.pow(k as u32) {
+        let kmer: String = (0..k)
+            .rev()
+            .map(|j| b"ACGT"[(i >> (2 * j)) & 3] as char)
+            .collect();
+        vocab.insert(kmer, json!(vocab.len()));
+    }
+    let id = |s: &str| vocab.get(s).and_then(|v| v.as_u64());
+    let unk = specials
+        .iter()
+        .find(|s| s.contains("UNK"))
+        .cloned()
+        .unwrap_or_else(|| "[UNK]".into());
+    let added: Vec<serde_json::Value> = specials
+        .iter()
+        .map(|s| json!({"id": id(s), "content": s, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}))
+        .collect();
+    let post = match (id("[CLS]"), id("[SEP]")) {
+        (Some(cls), Some(sep)) => json!({
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "[SEP]", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "[SEP]", "type_id": 0}},
+                     {"Sequence": {"id": "B", "type_id": 1}}, {"SpecialToken": {"id": "[SEP]", "type_id": 1}}],
+            "special_tokens": {
+                "[CLS]": {"id": "[CLS]", "ids": [cls], "tokens": ["[CLS]"]},
+                "[SEP]": {"id": "[SEP]", "ids": [sep], "tokens": ["[SEP]"]}
+            }
+        }),
+        _ => serde_json::Value::Null,
+    };
+    let doc = json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "WhitespaceSplit"},
+            {"type": "FixedLength", "length": k}
+        ]},
+        "post_processor": post,
+        "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": unk}
+    });
+    doc.to_string().parse::<Tokenizer>().map_err(tk)
+}
+
+/// `tokenizer_config.json` and `special_tokens_map.json`, so `AutoTokenizer.from_pretrained(dir)` works.
+fn write_hf_configs(
+    out: &Path,
+    specials: &[String],
+    model: ModelKind,
+    p: &TrainParams,
+) -> Result<(), StepError> {
+    let find = |needle: &str| specials.iter().find(|s| s.contains(needle)).cloned();
+    let mut map = BTreeMap::new();
+    if model == ModelKind::Bpe {
+        if let Some(t) = specials.first() {
+            for role in ["bos_token", "eos_token", "unk_token"] {
+                map.insert(role, t.clone());
+            }
+        }
+    } else {
+        for (role, needle) in [
+            ("unk_token", "UNK"),
+            ("pad_token", "PAD"),
+            ("cls_token", "CLS"),
+            ("sep_token", "SEP"),
+            ("mask_token", "MASK"),
+        ] {
+            if let Some(t) = find(needle) {
+                map.insert(role, t);
+            }
+        }
+    }
+    let mut config = json!({ "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 1_000_000_000u64 });
+    for (role, token) in &map {
+        config[*role] = json!(token);
+    }
+    if model == ModelKind::Kmer {
+        // Not read by transformers; tells dnaflow (and readers) how sequences were split.
+        config["dnaflow_kmer"] = json!({ "k": p.k, "overlap": p.overlap });
+    }
+    let write = |name: &str, v: &serde_json::Value| {
+        std::fs::write(out.join(name), serde_json::to_vec_pretty(v).map_err(tk)?)
+            .map_err(StepError::from)
+    };
+    write("tokenizer_config.json", &config)?;
+    write("special_tokens_map.json", &json!(map))
+}
+
+/// Overlapping k-mers of a sequence, space-separated (DNABERT-1 input).
+fn overlapping_kmers(seq: &str, k: usize) -> String {
+    let b = seq.as_bytes();
+    if b.len() < k {
+        return seq.to_string();
+    }
+    (0..=b.len() - k)
+        .map(|i| &seq[i..i + k])
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// How a kmer tokenizer wants its input, from the `tokenizer_config.json` beside it.
+fn kmer_overlap(dir: &Path) -> Option<usize> {
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("tokenizer_config.json")).ok()?).ok()?;
+    let kmer = cfg.get("dnaflow_kmer")?;
+    kmer.get("overlap")?
+        .as_bool()?
+        .then(|| kmer.get("k")?.as_u64().map(|k| k as usize))?
+}
+
+fn eval(ctx: &mut StepContext) -> Result<(), StepError> {
+    let p: EvalParams = params(ctx.with).map_err(StepError::new)?;
+    let mut path = PathBuf::from(&p.tokenizer);
+    if path.is_dir() {
+        path = path.join("tokenizer.json");
+    }
+    let tokenizer = Tokenizer::from_file(&path)
+        .map_err(|e| StepError::new(format!("{}: {e}", path.display())))?;
+    let overlap_k = path.parent().and_then(kmer_overlap);
+    let seqs = read_sequences(Path::new(&p.input), &p.column, p.max_sequences)?;
+    let unk_ids: HashSet<u32> = ["[UNK]", "<unk>", "<|endoftext|>"]
+        .iter()
+        .filter(|t| **t != "<|endoftext|>")
+        .filter_map(|t| tokenizer.token_to_id(t))
+        .collect();
+    let (mut tokens, mut unk, mut bases, mut token_bases) = (0usize, 0usize, 0usize, 0usize);
+    let mut seen = HashSet::new();
+    let mut lengths: BTreeMap<usize, usize> = BTreeMap::new();
+    for seq in &seqs {
+        let text = match overlap_k {
+            Some(k) => overlapping_kmers(seq, k),
+            None => seq.clone(),
+        };
+        let enc = tokenizer.encode(text.as_str(), false).map_err(tk)?;
+        bases += seq.len();
+        for (&id, &(start, end)) in enc.get_ids().iter().zip(enc.get_offsets()) {
+            tokens += 1;
+            seen.insert(id);
+            if unk_ids.contains(&id) {
+                unk += 1;
+            }
+            // With overlapping k-mers each token covers k bases of text but advances one base.
+            let len = end.saturating_sub(start);
+            token_bases += len;
+            *lengths.entry(len).or_default() += 1;
+        }
+    }
+    let vocab = tokenizer.get_vocab_size(true);
+    let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    let round = |x: f64| (x * 1e6).round() / 1e6;
+    let metrics = json!({
+        "sequences": seqs.len(),
+        "bases": bases,
+        "tokens": tokens,
+        "bases_per_token": round(ratio(bases, tokens)),
+        "fertility": round(ratio(tokens, seqs.len())),
+        "vocab_size": vocab,
+        "vocab_usage": round(ratio(seen.len(), vocab)),
+        "unk_rate": round(ratio(unk, tokens)),
+        "mean_token_length": round(ratio(token_bases, tokens)),
+    });
+    std::fs::write(
+        ctx.out.join("metrics.json"),
+        serde_json::to_vec_pretty(&metrics).map_err(tk)?,
+    )?;
+    let bars: Vec<(String, f64)> = lengths
+        .iter()
+        .map(|(l, n)| (l.to_string(), *n as f64))
+        .collect();
+    plot::bars(
+        &ctx.out.join("token_lengths.svg"),
+        "Token lengths",
+        "bases per token",
+        &bars,
+    )?;
+    writeln!(ctx.log, "{}", metrics)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlapping_kmers_stride_one() {
+        assert_eq!(overlapping_kmers("ACGTA", 3), "ACG CGT GTA");
+        assert_eq!(overlapping_kmers("AC", 3), "AC");
+    }
+
+    #[test]
+    fn kmer_vocab_has_every_kmer_and_splits_raw_and_presplit_text() {
+        let t = kmer_tokenizer(2, &bert_specials()).unwrap();
+        assert_eq!(t.get_vocab_size(true), 5 + 16);
+        assert_eq!(t.token_to_id("AA"), Some(5));
+        assert_eq!(t.token_to_id("TT"), Some(20));
+        let raw = t.encode("ACGTAC", false).unwrap();
+        assert_eq!(raw.get_tokens(), &["AC", "GT", "AC"]);
+        let pre = t.encode("AC CG GT", false).unwrap();
+        assert_eq!(pre.get_tokens(), &["AC", "CG", "GT"]);
+        let with_special = t.encode("ACGT", true).unwrap();
+        assert_eq!(with_special.get_tokens(), &["[CLS]", "AC", "GT", "[SEP]"]);
+        assert_eq!(
+            t.encode("ANGT", false).unwrap().get_tokens(),
+            &["[UNK]", "GT"]
+        );
+    }
+}
