@@ -10,6 +10,7 @@ use std::sync::atomic::AtomicBool;
 use schemars::{Schema, SchemaGenerator};
 use serde::de::DeserializeOwned;
 
+mod data;
 mod file;
 pub mod plot;
 pub mod table;
@@ -78,7 +79,15 @@ impl std::fmt::Debug for StepKind {
 }
 
 /// Every built-in kind.
-pub static KINDS: &[&StepKind] = &[&file::WRITE];
+pub static KINDS: &[&StepKind] = &[
+    &file::WRITE,
+    data::LOAD,
+    data::SPLIT,
+    data::FILTER,
+    data::SAMPLE,
+    data::CONCAT,
+    data::STATS,
+];
 
 /// The kind called `name`.
 pub fn find(name: &str) -> Option<&'static StepKind> {
