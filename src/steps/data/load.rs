@@ -132,6 +132,12 @@ fn check(p: &LoadParams) -> Result<(), String> {
     Ok(())
 }
 
+/// Receives each output row: id and sequence.
+type Emit<'a> = &'a mut dyn FnMut(String, &[u8]) -> Result<(), StepError>;
+/// Receives each parsed record: 1-based index, id, first line, sequence.
+pub type OnRecord<'a> =
+    &'a mut dyn FnMut(usize, &str, usize, &mut Vec<u8>) -> Result<(), StepError>;
+
 /// Figures collected while loading.
 #[derive(Debug, Default)]
 struct Counts {
@@ -177,12 +183,7 @@ struct Processor<'a> {
 
 impl Processor<'_> {
     /// Handle one record; `emit(id, sequence)` receives every output row.
-    fn record(
-        &mut self,
-        origin: &Origin,
-        seq: &mut [u8],
-        emit: &mut dyn FnMut(String, &[u8]) -> Result<(), StepError>,
-    ) -> Result<(), StepError> {
+    fn record(&mut self, origin: &Origin, seq: &mut [u8], emit: Emit<'_>) -> Result<(), StepError> {
         self.counts.records += 1;
         seq.make_ascii_uppercase();
         let p = self.p;
@@ -241,12 +242,7 @@ impl Processor<'_> {
         }
     }
 
-    fn row(
-        &mut self,
-        id: String,
-        seq: &[u8],
-        emit: &mut dyn FnMut(String, &[u8]) -> Result<(), StepError>,
-    ) -> Result<(), StepError> {
+    fn row(&mut self, id: String, seq: &[u8], emit: Emit<'_>) -> Result<(), StepError> {
         let copies = if self.p.reverse_complement { 2 } else { 1 };
         let c = &mut self.counts;
         c.rows += copies;
@@ -325,11 +321,7 @@ fn io_err(file: &Path, e: std::io::Error) -> StepError {
 }
 
 /// Stream FASTA records: `f(index, id, line, sequence)` per record.
-pub fn read_fasta(
-    mut r: impl BufRead,
-    file: &Path,
-    f: &mut dyn FnMut(usize, &str, usize, &mut Vec<u8>) -> Result<(), StepError>,
-) -> Result<(), StepError> {
+pub fn read_fasta(mut r: impl BufRead, file: &Path, f: OnRecord<'_>) -> Result<(), StepError> {
     let mut line = Vec::new();
     let mut seq = Vec::new();
     let mut id: Option<(String, usize)> = None;
@@ -380,11 +372,7 @@ pub fn read_fasta(
 }
 
 /// Stream FASTQ records (four lines each): `f(index, id, line, sequence)` per record.
-pub fn read_fastq(
-    mut r: impl BufRead,
-    file: &Path,
-    f: &mut dyn FnMut(usize, &str, usize, &mut Vec<u8>) -> Result<(), StepError>,
-) -> Result<(), StepError> {
+pub fn read_fastq(mut r: impl BufRead, file: &Path, f: OnRecord<'_>) -> Result<(), StepError> {
     let mut header = Vec::new();
     let mut seq = Vec::new();
     let mut plus = Vec::new();
@@ -462,11 +450,7 @@ pub fn read_fastq(
 }
 
 /// Stream one sequence per non-empty line: `f(index, id, line, sequence)`, id `lineN`.
-pub fn read_lines(
-    mut r: impl BufRead,
-    file: &Path,
-    f: &mut dyn FnMut(usize, &str, usize, &mut Vec<u8>) -> Result<(), StepError>,
-) -> Result<(), StepError> {
+pub fn read_lines(mut r: impl BufRead, file: &Path, f: OnRecord<'_>) -> Result<(), StepError> {
     let mut line = Vec::new();
     let mut index = 0;
     let mut line_no = 0;
@@ -657,7 +641,7 @@ fn read_with_format(path: &Path, format: Format) -> Result<DataFrame, StepError>
 /// those whose relative path mentions `split`.
 pub fn dataset_files(dir: &Path, split: Option<&str>) -> Result<Vec<PathBuf>, StepError> {
     let mut all = Vec::new();
-    walk(dir, dir, &mut all)?;
+    walk(dir, &mut all)?;
     all.sort();
     const META: &[&str] = &[
         "dataset_info.json",
@@ -730,7 +714,7 @@ pub fn dataset_files(dir: &Path, split: Option<&str>) -> Result<Vec<PathBuf>, St
     Ok(chosen)
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), StepError> {
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), StepError> {
     let entries = std::fs::read_dir(dir).map_err(|e| io_err(dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| io_err(dir, e))?;
@@ -742,7 +726,7 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), StepError
         };
         if meta.is_dir() {
             if !hidden && out.len() < 100_000 {
-                walk(root, &path, out)?;
+                walk(&path, out)?;
             }
         } else if !hidden {
             out.push(path);
@@ -820,15 +804,9 @@ mod tests {
     use super::*;
 
     type Recs = Vec<(usize, String, usize, String)>;
+    type Reader = fn(&[u8], &Path, OnRecord<'_>) -> Result<(), StepError>;
 
-    fn collect(
-        reader: fn(
-            &[u8],
-            &Path,
-            &mut dyn FnMut(usize, &str, usize, &mut Vec<u8>) -> Result<(), StepError>,
-        ) -> Result<(), StepError>,
-        text: &str,
-    ) -> Result<Recs, StepError> {
+    fn collect(reader: Reader, text: &str) -> Result<Recs, StepError> {
         let mut v = Vec::new();
         reader(text.as_bytes(), Path::new("in.fa"), &mut |i, id, l, s| {
             v.push((i, id.to_string(), l, String::from_utf8(s.clone()).unwrap()));

@@ -95,7 +95,9 @@ fn check(p: &SplitParams) -> Result<(), String> {
     Ok(())
 }
 
-/// Row indices per split (train, valid, test), each in input order.
+/// Row indices per split (train, valid, test), each in input order. Split sizes are exact
+/// (largest remainder over all rows); when stratified, each split's rows are then shared among
+/// classes in proportion to the rows each class has left.
 pub fn assign(
     n: usize,
     classes: Option<&[String]>,
@@ -103,10 +105,25 @@ pub fn assign(
     seed: u64,
 ) -> [Vec<usize>; 3] {
     let mut rng = Rng::new(seed);
+    let groups = groups(classes, n);
+    let totals = apportion(n, &ratios);
+    let mut left: Vec<usize> = groups.iter().map(|g| g.1.len()).collect();
+    let mut alloc = vec![[0usize; 3]; groups.len()];
+    for (k, &total) in totals.iter().enumerate() {
+        let take = if k == 2 {
+            left.clone()
+        } else {
+            let w: Vec<f64> = left.iter().map(|&x| x as f64).collect();
+            apportion(total, &w)
+        };
+        for (j, t) in take.into_iter().enumerate() {
+            alloc[j][k] = t;
+            left[j] -= t;
+        }
+    }
     let mut out: [Vec<usize>; 3] = Default::default();
-    for (_, mut rows) in groups(classes, n) {
+    for ((_, mut rows), parts) in groups.into_iter().zip(alloc) {
         rng.shuffle(&mut rows);
-        let parts = apportion(rows.len(), &ratios);
         let mut it = rows.into_iter();
         for (k, &m) in parts.iter().enumerate() {
             out[k].extend(it.by_ref().take(m));
@@ -245,6 +262,10 @@ mod tests {
         assert_eq!((count(&tr, "n"), count(&tr, "y")), (40, 10));
         assert_eq!((count(&va, "n"), count(&va, "y")), (20, 5));
         assert_eq!((count(&te, "n"), count(&te, "y")), (20, 5));
+        // Uneven classes: split sizes stay exact, classes within one row of proportional.
+        let classes: Vec<String> = (0..7).map(|i| (i % 2).to_string()).collect();
+        let [tr, va, te] = assign(7, Some(&classes), [0.5, 0.0, 0.5], 1);
+        assert_eq!((tr.len(), va.len(), te.len()), (4, 0, 3));
     }
 
     #[test]
