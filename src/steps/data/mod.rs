@@ -161,12 +161,19 @@ pub fn read_table_as(path: &Path, e: &str) -> Result<DataFrame, StepError> {
     match e {
         "csv" | "tsv" => {
             let sep = if e == "tsv" { b'\t' } else { b',' };
+            let ragged = ragged_row(cursor.get_ref(), sep);
             CsvReadOptions::default()
                 .with_has_header(true)
                 .with_parse_options(CsvParseOptions::default().with_separator(sep))
                 .into_reader_with_file_handle(cursor)
                 .finish()
-                .map_err(fail)
+                .map_err(|e| match ragged {
+                    Some((line, got, want)) => StepError::new(format!(
+                        "{}: line {line} has {got} fields but the header has {want}; fix that row (quote fields that contain the separator)",
+                        path.display()
+                    )),
+                    None => fail(e),
+                })
         }
         "jsonl" | "ndjson" => JsonReader::new(cursor)
             .with_json_format(JsonFormat::JsonLines)
@@ -180,6 +187,42 @@ pub fn read_table_as(path: &Path, e: &str) -> Result<DataFrame, StepError> {
             "{}: cannot read a table from `.{other}` files (use parquet, csv, tsv, jsonl or json)",
             path.display()
         ))),
+    }
+}
+
+/// The first row of a CSV/TSV text whose field count differs from the header's: (1-based line,
+/// fields, header fields). Quotes (RFC 4180) may hide separators and newlines.
+pub fn ragged_row(text: &[u8], sep: u8) -> Option<(usize, usize, usize)> {
+    let (mut line, mut start_line, mut fields, mut quoted) = (1, 1, 1, false);
+    let mut header: Option<usize> = None;
+    let mut empty = true;
+    for &b in text {
+        match b {
+            b'"' => quoted = !quoted,
+            b'\n' if !quoted => {
+                if !empty {
+                    match header {
+                        None => header = Some(fields),
+                        Some(h) if h != fields => return Some((start_line, fields, h)),
+                        _ => {}
+                    }
+                }
+                line += 1;
+                start_line = line;
+                fields = 1;
+                empty = true;
+                continue;
+            }
+            b'\n' => line += 1,
+            b'\r' => continue,
+            _ if b == sep && !quoted => fields += 1,
+            _ => {}
+        }
+        empty = false;
+    }
+    match header {
+        Some(h) if !empty && h != fields => Some((start_line, fields, h)),
+        _ => None,
     }
 }
 
@@ -373,6 +416,15 @@ mod tests {
         assert_ne!(a, c);
         a.sort();
         assert_eq!(a, (0..50).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn finds_ragged_rows() {
+        assert_eq!(ragged_row(b"a,b\n1,2\n3,4,5\n", b','), Some((3, 3, 2)));
+        assert_eq!(ragged_row(b"a,b\n\"x,\ny\",2\n3\n", b','), Some((4, 1, 2)));
+        assert_eq!(ragged_row(b"a,b\r\n1,2\r\n\n", b','), None);
+        assert_eq!(ragged_row(b"a\tb\n1\t2", b'\t'), None);
+        assert_eq!(ragged_row(b"a\tb\n1", b'\t'), Some((2, 1, 2)));
     }
 
     #[test]
