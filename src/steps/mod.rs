@@ -10,6 +10,7 @@ use std::sync::atomic::AtomicBool;
 use schemars::{Schema, SchemaGenerator};
 use serde::de::DeserializeOwned;
 
+mod data;
 pub mod fetch;
 mod file;
 pub mod plot;
@@ -83,6 +84,12 @@ impl std::fmt::Debug for StepKind {
 pub static KINDS: &[&StepKind] = &[
     &file::WRITE,
     &fetch::FETCH,
+    data::LOAD,
+    data::SPLIT,
+    data::FILTER,
+    data::SAMPLE,
+    data::CONCAT,
+    data::STATS,
     &tokenizer::TRAIN,
     &tokenizer::EVAL,
 ];

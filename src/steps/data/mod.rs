@@ -1,0 +1,436 @@
+//! Data kinds (`data.*`): load sequences from FASTA/FASTQ/text/tables/Hugging Face dataset
+//! directories into sequence tables, then split, filter, sample, concatenate and describe them.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use polars::prelude::*;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::{StepContext, StepError, StepKind};
+
+mod concat;
+mod filter;
+mod load;
+mod sample;
+mod split;
+mod stats;
+
+/// `data.load`: sequences from a file or dataset directory into a table.
+pub static LOAD: &StepKind = &load::KIND;
+/// `data.split`: train / valid / test tables.
+pub static SPLIT: &StepKind = &split::KIND;
+/// `data.filter`: keep rows by length, N fraction, alphabet or a column value.
+pub static FILTER: &StepKind = &filter::KIND;
+/// `data.sample`: a random subset of rows.
+pub static SAMPLE: &StepKind = &sample::KIND;
+/// `data.concat`: several tables stacked, columns unioned.
+pub static CONCAT: &StepKind = &concat::KIND;
+/// `data.stats`: lengths, composition and k-mer spectrum of a table.
+pub static STATS: &StepKind = &stats::KIND;
+
+/// Which characters a sequence may contain.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Alphabet {
+    /// `ACGTN`.
+    #[default]
+    Dna,
+    /// `ACGUN`.
+    Rna,
+    /// The 20 amino acids plus `X B Z J U O *`.
+    Protein,
+    /// Any character except whitespace.
+    Any,
+}
+
+impl Alphabet {
+    /// Whether the (uppercase) byte belongs to the alphabet.
+    pub fn allows(self, b: u8) -> bool {
+        match self {
+            Alphabet::Dna => matches!(b, b'A' | b'C' | b'G' | b'T' | b'N'),
+            Alphabet::Rna => matches!(b, b'A' | b'C' | b'G' | b'U' | b'N'),
+            Alphabet::Protein => b"ACDEFGHIKLMNPQRSTVWYXBZJUO*".contains(&b),
+            Alphabet::Any => !b.is_ascii_whitespace(),
+        }
+    }
+
+    /// The characters allowed, for messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Alphabet::Dna => "ACGTN",
+            Alphabet::Rna => "ACGUN",
+            Alphabet::Protein => "ACDEFGHIKLMNPQRSTVWY and XBZJUO*",
+            Alphabet::Any => "anything but whitespace",
+        }
+    }
+
+    /// The character that replaces an invalid one under `on_invalid: mask`.
+    pub fn mask(self) -> u8 {
+        match self {
+            Alphabet::Protein | Alphabet::Any => b'X',
+            Alphabet::Dna | Alphabet::Rna => b'N',
+        }
+    }
+
+    /// The YAML spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Alphabet::Dna => "dna",
+            Alphabet::Rna => "rna",
+            Alphabet::Protein => "protein",
+            Alphabet::Any => "any",
+        }
+    }
+}
+
+/// A path parameter made absolute against the workdir (upstream references already are).
+pub fn resolve(ctx: &StepContext, path: &str) -> PathBuf {
+    ctx.workdir.join(path)
+}
+
+/// Write `metrics.json` into the step's output directory.
+pub fn write_metrics(out: &Path, metrics: &serde_json::Value) -> Result<(), StepError> {
+    let json = serde_json::to_vec_pretty(metrics).map_err(|e| StepError::new(e.to_string()))?;
+    std::fs::write(out.join("metrics.json"), json)?;
+    Ok(())
+}
+
+/// Parse `with:` into typed parameters, as a step error.
+pub fn params_of<P: serde::de::DeserializeOwned>(ctx: &StepContext) -> Result<P, StepError> {
+    super::params(ctx.with).map_err(|e| StepError::new(format!("bad `with:`: {e}")))
+}
+
+/// A file opened for buffered reading, decompressed when its name ends in `.gz`.
+pub fn open_text(path: &Path) -> Result<Box<dyn BufRead>, StepError> {
+    let file = File::open(path).map_err(|e| StepError::new(format!("{}: {e}", path.display())))?;
+    Ok(if is_gz(path) {
+        Box::new(BufReader::with_capacity(
+            1 << 16,
+            flate2::read::MultiGzDecoder::new(file),
+        ))
+    } else {
+        Box::new(BufReader::with_capacity(1 << 16, file))
+    })
+}
+
+fn is_gz(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gz"))
+}
+
+/// Lowercase extension of a file name, ignoring a final `.gz`.
+pub fn ext(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    let name = name.strip_suffix(".gz").unwrap_or(&name);
+    match name.rsplit_once('.') {
+        Some((_, e)) => e.to_string(),
+        None => String::new(),
+    }
+}
+
+/// Read a whole table file: parquet, CSV, TSV, JSON lines or a JSON array (text formats may be
+/// gzipped). Errors name the file and say what to check.
+pub fn read_any_table(path: &Path) -> Result<DataFrame, StepError> {
+    read_table_as(path, &ext(path))
+}
+
+/// Read a whole table file as if its extension were `e` (`csv`, `tsv`, `parquet`, `jsonl`, `json`).
+pub fn read_table_as(path: &Path, e: &str) -> Result<DataFrame, StepError> {
+    let fail = |e: PolarsError| {
+        StepError::new(format!(
+            "{}: cannot read as a table: {e} (check that every row has the same number of fields as the header)",
+            path.display()
+        ))
+    };
+    if e == "parquet" {
+        let file =
+            File::open(path).map_err(|e| StepError::new(format!("{}: {e}", path.display())))?;
+        return ParquetReader::new(file).finish().map_err(fail);
+    }
+    let mut bytes = Vec::new();
+    open_text(path)?
+        .read_to_end(&mut bytes)
+        .map_err(|e| StepError::new(format!("{}: {e}", path.display())))?;
+    let cursor = std::io::Cursor::new(bytes);
+    match e {
+        "csv" | "tsv" => {
+            let sep = if e == "tsv" { b'\t' } else { b',' };
+            let ragged = ragged_row(cursor.get_ref(), sep);
+            CsvReadOptions::default()
+                .with_has_header(true)
+                .with_parse_options(CsvParseOptions::default().with_separator(sep))
+                .into_reader_with_file_handle(cursor)
+                .finish()
+                .map_err(|e| match ragged {
+                    Some((line, got, want)) => StepError::new(format!(
+                        "{}: line {line} has {got} fields but the header has {want}; fix that row (quote fields that contain the separator)",
+                        path.display()
+                    )),
+                    None => fail(e),
+                })
+        }
+        "jsonl" | "ndjson" => JsonReader::new(cursor)
+            .with_json_format(JsonFormat::JsonLines)
+            .finish()
+            .map_err(fail),
+        "json" => JsonReader::new(cursor)
+            .with_json_format(JsonFormat::Json)
+            .finish()
+            .map_err(fail),
+        other => Err(StepError::new(format!(
+            "{}: cannot read a table from `.{other}` files (use parquet, csv, tsv, jsonl or json)",
+            path.display()
+        ))),
+    }
+}
+
+/// The first row of a CSV/TSV text whose field count differs from the header's: (1-based line,
+/// fields, header fields). Quotes (RFC 4180) may hide separators and newlines.
+pub fn ragged_row(text: &[u8], sep: u8) -> Option<(usize, usize, usize)> {
+    let (mut line, mut start_line, mut fields, mut quoted) = (1, 1, 1, false);
+    let mut header: Option<usize> = None;
+    let mut empty = true;
+    for &b in text {
+        match b {
+            b'"' => quoted = !quoted,
+            b'\n' if !quoted => {
+                if !empty {
+                    match header {
+                        None => header = Some(fields),
+                        Some(h) if h != fields => return Some((start_line, fields, h)),
+                        _ => {}
+                    }
+                }
+                line += 1;
+                start_line = line;
+                fields = 1;
+                empty = true;
+                continue;
+            }
+            b'\n' => line += 1,
+            b'\r' => continue,
+            _ if b == sep && !quoted => fields += 1,
+            _ => {}
+        }
+        empty = false;
+    }
+    match header {
+        Some(h) if !empty && h != fields => Some((start_line, fields, h)),
+        _ => None,
+    }
+}
+
+/// The column `name` of `df` as text, or an error listing the columns there are.
+pub fn text_column<'a>(
+    df: &'a DataFrame,
+    name: &str,
+    file: &Path,
+    param: &str,
+) -> Result<&'a StringChunked, StepError> {
+    let col = df.column(name).map_err(|_| {
+        StepError::new(format!(
+            "{}: no column `{name}`; the columns are: {}; set `{param}:` to one of them",
+            file.display(),
+            column_names(df)
+        ))
+    })?;
+    col.str().map_err(|_| {
+        StepError::new(format!(
+            "{}: column `{name}` is {}, not text; set `{param}:` to a text column",
+            file.display(),
+            col.dtype()
+        ))
+    })
+}
+
+/// Column names joined with commas.
+pub fn column_names(df: &DataFrame) -> String {
+    df.get_column_names()
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Every value of a column as text (nulls as `null`), for stratification and equality filters.
+pub fn column_as_strings(
+    df: &DataFrame,
+    name: &str,
+    file: &Path,
+    param: &str,
+) -> Result<Vec<String>, StepError> {
+    let col = df.column(name).map_err(|_| {
+        StepError::new(format!(
+            "{}: no column `{name}`; the columns are: {}; set `{param}:` to one of them",
+            file.display(),
+            column_names(df)
+        ))
+    })?;
+    let col = col.cast(&DataType::String)?;
+    Ok(col
+        .str()?
+        .iter()
+        .map(|v| v.unwrap_or("null").to_string())
+        .collect())
+}
+
+/// The `id` of row `i` of a table, or `#i+1` when there is none.
+pub fn row_id(df: &DataFrame, i: usize) -> String {
+    df.column("id")
+        .ok()
+        .and_then(|c| c.get(i).ok())
+        .map(|v| match v {
+            AnyValue::String(s) => s.to_string(),
+            other => other.to_string(),
+        })
+        .unwrap_or_else(|| format!("#{}", i + 1))
+}
+
+/// Rows `idx` of `df`, in that order.
+pub fn take_rows(df: &DataFrame, idx: &[usize]) -> Result<DataFrame, StepError> {
+    let idx = IdxCa::from_vec(
+        PlSmallStr::from_static("idx"),
+        idx.iter().map(|&i| i as IdxSize).collect(),
+    );
+    Ok(df.take(&idx)?)
+}
+
+/// A small, stable PRNG (SplitMix64): the same seed gives the same splits on every platform
+/// and every version of the `rand` crate.
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator seeded with `seed`.
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        ((self.next_u64() as u128 * n as u128) >> 64) as usize
+    }
+
+    /// Fisher–Yates shuffle.
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = self.below(i + 1);
+            v.swap(i, j);
+        }
+    }
+}
+
+/// Row indices grouped by class value (classes in first-seen order); one group when `classes`
+/// is `None`.
+pub fn groups(classes: Option<&[String]>, n: usize) -> Vec<(String, Vec<usize>)> {
+    match classes {
+        None => vec![(String::new(), (0..n).collect())],
+        Some(c) => {
+            let mut out: indexmap::IndexMap<&str, Vec<usize>> = Default::default();
+            for (i, v) in c.iter().enumerate() {
+                out.entry(v.as_str()).or_default().push(i);
+            }
+            out.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+        }
+    }
+}
+
+/// Split `total` into integer parts proportional to `weights` (largest remainder), summing to
+/// `total` exactly.
+pub fn apportion(total: usize, weights: &[f64]) -> Vec<usize> {
+    let sum: f64 = weights.iter().sum();
+    if sum <= 0.0 {
+        return vec![0; weights.len()];
+    }
+    let exact: Vec<f64> = weights.iter().map(|w| w / sum * total as f64).collect();
+    let mut parts: Vec<usize> = exact.iter().map(|x| x.floor() as usize).collect();
+    let mut left = total - parts.iter().sum::<usize>();
+    let mut order: Vec<usize> = (0..weights.len()).collect();
+    order.sort_by(|&a, &b| {
+        let ra = exact[a] - exact[a].floor();
+        let rb = exact[b] - exact[b].floor();
+        rb.total_cmp(&ra).then(a.cmp(&b))
+    });
+    for &i in order.iter().cycle() {
+        if left == 0 {
+            break;
+        }
+        if weights[i] > 0.0 {
+            parts[i] += 1;
+            left -= 1;
+        }
+    }
+    parts
+}
+
+/// Count of each class, in first-seen order, for metrics.
+pub fn class_counts(
+    classes: &[String],
+    rows: &[usize],
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut m: indexmap::IndexMap<&str, usize> = Default::default();
+    for &i in rows {
+        *m.entry(classes[i].as_str()).or_default() += 1;
+    }
+    m.into_iter()
+        .map(|(k, v)| (k.to_string(), serde_json::Value::from(v)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apportion_sums_exactly() {
+        assert_eq!(apportion(10, &[0.8, 0.1, 0.1]), vec![8, 1, 1]);
+        assert_eq!(apportion(7, &[0.5, 0.0, 0.5]), vec![4, 0, 3]);
+        assert_eq!(apportion(3, &[1.0, 1.0, 1.0]), vec![1, 1, 1]);
+        assert_eq!(apportion(0, &[0.8, 0.2]), vec![0, 0]);
+        assert_eq!(apportion(5, &[0.0, 0.0]), vec![0, 0]);
+    }
+
+    #[test]
+    fn rng_is_stable_and_shuffles() {
+        let mut a: Vec<usize> = (0..50).collect();
+        let mut b = a.clone();
+        Rng::new(7).shuffle(&mut a);
+        Rng::new(7).shuffle(&mut b);
+        assert_eq!(a, b);
+        let mut c: Vec<usize> = (0..50).collect();
+        Rng::new(8).shuffle(&mut c);
+        assert_ne!(a, c);
+        a.sort();
+        assert_eq!(a, (0..50).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn finds_ragged_rows() {
+        assert_eq!(ragged_row(b"a,b\n1,2\n3,4,5\n", b','), Some((3, 3, 2)));
+        assert_eq!(ragged_row(b"a,b\n\"x,\ny\",2\n3\n", b','), Some((4, 1, 2)));
+        assert_eq!(ragged_row(b"a,b\r\n1,2\r\n\n", b','), None);
+        assert_eq!(ragged_row(b"a\tb\n1\t2", b'\t'), None);
+        assert_eq!(ragged_row(b"a\tb\n1", b'\t'), Some((2, 1, 2)));
+    }
+
+    #[test]
+    fn extensions_ignore_gz() {
+        assert_eq!(ext(Path::new("a/x.fa.gz")), "fa");
+        assert_eq!(ext(Path::new("x.CSV")), "csv");
+        assert_eq!(ext(Path::new("noext")), "");
+    }
+}
