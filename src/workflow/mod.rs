@@ -822,7 +822,14 @@ impl<'a> Resolver<'a> {
 
     /// Check `with:` against the kind's typed parameters, references replaced by sample paths.
     fn check_kind(&mut self, kind: &StepKind, with: &Param, node: &Located<Node>) -> bool {
-        let sample = with.render(&mut |_| vec!["/path/from/upstream".to_string()]);
+        // One sample path per referenced step, so list lengths match what the run will pass.
+        let sample = with.render(&mut |part| match part {
+            Part::Output { steps, output } => steps
+                .iter()
+                .map(|i| format!("/upstream/{i}/{output}"))
+                .collect(),
+            _ => vec!["/upstream/out".to_string()],
+        });
         match (kind.check)(&sample) {
             Ok(()) => true,
             Err(msg) => {
