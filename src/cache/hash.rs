@@ -142,30 +142,19 @@ mod tests {
         let path = d.path().join("big.fa");
         std::fs::write(&path, "ACGT").unwrap();
         let old = SystemTime::now() - Duration::from_secs(60);
-        std::fs::File::options()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
+        let touch = |t: SystemTime| {
+            let file = std::fs::File::options().write(true).open(&path).unwrap();
+            file.set_modified(t).unwrap();
+        };
+        touch(old);
         let mut sc = StatCache::default();
         let first = sc.hash_path(&path).unwrap();
         // Same size, inode and mtime: the remembered hash is used, the bytes are not read.
         std::fs::write(&path, "TTTT").unwrap();
-        std::fs::File::options()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
+        touch(old);
         assert_eq!(sc.hash_path(&path).unwrap(), first);
         // A new mtime means a new read.
-        std::fs::File::options()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_modified(old + Duration::from_secs(1))
-            .unwrap();
+        touch(old + Duration::from_secs(1));
         assert_ne!(sc.hash_path(&path).unwrap(), first);
         // And the cache survives a save and load.
         let file = d.path().join("stat.json");

@@ -226,6 +226,22 @@ pub fn ragged_row(text: &[u8], sep: u8) -> Option<(usize, usize, usize)> {
     }
 }
 
+/// The column `name` of `df`, or an error listing the columns there are.
+fn column<'a>(
+    df: &'a DataFrame,
+    name: &str,
+    file: &Path,
+    param: &str,
+) -> Result<&'a Column, StepError> {
+    df.column(name).map_err(|_| {
+        StepError::new(format!(
+            "{}: no column `{name}`; the columns are: {}; set `{param}:` to one of them",
+            file.display(),
+            column_names(df)
+        ))
+    })
+}
+
 /// The column `name` of `df` as text, or an error listing the columns there are.
 pub fn text_column<'a>(
     df: &'a DataFrame,
@@ -233,13 +249,7 @@ pub fn text_column<'a>(
     file: &Path,
     param: &str,
 ) -> Result<&'a StringChunked, StepError> {
-    let col = df.column(name).map_err(|_| {
-        StepError::new(format!(
-            "{}: no column `{name}`; the columns are: {}; set `{param}:` to one of them",
-            file.display(),
-            column_names(df)
-        ))
-    })?;
+    let col = column(df, name, file, param)?;
     col.str().map_err(|_| {
         StepError::new(format!(
             "{}: column `{name}` is {}, not text; set `{param}:` to a text column",
@@ -265,14 +275,7 @@ pub fn column_as_strings(
     file: &Path,
     param: &str,
 ) -> Result<Vec<String>, StepError> {
-    let col = df.column(name).map_err(|_| {
-        StepError::new(format!(
-            "{}: no column `{name}`; the columns are: {}; set `{param}:` to one of them",
-            file.display(),
-            column_names(df)
-        ))
-    })?;
-    let col = col.cast(&DataType::String)?;
+    let col = column(df, name, file, param)?.cast(&DataType::String)?;
     Ok(col
         .str()?
         .iter()
