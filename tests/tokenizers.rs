@@ -158,3 +158,15 @@ fn bad_tokenizer_parameters_are_located() {
     );
     assert!(text(&p.dnaflow(&["validate", "wf.yaml"])).contains("`k` must be between 1 and 8"));
 }
+
+#[test]
+fn unigram_does_not_depend_on_the_cpus_granted() {
+    let p = Project::new();
+    p.write("corpus.txt", &read(&fixtures().join("corpus.txt")));
+    p.write(
+        "wf.yaml",
+        "steps:\n  tok:\n    resources: { cpus: 2 }\n    uses: tokenizer.train\n    with: { input: corpus.txt, model: unigram, vocab_size: 300, min_frequency: 2, k: 3 }\n",
+    );
+    let r = p.run_ok(&["wf.yaml", "--cpus", "2"]);
+    assert!(read(&r.out("tok").join("tokenizer.json")) == read(&fixtures().join("unigram.json")));
+}

@@ -84,7 +84,7 @@ fn k() -> usize {
 
 pub static TRAIN: StepKind = StepKind {
     name: "tokenizer.train",
-    version: 1,
+    version: 2,
     summary: "train a DNA tokenizer (bpe, wordpiece, unigram, char, kmer) into tokenizer.json",
     outputs: &[("tokenizer", "tokenizer.json")],
     file_params: &["input"],
@@ -212,7 +212,6 @@ fn train(ctx: &mut StepContext) -> Result<(), StepError> {
     let clock = Instant::now();
     let seqs = read_sequences(Path::new(&p.input), &p.column, p.max_sequences)?;
     let bases: usize = seqs.iter().map(String::len).sum();
-    let longest = seqs.iter().map(String::len).max().unwrap_or(0);
     let specials = p.special_tokens.clone().unwrap_or_else(|| match p.model {
         ModelKind::Bpe => vec!["<|endoftext|>".to_string()],
         _ => bert_specials(),
@@ -223,9 +222,15 @@ fn train(ctx: &mut StepContext) -> Result<(), StepError> {
         p.model,
         seqs.len()
     )?;
-    // Train with the threads the scheduler granted, not the whole machine.
+    // Train with the threads the scheduler granted, not the whole machine. Unigram's EM sums
+    // floats per thread chunk, so it trains on one thread: its result must not depend on `cpus`.
+    let threads = if p.model == ModelKind::Unigram {
+        1
+    } else {
+        ctx.threads.max(1)
+    };
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(ctx.threads.max(1))
+        .num_threads(threads)
         .build()
         .map_err(tk)?;
     let tokenizer: Tokenizer = pool.install(|| -> Result<Tokenizer, StepError> {
@@ -285,7 +290,7 @@ fn train(ctx: &mut StepContext) -> Result<(), StepError> {
                 // WordPiece turns any word longer than this into [UNK], and a DNA line is one
                 // word: allow far more than any sequence, not the default 100.
                 let mut model = t.get_model().clone();
-                model.max_input_chars_per_word = MAX_WORD.max(longest * 4);
+                model.max_input_chars_per_word = MAX_WORD;
                 t.with_model(model);
                 let template = bert_template(&specials, |s| t.token_to_id(s));
                 t.with_post_processor(template);
@@ -385,8 +390,9 @@ fn canonical(tokenizer: Tokenizer, model: ModelKind) -> Result<Tokenizer, StepEr
     doc.to_string().parse::<Tokenizer>().map_err(tk)
 }
 
-/// Longest "word" WordPiece will split; longer ones become [UNK].
-const MAX_WORD: usize = 100_000;
+/// Longest "word" WordPiece will split; longer ones become [UNK]. Far beyond any chromosome
+/// window, and fixed, so the limit does not depend on the training data.
+const MAX_WORD: usize = 1_000_000_000;
 
 /// Every k-mer over ACGT in lexical order after the specials; raw sequences are cut into
 /// consecutive k-mers, and text already split into (overlapping) k-mers by spaces is kept.
