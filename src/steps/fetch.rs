@@ -164,7 +164,7 @@ fn run(ctx: &mut StepContext) -> Result<(), StepError> {
     }
     let commit = local.as_ref().map(|l| l.commit.clone()).unwrap_or_default();
     let metrics = serde_json::json!({ "files": fetched.len(), "bytes": bytes, "commit": commit });
-    std::fs::write(ctx.out.join("metrics.json"), metrics.to_string())?;
+    super::write_metrics(ctx.out, &metrics)?;
     Ok(())
 }
 

@@ -33,9 +33,7 @@ fn run(ctx: &mut StepContext) -> Result<(), StepError> {
     let p: WriteParams = params(ctx.with).map_err(StepError::new)?;
     std::fs::write(ctx.out.join("file.txt"), &p.content)?;
     if !p.metrics.is_empty() {
-        let json =
-            serde_json::to_vec_pretty(&p.metrics).map_err(|e| StepError::new(e.to_string()))?;
-        std::fs::write(ctx.out.join("metrics.json"), json)?;
+        super::write_metrics(ctx.out, &serde_json::json!(p.metrics))?;
     }
     writeln!(ctx.log, "wrote {} bytes", p.content.len())?;
     Ok(())

@@ -99,6 +99,13 @@ pub fn find(name: &str) -> Option<&'static StepKind> {
     KINDS.iter().copied().find(|k| k.name == name)
 }
 
+/// Write `metrics.json` into the step's output directory.
+pub fn write_metrics(out: &Path, metrics: &serde_json::Value) -> Result<(), StepError> {
+    let json = serde_json::to_vec_pretty(metrics).map_err(|e| StepError::new(e.to_string()))?;
+    std::fs::write(out.join("metrics.json"), json)?;
+    Ok(())
+}
+
 /// Typed parameters from `with:`; used by kinds in `check` and `run`.
 pub fn params<P: DeserializeOwned>(with: &serde_json::Value) -> Result<P, String> {
     let value = if with.is_null() {

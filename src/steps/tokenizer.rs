@@ -326,10 +326,7 @@ fn train(ctx: &mut StepContext) -> Result<(), StepError> {
         "bases": bases,
         "seconds": (clock.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
     });
-    std::fs::write(
-        ctx.out.join("metrics.json"),
-        serde_json::to_vec_pretty(&metrics).map_err(tk)?,
-    )?;
+    super::write_metrics(ctx.out, &metrics)?;
     Ok(())
 }
 
@@ -565,10 +562,7 @@ fn eval(ctx: &mut StepContext) -> Result<(), StepError> {
         "unk_rate": round(ratio(unk, tokens)),
         "mean_token_length": round(ratio(token_bases, tokens)),
     });
-    std::fs::write(
-        ctx.out.join("metrics.json"),
-        serde_json::to_vec_pretty(&metrics).map_err(tk)?,
-    )?;
+    super::write_metrics(ctx.out, &metrics)?;
     let bars: Vec<(String, f64)> = lengths
         .iter()
         .map(|(l, n)| (l.to_string(), *n as f64))

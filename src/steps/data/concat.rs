@@ -7,8 +7,10 @@ use polars::prelude::*;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::{params_of, resolve, write_metrics};
+use super::{params_of, resolve};
+use crate::steps::table;
 use crate::steps::table::{TABLE_FILE, TableWriter, for_each_batch};
+use crate::steps::write_metrics;
 use crate::steps::{StepContext, StepError, StepKind, params};
 
 /// One path or a list of paths.
@@ -125,7 +127,7 @@ pub fn union_frames(frames: Vec<DataFrame>) -> Result<DataFrame, StepError> {
 
 /// The schema of a table file without reading its rows (parquet), or of the whole table.
 fn schema_of(path: &std::path::Path) -> Result<Schema, StepError> {
-    if super::ext(path) == "parquet" {
+    if table::ext(path) == "parquet" {
         let file = std::fs::File::open(path)
             .map_err(|e| StepError::new(format!("{}: {e}", path.display())))?;
         let df = ParquetReader::new(file)
@@ -134,7 +136,7 @@ fn schema_of(path: &std::path::Path) -> Result<Schema, StepError> {
             .map_err(|e| StepError::new(format!("{}: {e}", path.display())))?;
         return Ok(df.schema().as_ref().clone());
     }
-    Ok(super::read_any_table(path)?.schema().as_ref().clone())
+    Ok(table::read_table(path)?.schema().as_ref().clone())
 }
 
 fn run(ctx: &mut StepContext) -> Result<(), StepError> {
@@ -169,10 +171,10 @@ fn run(ctx: &mut StepContext) -> Result<(), StepError> {
             }
             writer.write(&conform(&df, &schema)?)
         };
-        if super::ext(path) == "parquet" {
+        if table::ext(path) == "parquet" {
             for_each_batch(path, &[], &mut write)?;
         } else {
-            write(&super::read_any_table(path)?)?;
+            write(&table::read_table(path)?)?;
         }
         let rows = writer.rows - before;
         writeln!(ctx.log, "{}: {rows} rows", path.display())?;

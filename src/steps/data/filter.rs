@@ -7,8 +7,10 @@ use polars::prelude::*;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::{Alphabet, params_of, resolve, write_metrics};
+use super::{Alphabet, params_of, resolve};
+use crate::steps::table;
 use crate::steps::table::{TABLE_FILE, TableWriter, for_each_batch, write_table};
+use crate::steps::write_metrics;
 use crate::steps::{StepContext, StepError, StepKind, params};
 
 /// Parameters of `data.filter`.
@@ -149,7 +151,7 @@ fn run(ctx: &mut StepContext) -> Result<(), StepError> {
         Some(w) => w.finish()?,
         None => {
             // No rows at all: an empty table with the input's columns.
-            let mut empty = super::read_any_table(&path)?.clear();
+            let mut empty = table::read_table(&path)?.clear();
             write_table(&mut empty, &out)?;
             0
         }

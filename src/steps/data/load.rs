@@ -8,8 +8,10 @@ use polars::prelude::*;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::{Alphabet, params_of, read_any_table, resolve, write_metrics};
+use super::{Alphabet, params_of, resolve};
+use crate::steps::table;
 use crate::steps::table::{BATCH_ROWS, TABLE_FILE, TableWriter, write_table};
+use crate::steps::write_metrics;
 use crate::steps::{StepContext, StepError, StepKind, params};
 
 /// Input format of `data.load`.
@@ -482,7 +484,7 @@ fn detect(path: &Path, format: Format) -> Result<Format, StepError> {
     if path.is_dir() {
         return Ok(Format::Hf);
     }
-    Ok(match super::ext(path).as_str() {
+    Ok(match table::ext(path).as_str() {
         "fa" | "fasta" | "fna" | "fas" | "ffn" | "faa" | "frn" | "mfa" => Format::Fasta,
         "fq" | "fastq" => Format::Fastq,
         "txt" | "seq" | "lines" => Format::Lines,
@@ -591,7 +593,7 @@ fn stream(
         writer.write(&df)
     };
     let cancelled = ctx.cancelled;
-    let reader = super::open_text(path)?;
+    let reader = table::open_text(path)?;
     let mut on_record = |index: usize, id: &str, line: usize, seq: &mut Vec<u8>| {
         if cancelled.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(StepError::new("cancelled"));
@@ -631,10 +633,10 @@ fn read_with_format(path: &Path, format: Format) -> Result<DataFrame, StepError>
         Format::Csv => "csv",
         Format::Tsv => "tsv",
         Format::Parquet => "parquet",
-        _ if super::ext(path) == "json" => "json",
+        _ if table::ext(path) == "json" => "json",
         _ => "jsonl",
     };
-    super::read_table_as(path, as_ext)
+    table::read_table_as(path, as_ext)
 }
 
 /// Data files of a Hugging Face dataset directory (or hub-cache snapshot), optionally only
@@ -657,7 +659,7 @@ pub fn dataset_files(dir: &Path, split: Option<&str>) -> Result<Vec<PathBuf>, St
             .unwrap_or_default();
         !META.contains(&name.as_str())
             && matches!(
-                super::ext(p).as_str(),
+                table::ext(p).as_str(),
                 "parquet" | "csv" | "tsv" | "jsonl" | "ndjson" | "json"
             )
     };
@@ -692,7 +694,7 @@ pub fn dataset_files(dir: &Path, split: Option<&str>) -> Result<Vec<PathBuf>, St
                 names.join(", ")
             }
         };
-        let arrow = all.iter().any(|p| super::ext(p) == "arrow");
+        let arrow = all.iter().any(|p| table::ext(p) == "arrow");
         let hint = if arrow {
             "; `.arrow` files (from `datasets.save_to_disk`) are not supported: export with `ds.to_parquet(...)`"
         } else {
@@ -744,7 +746,7 @@ fn read_dataset_dir(
     let mut frames = Vec::new();
     for f in &files {
         writeln!(ctx.log, "reading {}", f.display())?;
-        frames.push(read_any_table(f)?);
+        frames.push(table::read_table(f)?);
     }
     super::concat::union_frames(frames)
 }

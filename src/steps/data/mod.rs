@@ -1,8 +1,6 @@
 //! Data kinds (`data.*`): load sequences from FASTA/FASTQ/text/tables/Hugging Face dataset
 //! directories into sequence tables, then split, filter, sample, concatenate and describe them.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
@@ -91,139 +89,9 @@ pub fn resolve(ctx: &StepContext, path: &str) -> PathBuf {
     ctx.workdir.join(path)
 }
 
-/// Write `metrics.json` into the step's output directory.
-pub fn write_metrics(out: &Path, metrics: &serde_json::Value) -> Result<(), StepError> {
-    let json = serde_json::to_vec_pretty(metrics).map_err(|e| StepError::new(e.to_string()))?;
-    std::fs::write(out.join("metrics.json"), json)?;
-    Ok(())
-}
-
 /// Parse `with:` into typed parameters, as a step error.
 pub fn params_of<P: serde::de::DeserializeOwned>(ctx: &StepContext) -> Result<P, StepError> {
     super::params(ctx.with).map_err(|e| StepError::new(format!("bad `with:`: {e}")))
-}
-
-/// A file opened for buffered reading, decompressed when its name ends in `.gz`.
-pub fn open_text(path: &Path) -> Result<Box<dyn BufRead>, StepError> {
-    let file = File::open(path).map_err(|e| StepError::new(format!("{}: {e}", path.display())))?;
-    Ok(if is_gz(path) {
-        Box::new(BufReader::with_capacity(
-            1 << 16,
-            flate2::read::MultiGzDecoder::new(file),
-        ))
-    } else {
-        Box::new(BufReader::with_capacity(1 << 16, file))
-    })
-}
-
-fn is_gz(path: &Path) -> bool {
-    path.extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("gz"))
-}
-
-/// Lowercase extension of a file name, ignoring a final `.gz`.
-pub fn ext(path: &Path) -> String {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_lowercase())
-        .unwrap_or_default();
-    let name = name.strip_suffix(".gz").unwrap_or(&name);
-    match name.rsplit_once('.') {
-        Some((_, e)) => e.to_string(),
-        None => String::new(),
-    }
-}
-
-/// Read a whole table file: parquet, CSV, TSV, JSON lines or a JSON array (text formats may be
-/// gzipped). Errors name the file and say what to check.
-pub fn read_any_table(path: &Path) -> Result<DataFrame, StepError> {
-    read_table_as(path, &ext(path))
-}
-
-/// Read a whole table file as if its extension were `e` (`csv`, `tsv`, `parquet`, `jsonl`, `json`).
-pub fn read_table_as(path: &Path, e: &str) -> Result<DataFrame, StepError> {
-    let fail = |e: PolarsError| {
-        StepError::new(format!(
-            "{}: cannot read as a table: {e} (check that every row has the same number of fields as the header)",
-            path.display()
-        ))
-    };
-    if e == "parquet" {
-        let file =
-            File::open(path).map_err(|e| StepError::new(format!("{}: {e}", path.display())))?;
-        return ParquetReader::new(file).finish().map_err(fail);
-    }
-    let mut bytes = Vec::new();
-    open_text(path)?
-        .read_to_end(&mut bytes)
-        .map_err(|e| StepError::new(format!("{}: {e}", path.display())))?;
-    let cursor = std::io::Cursor::new(bytes);
-    match e {
-        "csv" | "tsv" => {
-            let sep = if e == "tsv" { b'\t' } else { b',' };
-            let ragged = ragged_row(cursor.get_ref(), sep);
-            CsvReadOptions::default()
-                .with_has_header(true)
-                .with_parse_options(CsvParseOptions::default().with_separator(sep))
-                .into_reader_with_file_handle(cursor)
-                .finish()
-                .map_err(|e| match ragged {
-                    Some((line, got, want)) => StepError::new(format!(
-                        "{}: line {line} has {got} fields but the header has {want}; fix that row (quote fields that contain the separator)",
-                        path.display()
-                    )),
-                    None => fail(e),
-                })
-        }
-        "jsonl" | "ndjson" => JsonReader::new(cursor)
-            .with_json_format(JsonFormat::JsonLines)
-            .finish()
-            .map_err(fail),
-        "json" => JsonReader::new(cursor)
-            .with_json_format(JsonFormat::Json)
-            .finish()
-            .map_err(fail),
-        other => Err(StepError::new(format!(
-            "{}: cannot read a table from `.{other}` files (use parquet, csv, tsv, jsonl or json)",
-            path.display()
-        ))),
-    }
-}
-
-/// The first row of a CSV/TSV text whose field count differs from the header's: (1-based line,
-/// fields, header fields). Quotes (RFC 4180) may hide separators and newlines.
-pub fn ragged_row(text: &[u8], sep: u8) -> Option<(usize, usize, usize)> {
-    let (mut line, mut start_line, mut fields, mut quoted) = (1, 1, 1, false);
-    let mut header: Option<usize> = None;
-    let mut empty = true;
-    for &b in text {
-        match b {
-            b'"' => quoted = !quoted,
-            b'\n' if !quoted => {
-                if !empty {
-                    match header {
-                        None => header = Some(fields),
-                        Some(h) if h != fields => return Some((start_line, fields, h)),
-                        _ => {}
-                    }
-                }
-                line += 1;
-                start_line = line;
-                fields = 1;
-                empty = true;
-                continue;
-            }
-            b'\n' => line += 1,
-            b'\r' => continue,
-            _ if b == sep && !quoted => fields += 1,
-            _ => {}
-        }
-        empty = false;
-    }
-    match header {
-        Some(h) if !empty && h != fields => Some((start_line, fields, h)),
-        _ => None,
-    }
 }
 
 /// The column `name` of `df`, or an error listing the columns there are.
@@ -419,21 +287,5 @@ mod tests {
         assert_ne!(a, c);
         a.sort();
         assert_eq!(a, (0..50).collect::<Vec<_>>());
-    }
-
-    #[test]
-    fn finds_ragged_rows() {
-        assert_eq!(ragged_row(b"a,b\n1,2\n3,4,5\n", b','), Some((3, 3, 2)));
-        assert_eq!(ragged_row(b"a,b\n\"x,\ny\",2\n3\n", b','), Some((4, 1, 2)));
-        assert_eq!(ragged_row(b"a,b\r\n1,2\r\n\n", b','), None);
-        assert_eq!(ragged_row(b"a\tb\n1\t2", b'\t'), None);
-        assert_eq!(ragged_row(b"a\tb\n1", b'\t'), Some((2, 1, 2)));
-    }
-
-    #[test]
-    fn extensions_ignore_gz() {
-        assert_eq!(ext(Path::new("a/x.fa.gz")), "fa");
-        assert_eq!(ext(Path::new("x.CSV")), "csv");
-        assert_eq!(ext(Path::new("noext")), "");
     }
 }

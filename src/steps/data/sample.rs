@@ -4,8 +4,10 @@
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::{Rng, apportion, column_as_strings, groups, params_of, resolve, write_metrics};
+use super::{Rng, apportion, column_as_strings, groups, params_of, resolve};
+use crate::steps::table;
 use crate::steps::table::{TABLE_FILE, write_table};
+use crate::steps::write_metrics;
 use crate::steps::{StepContext, StepError, StepKind, params};
 
 /// Parameters of `data.sample`.
@@ -70,7 +72,7 @@ fn run(ctx: &mut StepContext) -> Result<(), StepError> {
     let p: SampleParams = params_of(ctx)?;
     check(&p).map_err(StepError::new)?;
     let path = resolve(ctx, &p.input);
-    let df = super::read_any_table(&path)?;
+    let df = table::read_table(&path)?;
     let rows = df.height();
     let target = match (p.n, p.fraction) {
         (Some(n), _) => {

@@ -5,6 +5,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::{Rng, apportion, class_counts, column_as_strings, groups, params_of, resolve};
+use crate::steps::table;
 use crate::steps::table::write_table;
 use crate::steps::{StepContext, StepError, StepKind, params};
 
@@ -179,7 +180,7 @@ fn run(ctx: &mut StepContext) -> Result<(), StepError> {
     let p: SplitParams = params_of(ctx)?;
     check(&p).map_err(StepError::new)?;
     let path = resolve(ctx, &p.input);
-    let df = super::read_any_table(&path)?;
+    let df = table::read_table(&path)?;
     let n = df.height();
     let file = path.display().to_string();
     let classes = match &p.stratify {
@@ -232,7 +233,7 @@ fn run(ctx: &mut StepContext) -> Result<(), StepError> {
     if classes.is_some() {
         metrics.insert("classes".into(), per_class.into());
     }
-    super::write_metrics(ctx.out, &metrics.into())
+    crate::steps::write_metrics(ctx.out, &metrics.into())
 }
 
 #[cfg(test)]

@@ -6,8 +6,9 @@ use std::collections::HashMap;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::{params_of, resolve, write_metrics};
+use super::{params_of, resolve};
 use crate::steps::table::for_each_sequence;
+use crate::steps::write_metrics;
 use crate::steps::{StepContext, StepError, StepKind, params, plot};
 
 /// Parameters of `data.stats`.
