@@ -43,6 +43,14 @@ fn gz(p: &Project, rel: &str, text: &str) -> PathBuf {
 }
 
 /// Run and expect failure of `step`; return stdout+stderr.
+/// A workflow of one `data.load` step named `load` with these parameters.
+fn load_workflow(p: &Project, with: &str) {
+    p.write(
+        "wf.yaml",
+        &format!("steps:\n  load:\n    uses: data.load\n    with: {{ {with} }}\n"),
+    );
+}
+
 fn run_fails(p: &Project, step: &str) -> String {
     let (out, r) = p.run(&["wf.yaml"]);
     let t = text(&out);
@@ -143,10 +151,7 @@ steps:
 fn csv_table_keeps_columns_and_uses_id_column() {
     let p = Project::new();
     p.write("t.csv", "name,seq,label\nx,acgt,1\ny,GGCC,0\n");
-    p.write(
-        "wf.yaml",
-        "steps:\n  load:\n    uses: data.load\n    with: { path: t.csv, column: seq, id_column: name }\n",
-    );
+    load_workflow(&p, "path: t.csv, column: seq, id_column: name");
     let r = p.run_ok(&["wf.yaml"]);
     let t = table(&r.out("load"), "table.parquet");
     let cols: Vec<&str> = t.get_column_names().iter().map(|s| s.as_str()).collect();
@@ -186,10 +191,7 @@ steps:
         ["ACGT", "GG"]
     );
     assert_eq!(r.step("all")["metrics"]["records"], 3);
-    p.write(
-        "wf.yaml",
-        "steps:\n  load:\n    uses: data.load\n    with: { path: empty }\n",
-    );
+    load_workflow(&p, "path: empty");
     let t = run_fails(&p, "load");
     assert!(
         t.contains("no data files") && t.contains("README.md"),
@@ -201,10 +203,7 @@ steps:
 fn invalid_character_is_located_and_skip_mask_count() {
     let p = Project::new();
     p.write("bad.fa", ">ok\nACGT\n>chr2 second\nACGT\nACXT\n");
-    p.write(
-        "wf.yaml",
-        "steps:\n  load:\n    uses: data.load\n    with: { path: bad.fa }\n",
-    );
+    load_workflow(&p, "path: bad.fa");
     let t = run_fails(&p, "load");
     assert!(
         t.contains(
@@ -238,10 +237,7 @@ steps:
 fn empty_record_ragged_csv_and_missing_column_fail_clearly() {
     let p = Project::new();
     p.write("e.fa", ">a\nACGT\n>empty\n>c\nGG\n");
-    p.write(
-        "wf.yaml",
-        "steps:\n  load:\n    uses: data.load\n    with: { path: e.fa }\n",
-    );
+    load_workflow(&p, "path: e.fa");
     let t = run_fails(&p, "load");
     assert!(
         t.contains("record `empty` (#2)") && t.contains("is empty"),
@@ -249,10 +245,7 @@ fn empty_record_ragged_csv_and_missing_column_fail_clearly() {
     );
 
     p.write("r.csv", "id,sequence\na,ACGT\nb,GG,extra\n");
-    p.write(
-        "wf.yaml",
-        "steps:\n  load:\n    uses: data.load\n    with: { path: r.csv }\n",
-    );
+    load_workflow(&p, "path: r.csv");
     let t = run_fails(&p, "load");
     assert!(
         t.contains("r.csv: line 3 has 3 fields but the header has 2"),
@@ -260,10 +253,7 @@ fn empty_record_ragged_csv_and_missing_column_fail_clearly() {
     );
 
     p.write("m.csv", "id,seq\na,ACGT\n");
-    p.write(
-        "wf.yaml",
-        "steps:\n  load:\n    uses: data.load\n    with: { path: m.csv }\n",
-    );
+    load_workflow(&p, "path: m.csv");
     let t = run_fails(&p, "load");
     assert!(
         t.contains("m.csv: no column `sequence`; the columns are: id, seq"),
@@ -275,9 +265,9 @@ fn empty_record_ragged_csv_and_missing_column_fail_clearly() {
 fn bad_parameters_are_rejected_before_running() {
     let p = Project::new();
     p.write("a.fa", ">a\nACGT\n");
-    p.write(
-        "wf.yaml",
-        "steps:\n  load:\n    uses: data.load\n    with: { path: a.fa, alphabet: protein, reverse_complement: true }\n",
+    load_workflow(
+        &p,
+        "path: a.fa, alphabet: protein, reverse_complement: true",
     );
     let out = p.dnaflow(&["validate", "wf.yaml"]);
     assert!(!out.status.success());
