@@ -521,9 +521,9 @@ fn eval(ctx: &mut StepContext) -> Result<(), StepError> {
         .map_err(|e| StepError::new(format!("{}: {e}", path.display())))?;
     let overlap_k = path.parent().and_then(kmer_overlap);
     let seqs = read_sequences(Path::new(&p.input), &p.column, p.max_sequences)?;
-    let unk_ids: HashSet<u32> = ["[UNK]", "<unk>", "<|endoftext|>"]
+    // The unknown token of BERT-style and SentencePiece-style vocabularies; byte-level BPE has none.
+    let unk_ids: HashSet<u32> = ["[UNK]", "<unk>"]
         .iter()
-        .filter(|t| **t != "<|endoftext|>")
         .filter_map(|t| tokenizer.token_to_id(t))
         .collect();
     let (mut tokens, mut unk, mut bases, mut token_bases) = (0usize, 0usize, 0usize, 0usize);
