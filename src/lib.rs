@@ -8,5 +8,7 @@ pub mod diag;
 pub mod exec;
 pub mod graph;
 pub mod metrics;
+pub mod models;
 pub mod steps;
+pub mod train;
 pub mod workflow;

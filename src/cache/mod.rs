@@ -193,6 +193,12 @@ impl Cache {
         self.manifest(key).ok().map(|m| m.recipe)
     }
 
+    /// Where a step with `key` keeps checkpoints between attempts and runs (kill -9 included);
+    /// removed when the step's object is committed.
+    pub fn checkpoint_dir(&self, key: &str) -> PathBuf {
+        self.root.join("checkpoints").join(key)
+    }
+
     /// A fresh staging directory for `key`.
     pub fn stage(&self, key: &str) -> Result<Staging, CacheError> {
         let nanos = SystemTime::now()
@@ -215,6 +221,7 @@ impl Cache {
         let mpath = staging.dir.join("manifest.json");
         runs::write_json_atomic(&mpath, &manifest).map_err(io(&mpath))?;
         let target = self.object_dir(&manifest.key);
+        let _ = std::fs::remove_dir_all(self.checkpoint_dir(&manifest.key));
         match std::fs::rename(&staging.dir, &target) {
             Ok(()) => Ok(()),
             Err(_) if self.has(&manifest.key) => {
@@ -459,7 +466,8 @@ impl Cache {
             report.staging_removed += 1;
         }
         let live: HashSet<String> = last_used.into_keys().chain(self.keys()).collect();
-        for sub in ["recipes", "locks"] {
+        // Checkpoints of unfinished training steps stay while a run record still names their key.
+        for sub in ["recipes", "locks", "checkpoints"] {
             for e in std::fs::read_dir(self.root.join(sub))
                 .into_iter()
                 .flatten()
@@ -469,6 +477,7 @@ impl Cache {
                 let key = name.split('.').next().unwrap_or("");
                 if !live.contains(key) {
                     let _ = std::fs::remove_file(e.path());
+                    let _ = std::fs::remove_dir_all(e.path());
                 }
             }
         }

@@ -57,6 +57,7 @@ pub fn dag(cache_dir: &Path, args: &DagArgs) -> Result<(), Failure> {
     let opts = LoadOptions {
         profile: args.wf.profile.clone(),
         sets: args.wf.sets.clone(),
+        device: args.wf.device.clone(),
     };
     let wf = workflow::load(&args.wf.file, &opts)?;
     let dag = Dag::new(&wf).map_err(Failure::Workflow)?;

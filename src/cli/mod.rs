@@ -38,6 +38,14 @@ pub struct WorkflowArgs {
     /// Override a parameter: `--set vocab=4096` (repeatable; applied after --profile).
     #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_set)]
     sets: Vec<(String, String)>,
+    /// Device for every model step (cpu, cuda, cuda:N, auto); overrides their `device:`.
+    #[arg(long, value_parser = parse_device)]
+    device: Option<String>,
+}
+
+fn parse_device(s: &str) -> Result<String, String> {
+    crate::models::DeviceSpec::parse(s)?;
+    Ok(s.trim().to_ascii_lowercase())
 }
 
 fn parse_set(s: &str) -> Result<(String, String), String> {

@@ -76,6 +76,7 @@ fn load(args: &WorkflowArgs, targets: &[String]) -> Result<(Workflow, Dag, Vec<u
     let opts = LoadOptions {
         profile: args.profile.clone(),
         sets: args.sets.clone(),
+        device: args.device.clone(),
     };
     let wf = workflow::load(&args.file, &opts)?;
     let dag = Dag::new(&wf).map_err(Failure::Workflow)?;
@@ -362,6 +363,7 @@ pub fn validate(args: &ValidateArgs) -> Result<(), Failure> {
             file: file.clone(),
             profile: args.profile.clone(),
             sets: args.sets.clone(),
+            device: None,
         };
         match load(&wf_args, &[]) {
             Ok((wf, _, _)) => println!(

@@ -83,6 +83,8 @@ struct Exec<'a> {
     keys: &'a [String],
     recipes: &'a [Option<crate::cache::Recipe>],
     log_dir: PathBuf,
+    /// Live spinners of running steps (terminal output only), for steps' status lines.
+    bars: std::sync::Mutex<std::collections::HashMap<usize, indicatif::ProgressBar>>,
 }
 
 /// Run the plan; always writes a run record, also after failures and interrupts.
@@ -99,6 +101,7 @@ pub fn run(plan: &Plan, cache: &Cache, opts: &RunOptions) -> Result<RunRecord, E
         keys: &plan.keys,
         recipes: &plan.recipes,
         log_dir: runs::workflow_dir(&cache.runs(), &wf.name).join(&run_id),
+        bars: Default::default(),
     };
 
     let n = wf.steps.len();
@@ -161,7 +164,9 @@ pub fn run(plan: &Plan, cache: &Cache, opts: &RunOptions) -> Result<RunRecord, E
                 free_cpus -= cpus;
                 free_mem = free_mem.saturating_sub(need.mem_mb);
                 let gpus: Vec<usize> = free_gpus.drain(..need.gpus as usize).collect();
-                progress.started(i, &step.name);
+                if let Some(bar) = progress.started(i, &step.name) {
+                    exec.bars.lock().expect("bars lock").insert(i, bar);
+                }
                 let tx = tx.clone();
                 let exec = &exec;
                 let reason = plan.reasons[i].clone();
@@ -403,6 +408,14 @@ impl Exec<'_> {
         fail(rec, last_error)
     }
 
+    fn index_of(&self, step: &Step) -> usize {
+        self.wf
+            .steps
+            .iter()
+            .position(|s| std::ptr::eq(s, step))
+            .expect("the step belongs to the workflow")
+    }
+
     fn recipe(&self, i: usize) -> Option<&crate::cache::Recipe> {
         self.recipes[i].as_ref()
     }
@@ -530,16 +543,37 @@ impl Exec<'_> {
                     }
                 }
                 let mut log = stdout;
+                let index = self.index_of(step);
+                let checkpoints = self.cache.checkpoint_dir(&self.keys[index]);
+                let status = |msg: &str| {
+                    if let Some(bar) = self.bars.lock().expect("bars lock").get(&index) {
+                        bar.set_message(format!("{}  {msg}", step.name));
+                    }
+                };
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    let mut ctx = StepContext {
-                        with: &value,
-                        out,
-                        workdir: &self.wf.workdir,
-                        threads: cpus,
-                        log: &mut log,
-                        cancelled: &CANCELLED,
+                    let mut run = || {
+                        let mut ctx = StepContext {
+                            with: &value,
+                            out,
+                            workdir: &self.wf.workdir,
+                            threads: cpus,
+                            log: &mut log,
+                            cancelled: &CANCELLED,
+                            checkpoints: &checkpoints,
+                            device: self.wf.device.as_deref(),
+                            status: &status,
+                        };
+                        (kind.run)(&mut ctx)
                     };
-                    (kind.run)(&mut ctx)
+                    // The step's CPU threads: rayon work (tensor kernels, tokenization) stays
+                    // within what the scheduler granted.
+                    match rayon::ThreadPoolBuilder::new()
+                        .num_threads(cpus.max(1))
+                        .build()
+                    {
+                        Ok(pool) => pool.install(run),
+                        Err(_) => run(),
+                    }
                 }));
                 drop(stderr);
                 match result {

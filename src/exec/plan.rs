@@ -270,8 +270,19 @@ fn recipe(
         inputs,
         upstream,
         outputs,
-        context: BTreeMap::new(),
+        context: device_context(wf, step),
     })
+}
+
+/// `--device` enters the keys of the steps it reaches (model steps), and only theirs.
+fn device_context(wf: &Workflow, step: &crate::workflow::Step) -> BTreeMap<String, String> {
+    let mut context = BTreeMap::new();
+    if let (Some(device), Action::Uses { kind, .. }) = (&wf.device, &step.action)
+        && crate::steps::uses_device(kind.name)
+    {
+        context.insert("device".to_string(), device.clone());
+    }
+    context
 }
 
 /// References as they enter a key: by step name (the upstream key is recorded beside it).

@@ -49,7 +49,8 @@ impl Progress {
         }
     }
 
-    pub fn started(&mut self, i: usize, name: &str) {
+    /// A step started; its spinner (on a terminal) so the step can show a status line.
+    pub fn started(&mut self, i: usize, name: &str) -> Option<ProgressBar> {
         if let Some(multi) = &self.multi {
             let bar = multi.insert_from_back(1, ProgressBar::new_spinner());
             bar.set_style(
@@ -58,8 +59,10 @@ impl Progress {
             );
             bar.set_message(name.to_string());
             bar.enable_steady_tick(Duration::from_millis(120));
-            self.running.insert(i, bar);
+            self.running.insert(i, bar.clone());
+            return Some(bar);
         }
+        None
     }
 
     pub fn finished(

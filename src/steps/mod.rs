@@ -11,8 +11,10 @@ use schemars::{Schema, SchemaGenerator};
 use serde::de::DeserializeOwned;
 
 mod data;
+mod eval;
 pub mod fetch;
 mod file;
+mod model;
 pub mod plot;
 pub mod table;
 mod tokenizer;
@@ -31,6 +33,13 @@ pub struct StepContext<'a> {
     pub log: &'a mut dyn Write,
     /// Set when the user interrupts the run; long steps should poll it and stop.
     pub cancelled: &'a AtomicBool,
+    /// A directory that outlives failed and killed attempts of this very step (same cache
+    /// key), for checkpoints to resume from; removed once the step's outputs are committed.
+    pub checkpoints: &'a Path,
+    /// The device chosen on the command line (`--device`), overriding the step's `device:`.
+    pub device: Option<&'a str>,
+    /// Show a short live status (progress bar message); cheap to call often.
+    pub status: &'a (dyn Fn(&str) + Sync),
 }
 
 /// Why a step failed, in words the user can act on.
@@ -92,7 +101,16 @@ pub static KINDS: &[&StepKind] = &[
     data::STATS,
     &tokenizer::TRAIN,
     &tokenizer::EVAL,
+    &model::PRETRAIN,
+    &eval::LM,
+    &model::GENERATE,
+    &eval::MARKOV,
 ];
+
+/// Kinds whose results depend on the device (`--device` reaches them and enters their keys).
+pub fn uses_device(kind: &str) -> bool {
+    matches!(kind, "model.pretrain" | "eval.lm" | "model.generate")
+}
 
 /// The kind called `name`.
 pub fn find(name: &str) -> Option<&'static StepKind> {

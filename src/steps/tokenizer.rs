@@ -141,7 +141,11 @@ fn tk(e: impl std::fmt::Display) -> StepError {
 }
 
 /// Read training sequences (uppercased, as the models are case-sensitive).
-fn read_sequences(path: &Path, column: &str, max: usize) -> Result<Vec<String>, StepError> {
+pub(crate) fn read_sequences(
+    path: &Path,
+    column: &str,
+    max: usize,
+) -> Result<Vec<String>, StepError> {
     let mut seqs = Vec::new();
     for_each_sequence(path, column, |s| {
         if max == 0 || seqs.len() < max {

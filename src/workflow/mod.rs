@@ -25,6 +25,8 @@ pub struct LoadOptions {
     pub profile: Option<String>,
     /// `--set key=value`, applied after the profile.
     pub sets: Vec<(String, String)>,
+    /// `--device`: the device for every step that trains or runs a model.
+    pub device: Option<String>,
 }
 
 /// A workflow ready to plan: parameters resolved, steps expanded, references bound to steps.
@@ -37,6 +39,8 @@ pub struct Workflow {
     pub workdir: PathBuf,
     pub profile: Option<String>,
     pub params: IndexMap<String, Value>,
+    /// `--device` override for model steps; part of their keys.
+    pub device: Option<String>,
     /// Steps in file order (expansions of one `foreach` step stay together).
     pub steps: Vec<Step>,
 }
@@ -376,6 +380,7 @@ impl<'a> Resolver<'a> {
             workdir,
             profile: self.opts.profile.clone(),
             params: self.params,
+            device: self.opts.device.clone(),
             steps,
         })
     }

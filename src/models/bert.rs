@@ -1,0 +1,426 @@
+//! BERT (`BertForMaskedLM`): post-LN encoder, exact (erf) GELU, token types, MLM head whose
+//! decoder is tied to the word embeddings. Tensor names are Hugging Face's.
+
+use burn::module::Param;
+use burn::nn::{Dropout, DropoutConfig, LayerNorm, Linear};
+use burn::prelude::*;
+use burn::tensor::activation::{gelu, softmax};
+use serde::{Deserialize, Serialize};
+
+use super::gpt2::{layer_norm, put_layer_norm};
+use super::weights::{Init, Weights};
+use super::{ModelError, Precision, attention_scale, dense, linear, matmul};
+
+/// The fields of HF's `BertConfig` that change the computation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_types")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "default_pdrop")]
+    pub hidden_dropout_prob: f64,
+    #[serde(default = "default_pdrop")]
+    pub attention_probs_dropout_prob: f64,
+    #[serde(default = "default_init")]
+    pub initializer_range: f64,
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
+}
+
+fn default_types() -> usize {
+    2
+}
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+fn default_pdrop() -> f64 {
+    0.1
+}
+fn default_init() -> f64 {
+    0.02
+}
+
+impl BertConfig {
+    /// The `config.json` transformers reads.
+    pub fn to_hf_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("config serializes");
+        let m = v.as_object_mut().expect("object");
+        m.insert("model_type".into(), "bert".into());
+        m.insert(
+            "architectures".into(),
+            serde_json::json!(["BertForMaskedLM"]),
+        );
+        m.insert("position_embedding_type".into(), "absolute".into());
+        m.insert("tie_word_embeddings".into(), true.into());
+        v
+    }
+
+    pub fn check(&self) -> Result<(), ModelError> {
+        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+            return Err(ModelError::Config(format!(
+                "hidden_size ({}) must be a multiple of num_attention_heads ({})",
+                self.hidden_size, self.num_attention_heads
+            )));
+        }
+        if self.hidden_act != "gelu" {
+            return Err(ModelError::Config(format!(
+                "hidden_act `{}` is not supported (BERT uses gelu)",
+                self.hidden_act
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// BERT encoder with its masked-LM head.
+#[derive(Module, Debug)]
+pub struct Bert<B: Backend> {
+    /// `bert.embeddings.word_embeddings.weight` [vocab, d]; also the MLM decoder (tied).
+    word_embeddings: Param<Tensor<B, 2>>,
+    position_embeddings: Param<Tensor<B, 2>>,
+    token_type_embeddings: Param<Tensor<B, 2>>,
+    embeddings_ln: LayerNorm<B>,
+    layers: Vec<Layer<B>>,
+    /// `cls.predictions.transform.dense`
+    transform: Linear<B>,
+    transform_ln: LayerNorm<B>,
+    /// `cls.predictions.bias` [vocab]
+    decoder_bias: Param<Tensor<B, 1>>,
+    dropout: Dropout,
+    #[module(skip)]
+    config: BertConfig,
+    #[module(skip)]
+    precision: Precision,
+}
+
+#[derive(Module, Debug)]
+struct Layer<B: Backend> {
+    query: Linear<B>,
+    key: Linear<B>,
+    value: Linear<B>,
+    attn_out: Linear<B>,
+    attn_ln: LayerNorm<B>,
+    intermediate: Linear<B>,
+    output: Linear<B>,
+    output_ln: LayerNorm<B>,
+    attn_dropout: Dropout,
+    dropout: Dropout,
+    n_head: usize,
+}
+
+/// The (name, module field) pairs of a layer's `nn.Linear`s, in HF naming.
+const LAYER_LINEARS: [&str; 6] = [
+    "attention.self.query",
+    "attention.self.key",
+    "attention.self.value",
+    "attention.output.dense",
+    "intermediate.dense",
+    "output.dense",
+];
+
+impl<B: Backend> Bert<B> {
+    /// Build from HF tensors; every name and shape is checked.
+    pub fn from_weights(
+        config: &BertConfig,
+        mut w: Weights,
+        device: &B::Device,
+    ) -> Result<Bert<B>, ModelError> {
+        config.check()?;
+        let (d, inner, eps) = (
+            config.hidden_size,
+            config.intermediate_size,
+            config.layer_norm_eps,
+        );
+        // PyTorch nn.Linear weights are [out, in]; burn's are [in, out].
+        let dense = |w: &mut Weights, name: &str, d_in: usize, d_out: usize| {
+            let weight = w.param_transposed(&format!("{name}.weight"), [d_in, d_out], device);
+            let bias = w.param(&format!("{name}.bias"), [d_out], device);
+            linear(weight, bias)
+        };
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| {
+                let p = format!("bert.encoder.layer.{i}");
+                Layer {
+                    query: dense(&mut w, &format!("{p}.attention.self.query"), d, d),
+                    key: dense(&mut w, &format!("{p}.attention.self.key"), d, d),
+                    value: dense(&mut w, &format!("{p}.attention.self.value"), d, d),
+                    attn_out: dense(&mut w, &format!("{p}.attention.output.dense"), d, d),
+                    attn_ln: layer_norm(
+                        &mut w,
+                        &format!("{p}.attention.output.LayerNorm"),
+                        d,
+                        eps,
+                        device,
+                    ),
+                    intermediate: dense(&mut w, &format!("{p}.intermediate.dense"), d, inner),
+                    output: dense(&mut w, &format!("{p}.output.dense"), inner, d),
+                    output_ln: layer_norm(&mut w, &format!("{p}.output.LayerNorm"), d, eps, device),
+                    attn_dropout: DropoutConfig::new(config.attention_probs_dropout_prob).init(),
+                    dropout: DropoutConfig::new(config.hidden_dropout_prob).init(),
+                    n_head: config.num_attention_heads,
+                }
+            })
+            .collect();
+        // Tied copies some checkpoints carry, and buffers.
+        for name in [
+            "cls.predictions.decoder.weight",
+            "cls.predictions.decoder.bias",
+            "bert.embeddings.position_ids",
+        ] {
+            w.skip(name);
+        }
+        let model = Bert {
+            word_embeddings: w.param(
+                "bert.embeddings.word_embeddings.weight",
+                [config.vocab_size, d],
+                device,
+            ),
+            position_embeddings: w.param(
+                "bert.embeddings.position_embeddings.weight",
+                [config.max_position_embeddings, d],
+                device,
+            ),
+            token_type_embeddings: w.param(
+                "bert.embeddings.token_type_embeddings.weight",
+                [config.type_vocab_size, d],
+                device,
+            ),
+            embeddings_ln: layer_norm(&mut w, "bert.embeddings.LayerNorm", d, eps, device),
+            layers,
+            transform: dense(&mut w, "cls.predictions.transform.dense", d, d),
+            transform_ln: layer_norm(
+                &mut w,
+                "cls.predictions.transform.LayerNorm",
+                d,
+                eps,
+                device,
+            ),
+            decoder_bias: w.param("cls.predictions.bias", [config.vocab_size], device),
+            dropout: DropoutConfig::new(config.hidden_dropout_prob).init(),
+            config: config.clone(),
+            precision: Precision::F32,
+        };
+        w.finish()?;
+        Ok(model)
+    }
+
+    /// Fresh weights as HF initializes them (normal(0, 0.02), zero biases, the padding row of
+    /// the word embeddings zeroed).
+    pub fn init_weights(config: &BertConfig, seed: u64) -> Weights {
+        let (d, inner, std) = (
+            config.hidden_size,
+            config.intermediate_size,
+            config.initializer_range,
+        );
+        let mut w = Weights::new();
+        let mut init = Init::new(seed);
+        let words = "bert.embeddings.word_embeddings.weight";
+        init.normal(&mut w, words, vec![config.vocab_size, d], std);
+        if let Some(pad) = config.pad_token_id.map(|p| p as usize)
+            && pad < config.vocab_size
+        {
+            let t = w.get(words).expect("just inserted").clone();
+            let mut values = t.values;
+            values[pad * d..(pad + 1) * d].fill(0.0);
+            w.insert(words, t.shape, values);
+        }
+        init.normal(
+            &mut w,
+            "bert.embeddings.position_embeddings.weight",
+            vec![config.max_position_embeddings, d],
+            std,
+        );
+        init.normal(
+            &mut w,
+            "bert.embeddings.token_type_embeddings.weight",
+            vec![config.type_vocab_size, d],
+            std,
+        );
+        Init::layer_norm(&mut w, "bert.embeddings.LayerNorm", d);
+        for i in 0..config.num_hidden_layers {
+            let p = format!("bert.encoder.layer.{i}");
+            for name in LAYER_LINEARS {
+                let (d_in, d_out) = match name {
+                    "intermediate.dense" => (d, inner),
+                    "output.dense" => (inner, d),
+                    _ => (d, d),
+                };
+                init.normal(
+                    &mut w,
+                    &format!("{p}.{name}.weight"),
+                    vec![d_out, d_in],
+                    std,
+                );
+                Init::constant(&mut w, &format!("{p}.{name}.bias"), d_out, 0.0);
+            }
+            Init::layer_norm(&mut w, &format!("{p}.attention.output.LayerNorm"), d);
+            Init::layer_norm(&mut w, &format!("{p}.output.LayerNorm"), d);
+        }
+        init.normal(
+            &mut w,
+            "cls.predictions.transform.dense.weight",
+            vec![d, d],
+            std,
+        );
+        Init::constant(&mut w, "cls.predictions.transform.dense.bias", d, 0.0);
+        Init::layer_norm(&mut w, "cls.predictions.transform.LayerNorm", d);
+        Init::constant(&mut w, "cls.predictions.bias", config.vocab_size, 0.0);
+        w
+    }
+
+    /// Every tensor under its HF name (the tied decoder weight is left out, as HF saves it).
+    pub fn to_weights(&self) -> Weights {
+        let mut w = Weights::new();
+        w.put(
+            "bert.embeddings.word_embeddings.weight",
+            &self.word_embeddings,
+        );
+        w.put(
+            "bert.embeddings.position_embeddings.weight",
+            &self.position_embeddings,
+        );
+        w.put(
+            "bert.embeddings.token_type_embeddings.weight",
+            &self.token_type_embeddings,
+        );
+        put_layer_norm(&mut w, "bert.embeddings.LayerNorm", &self.embeddings_ln);
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("bert.encoder.layer.{i}");
+            let linears = [
+                &l.query,
+                &l.key,
+                &l.value,
+                &l.attn_out,
+                &l.intermediate,
+                &l.output,
+            ];
+            for (name, lin) in LAYER_LINEARS.iter().zip(linears) {
+                w.put_transposed(&format!("{p}.{name}.weight"), &lin.weight);
+                w.put(
+                    &format!("{p}.{name}.bias"),
+                    lin.bias.as_ref().expect("BERT has biases"),
+                );
+            }
+            put_layer_norm(
+                &mut w,
+                &format!("{p}.attention.output.LayerNorm"),
+                &l.attn_ln,
+            );
+            put_layer_norm(&mut w, &format!("{p}.output.LayerNorm"), &l.output_ln);
+        }
+        w.put_transposed(
+            "cls.predictions.transform.dense.weight",
+            &self.transform.weight,
+        );
+        w.put(
+            "cls.predictions.transform.dense.bias",
+            self.transform.bias.as_ref().expect("bias"),
+        );
+        put_layer_norm(
+            &mut w,
+            "cls.predictions.transform.LayerNorm",
+            &self.transform_ln,
+        );
+        w.put("cls.predictions.bias", &self.decoder_bias);
+        w
+    }
+
+    /// Run matrix products in `precision` (weights stay f32: mixed precision).
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
+    }
+
+    pub fn config(&self) -> &BertConfig {
+        &self.config
+    }
+
+    /// Last encoder hidden states [B, T, d]. `mask` [B, T] is 1 for real tokens, 0 for padding.
+    pub fn hidden(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        types: Tensor<B, 2, Int>,
+        mask: Tensor<B, 2, Int>,
+    ) -> Tensor<B, 3> {
+        let [b, t] = ids.dims();
+        let d = self.config.hidden_size;
+        let words = self
+            .word_embeddings
+            .val()
+            .select(0, ids.reshape([b * t]))
+            .reshape([b, t, d]);
+        let kinds = self
+            .token_type_embeddings
+            .val()
+            .select(0, types.reshape([b * t]))
+            .reshape([b, t, d]);
+        let pos = self
+            .position_embeddings
+            .val()
+            .slice([0..t, 0..d])
+            .unsqueeze_dim::<3>(0);
+        let mut x = self
+            .dropout
+            .forward(self.embeddings_ln.forward(words + kinds + pos));
+        let padding = mask.equal_elem(0).reshape([b, 1, 1, t]); // [B, 1, 1, T], true on padding keys
+        for layer in &self.layers {
+            x = layer.forward(x, padding.clone(), self.precision);
+        }
+        x
+    }
+
+    /// MLM logits [B, T, vocab].
+    pub fn forward(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        types: Tensor<B, 2, Int>,
+        mask: Tensor<B, 2, Int>,
+    ) -> Tensor<B, 3> {
+        let h = self.hidden(ids, types, mask);
+        let [b, t, d] = h.dims();
+        let h = self
+            .transform_ln
+            .forward(gelu(dense(&self.transform, h, self.precision)));
+        let logits = matmul(
+            h.reshape([b * t, d]),
+            self.word_embeddings.val().transpose(),
+            self.precision,
+        ) + self.decoder_bias.val().unsqueeze_dim::<2>(0); // [B*T, vocab]
+        logits.reshape([b, t, self.config.vocab_size])
+    }
+}
+
+impl<B: Backend> Layer<B> {
+    fn forward(&self, x: Tensor<B, 3>, padding: Tensor<B, 4, Bool>, p: Precision) -> Tensor<B, 3> {
+        let [b, t, d] = x.dims();
+        let (nh, dh) = (self.n_head, d / self.n_head);
+        let heads = |l: &Linear<B>| {
+            dense(l, x.clone(), p)
+                .reshape([b, t, nh, dh])
+                .swap_dims(1, 2)
+        }; // [B, H, T, dh]
+        let (q, k, v) = (heads(&self.query), heads(&self.key), heads(&self.value));
+        let scores = matmul(q, k.swap_dims(2, 3), p) * attention_scale(dh); // [B, H, T, T]
+        let scores = scores.mask_fill(padding.expand([b, nh, t, t]), f32::NEG_INFINITY);
+        let probs = self.attn_dropout.forward(softmax(scores, 3));
+        let ctx = matmul(probs, v, p).swap_dims(1, 2).reshape([b, t, d]);
+        let x = self
+            .attn_ln
+            .forward(x + self.dropout.forward(dense(&self.attn_out, ctx, p)));
+        let m = gelu(dense(&self.intermediate, x.clone(), p));
+        self.output_ln
+            .forward(x + self.dropout.forward(dense(&self.output, m, p)))
+    }
+}

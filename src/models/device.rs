@@ -1,0 +1,154 @@
+//! Which device trains: `cpu` (burn's flex backend) or `cuda[:N]` (burn's CUDA backend, with
+//! the `cuda` cargo feature), and in which precision.
+
+use std::fmt;
+
+/// A device named in a workflow (`device:`) or on the command line (`--device`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Cpu,
+    Cuda(usize),
+}
+
+/// Arithmetic precision of matrix products; weights, optimizer state and reductions stay f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+    F16,
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceSpec::Cpu => write!(f, "cpu"),
+            DeviceSpec::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::F16 => "f16",
+        })
+    }
+}
+
+impl Precision {
+    pub fn parse(s: &str) -> Result<Precision, String> {
+        match s {
+            "f32" | "fp32" | "float32" => Ok(Precision::F32),
+            "bf16" | "bfloat16" => Ok(Precision::Bf16),
+            "f16" | "fp16" | "float16" => Ok(Precision::F16),
+            other => Err(format!("precision `{other}` is not one of f32, bf16, f16")),
+        }
+    }
+}
+
+/// Whether this binary was built with the `cuda` feature.
+pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
+
+/// NVIDIA GPUs the driver reports (Linux: /proc/driver/nvidia/gpus), honouring
+/// CUDA_VISIBLE_DEVICES when set.
+pub fn cuda_device_count() -> usize {
+    let present = std::fs::read_dir("/proc/driver/nvidia/gpus")
+        .map(|d| d.count())
+        .unwrap_or(0);
+    match std::env::var("CUDA_VISIBLE_DEVICES") {
+        Ok(v) if v.trim().is_empty() => 0,
+        Ok(v) => v
+            .split(',')
+            .filter(|s| !s.trim().is_empty())
+            .count()
+            .min(present),
+        Err(_) => present,
+    }
+}
+
+impl DeviceSpec {
+    /// Parse `cpu`, `cuda`, `cuda:N` or `auto` (the first GPU when there is one and this
+    /// binary can use it, else the CPU).
+    pub fn parse(s: &str) -> Result<DeviceSpec, String> {
+        let s = s.trim().to_ascii_lowercase();
+        match s.as_str() {
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "auto" => Ok(if CUDA_BUILT && cuda_device_count() > 0 {
+                DeviceSpec::Cuda(0)
+            } else {
+                DeviceSpec::Cpu
+            }),
+            "cuda" | "gpu" => Ok(DeviceSpec::Cuda(0)),
+            _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(i)) => Ok(DeviceSpec::Cuda(i)),
+                _ => Err(format!(
+                    "device `{s}` is not one of cpu, cuda, cuda:N, auto"
+                )),
+            },
+        }
+    }
+
+    /// Refuse a device this binary or machine does not have, saying what to do.
+    pub fn check_available(self) -> Result<(), String> {
+        match self {
+            DeviceSpec::Cpu => Ok(()),
+            DeviceSpec::Cuda(_) if !CUDA_BUILT => Err(format!(
+                "device `{self}` needs a dnaflow built with CUDA: \
+                 cargo build --release --features cuda (or use device: cpu)"
+            )),
+            DeviceSpec::Cuda(i) => {
+                let n = cuda_device_count();
+                if i < n {
+                    Ok(())
+                } else if n == 0 {
+                    Err(format!(
+                        "device `{self}`: no NVIDIA GPU is visible here \
+                         (no /proc/driver/nvidia/gpus, or CUDA_VISIBLE_DEVICES is empty); \
+                         use device: cpu"
+                    ))
+                } else {
+                    Err(format!(
+                        "device `{self}`: only {n} GPU(s) are visible (cuda:0..cuda:{})",
+                        n - 1
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Refuse half precision where it is not offered.
+    pub fn check_precision(self, precision: Precision) -> Result<(), String> {
+        if self == DeviceSpec::Cpu && precision != Precision::F32 {
+            return Err(format!(
+                "precision `{precision}` is for CUDA; on the CPU use precision: f32"
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_devices() {
+        assert_eq!(DeviceSpec::parse("cpu").unwrap(), DeviceSpec::Cpu);
+        assert_eq!(DeviceSpec::parse("CUDA:2").unwrap(), DeviceSpec::Cuda(2));
+        assert_eq!(DeviceSpec::parse("cuda").unwrap(), DeviceSpec::Cuda(0));
+        assert!(DeviceSpec::parse("tpu").unwrap_err().contains("cpu, cuda"));
+        assert!(DeviceSpec::Cpu.check_precision(Precision::Bf16).is_err());
+    }
+
+    #[test]
+    fn absent_gpu_is_a_clear_error() {
+        if CUDA_BUILT && cuda_device_count() > 0 {
+            return;
+        }
+        let err = DeviceSpec::Cuda(0).check_available().unwrap_err();
+        assert!(err.contains("cuda:0"), "{err}");
+    }
+}

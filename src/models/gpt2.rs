@@ -1,0 +1,323 @@
+//! GPT-2 (`GPT2LMHeadModel`): pre-LN decoder, tanh-GELU, learned positions, LM head tied to
+//! the token embedding. Tensor names are Hugging Face's, visible in `from_weights`/`to_weights`.
+
+use burn::module::Param;
+use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear};
+use burn::prelude::*;
+use burn::tensor::activation::{gelu_approximate, softmax};
+use serde::{Deserialize, Serialize};
+
+use super::weights::{Init, Weights};
+use super::{ModelError, Precision, attention_scale, dense, linear, matmul};
+
+/// The fields of HF's `GPT2Config` that change the computation (others are kept as written).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Gpt2Config {
+    pub vocab_size: usize,
+    pub n_positions: usize,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    /// `null` = 4 × n_embd.
+    #[serde(default)]
+    pub n_inner: Option<usize>,
+    #[serde(default = "default_activation")]
+    pub activation_function: String,
+    #[serde(default = "default_eps")]
+    pub layer_norm_epsilon: f64,
+    #[serde(default = "default_pdrop")]
+    pub resid_pdrop: f64,
+    #[serde(default = "default_pdrop")]
+    pub embd_pdrop: f64,
+    #[serde(default = "default_pdrop")]
+    pub attn_pdrop: f64,
+    #[serde(default = "default_init")]
+    pub initializer_range: f64,
+    #[serde(default)]
+    pub bos_token_id: Option<u32>,
+    #[serde(default)]
+    pub eos_token_id: Option<u32>,
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
+}
+
+fn default_activation() -> String {
+    "gelu_new".into()
+}
+fn default_eps() -> f64 {
+    1e-5
+}
+fn default_pdrop() -> f64 {
+    0.1
+}
+fn default_init() -> f64 {
+    0.02
+}
+
+impl Gpt2Config {
+    pub fn inner(&self) -> usize {
+        self.n_inner.unwrap_or(4 * self.n_embd)
+    }
+
+    /// The `config.json` transformers reads.
+    pub fn to_hf_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("config serializes");
+        let m = v.as_object_mut().expect("object");
+        m.insert("model_type".into(), "gpt2".into());
+        m.insert(
+            "architectures".into(),
+            serde_json::json!(["GPT2LMHeadModel"]),
+        );
+        m.insert("tie_word_embeddings".into(), true.into());
+        m.insert("scale_attn_weights".into(), true.into());
+        v
+    }
+
+    pub fn check(&self) -> Result<(), ModelError> {
+        if self.n_head == 0 || self.n_embd % self.n_head != 0 {
+            return Err(ModelError::Config(format!(
+                "n_embd ({}) must be a multiple of n_head ({})",
+                self.n_embd, self.n_head
+            )));
+        }
+        if !matches!(
+            self.activation_function.as_str(),
+            "gelu_new" | "gelu_pytorch_tanh"
+        ) {
+            return Err(ModelError::Config(format!(
+                "activation_function `{}` is not supported (GPT-2 uses gelu_new)",
+                self.activation_function
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// GPT-2 with its language-model head.
+#[derive(Module, Debug)]
+pub struct Gpt2<B: Backend> {
+    /// `transformer.wte.weight` [vocab, d]; also the LM head (tied).
+    wte: Param<Tensor<B, 2>>,
+    /// `transformer.wpe.weight` [n_positions, d]
+    wpe: Param<Tensor<B, 2>>,
+    h: Vec<Block<B>>,
+    ln_f: LayerNorm<B>,
+    dropout: Dropout,
+    #[module(skip)]
+    config: Gpt2Config,
+    #[module(skip)]
+    precision: Precision,
+}
+
+#[derive(Module, Debug)]
+struct Block<B: Backend> {
+    ln_1: LayerNorm<B>,
+    /// q|k|v fused, [d, 3d] (HF `Conv1D` is already `[in, out]`).
+    c_attn: Linear<B>,
+    attn_proj: Linear<B>,
+    ln_2: LayerNorm<B>,
+    c_fc: Linear<B>,
+    mlp_proj: Linear<B>,
+    attn_dropout: Dropout,
+    resid_dropout: Dropout,
+    n_head: usize,
+}
+
+/// Layer norm from HF `{prefix}.weight` / `{prefix}.bias`.
+pub(crate) fn layer_norm<B: Backend>(
+    w: &mut Weights,
+    prefix: &str,
+    d: usize,
+    eps: f64,
+    device: &B::Device,
+) -> LayerNorm<B> {
+    let mut ln = LayerNormConfig::new(d).with_epsilon(eps).init(device);
+    ln.gamma = w.param(&format!("{prefix}.weight"), [d], device);
+    ln.beta = Some(w.param(&format!("{prefix}.bias"), [d], device));
+    ln
+}
+
+pub(crate) fn put_layer_norm<B: Backend>(w: &mut Weights, prefix: &str, ln: &LayerNorm<B>) {
+    w.put(&format!("{prefix}.weight"), &ln.gamma);
+    if let Some(beta) = &ln.beta {
+        w.put(&format!("{prefix}.bias"), beta);
+    }
+}
+
+impl<B: Backend> Gpt2<B> {
+    /// Build from HF tensors; every name and shape is checked.
+    pub fn from_weights(
+        config: &Gpt2Config,
+        mut w: Weights,
+        device: &B::Device,
+    ) -> Result<Gpt2<B>, ModelError> {
+        config.check()?;
+        let (d, inner, eps) = (config.n_embd, config.inner(), config.layer_norm_epsilon);
+        let conv1d = |w: &mut Weights, name: &str, d_in: usize, d_out: usize| {
+            let weight = w.param(&format!("{name}.weight"), [d_in, d_out], device);
+            let bias = w.param(&format!("{name}.bias"), [d_out], device);
+            linear(weight, bias)
+        };
+        let h = (0..config.n_layer)
+            .map(|i| {
+                let p = format!("transformer.h.{i}");
+                Block {
+                    ln_1: layer_norm(&mut w, &format!("{p}.ln_1"), d, eps, device),
+                    c_attn: conv1d(&mut w, &format!("{p}.attn.c_attn"), d, 3 * d),
+                    attn_proj: conv1d(&mut w, &format!("{p}.attn.c_proj"), d, d),
+                    ln_2: layer_norm(&mut w, &format!("{p}.ln_2"), d, eps, device),
+                    c_fc: conv1d(&mut w, &format!("{p}.mlp.c_fc"), d, inner),
+                    mlp_proj: conv1d(&mut w, &format!("{p}.mlp.c_proj"), inner, d),
+                    attn_dropout: DropoutConfig::new(config.attn_pdrop).init(),
+                    resid_dropout: DropoutConfig::new(config.resid_pdrop).init(),
+                    n_head: config.n_head,
+                }
+            })
+            .collect();
+        // Buffers of old checkpoints and the tied head, when a file carries them.
+        for i in 0..config.n_layer {
+            w.skip(&format!("transformer.h.{i}.attn.bias"));
+            w.skip(&format!("transformer.h.{i}.attn.masked_bias"));
+        }
+        w.skip("lm_head.weight");
+        let model = Gpt2 {
+            wte: w.param("transformer.wte.weight", [config.vocab_size, d], device),
+            wpe: w.param("transformer.wpe.weight", [config.n_positions, d], device),
+            h,
+            ln_f: layer_norm(&mut w, "transformer.ln_f", d, eps, device),
+            dropout: DropoutConfig::new(config.embd_pdrop).init(),
+            config: config.clone(),
+            precision: Precision::F32,
+        };
+        w.finish()?;
+        Ok(model)
+    }
+
+    /// Fresh weights as HF initializes them (normal(0, 0.02); residual projections scaled by
+    /// 1/sqrt(2 × n_layer)).
+    pub fn init_weights(config: &Gpt2Config, seed: u64) -> Weights {
+        let (d, inner) = (config.n_embd, config.inner());
+        let std = config.initializer_range;
+        let proj_std = std / (2.0 * config.n_layer as f64).sqrt();
+        let mut w = Weights::new();
+        let mut init = Init::new(seed);
+        init.normal(
+            &mut w,
+            "transformer.wte.weight",
+            vec![config.vocab_size, d],
+            std,
+        );
+        init.normal(
+            &mut w,
+            "transformer.wpe.weight",
+            vec![config.n_positions, d],
+            std,
+        );
+        for i in 0..config.n_layer {
+            let p = format!("transformer.h.{i}");
+            Init::layer_norm(&mut w, &format!("{p}.ln_1"), d);
+            Init::layer_norm(&mut w, &format!("{p}.ln_2"), d);
+            for (name, d_in, d_out, s) in [
+                ("attn.c_attn", d, 3 * d, std),
+                ("attn.c_proj", d, d, proj_std),
+                ("mlp.c_fc", d, inner, std),
+                ("mlp.c_proj", inner, d, proj_std),
+            ] {
+                init.normal(&mut w, &format!("{p}.{name}.weight"), vec![d_in, d_out], s);
+                Init::constant(&mut w, &format!("{p}.{name}.bias"), d_out, 0.0);
+            }
+        }
+        Init::layer_norm(&mut w, "transformer.ln_f", d);
+        w
+    }
+
+    /// Every tensor under its HF name (the tied `lm_head.weight` is left out, as HF saves it).
+    pub fn to_weights(&self) -> Weights {
+        let mut w = Weights::new();
+        w.put("transformer.wte.weight", &self.wte);
+        w.put("transformer.wpe.weight", &self.wpe);
+        for (i, b) in self.h.iter().enumerate() {
+            let p = format!("transformer.h.{i}");
+            put_layer_norm(&mut w, &format!("{p}.ln_1"), &b.ln_1);
+            put_layer_norm(&mut w, &format!("{p}.ln_2"), &b.ln_2);
+            for (name, l) in [
+                ("attn.c_attn", &b.c_attn),
+                ("attn.c_proj", &b.attn_proj),
+                ("mlp.c_fc", &b.c_fc),
+                ("mlp.c_proj", &b.mlp_proj),
+            ] {
+                w.put(&format!("{p}.{name}.weight"), &l.weight);
+                w.put(
+                    &format!("{p}.{name}.bias"),
+                    l.bias.as_ref().expect("GPT-2 has biases"),
+                );
+            }
+        }
+        put_layer_norm(&mut w, "transformer.ln_f", &self.ln_f);
+        w
+    }
+
+    /// Run matrix products in `precision` (weights stay f32: mixed precision).
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
+    }
+
+    pub fn config(&self) -> &Gpt2Config {
+        &self.config
+    }
+
+    /// Final hidden states (after `ln_f`) for token ids [B, T] → [B, T, d].
+    pub fn hidden(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let [b, t] = ids.dims();
+        let device = ids.device();
+        let d = self.config.n_embd;
+        let tok = self
+            .wte
+            .val()
+            .select(0, ids.reshape([b * t]))
+            .reshape([b, t, d]);
+        let pos = self.wpe.val().slice([0..t, 0..d]).unsqueeze_dim::<3>(0); // [1, T, d]
+        let mut x = self.dropout.forward(tok + pos);
+        let causal =
+            Tensor::<B, 2, Bool>::triu_mask([t, t], 1, &device).unsqueeze_dims::<4>(&[0, 1]); // [1, 1, T, T], true above the diagonal
+        for block in &self.h {
+            x = block.forward(x, causal.clone(), self.precision);
+        }
+        self.ln_f.forward(x)
+    }
+
+    /// Next-token logits [B, T, vocab].
+    pub fn forward(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let h = self.hidden(ids);
+        let [b, t, d] = h.dims();
+        let logits = matmul(
+            h.reshape([b * t, d]),
+            self.wte.val().transpose(),
+            self.precision,
+        ); // tied head: [B*T, vocab]
+        logits.reshape([b, t, self.config.vocab_size])
+    }
+}
+
+impl<B: Backend> Block<B> {
+    fn forward(&self, x: Tensor<B, 3>, causal: Tensor<B, 4, Bool>, p: Precision) -> Tensor<B, 3> {
+        let [b, t, d] = x.dims();
+        let (nh, dh) = (self.n_head, d / self.n_head);
+        let qkv = dense(&self.c_attn, self.ln_1.forward(x.clone()), p); // [B, T, 3d]
+        let heads = |i: usize| {
+            qkv.clone()
+                .narrow(2, i * d, d)
+                .reshape([b, t, nh, dh])
+                .swap_dims(1, 2) // [B, H, T, dh]
+        };
+        let (q, k, v) = (heads(0), heads(1), heads(2));
+        let scores = matmul(q, k.swap_dims(2, 3), p) * attention_scale(dh); // [B, H, T, T]
+        let scores = scores.mask_fill(causal.expand([b, nh, t, t]), f32::NEG_INFINITY);
+        let probs = self.attn_dropout.forward(softmax(scores, 3));
+        let ctx = matmul(probs, v, p).swap_dims(1, 2).reshape([b, t, d]); // [B, T, d]
+        let x = x + self.resid_dropout.forward(dense(&self.attn_proj, ctx, p));
+        let m = gelu_approximate(dense(&self.c_fc, self.ln_2.forward(x.clone()), p));
+        x.clone() + self.resid_dropout.forward(dense(&self.mlp_proj, m, p))
+    }
+}

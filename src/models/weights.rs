@@ -1,0 +1,299 @@
+//! Named host tensors keyed by Hugging Face names: what a `model.safetensors` holds.
+//!
+//! Models build themselves from a [`Weights`] (loaded from a checkpoint or freshly initialized)
+//! and write themselves back into one, so the HF names live in one place per architecture and
+//! every load checks each name and shape, reporting everything missing, misshapen or unused.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use burn::module::{Param, ParamId};
+use burn::prelude::*;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand_distr::{Distribution, Normal};
+
+use super::ModelError;
+
+/// One tensor on the host, row-major f32.
+#[derive(Debug, Clone)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub values: Vec<f32>,
+}
+
+/// Tensors by name, with bookkeeping of which ones a model took.
+#[derive(Debug, Default)]
+pub struct Weights {
+    tensors: BTreeMap<String, HostTensor>,
+    taken: BTreeSet<String>,
+    problems: Vec<String>,
+    source: Option<PathBuf>,
+}
+
+/// A parameter id that depends only on the tensor's name, so optimizer state saved in a
+/// checkpoint finds its parameter again after a resume.
+pub fn param_id(name: &str) -> ParamId {
+    let hash = blake3::hash(name.as_bytes());
+    let bytes: [u8; 8] = hash.as_bytes()[..8].try_into().expect("8 bytes");
+    ParamId::from(u64::from_le_bytes(bytes))
+}
+
+impl Weights {
+    pub fn new() -> Weights {
+        Weights::default()
+    }
+
+    /// Read a safetensors file (f32, f16 or bf16 tensors; converted to f32).
+    pub fn load(path: &Path) -> Result<Weights, ModelError> {
+        let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
+        let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
+            ModelError::Format(format!("{}: not a safetensors file: {e}", path.display()))
+        })?;
+        let mut weights = Weights {
+            source: Some(path.to_path_buf()),
+            ..Weights::default()
+        };
+        for (name, view) in file.tensors() {
+            use safetensors::Dtype;
+            let data = view.data();
+            let values: Vec<f32> = match view.dtype() {
+                Dtype::F32 => data
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+                Dtype::F16 => data
+                    .chunks_exact(2)
+                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect(),
+                Dtype::BF16 => data
+                    .chunks_exact(2)
+                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect(),
+                // Integer buffers (old GPT-2 `attn.bias` masks) are not weights.
+                _ => continue,
+            };
+            weights.insert(&name, view.shape().to_vec(), values);
+        }
+        Ok(weights)
+    }
+
+    /// Write every tensor as f32 into a safetensors file (`format: pt`, as transformers expects).
+    pub fn save(&self, path: &Path) -> Result<(), ModelError> {
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = self
+            .tensors
+            .iter()
+            .map(|(name, t)| {
+                let raw = t.values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                (name.clone(), t.shape.clone(), raw)
+            })
+            .collect();
+        let views = bytes
+            .iter()
+            .map(|(name, shape, raw)| {
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), raw)
+                    .map(|v| (name.clone(), v))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ModelError::Format(e.to_string()))?;
+        let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+        let tmp = path.with_extension("safetensors.tmp");
+        safetensors::serialize_to_file(views, Some(meta), &tmp)
+            .map_err(|e| ModelError::Format(format!("{}: {e}", tmp.display())))?;
+        std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e))
+    }
+
+    pub fn insert(&mut self, name: &str, shape: Vec<usize>, values: Vec<f32>) {
+        debug_assert_eq!(shape.iter().product::<usize>(), values.len(), "{name}");
+        self.tensors
+            .insert(name.to_string(), HostTensor { shape, values });
+    }
+
+    pub fn get(&self, name: &str) -> Option<&HostTensor> {
+        self.tensors.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    /// Take `name` with the expected shape as a trainable parameter. A missing or misshapen
+    /// tensor is recorded (reported by [`Weights::finish`]) and replaced by zeros.
+    pub fn param<B: Backend, const D: usize>(
+        &mut self,
+        name: &str,
+        shape: [usize; D],
+        device: &B::Device,
+    ) -> Param<Tensor<B, D>> {
+        let values = self.take(name, &shape);
+        let tensor = Tensor::<B, D>::from_data(TensorData::new(values, shape), device);
+        Param::initialized(param_id(name), tensor.require_grad())
+    }
+
+    /// Take a PyTorch `nn.Linear` weight stored `[out, in]` as a burn `[in, out]` parameter.
+    pub fn param_transposed<B: Backend>(
+        &mut self,
+        name: &str,
+        [d_in, d_out]: [usize; 2],
+        device: &B::Device,
+    ) -> Param<Tensor<B, 2>> {
+        let values = transpose(&self.take(name, &[d_out, d_in]), d_out, d_in);
+        let tensor = Tensor::<B, 2>::from_data(TensorData::new(values, [d_in, d_out]), device);
+        Param::initialized(param_id(name), tensor.require_grad())
+    }
+
+    fn take(&mut self, name: &str, shape: &[usize]) -> Vec<f32> {
+        self.taken.insert(name.to_string());
+        match self.tensors.get(name) {
+            Some(t) if t.shape == shape => t.values.clone(),
+            Some(t) => {
+                self.problems.push(format!(
+                    "`{name}` has shape {:?}, the config needs {shape:?}",
+                    t.shape
+                ));
+                vec![0.0; shape.iter().product()]
+            }
+            None => {
+                self.problems.push(format!("`{name}` is missing"));
+                vec![0.0; shape.iter().product()]
+            }
+        }
+    }
+
+    /// Mark a tensor as known but unused (tied copies, buffers).
+    pub fn skip(&mut self, name: &str) {
+        self.taken.insert(name.to_string());
+    }
+
+    /// Every missing, misshapen or unused tensor, or Ok.
+    pub fn finish(self) -> Result<(), ModelError> {
+        let mut problems = self.problems;
+        let unused: Vec<&String> = self
+            .tensors
+            .keys()
+            .filter(|k| !self.taken.contains(*k))
+            .collect();
+        if !unused.is_empty() {
+            let shown: Vec<&str> = unused.iter().take(8).map(|s| s.as_str()).collect();
+            problems.push(format!(
+                "{} tensor(s) the architecture does not use: {}{}",
+                unused.len(),
+                shown.join(", "),
+                if unused.len() > 8 { ", …" } else { "" }
+            ));
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        let file = self
+            .source
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "weights".into());
+        Err(ModelError::Weights {
+            file,
+            problems: problems.join("\n  "),
+        })
+    }
+
+    /// Store a parameter under its HF name.
+    pub fn put<B: Backend, const D: usize>(&mut self, name: &str, param: &Param<Tensor<B, D>>) {
+        let (shape, values) = host(param.val());
+        self.insert(name, shape, values);
+    }
+
+    /// Store a burn `[in, out]` weight as a PyTorch `nn.Linear` `[out, in]`.
+    pub fn put_transposed<B: Backend>(&mut self, name: &str, param: &Param<Tensor<B, 2>>) {
+        let (shape, values) = host(param.val());
+        let (d_in, d_out) = (shape[0], shape[1]);
+        self.insert(name, vec![d_out, d_in], transpose(&values, d_in, d_out));
+    }
+}
+
+/// Copy a tensor to the host as f32.
+pub fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> (Vec<usize>, Vec<f32>) {
+    let shape = t.dims().to_vec();
+    let values = t
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .expect("converted to f32");
+    (shape, values)
+}
+
+/// Row-major `[rows, cols]` → `[cols, rows]`.
+fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; values.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = values[r * cols + c];
+        }
+    }
+    out
+}
+
+/// Seeded initializer following Hugging Face's `_init_weights`: normal(0, std) for matrices,
+/// zeros for biases, ones for LayerNorm scales. Host-side, so every backend starts equal.
+pub struct Init {
+    rng: StdRng,
+}
+
+impl Init {
+    pub fn new(seed: u64) -> Init {
+        Init {
+            rng: StdRng::seed_from_u64(seed),
+        }
+    }
+
+    pub fn normal(&mut self, w: &mut Weights, name: &str, shape: Vec<usize>, std: f64) {
+        let n: usize = shape.iter().product();
+        let dist = Normal::new(0.0f32, std as f32).expect("finite std");
+        let values = (0..n).map(|_| dist.sample(&mut self.rng)).collect();
+        w.insert(name, shape, values);
+    }
+
+    pub fn constant(w: &mut Weights, name: &str, len: usize, value: f32) {
+        w.insert(name, vec![len], vec![value; len]);
+    }
+
+    /// LayerNorm `{prefix}.{weight,bias}` (or `.gamma/.beta` style names passed explicitly).
+    pub fn layer_norm(w: &mut Weights, prefix: &str, d: usize) {
+        Init::constant(w, &format!("{prefix}.weight"), d, 1.0);
+        Init::constant(w, &format!("{prefix}.bias"), d, 0.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transpose_round_trips() {
+        let v: Vec<f32> = (0..6).map(|i| i as f32).collect();
+        let t = transpose(&v, 2, 3);
+        assert_eq!(t, vec![0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
+        assert_eq!(transpose(&t, 3, 2), v);
+    }
+
+    #[test]
+    fn finish_reports_missing_misshapen_and_unused() {
+        type B = burn::backend::Flex;
+        let dev = Default::default();
+        let mut w = Weights::new();
+        w.insert("a", vec![2], vec![1.0, 2.0]);
+        w.insert("b", vec![3], vec![0.0; 3]);
+        w.insert("extra", vec![1], vec![0.0]);
+        let _: Param<Tensor<B, 1>> = w.param("a", [2], &dev);
+        let _: Param<Tensor<B, 1>> = w.param("b", [4], &dev);
+        let _: Param<Tensor<B, 1>> = w.param("c", [1], &dev);
+        let err = w.finish().unwrap_err().to_string();
+        assert!(err.contains("`b` has shape [3]"), "{err}");
+        assert!(err.contains("`c` is missing"), "{err}");
+        assert!(err.contains("extra"), "{err}");
+    }
+
+    #[test]
+    fn param_ids_follow_names() {
+        assert_eq!(param_id("x.weight"), param_id("x.weight"));
+        assert_ne!(param_id("x.weight"), param_id("x.bias"));
+    }
+}

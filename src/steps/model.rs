@@ -1,0 +1,936 @@
+//! `model.pretrain`, `eval.lm` and `model.generate`: GPT-2 and BERT trained from scratch (or
+//! continued from a Hugging Face checkpoint) on DNA, evaluated in bits per base, and sampled.
+//!
+//! The kinds pick the backend (flex on CPU, CUDA with the `cuda` feature) and hand a generic
+//! function the device; everything below that is backend-generic.
+
+use std::path::{Path, PathBuf};
+
+use burn::backend::Autodiff;
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::json;
+use tokenizers::Tokenizer;
+
+use super::tokenizer::read_sequences;
+use super::{StepContext, StepError, StepKind, params, plot, write_metrics};
+use crate::models::{
+    self, ArchConfig, Bert, BertConfig, DeviceSpec, Gpt2, Gpt2Config, Precision, Weights,
+};
+use crate::train::optim::AdamWConfig;
+use crate::train::{
+    self, Batch, Env, LanguageModel, Masking, Objective, Order, Row, Schedule, TrainConfig,
+    TrainData,
+};
+
+/// The architectures `model.pretrain` builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+enum Arch {
+    /// GPT-2 decoder (causal LM).
+    Gpt2,
+    /// BERT encoder (masked LM).
+    Bert,
+}
+
+/// Training objectives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+enum ObjectiveKind {
+    /// Causal language modelling: predict the next token.
+    Clm,
+    /// Masked language modelling: predict 15 % hidden tokens.
+    Mlm,
+}
+
+/// Parameters of `model.pretrain`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct PretrainParams {
+    arch: Arch,
+    /// Default: clm for gpt2, mlm for bert.
+    objective: Option<ObjectiveKind>,
+    /// `tokenizer.json` (or its directory); its vocabulary sizes the model.
+    tokenizer: String,
+    /// Training sequences: a table or a `.txt` file.
+    train: String,
+    /// Validation sequences, evaluated every `eval_every` steps; the best weights are kept.
+    valid: Option<String>,
+    #[serde(default = "sequence")]
+    column: String,
+    /// Continue from this model directory (HF layout) instead of fresh weights.
+    init: Option<String>,
+    /// HF config fields for a fresh model (n_embd, n_layer, n_head, … for gpt2;
+    /// hidden_size, num_hidden_layers, num_attention_heads, intermediate_size, … for bert).
+    #[serde(default)]
+    config: serde_json::Map<String, serde_json::Value>,
+    /// Tokens per training row (packed for clm, padded per batch for mlm).
+    #[serde(default = "seq_len")]
+    seq_len: usize,
+    #[serde(default = "batch_size")]
+    batch_size: usize,
+    /// Micro-batches per optimizer step.
+    #[serde(default = "one")]
+    grad_accum: usize,
+    /// Optimizer steps; default: `epochs` passes over the training rows.
+    steps: Option<usize>,
+    #[serde(default = "one")]
+    epochs: usize,
+    #[serde(default = "lr")]
+    lr: f64,
+    #[serde(default)]
+    warmup_steps: usize,
+    #[serde(default = "cosine")]
+    schedule: Schedule,
+    #[serde(default = "weight_decay")]
+    weight_decay: f64,
+    #[serde(default = "beta1")]
+    beta1: f64,
+    #[serde(default = "beta2")]
+    beta2: f64,
+    #[serde(default = "eps")]
+    eps: f64,
+    /// Global gradient-norm clip (null: none).
+    #[serde(default = "clip")]
+    clip_norm: Option<f64>,
+    /// 0: evaluate only at the end.
+    #[serde(default)]
+    eval_every: usize,
+    /// Checkpoint every N steps so a killed run resumes (0: never).
+    #[serde(default = "save_every")]
+    save_every: usize,
+    #[serde(default = "log_every")]
+    log_every: usize,
+    /// Keep the weights of the best validation loss rather than the last step.
+    #[serde(default = "yes")]
+    keep_best: bool,
+    #[serde(default = "mask_probability")]
+    mask_probability: f64,
+    #[serde(default = "seed")]
+    seed: u64,
+    /// cpu, cuda, cuda:N or auto.
+    #[serde(default = "cpu")]
+    device: String,
+    /// f32; bf16 or f16 mixed precision on CUDA.
+    #[serde(default = "f32")]
+    precision: String,
+    /// Read at most this many sequences per split (0: all).
+    #[serde(default)]
+    max_sequences: usize,
+}
+
+fn sequence() -> String {
+    "sequence".into()
+}
+fn seq_len() -> usize {
+    128
+}
+fn batch_size() -> usize {
+    16
+}
+fn one() -> usize {
+    1
+}
+fn lr() -> f64 {
+    5e-4
+}
+fn cosine() -> Schedule {
+    Schedule::Cosine
+}
+fn weight_decay() -> f64 {
+    0.01
+}
+fn beta1() -> f64 {
+    0.9
+}
+fn beta2() -> f64 {
+    0.999
+}
+fn eps() -> f64 {
+    1e-8
+}
+fn clip() -> Option<f64> {
+    Some(1.0)
+}
+fn save_every() -> usize {
+    100
+}
+fn log_every() -> usize {
+    10
+}
+fn yes() -> bool {
+    true
+}
+fn mask_probability() -> f64 {
+    0.15
+}
+fn seed() -> u64 {
+    42
+}
+fn cpu() -> String {
+    "cpu".into()
+}
+fn f32() -> String {
+    "f32".into()
+}
+
+fn check_device(device: &str, precision: &str) -> Result<(DeviceSpec, Precision), String> {
+    let d = DeviceSpec::parse(device)?;
+    let p = Precision::parse(precision)?;
+    d.check_precision(p)?;
+    Ok((d, p))
+}
+
+pub static PRETRAIN: StepKind = StepKind {
+    name: "model.pretrain",
+    version: 1,
+    summary: "train GPT-2 (clm) or BERT (mlm) on DNA; saves a Hugging Face model directory",
+    outputs: &[
+        ("model", "model"),
+        ("history", "history.csv"),
+        ("plot", "loss.svg"),
+    ],
+    file_params: &["tokenizer", "train", "valid", "init"],
+    schema: |g| g.subschema_for::<PretrainParams>(),
+    check: |with| {
+        let p = params::<PretrainParams>(with)?;
+        check_device(&p.device, &p.precision)?;
+        match (p.arch, p.objective) {
+            (Arch::Gpt2, Some(ObjectiveKind::Mlm)) => {
+                return Err("gpt2 trains with `objective: clm` (a decoder cannot see masked tokens' right context)".into());
+            }
+            (Arch::Bert, Some(ObjectiveKind::Clm)) => {
+                return Err("bert trains with `objective: mlm`".into());
+            }
+            _ => {}
+        }
+        if p.seq_len < 2 || p.batch_size == 0 || p.grad_accum == 0 {
+            return Err(
+                "`seq_len` must be at least 2, `batch_size` and `grad_accum` at least 1".into(),
+            );
+        }
+        if !(0.0..1.0).contains(&p.mask_probability) || p.mask_probability == 0.0 {
+            return Err("`mask_probability` must be between 0 and 1".into());
+        }
+        if !(p.lr > 0.0 && p.lr.is_finite()) {
+            return Err("`lr` must be a positive number".into());
+        }
+        Ok(())
+    },
+    run: pretrain,
+};
+
+/// A tokenizer with the special tokens the models need.
+pub(crate) struct Vocab {
+    pub tokenizer: Tokenizer,
+    pub dir: PathBuf,
+    pub size: usize,
+    pub pad: u32,
+    pub eos: Option<u32>,
+    bert: Option<(u32, u32, u32)>, // cls, sep, mask
+    specials: Vec<u32>,
+}
+
+pub(crate) fn load_vocab(path: &str) -> Result<Vocab, StepError> {
+    let mut path = PathBuf::from(path);
+    if path.is_dir() {
+        path = path.join("tokenizer.json");
+    }
+    let tokenizer = Tokenizer::from_file(&path)
+        .map_err(|e| StepError::new(format!("{}: {e}", path.display())))?;
+    let id = |names: &[&str]| names.iter().find_map(|n| tokenizer.token_to_id(n));
+    let eos = id(&["<|endoftext|>", "</s>", "[EOS]", "[SEP]"]);
+    let pad = id(&["[PAD]", "<pad>"]).or(eos).unwrap_or(0);
+    let bert = match (
+        id(&["[CLS]", "<s>"]),
+        id(&["[SEP]", "</s>"]),
+        id(&["[MASK]", "<mask>"]),
+    ) {
+        (Some(c), Some(s), Some(m)) => Some((c, s, m)),
+        _ => None,
+    };
+    let specials = tokenizer
+        .get_added_tokens_decoder()
+        .iter()
+        .filter(|(_, t)| t.special)
+        .map(|(id, _)| *id)
+        .collect();
+    Ok(Vocab {
+        size: tokenizer.get_vocab_size(true),
+        dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        tokenizer,
+        pad,
+        eos,
+        bert,
+        specials,
+    })
+}
+
+/// Tokenize sequences without special tokens, remembering how many bases each token spells.
+pub(crate) fn encode(vocab: &Vocab, seqs: &[String]) -> Result<Vec<Row>, StepError> {
+    use rayon::prelude::*;
+    seqs.par_iter()
+        .map(|s| {
+            let enc = vocab
+                .tokenizer
+                .encode(s.as_str(), false)
+                .map_err(|e| StepError::new(format!("tokenizing: {e}")))?;
+            let bases = enc
+                .get_offsets()
+                .iter()
+                .map(|(a, b)| (b - a).min(u16::MAX as usize) as u16)
+                .collect();
+            Ok(Row {
+                ids: enc.get_ids().to_vec(),
+                bases,
+            })
+        })
+        .collect()
+}
+
+/// Rows for an objective: packed for clm, framed with [CLS]/[SEP] for mlm.
+pub(crate) fn rows_for(
+    vocab: &Vocab,
+    docs: &[Row],
+    objective: &Objective,
+    seq_len: usize,
+) -> Vec<Row> {
+    match objective {
+        Objective::Clm => train::batch::pack(docs, seq_len, vocab.eos),
+        Objective::Mlm(_) => {
+            let (cls, sep, _) = vocab.bert.expect("checked before");
+            train::batch::frame(docs, seq_len, cls, sep)
+        }
+    }
+}
+
+pub(crate) fn objective_for(
+    arch: &str,
+    vocab: &Vocab,
+    probability: f64,
+) -> Result<Objective, StepError> {
+    if arch == "gpt2" {
+        return Ok(Objective::Clm);
+    }
+    let Some((_, _, mask)) = vocab.bert else {
+        return Err(StepError::new(format!(
+            "{}: BERT needs [CLS], [SEP] and [MASK] tokens; train the tokenizer with the BERT \
+             special tokens (the default for wordpiece, unigram, char and kmer)",
+            vocab.dir.join("tokenizer.json").display()
+        )));
+    };
+    Ok(Objective::Mlm(Masking {
+        probability,
+        mask_id: mask,
+        special: vocab.specials.clone(),
+        vocab_size: vocab.size,
+    }))
+}
+
+/// HF config for a fresh model: defaults, then the user's fields, vocabulary from the tokenizer.
+fn fresh_config(
+    arch: Arch,
+    user: &serde_json::Map<String, serde_json::Value>,
+    vocab: &Vocab,
+    seq_len: usize,
+) -> Result<ArchConfig, StepError> {
+    let mut base = match arch {
+        Arch::Gpt2 => json!({
+            "n_embd": 128, "n_layer": 4, "n_head": 4, "n_positions": seq_len.max(16),
+            "bos_token_id": vocab.eos, "eos_token_id": vocab.eos,
+        }),
+        Arch::Bert => json!({
+            "hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
+            "intermediate_size": 512, "max_position_embeddings": seq_len.max(16),
+            "pad_token_id": vocab.pad,
+        }),
+    };
+    let m = base.as_object_mut().expect("object");
+    for (k, v) in user {
+        m.insert(k.clone(), v.clone());
+    }
+    m.insert("vocab_size".into(), vocab.size.into());
+    let bad = |e: serde_json::Error| StepError::new(format!("`config`: {e}"));
+    let cfg = match arch {
+        Arch::Gpt2 => ArchConfig::Gpt2(serde_json::from_value::<Gpt2Config>(base).map_err(bad)?),
+        Arch::Bert => ArchConfig::Bert(serde_json::from_value::<BertConfig>(base).map_err(bad)?),
+    };
+    if cfg.max_positions() < seq_len {
+        return Err(StepError::new(format!(
+            "`seq_len` {seq_len} is longer than the model's {} positions",
+            cfg.max_positions()
+        )));
+    }
+    Ok(cfg)
+}
+
+fn model_err(e: models::ModelError) -> StepError {
+    StepError::new(e.to_string())
+}
+
+/// Run `f` on the chosen device with a backend type.
+macro_rules! on_device {
+    ($spec:expr, $precision:expr, |$dev:ident : $B:ident| $body:expr) => {{
+        match $spec {
+            DeviceSpec::Cpu => {
+                type $B = burn::backend::Flex;
+                let $dev = burn::backend::flex::FlexDevice;
+                $body
+            }
+            #[cfg(feature = "cuda")]
+            DeviceSpec::Cuda(i) => {
+                type $B = burn::backend::Cuda;
+                let $dev = burn::backend::cuda::CudaDevice::new(i);
+                let _ = $precision;
+                $body
+            }
+            #[cfg(not(feature = "cuda"))]
+            DeviceSpec::Cuda(_) => {
+                let _ = $precision;
+                unreachable!("checked by DeviceSpec::check_available")
+            }
+        }
+    }};
+}
+pub(crate) use on_device;
+
+fn pretrain(ctx: &mut StepContext) -> Result<(), StepError> {
+    let p: PretrainParams = params(ctx.with).map_err(StepError::new)?;
+    let (device, precision) =
+        check_device(ctx.device.unwrap_or(&p.device), &p.precision).map_err(StepError::new)?;
+    device.check_available().map_err(StepError::new)?;
+    let vocab = load_vocab(&p.tokenizer)?;
+    let config = match &p.init {
+        Some(dir) => models::read_config(Path::new(dir)).map_err(model_err)?,
+        None => fresh_config(p.arch, &p.config, &vocab, p.seq_len)?,
+    };
+    if config.vocab_size() < vocab.size {
+        return Err(StepError::new(format!(
+            "the tokenizer has {} tokens but the model only {}",
+            vocab.size,
+            config.vocab_size()
+        )));
+    }
+    let objective = objective_for(config.name(), &vocab, p.mask_probability)?;
+    let load = |path: &str| -> Result<Vec<Row>, StepError> {
+        let seqs = read_sequences(Path::new(path), &p.column, p.max_sequences)?;
+        let docs = encode(&vocab, &seqs)?;
+        Ok(rows_for(&vocab, &docs, &objective, p.seq_len))
+    };
+    let rows = load(&p.train)?;
+    let valid_rows = match &p.valid {
+        Some(v) => load(v)?,
+        None => Vec::new(),
+    };
+    writeln!(
+        ctx.log,
+        "{} rows of up to {} tokens for training, {} for validation; device {device}, precision {precision}",
+        rows.len(),
+        p.seq_len,
+        valid_rows.len()
+    )?;
+    let order = Order::new(rows.len(), p.batch_size, p.seed, true);
+    let steps = p
+        .steps
+        .unwrap_or_else(|| (p.epochs * order.batches_per_epoch()).div_ceil(p.grad_accum));
+    let cfg = TrainConfig {
+        steps,
+        grad_accum: p.grad_accum,
+        lr: p.lr,
+        warmup_steps: p.warmup_steps,
+        schedule: p.schedule,
+        adamw: AdamWConfig {
+            beta1: p.beta1,
+            beta2: p.beta2,
+            eps: p.eps,
+            weight_decay: p.weight_decay,
+        },
+        clip_norm: p.clip_norm,
+        eval_every: p.eval_every,
+        save_every: p.save_every,
+        log_every: p.log_every,
+        seed: p.seed,
+        precision,
+        keep_best: p.keep_best && !valid_rows.is_empty(),
+    };
+    let valid = train::eval_batches(
+        &valid_rows,
+        &objective,
+        vocab.pad,
+        p.batch_size,
+        p.seed ^ 0xE7A1,
+    );
+    let mut data = TrainData {
+        rows,
+        order,
+        objective,
+        pad: vocab.pad,
+        batch_size: p.batch_size,
+    };
+    let init = match &p.init {
+        Some(dir) => Weights::load(&models::weights_path(Path::new(dir)).map_err(model_err)?)
+            .map_err(model_err)?,
+        None => match &config {
+            ArchConfig::Gpt2(c) => Gpt2::<burn::backend::Flex>::init_weights(c, p.seed),
+            ArchConfig::Bert(c) => Bert::<burn::backend::Flex>::init_weights(c, p.seed),
+        },
+    };
+    let run = Run {
+        ctx,
+        config: &config,
+        cfg: &cfg,
+        data: &mut data,
+        valid: &valid,
+        vocab: &vocab,
+        precision,
+    };
+    on_device!(device, precision, |dev: B| run
+        .go::<Autodiff<B>>(init, &dev))
+}
+
+/// Everything a training run needs besides the backend.
+struct Run<'a, 'c> {
+    ctx: &'a mut StepContext<'c>,
+    config: &'a ArchConfig,
+    cfg: &'a TrainConfig,
+    data: &'a mut TrainData,
+    valid: &'a [Batch],
+    vocab: &'a Vocab,
+    precision: Precision,
+}
+
+impl Run<'_, '_> {
+    fn go<B: AutodiffBackend>(self, init: Weights, device: &B::Device) -> Result<(), StepError> {
+        let precision = self.precision;
+        match self.config {
+            ArchConfig::Gpt2(c) => {
+                let build = |w: Weights| {
+                    Gpt2::<B>::from_weights(c, w, device).map(|m| m.with_precision(precision))
+                };
+                let model = build(init).map_err(model_err)?;
+                self.train(model, &build, device)
+            }
+            ArchConfig::Bert(c) => {
+                let build = |w: Weights| {
+                    Bert::<B>::from_weights(c, w, device).map(|m| m.with_precision(precision))
+                };
+                let model = build(init).map_err(model_err)?;
+                self.train(model, &build, device)
+            }
+        }
+    }
+
+    fn train<B, M>(
+        self,
+        model: M,
+        build: &dyn Fn(Weights) -> Result<M, models::ModelError>,
+        device: &B::Device,
+    ) -> Result<(), StepError>
+    where
+        B: AutodiffBackend,
+        M: burn::module::AutodiffModule<B> + LanguageModel<B>,
+        M::InnerModule: LanguageModel<B::InnerBackend>,
+    {
+        let params = model.num_params();
+        let ctx = self.ctx;
+        let status = ctx.status;
+        let mut progress = |p: &train::Progress| {
+            status(&format!(
+                "step {}/{} loss {:.4} {:.0} tok/s",
+                p.step, p.steps, p.loss, p.tokens_per_s
+            ))
+        };
+        let trained = {
+            let mut env = Env {
+                checkpoints: ctx.checkpoints,
+                log: &mut *ctx.log,
+                cancelled: ctx.cancelled,
+                progress: &mut progress,
+            };
+            train::train(
+                model, build, self.data, self.valid, self.cfg, device, &mut env,
+            )
+            .map_err(|e| StepError::new(e.to_string()))?
+        };
+        let state = &trained.state;
+        let weights = match &trained.best_weights {
+            Some(w) => w,
+            None => &trained.model.weights(),
+        };
+        models::save_dir(
+            &ctx.out.join("model"),
+            self.config,
+            weights,
+            Some(&self.vocab.dir),
+        )
+        .map_err(model_err)?;
+        write_history(ctx.out, state)?;
+        let train_curve: Vec<(f64, f64)> = state
+            .history
+            .iter()
+            .map(|h| (h.step as f64, h.loss))
+            .collect();
+        let valid_curve: Vec<(f64, f64)> = state
+            .evals
+            .iter()
+            .map(|e| (e.step as f64, e.eval.loss))
+            .collect();
+        let mut series = vec![("train", smooth(&train_curve))];
+        if !valid_curve.is_empty() {
+            series.push(("validation", valid_curve));
+        }
+        plot::lines(
+            &ctx.out.join("loss.svg"),
+            "loss",
+            "step",
+            "loss (nats/token)",
+            &series,
+        )?;
+        let last = state.history.last();
+        let tail: Vec<f64> = state
+            .history
+            .iter()
+            .rev()
+            .take(10)
+            .map(|h| h.loss)
+            .collect();
+        let train_loss = tail.iter().sum::<f64>() / tail.len().max(1) as f64;
+        let mut metrics = json!({
+            "arch": self.config.name(),
+            "parameters": params,
+            "steps": state.step,
+            "tokens": state.tokens,
+            "train_loss": train_loss,
+            "seconds": state.seconds,
+            "tokens_per_s": state.tokens as f64 / state.seconds.max(1e-9),
+            "resumed_from": trained.resumed_from,
+            "final_lr": last.map(|h| h.lr).unwrap_or(0.0),
+        });
+        if let Some(best) = &state.best {
+            let m = metrics.as_object_mut().expect("object");
+            m.insert("valid_loss".into(), best.eval.loss.into());
+            m.insert("valid_perplexity".into(), best.eval.perplexity.into());
+            m.insert("valid_bits_per_base".into(), best.eval.bits_per_base.into());
+            m.insert("best_step".into(), best.step.into());
+        }
+        if state.skipped > 0 {
+            metrics["skipped_steps"] = state.skipped.into();
+        }
+        write_metrics(ctx.out, &metrics)
+    }
+}
+
+/// Running mean over 10 steps, so the plotted train curve is readable.
+fn smooth(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    let w = 10usize;
+    points
+        .iter()
+        .enumerate()
+        .map(|(i, &(x, _))| {
+            let lo = i.saturating_sub(w - 1);
+            let slice = &points[lo..=i];
+            (
+                x,
+                slice.iter().map(|p| p.1).sum::<f64>() / slice.len() as f64,
+            )
+        })
+        .collect()
+}
+
+fn write_history(out: &Path, state: &train::TrainState) -> Result<(), StepError> {
+    let mut text = String::from("step,loss,lr,grad_norm,valid_loss,valid_bits_per_base\n");
+    let mut evals = state.evals.iter().peekable();
+    for h in &state.history {
+        let (vl, vb) = match evals.peek() {
+            Some(e) if e.step == h.step => {
+                let e = evals.next().expect("peeked");
+                (e.eval.loss.to_string(), e.eval.bits_per_base.to_string())
+            }
+            _ => (String::new(), String::new()),
+        };
+        text.push_str(&format!(
+            "{},{},{},{},{vl},{vb}\n",
+            h.step, h.loss, h.lr, h.grad_norm
+        ));
+    }
+    std::fs::write(out.join("history.csv"), text)?;
+    Ok(())
+}
+
+/// A model directory loaded for inference.
+pub(crate) enum Loaded<B: Backend> {
+    Gpt2(Gpt2<B>),
+    Bert(Bert<B>),
+}
+
+/// Load a HF model directory (ours or transformers') onto `device`.
+pub(crate) fn load_model<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+) -> Result<(ArchConfig, Loaded<B>), StepError> {
+    let config = models::read_config(dir).map_err(model_err)?;
+    let weights =
+        Weights::load(&models::weights_path(dir).map_err(model_err)?).map_err(model_err)?;
+    let model = match &config {
+        ArchConfig::Gpt2(c) => {
+            Loaded::Gpt2(Gpt2::from_weights(c, weights, device).map_err(model_err)?)
+        }
+        ArchConfig::Bert(c) => {
+            Loaded::Bert(Bert::from_weights(c, weights, device).map_err(model_err)?)
+        }
+    };
+    Ok((config, model))
+}
+
+/// Parameters of `model.generate`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct GenerateParams {
+    /// A GPT-2 model directory (HF layout).
+    model: String,
+    /// Prompts (DNA); an empty prompt starts from the end-of-text token.
+    #[serde(default = "empty_prompt")]
+    prompts: Vec<String>,
+    /// Samples per prompt.
+    #[serde(default = "one")]
+    samples: usize,
+    #[serde(default = "max_new_tokens")]
+    max_new_tokens: usize,
+    /// 0 = greedy.
+    #[serde(default = "temperature")]
+    temperature: f64,
+    /// Keep the k most likely tokens (0 = all).
+    #[serde(default)]
+    top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches p (1 = all).
+    #[serde(default = "top_p")]
+    top_p: f64,
+    #[serde(default = "seed")]
+    seed: u64,
+    /// Stop a sample at the end-of-text token.
+    #[serde(default = "yes")]
+    stop_at_eos: bool,
+    #[serde(default = "cpu")]
+    device: String,
+}
+
+fn empty_prompt() -> Vec<String> {
+    vec![String::new()]
+}
+fn max_new_tokens() -> usize {
+    64
+}
+fn temperature() -> f64 {
+    1.0
+}
+fn top_p() -> f64 {
+    1.0
+}
+
+pub static GENERATE: StepKind = StepKind {
+    name: "model.generate",
+    version: 1,
+    summary: "sample DNA from a GPT-2 model (temperature, top-k, top-p, seed, end-of-text)",
+    outputs: &[("samples", "samples.jsonl")],
+    file_params: &["model"],
+    schema: |g| g.subschema_for::<GenerateParams>(),
+    check: |with| {
+        let p = params::<GenerateParams>(with)?;
+        DeviceSpec::parse(&p.device)?;
+        if p.temperature < 0.0 || !p.temperature.is_finite() {
+            return Err("`temperature` must be 0 (greedy) or positive".into());
+        }
+        if !(p.top_p > 0.0 && p.top_p <= 1.0) {
+            return Err("`top_p` must be in (0, 1]".into());
+        }
+        if p.samples == 0 || p.prompts.is_empty() {
+            return Err("`samples` must be at least 1 and `prompts` not empty".into());
+        }
+        Ok(())
+    },
+    run: generate,
+};
+
+/// Choose the next token from logits: temperature, then top-k, then top-p (nucleus).
+pub(crate) fn sample_token(
+    logits: &[f32],
+    temperature: f64,
+    top_k: usize,
+    top_p: f64,
+    rng: &mut impl rand::Rng,
+) -> u32 {
+    if temperature == 0.0 {
+        return logits
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i as u32)
+            .unwrap_or(0);
+    }
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    if top_k > 0 {
+        order.truncate(top_k.max(1));
+    }
+    let max = logits[order[0]] as f64;
+    let weights: Vec<f64> = order
+        .iter()
+        .map(|&i| ((logits[i] as f64 - max) / temperature).exp())
+        .collect();
+    let total: f64 = weights.iter().sum();
+    let mut keep = weights.len();
+    if top_p < 1.0 {
+        let mut acc = 0.0;
+        for (n, w) in weights.iter().enumerate() {
+            acc += w / total;
+            if acc >= top_p {
+                keep = n + 1;
+                break;
+            }
+        }
+    }
+    let kept: f64 = weights[..keep].iter().sum();
+    let mut r = rng.random::<f64>() * kept;
+    for (n, w) in weights[..keep].iter().enumerate() {
+        r -= w;
+        if r <= 0.0 {
+            return order[n] as u32;
+        }
+    }
+    order[keep - 1] as u32
+}
+
+fn generate(ctx: &mut StepContext) -> Result<(), StepError> {
+    use rand::SeedableRng;
+    let p: GenerateParams = params(ctx.with).map_err(StepError::new)?;
+    let device = DeviceSpec::parse(ctx.device.unwrap_or(&p.device)).map_err(StepError::new)?;
+    device.check_available().map_err(StepError::new)?;
+    let vocab = load_vocab(&p.model)?;
+    let dir = PathBuf::from(&p.model);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(p.seed);
+    let mut lines = String::new();
+    let (mut total_bases, mut gc, mut eos_stops, mut n) = (0usize, 0usize, 0usize, 0usize);
+    on_device!(device, Precision::F32, |dev: B| {
+        let (config, model) = load_model::<B>(&dir, &dev)?;
+        let Loaded::Gpt2(model) = model else {
+            return Err(StepError::new(format!(
+                "{}: model.generate needs a causal model (gpt2), this is {}",
+                dir.display(),
+                config.name()
+            )));
+        };
+        let window = config.max_positions();
+        for prompt in &p.prompts {
+            let enc = vocab
+                .tokenizer
+                .encode(prompt.as_str(), false)
+                .map_err(|e| StepError::new(format!("tokenizing the prompt: {e}")))?;
+            let mut start: Vec<u32> = enc.get_ids().to_vec();
+            if start.is_empty() {
+                start.push(vocab.eos.ok_or_else(|| {
+                    StepError::new("an empty prompt needs an end-of-text token in the tokenizer")
+                })?);
+            }
+            let mut rows: Vec<Vec<u32>> = vec![start.clone(); p.samples];
+            let mut done = vec![false; p.samples];
+            for _ in 0..p.max_new_tokens {
+                if done.iter().all(|d| *d)
+                    || ctx.cancelled.load(std::sync::atomic::Ordering::Relaxed)
+                {
+                    break;
+                }
+                let t = rows[0].len().min(window);
+                let flat: Vec<i64> = rows
+                    .iter()
+                    .flat_map(|r| r[r.len() - t..].iter().map(|&i| i as i64))
+                    .collect();
+                let ids =
+                    Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [p.samples, t]), &dev);
+                let logits = model.forward(ids).narrow(1, t - 1, 1); // [S, 1, V]
+                let (_, host) = models::weights::host(logits);
+                let v = config.vocab_size();
+                for (s, row) in rows.iter_mut().enumerate() {
+                    if done[s] {
+                        row.push(vocab.pad);
+                        continue;
+                    }
+                    let next = sample_token(
+                        &host[s * v..(s + 1) * v],
+                        p.temperature,
+                        p.top_k,
+                        p.top_p,
+                        &mut rng,
+                    );
+                    row.push(next);
+                    if p.stop_at_eos && Some(next) == vocab.eos {
+                        done[s] = true;
+                    }
+                }
+            }
+            for (s, row) in rows.iter().enumerate() {
+                let mut new: Vec<u32> = row[start.len()..].to_vec();
+                let stopped = match new
+                    .iter()
+                    .position(|&i| Some(i) == vocab.eos && p.stop_at_eos)
+                {
+                    Some(at) => {
+                        new.truncate(at);
+                        "eos"
+                    }
+                    None => "length",
+                };
+                let text = vocab
+                    .tokenizer
+                    .decode(&new, true)
+                    .map_err(|e| StepError::new(format!("decoding: {e}")))?;
+                total_bases += text.len();
+                gc += text
+                    .bytes()
+                    .filter(|b| matches!(b, b'G' | b'C' | b'g' | b'c'))
+                    .count();
+                eos_stops += usize::from(stopped == "eos");
+                n += 1;
+                let line = json!({"prompt": prompt, "sample": s, "tokens": new.len(), "stopped": stopped, "sequence": text});
+                lines.push_str(&line.to_string());
+                lines.push('\n');
+            }
+        }
+        Ok::<(), StepError>(())
+    })?;
+    std::fs::write(ctx.out.join("samples.jsonl"), lines)?;
+    write_metrics(
+        ctx.out,
+        &json!({
+            "samples": n,
+            "mean_bases": total_bases as f64 / n.max(1) as f64,
+            "gc": gc as f64 / total_bases.max(1) as f64,
+            "eos_rate": eos_stops as f64 / n.max(1) as f64,
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn sampling_respects_greedy_top_k_and_top_p() {
+        let logits = [0.0f32, 3.0, 1.0, 2.9];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        assert_eq!(sample_token(&logits, 0.0, 0, 1.0, &mut rng), 1);
+        for _ in 0..200 {
+            let k = sample_token(&logits, 1.0, 2, 1.0, &mut rng);
+            assert!(k == 1 || k == 3);
+            // Top-p 0.3 keeps only the most likely token.
+            assert_eq!(sample_token(&logits, 1.0, 0, 0.3, &mut rng), 1);
+        }
+        let mut seen = [0; 4];
+        for _ in 0..2000 {
+            seen[sample_token(&logits, 1.0, 0, 1.0, &mut rng) as usize] += 1;
+        }
+        assert!(seen.iter().all(|&c| c > 0), "{seen:?}");
+    }
+}

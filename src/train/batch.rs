@@ -1,0 +1,275 @@
+//! From tokenized sequences to batches: packing for causal LM, dynamic padding and 15 %
+//! masking for masked LM. Every choice is a pure function of (seed, batch index), so a resumed
+//! run sees exactly the batches an uninterrupted one would.
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+/// Label value of positions that carry no loss (PyTorch's ignore_index).
+pub const IGNORE: i64 = -100;
+
+/// One training row: token ids and how many bases each token spells.
+#[derive(Debug, Clone, Default)]
+pub struct Row {
+    pub ids: Vec<u32>,
+    pub bases: Vec<u16>,
+}
+
+/// A batch on the host, row-major [b, t].
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub b: usize,
+    pub t: usize,
+    pub ids: Vec<i64>,
+    pub types: Vec<i64>,
+    /// 1 for real tokens, 0 for padding.
+    pub mask: Vec<i64>,
+    /// Target id per position, or [`IGNORE`].
+    pub labels: Vec<i64>,
+    /// Positions with a label.
+    pub labelled: usize,
+    /// Bases spelled by the labelled tokens (for bits per base).
+    pub label_bases: u64,
+    /// Real (non-padding) tokens.
+    pub tokens: usize,
+}
+
+/// Causal-LM rows: documents joined with `eos` between them and cut into `seq_len` pieces
+/// (GPT-2's packing; no padding at all). The tail shorter than 2 tokens is dropped.
+pub fn pack(docs: &[Row], seq_len: usize, eos: Option<u32>) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let mut cur = Row::default();
+    let mut push = |id: u32, bases: u16, cur: &mut Row| {
+        cur.ids.push(id);
+        cur.bases.push(bases);
+        if cur.ids.len() == seq_len {
+            rows.push(std::mem::take(cur));
+        }
+    };
+    for doc in docs {
+        for (&id, &b) in doc.ids.iter().zip(&doc.bases) {
+            push(id, b, &mut cur);
+        }
+        if let Some(e) = eos {
+            push(e, 0, &mut cur);
+        }
+    }
+    if cur.ids.len() >= 2 {
+        rows.push(cur);
+    }
+    rows
+}
+
+/// Masked-LM rows: `[CLS] doc [SEP]`, documents longer than `max_len` split into pieces.
+pub fn frame(docs: &[Row], max_len: usize, cls: u32, sep: u32) -> Vec<Row> {
+    let body = max_len.saturating_sub(2).max(1);
+    let mut rows = Vec::new();
+    for doc in docs {
+        for (ids, bases) in doc.ids.chunks(body).zip(doc.bases.chunks(body)) {
+            let mut row = Row {
+                ids: Vec::with_capacity(ids.len() + 2),
+                bases: Vec::with_capacity(ids.len() + 2),
+            };
+            row.ids.push(cls);
+            row.bases.push(0);
+            row.ids.extend_from_slice(ids);
+            row.bases.extend_from_slice(bases);
+            row.ids.push(sep);
+            row.bases.push(0);
+            rows.push(row);
+        }
+    }
+    rows
+}
+
+/// The order rows are visited in: a fresh seeded permutation per epoch.
+pub struct Order {
+    rows: usize,
+    batch_size: usize,
+    seed: u64,
+    shuffle: bool,
+    epoch: Option<(usize, Vec<usize>)>,
+}
+
+impl Order {
+    pub fn new(rows: usize, batch_size: usize, seed: u64, shuffle: bool) -> Order {
+        Order {
+            rows,
+            batch_size,
+            seed,
+            shuffle,
+            epoch: None,
+        }
+    }
+
+    /// Batches in one pass over the rows (the last may be short).
+    pub fn batches_per_epoch(&self) -> usize {
+        self.rows.div_ceil(self.batch_size).max(1)
+    }
+
+    /// Row indices of global batch number `index`.
+    pub fn batch(&mut self, index: usize) -> Vec<usize> {
+        let per = self.batches_per_epoch();
+        let (epoch, within) = (index / per, index % per);
+        if self.epoch.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            let mut perm: Vec<usize> = (0..self.rows).collect();
+            if self.shuffle {
+                perm.shuffle(&mut StdRng::seed_from_u64(
+                    self.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9),
+                ));
+            }
+            self.epoch = Some((epoch, perm));
+        }
+        let perm = &self.epoch.as_ref().expect("set above").1;
+        let start = within * self.batch_size;
+        perm[start..(start + self.batch_size).min(self.rows)].to_vec()
+    }
+}
+
+fn padded(rows: &[&Row], pad: u32) -> Batch {
+    let b = rows.len();
+    let t = rows.iter().map(|r| r.ids.len()).max().unwrap_or(1).max(1);
+    let mut batch = Batch {
+        b,
+        t,
+        ids: vec![pad as i64; b * t],
+        types: vec![0; b * t],
+        mask: vec![0; b * t],
+        labels: vec![IGNORE; b * t],
+        labelled: 0,
+        label_bases: 0,
+        tokens: 0,
+    };
+    for (i, r) in rows.iter().enumerate() {
+        for (j, &id) in r.ids.iter().enumerate() {
+            batch.ids[i * t + j] = id as i64;
+            batch.mask[i * t + j] = 1;
+        }
+        batch.tokens += r.ids.len();
+    }
+    batch
+}
+
+/// Causal-LM batch: position j predicts token j+1 of the same row.
+pub fn clm_batch(rows: &[&Row], pad: u32) -> Batch {
+    let mut batch = padded(rows, pad);
+    let t = batch.t;
+    for (i, r) in rows.iter().enumerate() {
+        for j in 0..r.ids.len().saturating_sub(1) {
+            batch.labels[i * t + j] = r.ids[j + 1] as i64;
+            batch.labelled += 1;
+            batch.label_bases += r.bases[j + 1] as u64;
+        }
+    }
+    batch
+}
+
+/// What masked-LM corruption draws from.
+#[derive(Debug, Clone)]
+pub struct Masking {
+    pub probability: f64,
+    pub mask_id: u32,
+    /// Ids never masked (CLS, SEP, PAD, …).
+    pub special: Vec<u32>,
+    pub vocab_size: usize,
+}
+
+/// Masked-LM batch: `probability` of the real tokens get a label; of those 80 % become
+/// `[MASK]`, 10 % a random token, 10 % stay (BERT's recipe, as DataCollatorForLanguageModeling).
+/// At least one token per row is chosen so every row counts.
+pub fn mlm_batch(rows: &[&Row], pad: u32, masking: &Masking, seed: u64) -> Batch {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut batch = padded(rows, pad);
+    let t = batch.t;
+    for (i, r) in rows.iter().enumerate() {
+        let candidates: Vec<usize> = (0..r.ids.len())
+            .filter(|&j| !masking.special.contains(&r.ids[j]))
+            .collect();
+        let mut chosen: Vec<usize> = candidates
+            .iter()
+            .copied()
+            .filter(|_| rng.random_bool(masking.probability))
+            .collect();
+        if chosen.is_empty() && !candidates.is_empty() {
+            chosen.push(candidates[rng.random_range(0..candidates.len())]);
+        }
+        for j in chosen {
+            let at = i * t + j;
+            batch.labels[at] = r.ids[j] as i64;
+            batch.labelled += 1;
+            batch.label_bases += r.bases[j] as u64;
+            let roll: f64 = rng.random();
+            if roll < 0.8 {
+                batch.ids[at] = masking.mask_id as i64;
+            } else if roll < 0.9 {
+                batch.ids[at] = rng.random_range(0..masking.vocab_size) as i64;
+            }
+        }
+    }
+    batch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(ids: &[u32]) -> Row {
+        Row {
+            ids: ids.to_vec(),
+            bases: vec![3; ids.len()],
+        }
+    }
+
+    #[test]
+    fn packing_joins_documents_with_eos_and_never_pads() {
+        let rows = pack(&[row(&[5, 6, 7]), row(&[8, 9])], 3, Some(1));
+        let ids: Vec<Vec<u32>> = rows.iter().map(|r| r.ids.clone()).collect();
+        assert_eq!(ids, vec![vec![5, 6, 7], vec![1, 8, 9]]);
+        // The trailing eos alone is dropped.
+        let b = clm_batch(&rows.iter().collect::<Vec<_>>(), 0);
+        assert_eq!(b.labels[..3], [6, 7, IGNORE]);
+        assert_eq!(b.labelled, 4);
+        assert_eq!(b.label_bases, 3 + 3 + 3 + 3);
+    }
+
+    #[test]
+    fn mlm_pads_to_the_longest_row_and_masks_only_real_tokens() {
+        let docs = [row(&[5; 40]), row(&[6; 10])];
+        let rows = frame(&docs, 64, 2, 3);
+        let masking = Masking {
+            probability: 0.15,
+            mask_id: 4,
+            special: vec![0, 1, 2, 3, 4],
+            vocab_size: 16,
+        };
+        let b = mlm_batch(&rows.iter().collect::<Vec<_>>(), 0, &masking, 1);
+        assert_eq!(b.t, 42);
+        assert_eq!(b.tokens, 42 + 12);
+        for (k, &l) in b.labels.iter().enumerate() {
+            if l != IGNORE {
+                assert!(b.mask[k] == 1 && l != 2 && l != 3);
+            }
+        }
+        assert!(b.labelled >= 2);
+        let again = mlm_batch(&rows.iter().collect::<Vec<_>>(), 0, &masking, 1);
+        assert_eq!(again.ids, b.ids, "masking is a function of the seed");
+    }
+
+    #[test]
+    fn order_is_a_function_of_the_batch_index() {
+        let mut a = Order::new(10, 3, 7, true);
+        let mut b = Order::new(10, 3, 7, true);
+        assert_eq!(a.batches_per_epoch(), 4);
+        let seq: Vec<Vec<usize>> = (0..8).map(|i| a.batch(i)).collect();
+        assert_eq!(b.batch(5), seq[5]);
+        let mut epoch0: Vec<usize> = seq[..4].concat();
+        epoch0.sort();
+        assert_eq!(epoch0, (0..10).collect::<Vec<_>>());
+        assert_ne!(
+            seq[..4].concat(),
+            seq[4..].concat(),
+            "each epoch reshuffles"
+        );
+    }
+}
