@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::gpt2::{layer_norm, put_layer_norm};
 use super::weights::{Init, Weights};
-use super::{ModelError, Precision, attention_scale, dense, linear, matmul};
+use super::{MASKED, ModelError, Precision, attention_scale, dense, linear, matmul};
 
 /// The fields of HF's `BertConfig` that change the computation.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -374,7 +374,11 @@ impl<B: Backend> Bert<B> {
         let mut x = self
             .dropout
             .forward(self.embeddings_ln.forward(words + kinds + pos));
-        let padding = mask.equal_elem(0).reshape([b, 1, 1, t]); // [B, 1, 1, T], true on padding keys
+        let padding = mask
+            .equal_elem(0)
+            .float()
+            .mul_scalar(MASKED)
+            .reshape([b, 1, 1, t]); // [B, 1, 1, T]: MASKED on padding keys
         for layer in &self.layers {
             x = layer.forward(x, padding.clone(), self.precision);
         }
@@ -403,7 +407,7 @@ impl<B: Backend> Bert<B> {
 }
 
 impl<B: Backend> Layer<B> {
-    fn forward(&self, x: Tensor<B, 3>, padding: Tensor<B, 4, Bool>, p: Precision) -> Tensor<B, 3> {
+    fn forward(&self, x: Tensor<B, 3>, padding: Tensor<B, 4>, p: Precision) -> Tensor<B, 3> {
         let [b, t, d] = x.dims();
         let (nh, dh) = (self.n_head, d / self.n_head);
         let heads = |l: &Linear<B>| {
@@ -413,7 +417,7 @@ impl<B: Backend> Layer<B> {
         }; // [B, H, T, dh]
         let (q, k, v) = (heads(&self.query), heads(&self.key), heads(&self.value));
         let scores = matmul(q, k.swap_dims(2, 3), p) * attention_scale(dh); // [B, H, T, T]
-        let scores = scores.mask_fill(padding.expand([b, nh, t, t]), f32::NEG_INFINITY);
+        let scores = scores + padding; // broadcast over heads and queries
         let probs = self.attn_dropout.forward(softmax(scores, 3));
         let ctx = matmul(probs, v, p).swap_dims(1, 2).reshape([b, t, d]);
         let x = self

@@ -8,7 +8,7 @@ use burn::tensor::activation::{gelu_approximate, softmax};
 use serde::{Deserialize, Serialize};
 
 use super::weights::{Init, Weights};
-use super::{ModelError, Precision, attention_scale, dense, linear, matmul};
+use super::{MASKED, ModelError, Precision, attention_scale, dense, linear, matmul};
 
 /// The fields of HF's `GPT2Config` that change the computation (others are kept as written).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -279,8 +279,11 @@ impl<B: Backend> Gpt2<B> {
             .reshape([b, t, d]);
         let pos = self.wpe.val().slice([0..t, 0..d]).unsqueeze_dim::<3>(0); // [1, T, d]
         let mut x = self.dropout.forward(tok + pos);
-        let causal =
-            Tensor::<B, 2, Bool>::triu_mask([t, t], 1, &device).unsqueeze_dims::<4>(&[0, 1]); // [1, 1, T, T], true above the diagonal
+        // burn's tril_mask is true *outside* the lower triangle: on the future positions.
+        let causal = Tensor::<B, 2, Bool>::tril_mask([t, t], 0, &device)
+            .float()
+            .mul_scalar(MASKED)
+            .unsqueeze_dims::<4>(&[0, 1]); // [1, 1, T, T]: MASKED on the future, 0 elsewhere
         for block in &self.h {
             x = block.forward(x, causal.clone(), self.precision);
         }
@@ -301,7 +304,7 @@ impl<B: Backend> Gpt2<B> {
 }
 
 impl<B: Backend> Block<B> {
-    fn forward(&self, x: Tensor<B, 3>, causal: Tensor<B, 4, Bool>, p: Precision) -> Tensor<B, 3> {
+    fn forward(&self, x: Tensor<B, 3>, causal: Tensor<B, 4>, p: Precision) -> Tensor<B, 3> {
         let [b, t, d] = x.dims();
         let (nh, dh) = (self.n_head, d / self.n_head);
         let qkv = dense(&self.c_attn, self.ln_1.forward(x.clone()), p); // [B, T, 3d]
@@ -313,7 +316,7 @@ impl<B: Backend> Block<B> {
         };
         let (q, k, v) = (heads(0), heads(1), heads(2));
         let scores = matmul(q, k.swap_dims(2, 3), p) * attention_scale(dh); // [B, H, T, T]
-        let scores = scores.mask_fill(causal.expand([b, nh, t, t]), f32::NEG_INFINITY);
+        let scores = scores + causal; // broadcast over batch and heads
         let probs = self.attn_dropout.forward(softmax(scores, 3));
         let ctx = matmul(probs, v, p).swap_dims(1, 2).reshape([b, t, d]); // [B, T, d]
         let x = x + self.resid_dropout.forward(dense(&self.attn_proj, ctx, p));

@@ -620,3 +620,39 @@ mod tests {
         assert!((l.lr_at(35) - 0.75).abs() < 1e-12);
     }
 }
+
+#[cfg(test)]
+mod training_tests {
+    use super::*;
+    use crate::models::{ArchConfig, read_config};
+    use burn::backend::{Autodiff, Flex};
+
+    type AB = Autodiff<Flex>;
+
+    fn gpt2_config() -> crate::models::Gpt2Config {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/gpt2");
+        let ArchConfig::Gpt2(c) = read_config(&dir).unwrap() else {
+            panic!()
+        };
+        c
+    }
+
+    #[test]
+    fn loss_is_finite_under_autodiff() {
+        let cfg = gpt2_config();
+        let dev = Default::default();
+        let model =
+            Gpt2::<AB>::from_weights(&cfg, Gpt2::<AB>::init_weights(&cfg, 1), &dev).unwrap();
+        let row = Row {
+            ids: (0..12).map(|i| (i * 7 % 16) as u32).collect(),
+            bases: vec![1; 12],
+        };
+        let batch = batch::clm_batch(&[&row, &row], 0);
+        let logits = model.logits(&batch, &dev);
+        let (_, l) = crate::models::weights::host(logits.clone());
+        assert!(l.iter().all(|v| v.is_finite()), "logits");
+        let loss = nll(logits, &batch, &dev);
+        let v = loss.into_scalar().elem::<f64>();
+        assert!(v.is_finite(), "{v}");
+    }
+}
