@@ -128,27 +128,25 @@ pub fn weights_path(dir: &Path) -> Result<PathBuf, ModelError> {
     )))
 }
 
-/// Write a model directory: `config.json`, `model.safetensors`, and the tokenizer files copied
-/// from `tokenizer_dir` (whatever of tokenizer.json, tokenizer_config.json and
-/// special_tokens_map.json it has).
+/// Write a model directory: `config.json`, `model.safetensors`, and the tokenizer: the
+/// `tokenizer` file as `tokenizer.json` plus the tokenizer_config.json and
+/// special_tokens_map.json beside it, when there are.
 pub fn save_dir(
     dir: &Path,
     config: &ArchConfig,
     weights: &Weights,
-    tokenizer_dir: Option<&Path>,
+    tokenizer: Option<&Path>,
 ) -> Result<(), ModelError> {
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
     let cfg = dir.join("config.json");
     let json = serde_json::to_string_pretty(&config.to_hf_json()).expect("json");
     std::fs::write(&cfg, json).map_err(|e| ModelError::io(&cfg, e))?;
     weights.save(&dir.join("model.safetensors"))?;
-    if let Some(tok) = tokenizer_dir {
-        for name in [
-            "tokenizer.json",
-            "tokenizer_config.json",
-            "special_tokens_map.json",
-        ] {
-            let src = tok.join(name);
+    if let Some(tok) = tokenizer {
+        std::fs::copy(tok, dir.join("tokenizer.json")).map_err(|e| ModelError::io(tok, e))?;
+        let beside = tok.parent().unwrap_or(Path::new("."));
+        for name in ["tokenizer_config.json", "special_tokens_map.json"] {
+            let src = beside.join(name);
             if src.exists() {
                 std::fs::copy(&src, dir.join(name)).map_err(|e| ModelError::io(&src, e))?;
             }

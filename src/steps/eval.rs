@@ -166,7 +166,7 @@ pub static MARKOV: StepKind = StepKind {
         if p.order > 12 {
             return Err(format!("`order` must be at most 12, not {}", p.order));
         }
-        if !(p.alpha > 0.0) {
+        if p.alpha.is_nan() || p.alpha <= 0.0 {
             return Err("`alpha` must be positive".into());
         }
         Ok(())

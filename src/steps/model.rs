@@ -225,7 +225,8 @@ pub static PRETRAIN: StepKind = StepKind {
 /// A tokenizer with the special tokens the models need.
 pub(crate) struct Vocab {
     pub tokenizer: Tokenizer,
-    pub dir: PathBuf,
+    /// The `tokenizer.json` file (any name), beside its HF config files.
+    pub path: PathBuf,
     pub size: usize,
     pub pad: u32,
     pub eos: Option<u32>,
@@ -259,7 +260,7 @@ pub(crate) fn load_vocab(path: &str) -> Result<Vocab, StepError> {
         .collect();
     Ok(Vocab {
         size: tokenizer.get_vocab_size(true),
-        dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        path,
         tokenizer,
         pad,
         eos,
@@ -318,7 +319,7 @@ pub(crate) fn objective_for(
         return Err(StepError::new(format!(
             "{}: BERT needs [CLS], [SEP] and [MASK] tokens; train the tokenizer with the BERT \
              special tokens (the default for wordpiece, unigram, char and kmer)",
-            vocab.dir.join("tokenizer.json").display()
+            vocab.path.display()
         )));
     };
     Ok(Objective::Mlm(Masking {
@@ -563,7 +564,7 @@ impl Run<'_, '_> {
             &ctx.out.join("model"),
             self.config,
             weights,
-            Some(&self.vocab.dir),
+            Some(&self.vocab.path),
         )
         .map_err(model_err)?;
         write_history(ctx.out, state)?;
@@ -660,6 +661,7 @@ fn write_history(out: &Path, state: &train::TrainState) -> Result<(), StepError>
 }
 
 /// A model directory loaded for inference.
+#[allow(clippy::large_enum_variant)] // one per step run, never in a collection
 pub(crate) enum Loaded<B: Backend> {
     Gpt2(Gpt2<B>),
     Bert(Bert<B>),
@@ -881,10 +883,13 @@ fn generate(ctx: &mut StepContext) -> Result<(), StepError> {
                     }
                     None => "length",
                 };
-                let text = vocab
+                // Per-token tokenizers (char, k-mer) decode with spaces between tokens; DNA has none.
+                let text: String = vocab
                     .tokenizer
                     .decode(&new, true)
-                    .map_err(|e| StepError::new(format!("decoding: {e}")))?;
+                    .map_err(|e| StepError::new(format!("decoding: {e}")))?
+                    .split_whitespace()
+                    .collect();
                 total_bases += text.len();
                 gc += text
                     .bytes()

@@ -1,0 +1,210 @@
+//! GPT-2 and BERT steps end to end: training is deterministic, resumes after kill -9 exactly
+//! where it stopped, stops on a non-finite loss, refuses absent devices, and its models
+//! evaluate and generate.
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{Project, read, text};
+use serde_json::Value;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+/// A project with the yeast corpus and a char tokenizer, and a GPT-2 training workflow.
+fn project(extra_with: &str, steps: usize) -> Project {
+    let p = Project::new();
+    for f in ["corpus.txt", "heldout.txt", "char.json", "wordpiece.json"] {
+        std::fs::copy(Path::new(FIXTURES).join("tokenizers").join(f), p.path(f)).unwrap();
+    }
+    p.write(
+        "wf.yaml",
+        &format!(
+            r#"
+name: tiny-gpt2
+steps:
+  gpt2:
+    uses: model.pretrain
+    with:
+      arch: gpt2
+      tokenizer: char.json
+      train: corpus.txt
+      valid: heldout.txt
+      config: {{ n_embd: 16, n_layer: 1, n_head: 2 }}
+      seq_len: 32
+      batch_size: 4
+      steps: {steps}
+      lr: 0.005
+      warmup_steps: 2
+      eval_every: 5
+      save_every: 2
+      log_every: 1
+{extra_with}
+  markov:
+    uses: eval.markov
+    with: {{ train: corpus.txt, test: heldout.txt, order: 0 }}
+  test:
+    uses: eval.lm
+    with: {{ model: "${{{{ steps.gpt2.model }}}}", data: heldout.txt, seq_len: 32, baseline: "${{{{ steps.markov.metrics }}}}" }}
+  sample:
+    uses: model.generate
+    with: {{ model: "${{{{ steps.gpt2.model }}}}", prompts: [ACGT, ""], samples: 2, max_new_tokens: 8, top_k: 3, seed: 1 }}
+"#
+        ),
+    );
+    p
+}
+
+fn metrics(_p: &Project, report: &common::Report, step: &str) -> Value {
+    serde_json::from_str(&read(&report.out(step).join("metrics.json"))).unwrap()
+}
+
+#[test]
+fn training_is_deterministic_and_its_model_evaluates_and_generates() {
+    let a = project("", 6);
+    let ra = a.run_ok(&["wf.yaml"]);
+    let b = project("", 6);
+    let rb = b.run_ok(&["wf.yaml"]);
+    let (ma, mb) = (metrics(&a, &ra, "gpt2"), metrics(&b, &rb, "gpt2"));
+    assert_eq!(ma["train_loss"], mb["train_loss"], "same seed, same losses");
+    assert_eq!(ma["valid_loss"], mb["valid_loss"]);
+    assert_eq!(ma["steps"], 6);
+    // The model directory is a Hugging Face one.
+    let model = ra.out("gpt2").join("model");
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        assert!(model.join(f).exists(), "{f}");
+    }
+    let history = read(&ra.out("gpt2").join("history.csv"));
+    assert_eq!(history.lines().count(), 7, "{history}");
+    assert!(read(&ra.out("gpt2").join("loss.svg")).contains("<svg"));
+    // Held-out evaluation reports bits per base beside the baseline.
+    let t = metrics(&a, &ra, "test");
+    let bpb = t["bits_per_base"].as_f64().unwrap();
+    assert!(bpb > 0.5 && bpb < 4.0, "{t}");
+    assert!(t["gain_bits_per_base"].is_number());
+    // Generation: 2 prompts × 2 samples, only bases come out.
+    let samples = read(&ra.out("sample").join("samples.jsonl"));
+    assert_eq!(samples.lines().count(), 4);
+    for line in samples.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        assert!(
+            v["sequence"]
+                .as_str()
+                .unwrap()
+                .chars()
+                .all(|c| "ACGTN".contains(c)),
+            "{line}"
+        );
+    }
+    // A different seed gives different training.
+    let c = project("      seed: 7", 6);
+    let rc = c.run_ok(&["wf.yaml"]);
+    assert_ne!(metrics(&c, &rc, "gpt2")["train_loss"], ma["train_loss"]);
+}
+
+#[test]
+fn a_killed_training_resumes_from_its_checkpoint_and_ends_where_an_unbroken_one_does() {
+    let steps = 400;
+    let whole = project("", steps);
+    let want = metrics(&whole, &whole.run_ok(&["wf.yaml", "gpt2"]), "gpt2");
+
+    let p = project("", steps);
+    let mut child = p
+        .cmd(&["run", "wf.yaml", "gpt2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for a checkpoint past the first one, then kill -9.
+    let clock = Instant::now();
+    let state = loop {
+        let found = std::fs::read_dir(p.cache().join("checkpoints"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join("checkpoint/state.json"))
+            .find(|s| {
+                std::fs::read_to_string(s).is_ok_and(|t| {
+                    serde_json::from_str::<Value>(&t).is_ok_and(|v| v["step"].as_u64() >= Some(20))
+                })
+            });
+        if let Some(s) = found {
+            break s;
+        }
+        assert!(
+            clock.elapsed() < Duration::from_secs(120),
+            "no checkpoint appeared"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let saved: Value = serde_json::from_str(&read(&state)).unwrap();
+    let at = saved["step"].as_u64().unwrap();
+    assert!(at >= 20 && at < steps as u64, "killed at step {at}");
+
+    let report = p.run_ok(&["wf.yaml", "gpt2"]);
+    let got = metrics(&p, &report, "gpt2");
+    assert!(got["resumed_from"].as_u64().unwrap() >= at, "{got}");
+    for k in ["train_loss", "valid_loss", "steps", "tokens"] {
+        assert_eq!(got[k], want[k], "{k} after resume");
+    }
+    // The checkpoint is gone once the object is committed.
+    assert!(!state.parent().unwrap().exists());
+}
+
+#[test]
+fn a_diverging_loss_stops_with_a_clear_error() {
+    let p = project("", 30);
+    let wf = read(&p.path("wf.yaml"))
+        .replace("lr: 0.005", "lr: 1.0e+12")
+        .replace("warmup_steps: 2", "warmup_steps: 0\n      clip_norm: null");
+    p.write("wf.yaml", &wf);
+    let (out, _) = p.run(&["wf.yaml", "gpt2"]);
+    assert!(!out.status.success());
+    let t = text(&out);
+    assert!(t.contains("the loss became"), "{t}");
+    assert!(t.contains("Lower `lr`"), "{t}");
+}
+
+#[test]
+fn an_absent_device_is_refused_with_a_way_out() {
+    let p = project("      device: cuda:3", 2);
+    let (out, _) = p.run(&["wf.yaml", "gpt2"]);
+    assert!(!out.status.success());
+    let t = text(&out);
+    assert!(t.contains("cuda:3"), "{t}");
+    assert!(
+        t.contains("device: cpu") || t.contains("--features cuda"),
+        "{t}"
+    );
+    // --device cpu overrides the step and enters its key.
+    let r = p.run_ok(&["wf.yaml", "gpt2", "--device", "cpu"]);
+    assert_eq!(r.with_status("ran"), vec!["gpt2".to_string()]);
+}
+
+#[test]
+fn bert_trains_with_masked_lm_and_evaluates() {
+    let p = project("", 2);
+    let wf = read(&p.path("wf.yaml"))
+        .replace("arch: gpt2", "arch: bert")
+        .replace("tokenizer: char.json", "tokenizer: wordpiece.json")
+        .replace("{ n_embd: 16, n_layer: 1, n_head: 2 }", "{ hidden_size: 16, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 32 }");
+    let wf = wf[..wf.find("  sample:").unwrap()].to_string();
+    p.write("wf.yaml", &wf);
+    let r = p.run_ok(&["wf.yaml"]);
+    let m = metrics(&p, &r, "gpt2");
+    assert_eq!(m["arch"], "bert");
+    let cfg: Value = serde_json::from_str(&read(&r.out("gpt2").join("model/config.json"))).unwrap();
+    assert_eq!(cfg["model_type"], "bert");
+    assert_eq!(cfg["architectures"][0], "BertForMaskedLM");
+    assert!(metrics(&p, &r, "test")["bits_per_base"].as_f64().unwrap() > 0.0);
+    // A GPT-2 step cannot be told to train masked LM.
+    let bad = wf.replace("arch: bert", "arch: gpt2\n      objective: mlm");
+    p.write("bad.yaml", &bad);
+    let out = p.dnaflow(&["check", "bad.yaml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("objective: clm"));
+}
