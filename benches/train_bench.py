@@ -13,7 +13,6 @@ Needs torch and transformers. Not a test: numbers depend on the machine.
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -67,12 +66,17 @@ def torch_child(args):
 
 
 def peak_rss_mb(cmd, env=None):
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if out.returncode != 0:
-        sys.exit(f"{cmd[0]} failed:\n{out.stdout}\n{out.stderr}")
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return out.stdout, max(after, before) / 1024
+    """Run `cmd`; its stdout and its own peak RSS (wait4's rusage of that child alone)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        text = out.read()
+        if child.returncode != 0:
+            sys.exit(f"{cmd[0]} failed:\n{text}\n{err.read()}")
+    return text, usage.ru_maxrss / 1024
 
 
 def dnaflow(args):

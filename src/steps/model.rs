@@ -733,7 +733,7 @@ fn top_p() -> f64 {
 
 pub static GENERATE: StepKind = StepKind {
     name: "model.generate",
-    version: 1,
+    version: 2,
     summary: "sample DNA from a GPT-2 model (temperature, top-k, top-p, seed, end-of-text)",
     outputs: &[("samples", "samples.jsonl")],
     file_params: &["model"],
