@@ -408,14 +408,6 @@ impl Exec<'_> {
         fail(rec, last_error)
     }
 
-    fn index_of(&self, step: &Step) -> usize {
-        self.wf
-            .steps
-            .iter()
-            .position(|s| std::ptr::eq(s, step))
-            .expect("the step belongs to the workflow")
-    }
-
     fn recipe(&self, i: usize) -> Option<&crate::cache::Recipe> {
         self.recipes[i].as_ref()
     }
@@ -435,7 +427,7 @@ impl Exec<'_> {
         let clock = Instant::now();
         let staging = self.cache.stage(key).map_err(|e| e.to_string())?;
         let result = self
-            .execute(step, &staging.out, cpus, gpus, out_log, err_log, attempt)
+            .execute(i, &staging.out, cpus, gpus, out_log, err_log, attempt)
             .and_then(|()| {
                 for (name, rel) in &step.outputs {
                     if !matches!(name.as_str(), "out" | "metrics")
@@ -480,7 +472,7 @@ impl Exec<'_> {
     #[allow(clippy::too_many_arguments)]
     fn execute(
         &self,
-        step: &Step,
+        index: usize,
         out: &Path,
         cpus: usize,
         gpus: &[usize],
@@ -488,6 +480,7 @@ impl Exec<'_> {
         err_log: &Path,
         attempt: u32,
     ) -> Result<(), String> {
+        let step = &self.wf.steps[index];
         std::fs::create_dir_all(&self.log_dir)
             .map_err(|e| format!("{}: {e}", self.log_dir.display()))?;
         let open = |p: &Path| {
@@ -543,7 +536,6 @@ impl Exec<'_> {
                     }
                 }
                 let mut log = stdout;
-                let index = self.index_of(step);
                 let checkpoints = self.cache.checkpoint_dir(&self.keys[index]);
                 let status = |msg: &str| {
                     if let Some(bar) = self.bars.lock().expect("bars lock").get(&index) {

@@ -7,9 +7,11 @@ use burn::prelude::*;
 use burn::tensor::activation::{gelu, softmax};
 use serde::{Deserialize, Serialize};
 
-use super::gpt2::{layer_norm, put_layer_norm};
 use super::weights::{Init, Weights};
-use super::{MASKED, ModelError, Precision, attention_scale, dense, linear, matmul};
+use super::{
+    MASKED, ModelError, Precision, attention_scale, dense, layer_norm, linear, matmul,
+    put_layer_norm,
+};
 
 /// The fields of HF's `BertConfig` that change the computation.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

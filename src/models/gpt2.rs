@@ -2,13 +2,16 @@
 //! the token embedding. Tensor names are Hugging Face's, visible in `from_weights`/`to_weights`.
 
 use burn::module::Param;
-use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear};
+use burn::nn::{Dropout, DropoutConfig, LayerNorm, Linear};
 use burn::prelude::*;
 use burn::tensor::activation::{gelu_approximate, softmax};
 use serde::{Deserialize, Serialize};
 
 use super::weights::{Init, Weights};
-use super::{MASKED, ModelError, Precision, attention_scale, dense, linear, matmul};
+use super::{
+    MASKED, ModelError, Precision, attention_scale, dense, layer_norm, linear, matmul,
+    put_layer_norm,
+};
 
 /// The fields of HF's `GPT2Config` that change the computation (others are kept as written).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -121,27 +124,6 @@ struct Block<B: Backend> {
     attn_dropout: Dropout,
     resid_dropout: Dropout,
     n_head: usize,
-}
-
-/// Layer norm from HF `{prefix}.weight` / `{prefix}.bias`.
-pub(crate) fn layer_norm<B: Backend>(
-    w: &mut Weights,
-    prefix: &str,
-    d: usize,
-    eps: f64,
-    device: &B::Device,
-) -> LayerNorm<B> {
-    let mut ln = LayerNormConfig::new(d).with_epsilon(eps).init(device);
-    ln.gamma = w.param(&format!("{prefix}.weight"), [d], device);
-    ln.beta = Some(w.param(&format!("{prefix}.bias"), [d], device));
-    ln
-}
-
-pub(crate) fn put_layer_norm<B: Backend>(w: &mut Weights, prefix: &str, ln: &LayerNorm<B>) {
-    w.put(&format!("{prefix}.weight"), &ln.gamma);
-    if let Some(beta) = &ln.beta {
-        w.put(&format!("{prefix}.bias"), beta);
-    }
 }
 
 impl<B: Backend> Gpt2<B> {

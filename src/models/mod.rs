@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::module::Param;
-use burn::nn::Linear;
+use burn::nn::{LayerNorm, LayerNormConfig, Linear};
 use burn::prelude::*;
 
 pub mod bert;
@@ -153,6 +153,27 @@ pub fn save_dir(
         }
     }
     Ok(())
+}
+
+/// Layer norm from HF `{prefix}.weight` / `{prefix}.bias`.
+pub(crate) fn layer_norm<B: Backend>(
+    w: &mut Weights,
+    prefix: &str,
+    d: usize,
+    eps: f64,
+    device: &B::Device,
+) -> LayerNorm<B> {
+    let mut ln = LayerNormConfig::new(d).with_epsilon(eps).init(device);
+    ln.gamma = w.param(&format!("{prefix}.weight"), [d], device);
+    ln.beta = Some(w.param(&format!("{prefix}.bias"), [d], device));
+    ln
+}
+
+pub(crate) fn put_layer_norm<B: Backend>(w: &mut Weights, prefix: &str, ln: &LayerNorm<B>) {
+    w.put(&format!("{prefix}.weight"), &ln.gamma);
+    if let Some(beta) = &ln.beta {
+        w.put(&format!("{prefix}.bias"), beta);
+    }
 }
 
 /// A `Linear` with the given weight ([in, out]) and bias.

@@ -7,9 +7,12 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::model::{Loaded, encode, load_model, load_vocab, objective_for, on_device, rows_for};
+use super::model::{
+    Loaded, batch_size, cpu, encode, load_model, load_vocab, mask_probability, objective_for,
+    on_device, resolve_device, rows_for, seed,
+};
 use super::table::for_each_sequence;
-use super::tokenizer::read_sequences;
+use super::tokenizer::{read_sequences, sequence};
 use super::{StepContext, StepError, StepKind, params, write_metrics};
 use crate::models::{DeviceSpec, Precision};
 use crate::train;
@@ -44,22 +47,6 @@ struct LmParams {
     device: String,
 }
 
-fn sequence() -> String {
-    "sequence".into()
-}
-fn batch_size() -> usize {
-    16
-}
-fn mask_probability() -> f64 {
-    0.15
-}
-fn seed() -> u64 {
-    42
-}
-fn cpu() -> String {
-    "cpu".into()
-}
-
 pub static LM: StepKind = StepKind {
     name: "eval.lm",
     version: 1,
@@ -80,8 +67,7 @@ pub static LM: StepKind = StepKind {
 
 fn eval_lm(ctx: &mut StepContext) -> Result<(), StepError> {
     let p: LmParams = params(ctx.with).map_err(StepError::new)?;
-    let device = DeviceSpec::parse(ctx.device.unwrap_or(&p.device)).map_err(StepError::new)?;
-    device.check_available().map_err(StepError::new)?;
+    let (device, _) = resolve_device(ctx, &p.device, "f32")?;
     let dir = PathBuf::from(&p.model);
     let vocab = load_vocab(p.tokenizer.as_deref().unwrap_or(&p.model))?;
     let seqs = read_sequences(Path::new(&p.data), &p.column, p.max_sequences)?;

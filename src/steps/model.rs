@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokenizers::Tokenizer;
 
-use super::tokenizer::read_sequences;
+use super::tokenizer::{open_tokenizer, read_sequences, sequence};
 use super::{StepContext, StepError, StepKind, params, plot, write_metrics};
 use crate::models::{
     self, ArchConfig, Bert, BertConfig, DeviceSpec, Gpt2, Gpt2Config, Precision, Weights,
@@ -121,13 +121,10 @@ struct PretrainParams {
     max_sequences: usize,
 }
 
-fn sequence() -> String {
-    "sequence".into()
-}
 fn seq_len() -> usize {
     128
 }
-fn batch_size() -> usize {
+pub(super) fn batch_size() -> usize {
     16
 }
 fn one() -> usize {
@@ -163,13 +160,13 @@ fn log_every() -> usize {
 fn yes() -> bool {
     true
 }
-fn mask_probability() -> f64 {
+pub(super) fn mask_probability() -> f64 {
     0.15
 }
-fn seed() -> u64 {
+pub(super) fn seed() -> u64 {
     42
 }
-fn cpu() -> String {
+pub(super) fn cpu() -> String {
     "cpu".into()
 }
 fn f32() -> String {
@@ -180,6 +177,18 @@ fn check_device(device: &str, precision: &str) -> Result<(DeviceSpec, Precision)
     let d = DeviceSpec::parse(device)?;
     let p = Precision::parse(precision)?;
     d.check_precision(p)?;
+    Ok((d, p))
+}
+
+/// The device a model step runs on: `--device` if given, else its `device:`; refused when this
+/// binary or machine lacks it.
+pub(super) fn resolve_device(
+    ctx: &StepContext,
+    device: &str,
+    precision: &str,
+) -> Result<(DeviceSpec, Precision), StepError> {
+    let (d, p) = check_device(ctx.device.unwrap_or(device), precision).map_err(StepError::new)?;
+    d.check_available().map_err(StepError::new)?;
     Ok((d, p))
 }
 
@@ -235,12 +244,7 @@ pub(crate) struct Vocab {
 }
 
 pub(crate) fn load_vocab(path: &str) -> Result<Vocab, StepError> {
-    let mut path = PathBuf::from(path);
-    if path.is_dir() {
-        path = path.join("tokenizer.json");
-    }
-    let tokenizer = Tokenizer::from_file(&path)
-        .map_err(|e| StepError::new(format!("{}: {e}", path.display())))?;
+    let (path, tokenizer) = open_tokenizer(path)?;
     let id = |names: &[&str]| names.iter().find_map(|n| tokenizer.token_to_id(n));
     let eos = id(&["<|endoftext|>", "</s>", "[EOS]", "[SEP]"]);
     let pad = id(&["[PAD]", "<pad>"]).or(eos).unwrap_or(0);
@@ -399,9 +403,7 @@ pub(crate) use on_device;
 
 fn pretrain(ctx: &mut StepContext) -> Result<(), StepError> {
     let p: PretrainParams = params(ctx.with).map_err(StepError::new)?;
-    let (device, precision) =
-        check_device(ctx.device.unwrap_or(&p.device), &p.precision).map_err(StepError::new)?;
-    device.check_available().map_err(StepError::new)?;
+    let (device, precision) = resolve_device(ctx, &p.device, &p.precision)?;
     let vocab = load_vocab(&p.tokenizer)?;
     let config = match &p.init {
         Some(dir) => models::read_config(Path::new(dir)).map_err(model_err)?,
@@ -807,8 +809,7 @@ pub(crate) fn sample_token(
 fn generate(ctx: &mut StepContext) -> Result<(), StepError> {
     use rand::SeedableRng;
     let p: GenerateParams = params(ctx.with).map_err(StepError::new)?;
-    let device = DeviceSpec::parse(ctx.device.unwrap_or(&p.device)).map_err(StepError::new)?;
-    device.check_available().map_err(StepError::new)?;
+    let (device, _) = resolve_device(ctx, &p.device, "f32")?;
     let vocab = load_vocab(&p.model)?;
     let dir = PathBuf::from(&p.model);
     let mut rng = rand::rngs::StdRng::seed_from_u64(p.seed);

@@ -69,7 +69,7 @@ struct TrainParams {
     max_sequences: usize,
 }
 
-fn sequence() -> String {
+pub(super) fn sequence() -> String {
     "sequence".into()
 }
 fn vocab_size() -> usize {
@@ -515,14 +515,20 @@ fn kmer_overlap(dir: &Path) -> Option<usize> {
         .then(|| kmer.get("k")?.as_u64().map(|k| k as usize))?
 }
 
-fn eval(ctx: &mut StepContext) -> Result<(), StepError> {
-    let p: EvalParams = params(ctx.with).map_err(StepError::new)?;
-    let mut path = PathBuf::from(&p.tokenizer);
+/// A `tokenizer.json` named by its path or by the directory holding it; returns the file's path too.
+pub(crate) fn open_tokenizer(path: &str) -> Result<(PathBuf, Tokenizer), StepError> {
+    let mut path = PathBuf::from(path);
     if path.is_dir() {
         path = path.join("tokenizer.json");
     }
     let tokenizer = Tokenizer::from_file(&path)
         .map_err(|e| StepError::new(format!("{}: {e}", path.display())))?;
+    Ok((path, tokenizer))
+}
+
+fn eval(ctx: &mut StepContext) -> Result<(), StepError> {
+    let p: EvalParams = params(ctx.with).map_err(StepError::new)?;
+    let (path, tokenizer) = open_tokenizer(&p.tokenizer)?;
     let overlap_k = path.parent().and_then(kmer_overlap);
     let seqs = read_sequences(Path::new(&p.input), &p.column, p.max_sequences)?;
     // The unknown token of BERT-style and SentencePiece-style vocabularies; byte-level BPE has none.
