@@ -2,15 +2,16 @@
 //! decoder is tied to the word embeddings. Tensor names are Hugging Face's.
 
 use burn::module::Param;
-use burn::nn::{Dropout, DropoutConfig, LayerNorm, Linear};
+use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::prelude::*;
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::gelu;
 use serde::{Deserialize, Serialize};
 
+use super::fused::softmax_last;
 use super::weights::{Init, Weights};
 use super::{
-    MASKED, ModelError, Precision, attention_scale, dense, layer_norm, linear, matmul,
-    put_layer_norm,
+    FusedOps, LayerNorm, MASKED, ModelError, Precision, add_per_row, attention_scale, dense,
+    layer_norm, linear, matmul, put_layer_norm,
 };
 
 /// The fields of HF's `BertConfig` that change the computation.
@@ -134,7 +135,7 @@ const LAYER_LINEARS: [&str; 6] = [
     "output.dense",
 ];
 
-impl<B: Backend> Bert<B> {
+impl<B: FusedOps> Bert<B> {
     /// Build from HF tensors; every name and shape is checked.
     pub fn from_weights(
         config: &BertConfig,
@@ -370,19 +371,20 @@ impl<B: Backend> Bert<B> {
             .val()
             .select(0, types.reshape([b * t]))
             .reshape([b, t, d]);
-        let pos = self
-            .position_embeddings
-            .val()
-            .slice([0..t, 0..d])
-            .unsqueeze_dim::<3>(0);
+        let pos = self.position_embeddings.val().slice([0..t, 0..d]);
         let mut x = self
             .dropout
-            .forward(self.embeddings_ln.forward(words + kinds + pos));
+            .forward(self.embeddings_ln.forward(add_per_row(words + kinds, pos)));
+        // [B, H, T, T], MASKED on padding keys; made whole once here so that each layer adds
+        // it element by element rather than through a strided broadcast.
+        let nh = self.config.num_attention_heads;
         let padding = mask
             .equal_elem(0)
             .float()
             .mul_scalar(MASKED)
-            .reshape([b, 1, 1, t]); // [B, 1, 1, T]: MASKED on padding keys
+            .reshape([b, 1, 1, t])
+            .repeat_dim(2, t)
+            .repeat_dim(1, nh);
         for layer in &self.layers {
             x = layer.forward(x, padding.clone(), self.precision);
         }
@@ -410,7 +412,7 @@ impl<B: Backend> Bert<B> {
     }
 }
 
-impl<B: Backend> Layer<B> {
+impl<B: FusedOps> Layer<B> {
     fn forward(&self, x: Tensor<B, 3>, padding: Tensor<B, 4>, p: Precision) -> Tensor<B, 3> {
         let [b, t, d] = x.dims();
         let (nh, dh) = (self.n_head, d / self.n_head);
@@ -421,8 +423,8 @@ impl<B: Backend> Layer<B> {
         }; // [B, H, T, dh]
         let (q, k, v) = (heads(&self.query), heads(&self.key), heads(&self.value));
         let scores = matmul(q, k.swap_dims(2, 3), p) * attention_scale(dh); // [B, H, T, T]
-        let scores = scores + padding; // broadcast over heads and queries
-        let probs = self.attn_dropout.forward(softmax(scores, 3));
+        let scores = scores + padding;
+        let probs = self.attn_dropout.forward(softmax_last(scores));
         let ctx = matmul(probs, v, p).swap_dims(1, 2).reshape([b, t, d]);
         let x = self
             .attn_ln

@@ -2,15 +2,15 @@
 //! the token embedding. Tensor names are Hugging Face's, visible in `from_weights`/`to_weights`.
 
 use burn::module::Param;
-use burn::nn::{Dropout, DropoutConfig, LayerNorm, Linear};
+use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::prelude::*;
-use burn::tensor::activation::{gelu_approximate, softmax};
 use serde::{Deserialize, Serialize};
 
+use super::fused::{gelu_new, softmax_last};
 use super::weights::{Init, Weights};
 use super::{
-    MASKED, ModelError, Precision, attention_scale, dense, layer_norm, linear, matmul,
-    put_layer_norm,
+    FusedOps, LayerNorm, MASKED, ModelError, Precision, add_per_row, affine, attention_scale,
+    dense, layer_norm, linear, matmul, put_layer_norm,
 };
 
 /// The fields of HF's `GPT2Config` that change the computation (others are kept as written).
@@ -126,7 +126,7 @@ struct Block<B: Backend> {
     n_head: usize,
 }
 
-impl<B: Backend> Gpt2<B> {
+impl<B: FusedOps> Gpt2<B> {
     /// Build from HF tensors; every name and shape is checked.
     pub fn from_weights(
         config: &Gpt2Config,
@@ -259,13 +259,12 @@ impl<B: Backend> Gpt2<B> {
             .val()
             .select(0, ids.reshape([b * t]))
             .reshape([b, t, d]);
-        let pos = self.wpe.val().slice([0..t, 0..d]).unsqueeze_dim::<3>(0); // [1, T, d]
-        let mut x = self.dropout.forward(tok + pos);
+        let pos = self.wpe.val().slice([0..t, 0..d]);
+        let mut x = self.dropout.forward(add_per_row(tok, pos));
         // burn's tril_mask is true *outside* the lower triangle: on the future positions.
         let causal = Tensor::<B, 2, Bool>::tril_mask([t, t], 0, &device)
             .float()
-            .mul_scalar(MASKED)
-            .unsqueeze_dims::<4>(&[0, 1]); // [1, 1, T, T]: MASKED on the future, 0 elsewhere
+            .mul_scalar(MASKED); // [T, T]: MASKED on the future, 0 elsewhere
         for block in &self.h {
             x = block.forward(x, causal.clone(), self.precision);
         }
@@ -285,24 +284,31 @@ impl<B: Backend> Gpt2<B> {
     }
 }
 
-impl<B: Backend> Block<B> {
-    fn forward(&self, x: Tensor<B, 3>, causal: Tensor<B, 4>, p: Precision) -> Tensor<B, 3> {
+impl<B: FusedOps> Block<B> {
+    fn forward(&self, x: Tensor<B, 3>, causal: Tensor<B, 2>, p: Precision) -> Tensor<B, 3> {
         let [b, t, d] = x.dims();
         let (nh, dh) = (self.n_head, d / self.n_head);
-        let qkv = dense(&self.c_attn, self.ln_1.forward(x.clone()), p); // [B, T, 3d]
+        let h = self.ln_1.forward(x.clone());
+        // c_attn's columns are q | k | v. Splitting the weight rather than its [B, T, 3d]
+        // output keeps each head tensor contiguous and the weight's gradient small.
         let heads = |i: usize| {
-            qkv.clone()
-                .narrow(2, i * d, d)
+            let weight = self.c_attn.weight.val().narrow(1, i * d, d);
+            let bias = self
+                .c_attn
+                .bias
+                .as_ref()
+                .map(|b| b.val().narrow(0, i * d, d));
+            affine(h.clone(), weight, bias, p)
                 .reshape([b, t, nh, dh])
                 .swap_dims(1, 2) // [B, H, T, dh]
         };
         let (q, k, v) = (heads(0), heads(1), heads(2));
         let scores = matmul(q, k.swap_dims(2, 3), p) * attention_scale(dh); // [B, H, T, T]
-        let scores = scores + causal; // broadcast over batch and heads
-        let probs = self.attn_dropout.forward(softmax(scores, 3));
+        let scores = add_per_row(scores.reshape([b * nh, t, t]), causal).reshape([b, nh, t, t]);
+        let probs = self.attn_dropout.forward(softmax_last(scores));
         let ctx = matmul(probs, v, p).swap_dims(1, 2).reshape([b, t, d]); // [B, T, d]
         let x = x + self.resid_dropout.forward(dense(&self.attn_proj, ctx, p));
-        let m = gelu_approximate(dense(&self.c_fc, self.ln_2.forward(x.clone()), p));
+        let m = gelu_new(dense(&self.c_fc, self.ln_2.forward(x.clone()), p));
         x.clone() + self.resid_dropout.forward(dense(&self.mlp_proj, m, p))
     }
 }

@@ -7,16 +7,18 @@
 use std::path::{Path, PathBuf};
 
 use burn::module::Param;
-use burn::nn::{LayerNorm, LayerNormConfig, Linear};
+use burn::nn::Linear;
 use burn::prelude::*;
 
 pub mod bert;
 pub mod device;
+pub mod fused;
 pub mod gpt2;
 pub mod weights;
 
 pub use bert::{Bert, BertConfig};
 pub use device::{DeviceSpec, Precision};
+pub use fused::{FusedOps, LayerNorm};
 pub use gpt2::{Gpt2, Gpt2Config};
 pub use weights::Weights;
 
@@ -163,17 +165,16 @@ pub(crate) fn layer_norm<B: Backend>(
     eps: f64,
     device: &B::Device,
 ) -> LayerNorm<B> {
-    let mut ln = LayerNormConfig::new(d).with_epsilon(eps).init(device);
-    ln.gamma = w.param(&format!("{prefix}.weight"), [d], device);
-    ln.beta = Some(w.param(&format!("{prefix}.bias"), [d], device));
-    ln
+    LayerNorm {
+        gamma: w.param(&format!("{prefix}.weight"), [d], device),
+        beta: w.param(&format!("{prefix}.bias"), [d], device),
+        eps,
+    }
 }
 
 pub(crate) fn put_layer_norm<B: Backend>(w: &mut Weights, prefix: &str, ln: &LayerNorm<B>) {
     w.put(&format!("{prefix}.weight"), &ln.gamma);
-    if let Some(beta) = &ln.beta {
-        w.put(&format!("{prefix}.bias"), beta);
-    }
+    w.put(&format!("{prefix}.bias"), &ln.beta);
 }
 
 /// A `Linear` with the given weight ([in, out]) and bias.
@@ -211,17 +212,44 @@ pub(crate) fn matmul<B: Backend, const D: usize>(
     a.cast(dtype).matmul(b.cast(dtype)).cast(FloatDType::F32)
 }
 
-/// A linear layer on [B, T, d_in] with the product in the compute precision.
+/// A linear layer on [B, T, d_in] with the product in the compute precision. The batch and
+/// time axes are folded into one, so forward and both gradients are single 2-D GEMMs (a
+/// broadcast batched product would run B small ones and sum B weight gradients).
 pub(crate) fn dense<B: Backend>(
     l: &Linear<B>,
     x: Tensor<B, 3>,
     precision: Precision,
 ) -> Tensor<B, 3> {
-    let y = matmul(x, l.weight.val().unsqueeze_dim::<3>(0), precision);
-    match &l.bias {
-        Some(b) => y + b.val().unsqueeze_dims::<3>(&[0, 1]),
+    affine(
+        x,
+        l.weight.val(),
+        l.bias.as_ref().map(|b| b.val()),
+        precision,
+    )
+}
+
+/// x·weight + bias on [B, T, d_in] with weight [d_in, d_out], as one 2-D product.
+pub(crate) fn affine<B: Backend>(
+    x: Tensor<B, 3>,
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+    precision: Precision,
+) -> Tensor<B, 3> {
+    let [b, t, d_in] = x.dims();
+    let y = matmul(x.reshape([b * t, d_in]), weight, precision);
+    let y = match bias {
+        Some(bias) => y + bias.unsqueeze_dim::<2>(0),
         None => y,
-    }
+    };
+    let d_out = y.dims()[1];
+    y.reshape([b, t, d_out])
+}
+
+/// `x + row` for x [N, R, C] and row [R, C], added as [N, R·C] + [1, R·C]: flex runs that
+/// shape with its SIMD shared-row kernel, a [1, R, C] broadcast with its scalar strided one.
+pub(crate) fn add_per_row<B: Backend>(x: Tensor<B, 3>, row: Tensor<B, 2>) -> Tensor<B, 3> {
+    let [n, r, c] = x.dims();
+    (x.reshape([n, r * c]) + row.reshape([1, r * c])).reshape([n, r, c])
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use tokenizers::Tokenizer;
 use super::tokenizer::{open_tokenizer, read_sequences, sequence};
 use super::{StepContext, StepError, StepKind, params, plot, write_metrics};
 use crate::models::{
-    self, ArchConfig, Bert, BertConfig, DeviceSpec, Gpt2, Gpt2Config, Precision, Weights,
+    self, ArchConfig, Bert, BertConfig, DeviceSpec, FusedOps, Gpt2, Gpt2Config, Precision, Weights,
 };
 use crate::train::optim::AdamWConfig;
 use crate::train::{
@@ -505,7 +505,11 @@ struct Run<'a, 'c> {
 }
 
 impl Run<'_, '_> {
-    fn go<B: AutodiffBackend>(self, init: Weights, device: &B::Device) -> Result<(), StepError> {
+    fn go<B>(self, init: Weights, device: &B::Device) -> Result<(), StepError>
+    where
+        B: AutodiffBackend + FusedOps,
+        B::InnerBackend: FusedOps,
+    {
         let precision = self.precision;
         match self.config {
             ArchConfig::Gpt2(c) => {
@@ -670,7 +674,7 @@ pub(crate) enum Loaded<B: Backend> {
 }
 
 /// Load a HF model directory (ours or transformers') onto `device`.
-pub(crate) fn load_model<B: Backend>(
+pub(crate) fn load_model<B: FusedOps>(
     dir: &Path,
     device: &B::Device,
 ) -> Result<(ArchConfig, Loaded<B>), StepError> {

@@ -17,7 +17,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
-use crate::models::{Bert, Gpt2, Precision, Weights};
+use crate::models::{Bert, FusedOps, Gpt2, Precision, Weights};
 
 pub mod batch;
 pub mod optim;
@@ -37,7 +37,7 @@ fn ints<B: Backend>(values: &[i64], b: usize, t: usize, device: &B::Device) -> T
     Tensor::from_data(TensorData::new(values.to_vec(), [b, t]), device)
 }
 
-impl<B: Backend> LanguageModel<B> for Gpt2<B> {
+impl<B: FusedOps> LanguageModel<B> for Gpt2<B> {
     fn logits(&self, batch: &Batch, device: &B::Device) -> Tensor<B, 3> {
         self.forward(ints(&batch.ids, batch.b, batch.t, device))
     }
@@ -46,7 +46,7 @@ impl<B: Backend> LanguageModel<B> for Gpt2<B> {
     }
 }
 
-impl<B: Backend> LanguageModel<B> for Bert<B> {
+impl<B: FusedOps> LanguageModel<B> for Bert<B> {
     fn logits(&self, batch: &Batch, device: &B::Device) -> Tensor<B, 3> {
         let (b, t) = (batch.b, batch.t);
         self.forward(

@@ -1,0 +1,359 @@
+//! Softmax, layer norm and GPT-2's GELU as single autodiff nodes with written-out gradients.
+//!
+//! Under `Autodiff`, burn composes these from tracked element-wise passes: softmax is five
+//! (max, subtract, scalar `exp`, sum, divide) and its gradient eight more; layer norm about
+//! ten and twenty. On the CPU those passes, not the matrix products, were most of a training
+//! step. Here the forward is the base backend's own kernel (flex has SIMD softmax and layer
+//! norm) and the backward a handful of untracked passes. [`FusedOps`] is a backend extension:
+//! base backends take the defaults, `Autodiff<B>` records one node per call.
+
+use burn::backend::autodiff::Autodiff;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
+use burn::module::Param;
+use burn::prelude::*;
+use burn::tensor::activation::sigmoid;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{Shape, TensorMetadata, TensorPrimitive};
+
+/// sqrt(2/π), GPT-2's GELU constant.
+const SQRT_2_OVER_PI: f64 = core::f64::consts::FRAC_2_SQRT_PI * core::f64::consts::FRAC_1_SQRT_2;
+/// The cubic coefficient of GPT-2's GELU.
+const GELU_CUBIC: f64 = 0.044715;
+
+/// The ops the models need fast under autodiff; base backends keep the defaults.
+pub trait FusedOps: Backend {
+    /// Softmax over the last axis.
+    fn fused_softmax(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let last = x.shape().num_dims() - 1;
+        Self::softmax(x, last)
+    }
+
+    /// Layer norm over the last axis with scale `gamma` and shift `beta` ([d] each).
+    fn fused_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        Self::layer_norm(x, gamma, Some(beta), eps)
+    }
+
+    /// GPT-2's tanh-approximated GELU (`gelu_new`).
+    fn fused_gelu_new(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let shape = x.shape();
+        let x = flat::<Self>(x);
+        shaped(x.clone() * sigmoid(gelu_inner(x)), shape)
+    }
+}
+
+impl FusedOps for burn::backend::Flex {}
+
+#[cfg(feature = "cuda")]
+impl FusedOps for burn::backend::Cuda {}
+
+impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
+    fn fused_softmax(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct Softmax;
+
+        impl<B: Backend> Backward<B, 1> for Softmax {
+            type State = FloatTensor<B>; // the output
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                _: &mut Checkpointer,
+            ) {
+                let y = ops.state;
+                unary::<B, _>(ops.parents, ops.node, grads, |g| {
+                    let shape = y.shape();
+                    let (y, g) = (rows::<B>(y), rows::<B>(g));
+                    let dot = (y.clone() * g.clone()).sum_dim(1);
+                    shaped(y * (g - dot), shape)
+                });
+            }
+        }
+
+        match Softmax
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let y = B::fused_softmax(x.primitive);
+                prep.finish(y.clone(), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_softmax(x.primitive)),
+        }
+    }
+
+    fn fused_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct LayerNorm;
+
+        impl<B: Backend> Backward<B, 3> for LayerNorm {
+            type State = (FloatTensor<B>, FloatTensor<B>, f64); // input, gamma, eps
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 3>,
+                grads: &mut Gradients,
+                _: &mut Checkpointer,
+            ) {
+                let (x, gamma, eps) = ops.state;
+                let g = grads.consume::<B>(&ops.node);
+                let shape = x.shape();
+                let (x, g) = (rows::<B>(x), rows::<B>(g));
+                let gamma = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(gamma));
+                let mean = x.clone().mean_dim(1);
+                let centered = x - mean;
+                let var = (centered.clone() * centered.clone()).mean_dim(1);
+                let rstd = (var + eps).sqrt().recip();
+                let xhat = centered * rstd.clone();
+                let [px, pgamma, pbeta] = ops.parents;
+                if let Some(node) = pbeta {
+                    grads.register::<B>(
+                        node.id,
+                        g.clone()
+                            .sum_dim(0)
+                            .flatten::<1>(0, 1)
+                            .into_primitive()
+                            .tensor(),
+                    );
+                }
+                if let Some(node) = pgamma {
+                    let dgamma = (g.clone() * xhat.clone()).sum_dim(0).flatten::<1>(0, 1);
+                    grads.register::<B>(node.id, dgamma.into_primitive().tensor());
+                }
+                if let Some(node) = px {
+                    let dxhat = g * gamma.unsqueeze_dim::<2>(0);
+                    let m1 = dxhat.clone().mean_dim(1);
+                    let m2 = (dxhat.clone() * xhat.clone()).mean_dim(1);
+                    let dx = (dxhat - m1 - xhat * m2) * rstd;
+                    grads.register::<B>(node.id, shaped(dx, shape));
+                }
+            }
+        }
+
+        let nodes = [x.node.clone(), gamma.node.clone(), beta.node.clone()];
+        match LayerNorm.prepare::<C>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let state = (x.primitive.clone(), gamma.primitive.clone(), eps);
+                prep.finish(
+                    state,
+                    B::fused_layer_norm(x.primitive, gamma.primitive, beta.primitive, eps),
+                )
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_layer_norm(
+                x.primitive,
+                gamma.primitive,
+                beta.primitive,
+                eps,
+            )),
+        }
+    }
+
+    fn fused_gelu_new(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct GeluNew;
+
+        impl<B: FusedOps> Backward<B, 1> for GeluNew {
+            type State = FloatTensor<B>; // the input
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                _: &mut Checkpointer,
+            ) {
+                let x = ops.state;
+                unary::<B, _>(ops.parents, ops.node, grads, |g| {
+                    // y = x·s(u), s = σ(u), u = 2k(x + c·x³): y' = s + x·s(1−s)·2k(1 + 3c·x²)
+                    let shape = x.shape();
+                    let (x, g) = (flat::<B>(x), flat::<B>(g));
+                    let s = sigmoid(gelu_inner(x.clone()));
+                    let du = ((x.clone() * x.clone()) * (3.0 * GELU_CUBIC) + 1.0)
+                        * (2.0 * SQRT_2_OVER_PI);
+                    let ds = s.clone() * (s.clone().neg() + 1.0);
+                    let dy = s + x * ds * du;
+                    shaped(g * dy, shape)
+                });
+            }
+        }
+
+        match GeluNew
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let state = x.primitive.clone();
+                prep.finish(state, B::fused_gelu_new(x.primitive))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_gelu_new(x.primitive)),
+        }
+    }
+}
+
+/// 2·√(2/π)·(x + 0.044715·x³): gelu_new(x) = x·σ(this), the same as 0.5·x·(1 + tanh(half
+/// of it)) but one `exp` instead of a `tanh` and a `powf`.
+fn gelu_inner<B: Backend>(x: Tensor<B, 1>) -> Tensor<B, 1> {
+    let cube = x.clone() * x.clone() * x.clone();
+    (x + cube * GELU_CUBIC) * (2.0 * SQRT_2_OVER_PI)
+}
+
+/// A primitive as one flat axis.
+fn flat<B: Backend>(x: FloatTensor<B>) -> Tensor<B, 1> {
+    let n = x.shape().num_elements();
+    Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(B::float_reshape(x, [n].into())))
+}
+
+/// A primitive as [rows, last axis].
+fn rows<B: Backend>(x: FloatTensor<B>) -> Tensor<B, 2> {
+    let shape = x.shape();
+    let d = shape[shape.num_dims() - 1];
+    let n = shape.num_elements() / d;
+    Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(B::float_reshape(x, [n, d].into())))
+}
+
+/// Back to a primitive of the caller's shape.
+fn shaped<B: Backend, const D: usize>(x: Tensor<B, D>, shape: Shape) -> FloatTensor<B> {
+    B::float_reshape(x.into_primitive().tensor(), shape)
+}
+
+/// Softmax over the last axis, one autodiff node.
+pub fn softmax_last<B: FusedOps, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(B::fused_softmax(
+        x.into_primitive().tensor(),
+    )))
+}
+
+/// GPT-2's `gelu_new`, one autodiff node.
+pub fn gelu_new<B: FusedOps, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(B::fused_gelu_new(
+        x.into_primitive().tensor(),
+    )))
+}
+
+/// A layer norm over the last axis with HF's `weight`/`bias`, one autodiff node.
+#[derive(Module, Debug)]
+pub struct LayerNorm<B: Backend> {
+    pub gamma: Param<Tensor<B, 1>>,
+    pub beta: Param<Tensor<B, 1>>,
+    pub eps: f64,
+}
+
+impl<B: FusedOps> LayerNorm<B> {
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        Tensor::from_primitive(TensorPrimitive::Float(B::fused_layer_norm(
+            x.into_primitive().tensor(),
+            self.gamma.val().into_primitive().tensor(),
+            self.beta.val().into_primitive().tensor(),
+            self.eps,
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+    use burn::tensor::activation::{gelu_approximate, softmax};
+    use burn::tensor::{Distribution, TensorData};
+
+    type AB = Autodiff<Flex>;
+
+    fn input(shape: [usize; 3], seed: u64) -> Tensor<AB, 3> {
+        let device = Default::default();
+        <AB as Backend>::seed(&device, seed);
+        Tensor::random(shape, Distribution::Normal(0.0, 2.0), &device).require_grad()
+    }
+
+    fn close(a: TensorData, b: TensorData, what: &str) {
+        let (a, b) = (a.to_vec::<f32>().unwrap(), b.to_vec::<f32>().unwrap());
+        assert_eq!(a.len(), b.len());
+        let worst = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(
+                0.0f32,
+                |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
+            );
+        assert!(worst < 1e-4, "{what}: max |diff| {worst}");
+    }
+
+    /// Same values and the same gradients as burn's composed, tracked form.
+    fn check(
+        fused: impl Fn(Tensor<AB, 3>) -> Tensor<AB, 3>,
+        composed: impl Fn(Tensor<AB, 3>) -> Tensor<AB, 3>,
+    ) {
+        let x = input([2, 5, 16], 7);
+        let weights = input([2, 5, 16], 8).detach(); // a non-uniform upstream gradient
+        let (a, b) = (fused(x.clone()), composed(x.clone()));
+        close(a.to_data(), b.to_data(), "forward");
+        let ga = (a * weights.clone()).sum().backward();
+        let gb = (b * weights).sum().backward();
+        let (da, db) = (x.grad(&ga).unwrap(), x.grad(&gb).unwrap());
+        assert_eq!(da.dims(), x.dims(), "the gradient has the input's shape");
+        close(da.into_data(), db.into_data(), "gradient");
+    }
+
+    #[test]
+    fn softmax_matches_composed() {
+        check(softmax_last, |x| softmax(x, 2));
+    }
+
+    #[test]
+    fn gelu_new_matches_tanh_form() {
+        check(gelu_new, gelu_approximate);
+    }
+
+    #[test]
+    fn layer_norm_matches_composed_with_parameter_gradients() {
+        let device = Default::default();
+        let gamma = Tensor::<AB, 1>::from_floats([0.5, -1.0, 2.0, 1.5], &device).require_grad();
+        let beta = Tensor::<AB, 1>::from_floats([0.1, 0.0, -0.3, 2.0], &device).require_grad();
+        let x = input([3, 2, 4], 9);
+        let weights = input([3, 2, 4], 10).detach();
+        let ln = LayerNorm {
+            gamma: Param::from_tensor(gamma),
+            beta: Param::from_tensor(beta),
+            eps: 1e-5,
+        };
+        let (gamma, beta) = (ln.gamma.val(), ln.beta.val());
+        let fused = ln.forward(x.clone());
+        let composed = {
+            let mean = x.clone().mean_dim(2);
+            let c = x.clone() - mean;
+            let var = (c.clone() * c.clone()).mean_dim(2);
+            c / (var + 1e-5).sqrt() * gamma.clone().unsqueeze_dims::<3>(&[0, 1])
+                + beta.clone().unsqueeze_dims::<3>(&[0, 1])
+        };
+        close(fused.to_data(), composed.to_data(), "forward");
+        let ga = (fused * weights.clone()).sum().backward();
+        let gb = (composed * weights).sum().backward();
+        let (da, db) = (x.grad(&ga).unwrap(), x.grad(&gb).unwrap());
+        assert_eq!(da.dims(), x.dims(), "the gradient has the input's shape");
+        close(da.into_data(), db.into_data(), "input gradient");
+        close(
+            gamma.grad(&ga).unwrap().into_data(),
+            gamma.grad(&gb).unwrap().into_data(),
+            "gamma gradient",
+        );
+        close(
+            beta.grad(&ga).unwrap().into_data(),
+            beta.grad(&gb).unwrap().into_data(),
+            "beta gradient",
+        );
+    }
+}
