@@ -167,7 +167,7 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         struct GeluNew;
 
         impl<B: FusedOps> Backward<B, 1> for GeluNew {
-            type State = FloatTensor<B>; // the input
+            type State = (FloatTensor<B>, FloatTensor<B>); // the input x and σ(u)
 
             fn backward(
                 self,
@@ -175,12 +175,11 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                 grads: &mut Gradients,
                 _: &mut Checkpointer,
             ) {
-                let x = ops.state;
+                let (x, s) = ops.state;
                 unary::<B, _>(ops.parents, ops.node, grads, |g| {
-                    // y = x·s(u), s = σ(u), u = 2k(x + c·x³): y' = s + x·s(1−s)·2k(1 + 3c·x²)
+                    // y = x·s, s = σ(u), u = 2k(x + c·x³): y' = s + x·s(1−s)·2k(1 + 3c·x²)
                     let shape = x.shape();
-                    let (x, g) = (flat::<B>(x), flat::<B>(g));
-                    let s = sigmoid(gelu_inner(x.clone()));
+                    let (x, s, g) = (flat::<B>(x), flat::<B>(s), flat::<B>(g));
                     let du = ((x.clone() * x.clone()) * (3.0 * GELU_CUBIC) + 1.0)
                         * (2.0 * SQRT_2_OVER_PI);
                     let ds = s.clone() * (s.clone().neg() + 1.0);
@@ -196,8 +195,13 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let state = x.primitive.clone();
-                prep.finish(state, B::fused_gelu_new(x.primitive))
+                // σ(u) is kept from the forward, so the backward needs no second pass of exp.
+                let shape = x.primitive.shape();
+                let input = flat::<B>(x.primitive);
+                let s = sigmoid(gelu_inner(input.clone()));
+                let y = shaped(input.clone() * s.clone(), shape.clone());
+                let state = (shaped(input, shape.clone()), shaped(s, shape));
+                prep.finish(state, y)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::fused_gelu_new(x.primitive)),
         }
