@@ -19,16 +19,25 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Shape, TensorMetadata, TensorPrimitive};
 
 /// sqrt(2/π), GPT-2's GELU constant.
-const SQRT_2_OVER_PI: f64 = core::f64::consts::FRAC_2_SQRT_PI * core::f64::consts::FRAC_1_SQRT_2;
+pub(crate) const SQRT_2_OVER_PI: f64 =
+    core::f64::consts::FRAC_2_SQRT_PI * core::f64::consts::FRAC_1_SQRT_2;
 /// The cubic coefficient of GPT-2's GELU.
-const GELU_CUBIC: f64 = 0.044715;
+pub(crate) const GELU_CUBIC: f64 = 0.044715;
 
-/// The ops the models need fast under autodiff; base backends keep the defaults.
+/// The ops the models need fast under autodiff, forward and backward. The defaults compose
+/// them from the backend's tensor ops; a backend with its own kernels overrides them (flex:
+/// `cpu_kernels.rs`), and `Autodiff<B>` records each forward as one node whose gradient
+/// calls `B`'s backward.
 pub trait FusedOps: Backend {
     /// Softmax over the last axis.
     fn fused_softmax(x: FloatTensor<Self>) -> FloatTensor<Self> {
         let last = x.shape().num_dims() - 1;
         Self::softmax(x, last)
+    }
+
+    /// The gradient of softmax from its output `y` and the upstream gradient `g`.
+    fn fused_softmax_backward(y: FloatTensor<Self>, g: FloatTensor<Self>) -> FloatTensor<Self> {
+        composed_softmax_backward::<Self>(y, g)
     }
 
     /// Layer norm over the last axis with scale `gamma` and shift `beta` ([d] each).
@@ -41,15 +50,36 @@ pub trait FusedOps: Backend {
         Self::layer_norm(x, gamma, Some(beta), eps)
     }
 
+    /// The gradients of layer norm for its input, `gamma` and `beta`.
+    fn fused_layer_norm_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        eps: f64,
+    ) -> [FloatTensor<Self>; 3] {
+        composed_layer_norm_backward::<Self>(x, gamma, g, eps)
+    }
+
     /// GPT-2's tanh-approximated GELU (`gelu_new`).
     fn fused_gelu_new(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        let shape = x.shape();
-        let x = flat::<Self>(x);
-        shaped(x.clone() * sigmoid(gelu_inner(x)), shape)
+        Self::gelu_new_and_sigmoid(x).0
+    }
+
+    /// `gelu_new`'s output and the σ(u) its gradient reuses.
+    fn gelu_new_and_sigmoid(x: FloatTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        composed_gelu_new::<Self>(x)
+    }
+
+    /// The gradient of `gelu_new` from its input, the σ(u) of the forward and the upstream
+    /// gradient.
+    fn fused_gelu_new_backward(
+        x: FloatTensor<Self>,
+        s: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        composed_gelu_new_backward::<Self>(x, s, g)
     }
 }
-
-impl FusedOps for burn::backend::Flex {}
 
 #[cfg(feature = "cuda")]
 impl FusedOps for burn::backend::Cuda {}
@@ -59,7 +89,7 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         #[derive(Debug)]
         struct Softmax;
 
-        impl<B: Backend> Backward<B, 1> for Softmax {
+        impl<B: FusedOps> Backward<B, 1> for Softmax {
             type State = FloatTensor<B>; // the output
 
             fn backward(
@@ -70,10 +100,7 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
             ) {
                 let y = ops.state;
                 unary::<B, _>(ops.parents, ops.node, grads, |g| {
-                    let shape = y.shape();
-                    let (y, g) = (rows::<B>(y), rows::<B>(g));
-                    let dot = (y.clone() * g.clone()).sum_dim(1);
-                    shaped(y * (g - dot), shape)
+                    B::fused_softmax_backward(y, g)
                 });
             }
         }
@@ -100,7 +127,7 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         #[derive(Debug)]
         struct LayerNorm;
 
-        impl<B: Backend> Backward<B, 3> for LayerNorm {
+        impl<B: FusedOps> Backward<B, 3> for LayerNorm {
             type State = (FloatTensor<B>, FloatTensor<B>, f64); // input, gamma, eps
 
             fn backward(
@@ -111,35 +138,12 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
             ) {
                 let (x, gamma, eps) = ops.state;
                 let g = grads.consume::<B>(&ops.node);
-                let shape = x.shape();
-                let (x, g) = (rows::<B>(x), rows::<B>(g));
-                let gamma = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(gamma));
-                let mean = x.clone().mean_dim(1);
-                let centered = x - mean;
-                let var = (centered.clone() * centered.clone()).mean_dim(1);
-                let rstd = (var + eps).sqrt().recip();
-                let xhat = centered * rstd.clone();
+                let [dx, dgamma, dbeta] = B::fused_layer_norm_backward(x, gamma, g, eps);
                 let [px, pgamma, pbeta] = ops.parents;
-                if let Some(node) = pbeta {
-                    grads.register::<B>(
-                        node.id,
-                        g.clone()
-                            .sum_dim(0)
-                            .flatten::<1>(0, 1)
-                            .into_primitive()
-                            .tensor(),
-                    );
-                }
-                if let Some(node) = pgamma {
-                    let dgamma = (g.clone() * xhat.clone()).sum_dim(0).flatten::<1>(0, 1);
-                    grads.register::<B>(node.id, dgamma.into_primitive().tensor());
-                }
-                if let Some(node) = px {
-                    let dxhat = g * gamma.unsqueeze_dim::<2>(0);
-                    let m1 = dxhat.clone().mean_dim(1);
-                    let m2 = (dxhat.clone() * xhat.clone()).mean_dim(1);
-                    let dx = (dxhat - m1 - xhat * m2) * rstd;
-                    grads.register::<B>(node.id, shaped(dx, shape));
+                for (parent, grad) in [(px, dx), (pgamma, dgamma), (pbeta, dbeta)] {
+                    if let Some(node) = parent {
+                        grads.register::<B>(node.id, grad);
+                    }
                 }
             }
         }
@@ -177,14 +181,7 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
             ) {
                 let (x, s) = ops.state;
                 unary::<B, _>(ops.parents, ops.node, grads, |g| {
-                    // y = x·s, s = σ(u), u = 2k(x + c·x³): y' = s + x·s(1−s)·2k(1 + 3c·x²)
-                    let shape = x.shape();
-                    let (x, s, g) = (flat::<B>(x), flat::<B>(s), flat::<B>(g));
-                    let du = ((x.clone() * x.clone()) * (3.0 * GELU_CUBIC) + 1.0)
-                        * (2.0 * SQRT_2_OVER_PI);
-                    let ds = s.clone() * (s.clone().neg() + 1.0);
-                    let dy = s + x * ds * du;
-                    shaped(g * dy, shape)
+                    B::fused_gelu_new_backward(x, s, g)
                 });
             }
         }
@@ -195,24 +192,75 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                // σ(u) is kept from the forward, so the backward needs no second pass of exp.
-                let shape = x.primitive.shape();
-                let input = flat::<B>(x.primitive);
-                let s = sigmoid(gelu_inner(input.clone()));
-                let y = shaped(input.clone() * s.clone(), shape.clone());
-                let state = (shaped(input, shape.clone()), shaped(s, shape));
-                prep.finish(state, y)
+                let (y, s) = B::gelu_new_and_sigmoid(x.primitive.clone());
+                prep.finish((x.primitive, s), y)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::fused_gelu_new(x.primitive)),
         }
     }
 }
 
-/// 2·√(2/π)·(x + 0.044715·x³): gelu_new(x) = x·σ(this), the same as 0.5·x·(1 + tanh(half
-/// of it)) but one `exp` instead of a `tanh` and a `powf`.
-fn gelu_inner<B: Backend>(x: Tensor<B, 1>) -> Tensor<B, 1> {
+/// Softmax's gradient: y·(g − Σ y·g) per row.
+pub(crate) fn composed_softmax_backward<B: Backend>(
+    y: FloatTensor<B>,
+    g: FloatTensor<B>,
+) -> FloatTensor<B> {
+    let shape = y.shape();
+    let (y, g) = (rows::<B>(y), rows::<B>(g));
+    let dot = (y.clone() * g.clone()).sum_dim(1);
+    shaped(y * (g - dot), shape)
+}
+
+/// Layer norm's gradients [input, gamma, beta], recomputing the row statistics.
+pub(crate) fn composed_layer_norm_backward<B: Backend>(
+    x: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+    g: FloatTensor<B>,
+    eps: f64,
+) -> [FloatTensor<B>; 3] {
+    let shape = x.shape();
+    let (x, g) = (rows::<B>(x), rows::<B>(g));
+    let gamma = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(gamma));
+    let mean = x.clone().mean_dim(1);
+    let centered = x - mean;
+    let var = (centered.clone() * centered.clone()).mean_dim(1);
+    let rstd = (var + eps).sqrt().recip();
+    let xhat = centered * rstd.clone();
+    let dbeta = g.clone().sum_dim(0).flatten::<1>(0, 1);
+    let dgamma = (g.clone() * xhat.clone()).sum_dim(0).flatten::<1>(0, 1);
+    let dxhat = g * gamma.unsqueeze_dim::<2>(0);
+    let m1 = dxhat.clone().mean_dim(1);
+    let m2 = (dxhat.clone() * xhat.clone()).mean_dim(1);
+    let dx = (dxhat - m1 - xhat * m2) * rstd;
+    [
+        shaped(dx, shape),
+        dgamma.into_primitive().tensor(),
+        dbeta.into_primitive().tensor(),
+    ]
+}
+
+/// gelu_new as x·σ(u), u = 2·√(2/π)·(x + 0.044715·x³): equal to 0.5·x·(1 + tanh(u/2)), with
+/// one `exp` instead of a `tanh` and a `powf`. Returns (output, σ(u)).
+pub(crate) fn composed_gelu_new<B: Backend>(x: FloatTensor<B>) -> (FloatTensor<B>, FloatTensor<B>) {
+    let shape = x.shape();
+    let x = flat::<B>(x);
     let cube = x.clone() * x.clone() * x.clone();
-    (x + cube * GELU_CUBIC) * (2.0 * SQRT_2_OVER_PI)
+    let s = sigmoid((x.clone() + cube * GELU_CUBIC) * (2.0 * SQRT_2_OVER_PI));
+    (shaped(x * s.clone(), shape.clone()), shaped(s, shape))
+}
+
+/// gelu_new's gradient: g·(s + x·s(1−s)·2k(1 + 3c·x²)) with s = σ(u).
+pub(crate) fn composed_gelu_new_backward<B: Backend>(
+    x: FloatTensor<B>,
+    s: FloatTensor<B>,
+    g: FloatTensor<B>,
+) -> FloatTensor<B> {
+    let shape = x.shape();
+    let (x, s, g) = (flat::<B>(x), flat::<B>(s), flat::<B>(g));
+    let du = ((x.clone() * x.clone()) * (3.0 * GELU_CUBIC) + 1.0) * (2.0 * SQRT_2_OVER_PI);
+    let ds = s.clone() * (s.clone().neg() + 1.0);
+    let dy = s + x * ds * du;
+    shaped(g * dy, shape)
 }
 
 /// A primitive as one flat axis.

@@ -1,0 +1,336 @@
+//! flex's side of [`FusedOps`]: softmax, layer norm's gradient and GPT-2's GELU as single
+//! passes over f32 rows, split across the step's rayon threads, with an `exp` written so the
+//! compiler vectorizes it (flex calls libm's `expf` once per element). Other dtypes fall back
+//! to the composed forms.
+
+use burn::backend::Flex;
+use burn::backend::flex::FlexTensor;
+use burn::tensor::ops::{ActivationOps, FloatTensor};
+use burn::tensor::{DType, Shape, TensorData, TensorMetadata};
+use rayon::prelude::*;
+
+use super::fused::{
+    FusedOps, GELU_CUBIC, SQRT_2_OVER_PI, composed_gelu_new, composed_gelu_new_backward,
+    composed_layer_norm_backward, composed_softmax_backward,
+};
+
+/// Elements per parallel task for element-wise kernels: big enough to amortize scheduling.
+const CHUNK: usize = 1 << 14;
+
+impl FusedOps for Flex {
+    fn fused_softmax(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        if x.dtype() != DType::F32 {
+            let last = x.shape().num_dims() - 1;
+            return Flex::softmax(x, last);
+        }
+        let shape = x.shape();
+        let d = last_dim(&shape);
+        let x = x.to_contiguous();
+        let xs = f32s(&x);
+        let mut out = vec![0.0f32; xs.len()];
+        out.par_chunks_mut(rows_per_task(d) * d)
+            .zip(xs.par_chunks(rows_per_task(d) * d))
+            .for_each(|(out, xs)| {
+                for (o, x) in out.chunks_mut(d).zip(xs.chunks(d)) {
+                    softmax_row(x, o);
+                }
+            });
+        tensor(out, shape)
+    }
+
+    fn fused_softmax_backward(y: FloatTensor<Self>, g: FloatTensor<Self>) -> FloatTensor<Self> {
+        if y.dtype() != DType::F32 {
+            return composed_softmax_backward::<Flex>(y, g);
+        }
+        let shape = y.shape();
+        let d = last_dim(&shape);
+        let (y, g) = (y.to_contiguous(), g.to_contiguous());
+        let (ys, gs) = (f32s(&y), f32s(&g));
+        let mut out = vec![0.0f32; ys.len()];
+        let rows = rows_per_task(d) * d;
+        out.par_chunks_mut(rows)
+            .zip(ys.par_chunks(rows).zip(gs.par_chunks(rows)))
+            .for_each(|(out, (ys, gs))| {
+                for ((o, y), g) in out.chunks_mut(d).zip(ys.chunks(d)).zip(gs.chunks(d)) {
+                    let dot: f32 = y.iter().zip(g).map(|(y, g)| y * g).sum();
+                    for ((o, y), g) in o.iter_mut().zip(y).zip(g) {
+                        *o = y * (g - dot);
+                    }
+                }
+            });
+        tensor(out, shape)
+    }
+
+    fn fused_layer_norm_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        eps: f64,
+    ) -> [FloatTensor<Self>; 3] {
+        if x.dtype() != DType::F32 || gamma.dtype() != DType::F32 {
+            return composed_layer_norm_backward::<Flex>(x, gamma, g, eps);
+        }
+        let shape = x.shape();
+        let d = last_dim(&shape);
+        let (x, gamma, g) = (x.to_contiguous(), gamma.to_contiguous(), g.to_contiguous());
+        let (xs, gammas, gs) = (f32s(&x), f32s(&gamma), f32s(&g));
+        let mut dx = vec![0.0f32; xs.len()];
+        let rows = rows_per_task(d) * d;
+        // Each task sums dgamma and dbeta over its rows; the partial sums are added at the end.
+        let (dgamma, dbeta) = dx
+            .par_chunks_mut(rows)
+            .zip(xs.par_chunks(rows).zip(gs.par_chunks(rows)))
+            .map(|(dx, (xs, gs))| {
+                let (mut dgamma, mut dbeta) = (vec![0.0f32; d], vec![0.0f32; d]);
+                for ((dx, x), g) in dx.chunks_mut(d).zip(xs.chunks(d)).zip(gs.chunks(d)) {
+                    layer_norm_backward_row(x, gammas, g, eps as f32, dx, &mut dgamma, &mut dbeta);
+                }
+                (dgamma, dbeta)
+            })
+            .reduce(
+                || (vec![0.0f32; d], vec![0.0f32; d]),
+                |(mut ga, mut ba), (gb, bb)| {
+                    ga.iter_mut().zip(gb).for_each(|(a, b)| *a += b);
+                    ba.iter_mut().zip(bb).for_each(|(a, b)| *a += b);
+                    (ga, ba)
+                },
+            );
+        [
+            tensor(dx, shape),
+            tensor(dgamma, Shape::new([d])),
+            tensor(dbeta, Shape::new([d])),
+        ]
+    }
+
+    fn gelu_new_and_sigmoid(x: FloatTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        if x.dtype() != DType::F32 {
+            return composed_gelu_new::<Flex>(x);
+        }
+        let shape = x.shape();
+        let x = x.to_contiguous();
+        let xs = f32s(&x);
+        let (mut y, mut s) = (vec![0.0f32; xs.len()], vec![0.0f32; xs.len()]);
+        y.par_chunks_mut(CHUNK)
+            .zip(s.par_chunks_mut(CHUNK))
+            .zip(xs.par_chunks(CHUNK))
+            .for_each(|((y, s), xs)| {
+                for ((y, s), &x) in y.iter_mut().zip(s.iter_mut()).zip(xs) {
+                    let sig = sigmoid(gelu_u(x));
+                    *s = sig;
+                    *y = x * sig;
+                }
+            });
+        (tensor(y, shape.clone()), tensor(s, shape))
+    }
+
+    fn fused_gelu_new_backward(
+        x: FloatTensor<Self>,
+        s: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        if x.dtype() != DType::F32 {
+            return composed_gelu_new_backward::<Flex>(x, s, g);
+        }
+        let shape = x.shape();
+        let (x, s, g) = (x.to_contiguous(), s.to_contiguous(), g.to_contiguous());
+        let (xs, ss, gs) = (f32s(&x), f32s(&s), f32s(&g));
+        let mut out = vec![0.0f32; xs.len()];
+        let (k, c3) = ((2.0 * SQRT_2_OVER_PI) as f32, (3.0 * GELU_CUBIC) as f32);
+        out.par_chunks_mut(CHUNK)
+            .zip(xs.par_chunks(CHUNK).zip(ss.par_chunks(CHUNK)))
+            .zip(gs.par_chunks(CHUNK))
+            .for_each(|((out, (xs, ss)), gs)| {
+                for (((o, &x), &s), &g) in out.iter_mut().zip(xs).zip(ss).zip(gs) {
+                    let du = k * (1.0 + c3 * x * x);
+                    *o = g * (s + x * s * (1.0 - s) * du);
+                }
+            });
+        tensor(out, shape)
+    }
+}
+
+/// 2·√(2/π)·(x + 0.044715·x³): gelu_new(x) = x·σ(this).
+#[inline(always)]
+fn gelu_u(x: f32) -> f32 {
+    (2.0 * SQRT_2_OVER_PI) as f32 * (x + GELU_CUBIC as f32 * x * x * x)
+}
+
+#[inline(always)]
+fn sigmoid(u: f32) -> f32 {
+    1.0 / (1.0 + exp(-u))
+}
+
+/// Softmax of one row into `out`.
+fn softmax_row(x: &[f32], out: &mut [f32]) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0.0f32;
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = exp(v - max);
+        sum += *o;
+    }
+    let inv = 1.0 / sum;
+    out.iter_mut().for_each(|o| *o *= inv);
+}
+
+/// One row of layer norm's gradient: dx into `dx`, gamma's and beta's added to the sums.
+fn layer_norm_backward_row(
+    x: &[f32],
+    gamma: &[f32],
+    g: &[f32],
+    eps: f32,
+    dx: &mut [f32],
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+) {
+    let n = x.len() as f32;
+    let mean = x.iter().sum::<f32>() / n;
+    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let rstd = 1.0 / (var + eps).sqrt();
+    let (mut m1, mut m2) = (0.0f32, 0.0f32); // means of dxhat and dxhat·xhat
+    for i in 0..x.len() {
+        let xhat = (x[i] - mean) * rstd;
+        let dxhat = g[i] * gamma[i];
+        m1 += dxhat;
+        m2 += dxhat * xhat;
+        dgamma[i] += g[i] * xhat;
+        dbeta[i] += g[i];
+    }
+    let (m1, m2) = (m1 / n, m2 / n);
+    for i in 0..x.len() {
+        let xhat = (x[i] - mean) * rstd;
+        dx[i] = rstd * (g[i] * gamma[i] - m1 - xhat * m2);
+    }
+}
+
+/// e^x in straight-line f32 arithmetic, so loops over it vectorize: x = n·ln2 + r with
+/// |r| ≤ ln2/2, e^r by its degree-6 Taylor polynomial (relative error < 3e-7), 2^n built in
+/// the exponent bits. Below -80 it gives exactly 0 and above 80 it saturates at e^80, so
+/// neither a softmax (divided by at most a row's length) nor a sigmoid ever produces a
+/// subnormal: the next matrix product would run many times slower on them.
+#[inline(always)]
+pub(crate) fn exp(x: f32) -> f32 {
+    let flush = x < -80.0;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const ROUND: f32 = 12_582_912.0; // 1.5·2^23: adding and subtracting it rounds to an integer
+    let x = x.clamp(-80.0, 80.0);
+    let n = (x * core::f32::consts::LOG2_E + ROUND) - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let e = p * f32::from_bits(((n as i32 + 127) as u32) << 23);
+    if flush { 0.0 } else { e }
+}
+
+/// The last axis's length.
+fn last_dim(shape: &Shape) -> usize {
+    shape[shape.num_dims() - 1]
+}
+
+/// Rows per parallel task for row kernels: about [`CHUNK`] elements.
+fn rows_per_task(d: usize) -> usize {
+    (CHUNK / d.max(1)).max(1)
+}
+
+/// The f32 values of a contiguous tensor.
+fn f32s(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>()
+        .expect("a contiguous f32 tensor (checked by the caller)")
+}
+
+/// A flex tensor owning `values`.
+fn tensor(values: Vec<f32>, shape: Shape) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::prelude::*;
+    use burn::tensor::Distribution;
+
+    fn random(shape: [usize; 3], seed: u64) -> FlexTensor {
+        let device = Default::default();
+        <Flex as Backend>::seed(&device, seed);
+        let t = Tensor::<Flex, 3>::random(shape, Distribution::Normal(0.0, 2.0), &device);
+        t.into_primitive().tensor()
+    }
+
+    fn assert_close(a: FlexTensor, b: FlexTensor, what: &str) {
+        assert_eq!(a.shape(), b.shape(), "{what}: shape");
+        let (a, b) = (
+            a.into_data().to_vec::<f32>().unwrap(),
+            b.into_data().to_vec::<f32>().unwrap(),
+        );
+        let worst = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(
+                0.0f32,
+                |m, d| {
+                    if d.is_nan() { f32::INFINITY } else { m.max(d) }
+                },
+            );
+        assert!(worst < 1e-4, "{what}: max |diff| {worst}");
+    }
+
+    /// The kernels and the composed forms (what other backends run) agree.
+    #[test]
+    fn kernels_match_the_composed_forms() {
+        // 512 rows of 40: several parallel tasks, so the partial sums of dgamma and dbeta are added.
+        let (x, g) = (random([8, 64, 40], 1), random([8, 64, 40], 2));
+        let y = Flex::fused_softmax(x.clone());
+        assert_close(y.clone(), Flex::softmax(x.clone(), 2), "softmax");
+        assert_close(
+            Flex::fused_softmax_backward(y.clone(), g.clone()),
+            composed_softmax_backward::<Flex>(y, g.clone()),
+            "softmax gradient",
+        );
+        let (gy, gs) = Flex::gelu_new_and_sigmoid(x.clone());
+        let (cy, cs) = composed_gelu_new::<Flex>(x.clone());
+        assert_close(gy, cy, "gelu_new");
+        assert_close(gs.clone(), cs, "gelu_new sigmoid");
+        assert_close(
+            Flex::fused_gelu_new_backward(x.clone(), gs.clone(), g.clone()),
+            composed_gelu_new_backward::<Flex>(x.clone(), gs, g.clone()),
+            "gelu_new gradient",
+        );
+        let device = Default::default();
+        let gamma: FlexTensor =
+            Tensor::<Flex, 1>::random([40], Distribution::Normal(1.0, 0.5), &device)
+                .into_primitive()
+                .tensor();
+        let fused = Flex::fused_layer_norm_backward(x.clone(), gamma.clone(), g.clone(), 1e-5);
+        let composed = composed_layer_norm_backward::<Flex>(x, gamma, g, 1e-5);
+        for ((a, b), what) in fused
+            .into_iter()
+            .zip(composed)
+            .zip(["dx", "dgamma", "dbeta"])
+        {
+            assert_close(a, b, what);
+        }
+    }
+
+    #[test]
+    fn exp_is_accurate_across_the_range_training_sees() {
+        let mut worst = 0.0f64;
+        let mut x = -80.0f32;
+        while x < 80.0 {
+            let want = (x as f64).exp();
+            let rel = ((exp(x) as f64 - want) / want).abs();
+            worst = worst.max(rel);
+            x += 0.0137;
+        }
+        assert!(worst < 3e-7, "worst relative error {worst}");
+        assert_eq!(exp(-1e9), 0.0, "masked scores weigh nothing");
+        assert_eq!(exp(0.0), 1.0);
+        for x in [-1e9f32, -90.0, -80.0, 0.0, 80.0, 1e9] {
+            assert!(exp(x) == 0.0 || exp(x).is_normal(), "exp({x}) = {}", exp(x));
+            let s = sigmoid(x);
+            assert!(s == 0.0 || s.is_normal(), "sigmoid({x}) = {s}");
+        }
+    }
+}
