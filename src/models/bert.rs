@@ -7,7 +7,7 @@ use burn::prelude::*;
 use burn::tensor::activation::gelu;
 use serde::{Deserialize, Serialize};
 
-use super::fused::softmax_last;
+use super::fused::{softmax_last, swap_heads};
 use super::weights::{Init, Weights};
 use super::{
     FusedOps, LayerNorm, MASKED, ModelError, Precision, add_per_row, attention_scale, dense,
@@ -416,16 +416,12 @@ impl<B: FusedOps> Layer<B> {
     fn forward(&self, x: Tensor<B, 3>, padding: Tensor<B, 4>, p: Precision) -> Tensor<B, 3> {
         let [b, t, d] = x.dims();
         let (nh, dh) = (self.n_head, d / self.n_head);
-        let heads = |l: &Linear<B>| {
-            dense(l, x.clone(), p)
-                .reshape([b, t, nh, dh])
-                .swap_dims(1, 2)
-        }; // [B, H, T, dh]
+        let heads = |l: &Linear<B>| swap_heads(dense(l, x.clone(), p).reshape([b, t, nh, dh])); // [B, H, T, dh]
         let (q, k, v) = (heads(&self.query), heads(&self.key), heads(&self.value));
         let scores = matmul(q, k.swap_dims(2, 3), p) * attention_scale(dh); // [B, H, T, T]
         let scores = scores + padding;
         let probs = self.attn_dropout.forward(softmax_last(scores));
-        let ctx = matmul(probs, v, p).swap_dims(1, 2).reshape([b, t, d]);
+        let ctx = swap_heads(matmul(probs, v, p)).reshape([b, t, d]);
         let x = self
             .attn_ln
             .forward(x + self.dropout.forward(dense(&self.attn_out, ctx, p)));

@@ -5,7 +5,7 @@
 
 use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
-use burn::tensor::ops::{ActivationOps, FloatTensor};
+use burn::tensor::ops::{ActivationOps, FloatTensor, FloatTensorOps};
 use burn::tensor::{DType, Shape, TensorData, TensorMetadata};
 use rayon::prelude::*;
 
@@ -59,6 +59,28 @@ impl FusedOps for Flex {
                 }
             });
         tensor(out, shape)
+    }
+
+    fn swap_heads(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        if x.dtype() != DType::F32 {
+            return Flex::float_swap_dims(x, 1, 2);
+        }
+        let shape = x.shape();
+        let [a, b, c, d] = [shape[0], shape[1], shape[2], shape[3]];
+        let x = x.to_contiguous();
+        let xs = f32s(&x);
+        let mut out = vec![0.0f32; xs.len()];
+        // Block (i, j) of the output is [b, d]: row k of it is row (i, k, j) of the input.
+        out.par_chunks_mut(b * d)
+            .enumerate()
+            .for_each(|(block, out)| {
+                let (i, j) = (block / c, block % c);
+                for (k, row) in out.chunks_mut(d).enumerate() {
+                    let from = ((i * b + k) * c + j) * d;
+                    row.copy_from_slice(&xs[from..from + d]);
+                }
+            });
+        tensor(out, Shape::new([a, c, b, d]))
     }
 
     fn fused_layer_norm_backward(
@@ -289,6 +311,14 @@ mod tests {
             composed_softmax_backward::<Flex>(y, g.clone()),
             "softmax gradient",
         );
+        let x4 = Flex::float_reshape(x.clone(), Shape::new([8, 16, 4, 40]));
+        let heads = Flex::swap_heads(x4.clone());
+        assert_close(
+            heads.clone(),
+            Flex::float_swap_dims(x4.clone(), 1, 2),
+            "swap_heads",
+        );
+        assert_close(Flex::swap_heads(heads), x4, "swap_heads twice");
         let (gy, gs) = Flex::gelu_new_and_sigmoid(x.clone());
         let (cy, cs) = composed_gelu_new::<Flex>(x.clone());
         assert_close(gy, cy, "gelu_new");

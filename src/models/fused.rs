@@ -60,6 +60,12 @@ pub trait FusedOps: Backend {
         composed_layer_norm_backward::<Self>(x, gamma, g, eps)
     }
 
+    /// [A, B, C, D] → [A, C, B, D]: attention's move between tokens-major and heads-major. The
+    /// default is burn's strided view; a backend whose kernels prefer contiguous inputs copies.
+    fn swap_heads(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::float_swap_dims(x, 1, 2)
+    }
+
     /// GPT-2's tanh-approximated GELU (`gelu_new`).
     fn fused_gelu_new(x: FloatTensor<Self>) -> FloatTensor<Self> {
         Self::gelu_new_and_sigmoid(x).0
@@ -116,6 +122,29 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
             }
             OpsKind::UnTracked(prep) => prep.finish(B::fused_softmax(x.primitive)),
         }
+    }
+
+    fn swap_heads(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct SwapHeads;
+
+        impl<B: FusedOps> Backward<B, 1> for SwapHeads {
+            type State = ();
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                _: &mut Checkpointer,
+            ) {
+                unary::<B, _>(ops.parents, ops.node, grads, |g| B::swap_heads(g));
+            }
+        }
+
+        SwapHeads
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateless(B::swap_heads(x.primitive))
     }
 
     fn fused_layer_norm(
@@ -285,6 +314,13 @@ fn shaped<B: Backend, const D: usize>(x: Tensor<B, D>, shape: Shape) -> FloatTen
 /// Softmax over the last axis, one autodiff node.
 pub fn softmax_last<B: FusedOps, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(B::fused_softmax(
+        x.into_primitive().tensor(),
+    )))
+}
+
+/// [A, B, C, D] → [A, C, B, D] as one autodiff node (contiguous on flex).
+pub fn swap_heads<B: FusedOps>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    Tensor::from_primitive(TensorPrimitive::Float(B::swap_heads(
         x.into_primitive().tensor(),
     )))
 }

@@ -6,7 +6,7 @@ use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::fused::{gelu_new, softmax_last};
+use super::fused::{gelu_new, softmax_last, swap_heads};
 use super::weights::{Init, Weights};
 use super::{
     FusedOps, LayerNorm, MASKED, ModelError, Precision, add_per_row, affine, attention_scale,
@@ -298,15 +298,13 @@ impl<B: FusedOps> Block<B> {
                 .bias
                 .as_ref()
                 .map(|b| b.val().narrow(0, i * d, d));
-            affine(h.clone(), weight, bias, p)
-                .reshape([b, t, nh, dh])
-                .swap_dims(1, 2) // [B, H, T, dh]
+            swap_heads(affine(h.clone(), weight, bias, p).reshape([b, t, nh, dh])) // [B, H, T, dh]
         };
         let (q, k, v) = (heads(0), heads(1), heads(2));
         let scores = matmul(q, k.swap_dims(2, 3), p) * attention_scale(dh); // [B, H, T, T]
         let scores = add_per_row(scores.reshape([b * nh, t, t]), causal).reshape([b, nh, t, t]);
         let probs = self.attn_dropout.forward(softmax_last(scores));
-        let ctx = matmul(probs, v, p).swap_dims(1, 2).reshape([b, t, d]); // [B, T, d]
+        let ctx = swap_heads(matmul(probs, v, p)).reshape([b, t, d]); // [B, T, d]
         let x = x + self.resid_dropout.forward(dense(&self.attn_proj, ctx, p));
         let m = gelu_new(dense(&self.c_fc, self.ln_2.forward(x.clone()), p));
         x.clone() + self.resid_dropout.forward(dense(&self.mlp_proj, m, p))
