@@ -5,7 +5,10 @@ DNA, one token per base), same machine, same run. Prints tokens/s and peak RSS f
 their ratios (dnaflow / PyTorch for speed, PyTorch / dnaflow for memory: > 1 favours dnaflow).
 
     python3 benches/train_bench.py [--bin target/release/dnaflow] [--steps 40] [--threads 2]
-        [--n-embd 128] [--n-layer 2] [--seq-len 128] [--batch 16] [--device cpu|cuda]
+        [--n-embd 128] [--n-layer 2] [--seq-len 128] [--batch 16] [--device cpu|cuda] [--pairs 5]
+
+The two run in turn, PyTorch then dnaflow, `--pairs` times; it prints each pair's figures,
+the medians, and the median of the per-pair ratios (robust to the machine's speed drifting).
 
 Needs torch and transformers. Not a test: numbers depend on the machine.
 """
@@ -13,6 +16,7 @@ Needs torch and transformers. Not a test: numbers depend on the machine.
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -119,21 +123,33 @@ def main():
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--pairs", type=int, default=5, help="alternating runs of each")
     ap.add_argument("--child", action="store_true")
     args = ap.parse_args()
     if args.child:
         return torch_child(args)
     child = [sys.executable, __file__, "--child"] + [
         a for a in sys.argv[1:] if a != "--child"]
-    out, torch_rss = peak_rss_mb(child)
-    torch_tps = json.loads(out.strip().splitlines()[-1])["tokens_per_s"]
-    ours_tps, ours_rss = dnaflow(args)
     print(f"config: GPT-2 n_embd {args.n_embd}, n_layer {args.n_layer}, seq {args.seq_len}, "
           f"batch {args.batch}, {args.steps} steps, {args.threads} threads, {args.device}")
-    print(f"dnaflow (burn):         {ours_tps:10.0f} tokens/s  peak RSS {ours_rss:7.1f} MiB")
+    pairs = []
+    for i in range(args.pairs):
+        out, torch_rss = peak_rss_mb(child)
+        torch_tps = json.loads(out.strip().splitlines()[-1])["tokens_per_s"]
+        ours_tps, ours_rss = dnaflow(args)
+        pairs.append((ours_tps, ours_rss, torch_tps, torch_rss))
+        print(f"pair {i + 1}: dnaflow {ours_tps:8.0f} tokens/s {ours_rss:6.1f} MiB | "
+              f"PyTorch {torch_tps:8.0f} tokens/s {torch_rss:6.1f} MiB | "
+              f"speed {ours_tps / torch_tps:.2f}x")
+    med = lambda xs: statistics.median(xs)
+    ours_tps, ours_rss, torch_tps, torch_rss = (med([p[k] for p in pairs]) for k in range(4))
+    print(f"dnaflow (burn):         {ours_tps:10.0f} tokens/s  peak RSS {ours_rss:7.1f} MiB  (medians)")
     print(f"PyTorch + transformers: {torch_tps:10.0f} tokens/s  peak RSS {torch_rss:7.1f} MiB")
-    print(f"speed ratio (dnaflow / PyTorch): {ours_tps / torch_tps:.2f}x")
-    print(f"memory ratio (PyTorch / dnaflow): {torch_rss / ours_rss:.2f}x")
+    speed = [p[0] / p[2] for p in pairs]
+    memory = [p[3] / p[1] for p in pairs]
+    print(f"speed ratio (dnaflow / PyTorch): {med(speed):.2f}x median of pairs "
+          f"(range {min(speed):.2f}-{max(speed):.2f})")
+    print(f"memory ratio (PyTorch / dnaflow): {med(memory):.2f}x")
 
 
 if __name__ == "__main__":
