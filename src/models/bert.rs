@@ -7,7 +7,7 @@ use burn::prelude::*;
 use burn::tensor::activation::gelu;
 use serde::{Deserialize, Serialize};
 
-use super::fused::{softmax_last, swap_heads};
+use super::fused::{attention_softmax, swap_heads};
 use super::weights::{Init, Weights};
 use super::{
     FusedOps, LayerNorm, MASKED, ModelError, Precision, add_per_row, attention_scale, dense,
@@ -418,9 +418,10 @@ impl<B: FusedOps> Layer<B> {
         let (nh, dh) = (self.n_head, d / self.n_head);
         let heads = |l: &Linear<B>| swap_heads(dense(l, x.clone(), p).reshape([b, t, nh, dh])); // [B, H, T, dh]
         let (q, k, v) = (heads(&self.query), heads(&self.key), heads(&self.value));
-        let scores = matmul(q, k.swap_dims(2, 3), p) * attention_scale(dh); // [B, H, T, T]
-        let scores = scores + padding;
-        let probs = self.attn_dropout.forward(softmax_last(scores));
+        // Padding keys hold MASKED: still hugely negative after the scale.
+        let scores = matmul(q, k.swap_dims(2, 3), p) + padding; // [B, H, T, T]
+        let probs = attention_softmax(scores, attention_scale(dh), false);
+        let probs = self.attn_dropout.forward(probs);
         let ctx = swap_heads(matmul(probs, v, p)).reshape([b, t, d]);
         let x = self
             .attn_ln

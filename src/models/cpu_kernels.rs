@@ -5,60 +5,67 @@
 
 use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
-use burn::tensor::ops::{ActivationOps, FloatTensor, FloatTensorOps};
+use burn::tensor::ops::{FloatTensor, FloatTensorOps};
 use burn::tensor::{DType, Shape, TensorData, TensorMetadata};
 use rayon::prelude::*;
 
 use super::fused::{
     FusedOps, GELU_CUBIC, SQRT_2_OVER_PI, composed_gelu_new, composed_gelu_new_backward,
-    composed_layer_norm_backward, composed_softmax_backward,
+    composed_layer_norm_backward, composed_softmax, composed_softmax_backward,
 };
 
 /// Elements per parallel task for element-wise kernels: big enough to amortize scheduling.
 const CHUNK: usize = 1 << 14;
 
 impl FusedOps for Flex {
-    fn fused_softmax(x: FloatTensor<Self>) -> FloatTensor<Self> {
+    fn fused_softmax(x: FloatTensor<Self>, scale: f64, causal: bool) -> FloatTensor<Self> {
         if x.dtype() != DType::F32 {
-            let last = x.shape().num_dims() - 1;
-            return Flex::softmax(x, last);
+            return composed_softmax::<Flex>(x, scale, causal);
         }
         let shape = x.shape();
-        let d = last_dim(&shape);
-        let x = x.to_contiguous();
-        let xs = f32s(&x);
-        let mut out = vec![0.0f32; xs.len()];
-        out.par_chunks_mut(rows_per_task(d) * d)
-            .zip(xs.par_chunks(rows_per_task(d) * d))
-            .for_each(|(out, xs)| {
-                for (o, x) in out.chunks_mut(d).zip(xs.chunks(d)) {
-                    softmax_row(x, o);
+        let rank = shape.num_dims();
+        let (tq, tk) = (shape[rank - 2], shape[rank - 1]);
+        assert!(!causal || tq == tk, "causal attention scores are square");
+        let mut out = owned(x);
+        let rows = rows_per_task(tk);
+        out.storage_mut::<f32>()
+            .par_chunks_mut(rows * tk)
+            .enumerate()
+            .for_each(|(task, block)| {
+                for (r, row) in block.chunks_mut(tk).enumerate() {
+                    let query = (task * rows + r) % tq;
+                    let seen = if causal { query + 1 } else { tk };
+                    softmax_row(row, scale as f32, seen);
                 }
             });
-        tensor(out, shape)
+        out
     }
 
-    fn fused_softmax_backward(y: FloatTensor<Self>, g: FloatTensor<Self>) -> FloatTensor<Self> {
+    fn fused_softmax_backward(
+        y: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        scale: f64,
+    ) -> FloatTensor<Self> {
         if y.dtype() != DType::F32 {
-            return composed_softmax_backward::<Flex>(y, g);
+            return composed_softmax_backward::<Flex>(y, g, scale);
         }
-        let shape = y.shape();
-        let d = last_dim(&shape);
-        let (y, g) = (y.to_contiguous(), g.to_contiguous());
-        let (ys, gs) = (f32s(&y), f32s(&g));
-        let mut out = vec![0.0f32; ys.len()];
+        let d = last_dim(&y.shape());
+        let y = y.to_contiguous();
+        let mut out = owned(g);
         let rows = rows_per_task(d) * d;
-        out.par_chunks_mut(rows)
-            .zip(ys.par_chunks(rows).zip(gs.par_chunks(rows)))
-            .for_each(|(out, (ys, gs))| {
-                for ((o, y), g) in out.chunks_mut(d).zip(ys.chunks(d)).zip(gs.chunks(d)) {
-                    let dot: f32 = y.iter().zip(g).map(|(y, g)| y * g).sum();
-                    for ((o, y), g) in o.iter_mut().zip(y).zip(g) {
-                        *o = y * (g - dot);
+        let scale = scale as f32;
+        out.storage_mut::<f32>()
+            .par_chunks_mut(rows)
+            .zip(f32s(&y).par_chunks(rows))
+            .for_each(|(gs, ys)| {
+                for (g, y) in gs.chunks_mut(d).zip(ys.chunks(d)) {
+                    let dot: f32 = y.iter().zip(g.iter()).map(|(y, g)| y * g).sum();
+                    for (g, y) in g.iter_mut().zip(y) {
+                        *g = scale * y * (*g - dot);
                     }
                 }
             });
-        tensor(out, shape)
+        out
     }
 
     fn swap_heads(x: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -92,20 +99,20 @@ impl FusedOps for Flex {
         if x.dtype() != DType::F32 || gamma.dtype() != DType::F32 {
             return composed_layer_norm_backward::<Flex>(x, gamma, g, eps);
         }
-        let shape = x.shape();
-        let d = last_dim(&shape);
-        let (x, gamma, g) = (x.to_contiguous(), gamma.to_contiguous(), g.to_contiguous());
-        let (xs, gammas, gs) = (f32s(&x), f32s(&gamma), f32s(&g));
-        let mut dx = vec![0.0f32; xs.len()];
+        let d = last_dim(&x.shape());
+        let (x, gamma) = (x.to_contiguous(), gamma.to_contiguous());
+        let (xs, gammas) = (f32s(&x), f32s(&gamma));
+        let mut dx = owned(g); // the upstream gradient's buffer becomes dx, row by row
         let rows = rows_per_task(d) * d;
         // Each task sums dgamma and dbeta over its rows; the partial sums are added at the end.
         let (dgamma, dbeta) = dx
+            .storage_mut::<f32>()
             .par_chunks_mut(rows)
-            .zip(xs.par_chunks(rows).zip(gs.par_chunks(rows)))
-            .map(|(dx, (xs, gs))| {
+            .zip(xs.par_chunks(rows))
+            .map(|(gs, xs)| {
                 let (mut dgamma, mut dbeta) = (vec![0.0f32; d], vec![0.0f32; d]);
-                for ((dx, x), g) in dx.chunks_mut(d).zip(xs.chunks(d)).zip(gs.chunks(d)) {
-                    layer_norm_backward_row(x, gammas, g, eps as f32, dx, &mut dgamma, &mut dbeta);
+                for (g, x) in gs.chunks_mut(d).zip(xs.chunks(d)) {
+                    layer_norm_backward_row(x, gammas, g, eps as f32, &mut dgamma, &mut dbeta);
                 }
                 (dgamma, dbeta)
             })
@@ -118,7 +125,7 @@ impl FusedOps for Flex {
                 },
             );
         [
-            tensor(dx, shape),
+            dx,
             tensor(dgamma, Shape::new([d])),
             tensor(dbeta, Shape::new([d])),
         ]
@@ -153,21 +160,20 @@ impl FusedOps for Flex {
         if x.dtype() != DType::F32 {
             return composed_gelu_new_backward::<Flex>(x, s, g);
         }
-        let shape = x.shape();
-        let (x, s, g) = (x.to_contiguous(), s.to_contiguous(), g.to_contiguous());
-        let (xs, ss, gs) = (f32s(&x), f32s(&s), f32s(&g));
-        let mut out = vec![0.0f32; xs.len()];
+        let (x, s) = (x.to_contiguous(), s.to_contiguous());
+        let (xs, ss) = (f32s(&x), f32s(&s));
+        let mut out = owned(g);
         let (k, c3) = ((2.0 * SQRT_2_OVER_PI) as f32, (3.0 * GELU_CUBIC) as f32);
-        out.par_chunks_mut(CHUNK)
+        out.storage_mut::<f32>()
+            .par_chunks_mut(CHUNK)
             .zip(xs.par_chunks(CHUNK).zip(ss.par_chunks(CHUNK)))
-            .zip(gs.par_chunks(CHUNK))
-            .for_each(|((out, (xs, ss)), gs)| {
-                for (((o, &x), &s), &g) in out.iter_mut().zip(xs).zip(ss).zip(gs) {
+            .for_each(|(gs, (xs, ss))| {
+                for ((g, &x), &s) in gs.iter_mut().zip(xs).zip(ss) {
                     let du = k * (1.0 + c3 * x * x);
-                    *o = g * (s + x * s * (1.0 - s) * du);
+                    *g *= s + x * s * (1.0 - s) * du;
                 }
             });
-        tensor(out, shape)
+        out
     }
 }
 
@@ -182,25 +188,27 @@ fn sigmoid(u: f32) -> f32 {
     1.0 / (1.0 + exp(-u))
 }
 
-/// Softmax of one row into `out`.
-fn softmax_row(x: &[f32], out: &mut [f32]) {
-    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+/// softmax(scale·row) in place over the first `seen` entries; the rest become 0.
+fn softmax_row(row: &mut [f32], scale: f32, seen: usize) {
+    let (live, hidden) = row.split_at_mut(seen);
+    let max = live.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) * scale;
     let mut sum = 0.0f32;
-    for (o, &v) in out.iter_mut().zip(x) {
-        *o = exp(v - max);
-        sum += *o;
+    for v in live.iter_mut() {
+        *v = exp(*v * scale - max);
+        sum += *v;
     }
     let inv = 1.0 / sum;
-    out.iter_mut().for_each(|o| *o *= inv);
+    live.iter_mut().for_each(|v| *v *= inv);
+    hidden.fill(0.0);
 }
 
-/// One row of layer norm's gradient: dx into `dx`, gamma's and beta's added to the sums.
+/// One row of layer norm's gradient: the upstream `g` is replaced by dx; gamma's and beta's
+/// are added to the sums.
 fn layer_norm_backward_row(
     x: &[f32],
     gamma: &[f32],
-    g: &[f32],
+    g: &mut [f32],
     eps: f32,
-    dx: &mut [f32],
     dgamma: &mut [f32],
     dbeta: &mut [f32],
 ) {
@@ -220,7 +228,7 @@ fn layer_norm_backward_row(
     let (m1, m2) = (m1 / n, m2 / n);
     for i in 0..x.len() {
         let xhat = (x[i] - mean) * rstd;
-        dx[i] = rstd * (g[i] * gamma[i] - m1 - xhat * m2);
+        g[i] = rstd * (g[i] * gamma[i] - m1 - xhat * m2);
     }
 }
 
@@ -254,6 +262,14 @@ fn last_dim(shape: &Shape) -> usize {
 /// Rows per parallel task for row kernels: about [`CHUNK`] elements.
 fn rows_per_task(d: usize) -> usize {
     (CHUNK / d.max(1)).max(1)
+}
+
+/// `x` as one contiguous buffer that the caller may overwrite: its own when nothing else holds
+/// it (the usual case for a gradient or fresh scores, so no allocation), else a copy.
+fn owned(x: FlexTensor) -> FlexTensor {
+    let contiguous = x.to_contiguous();
+    drop(x);
+    contiguous
 }
 
 /// The f32 values of a contiguous tensor.
@@ -302,16 +318,24 @@ mod tests {
     /// The kernels and the composed forms (what other backends run) agree.
     #[test]
     fn kernels_match_the_composed_forms() {
-        // 512 rows of 40: several parallel tasks, so the partial sums of dgamma and dbeta are added.
-        let (x, g) = (random([8, 64, 40], 1), random([8, 64, 40], 2));
-        let y = Flex::fused_softmax(x.clone());
-        assert_close(y.clone(), Flex::softmax(x.clone(), 2), "softmax");
-        assert_close(
-            Flex::fused_softmax_backward(y.clone(), g.clone()),
-            composed_softmax_backward::<Flex>(y, g.clone()),
-            "softmax gradient",
-        );
-        let x4 = Flex::float_reshape(x.clone(), Shape::new([8, 16, 4, 40]));
+        // 640 rows of 40: several parallel tasks, so the partial sums of dgamma and dbeta are added.
+        let (x, g) = (random([8, 80, 40], 1), random([8, 80, 40], 2));
+        let square = Flex::float_reshape(x.clone(), Shape::new([2, 8, 40, 40]));
+        let g_square = Flex::float_reshape(g.clone(), Shape::new([2, 8, 40, 40]));
+        for causal in [false, true] {
+            let y = Flex::fused_softmax(square.clone(), 0.4, causal);
+            assert_close(
+                y.clone(),
+                composed_softmax::<Flex>(square.clone(), 0.4, causal),
+                "softmax",
+            );
+            assert_close(
+                Flex::fused_softmax_backward(y.clone(), g_square.clone(), 0.4),
+                composed_softmax_backward::<Flex>(y, g_square.clone(), 0.4),
+                "softmax gradient",
+            );
+        }
+        let x4 = Flex::float_reshape(x.clone(), Shape::new([8, 20, 4, 40]));
         let heads = Flex::swap_heads(x4.clone());
         assert_close(
             heads.clone(),

@@ -1,11 +1,12 @@
-//! Softmax, layer norm and GPT-2's GELU as single autodiff nodes with written-out gradients.
+//! Attention's scaled, masked softmax, layer norm, GPT-2's GELU and the heads transpose as
+//! single autodiff nodes with written-out gradients.
 //!
 //! Under `Autodiff`, burn composes these from tracked element-wise passes: softmax is five
 //! (max, subtract, scalar `exp`, sum, divide) and its gradient eight more; layer norm about
-//! ten and twenty. On the CPU those passes, not the matrix products, were most of a training
-//! step. Here the forward is the base backend's own kernel (flex has SIMD softmax and layer
-//! norm) and the backward a handful of untracked passes. [`FusedOps`] is a backend extension:
-//! base backends take the defaults, `Autodiff<B>` records one node per call.
+//! ten and twenty; scaling and masking the scores two more. On the CPU those passes, not the
+//! matrix products, were most of a training step. [`FusedOps`] is a backend extension: the
+//! defaults compose the backend's own ops (what CUDA runs), flex overrides them with one-pass
+//! kernels (`cpu_kernels.rs`), and `Autodiff<B>` records one node per call.
 
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -18,6 +19,8 @@ use burn::tensor::activation::sigmoid;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Shape, TensorMetadata, TensorPrimitive};
 
+use super::MASKED;
+
 /// sqrt(2/π), GPT-2's GELU constant.
 pub(crate) const SQRT_2_OVER_PI: f64 =
     core::f64::consts::FRAC_2_SQRT_PI * core::f64::consts::FRAC_1_SQRT_2;
@@ -29,15 +32,20 @@ pub(crate) const GELU_CUBIC: f64 = 0.044715;
 /// `cpu_kernels.rs`), and `Autodiff<B>` records each forward as one node whose gradient
 /// calls `B`'s backward.
 pub trait FusedOps: Backend {
-    /// Softmax over the last axis.
-    fn fused_softmax(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        let last = x.shape().num_dims() - 1;
-        Self::softmax(x, last)
+    /// Attention weights from scores [.., Tq, Tk]: softmax over the last axis of
+    /// `scale`·scores, with key j hidden from query i when `causal` and j > i (square scores).
+    fn fused_softmax(x: FloatTensor<Self>, scale: f64, causal: bool) -> FloatTensor<Self> {
+        composed_softmax::<Self>(x, scale, causal)
     }
 
-    /// The gradient of softmax from its output `y` and the upstream gradient `g`.
-    fn fused_softmax_backward(y: FloatTensor<Self>, g: FloatTensor<Self>) -> FloatTensor<Self> {
-        composed_softmax_backward::<Self>(y, g)
+    /// The gradient of [`FusedOps::fused_softmax`] from its output `y` and the upstream
+    /// gradient `g`.
+    fn fused_softmax_backward(
+        y: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        composed_softmax_backward::<Self>(y, g, scale)
     }
 
     /// Layer norm over the last axis with scale `gamma` and shift `beta` ([d] each).
@@ -91,12 +99,12 @@ pub trait FusedOps: Backend {
 impl FusedOps for burn::backend::Cuda {}
 
 impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
-    fn fused_softmax(x: FloatTensor<Self>) -> FloatTensor<Self> {
+    fn fused_softmax(x: FloatTensor<Self>, scale: f64, causal: bool) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct Softmax;
 
         impl<B: FusedOps> Backward<B, 1> for Softmax {
-            type State = FloatTensor<B>; // the output
+            type State = (FloatTensor<B>, f64); // the output and the scale
 
             fn backward(
                 self,
@@ -104,9 +112,9 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                 grads: &mut Gradients,
                 _: &mut Checkpointer,
             ) {
-                let y = ops.state;
+                let (y, scale) = ops.state;
                 unary::<B, _>(ops.parents, ops.node, grads, |g| {
-                    B::fused_softmax_backward(y, g)
+                    B::fused_softmax_backward(y, g, scale)
                 });
             }
         }
@@ -117,10 +125,10 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let y = B::fused_softmax(x.primitive);
-                prep.finish(y.clone(), y)
+                let y = B::fused_softmax(x.primitive, scale, causal);
+                prep.finish((y.clone(), scale), y)
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::fused_softmax(x.primitive)),
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_softmax(x.primitive, scale, causal)),
         }
     }
 
@@ -229,15 +237,40 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     }
 }
 
-/// Softmax's gradient: y·(g − Σ y·g) per row.
+/// softmax(scale·x) over the last axis, future keys masked when `causal`.
+pub(crate) fn composed_softmax<B: Backend>(
+    x: FloatTensor<B>,
+    scale: f64,
+    causal: bool,
+) -> FloatTensor<B> {
+    let shape = x.shape();
+    let rank = shape.num_dims();
+    let (tq, tk) = (shape[rank - 2], shape[rank - 1]);
+    let n = shape.num_elements() / (tq * tk);
+    let x = Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(B::float_reshape(
+        x,
+        [n, tq, tk].into(),
+    )));
+    let mut scores = x * scale;
+    if causal {
+        assert_eq!(tq, tk, "causal attention scores are square");
+        // burn's tril_mask is true *outside* the lower triangle: on the future keys.
+        let future = Tensor::<B, 2, Bool>::tril_mask([tq, tk], 0, &scores.device());
+        scores = scores + future.float().mul_scalar(MASKED).unsqueeze_dim::<3>(0);
+    }
+    shaped(burn::tensor::activation::softmax(scores, 2), shape)
+}
+
+/// Its gradient: scale·y·(g − Σ y·g) per row (masked keys have y = 0, so get 0).
 pub(crate) fn composed_softmax_backward<B: Backend>(
     y: FloatTensor<B>,
     g: FloatTensor<B>,
+    scale: f64,
 ) -> FloatTensor<B> {
     let shape = y.shape();
     let (y, g) = (rows::<B>(y), rows::<B>(g));
     let dot = (y.clone() * g.clone()).sum_dim(1);
-    shaped(y * (g - dot), shape)
+    shaped(y * (g - dot) * scale, shape)
 }
 
 /// Layer norm's gradients [input, gamma, beta], recomputing the row statistics.
@@ -311,10 +344,17 @@ fn shaped<B: Backend, const D: usize>(x: Tensor<B, D>, shape: Shape) -> FloatTen
     B::float_reshape(x.into_primitive().tensor(), shape)
 }
 
-/// Softmax over the last axis, one autodiff node.
-pub fn softmax_last<B: FusedOps, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+/// Attention weights [B, H, Tq, Tk] from raw scores: softmax(scale·scores) over the keys,
+/// future keys masked when `causal`; one autodiff node.
+pub fn attention_softmax<B: FusedOps>(
+    scores: Tensor<B, 4>,
+    scale: f64,
+    causal: bool,
+) -> Tensor<B, 4> {
     Tensor::from_primitive(TensorPrimitive::Float(B::fused_softmax(
-        x.into_primitive().tensor(),
+        scores.into_primitive().tensor(),
+        scale,
+        causal,
     )))
 }
 
@@ -397,8 +437,40 @@ mod tests {
     }
 
     #[test]
-    fn softmax_matches_composed() {
-        check(softmax_last, |x| softmax(x, 2));
+    fn attention_softmax_matches_composed_scaled_and_masked() {
+        let device = Default::default();
+        <AB as Backend>::seed(&device, 3);
+        let x = Tensor::<AB, 4>::random([2, 3, 6, 6], Distribution::Normal(0.0, 2.0), &device)
+            .require_grad();
+        let weights =
+            Tensor::<AB, 4>::random([2, 3, 6, 6], Distribution::Normal(0.0, 1.0), &device);
+        for causal in [false, true] {
+            let fused = attention_softmax(x.clone(), 0.3, causal);
+            let mut scores = x.clone() * 0.3;
+            if causal {
+                let future = Tensor::<AB, 2, Bool>::tril_mask([6, 6], 0, &device);
+                scores = scores
+                    + future
+                        .float()
+                        .mul_scalar(MASKED)
+                        .unsqueeze_dims::<4>(&[0, 1]);
+            }
+            let composed = softmax(scores, 3);
+            close(fused.to_data(), composed.to_data(), "forward");
+            if causal {
+                let above: f32 = fused
+                    .clone()
+                    .slice([0..1, 0..1, 0..1, 1..6])
+                    .sum()
+                    .into_scalar();
+                assert_eq!(above, 0.0, "the first query sees only itself");
+            }
+            let ga = (fused * weights.clone()).sum().backward();
+            let gb = (composed * weights.clone()).sum().backward();
+            let (da, db) = (x.grad(&ga).unwrap(), x.grad(&gb).unwrap());
+            assert_eq!(da.dims(), x.dims());
+            close(da.into_data(), db.into_data(), "gradient");
+        }
     }
 
     #[test]

@@ -6,11 +6,11 @@ use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::fused::{gelu_new, softmax_last, swap_heads};
+use super::fused::{attention_softmax, gelu_new, swap_heads};
 use super::weights::{Init, Weights};
 use super::{
-    FusedOps, LayerNorm, MASKED, ModelError, Precision, add_per_row, affine, attention_scale,
-    dense, layer_norm, linear, matmul, put_layer_norm,
+    FusedOps, LayerNorm, ModelError, Precision, add_per_row, affine, attention_scale, dense,
+    layer_norm, linear, matmul, put_layer_norm,
 };
 
 /// The fields of HF's `GPT2Config` that change the computation (others are kept as written).
@@ -252,7 +252,6 @@ impl<B: FusedOps> Gpt2<B> {
     /// Final hidden states (after `ln_f`) for token ids [B, T] → [B, T, d].
     pub fn hidden(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         let [b, t] = ids.dims();
-        let device = ids.device();
         let d = self.config.n_embd;
         let tok = self
             .wte
@@ -261,12 +260,8 @@ impl<B: FusedOps> Gpt2<B> {
             .reshape([b, t, d]);
         let pos = self.wpe.val().slice([0..t, 0..d]);
         let mut x = self.dropout.forward(add_per_row(tok, pos));
-        // burn's tril_mask is true *outside* the lower triangle: on the future positions.
-        let causal = Tensor::<B, 2, Bool>::tril_mask([t, t], 0, &device)
-            .float()
-            .mul_scalar(MASKED); // [T, T]: MASKED on the future, 0 elsewhere
         for block in &self.h {
-            x = block.forward(x, causal.clone(), self.precision);
+            x = block.forward(x, self.precision);
         }
         self.ln_f.forward(x)
     }
@@ -285,7 +280,7 @@ impl<B: FusedOps> Gpt2<B> {
 }
 
 impl<B: FusedOps> Block<B> {
-    fn forward(&self, x: Tensor<B, 3>, causal: Tensor<B, 2>, p: Precision) -> Tensor<B, 3> {
+    fn forward(&self, x: Tensor<B, 3>, p: Precision) -> Tensor<B, 3> {
         let [b, t, d] = x.dims();
         let (nh, dh) = (self.n_head, d / self.n_head);
         let h = self.ln_1.forward(x.clone());
@@ -301,9 +296,9 @@ impl<B: FusedOps> Block<B> {
             swap_heads(affine(h.clone(), weight, bias, p).reshape([b, t, nh, dh])) // [B, H, T, dh]
         };
         let (q, k, v) = (heads(0), heads(1), heads(2));
-        let scores = matmul(q, k.swap_dims(2, 3), p) * attention_scale(dh); // [B, H, T, T]
-        let scores = add_per_row(scores.reshape([b * nh, t, t]), causal).reshape([b, nh, t, t]);
-        let probs = self.attn_dropout.forward(softmax_last(scores));
+        let scores = matmul(q, k.swap_dims(2, 3), p); // [B, H, T, T]
+        let probs = attention_softmax(scores, attention_scale(dh), true); // causal
+        let probs = self.attn_dropout.forward(probs);
         let ctx = swap_heads(matmul(probs, v, p)).reshape([b, t, d]); // [B, T, d]
         let x = x + self.resid_dropout.forward(dense(&self.attn_proj, ctx, p));
         let m = gelu_new(dense(&self.c_fc, self.ln_2.forward(x.clone()), p));
