@@ -59,7 +59,7 @@ impl FusedOps for Flex {
             .zip(f32s(&y).par_chunks(rows))
             .for_each(|(gs, ys)| {
                 for (g, y) in gs.chunks_mut(d).zip(ys.chunks(d)) {
-                    let dot: f32 = y.iter().zip(g.iter()).map(|(y, g)| y * g).sum();
+                    let dot = dot(y, g);
                     for (g, y) in g.iter_mut().zip(y) {
                         *g = scale * y * (*g - dot);
                     }
@@ -188,22 +188,51 @@ fn sigmoid(u: f32) -> f32 {
     1.0 / (1.0 + exp(-u))
 }
 
-/// softmax(scale·row) in place over the first `seen` entries; the rest become 0.
+/// softmax(scale·row) in place over the first `seen` entries (scale > 0); the rest become 0.
+#[inline(always)]
 fn softmax_row(row: &mut [f32], scale: f32, seen: usize) {
     let (live, hidden) = row.split_at_mut(seen);
     let max = live.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) * scale;
-    let mut sum = 0.0f32;
     for v in live.iter_mut() {
         *v = exp(*v * scale - max);
-        sum += *v;
     }
-    let inv = 1.0 / sum;
+    let inv = 1.0 / sum(live);
     live.iter_mut().for_each(|v| *v *= inv);
     hidden.fill(0.0);
 }
 
+/// Lanes of the vectorizable sums: f32 addition does not reassociate on its own, so a plain
+/// `.sum()` stays one scalar chain.
+const LANES: usize = 16;
+
+/// Σ term(i) for i < n, in [`LANES`] partial sums.
+#[inline(always)]
+fn sum_of(n: usize, term: impl Fn(usize) -> f32) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let body = n / LANES * LANES;
+    for start in (0..body).step_by(LANES) {
+        for (lane, acc) in acc.iter_mut().enumerate() {
+            *acc += term(start + lane);
+        }
+    }
+    acc.iter().sum::<f32>() + (body..n).map(term).sum::<f32>()
+}
+
+/// Σ a·b over two equal-length rows.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    sum_of(a.len(), |i| a[i] * b[i])
+}
+
+/// Σ a.
+#[inline(always)]
+fn sum(a: &[f32]) -> f32 {
+    sum_of(a.len(), |i| a[i])
+}
+
 /// One row of layer norm's gradient: the upstream `g` is replaced by dx; gamma's and beta's
 /// are added to the sums.
+#[inline(always)]
 fn layer_norm_backward_row(
     x: &[f32],
     gamma: &[f32],
@@ -212,21 +241,18 @@ fn layer_norm_backward_row(
     dgamma: &mut [f32],
     dbeta: &mut [f32],
 ) {
-    let n = x.len() as f32;
-    let mean = x.iter().sum::<f32>() / n;
-    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let (len, n) = (x.len(), x.len() as f32);
+    let mean = sum_of(len, |i| x[i]) / n;
+    let var = sum_of(len, |i| (x[i] - mean) * (x[i] - mean)) / n;
     let rstd = 1.0 / (var + eps).sqrt();
-    let (mut m1, mut m2) = (0.0f32, 0.0f32); // means of dxhat and dxhat·xhat
-    for i in 0..x.len() {
-        let xhat = (x[i] - mean) * rstd;
-        let dxhat = g[i] * gamma[i];
-        m1 += dxhat;
-        m2 += dxhat * xhat;
-        dgamma[i] += g[i] * xhat;
+    for i in 0..len {
+        dgamma[i] += g[i] * (x[i] - mean) * rstd;
         dbeta[i] += g[i];
     }
-    let (m1, m2) = (m1 / n, m2 / n);
-    for i in 0..x.len() {
+    // The means of dxhat = g·gamma and of dxhat·xhat.
+    let m1 = sum_of(len, |i| g[i] * gamma[i]) / n;
+    let m2 = sum_of(len, |i| g[i] * gamma[i] * (x[i] - mean) * rstd) / n;
+    for i in 0..len {
         let xhat = (x[i] - mean) * rstd;
         g[i] = rstd * (g[i] * gamma[i] - m1 - xhat * m2);
     }
