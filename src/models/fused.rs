@@ -100,59 +100,24 @@ impl FusedOps for burn::backend::Cuda {}
 
 impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     fn fused_softmax(x: FloatTensor<Self>, scale: f64, causal: bool) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct Softmax;
-
-        impl<B: FusedOps> Backward<B, 1> for Softmax {
-            type State = (FloatTensor<B>, f64); // the output and the scale
-
-            fn backward(
-                self,
-                ops: Ops<Self::State, 1>,
-                grads: &mut Gradients,
-                _: &mut Checkpointer,
-            ) {
-                let (y, scale) = ops.state;
-                unary::<B, _>(ops.parents, ops.node, grads, |g| {
-                    B::fused_softmax_backward(y, g, scale)
-                });
-            }
-        }
-
-        match Softmax
-            .prepare::<C>([x.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let y = B::fused_softmax(x.primitive, scale, causal);
-                prep.finish((y.clone(), scale), y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::fused_softmax(x.primitive, scale, causal)),
-        }
+        unary_node::<B, C, _>(
+            x,
+            |x| {
+                let y = B::fused_softmax(x, scale, causal);
+                (y.clone(), (y, scale))
+            },
+            |x| B::fused_softmax(x, scale, causal),
+            |(y, scale), g| B::fused_softmax_backward(y, g, scale),
+        )
     }
 
     fn swap_heads(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct SwapHeads;
-
-        impl<B: FusedOps> Backward<B, 1> for SwapHeads {
-            type State = ();
-
-            fn backward(
-                self,
-                ops: Ops<Self::State, 1>,
-                grads: &mut Gradients,
-                _: &mut Checkpointer,
-            ) {
-                unary::<B, _>(ops.parents, ops.node, grads, |g| B::swap_heads(g));
-            }
-        }
-
-        SwapHeads
-            .prepare::<C>([x.node.clone()])
-            .compute_bound()
-            .stateless(B::swap_heads(x.primitive))
+        unary_node::<B, C, _>(
+            x,
+            |x| (B::swap_heads(x), ()),
+            B::swap_heads,
+            |(), g| B::swap_heads(g),
+        )
     }
 
     fn fused_layer_norm(
@@ -204,36 +169,58 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     }
 
     fn fused_gelu_new(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct GeluNew;
+        // σ(u) is kept from the forward, so the backward needs no second pass of exp.
+        unary_node::<B, C, _>(
+            x,
+            |x| {
+                let (y, s) = B::gelu_new_and_sigmoid(x.clone());
+                (y, (x, s))
+            },
+            B::fused_gelu_new,
+            |(x, s), g| B::fused_gelu_new_backward(x, s, g),
+        )
+    }
+}
 
-        impl<B: FusedOps> Backward<B, 1> for GeluNew {
-            type State = (FloatTensor<B>, FloatTensor<B>); // the input x and σ(u)
+/// The gradient rule of a one-input node: the input's gradient from what the forward kept and
+/// the upstream gradient.
+struct UnaryRule<B: Backend, S> {
+    backward: fn(S, FloatTensor<B>) -> FloatTensor<B>,
+}
 
-            fn backward(
-                self,
-                ops: Ops<Self::State, 1>,
-                grads: &mut Gradients,
-                _: &mut Checkpointer,
-            ) {
-                let (x, s) = ops.state;
-                unary::<B, _>(ops.parents, ops.node, grads, |g| {
-                    B::fused_gelu_new_backward(x, s, g)
-                });
-            }
+impl<B: Backend, S> core::fmt::Debug for UnaryRule<B, S> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("UnaryRule")
+    }
+}
+
+impl<B: Backend, S: Clone + Send + core::fmt::Debug + 'static> Backward<B, 1> for UnaryRule<B, S> {
+    type State = S;
+
+    fn backward(self, ops: Ops<S, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let state = ops.state;
+        unary::<B, _>(ops.parents, ops.node, grads, |g| (self.backward)(state, g));
+    }
+}
+
+/// Records x → y as one autodiff node: `tracked` gives y and the state `backward(state, g)`
+/// needs for the input's gradient; `untracked` gives y alone when no gradient is wanted.
+fn unary_node<B: Backend, C: CheckpointStrategy, S: Clone + Send + core::fmt::Debug + 'static>(
+    x: FloatTensor<Autodiff<B, C>>,
+    tracked: impl FnOnce(FloatTensor<B>) -> (FloatTensor<B>, S),
+    untracked: impl FnOnce(FloatTensor<B>) -> FloatTensor<B>,
+    backward: fn(S, FloatTensor<B>) -> FloatTensor<B>,
+) -> FloatTensor<Autodiff<B, C>> {
+    match (UnaryRule { backward })
+        .prepare::<C>([x.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let (y, state) = tracked(x.primitive);
+            prep.finish(state, y)
         }
-
-        match GeluNew
-            .prepare::<C>([x.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let (y, s) = B::gelu_new_and_sigmoid(x.primitive.clone());
-                prep.finish((x.primitive, s), y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::fused_gelu_new(x.primitive)),
-        }
+        OpsKind::UnTracked(prep) => prep.finish(untracked(x.primitive)),
     }
 }
 
