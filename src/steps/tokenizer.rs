@@ -187,6 +187,9 @@ fn bert_template(
         .map(PostProcessorWrapper::Template)
 }
 
+/// Fresh Unigram trainers tried after the first panics in esaxx-rs (see `train`).
+const UNIGRAM_RETRIES: usize = 4;
+
 fn train_with<M, T>(
     builder: Builder<M>,
     trainer: &mut T,
@@ -237,6 +240,7 @@ fn train(ctx: &mut StepContext) -> Result<(), StepError> {
         .num_threads(threads)
         .build()
         .map_err(tk)?;
+    let mut unigram_retries = 0;
     let tokenizer: Tokenizer = pool.install(|| -> Result<Tokenizer, StepError> {
         Ok(match p.model {
             ModelKind::Bpe => {
@@ -301,17 +305,29 @@ fn train(ctx: &mut StepContext) -> Result<(), StepError> {
                 t.into()
             }
             ModelKind::Unigram => {
-                let builder = Builder::<Unigram>::new()
-                    .with_model(Unigram::default())
-                    .with_pre_tokenizer(Some(WhitespaceSplit.into()));
-                let mut trainer = UnigramTrainer::builder()
-                    .vocab_size(p.vocab_size as u32)
-                    .special_tokens(added(&specials))
-                    .unk_token(specials.iter().find(|s| s.contains("UNK")).cloned())
-                    .show_progress(false)
-                    .build()
-                    .map_err(tk)?;
-                let mut t = train_with(builder, &mut trainer, &seqs)?;
+                // tokenizers' pure-Rust suffix array (esaxx-rs) panics on some orders of the
+                // words (github.com/Narsil/esaxx-rs/issues/2), and the order is that of a
+                // freshly seeded hash map per trainer: a new trainer draws another order.
+                let mut t = loop {
+                    let builder = Builder::<Unigram>::new()
+                        .with_model(Unigram::default())
+                        .with_pre_tokenizer(Some(WhitespaceSplit.into()));
+                    let mut trainer = UnigramTrainer::builder()
+                        .vocab_size(p.vocab_size as u32)
+                        .special_tokens(added(&specials))
+                        .unk_token(specials.iter().find(|s| s.contains("UNK")).cloned())
+                        .show_progress(false)
+                        .build()
+                        .map_err(tk)?;
+                    let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        train_with(builder, &mut trainer, &seqs)
+                    }));
+                    match attempt {
+                        Ok(trained) => break trained?,
+                        Err(_) if unigram_retries < UNIGRAM_RETRIES => unigram_retries += 1,
+                        Err(panic) => std::panic::resume_unwind(panic),
+                    }
+                };
                 let template = bert_template(&specials, |s| t.token_to_id(s));
                 t.with_post_processor(template);
                 t.into()
@@ -319,6 +335,13 @@ fn train(ctx: &mut StepContext) -> Result<(), StepError> {
             ModelKind::Kmer => kmer_tokenizer(p.k, &specials)?,
         })
     })?;
+    if unigram_retries > 0 {
+        writeln!(
+            ctx.log,
+            "the Unigram trainer's suffix array panicked (a known esaxx-rs bug that depends on \
+             word order); trained on retry {unigram_retries}"
+        )?;
+    }
     let tokenizer = canonical(tokenizer, p.model)?;
     let path = ctx.out.join("tokenizer.json");
     tokenizer.save(&path, true).map_err(tk)?;
