@@ -50,7 +50,7 @@ steps:
     with: {{ model: "${{{{ steps.gpt2.model }}}}", data: heldout.txt, seq_len: 32, baseline: "${{{{ steps.markov.metrics }}}}" }}
   sample:
     uses: model.generate
-    with: {{ model: "${{{{ steps.gpt2.model }}}}", prompts: [ACGT, ""], samples: 2, max_new_tokens: 8, top_k: 3, seed: 1 }}
+    with: {{ model: "${{{{ steps.gpt2.model }}}}", prompts: [ACGT, ""], samples: 2, max_new_tokens: 40, top_k: 3, seed: 1, stop_at_eos: false }}
 "#
         ),
     );
@@ -84,11 +84,13 @@ fn training_is_deterministic_and_its_model_evaluates_and_generates() {
     let bpb = t["bits_per_base"].as_f64().unwrap();
     assert!(bpb > 0.5 && bpb < 4.0, "{t}");
     assert!(t["gain_bits_per_base"].is_number());
-    // Generation: 2 prompts × 2 samples, only bases come out.
+    // Generation: 2 prompts × 2 samples, only bases come out; 4 + 40 tokens run past the
+    // 32-position table, so the KV cache is dropped and the window slides.
     let samples = read(&ra.out("sample").join("samples.jsonl"));
     assert_eq!(samples.lines().count(), 4);
     for line in samples.lines() {
         let v: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["tokens"], 40, "{line}");
         assert!(
             v["sequence"]
                 .as_str()

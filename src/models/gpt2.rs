@@ -251,24 +251,53 @@ impl<B: FusedOps> Gpt2<B> {
 
     /// Final hidden states (after `ln_f`) for token ids [B, T] → [B, T, d].
     pub fn hidden(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        self.hidden_from(ids, None)
+    }
+
+    /// Hidden states of `ids`, which follow the positions already in `cache` (if any): the
+    /// cache gains their keys and values.
+    fn hidden_from(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        mut cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
         let [b, t] = ids.dims();
         let d = self.config.n_embd;
+        let start = cache.as_ref().map_or(0, |c| c.len);
         let tok = self
             .wte
             .val()
             .select(0, ids.reshape([b * t]))
             .reshape([b, t, d]);
-        let pos = self.wpe.val().slice([0..t, 0..d]);
+        let pos = self.wpe.val().slice([start..start + t, 0..d]);
         let mut x = self.dropout.forward(add_per_row(tok, pos));
-        for block in &self.h {
-            x = block.forward(x, self.precision);
+        for (i, block) in self.h.iter().enumerate() {
+            let layer = cache.as_mut().map(|c| &mut c.layers[i]);
+            x = block.forward(x, self.precision, layer);
+        }
+        if let Some(cache) = cache {
+            cache.len += t;
         }
         self.ln_f.forward(x)
     }
 
     /// Next-token logits [B, T, vocab].
     pub fn forward(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        let h = self.hidden(ids);
+        self.logits(self.hidden(ids))
+    }
+
+    /// Logits for `ids` following the positions in `cache`, which keeps their keys and values:
+    /// generation feeds the prompt once, then one token per step, instead of the whole window
+    /// again. Past the position table (`cache.len() + T > n_positions`) start a new cache.
+    pub fn forward_cached(&self, ids: Tensor<B, 2, Int>, cache: &mut KvCache<B>) -> Tensor<B, 3> {
+        if cache.layers.is_empty() {
+            cache.layers = vec![None; self.h.len()];
+        }
+        self.logits(self.hidden_from(ids, Some(cache)))
+    }
+
+    /// The tied LM head on hidden states [B, T, d] → [B, T, vocab].
+    fn logits(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, t, d] = h.dims();
         let logits = matmul(
             h.reshape([b * t, d]),
@@ -279,8 +308,32 @@ impl<B: FusedOps> Gpt2<B> {
     }
 }
 
+/// Keys and values [B, H, T, dh] of every layer for the positions a model has seen, so a
+/// generated token attends to them without recomputing them.
+#[derive(Debug, Default)]
+pub struct KvCache<B: Backend> {
+    layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    len: usize,
+}
+
+impl<B: Backend> KvCache<B> {
+    /// Positions seen so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 impl<B: FusedOps> Block<B> {
-    fn forward(&self, x: Tensor<B, 3>, p: Precision) -> Tensor<B, 3> {
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        p: Precision,
+        cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    ) -> Tensor<B, 3> {
         let [b, t, d] = x.dims();
         let (nh, dh) = (self.n_head, d / self.n_head);
         let h = self.ln_1.forward(x.clone());
@@ -295,9 +348,22 @@ impl<B: FusedOps> Block<B> {
                 .map(|b| b.val().narrow(0, i * d, d));
             swap_heads(affine(h.clone(), weight, bias, p).reshape([b, t, nh, dh])) // [B, H, T, dh]
         };
-        let (q, k, v) = (heads(0), heads(1), heads(2));
-        let scores = matmul(q, k.swap_dims(2, 3), p); // [B, H, T, T]
-        let probs = attention_softmax(scores, attention_scale(dh), true); // causal
+        let (q, mut k, mut v) = (heads(0), heads(1), heads(2));
+        let mut causal = true;
+        if let Some(slot) = cache {
+            if let Some((past_k, past_v)) = slot.take() {
+                assert_eq!(
+                    t, 1,
+                    "after the prompt, a KV cache takes one token per step"
+                );
+                k = Tensor::cat(vec![past_k, k], 2);
+                v = Tensor::cat(vec![past_v, v], 2);
+                causal = false; // the one new query may see every key
+            }
+            *slot = Some((k.clone(), v.clone()));
+        }
+        let scores = matmul(q, k.swap_dims(2, 3), p); // [B, H, T, T or past + 1]
+        let probs = attention_softmax(scores, attention_scale(dh), causal);
         let probs = self.attn_dropout.forward(probs);
         let ctx = swap_heads(matmul(probs, v, p)).reshape([b, t, d]); // [B, T, d]
         let x = x + self.resid_dropout.forward(dense(&self.attn_proj, ctx, p));

@@ -320,18 +320,54 @@ mod tests {
         let r = Reference::load("gpt2");
         let model = load_gpt2(&fixture("gpt2"));
         let ids = r.ints("input_ids");
-        let (_, h) = weights::host(model.hidden(ids.clone()));
-        let want: Vec<f32> = serde_json::from_value(r.json["hidden"]["values"].clone()).unwrap();
-        for pos in 0..10 {
-            let d = (0..8)
-                .map(|k| (h[pos * 8 + k] - want[pos * 8 + k]).abs())
-                .fold(0.0, f32::max);
-            eprintln!("pos {pos}: {d}");
-        }
         let hidden = r.max_diff("hidden", model.hidden(ids.clone()));
         assert!(hidden < 1e-4, "hidden states differ by {hidden}");
         let logits = r.max_diff("logits", model.forward(ids));
         assert!(logits < 1e-4, "logits differ by {logits}");
+    }
+
+    /// Generation's KV cache: the prompt at once, then one token per step, gives the logits of
+    /// the full forward at every position.
+    #[test]
+    fn cached_logits_match_the_full_forward() {
+        let r = Reference::load("gpt2");
+        let model = load_gpt2(&fixture("gpt2"));
+        let ids = r.ints("input_ids");
+        let [b, t] = ids.dims();
+        let (_, full) = weights::host(model.forward(ids.clone()));
+        let v = full.len() / (b * t);
+        let mut cache = gpt2::KvCache::default();
+        let prompt = 3;
+        let mut steps = vec![(
+            0..prompt,
+            model.forward_cached(ids.clone().slice([0..b, 0..prompt]), &mut cache),
+        )];
+        for pos in prompt..t {
+            let logits = model.forward_cached(ids.clone().slice([0..b, pos..pos + 1]), &mut cache);
+            steps.push((pos..pos + 1, logits));
+        }
+        assert_eq!(cache.len(), t);
+        for (positions, logits) in steps {
+            let (_, got) = weights::host(logits);
+            let n = positions.len();
+            for s in 0..b {
+                for (i, pos) in positions.clone().enumerate() {
+                    let want = &full[(s * t + pos) * v..(s * t + pos + 1) * v];
+                    let have = &got[(s * n + i) * v..(s * n + i + 1) * v];
+                    let worst =
+                        want.iter()
+                            .zip(have)
+                            .map(|(a, b)| (a - b).abs())
+                            .fold(
+                                0.0f32,
+                                |m, d| {
+                                    if d.is_nan() { f32::INFINITY } else { m.max(d) }
+                                },
+                            );
+                    assert!(worst < 1e-4, "sequence {s} position {pos}: {worst}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -842,20 +842,30 @@ fn generate(ctx: &mut StepContext) -> Result<(), StepError> {
             }
             let mut rows: Vec<Vec<u32>> = vec![start.clone(); p.samples];
             let mut done = vec![false; p.samples];
+            // Keys and values of the positions fed so far: the prompt goes in once, then one
+            // token per step. Past the position table the window slides and is fed afresh.
+            let mut cache = models::gpt2::KvCache::default();
             for _ in 0..p.max_new_tokens {
                 if done.iter().all(|d| *d)
                     || ctx.cancelled.load(std::sync::atomic::Ordering::Relaxed)
                 {
                     break;
                 }
-                let t = rows[0].len().min(window);
+                if cache.len() + 1 > window {
+                    cache = models::gpt2::KvCache::default();
+                }
+                let t = if cache.is_empty() {
+                    rows[0].len().min(window)
+                } else {
+                    1
+                };
                 let flat: Vec<i64> = rows
                     .iter()
                     .flat_map(|r| r[r.len() - t..].iter().map(|&i| i as i64))
                     .collect();
                 let ids =
                     Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [p.samples, t]), &dev);
-                let logits = model.forward(ids).narrow(1, t - 1, 1); // [S, 1, V]
+                let logits = model.forward_cached(ids, &mut cache).narrow(1, t - 1, 1); // [S, 1, V]
                 let (_, host) = models::weights::host(logits);
                 let v = config.vocab_size();
                 for (s, row) in rows.iter_mut().enumerate() {
