@@ -1,7 +1,7 @@
-//! flex's side of [`FusedOps`]: softmax, layer norm's gradient and GPT-2's GELU as single
-//! passes over f32 rows, split across the step's rayon threads, with an `exp` written so the
-//! compiler vectorizes it (flex calls libm's `expf` once per element). Other dtypes fall back
-//! to the composed forms.
+//! flex's side of [`FusedOps`]: attention's softmax, layer norm's gradient, GPT-2's GELU and
+//! the heads transpose as single passes over f32 rows, split across the step's rayon threads,
+//! with an `exp` written so the compiler vectorizes it (flex calls libm's `expf` once per
+//! element). Other dtypes fall back to the composed forms.
 
 use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
