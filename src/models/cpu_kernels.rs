@@ -328,16 +328,7 @@ mod tests {
             a.into_data().to_vec::<f32>().unwrap(),
             b.into_data().to_vec::<f32>().unwrap(),
         );
-        let worst = a
-            .iter()
-            .zip(&b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(
-                0.0f32,
-                |m, d| {
-                    if d.is_nan() { f32::INFINITY } else { m.max(d) }
-                },
-            );
+        let worst = crate::models::max_abs_diff(&a, &b);
         assert!(worst < 1e-4, "{what}: max |diff| {worst}");
     }
 

@@ -395,15 +395,7 @@ mod tests {
 
     fn close(a: TensorData, b: TensorData, what: &str) {
         let (a, b) = (a.to_vec::<f32>().unwrap(), b.to_vec::<f32>().unwrap());
-        assert_eq!(a.len(), b.len());
-        let worst = a
-            .iter()
-            .zip(&b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(
-                0.0f32,
-                |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
-            );
+        let worst = crate::models::max_abs_diff(&a, &b);
         assert!(worst < 1e-4, "{what}: max |diff| {worst}");
     }
 

@@ -253,6 +253,22 @@ pub(crate) fn add_per_row<B: Backend>(x: Tensor<B, 3>, row: Tensor<B, 2>) -> Ten
     (x.reshape([n, r * c]) + row.reshape([1, r * c])).reshape([n, r, c])
 }
 
+/// Largest |a − b| over two equal-length slices, for tests. A NaN counts as infinitely far:
+/// folding with `f32::max` drops it, and a comparison would then pass on NaN output.
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "compared slices differ in length");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(
+            0.0f32,
+            |m, d| {
+                if d.is_nan() { f32::INFINITY } else { m.max(d) }
+            },
+        )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,10 +308,7 @@ mod tests {
             let want: Vec<f32> = serde_json::from_value(self.json[key]["values"].clone()).unwrap();
             let (got_shape, got) = weights::host(got);
             assert_eq!(got_shape, shape, "{key} shape");
-            got.iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0, f32::max)
+            max_abs_diff(&got, &want)
         }
     }
 
@@ -354,16 +367,7 @@ mod tests {
                 for (i, pos) in positions.clone().enumerate() {
                     let want = &full[(s * t + pos) * v..(s * t + pos + 1) * v];
                     let have = &got[(s * n + i) * v..(s * n + i + 1) * v];
-                    let worst =
-                        want.iter()
-                            .zip(have)
-                            .map(|(a, b)| (a - b).abs())
-                            .fold(
-                                0.0f32,
-                                |m, d| {
-                                    if d.is_nan() { f32::INFINITY } else { m.max(d) }
-                                },
-                            );
+                    let worst = max_abs_diff(want, have);
                     assert!(worst < 1e-4, "sequence {s} position {pos}: {worst}");
                 }
             }
