@@ -263,7 +263,7 @@ impl<B: FusedOps> Gpt2<B> {
     ) -> Tensor<B, 3> {
         let [b, t] = ids.dims();
         let d = self.config.n_embd;
-        let start = cache.as_ref().map_or(0, |c| c.len);
+        let start = cache.as_ref().map_or(0, |c| c.len());
         let tok = self
             .wte
             .val()
@@ -274,9 +274,6 @@ impl<B: FusedOps> Gpt2<B> {
         for (i, block) in self.h.iter().enumerate() {
             let layer = cache.as_mut().map(|c| &mut c.layers[i]);
             x = block.forward(x, self.precision, layer);
-        }
-        if let Some(cache) = cache {
-            cache.len += t;
         }
         self.ln_f.forward(x)
     }
@@ -313,17 +310,19 @@ impl<B: FusedOps> Gpt2<B> {
 #[derive(Debug, Default)]
 pub struct KvCache<B: Backend> {
     layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
-    len: usize,
 }
 
 impl<B: Backend> KvCache<B> {
-    /// Positions seen so far.
+    /// Positions seen so far: the length of the cached keys.
     pub fn len(&self) -> usize {
-        self.len
+        match self.layers.first() {
+            Some(Some((keys, _))) => keys.dims()[2],
+            _ => 0,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 }
 
