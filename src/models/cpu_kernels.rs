@@ -9,9 +9,11 @@ use burn::tensor::ops::{FloatTensor, FloatTensorOps};
 use burn::tensor::{DType, Shape, TensorData, TensorMetadata};
 use rayon::prelude::*;
 
+use super::cpu_attention::{self, Heads};
 use super::fused::{
-    FusedOps, GELU_CUBIC, SQRT_2_OVER_PI, composed_gelu_new, composed_gelu_new_backward,
-    composed_layer_norm_backward, composed_softmax, composed_softmax_backward,
+    FusedOps, GELU_CUBIC, SQRT_2_OVER_PI, composed_attention, composed_attention_backward,
+    composed_gelu_new, composed_gelu_new_backward, composed_layer_norm_backward, composed_softmax,
+    composed_softmax_backward,
 };
 
 /// Elements per parallel task for element-wise kernels: big enough to amortize scheduling.
@@ -66,6 +68,53 @@ impl FusedOps for Flex {
                 }
             });
         out
+    }
+
+    fn fused_attention(
+        qkv: FloatTensor<Self>,
+        n_head: usize,
+        scale: f64,
+        causal: bool,
+    ) -> FloatTensor<Self> {
+        if qkv.dtype() != DType::F32 {
+            return composed_attention::<Flex>(qkv, n_head, scale, causal).0;
+        }
+        attention(qkv, n_head, scale, causal, false).0
+    }
+
+    fn attention_and_weights(
+        qkv: FloatTensor<Self>,
+        n_head: usize,
+        scale: f64,
+        causal: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        if qkv.dtype() != DType::F32 {
+            return composed_attention::<Flex>(qkv, n_head, scale, causal);
+        }
+        let (ctx, weights) = attention(qkv, n_head, scale, causal, true);
+        (ctx, weights.expect("weights were asked for"))
+    }
+
+    fn fused_attention_backward(
+        qkv: FloatTensor<Self>,
+        weights: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        n_head: usize,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        if qkv.dtype() != DType::F32 || weights.dtype() != DType::F32 || g.dtype() != DType::F32 {
+            return composed_attention_backward::<Flex>(qkv, weights, g, n_head, scale);
+        }
+        let shape = qkv.shape();
+        let heads = heads(&shape, n_head);
+        let (qkv, weights, g) = (
+            qkv.to_contiguous(),
+            weights.to_contiguous(),
+            g.to_contiguous(),
+        );
+        let dqkv =
+            cpu_attention::backward(f32s(&qkv), f32s(&weights), f32s(&g), heads, scale as f32);
+        tensor(dqkv, shape)
     }
 
     fn swap_heads(x: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -177,6 +226,39 @@ impl FusedOps for Flex {
     }
 }
 
+/// The heads of packed q | k | v of `shape` [B, T, 3d].
+fn heads(shape: &Shape, n_head: usize) -> Heads {
+    let (b, t, d3) = (shape[0], shape[1], shape[2]);
+    assert!(
+        d3 % (3 * n_head) == 0,
+        "q | k | v of width {d3} do not split into {n_head} heads"
+    );
+    Heads {
+        b,
+        t,
+        n_head,
+        dh: d3 / 3 / n_head,
+    }
+}
+
+/// The kernel on a flex tensor: the context [B, T, d] and, when `keep`, the weights.
+fn attention(
+    qkv: FlexTensor,
+    n_head: usize,
+    scale: f64,
+    causal: bool,
+    keep: bool,
+) -> (FlexTensor, Option<FlexTensor>) {
+    let shape = qkv.shape();
+    let h = heads(&shape, n_head);
+    let qkv = qkv.to_contiguous();
+    let (ctx, weights) = cpu_attention::forward(f32s(&qkv), h, scale as f32, causal, keep);
+    (
+        tensor(ctx, Shape::new([h.b, h.t, n_head * h.dh])),
+        weights.map(|w| tensor(w, Shape::new([h.b, n_head, h.t, h.t]))),
+    )
+}
+
 /// 2·√(2/π)·(x + 0.044715·x³): gelu_new(x) = x·σ(this).
 #[inline(always)]
 fn gelu_u(x: f32) -> f32 {
@@ -190,7 +272,7 @@ fn sigmoid(u: f32) -> f32 {
 
 /// softmax(scale·row) in place over the first `seen` entries (scale > 0); the rest become 0.
 #[inline(always)]
-fn softmax_row(row: &mut [f32], scale: f32, seen: usize) {
+pub(crate) fn softmax_row(row: &mut [f32], scale: f32, seen: usize) {
     let (live, hidden) = row.split_at_mut(seen);
     let max = live.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) * scale;
     for v in live.iter_mut() {
@@ -220,7 +302,7 @@ fn sum_of(n: usize, term: impl Fn(usize) -> f32) -> f32 {
 
 /// Σ a·b over two equal-length rows.
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     sum_of(a.len(), |i| a[i] * b[i])
 }
 
@@ -350,6 +432,32 @@ mod tests {
                 Flex::fused_softmax_backward(y.clone(), g_square.clone(), 0.4),
                 composed_softmax_backward::<Flex>(y, g_square.clone(), 0.4),
                 "softmax gradient",
+            );
+        }
+        // Attention on [8, 20, 3·40] as 5 heads of 8: the kernel's context, weights and
+        // gradient against the composed products (what other backends run).
+        let qkv = random([8, 20, 120], 3);
+        let g_ctx = random([8, 20, 40], 4);
+        for causal in [false, true] {
+            let (ctx, weights) = Flex::attention_and_weights(qkv.clone(), 5, 0.35, causal);
+            let (want_ctx, want_weights) = composed_attention::<Flex>(qkv.clone(), 5, 0.35, causal);
+            assert_close(ctx, want_ctx.clone(), "attention context");
+            assert_close(weights.clone(), want_weights, "attention weights");
+            assert_close(
+                Flex::fused_attention(qkv.clone(), 5, 0.35, causal),
+                want_ctx,
+                "attention context without weights",
+            );
+            assert_close(
+                Flex::fused_attention_backward(
+                    qkv.clone(),
+                    weights.clone(),
+                    g_ctx.clone(),
+                    5,
+                    0.35,
+                ),
+                composed_attention_backward::<Flex>(qkv.clone(), weights, g_ctx.clone(), 5, 0.35),
+                "attention gradient",
             );
         }
         let x4 = Flex::float_reshape(x.clone(), Shape::new([8, 20, 4, 40]));

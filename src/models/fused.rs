@@ -74,6 +74,41 @@ pub trait FusedOps: Backend {
         Self::float_swap_dims(x, 1, 2)
     }
 
+    /// Multi-head attention on packed `qkv` [B, T, 3d] (q | k | v, head h in columns
+    /// h·dh..(h+1)·dh of each): softmax(`scale`·q·kᵀ)·v per head, merged back to [B, T, d].
+    /// Key j is hidden from query i when `causal` and j > i.
+    fn fused_attention(
+        qkv: FloatTensor<Self>,
+        n_head: usize,
+        scale: f64,
+        causal: bool,
+    ) -> FloatTensor<Self> {
+        Self::attention_and_weights(qkv, n_head, scale, causal).0
+    }
+
+    /// [`FusedOps::fused_attention`]'s output and the attention weights [B, H, T, T] its
+    /// gradient reuses.
+    fn attention_and_weights(
+        qkv: FloatTensor<Self>,
+        n_head: usize,
+        scale: f64,
+        causal: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        composed_attention::<Self>(qkv, n_head, scale, causal)
+    }
+
+    /// The gradient of [`FusedOps::fused_attention`] for `qkv` [B, T, 3d], from the kept
+    /// weights and the upstream gradient `g` [B, T, d].
+    fn fused_attention_backward(
+        qkv: FloatTensor<Self>,
+        weights: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        n_head: usize,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        composed_attention_backward::<Self>(qkv, weights, g, n_head, scale)
+    }
+
     /// GPT-2's tanh-approximated GELU (`gelu_new`).
     fn fused_gelu_new(x: FloatTensor<Self>) -> FloatTensor<Self> {
         Self::gelu_new_and_sigmoid(x).0
@@ -108,6 +143,26 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
             },
             |x| B::fused_softmax(x, scale, causal),
             |(y, scale), g| B::fused_softmax_backward(y, g, scale),
+        )
+    }
+
+    fn fused_attention(
+        qkv: FloatTensor<Self>,
+        n_head: usize,
+        scale: f64,
+        causal: bool,
+    ) -> FloatTensor<Self> {
+        // The weights are kept from the forward: the backward needs them, not the scores.
+        unary_node::<B, C, _>(
+            qkv,
+            |qkv| {
+                let (ctx, weights) = B::attention_and_weights(qkv.clone(), n_head, scale, causal);
+                (ctx, (qkv, weights, n_head, scale))
+            },
+            |qkv| B::fused_attention(qkv, n_head, scale, causal),
+            |(qkv, weights, n_head, scale), g| {
+                B::fused_attention_backward(qkv, weights, g, n_head, scale)
+            },
         )
     }
 
@@ -248,6 +303,74 @@ pub(crate) fn composed_softmax<B: Backend>(
     shaped(burn::tensor::activation::softmax(scores, 2), shape)
 }
 
+/// q, k and v of packed `qkv` [B, T, 3d], each as heads [B, H, T, dh].
+pub(crate) fn split_heads<B: FusedOps>(qkv: Tensor<B, 3>, n_head: usize) -> [Tensor<B, 4>; 3] {
+    let [b, t, d3] = qkv.dims();
+    let d = d3 / 3;
+    [0, 1, 2].map(|i| {
+        swap_heads(
+            qkv.clone()
+                .narrow(2, i * d, d)
+                .reshape([b, t, n_head, d / n_head]),
+        )
+    })
+}
+
+/// Heads [B, H, T, dh] back to [B, T, H·dh].
+pub(crate) fn merge_heads<B: FusedOps>(x: Tensor<B, 4>) -> Tensor<B, 3> {
+    let [b, h, t, dh] = x.dims();
+    swap_heads(x).reshape([b, t, h * dh])
+}
+
+/// Attention as separate products and a softmax: (context [B, T, d], weights [B, H, T, T]).
+pub(crate) fn composed_attention<B: FusedOps>(
+    qkv: FloatTensor<B>,
+    n_head: usize,
+    scale: f64,
+    causal: bool,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let [q, k, v] = split_heads(
+        Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(qkv)),
+        n_head,
+    );
+    let weights = attention_softmax(q.matmul(k.swap_dims(2, 3)), scale, causal); // [B, H, T, T]
+    let ctx = merge_heads(weights.clone().matmul(v));
+    (
+        ctx.into_primitive().tensor(),
+        weights.into_primitive().tensor(),
+    )
+}
+
+/// Its gradient for `qkv`: dV = Pᵀ·dO, dS = softmax′(P, dO·Vᵀ), dQ = dS·K, dK = dSᵀ·Q.
+pub(crate) fn composed_attention_backward<B: FusedOps>(
+    qkv: FloatTensor<B>,
+    weights: FloatTensor<B>,
+    g: FloatTensor<B>,
+    n_head: usize,
+    scale: f64,
+) -> FloatTensor<B> {
+    let [q, k, v] = split_heads(
+        Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(qkv)),
+        n_head,
+    );
+    let p = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(weights));
+    let g = Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(g));
+    let [b, t, d] = g.dims();
+    let go = swap_heads(g.reshape([b, t, n_head, d / n_head])); // [B, H, T, dh]
+    let dv = p.clone().swap_dims(2, 3).matmul(go.clone());
+    let dp = go.matmul(v.swap_dims(2, 3));
+    let ds = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(B::fused_softmax_backward(
+        p.into_primitive().tensor(),
+        dp.into_primitive().tensor(),
+        scale,
+    )));
+    let dq = ds.clone().matmul(k);
+    let dk = ds.swap_dims(2, 3).matmul(q);
+    Tensor::cat(vec![merge_heads(dq), merge_heads(dk), merge_heads(dv)], 2)
+        .into_primitive()
+        .tensor()
+}
+
 /// Its gradient: scale·y·(g − Σ y·g) per row (masked keys have y = 0, so get 0).
 pub(crate) fn composed_softmax_backward<B: Backend>(
     y: FloatTensor<B>,
@@ -340,6 +463,22 @@ pub fn attention_softmax<B: FusedOps>(
 ) -> Tensor<B, 4> {
     Tensor::from_primitive(TensorPrimitive::Float(B::fused_softmax(
         scores.into_primitive().tensor(),
+        scale,
+        causal,
+    )))
+}
+
+/// Multi-head attention on packed q | k | v [B, T, 3d] → [B, T, d], one autodiff node (see
+/// [`FusedOps::fused_attention`]).
+pub fn attention<B: FusedOps>(
+    qkv: Tensor<B, 3>,
+    n_head: usize,
+    scale: f64,
+    causal: bool,
+) -> Tensor<B, 3> {
+    Tensor::from_primitive(TensorPrimitive::Float(B::fused_attention(
+        qkv.into_primitive().tensor(),
+        n_head,
         scale,
         causal,
     )))
@@ -449,6 +588,48 @@ mod tests {
             let (da, db) = (x.grad(&ga).unwrap(), x.grad(&gb).unwrap());
             assert_eq!(da.dims(), x.dims());
             close(da.into_data(), db.into_data(), "gradient");
+        }
+    }
+
+    /// The attention node against burn's own ops, tracked: same context, same gradient for
+    /// q | k | v, causal or not, with several heads and sequences.
+    #[test]
+    fn attention_matches_composed_products_and_softmax() {
+        let device = Default::default();
+        <AB as Backend>::seed(&device, 5);
+        let (b, t, n_head, dh) = (3, 7, 2, 4);
+        let d = n_head * dh;
+        let qkv = Tensor::<AB, 3>::random([b, t, 3 * d], Distribution::Normal(0.0, 1.5), &device)
+            .require_grad();
+        let upstream = Tensor::<AB, 3>::random([b, t, d], Distribution::Normal(0.0, 1.0), &device);
+        let scale = 0.5;
+        for causal in [false, true] {
+            let fused = attention(qkv.clone(), n_head, scale, causal);
+            let heads = |i: usize| {
+                qkv.clone()
+                    .narrow(2, i * d, d)
+                    .reshape([b, t, n_head, dh])
+                    .swap_dims(1, 2)
+            };
+            let mut scores = heads(0).matmul(heads(1).swap_dims(2, 3)) * scale;
+            if causal {
+                let future = Tensor::<AB, 2, Bool>::tril_mask([t, t], 0, &device);
+                scores = scores
+                    + future
+                        .float()
+                        .mul_scalar(MASKED)
+                        .unsqueeze_dims::<4>(&[0, 1]);
+            }
+            let composed = softmax(scores, 3)
+                .matmul(heads(2))
+                .swap_dims(1, 2)
+                .reshape([b, t, d]);
+            close(fused.to_data(), composed.to_data(), "context");
+            let ga = (fused * upstream.clone()).sum().backward();
+            let gb = (composed * upstream.clone()).sum().backward();
+            let (da, db) = (qkv.grad(&ga).unwrap(), qkv.grad(&gb).unwrap());
+            assert_eq!(da.dims(), qkv.dims());
+            close(da.into_data(), db.into_data(), "q | k | v gradient");
         }
     }
 

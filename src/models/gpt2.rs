@@ -6,11 +6,11 @@ use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::fused::{attention_softmax, gelu_new, swap_heads};
+use super::fused::{attention, attention_softmax, gelu_new, merge_heads, split_heads};
 use super::weights::{Init, Weights};
 use super::{
-    FusedOps, LayerNorm, ModelError, Precision, add_per_row, affine, attention_scale, dense,
-    layer_norm, linear, matmul, put_layer_norm,
+    FusedOps, LayerNorm, ModelError, Precision, add_per_row, attention_scale, dense, layer_norm,
+    linear, matmul, put_layer_norm,
 };
 
 /// The fields of HF's `GPT2Config` that change the computation (others are kept as written).
@@ -333,21 +333,29 @@ impl<B: FusedOps> Block<B> {
         p: Precision,
         cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
     ) -> Tensor<B, 3> {
-        let [b, t, d] = x.dims();
-        let (nh, dh) = (self.n_head, d / self.n_head);
-        let h = self.ln_1.forward(x.clone());
-        // c_attn's columns are q | k | v. Splitting the weight rather than its [B, T, 3d]
-        // output keeps each head tensor contiguous and the weight's gradient small.
-        let heads = |i: usize| {
-            let weight = self.c_attn.weight.val().narrow(1, i * d, d);
-            let bias = self
-                .c_attn
-                .bias
-                .as_ref()
-                .map(|b| b.val().narrow(0, i * d, d));
-            swap_heads(affine(h.clone(), weight, bias, p).reshape([b, t, nh, dh])) // [B, H, T, dh]
-        };
-        let (q, mut k, mut v) = (heads(0), heads(1), heads(2));
+        let qkv = dense(&self.c_attn, self.ln_1.forward(x.clone()), p); // [B, T, 3d]: q | k | v
+        let dropout = self.attn_dropout.prob > 0.0 && B::ad_enabled(&x.device());
+        let ctx = if cache.is_none() && !dropout && p == Precision::F32 {
+            let scale = attention_scale(x.dims()[2] / self.n_head);
+            attention(qkv, self.n_head, scale, true) // one node from q | k | v to the context
+        } else {
+            self.attention_stepwise(qkv, p, cache)
+        }; // [B, T, d]
+        let x = x + self.resid_dropout.forward(dense(&self.attn_proj, ctx, p));
+        let m = gelu_new(dense(&self.c_fc, self.ln_2.forward(x.clone()), p));
+        x.clone() + self.resid_dropout.forward(dense(&self.mlp_proj, m, p))
+    }
+
+    /// Attention op by op, for what the fused node does not do: dropout on the weights,
+    /// products in a lower precision, and generation's KV cache.
+    fn attention_stepwise(
+        &self,
+        qkv: Tensor<B, 3>,
+        p: Precision,
+        cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    ) -> Tensor<B, 3> {
+        let [q, mut k, mut v] = split_heads(qkv, self.n_head); // [B, H, T, dh] each
+        let [_, _, t, dh] = q.dims();
         let mut causal = true;
         if let Some(slot) = cache {
             if let Some((past_k, past_v)) = slot.take() {
@@ -364,9 +372,6 @@ impl<B: FusedOps> Block<B> {
         let scores = matmul(q, k.swap_dims(2, 3), p); // [B, H, T, T or past + 1]
         let probs = attention_softmax(scores, attention_scale(dh), causal);
         let probs = self.attn_dropout.forward(probs);
-        let ctx = swap_heads(matmul(probs, v, p)).reshape([b, t, d]); // [B, T, d]
-        let x = x + self.resid_dropout.forward(dense(&self.attn_proj, ctx, p));
-        let m = gelu_new(dense(&self.c_fc, self.ln_2.forward(x.clone()), p));
-        x.clone() + self.resid_dropout.forward(dense(&self.mlp_proj, m, p))
+        merge_heads(matmul(probs, v, p))
     }
 }

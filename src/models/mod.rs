@@ -11,6 +11,7 @@ use burn::nn::Linear;
 use burn::prelude::*;
 
 pub mod bert;
+mod cpu_attention;
 mod cpu_kernels;
 pub mod device;
 pub mod fused;
