@@ -3,6 +3,18 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's `mi_option_purge_delay` (its index in `mi_option_e`, mimalloc.h of v2 and v3).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
 fn main() -> std::process::ExitCode {
+    // By default mimalloc returns memory unused for 10 ms to the OS. A training step frees its
+    // activations and allocates them again one step (tens of ms) later, so each step paid
+    // page faults and zeroing for memory it had just given back (~10 % of CPU training time).
+    // Never purging keeps them; peak memory is unchanged, as the same buffers are reused.
+    // `MIMALLOC_PURGE_DELAY` in the environment still decides when it is set.
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets a plain integer option; mimalloc reads options at any time.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    }
     dnaflow::cli::main()
 }
