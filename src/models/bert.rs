@@ -7,11 +7,11 @@ use burn::prelude::*;
 use burn::tensor::activation::gelu;
 use serde::{Deserialize, Serialize};
 
-use super::fused::{attention_softmax, swap_heads};
+use super::fused::{Keys, attention, split_heads};
 use super::weights::{Init, Weights};
 use super::{
-    FusedOps, LayerNorm, MASKED, ModelError, Precision, add_per_row, attention_scale, dense,
-    layer_norm, linear, matmul, put_layer_norm,
+    FusedOps, LayerNorm, MASKED, ModelError, Precision, add_per_row, affine, attention_fuses,
+    attention_scale, attention_stepwise, dense, layer_norm, linear, matmul, put_layer_norm,
 };
 
 /// The fields of HF's `BertConfig` that change the computation.
@@ -375,16 +375,7 @@ impl<B: FusedOps> Bert<B> {
         let mut x = self
             .dropout
             .forward(self.embeddings_ln.forward(add_per_row(words + kinds, pos)));
-        // [B, H, T, T], MASKED on padding keys; made whole once here so that each layer adds
-        // it element by element rather than through a strided broadcast.
-        let nh = self.config.num_attention_heads;
-        let padding = mask
-            .equal_elem(0)
-            .float()
-            .mul_scalar(MASKED)
-            .reshape([b, 1, 1, t])
-            .repeat_dim(2, t)
-            .repeat_dim(1, nh);
+        let padding = mask.equal_elem(0).float().mul_scalar(MASKED); // [B, T]: MASKED on padding keys
         for layer in &self.layers {
             x = layer.forward(x, padding.clone(), self.precision);
         }
@@ -413,21 +404,36 @@ impl<B: FusedOps> Bert<B> {
 }
 
 impl<B: FusedOps> Layer<B> {
-    fn forward(&self, x: Tensor<B, 3>, padding: Tensor<B, 4>, p: Precision) -> Tensor<B, 3> {
-        let [b, t, d] = x.dims();
-        let (nh, dh) = (self.n_head, d / self.n_head);
-        let heads = |l: &Linear<B>| swap_heads(dense(l, x.clone(), p).reshape([b, t, nh, dh])); // [B, H, T, dh]
-        let (q, k, v) = (heads(&self.query), heads(&self.key), heads(&self.value));
-        // Padding keys hold MASKED: still hugely negative after the scale.
-        let scores = matmul(q, k.swap_dims(2, 3), p) + padding; // [B, H, T, T]
-        let probs = attention_softmax(scores, attention_scale(dh), false);
-        let probs = self.attn_dropout.forward(probs);
-        let ctx = swap_heads(matmul(probs, v, p)).reshape([b, t, d]);
+    fn forward(&self, x: Tensor<B, 3>, padding: Tensor<B, 2>, p: Precision) -> Tensor<B, 3> {
+        let [_, _, d] = x.dims();
+        let qkv = affine(x.clone(), self.qkv_weight(), self.qkv_bias(), p); // [B, T, 3d]: q | k | v
+        let keys = Keys::Padded(padding);
+        let ctx = if attention_fuses::<B>(&self.attn_dropout, p, &x.device()) {
+            attention(qkv, keys, self.n_head, attention_scale(d / self.n_head))
+        } else {
+            let heads = split_heads(qkv, self.n_head);
+            attention_stepwise(heads, keys, &self.attn_dropout, p)
+        }; // [B, T, d]
         let x = self
             .attn_ln
             .forward(x + self.dropout.forward(dense(&self.attn_out, ctx, p)));
         let m = gelu(dense(&self.intermediate, x.clone(), p));
         self.output_ln
             .forward(x + self.dropout.forward(dense(&self.output, m, p)))
+    }
+
+    /// query | key | value weights side by side, [d, 3d]: one product gives q | k | v.
+    fn qkv_weight(&self) -> Tensor<B, 2> {
+        let w = |l: &Linear<B>| l.weight.val();
+        Tensor::cat(vec![w(&self.query), w(&self.key), w(&self.value)], 1)
+    }
+
+    /// Their biases, [3d].
+    fn qkv_bias(&self) -> Option<Tensor<B, 1>> {
+        let b = |l: &Linear<B>| l.bias.as_ref().map(|b| b.val());
+        Some(Tensor::cat(
+            vec![b(&self.query)?, b(&self.key)?, b(&self.value)?],
+            0,
+        ))
     }
 }

@@ -84,10 +84,12 @@ unsafe fn product(
     }
 }
 
-/// softmax(scale·q·kᵀ)·v for every (sequence, head): the context [B, T, d] and, when `keep`,
-/// the attention weights [B, H, T, T]. Key j is hidden from query i when `causal` and j > i.
+/// softmax(scale·(q·kᵀ + bias))·v for every (sequence, head): the context [B, T, d] and,
+/// when `keep`, the attention weights [B, H, T, T]. Key j is hidden from query i when `causal`
+/// and j > i; `bias` [B, T] is added to every query's raw scores of its sequence (padding).
 pub(crate) fn forward(
     qkv: &[f32],
+    bias: Option<&[f32]>,
     s: Heads,
     scale: f32,
     causal: bool,
@@ -95,6 +97,7 @@ pub(crate) fn forward(
 ) -> (Vec<f32>, Option<Vec<f32>>) {
     let (t, d, dh) = (s.t, s.d(), s.dh);
     assert_eq!(qkv.len(), s.b * t * 3 * d, "qkv is [B, T, 3d]");
+    assert!(bias.is_none_or(|b| b.len() == s.b * t), "bias is [B, T]");
     let tasks = s.b * s.n_head;
     let mut ctx = vec![0.0f32; s.b * t * d];
     let mut probs = if keep {
@@ -105,18 +108,39 @@ pub(crate) fn forward(
     let out = Shared(ctx.as_mut_ptr());
     let one = |task: usize, p: &mut [f32]| {
         let q = qkv[s.qkv_offset(task)..].as_ptr();
-        // SAFETY: q, k and v are dh columns of T rows 3d apart inside qkv (checked length);
-        // p holds T×T; the context block is dh columns of T rows d apart inside ctx, and
-        // belongs to this task alone.
+        // SAFETY (both blocks): q, k and v are dh columns of T rows 3d apart inside qkv
+        // (checked length); p holds T×T; the context block is dh columns of T rows d apart
+        // inside ctx, and belongs to this task alone.
         unsafe {
-            let (k, v) = (q.add(d), q.add(2 * d));
-            product((t, t, dh), p.as_mut_ptr(), t, q, (3 * d, 1), k, (1, 3 * d));
-            for (query, row) in p.chunks_mut(t).enumerate() {
-                softmax_row(row, scale, if causal { query + 1 } else { t });
+            product(
+                (t, t, dh),
+                p.as_mut_ptr(),
+                t,
+                q,
+                (3 * d, 1),
+                q.add(d),
+                (1, 3 * d),
+            )
+        };
+        let bias = bias.map(|bias| &bias[task / s.n_head * t..][..t]);
+        for (query, row) in p.chunks_mut(t).enumerate() {
+            if let Some(bias) = bias {
+                row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
             }
-            let o = out;
+            softmax_row(row, scale, if causal { query + 1 } else { t });
+        }
+        let o = out;
+        unsafe {
             let dst = o.0.add(s.ctx_offset(task));
-            product((t, dh, t), dst, d, p.as_ptr(), (t, 1), v, (3 * d, 1));
+            product(
+                (t, dh, t),
+                dst,
+                d,
+                p.as_ptr(),
+                (t, 1),
+                q.add(2 * d),
+                (3 * d, 1),
+            );
         }
     };
     if keep {

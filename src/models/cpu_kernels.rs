@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use super::cpu_attention::{self, Heads};
 use super::fused::{
-    FusedOps, GELU_CUBIC, SQRT_2_OVER_PI, composed_attention, composed_attention_backward,
+    FusedOps, GELU_CUBIC, Keys, SQRT_2_OVER_PI, composed_attention, composed_attention_backward,
     composed_gelu_new, composed_gelu_new_backward, composed_layer_norm_backward, composed_softmax,
     composed_softmax_backward,
 };
@@ -72,26 +72,20 @@ impl FusedOps for Flex {
 
     fn fused_attention(
         qkv: FloatTensor<Self>,
+        keys: Keys<FloatTensor<Self>>,
         n_head: usize,
         scale: f64,
-        causal: bool,
     ) -> FloatTensor<Self> {
-        if qkv.dtype() != DType::F32 {
-            return composed_attention::<Flex>(qkv, n_head, scale, causal).0;
-        }
-        attention(qkv, n_head, scale, causal, false).0
+        attention(qkv, keys, n_head, scale, false).0
     }
 
     fn attention_and_weights(
         qkv: FloatTensor<Self>,
+        keys: Keys<FloatTensor<Self>>,
         n_head: usize,
         scale: f64,
-        causal: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        if qkv.dtype() != DType::F32 {
-            return composed_attention::<Flex>(qkv, n_head, scale, causal);
-        }
-        let (ctx, weights) = attention(qkv, n_head, scale, causal, true);
+        let (ctx, weights) = attention(qkv, keys, n_head, scale, true);
         (ctx, weights.expect("weights were asked for"))
     }
 
@@ -241,18 +235,38 @@ fn heads(shape: &Shape, n_head: usize) -> Heads {
     }
 }
 
-/// The kernel on a flex tensor: the context [B, T, d] and, when `keep`, the weights.
+/// The kernel on a flex tensor: the context [B, T, d] and, when `keep`, the weights (the
+/// composed form for other dtypes).
 fn attention(
     qkv: FlexTensor,
+    keys: Keys<FlexTensor>,
     n_head: usize,
     scale: f64,
-    causal: bool,
     keep: bool,
 ) -> (FlexTensor, Option<FlexTensor>) {
-    let shape = qkv.shape();
-    let h = heads(&shape, n_head);
+    let bias_dtype = match &keys {
+        Keys::Padded(bias) => bias.dtype(),
+        _ => DType::F32,
+    };
+    if qkv.dtype() != DType::F32 || bias_dtype != DType::F32 {
+        let (ctx, weights) = composed_attention::<Flex>(qkv, keys, n_head, scale);
+        return (ctx, Some(weights));
+    }
+    let h = heads(&qkv.shape(), n_head);
     let qkv = qkv.to_contiguous();
-    let (ctx, weights) = cpu_attention::forward(f32s(&qkv), h, scale as f32, causal, keep);
+    let (causal, bias) = match keys {
+        Keys::All => (false, None),
+        Keys::Causal => (true, None),
+        Keys::Padded(bias) => (false, Some(bias.to_contiguous())),
+    };
+    let (ctx, weights) = cpu_attention::forward(
+        f32s(&qkv),
+        bias.as_ref().map(f32s),
+        h,
+        scale as f32,
+        causal,
+        keep,
+    );
     (
         tensor(ctx, Shape::new([h.b, h.t, n_head * h.dh])),
         weights.map(|w| tensor(w, Shape::new([h.b, n_head, h.t, h.t]))),
@@ -394,6 +408,7 @@ fn tensor(values: Vec<f32>, shape: Shape) -> FlexTensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::MASKED;
     use burn::prelude::*;
     use burn::tensor::Distribution;
 
@@ -435,16 +450,28 @@ mod tests {
             );
         }
         // Attention on [8, 20, 3·40] as 5 heads of 8: the kernel's context, weights and
-        // gradient against the composed products (what other backends run).
+        // gradient against the composed products (what other backends run), over all keys,
+        // causal, and with padding keys (the last 3 of every other sequence).
         let qkv = random([8, 20, 120], 3);
         let g_ctx = random([8, 20, 40], 4);
-        for causal in [false, true] {
-            let (ctx, weights) = Flex::attention_and_weights(qkv.clone(), 5, 0.35, causal);
-            let (want_ctx, want_weights) = composed_attention::<Flex>(qkv.clone(), 5, 0.35, causal);
+        let padding: Vec<f32> = (0..8 * 20)
+            .map(|i| {
+                if (i / 20) % 2 == 1 && i % 20 >= 17 {
+                    MASKED
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let padding = tensor(padding, Shape::new([8, 20]));
+        for keys in [Keys::All, Keys::Causal, Keys::Padded(padding)] {
+            let (ctx, weights) = Flex::attention_and_weights(qkv.clone(), keys.clone(), 5, 0.35);
+            let (want_ctx, want_weights) =
+                composed_attention::<Flex>(qkv.clone(), keys.clone(), 5, 0.35);
             assert_close(ctx, want_ctx.clone(), "attention context");
             assert_close(weights.clone(), want_weights, "attention weights");
             assert_close(
-                Flex::fused_attention(qkv.clone(), 5, 0.35, causal),
+                Flex::fused_attention(qkv.clone(), keys, 5, 0.35),
                 want_ctx,
                 "attention context without weights",
             );

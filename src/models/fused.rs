@@ -75,26 +75,26 @@ pub trait FusedOps: Backend {
     }
 
     /// Multi-head attention on packed `qkv` [B, T, 3d] (q | k | v, head h in columns
-    /// h·dh..(h+1)·dh of each): softmax(`scale`·q·kᵀ)·v per head, merged back to [B, T, d].
-    /// Key j is hidden from query i when `causal` and j > i.
+    /// h·dh..(h+1)·dh of each): softmax(`scale`·q·kᵀ)·v per head over the `keys` each query
+    /// sees, merged back to [B, T, d].
     fn fused_attention(
         qkv: FloatTensor<Self>,
+        keys: Keys<FloatTensor<Self>>,
         n_head: usize,
         scale: f64,
-        causal: bool,
     ) -> FloatTensor<Self> {
-        Self::attention_and_weights(qkv, n_head, scale, causal).0
+        Self::attention_and_weights(qkv, keys, n_head, scale).0
     }
 
     /// [`FusedOps::fused_attention`]'s output and the attention weights [B, H, T, T] its
     /// gradient reuses.
     fn attention_and_weights(
         qkv: FloatTensor<Self>,
+        keys: Keys<FloatTensor<Self>>,
         n_head: usize,
         scale: f64,
-        causal: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        composed_attention::<Self>(qkv, n_head, scale, causal)
+        composed_attention::<Self>(qkv, keys, n_head, scale)
     }
 
     /// The gradient of [`FusedOps::fused_attention`] for `qkv` [B, T, 3d], from the kept
@@ -148,18 +148,21 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
 
     fn fused_attention(
         qkv: FloatTensor<Self>,
+        keys: Keys<FloatTensor<Self>>,
         n_head: usize,
         scale: f64,
-        causal: bool,
     ) -> FloatTensor<Self> {
-        // The weights are kept from the forward: the backward needs them, not the scores.
+        // The weights are kept from the forward: the backward needs them, not the scores. A
+        // padding bias is a constant of the batch: no gradient flows to it.
+        let keys = keys.map(|bias| bias.primitive);
+        let untracked_keys = keys.clone();
         unary_node::<B, C, _>(
             qkv,
             |qkv| {
-                let (ctx, weights) = B::attention_and_weights(qkv.clone(), n_head, scale, causal);
+                let (ctx, weights) = B::attention_and_weights(qkv.clone(), keys, n_head, scale);
                 (ctx, (qkv, weights, n_head, scale))
             },
-            |qkv| B::fused_attention(qkv, n_head, scale, causal),
+            |qkv| B::fused_attention(qkv, untracked_keys, n_head, scale),
             |(qkv, weights, n_head, scale), g| {
                 B::fused_attention_backward(qkv, weights, g, n_head, scale)
             },
@@ -325,15 +328,16 @@ pub(crate) fn merge_heads<B: FusedOps>(x: Tensor<B, 4>) -> Tensor<B, 3> {
 /// Attention as separate products and a softmax: (context [B, T, d], weights [B, H, T, T]).
 pub(crate) fn composed_attention<B: FusedOps>(
     qkv: FloatTensor<B>,
+    keys: Keys<FloatTensor<B>>,
     n_head: usize,
     scale: f64,
-    causal: bool,
 ) -> (FloatTensor<B>, FloatTensor<B>) {
     let [q, k, v] = split_heads(
         Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(qkv)),
         n_head,
     );
-    let weights = attention_softmax(q.matmul(k.swap_dims(2, 3)), scale, causal); // [B, H, T, T]
+    let keys = keys.map(|bias| Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(bias)));
+    let weights = masked_softmax(q.matmul(k.swap_dims(2, 3)), keys, scale); // [B, H, T, T]
     let ctx = merge_heads(weights.clone().matmul(v));
     (
         ctx.into_primitive().tensor(),
@@ -472,16 +476,56 @@ pub fn attention_softmax<B: FusedOps>(
 /// [`FusedOps::fused_attention`]).
 pub fn attention<B: FusedOps>(
     qkv: Tensor<B, 3>,
+    keys: Keys<Tensor<B, 2>>,
     n_head: usize,
     scale: f64,
-    causal: bool,
 ) -> Tensor<B, 3> {
     Tensor::from_primitive(TensorPrimitive::Float(B::fused_attention(
         qkv.into_primitive().tensor(),
+        keys.map(|bias| bias.into_primitive().tensor()),
         n_head,
         scale,
-        causal,
     )))
+}
+
+/// Attention weights from raw scores [B, H, Tq, Tk] over the `keys` each query sees:
+/// softmax(scale·(scores + padding bias)), one node for the softmax.
+pub fn masked_softmax<B: FusedOps>(
+    scores: Tensor<B, 4>,
+    keys: Keys<Tensor<B, 2>>,
+    scale: f64,
+) -> Tensor<B, 4> {
+    match keys {
+        Keys::All => attention_softmax(scores, scale, false),
+        Keys::Causal => attention_softmax(scores, scale, true),
+        Keys::Padded(bias) => {
+            let [b, tk] = bias.dims();
+            attention_softmax(scores + bias.reshape([b, 1, 1, tk]), scale, false)
+        }
+    }
+}
+
+/// The keys a query attends to.
+#[derive(Debug, Clone)]
+pub enum Keys<T> {
+    /// Every key.
+    All,
+    /// The keys up to the query's own position (GPT-2; square scores).
+    Causal,
+    /// Every key, with a bias [B, Tk] added to the raw scores: [`MASKED`] on padding keys, 0
+    /// on the others (BERT).
+    Padded(T),
+}
+
+impl<T> Keys<T> {
+    /// The same keys with the bias in another form.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Keys<U> {
+        match self {
+            Keys::All => Keys::All,
+            Keys::Causal => Keys::Causal,
+            Keys::Padded(bias) => Keys::Padded(f(bias)),
+        }
+    }
 }
 
 /// [A, B, C, D] → [A, C, B, D] as one autodiff node (contiguous on flex).
@@ -592,7 +636,7 @@ mod tests {
     }
 
     /// The attention node against burn's own ops, tracked: same context, same gradient for
-    /// q | k | v, causal or not, with several heads and sequences.
+    /// q | k | v, over all keys, causal, and with padding, for several heads and sequences.
     #[test]
     fn attention_matches_composed_products_and_softmax() {
         let device = Default::default();
@@ -602,25 +646,37 @@ mod tests {
         let qkv = Tensor::<AB, 3>::random([b, t, 3 * d], Distribution::Normal(0.0, 1.5), &device)
             .require_grad();
         let upstream = Tensor::<AB, 3>::random([b, t, d], Distribution::Normal(0.0, 1.0), &device);
+        // Sequence 1 has 2 padding keys at the end, sequence 2 one in the middle.
+        let mut padding = vec![0.0f32; b * t];
+        for i in [t + 5, t + 6, 2 * t + 3] {
+            padding[i] = MASKED;
+        }
+        let padding = Tensor::<AB, 2>::from_data(TensorData::new(padding, [b, t]), &device);
         let scale = 0.5;
-        for causal in [false, true] {
-            let fused = attention(qkv.clone(), n_head, scale, causal);
+        for keys in [Keys::All, Keys::Causal, Keys::Padded(padding)] {
+            let fused = attention(qkv.clone(), keys.clone(), n_head, scale);
             let heads = |i: usize| {
                 qkv.clone()
                     .narrow(2, i * d, d)
                     .reshape([b, t, n_head, dh])
                     .swap_dims(1, 2)
             };
-            let mut scores = heads(0).matmul(heads(1).swap_dims(2, 3)) * scale;
-            if causal {
-                let future = Tensor::<AB, 2, Bool>::tril_mask([t, t], 0, &device);
-                scores = scores
-                    + future
-                        .float()
-                        .mul_scalar(MASKED)
-                        .unsqueeze_dims::<4>(&[0, 1]);
+            let mut scores = heads(0).matmul(heads(1).swap_dims(2, 3));
+            match &keys {
+                Keys::All => {}
+                Keys::Causal => {
+                    let future = Tensor::<AB, 2, Bool>::tril_mask([t, t], 0, &device);
+                    scores = scores
+                        + future
+                            .float()
+                            .mul_scalar(MASKED)
+                            .unsqueeze_dims::<4>(&[0, 1]);
+                }
+                Keys::Padded(bias) => {
+                    scores = scores + bias.clone().reshape([b, 1, 1, t]);
+                }
             }
-            let composed = softmax(scores, 3)
+            let composed = softmax(scores * scale, 3)
                 .matmul(heads(2))
                 .swap_dims(1, 2)
                 .reshape([b, t, d]);

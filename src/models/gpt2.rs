@@ -6,11 +6,11 @@ use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::fused::{attention, attention_softmax, gelu_new, merge_heads, split_heads};
+use super::fused::{Keys, attention, gelu_new, split_heads};
 use super::weights::{Init, Weights};
 use super::{
-    FusedOps, LayerNorm, ModelError, Precision, add_per_row, attention_scale, dense, layer_norm,
-    linear, matmul, put_layer_norm,
+    FusedOps, LayerNorm, ModelError, Precision, add_per_row, attention_fuses, attention_scale,
+    attention_stepwise, dense, layer_norm, linear, matmul, put_layer_norm,
 };
 
 /// The fields of HF's `GPT2Config` that change the computation (others are kept as written).
@@ -334,44 +334,40 @@ impl<B: FusedOps> Block<B> {
         cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
     ) -> Tensor<B, 3> {
         let qkv = dense(&self.c_attn, self.ln_1.forward(x.clone()), p); // [B, T, 3d]: q | k | v
-        let dropout = self.attn_dropout.prob > 0.0 && B::ad_enabled(&x.device());
-        let ctx = if cache.is_none() && !dropout && p == Precision::F32 {
+        let ctx = if cache.is_none() && attention_fuses::<B>(&self.attn_dropout, p, &x.device()) {
             let scale = attention_scale(x.dims()[2] / self.n_head);
-            attention(qkv, self.n_head, scale, true) // one node from q | k | v to the context
+            attention(qkv, Keys::Causal, self.n_head, scale) // one node from q | k | v
         } else {
-            self.attention_stepwise(qkv, p, cache)
+            self.attention_cached(qkv, p, cache)
         }; // [B, T, d]
         let x = x + self.resid_dropout.forward(dense(&self.attn_proj, ctx, p));
         let m = gelu_new(dense(&self.c_fc, self.ln_2.forward(x.clone()), p));
         x.clone() + self.resid_dropout.forward(dense(&self.mlp_proj, m, p))
     }
 
-    /// Attention op by op, for what the fused node does not do: dropout on the weights,
-    /// products in a lower precision, and generation's KV cache.
-    fn attention_stepwise(
+    /// Attention op by op, with generation's KV cache when there is one: the keys and values
+    /// of the positions before `qkv`'s join its own.
+    fn attention_cached(
         &self,
         qkv: Tensor<B, 3>,
         p: Precision,
         cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
     ) -> Tensor<B, 3> {
         let [q, mut k, mut v] = split_heads(qkv, self.n_head); // [B, H, T, dh] each
-        let [_, _, t, dh] = q.dims();
-        let mut causal = true;
+        let mut keys = Keys::Causal;
         if let Some(slot) = cache {
             if let Some((past_k, past_v)) = slot.take() {
                 assert_eq!(
-                    t, 1,
+                    q.dims()[2],
+                    1,
                     "after the prompt, a KV cache takes one token per step"
                 );
                 k = Tensor::cat(vec![past_k, k], 2);
                 v = Tensor::cat(vec![past_v, v], 2);
-                causal = false; // the one new query may see every key
+                keys = Keys::All; // the one new query may see every key
             }
             *slot = Some((k.clone(), v.clone()));
         }
-        let scores = matmul(q, k.swap_dims(2, 3), p); // [B, H, T, T or past + 1]
-        let probs = attention_softmax(scores, attention_scale(dh), causal);
-        let probs = self.attn_dropout.forward(probs);
-        merge_heads(matmul(probs, v, p))
+        attention_stepwise([q, k, v], keys, &self.attn_dropout, p)
     }
 }

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::module::Param;
-use burn::nn::Linear;
+use burn::nn::{Dropout, Linear};
 use burn::prelude::*;
 
 pub mod bert;
@@ -20,7 +20,8 @@ pub mod weights;
 
 pub use bert::{Bert, BertConfig};
 pub use device::{DeviceSpec, Precision};
-pub use fused::{FusedOps, LayerNorm};
+pub use fused::{FusedOps, Keys, LayerNorm};
+use fused::{masked_softmax, merge_heads};
 pub use gpt2::{Gpt2, Gpt2Config};
 pub use weights::Weights;
 
@@ -214,6 +215,31 @@ pub(crate) fn matmul<B: Backend, const D: usize>(
     a.cast(dtype).matmul(b.cast(dtype)).cast(FloatDType::F32)
 }
 
+/// Whether attention runs as the one fused node ([`fused::attention`]): it has no dropout on
+/// its weights (none set, or not training) and its products are in f32.
+pub(crate) fn attention_fuses<B: Backend>(
+    dropout: &Dropout,
+    precision: Precision,
+    device: &B::Device,
+) -> bool {
+    precision == Precision::F32 && (dropout.prob == 0.0 || !B::ad_enabled(device))
+}
+
+/// Attention op by op on heads [B, H, T, dh] (keys and values may be longer than the
+/// queries: a KV cache): softmax, dropout on the weights, products in `precision`; the
+/// context merged to [B, Tq, d]. What the fused node does not do.
+pub(crate) fn attention_stepwise<B: FusedOps>(
+    [q, k, v]: [Tensor<B, 4>; 3],
+    keys: Keys<Tensor<B, 2>>,
+    dropout: &Dropout,
+    precision: Precision,
+) -> Tensor<B, 3> {
+    let dh = q.dims()[3];
+    let scores = matmul(q, k.swap_dims(2, 3), precision); // [B, H, Tq, Tk]
+    let weights = dropout.forward(masked_softmax(scores, keys, attention_scale(dh)));
+    merge_heads(matmul(weights, v, precision))
+}
+
 /// A linear layer on [B, T, d_in] with the product in the compute precision. The batch and
 /// time axes are folded into one, so forward and both gradients are single 2-D GEMMs (a
 /// broadcast batched product would run B small ones and sum B weight gradients).
@@ -372,6 +398,39 @@ mod tests {
                     assert!(worst < 1e-4, "sequence {s} position {pos}: {worst}");
                 }
             }
+        }
+    }
+
+    /// The op-by-op attention (dropout, bf16/f16, KV cache) and the fused node agree on every
+    /// kind of keys.
+    #[test]
+    fn stepwise_attention_matches_the_fused_node() {
+        let device = Default::default();
+        <B as Backend>::seed(&device, 11);
+        let (b, t, n_head) = (2, 6, 3);
+        let qkv =
+            Tensor::<B, 3>::random([b, t, 3 * 12], burn::tensor::Distribution::Default, &device);
+        let mut padding = vec![0.0f32; b * t];
+        padding[t + 4] = MASKED;
+        padding[t + 5] = MASKED;
+        let padding = Tensor::<B, 2>::from_data(TensorData::new(padding, [b, t]), &device);
+        let no_dropout = burn::nn::DropoutConfig::new(0.0).init();
+        for keys in [Keys::All, Keys::Causal, Keys::Padded(padding)] {
+            let heads = fused::split_heads(qkv.clone(), n_head);
+            let (_, stepwise) = weights::host(attention_stepwise(
+                heads,
+                keys.clone(),
+                &no_dropout,
+                Precision::F32,
+            ));
+            let (_, fused) = weights::host(fused::attention(
+                qkv.clone(),
+                keys,
+                n_head,
+                attention_scale(4),
+            ));
+            let worst = max_abs_diff(&stepwise, &fused);
+            assert!(worst < 1e-5, "{worst}");
         }
     }
 

@@ -49,7 +49,7 @@ struct LmParams {
 
 pub static LM: StepKind = StepKind {
     name: "eval.lm",
-    version: 1,
+    version: 2,
     summary: "loss, perplexity and bits per base of a GPT-2/BERT model on held-out sequences",
     outputs: &[],
     file_params: &["model", "data", "tokenizer", "baseline"],

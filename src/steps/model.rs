@@ -194,7 +194,7 @@ pub(super) fn resolve_device(
 
 pub static PRETRAIN: StepKind = StepKind {
     name: "model.pretrain",
-    version: 1,
+    version: 2,
     summary: "train GPT-2 (clm) or BERT (mlm) on DNA; saves a Hugging Face model directory",
     outputs: &[
         ("model", "model"),
@@ -739,7 +739,7 @@ fn top_p() -> f64 {
 
 pub static GENERATE: StepKind = StepKind {
     name: "model.generate",
-    version: 2,
+    version: 3,
     summary: "sample DNA from a GPT-2 model (temperature, top-k, top-p, seed, end-of-text)",
     outputs: &[("samples", "samples.jsonl")],
     file_params: &["model"],
