@@ -292,10 +292,7 @@ pub(crate) fn composed_softmax<B: Backend>(
     let rank = shape.num_dims();
     let (tq, tk) = (shape[rank - 2], shape[rank - 1]);
     let n = shape.num_elements() / (tq * tk);
-    let x = Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(B::float_reshape(
-        x,
-        [n, tq, tk].into(),
-    )));
+    let x = float::<B, 3>(B::float_reshape(x, [n, tq, tk].into()));
     let mut scores = x * scale;
     if causal {
         assert_eq!(tq, tk, "causal attention scores are square");
@@ -332,11 +329,8 @@ pub(crate) fn composed_attention<B: FusedOps>(
     n_head: usize,
     scale: f64,
 ) -> (FloatTensor<B>, FloatTensor<B>) {
-    let [q, k, v] = split_heads(
-        Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(qkv)),
-        n_head,
-    );
-    let keys = keys.map(|bias| Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(bias)));
+    let [q, k, v] = split_heads(float::<B, 3>(qkv), n_head);
+    let keys = keys.map(|bias| float::<B, 2>(bias));
     let weights = masked_softmax(q.matmul(k.swap_dims(2, 3)), keys, scale); // [B, H, T, T]
     let ctx = merge_heads(weights.clone().matmul(v));
     (
@@ -353,21 +347,18 @@ pub(crate) fn composed_attention_backward<B: FusedOps>(
     n_head: usize,
     scale: f64,
 ) -> FloatTensor<B> {
-    let [q, k, v] = split_heads(
-        Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(qkv)),
-        n_head,
-    );
-    let p = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(weights));
-    let g = Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(g));
+    let [q, k, v] = split_heads(float::<B, 3>(qkv), n_head);
+    let p = float::<B, 4>(weights);
+    let g = float::<B, 3>(g);
     let [b, t, d] = g.dims();
     let go = swap_heads(g.reshape([b, t, n_head, d / n_head])); // [B, H, T, dh]
     let dv = p.clone().swap_dims(2, 3).matmul(go.clone());
     let dp = go.matmul(v.swap_dims(2, 3));
-    let ds = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(B::fused_softmax_backward(
+    let ds = float::<B, 4>(B::fused_softmax_backward(
         p.into_primitive().tensor(),
         dp.into_primitive().tensor(),
         scale,
-    )));
+    ));
     let dq = ds.clone().matmul(k);
     let dk = ds.swap_dims(2, 3).matmul(q);
     Tensor::cat(vec![merge_heads(dq), merge_heads(dk), merge_heads(dv)], 2)
@@ -396,7 +387,7 @@ pub(crate) fn composed_layer_norm_backward<B: Backend>(
 ) -> [FloatTensor<B>; 3] {
     let shape = x.shape();
     let (x, g) = (rows::<B>(x), rows::<B>(g));
-    let gamma = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(gamma));
+    let gamma = float::<B, 1>(gamma);
     let mean = x.clone().mean_dim(1);
     let centered = x - mean;
     let var = (centered.clone() * centered.clone()).mean_dim(1);
@@ -439,10 +430,15 @@ pub(crate) fn composed_gelu_new_backward<B: Backend>(
     shaped(g * dy, shape)
 }
 
+/// A primitive as a tensor of rank `D`.
+fn float<B: Backend, const D: usize>(x: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(x))
+}
+
 /// A primitive as one flat axis.
 fn flat<B: Backend>(x: FloatTensor<B>) -> Tensor<B, 1> {
     let n = x.shape().num_elements();
-    Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(B::float_reshape(x, [n].into())))
+    float::<B, 1>(B::float_reshape(x, [n].into()))
 }
 
 /// A primitive as [rows, last axis].
@@ -450,7 +446,7 @@ fn rows<B: Backend>(x: FloatTensor<B>) -> Tensor<B, 2> {
     let shape = x.shape();
     let d = shape[shape.num_dims() - 1];
     let n = shape.num_elements() / d;
-    Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(B::float_reshape(x, [n, d].into())))
+    float::<B, 2>(B::float_reshape(x, [n, d].into()))
 }
 
 /// Back to a primitive of the caller's shape.
@@ -465,11 +461,11 @@ pub fn attention_softmax<B: FusedOps>(
     scale: f64,
     causal: bool,
 ) -> Tensor<B, 4> {
-    Tensor::from_primitive(TensorPrimitive::Float(B::fused_softmax(
+    float(B::fused_softmax(
         scores.into_primitive().tensor(),
         scale,
         causal,
-    )))
+    ))
 }
 
 /// Multi-head attention on packed q | k | v [B, T, 3d] → [B, T, d], one autodiff node (see
@@ -480,12 +476,12 @@ pub fn attention<B: FusedOps>(
     n_head: usize,
     scale: f64,
 ) -> Tensor<B, 3> {
-    Tensor::from_primitive(TensorPrimitive::Float(B::fused_attention(
+    float(B::fused_attention(
         qkv.into_primitive().tensor(),
         keys.map(|bias| bias.into_primitive().tensor()),
         n_head,
         scale,
-    )))
+    ))
 }
 
 /// Attention weights from raw scores [B, H, Tq, Tk] over the `keys` each query sees:
@@ -530,16 +526,12 @@ impl<T> Keys<T> {
 
 /// [A, B, C, D] → [A, C, B, D] as one autodiff node (contiguous on flex).
 pub fn swap_heads<B: FusedOps>(x: Tensor<B, 4>) -> Tensor<B, 4> {
-    Tensor::from_primitive(TensorPrimitive::Float(B::swap_heads(
-        x.into_primitive().tensor(),
-    )))
+    float(B::swap_heads(x.into_primitive().tensor()))
 }
 
 /// GPT-2's `gelu_new`, one autodiff node.
 pub fn gelu_new<B: FusedOps, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(B::fused_gelu_new(
-        x.into_primitive().tensor(),
-    )))
+    float(B::fused_gelu_new(x.into_primitive().tensor()))
 }
 
 /// A layer norm over the last axis with HF's `weight`/`bias`, one autodiff node.
@@ -552,12 +544,12 @@ pub struct LayerNorm<B: Backend> {
 
 impl<B: FusedOps> LayerNorm<B> {
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        Tensor::from_primitive(TensorPrimitive::Float(B::fused_layer_norm(
+        float(B::fused_layer_norm(
             x.into_primitive().tensor(),
             self.gamma.val().into_primitive().tensor(),
             self.beta.val().into_primitive().tensor(),
             self.eps,
-        )))
+        ))
     }
 }
 
