@@ -95,6 +95,7 @@ impl FusedOps for Flex {
         g: FloatTensor<Self>,
         n_head: usize,
         scale: f64,
+        causal: bool,
     ) -> FloatTensor<Self> {
         if qkv.dtype() != DType::F32 || weights.dtype() != DType::F32 || g.dtype() != DType::F32 {
             return composed_attention_backward::<Flex>(qkv, weights, g, n_head, scale);
@@ -106,8 +107,14 @@ impl FusedOps for Flex {
             weights.to_contiguous(),
             g.to_contiguous(),
         );
-        let dqkv =
-            cpu_attention::backward(f32s(&qkv), f32s(&weights), f32s(&g), heads, scale as f32);
+        let dqkv = cpu_attention::backward(
+            f32s(&qkv),
+            f32s(&weights),
+            f32s(&g),
+            heads,
+            scale as f32,
+            causal,
+        );
         tensor(dqkv, shape)
     }
 
@@ -449,22 +456,24 @@ mod tests {
                 "softmax gradient",
             );
         }
-        // Attention on [8, 20, 3·40] as 5 heads of 8: the kernel's context, weights and
+        // Attention on [3, 70, 3·40] as 5 heads of 8: the kernel's context, weights and
         // gradient against the composed products (what other backends run), over all keys,
-        // causal, and with padding keys (the last 3 of every other sequence).
-        let qkv = random([8, 20, 120], 3);
-        let g_ctx = random([8, 20, 40], 4);
-        let padding: Vec<f32> = (0..8 * 20)
+        // causal (three blocks of queries, the last one short), and with padding keys (the
+        // last 3 of the second sequence).
+        let qkv = random([3, 70, 120], 3);
+        let g_ctx = random([3, 70, 40], 4);
+        let padding: Vec<f32> = (0..3 * 70)
             .map(|i| {
-                if (i / 20) % 2 == 1 && i % 20 >= 17 {
+                if i / 70 == 1 && i % 70 >= 67 {
                     MASKED
                 } else {
                     0.0
                 }
             })
             .collect();
-        let padding = tensor(padding, Shape::new([8, 20]));
+        let padding = tensor(padding, Shape::new([3, 70]));
         for keys in [Keys::All, Keys::Causal, Keys::Padded(padding)] {
+            let causal = matches!(keys, Keys::Causal);
             let (ctx, weights) = Flex::attention_and_weights(qkv.clone(), keys.clone(), 5, 0.35);
             let (want_ctx, want_weights) =
                 composed_attention::<Flex>(qkv.clone(), keys.clone(), 5, 0.35);
@@ -482,6 +491,7 @@ mod tests {
                     g_ctx.clone(),
                     5,
                     0.35,
+                    causal,
                 ),
                 composed_attention_backward::<Flex>(qkv.clone(), weights, g_ctx.clone(), 5, 0.35),
                 "attention gradient",

@@ -98,13 +98,16 @@ pub trait FusedOps: Backend {
     }
 
     /// The gradient of [`FusedOps::fused_attention`] for `qkv` [B, T, 3d], from the kept
-    /// weights and the upstream gradient `g` [B, T, d].
+    /// weights and the upstream gradient `g` [B, T, d]. The keys were causal when
+    /// `causal`: the weights are zero above the diagonal, and a kernel may skip those
+    /// products (the composed ones are exact either way).
     fn fused_attention_backward(
         qkv: FloatTensor<Self>,
         weights: FloatTensor<Self>,
         g: FloatTensor<Self>,
         n_head: usize,
         scale: f64,
+        _causal: bool,
     ) -> FloatTensor<Self> {
         composed_attention_backward::<Self>(qkv, weights, g, n_head, scale)
     }
@@ -156,15 +159,16 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         // padding bias is a constant of the batch: no gradient flows to it.
         let keys = keys.map(|bias| bias.primitive);
         let untracked_keys = keys.clone();
+        let causal = matches!(keys, Keys::Causal);
         unary_node::<B, C, _>(
             qkv,
             |qkv| {
                 let (ctx, weights) = B::attention_and_weights(qkv.clone(), keys, n_head, scale);
-                (ctx, (qkv, weights, n_head, scale))
+                (ctx, (qkv, weights, n_head, scale, causal))
             },
             |qkv| B::fused_attention(qkv, untracked_keys, n_head, scale),
-            |(qkv, weights, n_head, scale), g| {
-                B::fused_attention_backward(qkv, weights, g, n_head, scale)
+            |(qkv, weights, n_head, scale, causal), g| {
+                B::fused_attention_backward(qkv, weights, g, n_head, scale, causal)
             },
         )
     }
