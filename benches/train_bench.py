@@ -4,7 +4,7 @@ Same GPT-2 config, batch, sequence length, optimizer (AdamW, clip 1.0) and data 
 DNA, one token per base), same machine, same run. Prints tokens/s and peak RSS for both and
 their ratios (dnaflow / PyTorch for speed, PyTorch / dnaflow for memory: > 1 favours dnaflow).
 
-    python3 benches/train_bench.py [--bin target/release/dnaflow] [--steps 40] [--threads 2]
+    python3 benches/train_bench.py [--bin target/release/dnaflow] [--steps 100] [--threads 2]
         [--n-embd 128] [--n-layer 2] [--seq-len 128] [--batch 16] [--device cpu|cuda] [--pairs 5]
 
 The two run in turn, PyTorch then dnaflow, `--pairs` times; it prints each pair's figures,
@@ -114,7 +114,7 @@ steps:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default=str(ROOT / "target/release/dnaflow"))
-    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--n-embd", type=int, default=128)
