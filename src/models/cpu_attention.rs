@@ -62,7 +62,6 @@ unsafe impl Sync for Shared {}
 
 /// dst[m×n] = lhs[m×k]·rhs[k×n] (`dst +=` when `add`), each given by its pointer and (row,
 /// column) strides, on the calling thread (the tasks are the parallelism).
-#[allow(clippy::too_many_arguments)]
 unsafe fn product(
     (m, n, k): (usize, usize, usize),
     (dst, dst_rs, add): (*mut f32, usize, bool),
@@ -129,13 +128,13 @@ pub(crate) fn forward(
             // (checked length); rows holds m×T; the context block is dh columns of T rows d
             // apart inside ctx, and belongs to this task alone.
             unsafe {
-                let (q, k) = (q.add(r0 * 3 * d), q.add(d));
+                let (queries, keys) = (q.add(r0 * 3 * d), q.add(d));
                 product(
                     (m, n, dh),
                     (rows.as_mut_ptr(), t, false),
-                    q,
+                    queries,
                     (3 * d, 1),
-                    k,
+                    keys,
                     (1, 3 * d),
                 );
             }
@@ -193,17 +192,15 @@ pub(crate) fn backward(
         || vec![0.0f32; t * t],
         |ds, (task, p)| {
             let o = out;
+            // SAFETY (all blocks): as in `forward`; this task's dq, dk and dv columns are its
+            // own. Keys and values 0..n get every block's share added (dqkv starts at zero).
+            let q = unsafe { qkv.as_ptr().add(s.qkv_offset(task)) };
+            let dq = unsafe { o.0.add(s.qkv_offset(task)) };
             for (r0, m, n) in query_blocks(t, causal) {
                 let (p, ds) = (&p[r0 * t..(r0 + m) * t], &mut ds[r0 * t..(r0 + m) * t]);
-                // SAFETY: as in `forward`; this task's dq, dk and dv columns are its own. Keys
-                // and values 0..n get every block's share added (dqkv starts at zero).
+                let go = unsafe { g.as_ptr().add(s.ctx_offset(task) + r0 * d) };
                 unsafe {
-                    let q = qkv.as_ptr().add(s.qkv_offset(task));
-                    let (k, v) = (q.add(d), q.add(2 * d));
-                    let go = g.as_ptr().add(s.ctx_offset(task) + r0 * d);
-                    let dq = o.0.add(s.qkv_offset(task));
-                    let (dk, dv) = (dq.add(d), dq.add(2 * d));
-                    let (q, dq) = (q.add(r0 * 3 * d), dq.add(r0 * 3 * d));
+                    let (v, dv) = (q.add(2 * d), dq.add(2 * d));
                     product(
                         (n, dh, m),
                         (dv, 3 * d, true),
@@ -220,16 +217,20 @@ pub(crate) fn backward(
                         v,
                         (1, 3 * d),
                     ); // dO·Vᵀ
-                    for (dp, p) in ds.chunks_mut(t).zip(p.chunks(t)) {
-                        let (dp, p) = (&mut dp[..n], &p[..n]);
-                        let rowsum = dot(p, dp);
-                        for (dp, p) in dp.iter_mut().zip(p) {
-                            *dp = scale * p * (*dp - rowsum);
-                        }
+                }
+                for (dp, p) in ds.chunks_mut(t).zip(p.chunks(t)) {
+                    let (dp, p) = (&mut dp[..n], &p[..n]);
+                    let rowsum = dot(p, dp);
+                    for (dp, p) in dp.iter_mut().zip(p) {
+                        *dp = scale * p * (*dp - rowsum);
                     }
+                }
+                unsafe {
+                    let (k, dk) = (q.add(d), dq.add(d));
+                    let (queries, dqueries) = (q.add(r0 * 3 * d), dq.add(r0 * 3 * d));
                     product(
                         (m, dh, n),
-                        (dq, 3 * d, false),
+                        (dqueries, 3 * d, false),
                         ds.as_ptr(),
                         (t, 1),
                         k,
@@ -240,7 +241,7 @@ pub(crate) fn backward(
                         (dk, 3 * d, true),
                         ds.as_ptr(),
                         (1, t),
-                        q,
+                        queries,
                         (3 * d, 1),
                     ); // dSᵀ·Q
                 }

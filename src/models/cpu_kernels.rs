@@ -1,7 +1,8 @@
 //! flex's side of [`FusedOps`]: attention's softmax, layer norm's gradient, GPT-2's GELU and
 //! the heads transpose as single passes over f32 rows, split across the step's rayon threads,
 //! with an `exp` written so the compiler vectorizes it (flex calls libm's `expf` once per
-//! element). Other dtypes fall back to the composed forms.
+//! element); whole multi-head attention in `cpu_attention.rs`. Other dtypes fall back to the
+//! composed forms.
 
 use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;

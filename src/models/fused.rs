@@ -1,12 +1,13 @@
-//! Attention's scaled, masked softmax, layer norm, GPT-2's GELU and the heads transpose as
-//! single autodiff nodes with written-out gradients.
+//! Multi-head attention (packed q|k|v to context), its scaled, masked softmax, layer norm,
+//! GPT-2's GELU and the heads transpose as single autodiff nodes with written-out gradients.
 //!
 //! Under `Autodiff`, burn composes these from tracked element-wise passes: softmax is five
 //! (max, subtract, scalar `exp`, sum, divide) and its gradient eight more; layer norm about
 //! ten and twenty; scaling and masking the scores two more. On the CPU those passes, not the
 //! matrix products, were most of a training step. [`FusedOps`] is a backend extension: the
-//! defaults compose the backend's own ops (what CUDA runs), flex overrides them with one-pass
-//! kernels (`cpu_kernels.rs`), and `Autodiff<B>` records one node per call.
+//! defaults compose the backend's own ops (what CUDA runs), flex overrides them with its own
+//! kernels (`cpu_kernels.rs`, `cpu_attention.rs`), and `Autodiff<B>` records one node per
+//! call.
 
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
