@@ -29,11 +29,26 @@ cache ("plan-cold"). Building 10,000 steps with Snakemake takes minutes
 on the dry run of an unbuilt directory (compared with dnaflow's plan-cold),
 and skipped if one dry run takes longer than --snakemake-timeout seconds.
 
+Scale (--scale-sizes, default 1,000 / 10,000 / 100,000; dnaflow only, since
+Snakemake needs minutes to build even 10,000 steps): the same DAG is built once,
+then the no-op rerun and `plan` are timed with each process's own peak RSS
+(os.wait4), and printed as ms per step so growth is visible. The 100,000-step
+file is about 8 MB of YAML.
+
+Hashing (--hash-mb, default 1024; --hash-files, default 10,000): a workflow
+whose one step reads a big file (or a directory of small files) is planned with
+an empty stat cache, so dnaflow hashes every byte, and compared with `b3sum`
+over the same file(s) in the same run (b3sum is `cargo install b3sum`; skipped
+with a message when it is absent). Files are page-cached by a warm-up.
+
 Targets printed with PASS/MISS (informational: the exit status is 0 unless
 something crashed):
     no-op rerun of 1000 steps <= 50 ms
     no-op rerun of 1000 steps >= 50x faster than Snakemake
     plan of 10,000 steps <= 1 s
+    plan and no-op rerun of 100,000 steps <= 2 s each, peak RSS <= 1 GiB,
+    ms per step growing no faster than linearly (100,000 vs 10,000: <= 1.25x)
+    hashing one big file and 10,000 small files <= 1.25x b3sum
 
 The Snakemake side is written the idiomatic, fast way: one wildcard rule
 `out/s{i}/x` with an input function returning the parents' files (plus a rule
@@ -135,6 +150,41 @@ rule step:
 
 
 # ---------------------------------------------------------------- processes
+
+
+def run_rss(cmd: list[str], cwd: Path, timeout: float | None = None) -> tuple[float, float]:
+    """Run cmd; (wall seconds, the process's own peak RSS in MiB). Raises BenchError."""
+    t0 = time.perf_counter()
+    child = subprocess.Popen(cmd, cwd=cwd, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _, status, usage = os.wait4(child.pid, 0)
+    finally:
+        child.returncode = 0
+    dt = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        err = child.stderr.read().decode(errors="replace") if child.stderr else ""
+        raise BenchError(f"command failed in {cwd}: {' '.join(cmd)}\n{err[-2000:]}")
+    if timeout is not None and dt > timeout:
+        raise BenchError(f"took {dt:.0f} s (over {timeout:.0f} s): {' '.join(cmd)}")
+    return dt, usage.ru_maxrss / 1024
+
+
+def timed_rss(cmd: list[str], cwd: Path, repeat: int, before=None) -> dict:
+    """One warm-up, then `repeat` runs: median wall ms and the largest peak RSS in MiB."""
+    if before:
+        before()
+    run_rss(cmd, cwd)
+    walls, rss = [], []
+    for _ in range(repeat):
+        if before:
+            before()
+        w, r = run_rss(cmd, cwd)
+        walls.append(w * 1000)
+        rss.append(r)
+    return {"median_ms": statistics.median(walls), "min_ms": min(walls),
+            "samples_ms": [round(x, 3) for x in walls], "peak_rss_mib": max(rss),
+            "cmd": " ".join(cmd)}
 
 
 def run_cmd(cmd: list[str], cwd: Path, timeout: float | None = None) -> tuple[float, str]:
@@ -273,6 +323,69 @@ def bench_snakemake_cold_plan(smk: list[str], n: int, root: Path, repeat: int,
         return None
 
 
+def bench_scale(binary: Path, sizes: list[int], root: Path, repeat: int,
+                timeout: float) -> list[dict]:
+    """No-op rerun and plan of big workflows: ms, ms per step, peak RSS."""
+    rows = []
+    for n in sizes:
+        d = root / f"scale-{n}"
+        d.mkdir()
+        wf = d / "workflow.yaml"
+        wf.write_text(dnaflow_workflow(n))
+        cache = d / "cache"
+        run = [str(binary), "run", str(wf), "--cache", str(cache), "-q", "--jobs", "2"]
+        plan = [str(binary), "plan", str(wf), "--cache", str(cache)]
+        log(f"[scale {n} steps: {wf.stat().st_size / 1e6:.1f} MB of YAML] building ...")
+        build_s, _ = run_cmd(run, d, timeout)
+        log(f"  built in {build_s:.1f} s")
+        for measure, cmd in (("noop", run), ("plan", plan)):
+            r = timed_rss(cmd, d, repeat)
+            r["ms_per_step"] = r["median_ms"] / n
+            rows.append({"steps": n, "measure": measure, "dnaflow": r})
+        shutil.rmtree(d, ignore_errors=True)
+    return rows
+
+
+def hash_workflow(input_path: str) -> str:
+    return ("name: hash-bench\nsteps:\n  read:\n"
+            f"    inputs: [{input_path}]\n    run: echo done > ${{{{ out }}}}/x\n")
+
+
+def bench_hashing(binary: Path, mb: int, files: int, root: Path, repeat: int) -> list[dict]:
+    """Cold `plan` (empty stat cache: every byte hashed) against b3sum on the same files."""
+    b3sum = shutil.which("b3sum") or str(Path.home() / ".cargo/bin/b3sum")
+    if not os.access(b3sum, os.X_OK):
+        log("b3sum not found (cargo install b3sum); hashing comparison skipped")
+        return []
+    d = root / "hash"
+    d.mkdir()
+    big = d / "big.bin"
+    with open(big, "wb") as f:
+        chunk = os.urandom(1 << 20)
+        for i in range(mb):
+            f.write(chunk[i % 97:] + chunk[:i % 97])
+    small = d / "small"
+    small.mkdir()
+    for i in range(files):
+        (small / f"f{i:05}.txt").write_bytes(os.urandom(200 + i % 1800))
+    small_files = sorted(str(p) for p in small.iterdir())
+    rows = []
+    for label, target, b3_args in (
+        (f"hash {mb} MiB file", "big.bin", [str(big)]),
+        (f"hash {files} small files", "small", small_files),
+    ):
+        wf = d / f"{target}.yaml"
+        wf.write_text(hash_workflow(target))
+        cache = d / f"cache-{target}"
+        stat = cache / "stat-cache.json"
+        plan = [str(binary), "plan", str(wf), "--cache", str(cache)]
+        ours = timed_rss(plan, d, repeat, before=lambda: stat.unlink(missing_ok=True))
+        theirs = timed_rss([b3sum, *b3_args], d, repeat)
+        rows.append({"steps": 1, "measure": label, "dnaflow": ours, "b3sum": theirs,
+                     "ratio": ours["median_ms"] / theirs["median_ms"]})
+    return rows
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -301,6 +414,12 @@ def main() -> int:
                          "it is skipped (default 120)")
     ap.add_argument("--timeout", type=float, default=1800.0,
                     help="seconds any other single command may take (default 1800)")
+    ap.add_argument("--scale-sizes", default="1000,10000,100000",
+                    help="step counts for the dnaflow-only scale measurement; empty skips it")
+    ap.add_argument("--hash-mb", type=int, default=1024,
+                    help="size of the big file hashed against b3sum; 0 skips hashing")
+    ap.add_argument("--hash-files", type=int, default=10_000,
+                    help="number of small files hashed against b3sum")
     ap.add_argument("--json", metavar="PATH", help="write all results as JSON to PATH")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temporary directory")
     ap.add_argument("-v", "--verbose", action="store_true",
@@ -348,6 +467,10 @@ def main() -> int:
                          "snakemake": scold})
             rows.append({"steps": n, "measure": "plan", "dnaflow": dres["plan"],
                          "snakemake": None})
+        scale_sizes = [int(x) for x in args.scale_sizes.split(",") if x.strip()]
+        scale = bench_scale(binary, scale_sizes, tmp, args.repeat, args.timeout)
+        hashing = (bench_hashing(binary, args.hash_mb, args.hash_files, tmp, args.repeat)
+                   if args.hash_mb else [])
     finally:
         if args.keep_tmp:
             log(f"kept temporary directory {tmp}")
@@ -375,6 +498,20 @@ def main() -> int:
                     print(f"\n--- {tool} {r['measure']} {r['steps']} steps: {r[tool]['cmd']}")
                     print("\n".join(tail) if tail else "(no output)")
 
+    if scale:
+        print(f"\n{'steps':>7}  {'measure':<7}  {'ms':>9}  {'ms/step':>8}  {'peak_MiB':>8}")
+        for r in scale:
+            x = r["dnaflow"]
+            print(f"{r['steps']:>7}  {r['measure']:<7}  {x['median_ms']:>9.1f}  "
+                  f"{x['ms_per_step']:>8.4f}  {x['peak_rss_mib']:>8.1f}")
+    if hashing:
+        print(f"\n{'measure':<26}  {'dnaflow_ms':>10}  {'b3sum_ms':>9}  {'ratio':>6}")
+        for r in hashing:
+            print(f"{r['measure']:<26}  {r['dnaflow']['median_ms']:>10.1f}  "
+                  f"{r['b3sum']['median_ms']:>9.1f}  {r['ratio']:>5.2f}x")
+        print("ratio = dnaflow_ms / b3sum_ms (dnaflow includes reading the workflow and "
+              "planning; lower is better, target <= 1.25x).")
+
     # ---- targets
     def row(steps, measure):
         return next((r for r in rows if r["steps"] == steps and r["measure"] == measure), None)
@@ -392,6 +529,22 @@ def main() -> int:
     targets.append((f"plan of {PLAN_TARGET_STEPS} steps <= {PLAN_TARGET_MS / 1000:.0f} s",
                     plan and plan["dnaflow"]["median_ms"],
                     plan and plan["dnaflow"]["median_ms"] <= PLAN_TARGET_MS, "ms"))
+    def scale_row(steps, measure):
+        return next((r["dnaflow"] for r in scale
+                     if r["steps"] == steps and r["measure"] == measure), None)
+
+    for measure in ("plan", "noop"):
+        big, mid = scale_row(100_000, measure), scale_row(10_000, measure)
+        targets.append((f"{measure} of 100,000 steps <= 2 s", big and big["median_ms"],
+                        big and big["median_ms"] <= 2000, "ms"))
+        targets.append((f"{measure} of 100,000 steps peak RSS <= 1 GiB",
+                        big and big["peak_rss_mib"], big and big["peak_rss_mib"] <= 1024, "MiB"))
+        growth = big and mid and big["ms_per_step"] / mid["ms_per_step"]
+        targets.append((f"{measure}: ms per step at 100,000 <= 1.25x that at 10,000", growth,
+                        growth is not None and growth <= 1.25, "x"))
+    for r in hashing:
+        targets.append((f"{r['measure']} <= 1.25x b3sum", r["ratio"], r["ratio"] <= 1.25, "x"))
+
     print("\ntargets:")
     target_json = []
     for desc, value, ok, unit in targets:
@@ -399,7 +552,8 @@ def main() -> int:
             status, shown = "N/A ", "not measured"
         else:
             status = "PASS" if ok else "MISS"
-            shown = fmt_ratio(value) if unit == "x" else f"{value:.1f} ms"
+            shown = (f"{value:.2f}x" if unit == "x" and value < 10 else fmt_ratio(value)
+                     if unit == "x" else f"{value:.1f} {unit}")
         print(f"  {status}  {desc}  ({shown})")
         target_json.append({"target": desc, "value": value, "unit": unit,
                             "status": status.strip()})
@@ -416,6 +570,8 @@ def main() -> int:
                          **{tool: ({k: v for k, v in r[tool].items() if k != "sample_output"}
                                    if r[tool] else None) for tool in ("dnaflow", "snakemake")}}
                         for r in rows],
+            "scale": scale,
+            "hashing": hashing,
             "targets": target_json,
         }
         Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")

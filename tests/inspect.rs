@@ -42,8 +42,19 @@ fn plan_says_what_would_run_and_why() {
     let t = text(&p.dnaflow(&["plan", "wf.yaml", "--set", "lr=0.2"]));
     assert!(t.contains("3 steps, 2 to run, 1 cached"), "{t}");
     assert!(t.contains("cached  data"), "{t}");
-    assert!(t.contains("command changed"), "{t}");
+    // A parameter used in `run:` is named as a parameter, not as a changed command.
+    assert!(t.contains("param `lr` changed: 0.1 → 0.2"), "{t}");
+    assert!(!t.contains("command changed"), "{t}");
     assert!(t.contains("upstream `train` changed"), "{t}");
+    let why = text(&p.dnaflow(&["why", "wf.yaml", "train", "--set", "lr=0.2"]));
+    assert!(why.contains("param `lr` changed: 0.1 → 0.2"), "{why}");
+    // An edit of the command text itself is still a changed command.
+    let original = std::fs::read_to_string(p.path("wf.yaml")).unwrap();
+    p.write("wf.yaml", &original.replace("print(1 - ", "print(2 - "));
+    let t = text(&p.dnaflow(&["plan", "wf.yaml"]));
+    assert!(t.contains("command changed"), "{t}");
+    assert!(!t.contains("param `lr`"), "{t}");
+    p.write("wf.yaml", &original);
     // A plan runs nothing.
     let r = p.run_ok(&["wf.yaml"]);
     assert!(r.with_status("ran").is_empty());

@@ -8,17 +8,20 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-/// blake3 of a file's bytes, as hex (streamed in 1 MiB blocks).
+/// Files at least this big are memory-mapped and hashed on every core (blake3's tree mode);
+/// below it, one buffered read is faster than setting up a mapping and waking threads.
+const PARALLEL_HASH_BYTES: u64 = 1 << 20;
+
+/// blake3 of a file's bytes, as hex.
 pub fn hash_file(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
     let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
+    let size = std::fs::metadata(path)?.len();
+    if size >= PARALLEL_HASH_BYTES {
+        hasher.update_mmap_rayon(path)?;
+    } else {
+        let mut bytes = Vec::with_capacity(size as usize);
+        std::fs::File::open(path)?.read_to_end(&mut bytes)?;
+        hasher.update(&bytes);
     }
     Ok(hasher.finalize().to_hex().to_string())
 }
@@ -67,9 +70,10 @@ impl StatCache {
         if meta.is_dir() {
             let mut files = Vec::new();
             walk(path, Path::new(""), &mut files)?;
+            let abs: Vec<PathBuf> = files.iter().map(|rel| path.join(rel)).collect();
+            let hashes = self.hash_files(&abs)?;
             let mut hasher = blake3::Hasher::new();
-            for rel in files {
-                let h = self.hash_one(&path.join(&rel))?;
+            for (rel, h) in files.iter().zip(hashes) {
                 hasher.update(rel.to_string_lossy().as_bytes());
                 hasher.update(b"\0");
                 hasher.update(h.as_bytes());
@@ -77,43 +81,85 @@ impl StatCache {
             }
             Ok(format!("dir:{}", &hasher.finalize().to_hex()[..32]))
         } else {
-            self.hash_one(path)
+            Ok(self.hash_files(&[path.to_path_buf()])?.remove(0))
         }
     }
 
-    fn hash_one(&mut self, path: &Path) -> std::io::Result<String> {
-        let meta = std::fs::metadata(path)?;
-        let mtime_ns = meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128;
-        let abs = std::path::absolute(path)?;
-        if let Some(e) = self.entries.get(&abs)
-            && e.size == meta.len()
-            && e.mtime_ns == mtime_ns
-            && e.ino == meta.ino()
-        {
-            return Ok(e.hash.clone());
+    /// Hashes of `paths` (files), in order: remembered ones looked up, the rest read in parallel.
+    fn hash_files(&mut self, paths: &[PathBuf]) -> std::io::Result<Vec<String>> {
+        use rayon::prelude::*;
+        let mut hashes: Vec<Option<String>> = Vec::with_capacity(paths.len());
+        let mut todo = Vec::new();
+        for (i, path) in paths.iter().enumerate() {
+            let seen = Seen::of(path)?;
+            match self.entries.get(&seen.abs) {
+                Some(e) if seen.matches(e) => hashes.push(Some(e.hash.clone())),
+                _ => {
+                    hashes.push(None);
+                    todo.push((i, seen));
+                }
+            }
         }
-        tracing::debug!(path = %path.display(), bytes = meta.len(), "hashing input");
-        let hash = hash_file(path)?;
-        // A file modified within the clock's resolution of now could change again unseen with
-        // the same mtime; only remember hashes of files that have been still for a while.
+        let fresh: Vec<std::io::Result<String>> = todo
+            .par_iter()
+            .map(|(i, seen)| {
+                tracing::debug!(path = %paths[*i].display(), bytes = seen.size, "hashing input");
+                hash_file(&paths[*i])
+            })
+            .collect();
+        for ((i, seen), hash) in todo.into_iter().zip(fresh) {
+            let hash = hash?;
+            // A file modified within the clock's resolution of now could change again unseen
+            // with the same mtime; only remember hashes of files that have been still a while.
+            if seen.settled {
+                self.entries.insert(
+                    seen.abs,
+                    StatEntry {
+                        size: seen.size,
+                        mtime_ns: seen.mtime_ns,
+                        ino: seen.ino,
+                        hash: hash.clone(),
+                    },
+                );
+                self.dirty = true;
+            }
+            hashes[i] = Some(hash);
+        }
+        Ok(hashes
+            .into_iter()
+            .map(|h| h.expect("every file hashed"))
+            .collect())
+    }
+}
+
+/// What the stat cache compares: a file's absolute path, size, mtime and inode.
+struct Seen {
+    abs: PathBuf,
+    size: u64,
+    mtime_ns: i128,
+    ino: u64,
+    settled: bool,
+}
+
+impl Seen {
+    fn of(path: &Path) -> std::io::Result<Seen> {
+        let meta = std::fs::metadata(path)?;
         let settled = meta
             .modified()
             .ok()
             .and_then(|m| SystemTime::now().duration_since(m).ok())
             .is_some_and(|age| age > Duration::from_secs(2));
-        if settled {
-            self.entries.insert(
-                abs,
-                StatEntry {
-                    size: meta.len(),
-                    mtime_ns,
-                    ino: meta.ino(),
-                    hash: hash.clone(),
-                },
-            );
-            self.dirty = true;
-        }
-        Ok(hash)
+        Ok(Seen {
+            abs: std::path::absolute(path)?,
+            size: meta.len(),
+            mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+            ino: meta.ino(),
+            settled,
+        })
+    }
+
+    fn matches(&self, e: &StatEntry) -> bool {
+        e.size == self.size && e.mtime_ns == self.mtime_ns && e.ino == self.ino
     }
 }
 

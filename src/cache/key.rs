@@ -20,6 +20,9 @@ pub struct Recipe {
     pub with: Option<Value>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Workflow parameters a shell command or `env:` uses (written `<params.NAME>` there): value.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, String>,
     /// Project files by path: content hash.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub inputs: BTreeMap<String, String>,
@@ -124,6 +127,7 @@ pub fn diff(old: &Recipe, new: &Recipe) -> Vec<Change> {
         flatten("", w, &mut new_with);
     }
     diff_maps("param", &old_with, &new_with, &mut field);
+    diff_maps("param", &old.params, &new.params, &mut field);
     diff_maps("input", &old.inputs, &new.inputs, &mut field);
     let short_keys = |m: &BTreeMap<String, String>| -> BTreeMap<String, String> {
         m.iter()
@@ -198,6 +202,7 @@ mod tests {
             command: Some("echo hi > <out>/x".into()),
             with: None,
             env: BTreeMap::new(),
+            params: BTreeMap::new(),
             inputs: [("a.txt".to_string(), "h1".to_string())].into(),
             upstream: BTreeMap::new(),
             outputs: BTreeMap::new(),

@@ -525,17 +525,19 @@ pub struct VerifyReport {
 pub fn hash_tree(dir: &Path) -> Result<BTreeMap<String, FileEntry>, CacheError> {
     let mut files = Vec::new();
     hash::walk(dir, Path::new(""), &mut files).map_err(io(dir))?;
-    let mut out = BTreeMap::new();
-    for rel in files {
-        let path = dir.join(&rel);
-        let size = std::fs::metadata(&path).map_err(io(&path))?.len();
-        let blake3 = hash::hash_file(&path).map_err(io(&path))?;
-        out.insert(
-            rel.to_string_lossy().into_owned(),
-            FileEntry { size, blake3 },
-        );
-    }
-    Ok(out)
+    use rayon::prelude::*;
+    files
+        .par_iter()
+        .map(|rel| {
+            let path = dir.join(rel);
+            let size = std::fs::metadata(&path).map_err(io(&path))?.len();
+            let blake3 = hash::hash_file(&path).map_err(io(&path))?;
+            Ok((
+                rel.to_string_lossy().into_owned(),
+                FileEntry { size, blake3 },
+            ))
+        })
+        .collect()
 }
 
 /// Total bytes of files under `path`.

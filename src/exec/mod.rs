@@ -516,7 +516,11 @@ impl Exec<'_> {
         match &step.action {
             Action::Run { command } => {
                 let mut quote = |p: &crate::workflow::Part| match p {
-                    crate::workflow::Part::Text(t) => vec![t.clone()],
+                    // Parameters go in as written, like text (a value may hold several words).
+                    crate::workflow::Part::Text(t)
+                    | crate::workflow::Part::Param { text: t, .. } => {
+                        vec![t.clone()]
+                    }
                     other => resolve(other)
                         .iter()
                         .map(|s| crate::workflow::template::shell_quote(s))
@@ -528,12 +532,10 @@ impl Exec<'_> {
             Action::Uses { kind, with } => {
                 let mut value = with.render(&mut resolve);
                 // File parameters reach the kind as absolute paths.
-                if let Value::Object(m) = &mut value {
-                    for name in kind.file_params {
-                        if let Some(Value::String(p)) = m.get_mut(*name) {
-                            *p = self.wf.workdir.join(&*p).display().to_string();
-                        }
-                    }
+                for pointer in crate::steps::input_pointers(kind) {
+                    crate::steps::strings_at_mut(&mut value, pointer, &mut |p| {
+                        *p = self.wf.workdir.join(&*p).display().to_string();
+                    });
                 }
                 let mut log = stdout;
                 let checkpoints = self.cache.checkpoint_dir(&self.keys[index]);

@@ -235,6 +235,19 @@ fn recipe(
         .iter()
         .map(|(k, v)| (k.clone(), v.render(&mut symbolic)))
         .collect();
+    // Workflow parameters the command and `env:` use, by name: their values enter the key here.
+    let mut params = BTreeMap::new();
+    let templates = match &step.action {
+        Action::Run { command } => Some(command),
+        Action::Uses { .. } => None,
+    };
+    for t in templates.into_iter().chain(step.env.values()) {
+        for part in &t.0 {
+            if let Part::Param { name, text } = part {
+                params.insert(name.clone(), text.clone());
+            }
+        }
+    }
     let mut inputs = BTreeMap::new();
     for input in &step.inputs {
         let path = wf.input_path(input);
@@ -267,6 +280,7 @@ fn recipe(
         command,
         with: with.map(normalize_numbers),
         env,
+        params,
         inputs,
         upstream,
         outputs,
@@ -289,6 +303,7 @@ fn device_context(wf: &Workflow, step: &crate::workflow::Step) -> BTreeMap<Strin
 fn symbolic_part(wf: &Workflow, part: &Part) -> Vec<String> {
     match part {
         Part::Text(t) => vec![t.clone()],
+        Part::Param { name, .. } => vec![format!("<params.{name}>")],
         Part::Out => vec!["<out>".into()],
         Part::Output { steps, output } => steps
             .iter()
@@ -325,7 +340,7 @@ pub fn real_part(
     out: &std::path::Path,
 ) -> Vec<String> {
     match part {
-        Part::Text(t) => vec![t.clone()],
+        Part::Text(t) | Part::Param { text: t, .. } => vec![t.clone()],
         Part::Out => vec![out.display().to_string()],
         Part::Output { steps, output } => steps
             .iter()

@@ -1,8 +1,6 @@
 //! `eval.lm` (loss, perplexity and bits per base of a trained model on held-out sequences) and
 //! `eval.markov` (the order-k Markov chain every DNA language model has to beat).
 
-use std::path::{Path, PathBuf};
-
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
@@ -13,7 +11,7 @@ use super::model::{
 };
 use super::table::for_each_sequence;
 use super::tokenizer::{read_sequences, sequence};
-use super::{StepContext, StepError, StepKind, params, write_metrics};
+use super::{InputPath, StepContext, StepError, StepKind, params, write_metrics};
 use crate::models::{DeviceSpec, Precision};
 use crate::train;
 
@@ -22,13 +20,13 @@ use crate::train;
 #[serde(deny_unknown_fields)]
 struct LmParams {
     /// A model directory (HF layout: config.json, model.safetensors, tokenizer.json).
-    model: String,
+    model: InputPath,
     /// Held-out sequences: a table or a `.txt` file.
-    data: String,
+    data: InputPath,
     #[serde(default = "sequence")]
     column: String,
     /// Tokenizer, when the model directory has none.
-    tokenizer: Option<String>,
+    tokenizer: Option<InputPath>,
     /// Tokens per row (default: the model's position table, at most 512).
     seq_len: Option<usize>,
     #[serde(default = "batch_size")]
@@ -42,7 +40,7 @@ struct LmParams {
     #[serde(default = "seed")]
     seed: u64,
     /// `metrics.json` of an `eval.markov` step: reported beside ours, with the gain in bits/base.
-    baseline: Option<String>,
+    baseline: Option<InputPath>,
     #[serde(default = "cpu")]
     device: String,
 }
@@ -52,7 +50,6 @@ pub static LM: StepKind = StepKind {
     version: 2,
     summary: "loss, perplexity and bits per base of a GPT-2/BERT model on held-out sequences",
     outputs: &[],
-    file_params: &["model", "data", "tokenizer", "baseline"],
     schema: |g| g.subschema_for::<LmParams>(),
     check: |with| {
         let p = params::<LmParams>(with)?;
@@ -68,9 +65,9 @@ pub static LM: StepKind = StepKind {
 fn eval_lm(ctx: &mut StepContext) -> Result<(), StepError> {
     let p: LmParams = params(ctx.with).map_err(StepError::new)?;
     let (device, _) = resolve_device(ctx, &p.device, "f32")?;
-    let dir = PathBuf::from(&p.model);
-    let vocab = load_vocab(p.tokenizer.as_deref().unwrap_or(&p.model))?;
-    let seqs = read_sequences(Path::new(&p.data), &p.column, p.max_sequences)?;
+    let dir = p.model.path().to_path_buf();
+    let vocab = load_vocab(p.tokenizer.as_ref().unwrap_or(&p.model).path())?;
+    let seqs = read_sequences(p.data.path(), &p.column, p.max_sequences)?;
     let docs = encode(&vocab, &seqs)?;
     let eval = on_device!(device, Precision::F32, |dev: B| {
         let (config, model) = load_model::<B>(&dir, &dev)?;
@@ -103,7 +100,7 @@ fn eval_lm(ctx: &mut StepContext) -> Result<(), StepError> {
         "sequences": seqs.len(),
     });
     if let Some(path) = &p.baseline {
-        let base = crate::metrics::read(Path::new(path)).map_err(StepError::new)?;
+        let base = crate::metrics::read(path.path()).map_err(StepError::new)?;
         let Some(b) = base.get("bits_per_base").and_then(|v| v.as_f64()) else {
             return Err(StepError::new(format!(
                 "{path}: no `bits_per_base` (is `baseline` the metrics of an eval.markov step?)"
@@ -120,9 +117,9 @@ fn eval_lm(ctx: &mut StepContext) -> Result<(), StepError> {
 #[serde(deny_unknown_fields)]
 struct MarkovParams {
     /// Sequences to count k-mers in.
-    train: String,
+    train: InputPath,
     /// Held-out sequences to score.
-    test: String,
+    test: InputPath,
     #[serde(default = "sequence")]
     column: String,
     /// Context length k (bases before the predicted one), 0–12.
@@ -145,7 +142,6 @@ pub static MARKOV: StepKind = StepKind {
     version: 1,
     summary: "bits per base of an order-k Markov chain on held-out DNA: the baseline to beat",
     outputs: &[],
-    file_params: &["train", "test"],
     schema: |g| g.subschema_for::<MarkovParams>(),
     check: |with| {
         let p = params::<MarkovParams>(with)?;
@@ -222,14 +218,14 @@ fn markov(ctx: &mut StepContext) -> Result<(), StepError> {
     let p: MarkovParams = params(ctx.with).map_err(StepError::new)?;
     let mut m = Markov::new(p.order);
     let mut train_bases = 0u64;
-    for_each_sequence(Path::new(&p.train), &p.column, |s| {
+    for_each_sequence(p.train.path(), &p.column, |s| {
         train_bases += s.len() as u64;
         m.count(s);
     })?;
     // Bits per base at every order, contexts shorter than k (sequence starts) using their own order.
     let mut bits = vec![0.0f64; p.order + 1];
     let mut scored = 0u64;
-    for_each_sequence(Path::new(&p.test), &p.column, |s| {
+    for_each_sequence(p.test.path(), &p.column, |s| {
         m.walk(s, |contexts, have, x| {
             for (o, total) in bits.iter_mut().enumerate() {
                 let o_eff = o.min(have);

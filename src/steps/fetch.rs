@@ -38,7 +38,6 @@ pub static FETCH: StepKind = StepKind {
     version: 1,
     summary: "fetch a Hugging Face dataset/model repo (offline: from the local hub cache) into `files/`",
     outputs: &[("files", "files")],
-    file_params: &[],
     schema: |g| g.subschema_for::<FetchParams>(),
     check: |with| {
         let p = params::<FetchParams>(with)?;

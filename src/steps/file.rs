@@ -23,7 +23,6 @@ pub static WRITE: StepKind = StepKind {
     version: 1,
     summary: "write `content` to file.txt (output `file`) and optional `metrics`",
     outputs: &[("file", "file.txt")],
-    file_params: &[],
     schema: |g| g.subschema_for::<WriteParams>(),
     check: |with| params::<WriteParams>(with).map(|_| ()),
     run,

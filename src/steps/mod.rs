@@ -14,10 +14,13 @@ mod data;
 mod eval;
 pub mod fetch;
 mod file;
+mod input;
 mod model;
 pub mod plot;
 pub mod table;
 mod tokenizer;
+
+pub use input::{INPUT_MARK, InputPath, Pointer, Seg, input_pointers, strings_at, strings_at_mut};
 
 /// Everything a running step may touch.
 pub struct StepContext<'a> {
@@ -73,9 +76,8 @@ pub struct StepKind {
     pub summary: &'static str,
     /// Named outputs: name and path inside the step's output directory.
     pub outputs: &'static [(&'static str, &'static str)],
-    /// Parameters naming input files or directories; their bytes are hashed into the key.
-    pub file_params: &'static [&'static str],
-    /// JSON Schema of `with:`.
+    /// JSON Schema of `with:`. Parameters of type [`InputPath`] in it are the kind's file
+    /// inputs: the engine finds them there ([`input_pointers`]) and hashes what they name.
     pub schema: fn(&mut SchemaGenerator) -> Schema,
     /// Checks `with:` before anything runs; the message names the bad field.
     pub check: fn(&serde_json::Value) -> Result<(), String>,

@@ -15,7 +15,7 @@ use serde_json::json;
 use tokenizers::Tokenizer;
 
 use super::tokenizer::{open_tokenizer, read_sequences, sequence};
-use super::{StepContext, StepError, StepKind, params, plot, write_metrics};
+use super::{InputPath, StepContext, StepError, StepKind, params, plot, write_metrics};
 use crate::models::{
     self, ArchConfig, Bert, BertConfig, DeviceSpec, FusedOps, Gpt2, Gpt2Config, Precision, Weights,
 };
@@ -53,15 +53,15 @@ struct PretrainParams {
     /// Default: clm for gpt2, mlm for bert.
     objective: Option<ObjectiveKind>,
     /// `tokenizer.json` (or its directory); its vocabulary sizes the model.
-    tokenizer: String,
+    tokenizer: InputPath,
     /// Training sequences: a table or a `.txt` file.
-    train: String,
+    train: InputPath,
     /// Validation sequences, evaluated every `eval_every` steps; the best weights are kept.
-    valid: Option<String>,
+    valid: Option<InputPath>,
     #[serde(default = "sequence")]
     column: String,
     /// Continue from this model directory (HF layout) instead of fresh weights.
-    init: Option<String>,
+    init: Option<InputPath>,
     /// HF config fields for a fresh model (n_embd, n_layer, n_head, … for gpt2;
     /// hidden_size, num_hidden_layers, num_attention_heads, intermediate_size, … for bert).
     #[serde(default)]
@@ -201,7 +201,6 @@ pub static PRETRAIN: StepKind = StepKind {
         ("history", "history.csv"),
         ("plot", "loss.svg"),
     ],
-    file_params: &["tokenizer", "train", "valid", "init"],
     schema: |g| g.subschema_for::<PretrainParams>(),
     check: |with| {
         let p = params::<PretrainParams>(with)?;
@@ -243,7 +242,7 @@ pub(crate) struct Vocab {
     specials: Vec<u32>,
 }
 
-pub(crate) fn load_vocab(path: &str) -> Result<Vocab, StepError> {
+pub(crate) fn load_vocab(path: &Path) -> Result<Vocab, StepError> {
     let (path, tokenizer) = open_tokenizer(path)?;
     let id = |names: &[&str]| names.iter().find_map(|n| tokenizer.token_to_id(n));
     let eos = id(&["<|endoftext|>", "</s>", "[EOS]", "[SEP]"]);
@@ -404,9 +403,9 @@ pub(crate) use on_device;
 fn pretrain(ctx: &mut StepContext) -> Result<(), StepError> {
     let p: PretrainParams = params(ctx.with).map_err(StepError::new)?;
     let (device, precision) = resolve_device(ctx, &p.device, &p.precision)?;
-    let vocab = load_vocab(&p.tokenizer)?;
+    let vocab = load_vocab(p.tokenizer.path())?;
     let config = match &p.init {
-        Some(dir) => models::read_config(Path::new(dir)).map_err(model_err)?,
+        Some(dir) => models::read_config(dir.path()).map_err(model_err)?,
         None => fresh_config(p.arch, &p.config, &vocab, p.seq_len)?,
     };
     if config.vocab_size() < vocab.size {
@@ -417,8 +416,8 @@ fn pretrain(ctx: &mut StepContext) -> Result<(), StepError> {
         )));
     }
     let objective = objective_for(config.name(), &vocab, p.mask_probability)?;
-    let load = |path: &str| -> Result<Vec<Row>, StepError> {
-        let seqs = read_sequences(Path::new(path), &p.column, p.max_sequences)?;
+    let load = |path: &InputPath| -> Result<Vec<Row>, StepError> {
+        let seqs = read_sequences(path.path(), &p.column, p.max_sequences)?;
         let docs = encode(&vocab, &seqs)?;
         Ok(rows_for(&vocab, &docs, &objective, p.seq_len))
     };
@@ -473,7 +472,7 @@ fn pretrain(ctx: &mut StepContext) -> Result<(), StepError> {
         batch_size: p.batch_size,
     };
     let init = match &p.init {
-        Some(dir) => Weights::load(&models::weights_path(Path::new(dir)).map_err(model_err)?)
+        Some(dir) => Weights::load(&models::weights_path(dir.path()).map_err(model_err)?)
             .map_err(model_err)?,
         None => match &config {
             ArchConfig::Gpt2(c) => Gpt2::<burn::backend::Flex>::init_weights(c, p.seed),
@@ -697,7 +696,7 @@ pub(crate) fn load_model<B: FusedOps>(
 #[serde(deny_unknown_fields)]
 struct GenerateParams {
     /// A GPT-2 model directory (HF layout).
-    model: String,
+    model: InputPath,
     /// Prompts (DNA); an empty prompt starts from the end-of-text token.
     #[serde(default = "empty_prompt")]
     prompts: Vec<String>,
@@ -742,7 +741,6 @@ pub static GENERATE: StepKind = StepKind {
     version: 3,
     summary: "sample DNA from a GPT-2 model (temperature, top-k, top-p, seed, end-of-text)",
     outputs: &[("samples", "samples.jsonl")],
-    file_params: &["model"],
     schema: |g| g.subschema_for::<GenerateParams>(),
     check: |with| {
         let p = params::<GenerateParams>(with)?;
@@ -814,8 +812,8 @@ fn generate(ctx: &mut StepContext) -> Result<(), StepError> {
     use rand::SeedableRng;
     let p: GenerateParams = params(ctx.with).map_err(StepError::new)?;
     let (device, _) = resolve_device(ctx, &p.device, "f32")?;
-    let vocab = load_vocab(&p.model)?;
-    let dir = PathBuf::from(&p.model);
+    let vocab = load_vocab(p.model.path())?;
+    let dir = p.model.path().to_path_buf();
     let mut rng = rand::rngs::StdRng::seed_from_u64(p.seed);
     let mut lines = String::new();
     let (mut total_bases, mut gc, mut eos_stops, mut n) = (0usize, 0usize, 0usize, 0usize);

@@ -22,7 +22,7 @@ use tokenizers::{
 };
 
 use super::table::for_each_sequence;
-use super::{StepContext, StepError, StepKind, params, plot};
+use super::{InputPath, StepContext, StepError, StepKind, params, plot};
 
 /// Tokenizer models for DNA.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -45,7 +45,7 @@ enum ModelKind {
 #[serde(deny_unknown_fields)]
 struct TrainParams {
     /// Training sequences: a table (parquet/csv) or a one-sequence-per-line `.txt` file.
-    input: String,
+    input: InputPath,
     /// Column holding the sequences in a table.
     #[serde(default = "sequence")]
     column: String,
@@ -87,7 +87,6 @@ pub static TRAIN: StepKind = StepKind {
     version: 2,
     summary: "train a DNA tokenizer (bpe, wordpiece, unigram, char, kmer) into tokenizer.json",
     outputs: &[("tokenizer", "tokenizer.json")],
-    file_params: &["input"],
     schema: |g| g.subschema_for::<TrainParams>(),
     check: |with| {
         let p = params::<TrainParams>(with)?;
@@ -107,9 +106,9 @@ pub static TRAIN: StepKind = StepKind {
 #[serde(deny_unknown_fields)]
 struct EvalParams {
     /// `tokenizer.json`, or the directory holding it.
-    tokenizer: String,
+    tokenizer: InputPath,
     /// Held-out sequences: a table or a `.txt` file.
-    input: String,
+    input: InputPath,
     #[serde(default = "sequence")]
     column: String,
     /// Evaluate at most this many sequences (0: all).
@@ -122,7 +121,6 @@ pub static EVAL: StepKind = StepKind {
     version: 1,
     summary: "bases per token, fertility (tokens per sequence), vocab usage, unknown rate, token lengths",
     outputs: &[("plot", "token_lengths.svg")],
-    file_params: &["tokenizer", "input"],
     schema: |g| g.subschema_for::<EvalParams>(),
     check: |with| params::<EvalParams>(with).map(|_| ()),
     run: eval,
@@ -217,7 +215,7 @@ fn added(specials: &[String]) -> Vec<AddedToken> {
 fn train(ctx: &mut StepContext) -> Result<(), StepError> {
     let p: TrainParams = params(ctx.with).map_err(StepError::new)?;
     let clock = Instant::now();
-    let seqs = read_sequences(Path::new(&p.input), &p.column, p.max_sequences)?;
+    let seqs = read_sequences(p.input.path(), &p.column, p.max_sequences)?;
     let bases: usize = seqs.iter().map(String::len).sum();
     let specials = p.special_tokens.clone().unwrap_or_else(|| match p.model {
         ModelKind::Bpe => vec!["<|endoftext|>".to_string()],
@@ -539,8 +537,8 @@ fn kmer_overlap(dir: &Path) -> Option<usize> {
 }
 
 /// A `tokenizer.json` named by its path or by the directory holding it; returns the file's path too.
-pub(crate) fn open_tokenizer(path: &str) -> Result<(PathBuf, Tokenizer), StepError> {
-    let mut path = PathBuf::from(path);
+pub(crate) fn open_tokenizer(path: &Path) -> Result<(PathBuf, Tokenizer), StepError> {
+    let mut path = path.to_path_buf();
     if path.is_dir() {
         path = path.join("tokenizer.json");
     }
@@ -551,9 +549,9 @@ pub(crate) fn open_tokenizer(path: &str) -> Result<(PathBuf, Tokenizer), StepErr
 
 fn eval(ctx: &mut StepContext) -> Result<(), StepError> {
     let p: EvalParams = params(ctx.with).map_err(StepError::new)?;
-    let (path, tokenizer) = open_tokenizer(&p.tokenizer)?;
+    let (path, tokenizer) = open_tokenizer(p.tokenizer.path())?;
     let overlap_k = path.parent().and_then(kmer_overlap);
-    let seqs = read_sequences(Path::new(&p.input), &p.column, p.max_sequences)?;
+    let seqs = read_sequences(p.input.path(), &p.column, p.max_sequences)?;
     // The unknown token of BERT-style and SentencePiece-style vocabularies; byte-level BPE has none.
     let unk_ids: HashSet<u32> = ["[UNK]", "<unk>"]
         .iter()

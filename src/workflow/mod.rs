@@ -1,6 +1,7 @@
 //! YAML workflow files: parsing with located errors, parameters and profiles, `${{ }}`
 //! interpolation, `foreach` expansion, and reference resolution into a typed [`Workflow`].
 
+mod fields;
 pub mod located;
 pub mod schema;
 pub mod syntax;
@@ -107,6 +108,12 @@ pub struct Template(pub Vec<Part>);
 #[derive(Debug, Clone, PartialEq)]
 pub enum Part {
     Text(String),
+    /// A workflow parameter in a shell command or `env:` value: rendered as its value, keyed
+    /// by name (`<params.NAME>`) with the value beside it, so a changed value is named as such.
+    Param {
+        name: String,
+        text: String,
+    },
     /// The step's own output directory.
     Out,
     /// An output of upstream steps; several when it refers to all expansions of a `foreach` step.
@@ -228,7 +235,23 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Workflow, Diagnostics> {
 }
 
 fn parse(source: &Source) -> Result<WorkflowFile, Diagnostic> {
-    let options = serde_saphyr::options! { with_snippet: false };
+    if source.text.lines().all(|l| {
+        let l = l.trim();
+        l.is_empty() || l.starts_with('#') || l == "---"
+    }) {
+        let start = Span {
+            line: 1,
+            column: 1,
+            ..Span::default()
+        };
+        return Err(Diagnostic::at(
+            source,
+            start,
+            "the workflow is empty: it needs at least `name` and `steps`",
+        )
+        .with_help(format!("for example:\n{}", fields::EXAMPLE)));
+    }
+    let options = serde_saphyr::options! { with_snippet: false, budget: fields::budget() };
     serde_saphyr::from_str_with_options::<WorkflowFile>(&source.text, options).map_err(|e| {
         let span = e
             .location()
@@ -239,7 +262,11 @@ fn parse(source: &Source) -> Result<WorkflowFile, Diagnostic> {
         if let Some(cut) = message.find(" at line ") {
             message.truncate(cut);
         }
-        let (message, help) = explain_parse_error(&message);
+        let field = fields::field_at(&source.text, span);
+        let (message, help) = match fields::explain(&message, field.as_deref()) {
+            Some(explained) => explained,
+            None => explain_parse_error(&message),
+        };
         let d = Diagnostic::at(source, span, message);
         match help {
             Some(h) => d.with_help(h),
@@ -696,7 +723,7 @@ impl<'a> Resolver<'a> {
                     )
                     .help = Some("use `${{ params.NAME }}` in the command, or `env:`".into());
                 }
-                self.template(&scope, &run.value, run.span, true)
+                self.template_with(&scope, &run.value, run.span, true, true)
                     .map(|command| Action::Run { command })
             }
             (Some(uses), None) => match steps::find(&uses.value) {
@@ -708,6 +735,20 @@ impl<'a> Resolver<'a> {
                     };
                     self.error(uses.span, format!("unknown step kind `{}`", uses.value))
                         .help = Some(help);
+                    None
+                }
+                Some(kind)
+                    if def
+                        .with
+                        .as_ref()
+                        .is_some_and(|w| !matches!(w.value, Node::Map(_) | Node::Null)) =>
+                {
+                    let (what, example) = fields::form("with").expect("`with` is described");
+                    let span = def.with.as_ref().map_or(uses.span, |w| w.span);
+                    self.error(span, what).help = Some(format!(
+                        "for example: `{example}` (`dnaflow kinds {}` lists its parameters)",
+                        kind.name
+                    ));
                     None
                 }
                 Some(kind) => {
@@ -732,20 +773,18 @@ impl<'a> Resolver<'a> {
                 });
             }
         }
-        if let Some(Action::Uses {
-            kind,
-            with: Param::Map(m),
-        }) = &action
-        {
-            for name in kind.file_params {
-                if let Some(Param::Value(Value::String(p))) = m.get(*name) {
-                    let span = with_key_span(def, name).unwrap_or(inst.span);
+        // A kind's file parameters (typed `InputPath`) that name project files, not upstream
+        // outputs: their bytes enter the key like `inputs:` do.
+        if let Some(Action::Uses { kind, with }) = &action {
+            let node = def.with.as_ref();
+            for pointer in steps::input_pointers(kind) {
+                literal_paths(with, node, pointer, "", &mut |name, path, span| {
                     inputs.push(Input {
-                        path: p.clone(),
-                        span,
-                        param: Some(name.to_string()),
+                        path: path.to_string(),
+                        span: span.unwrap_or(inst.span),
+                        param: Some(name),
                     });
-                }
+                });
             }
         }
         for input in &inputs {
@@ -773,7 +812,7 @@ impl<'a> Resolver<'a> {
                     format!("`{}` is not a valid environment variable name", k.value),
                 );
             }
-            if let Some(t) = self.template(&scope, &v.value, v.span, true) {
+            if let Some(t) = self.template_with(&scope, &v.value, v.span, true, true) {
                 deps.extend(t.deps());
                 env.insert(k.value.clone(), t);
             }
@@ -833,7 +872,8 @@ impl<'a> Resolver<'a> {
                 .iter()
                 .map(|i| format!("/upstream/{i}/{output}"))
                 .collect(),
-            _ => vec!["/upstream/out".to_string()],
+            Part::Text(t) | Part::Param { text: t, .. } => vec![t.clone()],
+            Part::Out => vec!["/upstream/out".to_string()],
         });
         match (kind.check)(&sample) {
             Ok(()) => true,
@@ -930,13 +970,26 @@ impl<'a> Resolver<'a> {
         }
     }
 
-    /// Bind a string's references. `steps_allowed` is false where only project files may be named.
+    /// Bind a string's references. `steps_allowed` is false where only project files may be
+    /// named; shell commands and `env:` values (`steps_allowed`, not `with:`) keep parameters
+    /// as [`Part::Param`].
     fn template(
         &mut self,
         scope: &Scope,
         s: &str,
         span: Span,
         steps_allowed: bool,
+    ) -> Option<Template> {
+        self.template_with(scope, s, span, steps_allowed, false)
+    }
+
+    fn template_with(
+        &mut self,
+        scope: &Scope,
+        s: &str,
+        span: Span,
+        steps_allowed: bool,
+        keep_params: bool,
     ) -> Option<Template> {
         let pieces = match template::parse(s) {
             Ok(p) => p,
@@ -951,9 +1004,13 @@ impl<'a> Resolver<'a> {
             let part = match piece {
                 Piece::Text(t) => Part::Text(t),
                 Piece::Expr(e @ (Expr::Param(_) | Expr::Matrix(_))) => {
-                    match self.scalar_expr(scope, &e, span) {
-                        Some(v) => Part::Text(value_text(&v)),
-                        None => {
+                    match (self.scalar_expr(scope, &e, span), e) {
+                        (Some(v), Expr::Param(name)) if keep_params => Part::Param {
+                            name,
+                            text: value_text(&v),
+                        },
+                        (Some(v), _) => Part::Text(value_text(&v)),
+                        (None, _) => {
                             ok = false;
                             continue;
                         }
@@ -1152,10 +1209,55 @@ struct Scope<'s, 'i, 'f> {
     inst: &'s Instance<'f>,
 }
 
-fn with_key_span(def: &StepDef, key: &str) -> Option<Span> {
-    match &def.with.as_ref()?.value {
-        Node::Map(m) => m.iter().find(|(k, _)| k.value == key).map(|(_, v)| v.span),
+/// The literal strings at `pointer` in a kind's `with:` (references to upstream outputs are
+/// covered by the upstream keys and skipped), each with its dotted name and, where the YAML
+/// spelled it out, its place.
+fn literal_paths(
+    param: &Param,
+    node: Option<&Located<Node>>,
+    pointer: &[steps::Seg],
+    name: &str,
+    found: &mut dyn FnMut(String, &str, Option<Span>),
+) {
+    use steps::Seg;
+    let join = |k: &str| {
+        if name.is_empty() {
+            k.to_string()
+        } else {
+            format!("{name}.{k}")
+        }
+    };
+    // The YAML node under `key` (a map key) or at `index` (a list item), when the shapes agree.
+    let child_key = |k: &str| match node.map(|n| &n.value) {
+        Some(Node::Map(m)) => m.iter().find(|(key, _)| key.value == k).map(|(_, v)| v),
         _ => None,
+    };
+    let child_index = |i: usize| match node.map(|n| &n.value) {
+        Some(Node::Seq(items)) => items.get(i),
+        _ => None,
+    };
+    match (pointer.split_first(), param) {
+        (_, Param::Template(_)) => {}
+        (_, Param::Value(v)) => {
+            let span = node.map(|n| n.span);
+            steps::strings_at(v, pointer, name, &mut |n, s| found(n, s, span));
+        }
+        (Some((Seg::Key(k), rest)), Param::Map(m)) => {
+            if let Some(p) = m.get(k) {
+                literal_paths(p, child_key(k), rest, &join(k), found);
+            }
+        }
+        (Some((Seg::Each, rest)), Param::List(items)) => {
+            for (i, p) in items.iter().enumerate() {
+                literal_paths(p, child_index(i), rest, &join(&i.to_string()), found);
+            }
+        }
+        (Some((Seg::Each, rest)), Param::Map(m)) => {
+            for (k, p) in m {
+                literal_paths(p, child_key(k), rest, &join(k), found);
+            }
+        }
+        _ => {}
     }
 }
 

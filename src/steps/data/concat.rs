@@ -11,21 +11,21 @@ use super::{params_of, resolve};
 use crate::steps::table;
 use crate::steps::table::{TABLE_FILE, TableWriter, for_each_batch};
 use crate::steps::write_metrics;
-use crate::steps::{StepContext, StepError, StepKind, params};
+use crate::steps::{InputPath, StepContext, StepError, StepKind, params};
 
 /// One path or a list of paths.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum Paths {
     /// A single table.
-    One(String),
+    One(InputPath),
     /// Several tables.
-    Many(Vec<String>),
+    Many(Vec<InputPath>),
 }
 
 impl Paths {
     /// The paths as a list.
-    pub fn list(&self) -> Vec<String> {
+    pub fn list(&self) -> Vec<InputPath> {
         match self {
             Paths::One(s) => vec![s.clone()],
             Paths::Many(v) => v.clone(),
@@ -50,7 +50,6 @@ pub static KIND: StepKind = StepKind {
     version: 1,
     summary: "stack tables, union their columns, optional `source` column (output `table`)",
     outputs: &[("table", TABLE_FILE)],
-    file_params: &[],
     schema: |g| g.subschema_for::<ConcatParams>(),
     check: |with| params::<ConcatParams>(with).and_then(|p| check(&p)),
     run,

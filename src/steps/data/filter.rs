@@ -11,14 +11,14 @@ use super::{Alphabet, params_of, resolve};
 use crate::steps::table;
 use crate::steps::table::{TABLE_FILE, TableWriter, for_each_batch, write_table};
 use crate::steps::write_metrics;
-use crate::steps::{StepContext, StepError, StepKind, params};
+use crate::steps::{InputPath, StepContext, StepError, StepKind, params};
 
 /// Parameters of `data.filter`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct FilterParams {
     /// The table to filter.
-    input: String,
+    input: InputPath,
     /// The sequence column.
     #[serde(default = "default_column")]
     column: String,
@@ -49,7 +49,6 @@ pub static KIND: StepKind = StepKind {
     version: 1,
     summary: "keep rows by length, N fraction, alphabet and `where` column values (output `table`)",
     outputs: &[("table", TABLE_FILE)],
-    file_params: &[],
     schema: |g| g.subschema_for::<FilterParams>(),
     check: |with| params::<FilterParams>(with).and_then(|p| check(&p)),
     run,

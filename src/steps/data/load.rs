@@ -12,7 +12,7 @@ use super::{Alphabet, params_of, resolve};
 use crate::steps::table;
 use crate::steps::table::{BATCH_ROWS, TABLE_FILE, TableWriter, write_table};
 use crate::steps::write_metrics;
-use crate::steps::{StepContext, StepError, StepKind, params};
+use crate::steps::{InputPath, StepContext, StepError, StepKind, params};
 
 /// Input format of `data.load`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -57,7 +57,7 @@ pub enum OnInvalid {
 #[serde(deny_unknown_fields)]
 struct LoadParams {
     /// Input file or dataset directory (relative to the workdir).
-    path: String,
+    path: InputPath,
     /// Input format.
     #[serde(default)]
     format: Format,
@@ -103,7 +103,6 @@ pub static KIND: StepKind = StepKind {
     version: 1,
     summary: "load FASTA/FASTQ/lines/CSV/TSV/parquet/JSONL or a Hugging Face dataset dir into a sequence table (output `table`)",
     outputs: &[("table", TABLE_FILE)],
-    file_params: &["path"],
     schema: |g| g.subschema_for::<LoadParams>(),
     check: |with| params::<LoadParams>(with).and_then(|p| check(&p)),
     run,

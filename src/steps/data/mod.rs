@@ -7,7 +7,7 @@ use polars::prelude::*;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::{StepContext, StepError, StepKind};
+use super::{InputPath, StepContext, StepError, StepKind};
 
 mod concat;
 mod filter;
@@ -85,8 +85,8 @@ impl Alphabet {
 }
 
 /// A path parameter made absolute against the workdir (upstream references already are).
-pub fn resolve(ctx: &StepContext, path: &str) -> PathBuf {
-    ctx.workdir.join(path)
+pub fn resolve(ctx: &StepContext, path: &InputPath) -> PathBuf {
+    ctx.workdir.join(path.path())
 }
 
 /// Parse `with:` into typed parameters, as a step error.

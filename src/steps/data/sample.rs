@@ -8,14 +8,14 @@ use super::{Rng, apportion, column_as_strings, groups, params_of, resolve};
 use crate::steps::table;
 use crate::steps::table::{TABLE_FILE, write_table};
 use crate::steps::write_metrics;
-use crate::steps::{StepContext, StepError, StepKind, params};
+use crate::steps::{InputPath, StepContext, StepError, StepKind, params};
 
 /// Parameters of `data.sample`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct SampleParams {
     /// The table to sample from.
-    input: String,
+    input: InputPath,
     /// How many rows to keep (at most the table's size).
     #[serde(default)]
     n: Option<usize>,
@@ -36,7 +36,6 @@ pub static KIND: StepKind = StepKind {
     version: 1,
     summary: "random subset of rows by `n` or `fraction`, seeded, optionally stratified (output `table`)",
     outputs: &[("table", TABLE_FILE)],
-    file_params: &[],
     schema: |g| g.subschema_for::<SampleParams>(),
     check: |with| params::<SampleParams>(with).and_then(|p| check(&p)),
     run,

@@ -7,14 +7,14 @@ use serde::Deserialize;
 use super::{Rng, apportion, class_counts, column_as_strings, groups, params_of, resolve};
 use crate::steps::table;
 use crate::steps::table::write_table;
-use crate::steps::{StepContext, StepError, StepKind, params};
+use crate::steps::{InputPath, StepContext, StepError, StepKind, params};
 
 /// Parameters of `data.split`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct SplitParams {
     /// The table to split.
-    input: String,
+    input: InputPath,
     /// Fractions `[train, valid, test]`, summing to 1 (valid or test may be 0).
     #[serde(default)]
     ratios: Option<[f64; 3]>,
@@ -48,7 +48,6 @@ pub static KIND: StepKind = StepKind {
         ("valid", "valid.parquet"),
         ("test", "test.parquet"),
     ],
-    file_params: &[],
     schema: |g| g.subschema_for::<SplitParams>(),
     check: |with| params::<SplitParams>(with).and_then(|p| check(&p)),
     run,

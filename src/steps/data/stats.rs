@@ -9,14 +9,14 @@ use serde::Deserialize;
 use super::{params_of, resolve};
 use crate::steps::table::for_each_sequence;
 use crate::steps::write_metrics;
-use crate::steps::{StepContext, StepError, StepKind, params, plot};
+use crate::steps::{InputPath, StepContext, StepError, StepKind, params, plot};
 
 /// Parameters of `data.stats`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct StatsParams {
     /// The table (or one-sequence-per-line `.txt`) to describe.
-    input: String,
+    input: InputPath,
     /// k-mer size for the spectrum (1–31).
     #[serde(default = "default_k")]
     k: usize,
@@ -39,7 +39,6 @@ pub static KIND: StepKind = StepKind {
     version: 1,
     summary: "sequence lengths, composition, GC and k-mer spectrum as metrics; charts `lengths` and `kmers` (SVG)",
     outputs: &[("lengths", "lengths.svg"), ("kmers", "kmers.svg")],
-    file_params: &[],
     schema: |g| g.subschema_for::<StatsParams>(),
     check: |with| params::<StatsParams>(with).and_then(|p| check(&p)),
     run,
