@@ -242,3 +242,36 @@ fn verbose_traces_what_the_engine_does() {
         "no colour codes when not on a terminal:\n{t}"
     );
 }
+
+#[test]
+fn within_budget_fails_a_run_that_takes_longer_than_its_budget() {
+    let p = Project::new();
+    p.write(
+        "wf.yaml",
+        "name: slow\nbudget: 1s\nsteps:\n  nap:\n    run: sleep 1.5; echo > ${{ out }}/x\n",
+    );
+    let out = p.dnaflow(&["check", "wf.yaml", "--within-budget"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("of a 1s budget: OVER BUDGET"), "{t}");
+    // Cached, the same workflow is well within it.
+    let out = p.dnaflow(&["check", "wf.yaml", "--within-budget"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("within budget"));
+    // Without the flag the budget is only a note; a workflow without one cannot be held to it.
+    p.write(
+        "wf.yaml",
+        "name: plain\nsteps:\n  a:\n    run: echo > ${{ out }}/x\n",
+    );
+    let t = text(&p.dnaflow(&["check", "wf.yaml", "--within-budget"]));
+    assert!(t.contains("sets no `budget:`"), "{t}");
+    p.write(
+        "wf.yaml",
+        "name: bad\nbudget: soon\nsteps:\n  a:\n    run: echo\n",
+    );
+    let t = text(&p.dnaflow(&["validate", "wf.yaml"]));
+    assert!(
+        t.contains("wf.yaml:2:9: `budget: soon` is not a duration"),
+        "{t}"
+    );
+}

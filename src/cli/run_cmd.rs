@@ -39,6 +39,9 @@ pub struct RunArgs {
     /// Print only errors and the summary.
     #[arg(short, long)]
     quiet: bool,
+    /// Fail (exit 1) when the run takes longer than the workflow's `budget:`.
+    #[arg(long)]
+    within_budget: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -144,12 +147,33 @@ pub fn run(cache_dir: &Path, args: &RunArgs, check: bool) -> Result<(), Failure>
     print_failures(&record);
     let expectations_ok = print_expectations(&record, check);
     print_summary(&record, &wf);
+    let budget_ok = !args.within_budget || within_budget(&record, &wf)?;
     match record.status.as_str() {
         "interrupted" => Err(Failure::Exit(130)),
         "failed" => Err(Failure::Exit(1)),
         _ if check && !expectations_ok => Err(Failure::Exit(1)),
+        _ if !budget_ok => Err(Failure::Exit(1)),
         _ => Ok(()),
     }
+}
+
+/// Whether the run kept to the workflow's `budget:`; says which, and by how much.
+fn within_budget(record: &RunRecord, wf: &Workflow) -> Result<bool, Failure> {
+    let Some(budget) = wf.budget else {
+        return Err(Failure::Other(anyhow::anyhow!(
+            "{}: --within-budget, but the workflow sets no `budget:` (add e.g. `budget: 3m`)",
+            wf.source.path.display()
+        )));
+    };
+    let ok = record.seconds <= budget.as_secs_f64();
+    eprintln!(
+        "{}: {:.1}s of a {}s budget: {}",
+        wf.name,
+        record.seconds,
+        budget.as_secs(),
+        if ok { "within budget" } else { "OVER BUDGET" }
+    );
+    Ok(ok)
 }
 
 fn print_summary(record: &RunRecord, wf: &Workflow) {

@@ -130,6 +130,23 @@ impl DeviceSpec {
     }
 }
 
+/// The device the model tests run on: `DNAFLOW_TEST_DEVICE` (cpu, cuda, cuda:N, auto), the CPU
+/// when it is unset or empty. So the same test binary, built with `--features cuda`, checks the
+/// CUDA backend on a GPU machine (scripts/gpu-check.sh, docs/gpu.md). A device this binary or
+/// machine cannot use panics with the reason: a GPU run never passes on the CPU by mistake.
+#[cfg(test)]
+pub(crate) fn test_device() -> DeviceSpec {
+    let name = std::env::var("DNAFLOW_TEST_DEVICE").unwrap_or_default();
+    if name.trim().is_empty() {
+        return DeviceSpec::Cpu;
+    }
+    let spec = DeviceSpec::parse(&name).unwrap_or_else(|e| panic!("DNAFLOW_TEST_DEVICE: {e}"));
+    if let Err(e) = spec.check_available() {
+        panic!("DNAFLOW_TEST_DEVICE={name}: {e}");
+    }
+    spec
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -298,13 +298,62 @@ pub(crate) fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 
 #[cfg(test)]
 mod tests {
+    use super::device::test_device;
     use super::*;
-    use burn::backend::Flex;
+    use burn::backend::{Autodiff, Flex};
+    use burn::module::AutodiffModule;
+    use burn::tensor::backend::AutodiffBackend;
 
-    type B = Flex;
+    /// Run `$body` with `$B` the backend and `$dev` the device `DNAFLOW_TEST_DEVICE` names:
+    /// flex on the CPU (the default), burn's CUDA backend for `cuda[:N]` (a `--features cuda`
+    /// test binary only; [`test_device`] refuses it otherwise).
+    macro_rules! on_test_device {
+        (|$dev:ident : $B:ident| $body:block) => {{
+            match test_device() {
+                DeviceSpec::Cpu => {
+                    type $B = burn::backend::Flex;
+                    let $dev = burn::backend::flex::FlexDevice;
+                    $body
+                }
+                #[cfg(feature = "cuda")]
+                DeviceSpec::Cuda(i) => {
+                    type $B = burn::backend::Cuda;
+                    let $dev = burn::backend::cuda::CudaDevice::new(i);
+                    $body
+                }
+                #[cfg(not(feature = "cuda"))]
+                DeviceSpec::Cuda(_) => {
+                    unreachable!("test_device() refuses CUDA without the cuda feature")
+                }
+            }
+        }};
+    }
 
+    /// The difference allowed for a comparison that holds to `cpu` on flex. On CUDA at least
+    /// 5e-3: burn's tensor-core matmul (cubek-matmul) stages f32 operands as TF32 (10-bit
+    /// mantissa, about 5e-4 relative per operand) on GPUs that have it. A wrong layout, mask
+    /// or weight is off by 1e-2 to 1 on these fixtures; the measured figure is printed anyway.
+    fn tolerance(cpu: f32) -> f32 {
+        match test_device() {
+            DeviceSpec::Cpu => cpu,
+            DeviceSpec::Cuda(_) => cpu.max(5e-3),
+        }
+    }
+
+    /// A measured figure on a line of its own (`figure: … on DEVICE: …`), so a run with
+    /// `--nocapture` (scripts/gpu-check.sh) carries it into its results.
+    fn figure(what: &str, value: String) {
+        eprintln!("figure: {what} on {}: {value}", test_device());
+    }
+
+    /// A fixture directory, under `CARGO_MANIFEST_DIR` as cargo sets it when it runs tests (a
+    /// test binary carried to another machine is pointed at its copy with that variable),
+    /// else where the sources were at compile time.
     fn fixture(arch: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
+        std::env::var_os("CARGO_MANIFEST_DIR")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
             .join("tests/fixtures/models")
             .join(arch)
     }
@@ -321,15 +370,15 @@ mod tests {
             }
         }
 
-        fn ints(&self, key: &str) -> Tensor<B, 2, Int> {
+        fn ints<B: Backend>(&self, key: &str, device: &B::Device) -> Tensor<B, 2, Int> {
             let rows: Vec<Vec<i64>> = serde_json::from_value(self.json[key].clone()).unwrap();
             let (b, t) = (rows.len(), rows[0].len());
             let flat: Vec<i64> = rows.into_iter().flatten().collect();
-            Tensor::from_data(TensorData::new(flat, [b, t]), &Default::default())
+            Tensor::from_data(TensorData::new(flat, [b, t]), device)
         }
 
         /// Largest absolute difference against the reference values under `key`.
-        fn max_diff<const D: usize>(&self, key: &str, got: Tensor<B, D>) -> f32 {
+        fn max_diff<B: Backend, const D: usize>(&self, key: &str, got: Tensor<B, D>) -> f32 {
             let shape: Vec<usize> =
                 serde_json::from_value(self.json[key]["shape"].clone()).unwrap();
             let want: Vec<f32> = serde_json::from_value(self.json[key]["values"].clone()).unwrap();
@@ -339,144 +388,196 @@ mod tests {
         }
     }
 
-    fn load_gpt2(dir: &Path) -> Gpt2<B> {
+    fn load_gpt2<B: FusedOps>(dir: &Path, device: &B::Device) -> Gpt2<B> {
         let ArchConfig::Gpt2(cfg) = read_config(dir).unwrap() else {
             panic!("gpt2")
         };
         let w = Weights::load(&weights_path(dir).unwrap()).unwrap();
-        Gpt2::from_weights(&cfg, w, &Default::default()).unwrap()
+        Gpt2::from_weights(&cfg, w, device).unwrap()
     }
 
-    fn load_bert(dir: &Path) -> Bert<B> {
+    fn load_bert<B: FusedOps>(dir: &Path, device: &B::Device) -> Bert<B> {
         let ArchConfig::Bert(cfg) = read_config(dir).unwrap() else {
             panic!("bert")
         };
         let w = Weights::load(&weights_path(dir).unwrap()).unwrap();
-        Bert::from_weights(&cfg, w, &Default::default()).unwrap()
+        Bert::from_weights(&cfg, w, device).unwrap()
     }
 
     #[test]
     fn gpt2_matches_transformers() {
-        let r = Reference::load("gpt2");
-        let model = load_gpt2(&fixture("gpt2"));
-        let ids = r.ints("input_ids");
-        let hidden = r.max_diff("hidden", model.hidden(ids.clone()));
-        assert!(hidden < 1e-4, "hidden states differ by {hidden}");
-        let logits = r.max_diff("logits", model.forward(ids));
-        assert!(logits < 1e-4, "logits differ by {logits}");
+        on_test_device!(|device: B| {
+            let r = Reference::load("gpt2");
+            let model = load_gpt2::<B>(&fixture("gpt2"), &device);
+            let ids = r.ints::<B>("input_ids", &device);
+            let hidden = r.max_diff("hidden", model.hidden(ids.clone()));
+            let logits = r.max_diff("logits", model.forward(ids));
+            figure(
+                "gpt2 forward vs transformers, max |diff|",
+                format!("hidden {hidden:.2e}, logits {logits:.2e}"),
+            );
+            let tol = tolerance(1e-4);
+            assert!(hidden < tol, "hidden states differ by {hidden}");
+            assert!(logits < tol, "logits differ by {logits}");
+        })
     }
 
     /// Generation's KV cache: the prompt at once, then one token per step, gives the logits of
     /// the full forward at every position.
     #[test]
     fn cached_logits_match_the_full_forward() {
-        let r = Reference::load("gpt2");
-        let model = load_gpt2(&fixture("gpt2"));
-        let ids = r.ints("input_ids");
-        let [b, t] = ids.dims();
-        let (_, full) = weights::host(model.forward(ids.clone()));
-        let v = full.len() / (b * t);
-        let mut cache = gpt2::KvCache::default();
-        let prompt = 3;
-        let mut steps = vec![(
-            0..prompt,
-            model.forward_cached(ids.clone().slice([0..b, 0..prompt]), &mut cache),
-        )];
-        for pos in prompt..t {
-            let logits = model.forward_cached(ids.clone().slice([0..b, pos..pos + 1]), &mut cache);
-            steps.push((pos..pos + 1, logits));
-        }
-        assert_eq!(cache.len(), t);
-        for (positions, logits) in steps {
-            let (_, got) = weights::host(logits);
-            let n = positions.len();
-            for s in 0..b {
-                for (i, pos) in positions.clone().enumerate() {
-                    let want = &full[(s * t + pos) * v..(s * t + pos + 1) * v];
-                    let have = &got[(s * n + i) * v..(s * n + i + 1) * v];
-                    let worst = max_abs_diff(want, have);
-                    assert!(worst < 1e-4, "sequence {s} position {pos}: {worst}");
+        on_test_device!(|device: B| {
+            let r = Reference::load("gpt2");
+            let model = load_gpt2::<B>(&fixture("gpt2"), &device);
+            let ids = r.ints::<B>("input_ids", &device);
+            let [b, t] = ids.dims();
+            let (_, full) = weights::host(model.forward(ids.clone()));
+            let v = full.len() / (b * t);
+            let mut cache = gpt2::KvCache::default();
+            let prompt = 3;
+            let mut steps = vec![(
+                0..prompt,
+                model.forward_cached(ids.clone().slice([0..b, 0..prompt]), &mut cache),
+            )];
+            for pos in prompt..t {
+                let logits =
+                    model.forward_cached(ids.clone().slice([0..b, pos..pos + 1]), &mut cache);
+                steps.push((pos..pos + 1, logits));
+            }
+            assert_eq!(cache.len(), t);
+            // The largest difference, and the sequence and position where it is.
+            let mut worst = (0.0f32, 0, 0);
+            for (positions, logits) in steps {
+                let (_, got) = weights::host(logits);
+                let n = positions.len();
+                for s in 0..b {
+                    for (i, pos) in positions.clone().enumerate() {
+                        let want = &full[(s * t + pos) * v..(s * t + pos + 1) * v];
+                        let have = &got[(s * n + i) * v..(s * n + i + 1) * v];
+                        // max_abs_diff counts a NaN as infinitely far.
+                        let diff = max_abs_diff(want, have);
+                        if diff > worst.0 {
+                            worst = (diff, s, pos);
+                        }
+                    }
                 }
             }
-        }
+            let (diff, s, pos) = worst;
+            figure(
+                "gpt2 KV-cached vs full logits, max |diff|",
+                format!("{diff:.2e}"),
+            );
+            assert!(
+                diff < tolerance(1e-4),
+                "sequence {s} position {pos}: {diff}"
+            );
+        })
     }
 
     /// The op-by-op attention (dropout, bf16/f16, KV cache) and the fused node agree on every
-    /// kind of keys.
+    /// kind of keys. (On CUDA the fused node is burn's composed ops, so this checks the two
+    /// composed forms against each other there.)
     #[test]
     fn stepwise_attention_matches_the_fused_node() {
-        let device = Default::default();
-        <B as Backend>::seed(&device, 11);
-        let (b, t, n_head) = (2, 6, 3);
-        let qkv =
-            Tensor::<B, 3>::random([b, t, 3 * 12], burn::tensor::Distribution::Default, &device);
-        let mut padding = vec![0.0f32; b * t];
-        padding[t + 4] = MASKED;
-        padding[t + 5] = MASKED;
-        let padding = Tensor::<B, 2>::from_data(TensorData::new(padding, [b, t]), &device);
-        let no_dropout = burn::nn::DropoutConfig::new(0.0).init();
-        for keys in [Keys::All, Keys::Causal, Keys::Padded(padding)] {
-            let heads = fused::split_heads(qkv.clone(), n_head);
-            let (_, stepwise) = weights::host(attention_stepwise(
-                heads,
-                keys.clone(),
-                &no_dropout,
-                Precision::F32,
-            ));
-            let (_, fused) = weights::host(fused::attention(
-                qkv.clone(),
-                keys,
-                n_head,
-                attention_scale(4),
-            ));
-            let worst = max_abs_diff(&stepwise, &fused);
-            assert!(worst < 1e-5, "{worst}");
-        }
+        on_test_device!(|device: B| {
+            <B as Backend>::seed(&device, 11);
+            let (b, t, n_head) = (2, 6, 3);
+            let qkv = Tensor::<B, 3>::random(
+                [b, t, 3 * 12],
+                burn::tensor::Distribution::Default,
+                &device,
+            );
+            let mut padding = vec![0.0f32; b * t];
+            padding[t + 4] = MASKED;
+            padding[t + 5] = MASKED;
+            let padding = Tensor::<B, 2>::from_data(TensorData::new(padding, [b, t]), &device);
+            let no_dropout = burn::nn::DropoutConfig::new(0.0).init();
+            let mut worst = 0.0f32;
+            for keys in [Keys::All, Keys::Causal, Keys::Padded(padding)] {
+                let heads = fused::split_heads(qkv.clone(), n_head);
+                let (_, stepwise) = weights::host(attention_stepwise(
+                    heads,
+                    keys.clone(),
+                    &no_dropout,
+                    Precision::F32,
+                ));
+                let (_, fused) = weights::host(fused::attention(
+                    qkv.clone(),
+                    keys,
+                    n_head,
+                    attention_scale(4),
+                ));
+                worst = worst.max(max_abs_diff(&stepwise, &fused));
+            }
+            figure(
+                "stepwise vs fused attention, max |diff|",
+                format!("{worst:.2e}"),
+            );
+            assert!(worst < tolerance(1e-5), "{worst}");
+        })
     }
 
     #[test]
     fn bert_matches_transformers() {
-        let r = Reference::load("bert");
-        let model = load_bert(&fixture("bert"));
-        let (ids, types, mask) = (
-            r.ints("input_ids"),
-            r.ints("token_type_ids"),
-            r.ints("attention_mask"),
-        );
-        let hidden = model.hidden(ids.clone(), types.clone(), mask.clone());
-        // Padded positions are not compared by HF either; the reference has all positions.
-        assert!(r.max_diff("hidden", hidden) < 1e-4);
-        assert!(r.max_diff("logits", model.forward(ids, types, mask)) < 1e-4);
+        on_test_device!(|device: B| {
+            let r = Reference::load("bert");
+            let model = load_bert::<B>(&fixture("bert"), &device);
+            let (ids, types, mask) = (
+                r.ints::<B>("input_ids", &device),
+                r.ints::<B>("token_type_ids", &device),
+                r.ints::<B>("attention_mask", &device),
+            );
+            let hidden = model.hidden(ids.clone(), types.clone(), mask.clone());
+            // Padded positions are not compared by HF either; the reference has all positions.
+            let hidden = r.max_diff("hidden", hidden);
+            let logits = r.max_diff("logits", model.forward(ids, types, mask));
+            figure(
+                "bert forward vs transformers, max |diff|",
+                format!("hidden {hidden:.2e}, logits {logits:.2e}"),
+            );
+            let tol = tolerance(1e-4);
+            assert!(hidden < tol, "hidden states differ by {hidden}");
+            assert!(logits < tol, "logits differ by {logits}");
+        })
     }
 
     /// Save what we loaded, reload it here, and (when torch is installed) in transformers.
     #[test]
     fn saved_models_reload_with_the_same_logits() {
-        let tmp = tempfile::tempdir().unwrap();
-        for arch in ["gpt2", "bert"] {
-            let dir = tmp.path().join(arch);
-            let config = read_config(&fixture(arch)).unwrap();
-            let weights = match arch {
-                "gpt2" => load_gpt2(&fixture(arch)).to_weights(),
-                _ => load_bert(&fixture(arch)).to_weights(),
-            };
-            save_dir(&dir, &config, &weights, None).unwrap();
-            assert_eq!(read_config(&dir).unwrap(), config);
-            let r = Reference::load(arch);
-            let diff = match arch {
-                "gpt2" => r.max_diff("logits", load_gpt2(&dir).forward(r.ints("input_ids"))),
-                _ => r.max_diff(
-                    "logits",
-                    load_bert(&dir).forward(
-                        r.ints("input_ids"),
-                        r.ints("token_type_ids"),
-                        r.ints("attention_mask"),
+        on_test_device!(|device: B| {
+            let tmp = tempfile::tempdir().unwrap();
+            for arch in ["gpt2", "bert"] {
+                let dir = tmp.path().join(arch);
+                let config = read_config(&fixture(arch)).unwrap();
+                let weights = match arch {
+                    "gpt2" => load_gpt2::<B>(&fixture(arch), &device).to_weights(),
+                    _ => load_bert::<B>(&fixture(arch), &device).to_weights(),
+                };
+                save_dir(&dir, &config, &weights, None).unwrap();
+                assert_eq!(read_config(&dir).unwrap(), config);
+                let r = Reference::load(arch);
+                let diff = match arch {
+                    "gpt2" => r.max_diff(
+                        "logits",
+                        load_gpt2::<B>(&dir, &device).forward(r.ints::<B>("input_ids", &device)),
                     ),
-                ),
-            };
-            assert!(diff < 1e-4, "{arch}: {diff}");
-            python_reload(&dir, arch);
-        }
+                    _ => r.max_diff(
+                        "logits",
+                        load_bert::<B>(&dir, &device).forward(
+                            r.ints::<B>("input_ids", &device),
+                            r.ints::<B>("token_type_ids", &device),
+                            r.ints::<B>("attention_mask", &device),
+                        ),
+                    ),
+                };
+                figure(
+                    &format!("{arch} saved and reloaded, max |logit diff| vs transformers"),
+                    format!("{diff:.2e}"),
+                );
+                assert!(diff < tolerance(1e-4), "{arch}: {diff}");
+                python_reload(&dir, arch);
+            }
+        })
     }
 
     fn python_reload(dir: &Path, arch: &str) {
@@ -501,12 +602,145 @@ mod tests {
             String::from_utf8_lossy(&out.stderr)
         );
         let diff: f32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        figure(
+            &format!("{arch} saved here, reloaded in transformers (CPU), max |logit diff|"),
+            format!("{diff:.2e}"),
+        );
         assert!(
             diff < 1e-4,
             "{arch} reloaded in transformers differs by {diff}"
         );
     }
 
+    /// A few optimizer steps of the fixture-sized GPT-2 on a periodic sequence, on the test
+    /// device with matrix products in `precision`: every loss finite and the last ones below
+    /// the first; then the trained weights saved, reloaded and giving the same logits.
+    fn train_save_reload<AB>(device: &AB::Device, precision: Precision)
+    where
+        AB: AutodiffBackend + FusedOps,
+        AB::InnerBackend: FusedOps,
+    {
+        use crate::train::optim::AdamWConfig;
+        use crate::train::{
+            Env, Objective, Order, Progress, Row, Schedule, TrainConfig, TrainData, batch, train,
+        };
+        use std::sync::atomic::AtomicBool;
+
+        let ArchConfig::Gpt2(cfg) = read_config(&fixture("gpt2")).unwrap() else {
+            panic!("gpt2")
+        };
+        let build = |w: Weights| {
+            Gpt2::<AB>::from_weights(&cfg, w, device).map(|m| m.with_precision(precision))
+        };
+        let model = build(Gpt2::<AB>::init_weights(&cfg, 1)).unwrap();
+        let doc = Row {
+            ids: (0..400).map(|i| [3u32, 7, 9, 12, 5][i % 5]).collect(),
+            bases: vec![1; 400],
+        };
+        let rows = batch::pack(&[doc], 16, None);
+        let mut data = TrainData {
+            order: Order::new(rows.len(), 4, 0, true),
+            rows,
+            objective: Objective::Clm,
+            pad: 0,
+            batch_size: 4,
+        };
+        let steps = 20;
+        let tc = TrainConfig {
+            steps,
+            grad_accum: 1,
+            lr: 0.02,
+            warmup_steps: 2,
+            schedule: Schedule::Constant,
+            adamw: AdamWConfig {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.01,
+            },
+            clip_norm: Some(1.0),
+            eval_every: 0,
+            save_every: 0,
+            log_every: 1,
+            seed: 3,
+            precision,
+            keep_best: false,
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let mut log = Vec::new();
+        let mut progress = |_: &Progress| {};
+        let cancelled = AtomicBool::new(false);
+        let mut env = Env {
+            checkpoints: tmp.path(),
+            log: &mut log,
+            cancelled: &cancelled,
+            progress: &mut progress,
+        };
+        let trained = train::<AB, Gpt2<AB>>(model, &build, &mut data, &[], &tc, device, &mut env)
+            .unwrap_or_else(|e| panic!("{precision} training failed: {e}"));
+        let losses: Vec<f64> = trained.state.history.iter().map(|h| h.loss).collect();
+        assert_eq!(losses.len(), steps, "{}", String::from_utf8_lossy(&log));
+        let first = losses[0];
+        let tail = losses[steps - 3..].iter().sum::<f64>() / 3.0;
+        figure(
+            &format!("{precision} training, loss over {steps} steps"),
+            format!("{first:.4} -> {tail:.4} (mean of the last 3)"),
+        );
+        assert!(
+            losses.iter().all(|l| l.is_finite()),
+            "{precision}: a loss is not finite: {losses:?}"
+        );
+        assert!(
+            tail < first - 0.1,
+            "{precision}: the loss did not fall: {losses:?}"
+        );
+
+        // Saved as a model directory, reloaded on the same device: the same logits.
+        let dir = tmp.path().join("model");
+        let config = ArchConfig::Gpt2(cfg.clone());
+        save_dir(&dir, &config, &trained.model.to_weights(), None).unwrap();
+        let reloaded = load_gpt2::<AB::InnerBackend>(&dir, device).with_precision(precision);
+        let ids = Reference::load("gpt2").ints::<AB::InnerBackend>("input_ids", device);
+        let (_, want) = weights::host(trained.model.valid().forward(ids.clone()));
+        let (_, got) = weights::host(reloaded.forward(ids));
+        let diff = max_abs_diff(&want, &got);
+        figure(
+            &format!("{precision} trained model saved and reloaded, max |logit diff|"),
+            format!("{diff:.2e}"),
+        );
+        // The same weights and products; bf16 keeps 8 bits of mantissa should a different
+        // kernel be picked for the second forward.
+        let tol = match precision {
+            Precision::F32 => tolerance(1e-5),
+            _ => 2e-2,
+        };
+        assert!(diff < tol, "{precision}: reloaded logits differ by {diff}");
+    }
+
+    #[test]
+    fn f32_training_steps_lower_the_loss_and_survive_a_reload() {
+        on_test_device!(|device: B| {
+            train_save_reload::<Autodiff<B>>(&device, Precision::F32);
+        })
+    }
+
+    /// bf16 matrix products are a CUDA feature (a step asking for them on the CPU is refused),
+    /// so this runs only with `DNAFLOW_TEST_DEVICE=cuda[:N]`.
+    #[test]
+    fn bf16_training_steps_lower_the_loss_and_survive_a_reload() {
+        if test_device() == DeviceSpec::Cpu {
+            eprintln!(
+                "skipping bf16 training: bf16 products are for CUDA (precision bf16 is refused \
+                 on the CPU); run with DNAFLOW_TEST_DEVICE=cuda on a GPU machine"
+            );
+            return;
+        }
+        on_test_device!(|device: B| {
+            train_save_reload::<Autodiff<B>>(&device, Precision::Bf16);
+        })
+    }
+
+    /// CPU only: the names and shapes are checked on the host before any tensor is made.
     #[test]
     fn a_wrong_checkpoint_names_every_problem() {
         let ArchConfig::Gpt2(mut cfg) = read_config(&fixture("gpt2")).unwrap() else {
@@ -515,7 +749,7 @@ mod tests {
         cfg.n_layer = 3;
         cfg.n_embd = 8;
         let w = Weights::load(&fixture("gpt2").join("model.safetensors")).unwrap();
-        let err = Gpt2::<B>::from_weights(&cfg, w, &Default::default())
+        let err = Gpt2::<Flex>::from_weights(&cfg, w, &Default::default())
             .unwrap_err()
             .to_string();
         assert!(err.contains("model.safetensors"), "{err}");
@@ -525,20 +759,25 @@ mod tests {
         );
     }
 
+    /// CPU only: fresh weights are made on the host; this checks their names round-trip.
     #[test]
     fn fresh_models_build_from_their_own_init() {
         let ArchConfig::Bert(cfg) = read_config(&fixture("bert")).unwrap() else {
             panic!()
         };
-        let w = Bert::<B>::init_weights(&cfg, 7);
+        let w = Bert::<Flex>::init_weights(&cfg, 7);
         let names: Vec<String> = w.names().map(String::from).collect();
-        let model = Bert::<B>::from_weights(&cfg, w, &Default::default()).unwrap();
+        let model = Bert::<Flex>::from_weights(&cfg, w, &Default::default()).unwrap();
         let again: Vec<String> = model.to_weights().names().map(String::from).collect();
         assert_eq!(names, again);
         let ArchConfig::Gpt2(cfg) = read_config(&fixture("gpt2")).unwrap() else {
             panic!()
         };
-        Gpt2::<B>::from_weights(&cfg, Gpt2::<B>::init_weights(&cfg, 7), &Default::default())
-            .unwrap();
+        Gpt2::<Flex>::from_weights(
+            &cfg,
+            Gpt2::<Flex>::init_weights(&cfg, 7),
+            &Default::default(),
+        )
+        .unwrap();
     }
 }

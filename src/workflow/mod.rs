@@ -42,6 +42,8 @@ pub struct Workflow {
     pub params: IndexMap<String, Value>,
     /// `--device` override for model steps; part of their keys.
     pub device: Option<String>,
+    /// The default profile's time budget (`budget:`), for `check --within-budget`.
+    pub budget: Option<std::time::Duration>,
     /// Steps in file order (expansions of one `foreach` step stay together).
     pub steps: Vec<Step>,
 }
@@ -393,6 +395,20 @@ impl<'a> Resolver<'a> {
                 .unwrap_or_else(|| "workflow".into()),
         };
 
+        let budget = file
+            .budget
+            .as_ref()
+            .and_then(|b| match humantime::parse_duration(&b.value) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    self.error(
+                        b.span,
+                        format!("`budget: {}` is not a duration: {e}", b.value),
+                    )
+                    .help = Some("write it like `90s`, `3m` or `1h 30m`".into());
+                    None
+                }
+            });
         self.resolve_params(&file);
         let instances = self.expand(&file);
         let steps = self.bind(&instances, &workdir);
@@ -408,6 +424,7 @@ impl<'a> Resolver<'a> {
             profile: self.opts.profile.clone(),
             params: self.params,
             device: self.opts.device.clone(),
+            budget,
             steps,
         })
     }

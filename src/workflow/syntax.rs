@@ -18,6 +18,9 @@ pub struct WorkflowFile {
     /// Directory that relative paths and shell steps start from, relative to this file
     /// (default: the directory holding this file).
     pub workdir: Option<Located<String>>,
+    /// How long the default profile may take on 2 CPU cores (dev build), e.g. `3m`: the time
+    /// budget `dnaflow check --within-budget` holds the run to (CI does, for every chapter).
+    pub budget: Option<Located<String>>,
     /// Parameters, used as `${{ params.NAME }}`; overridden by `--profile` and `--set`.
     #[serde(default)]
     pub params: ParamMap,

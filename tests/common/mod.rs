@@ -34,7 +34,7 @@ impl Project {
 
     /// `dnaflow ARGS` in the project dir with the project's cache.
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_dnaflow"));
+        let mut c = Command::new(dnaflow_bin());
         c.current_dir(self.dir.path())
             .env("DNAFLOW_CACHE", self.cache())
             .env("NO_COLOR", "1")
@@ -70,6 +70,16 @@ impl Project {
             .map(|b| serde_json::from_slice(&b).expect("report is JSON"))
             .unwrap_or(Value::Null);
         (out, Report(json))
+    }
+}
+
+/// The `dnaflow` binary under test: `DNAFLOW_BIN` when set and not empty (test binaries
+/// carried to another machine, where cargo's compile-time path does not exist: docs/gpu.md),
+/// else the one cargo built beside these tests.
+pub fn dnaflow_bin() -> PathBuf {
+    match std::env::var_os("DNAFLOW_BIN") {
+        Some(bin) if !bin.is_empty() => PathBuf::from(bin),
+        _ => PathBuf::from(env!("CARGO_BIN_EXE_dnaflow")),
     }
 }
 
