@@ -14,8 +14,12 @@ const PARALLEL_HASH_BYTES: u64 = 1 << 20;
 
 /// blake3 of a file's bytes, as hex.
 pub fn hash_file(path: &Path) -> std::io::Result<String> {
+    hash_file_sized(path, std::fs::metadata(path)?.len())
+}
+
+/// [`hash_file`] of a file whose size is known already (one `stat` fewer per file).
+fn hash_file_sized(path: &Path, size: u64) -> std::io::Result<String> {
     let mut hasher = blake3::Hasher::new();
-    let size = std::fs::metadata(path)?.len();
     if size >= PARALLEL_HASH_BYTES {
         hasher.update_mmap_rayon(path)?;
     } else {
@@ -90,8 +94,14 @@ impl StatCache {
         use rayon::prelude::*;
         let mut hashes: Vec<Option<String>> = Vec::with_capacity(paths.len());
         let mut todo = Vec::new();
-        for (i, path) in paths.iter().enumerate() {
-            let seen = Seen::of(path)?;
+        // Stat in parallel too: for many small files the system calls are most of the work.
+        let seen: Vec<std::io::Result<Seen>> = if paths.len() > 1 {
+            paths.par_iter().map(|p| Seen::of(p)).collect()
+        } else {
+            paths.iter().map(|p| Seen::of(p)).collect()
+        };
+        for (i, seen) in seen.into_iter().enumerate() {
+            let seen = seen?;
             match self.entries.get(&seen.abs) {
                 Some(e) if seen.matches(e) => hashes.push(Some(e.hash.clone())),
                 _ => {
@@ -104,7 +114,7 @@ impl StatCache {
             .par_iter()
             .map(|(i, seen)| {
                 tracing::debug!(path = %paths[*i].display(), bytes = seen.size, "hashing input");
-                hash_file(&paths[*i])
+                hash_file_sized(&paths[*i], seen.size)
             })
             .collect();
         for ((i, seen), hash) in todo.into_iter().zip(fresh) {
