@@ -1,6 +1,7 @@
 //! `run`, `check`, `plan`, `why`, `validate`.
 
 use std::io::IsTerminal;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -295,23 +296,31 @@ pub fn plan_cmd(cache_dir: &Path, args: &PlanArgs) -> Result<(), Failure> {
         .map(|&i| wf.steps[i].name.len())
         .max()
         .unwrap_or(4);
-    println!(
-        "plan for {} ({}): {} steps, {} to run, {} cached",
-        wf.name,
-        wf.source.path.display(),
-        plan.order.len(),
-        plan.to_run(),
-        plan.order.len() - plan.to_run()
-    );
-    for &i in &plan.order {
-        match plan.decisions[i] {
-            Decision::Cached => println!("  cached  {}", wf.steps[i].name),
-            Decision::Run => println!(
-                "  run     {:<width$}  {}",
-                wf.steps[i].name, plan.reasons[i]
-            ),
+    // One buffered writer: stdout is line-buffered, a write per line for 100,000 steps.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut print = || -> std::io::Result<()> {
+        writeln!(
+            out,
+            "plan for {} ({}): {} steps, {} to run, {} cached",
+            wf.name,
+            wf.source.path.display(),
+            plan.order.len(),
+            plan.to_run(),
+            plan.order.len() - plan.to_run()
+        )?;
+        for &i in &plan.order {
+            match plan.decisions[i] {
+                Decision::Cached => writeln!(out, "  cached  {}", wf.steps[i].name)?,
+                Decision::Run => writeln!(
+                    out,
+                    "  run     {:<width$}  {}",
+                    wf.steps[i].name, plan.reasons[i]
+                )?,
+            }
         }
-    }
+        out.flush()
+    };
+    print().context("cannot write the plan")?;
     Ok(())
 }
 
