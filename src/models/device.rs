@@ -1,5 +1,6 @@
-//! Which device trains: `cpu` (burn's flex backend) or `cuda[:N]` (burn's CUDA backend, with
-//! the `cuda` cargo feature), and in which precision.
+//! Which device trains: `cpu` (burn's flex backend), `cuda[:N]` (burn's CUDA backend, with
+//! the `cuda` cargo feature) or `wgpu` (burn's WebGPU backend on Vulkan, with the `wgpu`
+//! feature: any Vulkan device, Mesa's lavapipe on the CPU included), and in which precision.
 
 use std::fmt;
 
@@ -8,6 +9,8 @@ use std::fmt;
 pub enum DeviceSpec {
     Cpu,
     Cuda(usize),
+    /// The default Vulkan device (`wgpu`); f32 only.
+    Wgpu,
 }
 
 /// Arithmetic precision of matrix products; weights, optimizer state and reductions stay f32.
@@ -24,6 +27,7 @@ impl fmt::Display for DeviceSpec {
         match self {
             DeviceSpec::Cpu => write!(f, "cpu"),
             DeviceSpec::Cuda(i) => write!(f, "cuda:{i}"),
+            DeviceSpec::Wgpu => write!(f, "wgpu"),
         }
     }
 }
@@ -51,6 +55,9 @@ impl Precision {
 
 /// Whether this binary was built with the `cuda` feature.
 pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
+
+/// Whether this binary was built with the `wgpu` feature.
+pub const WGPU_BUILT: bool = cfg!(feature = "wgpu");
 
 /// NVIDIA GPUs the driver reports (Linux: /proc/driver/nvidia/gpus), honouring
 /// CUDA_VISIBLE_DEVICES when set.
@@ -82,10 +89,11 @@ impl DeviceSpec {
                 DeviceSpec::Cpu
             }),
             "cuda" | "gpu" => Ok(DeviceSpec::Cuda(0)),
+            "wgpu" | "vulkan" => Ok(DeviceSpec::Wgpu),
             _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
                 Some(Ok(i)) => Ok(DeviceSpec::Cuda(i)),
                 _ => Err(format!(
-                    "device `{s}` is not one of cpu, cuda, cuda:N, auto"
+                    "device `{s}` is not one of cpu, cuda, cuda:N, wgpu, auto"
                 )),
             },
         }
@@ -95,6 +103,11 @@ impl DeviceSpec {
     pub fn check_available(self) -> Result<(), String> {
         match self {
             DeviceSpec::Cpu => Ok(()),
+            DeviceSpec::Wgpu if !WGPU_BUILT => Err(format!(
+                "device `{self}` needs a dnaflow built with the WebGPU backend: \
+                 cargo build --features wgpu (or use device: cpu)"
+            )),
+            DeviceSpec::Wgpu => Ok(()),
             DeviceSpec::Cuda(_) if !CUDA_BUILT => Err(format!(
                 "device `{self}` needs a dnaflow built with CUDA: \
                  cargo build --release --features cuda (or use device: cpu)"
@@ -121,14 +134,63 @@ impl DeviceSpec {
 
     /// Refuse half precision where it is not offered.
     pub fn check_precision(self, precision: Precision) -> Result<(), String> {
-        if self == DeviceSpec::Cpu && precision != Precision::F32 {
-            return Err(format!(
-                "precision `{precision}` is for CUDA; on the CPU use precision: f32"
-            ));
+        match self {
+            DeviceSpec::Cuda(_) => {}
+            DeviceSpec::Cpu if precision != Precision::F32 => {
+                return Err(format!(
+                    "precision `{precision}` is for CUDA; on the CPU use precision: f32"
+                ));
+            }
+            DeviceSpec::Wgpu if precision != Precision::F32 => {
+                return Err(format!(
+                    "precision `{precision}` is for CUDA; on `wgpu` use precision: f32"
+                ));
+            }
+            _ => {}
         }
         Ok(())
     }
 }
+
+/// Run `$body` on the device `$spec` names, with `$B` its backend type: flex on the CPU,
+/// burn's CUDA or Vulkan backend where this binary has the feature (a spec it lacks was
+/// refused by [`$crate::models::DeviceSpec::check_available`] before).
+macro_rules! on_device {
+    ($spec:expr, $precision:expr, |$dev:ident : $B:ident| $body:expr) => {{
+        match $spec {
+            $crate::models::DeviceSpec::Cpu => {
+                type $B = burn::backend::Flex;
+                let $dev = burn::backend::flex::FlexDevice;
+                $body
+            }
+            #[cfg(feature = "cuda")]
+            $crate::models::DeviceSpec::Cuda(i) => {
+                type $B = burn::backend::Cuda;
+                let $dev = burn::backend::cuda::CudaDevice::new(i);
+                let _ = $precision;
+                $body
+            }
+            #[cfg(not(feature = "cuda"))]
+            $crate::models::DeviceSpec::Cuda(_) => {
+                let _ = $precision;
+                unreachable!("checked by DeviceSpec::check_available")
+            }
+            #[cfg(feature = "wgpu")]
+            $crate::models::DeviceSpec::Wgpu => {
+                type $B = burn::backend::Vulkan;
+                let $dev = burn::backend::wgpu::WgpuDevice::DefaultDevice;
+                let _ = $precision;
+                $body
+            }
+            #[cfg(not(feature = "wgpu"))]
+            $crate::models::DeviceSpec::Wgpu => {
+                let _ = $precision;
+                unreachable!("checked by DeviceSpec::check_available")
+            }
+        }
+    }};
+}
+pub(crate) use on_device;
 
 /// The device the model tests run on: `DNAFLOW_TEST_DEVICE` (cpu, cuda, cuda:N, auto), the CPU
 /// when it is unset or empty. So the same test binary, built with `--features cuda`, checks the

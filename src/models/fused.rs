@@ -137,6 +137,9 @@ pub trait FusedOps: Backend {
 #[cfg(feature = "cuda")]
 impl FusedOps for burn::backend::Cuda {}
 
+#[cfg(feature = "wgpu")]
+impl FusedOps for burn::backend::Vulkan {}
+
 impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     fn fused_softmax(x: FloatTensor<Self>, scale: f64, causal: bool) -> FloatTensor<Self> {
         unary_node::<B, C, _>(

@@ -305,28 +305,12 @@ mod tests {
     use burn::tensor::backend::AutodiffBackend;
 
     /// Run `$body` with `$B` the backend and `$dev` the device `DNAFLOW_TEST_DEVICE` names:
-    /// flex on the CPU (the default), burn's CUDA backend for `cuda[:N]` (a `--features cuda`
-    /// test binary only; [`test_device`] refuses it otherwise).
+    /// flex on the CPU (the default), burn's CUDA backend for `cuda[:N]` and its Vulkan one for
+    /// `wgpu` (test binaries with that feature only; [`test_device`] refuses them otherwise).
     macro_rules! on_test_device {
-        (|$dev:ident : $B:ident| $body:block) => {{
-            match test_device() {
-                DeviceSpec::Cpu => {
-                    type $B = burn::backend::Flex;
-                    let $dev = burn::backend::flex::FlexDevice;
-                    $body
-                }
-                #[cfg(feature = "cuda")]
-                DeviceSpec::Cuda(i) => {
-                    type $B = burn::backend::Cuda;
-                    let $dev = burn::backend::cuda::CudaDevice::new(i);
-                    $body
-                }
-                #[cfg(not(feature = "cuda"))]
-                DeviceSpec::Cuda(_) => {
-                    unreachable!("test_device() refuses CUDA without the cuda feature")
-                }
-            }
-        }};
+        (|$dev:ident : $B:ident| $body:block) => {
+            crate::models::device::on_device!(test_device(), Precision::F32, |$dev: $B| $body)
+        };
     }
 
     /// The difference allowed for a comparison that holds to `cpu` on flex. On CUDA at least
@@ -336,7 +320,7 @@ mod tests {
     fn tolerance(cpu: f32) -> f32 {
         match test_device() {
             DeviceSpec::Cpu => cpu,
-            DeviceSpec::Cuda(_) => cpu.max(5e-3),
+            DeviceSpec::Cuda(_) | DeviceSpec::Wgpu => cpu.max(5e-3),
         }
     }
 
@@ -728,7 +712,7 @@ mod tests {
     /// so this runs only with `DNAFLOW_TEST_DEVICE=cuda[:N]`.
     #[test]
     fn bf16_training_steps_lower_the_loss_and_survive_a_reload() {
-        if test_device() == DeviceSpec::Cpu {
+        if !matches!(test_device(), DeviceSpec::Cuda(_)) {
             eprintln!(
                 "skipping bf16 training: bf16 products are for CUDA (precision bf16 is refused \
                  on the CPU); run with DNAFLOW_TEST_DEVICE=cuda on a GPU machine"

@@ -7,11 +7,12 @@ use serde_json::json;
 
 use super::model::{
     Loaded, batch_size, cpu, encode, load_model, load_vocab, mask_probability, objective_for,
-    on_device, resolve_device, rows_for, seed,
+    resolve_device, rows_for, seed,
 };
 use super::table::for_each_sequence;
 use super::tokenizer::{read_sequences, sequence};
 use super::{InputPath, StepContext, StepError, StepKind, params, write_metrics};
+use crate::models::device::on_device;
 use crate::models::{DeviceSpec, Precision};
 use crate::train;
 

@@ -16,6 +16,7 @@ use tokenizers::Tokenizer;
 
 use super::tokenizer::{open_tokenizer, read_sequences, sequence};
 use super::{InputPath, StepContext, StepError, StepKind, params, plot, write_metrics};
+use crate::models::device::on_device;
 use crate::models::{
     self, ArchConfig, Bert, BertConfig, DeviceSpec, FusedOps, Gpt2, Gpt2Config, Precision, Weights,
 };
@@ -373,32 +374,6 @@ fn fresh_config(
 fn model_err(e: models::ModelError) -> StepError {
     StepError::new(e.to_string())
 }
-
-/// Run `f` on the chosen device with a backend type.
-macro_rules! on_device {
-    ($spec:expr, $precision:expr, |$dev:ident : $B:ident| $body:expr) => {{
-        match $spec {
-            DeviceSpec::Cpu => {
-                type $B = burn::backend::Flex;
-                let $dev = burn::backend::flex::FlexDevice;
-                $body
-            }
-            #[cfg(feature = "cuda")]
-            DeviceSpec::Cuda(i) => {
-                type $B = burn::backend::Cuda;
-                let $dev = burn::backend::cuda::CudaDevice::new(i);
-                let _ = $precision;
-                $body
-            }
-            #[cfg(not(feature = "cuda"))]
-            DeviceSpec::Cuda(_) => {
-                let _ = $precision;
-                unreachable!("checked by DeviceSpec::check_available")
-            }
-        }
-    }};
-}
-pub(crate) use on_device;
 
 fn pretrain(ctx: &mut StepContext) -> Result<(), StepError> {
     let p: PretrainParams = params(ctx.with).map_err(StepError::new)?;
