@@ -66,6 +66,12 @@ const CASES: &[(&str, &str, &str, &str)] = &[
         "`with` is a map of the kind's parameters",
     ),
     (
+        "empty file parameter",
+        "steps:\n  s:\n    uses: data.split\n    with: { input: \"\" }\n",
+        "wf.yaml:4:20",
+        "`input` is empty: it names a file or directory",
+    ),
+    (
         "alias bomb",
         "params:\n  l0: &l0 [x, x, x, x, x, x, x, x, x, x]\n  l1: &l1 [*l0, *l0, *l0, *l0, *l0, *l0, *l0, *l0, *l0, *l0]\n  l2: &l2 [*l1, *l1, *l1, *l1, *l1, *l1, *l1, *l1, *l1, *l1]\n  l3: &l3 [*l2, *l2, *l2, *l2, *l2, *l2, *l2, *l2, *l2, *l2]\n  l4: &l4 [*l3, *l3, *l3, *l3, *l3, *l3, *l3, *l3, *l3, *l3]\n  l5: &l5 [*l4, *l4, *l4, *l4, *l4, *l4, *l4, *l4, *l4, *l4]\n  l6: &l6 [*l5, *l5, *l5, *l5, *l5, *l5, *l5, *l5, *l5, *l5]\n  l7: &l7 [*l6, *l6, *l6, *l6, *l6, *l6, *l6, *l6, *l6, *l6]\nsteps:\n  a:\n    run: echo\n",
         "wf.yaml:7:47",

@@ -794,14 +794,29 @@ impl<'a> Resolver<'a> {
         // outputs: their bytes enter the key like `inputs:` do.
         if let Some(Action::Uses { kind, with }) = &action {
             let node = def.with.as_ref();
+            let mut found = Vec::new();
             for pointer in steps::input_pointers(kind) {
                 literal_paths(with, node, pointer, "", &mut |name, path, span| {
-                    inputs.push(Input {
+                    found.push(Input {
                         path: path.to_string(),
                         span: span.unwrap_or(inst.span),
                         param: Some(name),
                     });
                 });
+            }
+            for input in found {
+                if input.path.trim().is_empty() {
+                    let name = input.param.as_deref().unwrap_or("a file parameter");
+                    self.error(
+                        input.span,
+                        format!("`{name}` is empty: it names a file or directory"),
+                    )
+                    .help = Some(
+                        "give a path relative to the workdir, or leave the parameter out".into(),
+                    );
+                } else {
+                    inputs.push(input);
+                }
             }
         }
         for input in &inputs {
