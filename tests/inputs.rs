@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use common::Project;
-use dnaflow::steps::{KINDS, Seg, input_pointers};
+use dnaflow::steps::{KINDS, input_pointers, pointer_name};
 use dnaflow::workflow::{Action, Param};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
@@ -172,22 +172,12 @@ fn edit(p: &Project, rel: &str) {
     std::fs::write(&path, edited).unwrap();
 }
 
-fn pointer_text(p: &[Seg]) -> String {
-    p.iter()
-        .map(|s| match s {
-            Seg::Key(k) => k.clone(),
-            Seg::Each => "*".into(),
-        })
-        .collect::<Vec<_>>()
-        .join(".")
-}
-
 #[test]
 fn every_file_parameter_of_every_kind_is_covered_here() {
     // A new kind with a file parameter, or a new file parameter, needs a case above.
     for kind in KINDS {
         for pointer in input_pointers(kind) {
-            let name = pointer_text(pointer);
+            let name = pointer_name(pointer);
             assert!(
                 CASES.iter().any(|c| c.1 == kind.name && c.2 == name),
                 "`{}` parameter `{name}` names files but no case edits one",

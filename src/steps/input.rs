@@ -76,6 +76,18 @@ pub enum Seg {
 /// Where in `with:` a file parameter sits: `[Key("inputs"), Each]` is every item of `inputs`.
 pub type Pointer = Vec<Seg>;
 
+/// A pointer as a person reads it: `inputs.*` for every item of `inputs`.
+pub fn pointer_name(pointer: &[Seg]) -> String {
+    pointer
+        .iter()
+        .map(|s| match s {
+            Seg::Key(k) => k.as_str(),
+            Seg::Each => "*",
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
 /// The places in `with:` of `kind` that hold [`InputPath`]s (computed once per kind).
 pub fn input_pointers(kind: &StepKind) -> &'static [Pointer] {
     static ALL: OnceLock<HashMap<&'static str, Vec<Pointer>>> = OnceLock::new();
@@ -224,15 +236,7 @@ mod tests {
         let kind = super::super::find(kind).expect("kind exists");
         input_pointers(kind)
             .iter()
-            .map(|p| {
-                p.iter()
-                    .map(|s| match s {
-                        Seg::Key(k) => k.clone(),
-                        Seg::Each => "*".into(),
-                    })
-                    .collect::<Vec<_>>()
-                    .join(".")
-            })
+            .map(|p| pointer_name(p))
             .collect()
     }
 

@@ -20,7 +20,9 @@ pub mod plot;
 pub mod table;
 mod tokenizer;
 
-pub use input::{INPUT_MARK, InputPath, Pointer, Seg, input_pointers, strings_at, strings_at_mut};
+pub use input::{
+    INPUT_MARK, InputPath, Pointer, Seg, input_pointers, pointer_name, strings_at, strings_at_mut,
+};
 
 /// Everything a running step may touch.
 pub struct StepContext<'a> {
