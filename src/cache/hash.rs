@@ -91,16 +91,13 @@ impl StatCache {
 
     /// Hashes of `paths` (files), in order: remembered ones looked up, the rest read in parallel.
     fn hash_files(&mut self, paths: &[PathBuf]) -> std::io::Result<Vec<String>> {
-        use rayon::prelude::*;
         let mut hashes: Vec<Option<String>> = Vec::with_capacity(paths.len());
         let mut todo = Vec::new();
         // Stat in parallel too: for many small files the system calls are most of the work.
-        let seen: Vec<std::io::Result<Seen>> = if paths.len() > 1 {
-            paths.par_iter().map(|p| Seen::of(p)).collect()
-        } else {
-            paths.iter().map(|p| Seen::of(p)).collect()
-        };
-        for (i, seen) in seen.into_iter().enumerate() {
+        for (i, seen) in each_maybe_parallel(paths, |p| Seen::of(p))
+            .into_iter()
+            .enumerate()
+        {
             let seen = seen?;
             match self.entries.get(&seen.abs) {
                 Some(e) if seen.matches(e) => hashes.push(Some(e.hash.clone())),
@@ -110,13 +107,10 @@ impl StatCache {
                 }
             }
         }
-        let fresh: Vec<std::io::Result<String>> = todo
-            .par_iter()
-            .map(|(i, seen)| {
-                tracing::debug!(path = %paths[*i].display(), bytes = seen.size, "hashing input");
-                hash_file_sized(&paths[*i], seen.size)
-            })
-            .collect();
+        let fresh = each_maybe_parallel(&todo, |(i, seen)| {
+            tracing::debug!(path = %paths[*i].display(), bytes = seen.size, "hashing input");
+            hash_file_sized(&paths[*i], seen.size)
+        });
         for ((i, seen), hash) in todo.into_iter().zip(fresh) {
             let hash = hash?;
             // A file modified within the clock's resolution of now could change again unseen
@@ -139,6 +133,17 @@ impl StatCache {
             .into_iter()
             .map(|h| h.expect("every file hashed"))
             .collect())
+    }
+}
+
+/// `f` of every item, in order: on rayon's pool when there are several, on this thread for
+/// one or none (a no-op rerun hashes nothing and should not wake the pool for it).
+fn each_maybe_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync + Send) -> Vec<R> {
+    use rayon::prelude::*;
+    if items.len() > 1 {
+        items.par_iter().map(f).collect()
+    } else {
+        items.iter().map(f).collect()
     }
 }
 
