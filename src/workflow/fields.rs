@@ -104,33 +104,30 @@ pub fn form(field: &str) -> Option<(&'static str, &'static str)> {
 
 /// A parser message, explained for the field it is about. `None`: no better words known.
 pub fn explain(message: &str, field: Option<&str>) -> Option<(String, Option<String>)> {
-    if let Some(breach) = message.strip_prefix("budget breached: ") {
-        let what = breach.split([' ', '{']).next().unwrap_or_default();
-        let (message, help) = if what.contains("Alias") || what.contains("Anchor") {
-            (
-                "the workflow's aliases (`*name`) expand to too much: a guard against input that \
-                 grows without end when read"
-                    .to_string(),
-                "write the repeated values out, or use `foreach:` for repeated steps",
-            )
-        } else {
-            (
-                format!(
-                    "the workflow is too large to read ({what}): more than {MAX_NODES} YAML values \
-                     or 1 GiB of text"
-                ),
-                "split it into several workflows, or expand repeated steps with `foreach:` \
-                 instead of writing each one out",
-            )
-        };
-        return Some((message, Some(help.into())));
-    }
-    if message.starts_with("alias replay") || message.contains("alias expansion") {
+    let breach = message.strip_prefix("budget breached: ");
+    let what = breach.map(|b| b.split([' ', '{']).next().unwrap_or_default());
+    let aliases = what.is_some_and(|w| w.contains("Alias") || w.contains("Anchor"))
+        || message.starts_with("alias replay")
+        || message.contains("alias expansion");
+    if aliases {
         return Some((
             "the workflow's aliases (`*name`) expand to too much: a guard against input that \
              grows without end when read"
                 .into(),
             Some("write the repeated values out, or use `foreach:` for repeated steps".into()),
+        ));
+    }
+    if let Some(what) = what {
+        return Some((
+            format!(
+                "the workflow is too large to read ({what}): more than {MAX_NODES} YAML values \
+                 or 1 GiB of text"
+            ),
+            Some(
+                "split it into several workflows, or expand repeated steps with `foreach:` \
+                 instead of writing each one out"
+                    .into(),
+            ),
         ));
     }
     let shape_error = [
