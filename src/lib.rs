@@ -9,6 +9,8 @@ pub mod exec;
 pub mod graph;
 pub mod metrics;
 pub mod models;
+/// Scores of predictions (classification, regression, bootstrap intervals) as sklearn/SciPy define them.
+pub mod score;
 pub mod steps;
 pub mod train;
 pub mod workflow;
