@@ -45,25 +45,52 @@ const SCHEME: &str = "dnaflow-key-v1";
 
 impl Recipe {
     /// The key: blake3 over the canonical JSON encoding (object keys sorted at every level).
+    ///
+    /// Written straight into the hasher, fields in sorted order, with no intermediate JSON
+    /// value: planning 100,000 steps computes 100,000 keys. `serde_json` keeps object keys
+    /// sorted (no `preserve_order`), so nested values are canonical as they serialize; a test
+    /// holds the bytes equal to sorting a `serde_json::Value` at every level.
     pub fn key(&self) -> CacheKey {
-        let value = canonical(serde_json::to_value(self).expect("recipe serializes"));
         let mut hasher = blake3::Hasher::new();
         hasher.update(SCHEME.as_bytes());
-        hasher.update(&serde_json::to_vec(&value).expect("recipe serializes"));
+        self.write_canonical(&mut hasher)
+            .expect("hashing into memory cannot fail");
         hasher.finalize().to_hex()[..32].to_string()
+    }
+
+    /// The canonical JSON encoding: top-level fields sorted, empty ones left out.
+    fn write_canonical(&self, w: &mut impl std::io::Write) -> std::io::Result<()> {
+        let maps = |m: &BTreeMap<String, String>| (!m.is_empty()).then(|| to_json(m));
+        // Alphabetical, as a sorted JSON object has them.
+        let fields: [(&str, Option<Vec<u8>>); 10] = [
+            ("command", self.command.as_ref().map(to_json)),
+            ("context", maps(&self.context)),
+            ("env", maps(&self.env)),
+            ("inputs", maps(&self.inputs)),
+            ("kind", Some(to_json(&self.kind))),
+            ("outputs", maps(&self.outputs)),
+            ("params", maps(&self.params)),
+            ("upstream", maps(&self.upstream)),
+            ("version", Some(to_json(&self.version))),
+            ("with", self.with.as_ref().map(to_json)),
+        ];
+        w.write_all(b"{")?;
+        let mut first = true;
+        for (name, json) in fields {
+            let Some(json) = json else { continue };
+            if !first {
+                w.write_all(b",")?;
+            }
+            first = false;
+            write!(w, "\"{name}\":")?;
+            w.write_all(&json)?;
+        }
+        w.write_all(b"}")
     }
 }
 
-fn canonical(v: Value) -> Value {
-    match v {
-        Value::Object(map) => {
-            let sorted: BTreeMap<String, Value> =
-                map.into_iter().map(|(k, v)| (k, canonical(v))).collect();
-            Value::Object(sorted.into_iter().collect())
-        }
-        Value::Array(items) => Value::Array(items.into_iter().map(canonical).collect()),
-        other => other,
-    }
+fn to_json(v: &impl Serialize) -> Vec<u8> {
+    serde_json::to_vec(v).expect("recipe serializes")
 }
 
 /// One difference between two recipes, old → new.
@@ -218,6 +245,41 @@ mod tests {
         let mut b = recipe();
         b.inputs.insert("a.txt".into(), "h2".into());
         assert_ne!(a.key(), b.key());
+    }
+
+    /// Keys written before the streaming encoding: sort a `serde_json::Value` at every level.
+    fn canonical_key(r: &Recipe) -> CacheKey {
+        fn canonical(v: Value) -> Value {
+            match v {
+                Value::Object(map) => {
+                    let sorted: BTreeMap<String, Value> =
+                        map.into_iter().map(|(k, v)| (k, canonical(v))).collect();
+                    Value::Object(sorted.into_iter().collect())
+                }
+                Value::Array(items) => Value::Array(items.into_iter().map(canonical).collect()),
+                other => other,
+            }
+        }
+        let value = canonical(serde_json::to_value(r).unwrap());
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(SCHEME.as_bytes());
+        hasher.update(&serde_json::to_vec(&value).unwrap());
+        hasher.finalize().to_hex()[..32].to_string()
+    }
+
+    #[test]
+    fn streamed_key_equals_sorted_json_key() {
+        let mut full = recipe();
+        full.command = None;
+        full.with = Some(serde_json::json!({"z": [1, {"b": "\u{e9}\"", "a": null}], "a": 1.5}));
+        full.env.insert("B".into(), "2".into());
+        full.params.insert("lr".into(), "0.1".into());
+        full.upstream.insert("tok".into(), "k".repeat(32));
+        full.outputs.insert("model".into(), "model.bin".into());
+        full.context.insert("device".into(), "cpu".into());
+        for r in [recipe(), full] {
+            assert_eq!(r.key(), canonical_key(&r));
+        }
     }
 
     #[test]

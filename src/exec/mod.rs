@@ -429,7 +429,7 @@ impl Exec<'_> {
         let result = self
             .execute(i, &staging.out, cpus, gpus, out_log, err_log, attempt)
             .and_then(|()| {
-                for (name, rel) in &step.outputs {
+                for (name, rel) in step.outputs.iter() {
                     if !matches!(name.as_str(), "out" | "metrics")
                         && !staging.out.join(rel).exists()
                     {

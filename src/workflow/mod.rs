@@ -62,7 +62,8 @@ pub struct Step {
     /// Project files the step reads; their bytes go into its key.
     pub inputs: Vec<Input>,
     /// Named outputs: name and path inside the output directory (always has `out` and `metrics`).
-    pub outputs: IndexMap<String, String>,
+    /// Shared by the expansions of one step, and by all shell steps with the default outputs.
+    pub outputs: Outputs,
     /// Upstream steps (indices into [`Workflow::steps`]), from references and `needs`.
     pub deps: Vec<usize>,
     pub resources: ResourceNeeds,
@@ -70,6 +71,9 @@ pub struct Step {
     pub env: IndexMap<String, Template>,
     pub expect: Vec<(Located<String>, Expectation)>,
 }
+
+/// A step's named outputs: name → path inside its output directory.
+pub type Outputs = std::sync::Arc<IndexMap<String, String>>;
 
 /// What a step does.
 #[derive(Debug)]
@@ -321,6 +325,8 @@ struct Resolver<'a> {
     opts: &'a LoadOptions,
     errors: Vec<Diagnostic>,
     params: IndexMap<String, Value>,
+    /// `out` and `metrics`: the outputs of every shell step that names none of its own.
+    default_outputs: Outputs,
 }
 
 /// A step instance during resolution.
@@ -330,7 +336,7 @@ struct Instance<'f> {
     span: Span,
     matrix: IndexMap<String, Value>,
     def: &'f StepDef,
-    outputs: IndexMap<String, String>,
+    outputs: Outputs,
 }
 
 impl<'a> Resolver<'a> {
@@ -340,6 +346,10 @@ impl<'a> Resolver<'a> {
             opts,
             errors: Vec::new(),
             params: IndexMap::new(),
+            default_outputs: Outputs::new(IndexMap::from([
+                ("out".to_string(), String::new()),
+                ("metrics".to_string(), "metrics.json".to_string()),
+            ])),
         }
     }
 
@@ -557,10 +567,11 @@ impl<'a> Resolver<'a> {
         out
     }
 
-    fn outputs_of(&mut self, def: &StepDef) -> IndexMap<String, String> {
-        let mut outputs = IndexMap::new();
-        outputs.insert("out".to_string(), String::new());
-        outputs.insert("metrics".to_string(), "metrics.json".to_string());
+    fn outputs_of(&mut self, def: &StepDef) -> Outputs {
+        if def.uses.is_none() && def.outputs.is_empty() {
+            return self.default_outputs.clone();
+        }
+        let mut outputs = IndexMap::clone(&self.default_outputs);
         if let Some(kind) = def.uses.as_ref().and_then(|u| steps::find(&u.value)) {
             for (name, path) in kind.outputs {
                 outputs.insert(name.to_string(), path.to_string());
@@ -594,7 +605,7 @@ impl<'a> Resolver<'a> {
                 outputs.insert(k.value.clone(), v.value.clone());
             }
         }
-        outputs
+        Outputs::new(outputs)
     }
 
     /// The rows of a `foreach` grid (one empty row for a plain step).
@@ -702,11 +713,11 @@ impl<'a> Resolver<'a> {
             by_name,
             by_base,
         };
-        instances
-            .iter()
-            .enumerate()
-            .filter_map(|(i, inst)| self.bind_one(&index, i, inst, workdir))
-            .collect()
+        let mut steps = Vec::with_capacity(instances.len());
+        for (i, inst) in instances.iter().enumerate() {
+            steps.extend(self.bind_one(&index, i, inst, workdir));
+        }
+        steps
     }
 
     fn bind_one(

@@ -28,7 +28,8 @@ pub struct WorkflowFile {
     #[serde(default)]
     pub profiles: IndexMap<Located<String>, Located<ParamMap>>,
     /// The steps, by name. Dependencies come from `${{ steps.NAME.… }}` references and `needs`.
-    pub steps: IndexMap<Located<String>, Located<StepDef>>,
+    /// Boxed: a workflow may have 100,000 steps, and the map's entries move as it grows.
+    pub steps: IndexMap<Located<String>, Located<Box<StepDef>>>,
 }
 
 /// Parameter names and values, as written.
