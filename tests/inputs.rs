@@ -37,6 +37,8 @@ const CASES: &[(&str, &str, &str, &str)] = &[
     ("generate", "model.generate", "model", "gen_model"),
     ("markov", "eval.markov", "train", "markov_train.txt"),
     ("markov", "eval.markov", "test", "markov_test.txt"),
+    ("classify", "eval.classify", "predictions", "classify.csv"),
+    ("regress", "eval.regress", "predictions", "regress.json"),
 ];
 
 const WORKFLOW: &str = r#"
@@ -66,6 +68,8 @@ steps:
   lm: { uses: eval.lm, with: { model: lm_model, data: lm_data.txt, tokenizer: lm_tok.json, baseline: lm_baseline.json, seq_len: 16 } }
   generate: { uses: model.generate, with: { model: gen_model, prompts: [ACG], max_new_tokens: 4, seed: 1 } }
   markov: { uses: eval.markov, with: { train: markov_train.txt, test: markov_test.txt, order: 1 } }
+  classify: { uses: eval.classify, with: { predictions: classify.csv, bootstrap: 10 } }
+  regress: { uses: eval.regress, with: { predictions: regress.json, bootstrap: 10 } }
 "#;
 
 /// A dependent shell step per step, so a rerun must reach downstream too.
@@ -98,6 +102,16 @@ fn project() -> Project {
     }
     p.write("concat_one.csv", table).write("stats.csv", table);
     p.write("load.fa", ">a\nACGTACGTTAGC\n>b\nGGCATTACAGTA\n");
+    // Predictions: the edit appends a row `r9,GATTACAGATTACA` (two new classes) to the CSV, and
+    // rewrites the JSON table without changing its values, so both stay scoreable.
+    p.write(
+        "classify.csv",
+        "label,prediction\nneg,neg\npos,pos\npos,neg\nneg,neg\n",
+    );
+    p.write(
+        "regress.json",
+        r#"[{"label": 1.5, "prediction": 1.0}, {"label": 2.0, "prediction": 2.5}, {"label": 3.0, "prediction": 2.0}]"#,
+    );
     for f in [
         "tok_train.txt",
         "tok_eval.txt",

@@ -17,6 +17,7 @@ mod file;
 mod input;
 mod model;
 pub mod plot;
+mod score;
 pub mod table;
 mod tokenizer;
 
@@ -109,6 +110,8 @@ pub static KINDS: &[&StepKind] = &[
     &eval::LM,
     &model::GENERATE,
     &eval::MARKOV,
+    &score::CLASSIFY,
+    &score::REGRESS,
 ];
 
 /// Kinds whose results depend on the device (`--device` reaches them and enters their keys).

@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::StepError;
 
@@ -121,6 +122,88 @@ pub fn lines(
     root.present().map_err(|x| e(x.to_string()))
 }
 
+/// A confusion matrix as a heat map: one row per true class, one column per predicted class,
+/// each cell shaded by its share of the row (so a rare class reads as clearly as a common one)
+/// and labelled with its count.
+pub fn confusion(
+    path: &Path,
+    title: &str,
+    labels: &[String],
+    counts: &[Vec<u64>],
+) -> Result<(), StepError> {
+    let e = err(path);
+    let k = labels.len().max(1) as i32;
+    let cell = (560 / k).clamp(12, 96);
+    let longest = labels.iter().map(|l| l.chars().count()).max().unwrap_or(1) as i32;
+    let label_px = (longest * 8).clamp(16, 200);
+    // Column labels turn vertical when they do not fit under their cell.
+    let vertical = label_px + 8 > cell;
+    let (left, top) = (label_px + 48, 56);
+    let bottom = if vertical { label_px + 48 } else { 56 };
+    let (w, h) = (left + k * cell + 24, top + k * cell + bottom);
+    let root = SVGBackend::new(path, (w.max(360) as u32, h as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(|x| e(x.to_string()))?;
+    let centered = |size: i32| {
+        TextStyle::from(("sans-serif", size).into_font()).pos(Pos::new(HPos::Center, VPos::Center))
+    };
+    let draw_text = |text: &str, at: (i32, i32), style: TextStyle| {
+        root.draw(&Text::new(text.to_string(), at, style))
+            .map_err(|x| e(x.to_string()))
+    };
+    draw_text(title, (w.max(360) / 2, 24), centered(24))?;
+    let font = (cell / 3).clamp(11, 20);
+    for (i, row) in counts.iter().enumerate() {
+        let total: u64 = row.iter().sum();
+        for (j, &c) in row.iter().enumerate() {
+            let share = if total > 0 {
+                c as f64 / total as f64
+            } else {
+                0.0
+            };
+            let mix = |full: u8| (255.0 - share * (255.0 - full as f64)).round() as u8;
+            let fill = RGBColor(mix(52), mix(101), mix(164));
+            let (x0, y0) = (left + j as i32 * cell, top + i as i32 * cell);
+            root.draw(&Rectangle::new(
+                [(x0, y0), (x0 + cell, y0 + cell)],
+                fill.filled(),
+            ))
+            .map_err(|x| e(x.to_string()))?;
+            root.draw(&Rectangle::new(
+                [(x0, y0), (x0 + cell, y0 + cell)],
+                RGBColor(200, 200, 200).stroke_width(1),
+            ))
+            .map_err(|x| e(x.to_string()))?;
+            if cell >= 24 {
+                let ink = if share > 0.5 { WHITE } else { BLACK };
+                let style = centered(font).color(&ink);
+                draw_text(&c.to_string(), (x0 + cell / 2, y0 + cell / 2), style)?;
+            }
+        }
+    }
+    let axis = font.min(17);
+    for (i, label) in labels.iter().enumerate() {
+        let mid = i as i32 * cell + cell / 2;
+        let right = TextStyle::from(("sans-serif", axis).into_font())
+            .pos(Pos::new(HPos::Right, VPos::Center));
+        draw_text(label, (left - 6, top + mid), right)?;
+        let under = top + k * cell + 6;
+        if vertical {
+            let style = TextStyle::from(("sans-serif", axis).into_font())
+                .pos(Pos::new(HPos::Right, VPos::Center))
+                .transform(FontTransform::Rotate270);
+            draw_text(label, (left + mid, under), style)?;
+        } else {
+            let style = TextStyle::from(("sans-serif", axis).into_font())
+                .pos(Pos::new(HPos::Center, VPos::Top));
+            draw_text(label, (left + mid, under), style)?;
+        }
+    }
+    draw_text("predicted", (left + k * cell / 2, h - 16), centered(18))?;
+    let side = centered(18).transform(FontTransform::Rotate270);
+    draw_text("true", (14, top + k * cell / 2), side)?;
+    root.present().map_err(|x| e(x.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,5 +234,16 @@ mod tests {
         )
         .unwrap();
         assert!(std::fs::read_to_string(&p).unwrap().contains("valid"));
+        let p = d.path().join("c.svg");
+        let labels = ["acceptor".to_string(), "donor".into(), "neither".into()];
+        confusion(
+            &p,
+            "Confusion",
+            &labels,
+            &[vec![5, 1, 0], vec![0, 3, 2], vec![1, 0, 9]],
+        )
+        .unwrap();
+        let svg = std::fs::read_to_string(&p).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("neither") && svg.contains("\n9\n"));
     }
 }

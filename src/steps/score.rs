@@ -1,0 +1,460 @@
+//! `eval.classify` and `eval.regress`: every score of a predictions table, by the same code
+//! whatever made the predictions (a fine-tuned model, a baseline, a shell step), so results
+//! compare. The scores themselves live in [`crate::score`].
+
+use std::io::Read;
+use std::path::Path;
+
+use polars::prelude::*;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::table::{ext, open_text, ragged_row, read_table};
+use super::{InputPath, StepContext, StepError, StepKind, params, plot, write_metrics};
+use crate::score::{self, Interval};
+
+/// A class label written in YAML: text or a whole number (`positive: 1`).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+enum ClassLabel {
+    Number(i64),
+    Text(String),
+}
+
+impl ClassLabel {
+    fn text(&self) -> String {
+        match self {
+            ClassLabel::Number(n) => n.to_string(),
+            ClassLabel::Text(s) => canonical_label(s),
+        }
+    }
+}
+
+/// Parameters of `eval.classify`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct ClassifyParams {
+    /// The predictions table (parquet, CSV, TSV, JSON lines): one row per example.
+    predictions: InputPath,
+    /// Column of true labels.
+    #[serde(default = "label")]
+    label: String,
+    /// Column of predicted labels.
+    #[serde(default = "prediction")]
+    prediction: String,
+    /// Columns named this prefix + a class (`prob_promoter`) hold that class's probability or
+    /// score, for AUROC and AUPRC; with two classes one column is enough.
+    #[serde(default = "prob_prefix")]
+    probabilities: String,
+    /// With two classes, the class AUROC/AUPRC are about (default: the later one in sorted
+    /// order, `1` for 0/1 labels).
+    positive: Option<ClassLabel>,
+    /// Resamples for the 95 % bootstrap interval of accuracy (0: no interval).
+    #[serde(default = "resamples")]
+    bootstrap: usize,
+    /// Seed of the bootstrap: same seed, same interval.
+    #[serde(default = "seed")]
+    seed: u64,
+}
+
+/// Parameters of `eval.regress`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct RegressParams {
+    /// The predictions table (parquet, CSV, TSV, JSON lines): one row per example.
+    predictions: InputPath,
+    /// Column of true values (numbers).
+    #[serde(default = "label")]
+    label: String,
+    /// Column of predicted values (numbers).
+    #[serde(default = "prediction")]
+    prediction: String,
+    /// Resamples for the 95 % bootstrap interval of RMSE (0: no interval).
+    #[serde(default = "resamples")]
+    bootstrap: usize,
+    /// Seed of the bootstrap: same seed, same interval.
+    #[serde(default = "seed")]
+    seed: u64,
+}
+
+fn label() -> String {
+    "label".into()
+}
+fn prediction() -> String {
+    "prediction".into()
+}
+fn prob_prefix() -> String {
+    "prob_".into()
+}
+fn resamples() -> usize {
+    1000
+}
+fn seed() -> u64 {
+    42
+}
+
+/// At most this many resamples: beyond it the interval no longer moves, only the time.
+const MAX_RESAMPLES: usize = 100_000;
+
+fn check_common(label: &str, prediction: &str, bootstrap: usize) -> Result<(), String> {
+    if label == prediction {
+        return Err(format!(
+            "`label` and `prediction` are both `{label}`; they must name different columns"
+        ));
+    }
+    if bootstrap > MAX_RESAMPLES {
+        return Err(format!(
+            "`bootstrap` is {bootstrap}; at most {MAX_RESAMPLES} resamples (1000 is plenty for a 95 % interval)"
+        ));
+    }
+    Ok(())
+}
+
+pub static CLASSIFY: StepKind = StepKind {
+    name: "eval.classify",
+    version: 1,
+    summary: "accuracy (with a bootstrap 95 % interval), balanced accuracy, precision/recall/F1, MCC, AUROC, AUPRC and a confusion matrix of a predictions table",
+    outputs: &[("confusion", "confusion.svg")],
+    schema: |g| g.subschema_for::<ClassifyParams>(),
+    check: |with| {
+        let p = params::<ClassifyParams>(with)?;
+        check_common(&p.label, &p.prediction, p.bootstrap)?;
+        if p.probabilities.is_empty() {
+            return Err("`probabilities` is the prefix of the probability columns (`prob_`); it cannot be empty".into());
+        }
+        Ok(())
+    },
+    run: classify,
+};
+
+pub static REGRESS: StepKind = StepKind {
+    name: "eval.regress",
+    version: 1,
+    summary: "MSE, RMSE (with a bootstrap 95 % interval), MAE, Pearson, Spearman and R² of a predictions table",
+    outputs: &[],
+    schema: |g| g.subschema_for::<RegressParams>(),
+    check: |with| {
+        let p = params::<RegressParams>(with)?;
+        check_common(&p.label, &p.prediction, p.bootstrap)
+    },
+    run: regress,
+};
+
+fn classify(ctx: &mut StepContext) -> Result<(), StepError> {
+    let p: ClassifyParams = params(ctx.with).map_err(StepError::new)?;
+    let table = Predictions::read(&ctx.workdir.join(p.predictions.path()))?;
+    let truth = table.labels(&p.label, "label")?;
+    let pred = table.labels(&p.prediction, "prediction")?;
+    let mut probs = Vec::new();
+    for name in table.df.get_column_names() {
+        if let Some(class) = name.strip_prefix(p.probabilities.as_str()) {
+            probs.push((
+                canonical_label(class),
+                table.numbers(name, "probabilities")?,
+            ));
+        }
+    }
+    let positive = p.positive.as_ref().map(ClassLabel::text);
+    let scores = score::classification(&truth, &pred, &probs, positive.as_deref())
+        .map_err(|e| table.error(e))?;
+    let mut metrics = serde_json::to_value(&scores).map_err(|e| StepError::new(e.to_string()))?;
+    let correct: Vec<bool> = truth.iter().zip(&pred).map(|(t, p)| t == p).collect();
+    let ci = interval(&correct, p.bootstrap, p.seed, |rows| {
+        Some(rows.iter().filter(|&&c| c).count() as f64 / rows.len() as f64)
+    })?;
+    add_interval(&mut metrics, "accuracy", ci, p.bootstrap, p.seed);
+    writeln!(
+        ctx.log,
+        "{}: {} rows, {} classes: accuracy {:.4}{}, macro F1 {:.4}, MCC {:.4}{}",
+        table.path.display(),
+        scores.rows,
+        scores.classes.len(),
+        scores.accuracy,
+        describe(ci),
+        scores.f1_macro,
+        scores.mcc,
+        match &scores.ranking {
+            Some(r) => format!(", AUROC {}, AUPRC {:.4}", optional(r.auroc), r.auprc),
+            None => String::new(),
+        }
+    )?;
+    plot::confusion(
+        &ctx.out.join("confusion.svg"),
+        &format!(
+            "Confusion matrix ({} rows, accuracy {:.3})",
+            scores.rows, scores.accuracy
+        ),
+        &scores.confusion.labels,
+        &scores.confusion.counts,
+    )?;
+    write_metrics(ctx.out, &metrics)
+}
+
+fn regress(ctx: &mut StepContext) -> Result<(), StepError> {
+    let p: RegressParams = params(ctx.with).map_err(StepError::new)?;
+    let table = Predictions::read(&ctx.workdir.join(p.predictions.path()))?;
+    let truth = table.numbers(&p.label, "label")?;
+    let pred = table.numbers(&p.prediction, "prediction")?;
+    let scores = score::regression(&truth, &pred).map_err(|e| table.error(e))?;
+    let mut metrics = serde_json::to_value(&scores).map_err(|e| StepError::new(e.to_string()))?;
+    let pairs: Vec<(f64, f64)> = truth.iter().copied().zip(pred.iter().copied()).collect();
+    let ci = interval(&pairs, p.bootstrap, p.seed, |rows| {
+        let (t, p): (Vec<f64>, Vec<f64>) = rows.iter().copied().unzip();
+        Some(score::rmse(&t, &p))
+    })?;
+    add_interval(&mut metrics, "rmse", ci, p.bootstrap, p.seed);
+    writeln!(
+        ctx.log,
+        "{}: {} rows: RMSE {:.4}{}, MAE {:.4}, Pearson {}, Spearman {}, R² {}",
+        table.path.display(),
+        scores.rows,
+        scores.rmse,
+        describe(ci),
+        scores.mae,
+        optional(scores.pearson),
+        optional(scores.spearman),
+        optional(scores.r2)
+    )?;
+    write_metrics(ctx.out, &metrics)
+}
+
+/// The bootstrap interval of `metric`, or none when `resamples` is 0.
+fn interval<T: Clone>(
+    rows: &[T],
+    resamples: usize,
+    seed: u64,
+    metric: impl FnMut(&[T]) -> Option<f64>,
+) -> Result<Option<Interval>, StepError> {
+    if resamples == 0 {
+        return Ok(None);
+    }
+    score::bootstrap_ci(rows, metric, resamples, seed).map_err(|e| StepError::new(e.to_string()))
+}
+
+/// `<name>_ci95: [lo, hi]` beside the headline metric, and how it was drawn.
+fn add_interval(
+    metrics: &mut Value,
+    name: &str,
+    ci: Option<Interval>,
+    resamples: usize,
+    seed: u64,
+) {
+    if resamples == 0 {
+        return;
+    }
+    metrics[format!("{name}_ci95")] = json!(ci);
+    metrics["bootstrap"] = json!({ "metric": name, "resamples": resamples, "seed": seed });
+}
+
+fn describe(ci: Option<Interval>) -> String {
+    ci.map(|c| format!(" (95 % CI {:.4}–{:.4})", c.lo(), c.hi()))
+        .unwrap_or_default()
+}
+
+fn optional(v: Option<f64>) -> String {
+    v.map_or("undefined".into(), |v| format!("{v:.4}"))
+}
+
+/// One spelling per label: a whole number written as `1.0` (a float column) or `1` (an integer
+/// column or a `prob_1` header) is `1`, so true labels, predictions and probability columns
+/// agree whatever wrote them.
+fn canonical_label(s: &str) -> String {
+    let t = s.trim();
+    match t.parse::<f64>() {
+        Ok(x) if x.is_finite() && x.fract() == 0.0 && x.abs() < 9.0e15 => {
+            format!("{}", x as i64)
+        }
+        _ => t.to_string(),
+    }
+}
+
+/// A predictions table and where it came from, for errors that name the file, row and column.
+struct Predictions {
+    path: std::path::PathBuf,
+    df: DataFrame,
+    /// Lines before the first row (the header) for text tables, whose rows are lines.
+    header_lines: Option<usize>,
+}
+
+impl Predictions {
+    /// Read a table; CSV/TSV columns stay text, so every value reaches our parser and a bad one
+    /// is reported with its row rather than as a failed column type.
+    fn read(path: &Path) -> Result<Predictions, StepError> {
+        let e = ext(path);
+        let (df, header_lines) = match e.as_str() {
+            "csv" | "tsv" => (
+                read_text_table(path, if e == "tsv" { b'\t' } else { b',' })?,
+                Some(1),
+            ),
+            "jsonl" | "ndjson" => (read_table(path)?, Some(0)),
+            _ => (read_table(path)?, None),
+        };
+        if df.height() == 0 {
+            return Err(StepError::new(format!(
+                "{}: no rows to score (is it the predictions of an empty split?)",
+                path.display()
+            )));
+        }
+        Ok(Predictions {
+            path: path.to_path_buf(),
+            df,
+            header_lines,
+        })
+    }
+
+    fn column(&self, name: &str, param: &str) -> Result<&Column, StepError> {
+        self.df.column(name).map_err(|_| {
+            StepError::new(format!(
+                "{}: no column `{name}`; the columns are: {}; set `{param}:` to one of them",
+                self.path.display(),
+                self.df
+                    .get_column_names()
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
+    }
+
+    /// `file: row N (line L, id X), column `c``: where a bad value sits.
+    fn at(&self, i: usize, column: &str) -> String {
+        let mut place = Vec::new();
+        if let Some(h) = self.header_lines {
+            place.push(format!("line {}", i + 1 + h));
+        }
+        if let Ok(AnyValue::String(id)) = self.df.column("id").and_then(|c| c.get(i)) {
+            place.push(format!("id `{id}`"));
+        }
+        let place = if place.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", place.join(", "))
+        };
+        format!(
+            "{}: row {}{place}, column `{column}`",
+            self.path.display(),
+            i + 1
+        )
+    }
+
+    fn error(&self, e: score::ScoreError) -> StepError {
+        StepError::new(format!("{}: {e}", self.path.display()))
+    }
+
+    /// Class labels of a column, every row required.
+    fn labels(&self, name: &str, param: &str) -> Result<Vec<String>, StepError> {
+        let col = self.column(name, param)?;
+        let text = col.cast(&DataType::String)?;
+        text.str()?
+            .iter()
+            .enumerate()
+            .map(|(i, v)| match v.map(str::trim) {
+                Some(s) if !s.is_empty() => Ok(canonical_label(s)),
+                _ => Err(StepError::new(format!(
+                    "{}: empty; every row needs a {param} (drop unlabelled rows with data.filter)",
+                    self.at(i, name)
+                ))),
+            })
+            .collect()
+    }
+
+    /// Numbers of a column, every row a finite number.
+    fn numbers(&self, name: &str, param: &str) -> Result<Vec<f64>, StepError> {
+        let col = self.column(name, param)?;
+        let bad = |i: usize, what: String| StepError::new(format!("{}: {what}", self.at(i, name)));
+        let values: Vec<Option<f64>> = if col.dtype().is_primitive_numeric() {
+            col.cast(&DataType::Float64)?.f64()?.iter().collect()
+        } else if col.dtype() == &DataType::String {
+            let mut v = Vec::with_capacity(col.len());
+            for (i, s) in col.str()?.iter().enumerate() {
+                v.push(match s.map(str::trim) {
+                    None | Some("") => None,
+                    Some(s) => Some(s.parse::<f64>().map_err(|_| {
+                        bad(
+                            i,
+                            format!("`{s}` is not a number; `{param}` must be numbers"),
+                        )
+                    })?),
+                });
+            }
+            v
+        } else {
+            return Err(StepError::new(format!(
+                "{}: column `{name}` is {}, not numbers",
+                self.path.display(),
+                col.dtype()
+            )));
+        };
+        values
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                Some(x) if x.is_finite() => Ok(x),
+                Some(x) => Err(bad(i, format!("{x} is not a finite number"))),
+                None => Err(bad(i, format!("empty; every row needs a {param} value"))),
+            })
+            .collect()
+    }
+}
+
+/// A CSV/TSV file (gzip allowed) with every column read as text.
+fn read_text_table(path: &Path, sep: u8) -> Result<DataFrame, StepError> {
+    let mut bytes = Vec::new();
+    open_text(path)?
+        .read_to_end(&mut bytes)
+        .map_err(|e| StepError::new(format!("{}: {e}", path.display())))?;
+    let ragged = ragged_row(&bytes, sep);
+    CsvReadOptions::default()
+        .with_has_header(true)
+        .with_infer_schema_length(Some(0))
+        .with_parse_options(CsvParseOptions::default().with_separator(sep))
+        .into_reader_with_file_handle(std::io::Cursor::new(bytes))
+        .finish()
+        .map_err(|e| {
+            StepError::new(match ragged {
+                Some((line, got, want)) => format!(
+                    "{}: line {line} has {got} fields but the header has {want}; fix that row (quote fields that contain the separator)",
+                    path.display()
+                ),
+                None => format!("{}: cannot read as a table: {e}", path.display()),
+            })
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_have_one_spelling() {
+        assert_eq!(canonical_label("1.0"), "1");
+        assert_eq!(canonical_label(" 1 "), "1");
+        assert_eq!(canonical_label("0.5"), "0.5");
+        assert_eq!(canonical_label("promoter"), "promoter");
+        assert_eq!(ClassLabel::Number(1).text(), "1");
+    }
+
+    #[test]
+    fn bad_values_name_file_row_line_and_column() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("p.csv");
+        std::fs::write(&path, "id,label,prediction\na,1.5,1\nb,x,2\n").unwrap();
+        let t = Predictions::read(&path).unwrap();
+        let e = t.numbers("label", "label").unwrap_err().message;
+        assert!(
+            e.ends_with("p.csv: row 2 (line 3, id `b`), column `label`: `x` is not a number; `label` must be numbers"),
+            "{e}"
+        );
+        std::fs::write(&path, "label,prediction\n1,1\n,0\n").unwrap();
+        let t = Predictions::read(&path).unwrap();
+        let e = t.labels("label", "label").unwrap_err().message;
+        assert!(e.contains("row 2 (line 3), column `label`: empty"), "{e}");
+        let e = t.labels("truth", "label").unwrap_err().message;
+        assert!(
+            e.contains("no column `truth`; the columns are: label, prediction"),
+            "{e}"
+        );
+    }
+}
