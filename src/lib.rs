@@ -7,6 +7,8 @@ pub mod cli;
 pub mod diag;
 pub mod exec;
 pub mod graph;
+/// Linear models on f64 vectors (L2 logistic regression, ridge) as scikit-learn fits them.
+pub mod linear;
 pub mod metrics;
 pub mod models;
 /// Scores of predictions (classification, regression, bootstrap intervals) as sklearn/SciPy define them.

@@ -39,6 +39,12 @@ const CASES: &[(&str, &str, &str, &str)] = &[
     ("markov", "eval.markov", "test", "markov_test.txt"),
     ("classify", "eval.classify", "predictions", "classify.csv"),
     ("regress", "eval.regress", "predictions", "regress.json"),
+    ("bl_cls", "baseline.classify", "train", "bl_cls_train.json"),
+    ("bl_cls", "baseline.classify", "test", "bl_cls_test.json"),
+    ("bl_cls", "baseline.classify", "valid", "bl_cls_valid.json"),
+    ("bl_reg", "baseline.regress", "train", "bl_reg_train.json"),
+    ("bl_reg", "baseline.regress", "test", "bl_reg_test.json"),
+    ("bl_reg", "baseline.regress", "valid", "bl_reg_valid.json"),
 ];
 
 const WORKFLOW: &str = r#"
@@ -70,6 +76,8 @@ steps:
   markov: { uses: eval.markov, with: { train: markov_train.txt, test: markov_test.txt, order: 1 } }
   classify: { uses: eval.classify, with: { predictions: classify.csv, bootstrap: 10 } }
   regress: { uses: eval.regress, with: { predictions: regress.json, bootstrap: 10 } }
+  bl_cls: { uses: baseline.classify, with: { train: bl_cls_train.json, test: bl_cls_test.json, valid: bl_cls_valid.json } }
+  bl_reg: { uses: baseline.regress, with: { train: bl_reg_train.json, test: bl_reg_test.json, valid: bl_reg_valid.json } }
 "#;
 
 /// A dependent shell step per step, so a rerun must reach downstream too.
@@ -112,6 +120,14 @@ fn project() -> Project {
         "regress.json",
         r#"[{"label": 1.5, "prediction": 1.0}, {"label": 2.0, "prediction": 2.5}, {"label": 3.0, "prediction": 2.0}]"#,
     );
+    // Baseline tables as JSON, which the edit re-spells without changing a value.
+    let labelled = r#"[{"id": "r0", "sequence": "ACGTAC", "label": 1}, {"id": "r1", "sequence": "GGCATT", "label": 0}, {"id": "r2", "sequence": "ACGTTT", "label": 1}]"#;
+    for f in ["bl_cls_train.json", "bl_cls_test.json", "bl_cls_valid.json"] {
+        p.write(f, labelled);
+    }
+    for f in ["bl_reg_train.json", "bl_reg_test.json", "bl_reg_valid.json"] {
+        p.write(f, &labelled.replace("\"label\": 1", "\"label\": 2.5"));
+    }
     for f in [
         "tok_train.txt",
         "tok_eval.txt",

@@ -10,6 +10,7 @@ use std::sync::atomic::AtomicBool;
 use schemars::{Schema, SchemaGenerator};
 use serde::de::DeserializeOwned;
 
+mod baseline;
 mod data;
 mod eval;
 pub mod fetch;
@@ -112,6 +113,8 @@ pub static KINDS: &[&StepKind] = &[
     &eval::MARKOV,
     &score::CLASSIFY,
     &score::REGRESS,
+    &baseline::CLASSIFY,
+    &baseline::REGRESS,
 ];
 
 /// Kinds whose results depend on the device (`--device` reaches them and enters their keys).
