@@ -19,7 +19,7 @@ pub mod gpt2;
 pub mod weights;
 
 pub use bert::{Bert, BertConfig};
-pub use device::{DeviceSpec, Precision};
+pub use device::{CUDA_BUILT, DeviceSpec, Precision, WGPU_BUILT};
 pub use fused::{FusedOps, Keys, LayerNorm};
 use fused::{masked_softmax, merge_heads};
 pub use gpt2::{Gpt2, Gpt2Config};
