@@ -21,15 +21,17 @@
 //! normal equations solved exactly, intercept not penalised, as sklearn's `Ridge`). No
 //! randomness anywhere: a rerun writes identical bytes.
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use polars::prelude::*;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::table::{ext, open_text, ragged_row, read_table, write_table};
+use super::table::{LocatedTable, write_table};
+
+/// A table a baseline reads, rows located for errors.
+type Table = LocatedTable;
 use super::{InputPath, StepContext, StepError, StepKind, params, write_metrics};
 use crate::linear::{Lbfgs, LinearError, Logistic, Matrix, Ridge, Standardizer, argmax_rows};
 
@@ -389,16 +391,6 @@ fn base_code(b: u8) -> Option<usize> {
 
 /// One spelling per class: a whole number written `1.0` (a float column) or `1` is `1`, as
 /// `eval.classify` reads them.
-fn class_label(s: &str) -> String {
-    let t = s.trim();
-    match t.parse::<f64>() {
-        Ok(x) if x.is_finite() && x.fract() == 0.0 && x.abs() < 9.0e15 => {
-            format!("{}", x as i64)
-        }
-        _ => t.to_string(),
-    }
-}
-
 /// The columns a baseline reads from a table.
 struct Columns<'a> {
     sequence: &'a str,
@@ -406,188 +398,34 @@ struct Columns<'a> {
     id: &'a str,
 }
 
-/// A table read for a baseline, with where it came from, for errors that name the file, row
-/// and column.
-struct Table {
-    path: PathBuf,
-    df: DataFrame,
-    /// Lines before the first row (CSV/TSV: the header), so rows can be named by line too.
-    header_lines: Option<usize>,
-    id_column: String,
+/// Read the `role` table (training, test, validation) of a baseline; rows required.
+fn read_role(path: &Path, id_column: &str, role: &str) -> Result<Table, StepError> {
+    let table = LocatedTable::read(path, id_column)?;
+    if table.df.height() == 0 {
+        return Err(StepError::new(format!(
+            "{}: the {role} table has no rows (is it an empty split?)",
+            path.display()
+        )));
+    }
+    Ok(table)
 }
 
-impl Table {
-    /// Read `path`; CSV/TSV columns stay text, so every value reaches our parsers and a bad one
-    /// is reported with its row rather than as a failed column type.
-    fn read(path: &Path, id_column: &str, role: &str) -> Result<Table, StepError> {
-        let e = ext(path);
-        let (df, header_lines) = match e.as_str() {
-            "csv" | "tsv" => (
-                read_text_table(path, if e == "tsv" { b'\t' } else { b',' })?,
-                Some(1),
-            ),
-            "jsonl" | "ndjson" => (read_table(path)?, Some(0)),
-            _ => (read_table(path)?, None),
-        };
-        if df.height() == 0 {
-            return Err(StepError::new(format!(
-                "{}: the {role} table has no rows (is it an empty split?)",
-                path.display()
-            )));
-        }
-        Ok(Table {
-            path: path.to_path_buf(),
-            df,
-            header_lines,
-            id_column: id_column.to_string(),
-        })
-    }
-
-    fn column(&self, name: &str, param: &str) -> Result<&Column, StepError> {
-        self.df.column(name).map_err(|_| {
-            StepError::new(format!(
-                "{}: no column `{name}`; the columns are: {}; set `{param}:` to one of them",
-                self.path.display(),
-                super::data::column_names(&self.df)
-            ))
-        })
-    }
-
-    /// `file: row N (line L, id X), column `c``: where a value sits.
-    fn at(&self, i: usize, column: &str) -> String {
-        let mut place = Vec::new();
-        if let Some(h) = self.header_lines {
-            place.push(format!("line {}", i + 1 + h));
-        }
-        let id = self.df.column(&self.id_column).ok().and_then(|c| {
-            let text = c.cast(&DataType::String).ok()?;
-            text.str().ok()?.get(i).map(str::to_string)
-        });
-        if let Some(id) = id {
-            place.push(format!("id `{id}`"));
-        }
-        let place = if place.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", place.join(", "))
-        };
-        format!(
-            "{}: row {}{place}, column `{column}`",
-            self.path.display(),
-            i + 1
-        )
-    }
-
-    /// Every value of a column as text; `what` names a missing one in the error.
-    fn texts(&self, name: &str, param: &str, what: &str) -> Result<Vec<String>, StepError> {
-        let col = self.column(name, param)?.cast(&DataType::String)?;
-        col.str()?
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                v.map(str::to_string).ok_or_else(|| {
-                    StepError::new(format!(
-                        "{}: empty; every row needs {what} (drop such rows with data.filter)",
-                        self.at(i, name)
-                    ))
-                })
-            })
-            .collect()
-    }
-
-    fn sequences(&self, c: &Columns) -> Result<Vec<String>, StepError> {
-        self.texts(c.sequence, "sequence", "a sequence")
-    }
-
-    fn ids(&self, c: &Columns) -> Result<Vec<String>, StepError> {
-        self.texts(c.id, "id", "an id")
-    }
-
-    /// Class labels, every row required.
-    fn classes(&self, c: &Columns) -> Result<Vec<String>, StepError> {
-        let labels = self.texts(c.label, "label", "a label")?;
-        labels
-            .into_iter()
-            .enumerate()
-            .map(|(i, s)| match class_label(&s) {
-                t if t.is_empty() => Err(StepError::new(format!(
-                    "{}: empty; every row needs a label (drop unlabelled rows with data.filter)",
-                    self.at(i, c.label)
-                ))),
-                t => Ok(t),
-            })
-            .collect()
-    }
-
-    /// Numeric targets, every row a finite number.
-    fn numbers(&self, c: &Columns) -> Result<Vec<f64>, StepError> {
-        let name = c.label;
-        let col = self.column(name, "label")?;
-        let bad = |i: usize, what: String| StepError::new(format!("{}: {what}", self.at(i, name)));
-        let values: Vec<Option<f64>> = if col.dtype().is_primitive_numeric() {
-            col.cast(&DataType::Float64)?.f64()?.iter().collect()
-        } else if col.dtype() == &DataType::String {
-            let mut v = Vec::with_capacity(col.len());
-            for (i, s) in col.str()?.iter().enumerate() {
-                v.push(match s.map(str::trim) {
-                    None | Some("") => None,
-                    Some(s) => Some(s.parse::<f64>().map_err(|_| {
-                        bad(
-                            i,
-                            format!(
-                                "`{s}` is not a number; a regression target must be a number \
-                                 (fix the row, or drop it with data.filter)"
-                            ),
-                        )
-                    })?),
-                });
-            }
-            v
-        } else {
-            return Err(StepError::new(format!(
-                "{}: column `{name}` is {}, not numbers; set `label:` to a numeric column",
-                self.path.display(),
-                col.dtype()
-            )));
-        };
-        values
-            .into_iter()
-            .enumerate()
-            .map(|(i, v)| match v {
-                Some(x) if x.is_finite() => Ok(x),
-                Some(x) => Err(bad(i, format!("{x} is not a finite number"))),
-                None => Err(bad(
-                    i,
-                    "empty; every row needs a target value (drop such rows with data.filter)"
-                        .into(),
-                )),
-            })
-            .collect()
-    }
+fn sequences(t: &Table, c: &Columns) -> Result<Vec<String>, StepError> {
+    t.texts(c.sequence, "sequence", "a sequence")
 }
 
-/// A CSV/TSV file (gzip allowed) with every column read as text.
-fn read_text_table(path: &Path, sep: u8) -> Result<DataFrame, StepError> {
-    let mut bytes = Vec::new();
-    open_text(path)?
-        .read_to_end(&mut bytes)
-        .map_err(|e| StepError::new(format!("{}: {e}", path.display())))?;
-    let ragged = ragged_row(&bytes, sep);
-    CsvReadOptions::default()
-        .with_has_header(true)
-        .with_infer_schema_length(Some(0))
-        .with_parse_options(CsvParseOptions::default().with_separator(sep))
-        .into_reader_with_file_handle(std::io::Cursor::new(bytes))
-        .finish()
-        .map_err(|e| {
-            StepError::new(match ragged {
-                Some((line, got, want)) => format!(
-                    "{}: line {line} has {got} fields but the header has {want}; fix that row (quote fields that contain the separator)",
-                    path.display()
-                ),
-                None => format!("{}: cannot read as a table: {e}", path.display()),
-            })
-        })
+fn ids(t: &Table, c: &Columns) -> Result<Vec<String>, StepError> {
+    t.texts(c.id, "id", "an id")
+}
+
+/// Class labels, every row required.
+fn class_labels(t: &Table, c: &Columns) -> Result<Vec<String>, StepError> {
+    t.labels(c.label, "label")
+}
+
+/// Numeric targets, every row a finite number.
+fn targets(t: &Table, c: &Columns) -> Result<Vec<f64>, StepError> {
+    t.numbers(c.label, "label")
 }
 
 /// Class indices of `labels` among the training `classes`; a class the training table lacks
@@ -647,10 +485,10 @@ fn read_inputs(
 ) -> Result<Inputs, StepError> {
     let path = |p: &InputPath| ctx.workdir.join(p.path());
     Ok(Inputs {
-        train: Table::read(&path(train), id, "training")?,
-        test: Table::read(&path(test), id, "test")?,
+        train: read_role(&path(train), id, "training")?,
+        test: read_role(&path(test), id, "test")?,
         valid: valid
-            .map(|v| Table::read(&path(v), id, "validation"))
+            .map(|v| read_role(&path(v), id, "validation"))
             .transpose()?,
     })
 }
@@ -692,8 +530,8 @@ fn classify(ctx: &mut StepContext) -> Result<(), StepError> {
         id: &p.id,
     };
     let inputs = read_inputs(ctx, &p.train, &p.test, p.valid.as_ref(), &p.id)?;
-    let train_seqs = inputs.train.sequences(&cols)?;
-    let train_labels = inputs.train.classes(&cols)?;
+    let train_seqs = sequences(&inputs.train, &cols)?;
+    let train_labels = class_labels(&inputs.train, &cols)?;
     let classes = crate::score::sorted_classes(train_labels.iter().map(String::as_str));
     if classes.len() < 2 {
         return Err(StepError::new(format!(
@@ -749,8 +587,8 @@ fn classify(ctx: &mut StepContext) -> Result<(), StepError> {
 
     // Test (and valid): every class must be one the model knows.
     let score = |ctx: &mut StepContext, table: &Table| -> Result<Scored, StepError> {
-        let seqs = table.sequences(&cols)?;
-        let labels = table.classes(&cols)?;
+        let seqs = sequences(table, &cols)?;
+        let labels = class_labels(table, &cols)?;
         let y = class_indices(table, &labels, &classes, &p.label, &inputs.train.path)?;
         note_cut(ctx, features, table, &seqs)?;
         let probs = model.probabilities(&design.matrix(&seqs, &table.path)?);
@@ -777,7 +615,7 @@ fn classify(ctx: &mut StepContext) -> Result<(), StepError> {
             .unwrap_or_default()
     )?;
 
-    let ids = inputs.test.ids(&cols)?;
+    let ids = ids(&inputs.test, &cols)?;
     let probs = &test.probs;
     let mut columns = vec![
         Column::new("id".into(), ids),
@@ -858,8 +696,8 @@ fn regress(ctx: &mut StepContext) -> Result<(), StepError> {
         id: &p.id,
     };
     let inputs = read_inputs(ctx, &p.train, &p.test, p.valid.as_ref(), &p.id)?;
-    let train_seqs = inputs.train.sequences(&cols)?;
-    let y_train = inputs.train.numbers(&cols)?;
+    let train_seqs = sequences(&inputs.train, &cols)?;
+    let y_train = targets(&inputs.train, &cols)?;
     let (design, x_train) = Design::fit(
         p.features,
         p.k,
@@ -874,8 +712,8 @@ fn regress(ctx: &mut StepContext) -> Result<(), StepError> {
     let train_rmse = rmse(&y_train, &model.predict(&x_train));
     let predict =
         |ctx: &mut StepContext, table: &Table| -> Result<(Vec<f64>, Vec<f64>), StepError> {
-            let seqs = table.sequences(&cols)?;
-            let y = table.numbers(&cols)?;
+            let seqs = sequences(table, &cols)?;
+            let y = targets(table, &cols)?;
             note_cut(ctx, features, table, &seqs)?;
             Ok((y, model.predict(&design.matrix(&seqs, &table.path)?)))
         };
@@ -899,7 +737,7 @@ fn regress(ctx: &mut StepContext) -> Result<(), StepError> {
             .map(|a| format!(", valid {a:.4}"))
             .unwrap_or_default()
     )?;
-    let ids = inputs.test.ids(&cols)?;
+    let ids = ids(&inputs.test, &cols)?;
     let mut df = DataFrame::new(
         ids.len(),
         vec![
@@ -1036,9 +874,9 @@ mod tests {
 
     #[test]
     fn labels_and_bases_have_one_spelling() {
-        assert_eq!(class_label("1.0"), "1");
-        assert_eq!(class_label(" ei "), "ei");
-        assert_eq!(class_label("0.5"), "0.5");
+        assert_eq!(super::super::table::class_label("1.0"), "1");
+        assert_eq!(super::super::table::class_label(" ei "), "ei");
+        assert_eq!(super::super::table::class_label("0.5"), "0.5");
         assert_eq!(base_code(b'u'), Some(3));
         assert_eq!(base_code(b'R'), None);
     }
@@ -1055,8 +893,8 @@ mod tests {
         std::fs::write(&train, "id,sequence,label\na,ACGT,x\nb,GGCC,y\n").unwrap();
         let test = d.path().join("test.csv");
         std::fs::write(&test, "id,sequence,label\nc,ACGT,x\nd,GGCC,z\n").unwrap();
-        let t = Table::read(&test, "id", "test").unwrap();
-        let labels = t.classes(&cols).unwrap();
+        let t = read_role(&test, "id", "test").unwrap();
+        let labels = class_labels(&t, &cols).unwrap();
         let e = class_indices(&t, &labels, &["x".into(), "y".into()], "label", &train)
             .unwrap_err()
             .message;
@@ -1071,15 +909,15 @@ mod tests {
             "id,sequence,label\nc,ACGT,1.5\nd,GGCC,-2\ne,AAA,n/a\n",
         )
         .unwrap();
-        let t = Table::read(&test, "id", "test").unwrap();
-        let e = t.numbers(&cols).unwrap_err().message;
+        let t = read_role(&test, "id", "test").unwrap();
+        let e = targets(&t, &cols).unwrap_err().message;
         assert!(
             e.contains("test.csv: row 3 (line 4, id `e`), column `label`: `n/a` is not a number"),
             "{e}"
         );
         std::fs::write(&test, "id,sequence,label\nc,,1\n").unwrap();
-        let t = Table::read(&test, "id", "test").unwrap();
-        let e = t.sequences(&cols).unwrap_err().message;
+        let t = read_role(&test, "id", "test").unwrap();
+        let e = sequences(&t, &cols).unwrap_err().message;
         assert!(
             e.contains("row 1 (line 2, id `c`), column `sequence`: empty"),
             "{e}"
@@ -1093,7 +931,7 @@ mod tests {
             "{e}"
         );
         std::fs::write(&test, "id,sequence,label\n").unwrap();
-        let e = Table::read(&test, "id", "test").err().unwrap().message;
+        let e = read_role(&test, "id", "test").err().unwrap().message;
         assert!(e.contains("test.csv: the test table has no rows"), "{e}");
     }
 

@@ -2,15 +2,13 @@
 //! whatever made the predictions (a fine-tuned model, a baseline, a shell step), so results
 //! compare. The scores themselves live in [`crate::score`].
 
-use std::io::Read;
 use std::path::Path;
 
-use polars::prelude::*;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::table::{ext, open_text, ragged_row, read_table};
+use super::table::{LocatedTable, class_label};
 use super::{InputPath, StepContext, StepError, StepKind, params, plot, write_metrics};
 use crate::score::{self, Interval};
 
@@ -26,7 +24,7 @@ impl ClassLabel {
     fn text(&self) -> String {
         match self {
             ClassLabel::Number(n) => n.to_string(),
-            ClassLabel::Text(s) => canonical_label(s),
+            ClassLabel::Text(s) => class_label(s),
         }
     }
 }
@@ -143,21 +141,18 @@ pub static REGRESS: StepKind = StepKind {
 
 fn classify(ctx: &mut StepContext) -> Result<(), StepError> {
     let p: ClassifyParams = params(ctx.with).map_err(StepError::new)?;
-    let table = Predictions::read(&ctx.workdir.join(p.predictions.path()))?;
+    let table = read_predictions(&ctx.workdir.join(p.predictions.path()))?;
     let truth = table.labels(&p.label, "label")?;
     let pred = table.labels(&p.prediction, "prediction")?;
     let mut probs = Vec::new();
     for name in table.df.get_column_names() {
         if let Some(class) = name.strip_prefix(p.probabilities.as_str()) {
-            probs.push((
-                canonical_label(class),
-                table.numbers(name, "probabilities")?,
-            ));
+            probs.push((class_label(class), table.numbers(name, "probabilities")?));
         }
     }
     let positive = p.positive.as_ref().map(ClassLabel::text);
     let scores = score::classification(&truth, &pred, &probs, positive.as_deref())
-        .map_err(|e| table.error(e))?;
+        .map_err(|e| score_error(&table, e))?;
     let mut metrics = serde_json::to_value(&scores).map_err(|e| StepError::new(e.to_string()))?;
     let correct: Vec<bool> = truth.iter().zip(&pred).map(|(t, p)| t == p).collect();
     let ci = interval(&correct, p.bootstrap, p.seed, |rows| {
@@ -193,10 +188,10 @@ fn classify(ctx: &mut StepContext) -> Result<(), StepError> {
 
 fn regress(ctx: &mut StepContext) -> Result<(), StepError> {
     let p: RegressParams = params(ctx.with).map_err(StepError::new)?;
-    let table = Predictions::read(&ctx.workdir.join(p.predictions.path()))?;
+    let table = read_predictions(&ctx.workdir.join(p.predictions.path()))?;
     let truth = table.numbers(&p.label, "label")?;
     let pred = table.numbers(&p.prediction, "prediction")?;
-    let scores = score::regression(&truth, &pred).map_err(|e| table.error(e))?;
+    let scores = score::regression(&truth, &pred).map_err(|e| score_error(&table, e))?;
     let mut metrics = serde_json::to_value(&scores).map_err(|e| StepError::new(e.to_string()))?;
     let pairs: Vec<(f64, f64)> = truth.iter().copied().zip(pred.iter().copied()).collect();
     let ci = interval(&pairs, p.bootstrap, p.seed, |rows| {
@@ -259,168 +254,21 @@ fn optional(v: Option<f64>) -> String {
 /// One spelling per label: a whole number written as `1.0` (a float column) or `1` (an integer
 /// column or a `prob_1` header) is `1`, so true labels, predictions and probability columns
 /// agree whatever wrote them.
-fn canonical_label(s: &str) -> String {
-    let t = s.trim();
-    match t.parse::<f64>() {
-        Ok(x) if x.is_finite() && x.fract() == 0.0 && x.abs() < 9.0e15 => {
-            format!("{}", x as i64)
-        }
-        _ => t.to_string(),
+/// A predictions table, rows required (there is nothing to score in an empty one).
+fn read_predictions(path: &Path) -> Result<LocatedTable, StepError> {
+    let table = LocatedTable::read(path, "id")?;
+    if table.df.height() == 0 {
+        return Err(StepError::new(format!(
+            "{}: no rows to score (is it the predictions of an empty split?)",
+            path.display()
+        )));
     }
+    Ok(table)
 }
 
-/// A predictions table and where it came from, for errors that name the file, row and column.
-struct Predictions {
-    path: std::path::PathBuf,
-    df: DataFrame,
-    /// Lines before the first row (the header) for text tables, whose rows are lines.
-    header_lines: Option<usize>,
-}
-
-impl Predictions {
-    /// Read a table; CSV/TSV columns stay text, so every value reaches our parser and a bad one
-    /// is reported with its row rather than as a failed column type.
-    fn read(path: &Path) -> Result<Predictions, StepError> {
-        let e = ext(path);
-        let (df, header_lines) = match e.as_str() {
-            "csv" | "tsv" => (
-                read_text_table(path, if e == "tsv" { b'\t' } else { b',' })?,
-                Some(1),
-            ),
-            "jsonl" | "ndjson" => (read_table(path)?, Some(0)),
-            _ => (read_table(path)?, None),
-        };
-        if df.height() == 0 {
-            return Err(StepError::new(format!(
-                "{}: no rows to score (is it the predictions of an empty split?)",
-                path.display()
-            )));
-        }
-        Ok(Predictions {
-            path: path.to_path_buf(),
-            df,
-            header_lines,
-        })
-    }
-
-    fn column(&self, name: &str, param: &str) -> Result<&Column, StepError> {
-        self.df.column(name).map_err(|_| {
-            StepError::new(format!(
-                "{}: no column `{name}`; the columns are: {}; set `{param}:` to one of them",
-                self.path.display(),
-                self.df
-                    .get_column_names()
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        })
-    }
-
-    /// `file: row N (line L, id X), column `c``: where a bad value sits.
-    fn at(&self, i: usize, column: &str) -> String {
-        let mut place = Vec::new();
-        if let Some(h) = self.header_lines {
-            place.push(format!("line {}", i + 1 + h));
-        }
-        if let Ok(AnyValue::String(id)) = self.df.column("id").and_then(|c| c.get(i)) {
-            place.push(format!("id `{id}`"));
-        }
-        let place = if place.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", place.join(", "))
-        };
-        format!(
-            "{}: row {}{place}, column `{column}`",
-            self.path.display(),
-            i + 1
-        )
-    }
-
-    fn error(&self, e: score::ScoreError) -> StepError {
-        StepError::new(format!("{}: {e}", self.path.display()))
-    }
-
-    /// Class labels of a column, every row required.
-    fn labels(&self, name: &str, param: &str) -> Result<Vec<String>, StepError> {
-        let col = self.column(name, param)?;
-        let text = col.cast(&DataType::String)?;
-        text.str()?
-            .iter()
-            .enumerate()
-            .map(|(i, v)| match v.map(str::trim) {
-                Some(s) if !s.is_empty() => Ok(canonical_label(s)),
-                _ => Err(StepError::new(format!(
-                    "{}: empty; every row needs a {param} (drop unlabelled rows with data.filter)",
-                    self.at(i, name)
-                ))),
-            })
-            .collect()
-    }
-
-    /// Numbers of a column, every row a finite number.
-    fn numbers(&self, name: &str, param: &str) -> Result<Vec<f64>, StepError> {
-        let col = self.column(name, param)?;
-        let bad = |i: usize, what: String| StepError::new(format!("{}: {what}", self.at(i, name)));
-        let values: Vec<Option<f64>> = if col.dtype().is_primitive_numeric() {
-            col.cast(&DataType::Float64)?.f64()?.iter().collect()
-        } else if col.dtype() == &DataType::String {
-            let mut v = Vec::with_capacity(col.len());
-            for (i, s) in col.str()?.iter().enumerate() {
-                v.push(match s.map(str::trim) {
-                    None | Some("") => None,
-                    Some(s) => Some(s.parse::<f64>().map_err(|_| {
-                        bad(
-                            i,
-                            format!("`{s}` is not a number; `{param}` must be numbers"),
-                        )
-                    })?),
-                });
-            }
-            v
-        } else {
-            return Err(StepError::new(format!(
-                "{}: column `{name}` is {}, not numbers",
-                self.path.display(),
-                col.dtype()
-            )));
-        };
-        values
-            .into_iter()
-            .enumerate()
-            .map(|(i, v)| match v {
-                Some(x) if x.is_finite() => Ok(x),
-                Some(x) => Err(bad(i, format!("{x} is not a finite number"))),
-                None => Err(bad(i, format!("empty; every row needs a {param} value"))),
-            })
-            .collect()
-    }
-}
-
-/// A CSV/TSV file (gzip allowed) with every column read as text.
-fn read_text_table(path: &Path, sep: u8) -> Result<DataFrame, StepError> {
-    let mut bytes = Vec::new();
-    open_text(path)?
-        .read_to_end(&mut bytes)
-        .map_err(|e| StepError::new(format!("{}: {e}", path.display())))?;
-    let ragged = ragged_row(&bytes, sep);
-    CsvReadOptions::default()
-        .with_has_header(true)
-        .with_infer_schema_length(Some(0))
-        .with_parse_options(CsvParseOptions::default().with_separator(sep))
-        .into_reader_with_file_handle(std::io::Cursor::new(bytes))
-        .finish()
-        .map_err(|e| {
-            StepError::new(match ragged {
-                Some((line, got, want)) => format!(
-                    "{}: line {line} has {got} fields but the header has {want}; fix that row (quote fields that contain the separator)",
-                    path.display()
-                ),
-                None => format!("{}: cannot read as a table: {e}", path.display()),
-            })
-        })
+/// A scoring error, named by the file it came from.
+fn score_error(table: &LocatedTable, e: score::ScoreError) -> StepError {
+    StepError::new(format!("{}: {e}", table.path.display()))
 }
 
 #[cfg(test)]
@@ -429,10 +277,10 @@ mod tests {
 
     #[test]
     fn labels_have_one_spelling() {
-        assert_eq!(canonical_label("1.0"), "1");
-        assert_eq!(canonical_label(" 1 "), "1");
-        assert_eq!(canonical_label("0.5"), "0.5");
-        assert_eq!(canonical_label("promoter"), "promoter");
+        assert_eq!(class_label("1.0"), "1");
+        assert_eq!(class_label(" 1 "), "1");
+        assert_eq!(class_label("0.5"), "0.5");
+        assert_eq!(class_label("promoter"), "promoter");
         assert_eq!(ClassLabel::Number(1).text(), "1");
     }
 
@@ -441,14 +289,14 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("p.csv");
         std::fs::write(&path, "id,label,prediction\na,1.5,1\nb,x,2\n").unwrap();
-        let t = Predictions::read(&path).unwrap();
+        let t = read_predictions(&path).unwrap();
         let e = t.numbers("label", "label").unwrap_err().message;
         assert!(
-            e.ends_with("p.csv: row 2 (line 3, id `b`), column `label`: `x` is not a number; `label` must be numbers"),
+            e.contains("p.csv: row 2 (line 3, id `b`), column `label`: `x` is not a number; `label` must be numbers"),
             "{e}"
         );
         std::fs::write(&path, "label,prediction\n1,1\n,0\n").unwrap();
-        let t = Predictions::read(&path).unwrap();
+        let t = read_predictions(&path).unwrap();
         let e = t.labels("label", "label").unwrap_err().message;
         assert!(e.contains("row 2 (line 3), column `label`: empty"), "{e}");
         let e = t.labels("truth", "label").unwrap_err().message;

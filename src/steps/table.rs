@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
 
@@ -241,6 +241,196 @@ pub fn write_table(df: &mut DataFrame, path: &Path) -> Result<(), StepError> {
         .with_row_group_size(Some(BATCH_ROWS))
         .finish(df)?;
     Ok(())
+}
+
+/// A labelled table read so that a bad value is reported where it sits: file, row, line, id
+/// and column. CSV/TSV columns stay text, so every value reaches our parsers and a bad one is
+/// named by its row (a failed column type would name none). Shared by the kinds that read
+/// labels and targets: baselines, and the scoring of predictions.
+pub struct LocatedTable {
+    pub path: PathBuf,
+    pub df: DataFrame,
+    /// Lines before the first row (CSV/TSV: the header), so rows can be named by line too.
+    header_lines: Option<usize>,
+    /// The column whose value names a row in errors, when the table has it.
+    id_column: String,
+}
+
+impl LocatedTable {
+    /// Read `path` (parquet, JSON lines, CSV or TSV, gzip allowed); rows may be none.
+    pub fn read(path: &Path, id_column: &str) -> Result<LocatedTable, StepError> {
+        let e = ext(path);
+        let (df, header_lines) = match e.as_str() {
+            "csv" | "tsv" => (
+                read_text_table(path, if e == "tsv" { b'\t' } else { b',' })?,
+                Some(1),
+            ),
+            "jsonl" | "ndjson" => (read_table(path)?, Some(0)),
+            _ => (read_table(path)?, None),
+        };
+        Ok(LocatedTable {
+            path: path.to_path_buf(),
+            df,
+            header_lines,
+            id_column: id_column.to_string(),
+        })
+    }
+
+    /// Column `name`, which the step's parameter `param` chose.
+    pub fn column(&self, name: &str, param: &str) -> Result<&Column, StepError> {
+        self.df.column(name).map_err(|_| {
+            StepError::new(format!(
+                "{}: no column `{name}`; the columns are: {}; set `{param}:` to one of them",
+                self.path.display(),
+                self.df
+                    .get_column_names()
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
+    }
+
+    /// `file: row N (line L, id X), column `c``: where a value sits.
+    pub fn at(&self, i: usize, column: &str) -> String {
+        let mut place = Vec::new();
+        if let Some(h) = self.header_lines {
+            place.push(format!("line {}", i + 1 + h));
+        }
+        let id = self.df.column(&self.id_column).ok().and_then(|c| {
+            let text = c.cast(&DataType::String).ok()?;
+            text.str().ok()?.get(i).map(str::to_string)
+        });
+        if let Some(id) = id {
+            place.push(format!("id `{id}`"));
+        }
+        let place = if place.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", place.join(", "))
+        };
+        format!(
+            "{}: row {}{place}, column `{column}`",
+            self.path.display(),
+            i + 1
+        )
+    }
+
+    /// Every value of a column as text; `what` names a missing one in the error.
+    pub fn texts(&self, name: &str, param: &str, what: &str) -> Result<Vec<String>, StepError> {
+        let col = self.column(name, param)?.cast(&DataType::String)?;
+        col.str()?
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                v.map(str::to_string).ok_or_else(|| {
+                    StepError::new(format!(
+                        "{}: empty; every row needs {what} (drop such rows with data.filter)",
+                        self.at(i, name)
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// Class labels of a column in one spelling ([`class_label`]), every row required.
+    pub fn labels(&self, name: &str, param: &str) -> Result<Vec<String>, StepError> {
+        let col = self.column(name, param)?.cast(&DataType::String)?;
+        col.str()?
+            .iter()
+            .enumerate()
+            .map(|(i, v)| match v.map(str::trim) {
+                Some(s) if !s.is_empty() => Ok(class_label(s)),
+                _ => Err(StepError::new(format!(
+                    "{}: empty; every row needs a {param} (drop unlabelled rows with data.filter)",
+                    self.at(i, name)
+                ))),
+            })
+            .collect()
+    }
+
+    /// Numbers of a column, every row a finite number.
+    pub fn numbers(&self, name: &str, param: &str) -> Result<Vec<f64>, StepError> {
+        let col = self.column(name, param)?;
+        let bad = |i: usize, what: String| StepError::new(format!("{}: {what}", self.at(i, name)));
+        let values: Vec<Option<f64>> = if col.dtype().is_primitive_numeric() {
+            col.cast(&DataType::Float64)?.f64()?.iter().collect()
+        } else if col.dtype() == &DataType::String {
+            let mut v = Vec::with_capacity(col.len());
+            for (i, s) in col.str()?.iter().enumerate() {
+                v.push(match s.map(str::trim) {
+                    None | Some("") => None,
+                    Some(s) => Some(s.parse::<f64>().map_err(|_| {
+                        bad(
+                            i,
+                            format!(
+                                "`{s}` is not a number; `{param}` must be numbers \
+                                 (fix the row, or drop it with data.filter)"
+                            ),
+                        )
+                    })?),
+                });
+            }
+            v
+        } else {
+            return Err(StepError::new(format!(
+                "{}: column `{name}` is {}, not numbers; set `{param}:` to a numeric column",
+                self.path.display(),
+                col.dtype()
+            )));
+        };
+        values
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                Some(x) if x.is_finite() => Ok(x),
+                Some(x) => Err(bad(i, format!("{x} is not a finite number"))),
+                None => Err(bad(
+                    i,
+                    format!(
+                        "empty; every row needs a {param} value (drop such rows with data.filter)"
+                    ),
+                )),
+            })
+            .collect()
+    }
+}
+
+/// One spelling per class: `1`, `1.0` and ` 1 ` are the class `1` (a label column read as
+/// text, as numbers, or a `prob_1` column all name it alike).
+pub fn class_label(s: &str) -> String {
+    let t = s.trim();
+    match t.parse::<f64>() {
+        Ok(x) if x.is_finite() && x.fract() == 0.0 && x.abs() < 9.0e15 => {
+            format!("{}", x as i64)
+        }
+        _ => t.to_string(),
+    }
+}
+
+/// A CSV/TSV file (gzip allowed) with every column read as text.
+fn read_text_table(path: &Path, sep: u8) -> Result<DataFrame, StepError> {
+    let mut bytes = Vec::new();
+    open_text(path)?
+        .read_to_end(&mut bytes)
+        .map_err(|e| StepError::new(format!("{}: {e}", path.display())))?;
+    let ragged = ragged_row(&bytes, sep);
+    CsvReadOptions::default()
+        .with_has_header(true)
+        .with_infer_schema_length(Some(0))
+        .with_parse_options(CsvParseOptions::default().with_separator(sep))
+        .into_reader_with_file_handle(std::io::Cursor::new(bytes))
+        .finish()
+        .map_err(|e| {
+            StepError::new(match ragged {
+                Some((line, got, want)) => format!(
+                    "{}: line {line} has {got} fields but the header has {want}; fix that row (quote fields that contain the separator)",
+                    path.display()
+                ),
+                None => format!("{}: cannot read as a table: {e}", path.display()),
+            })
+        })
 }
 
 #[cfg(test)]
