@@ -1,6 +1,7 @@
 //! dnaflow: run the DNAGPT2 tutorial chapters as cached, declarative YAML workflows.
 //!
-//! Layers, top to bottom: [`cli`] → [`workflow`] → [`graph`] → [`cache`] → [`exec`] → [`steps`].
+//! Layers, top to bottom: [`cli`] → [`workflow`] → [`graph`] → [`cache`] → [`exec`] → [`steps`];
+//! below the steps, the libraries they call: [`train`], [`models`], [`score`], [`linear`].
 
 pub mod cache;
 pub mod cli;
