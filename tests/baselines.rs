@@ -5,19 +5,9 @@
 mod common;
 use common::*;
 
-use std::path::Path;
-
 use dnaflow::steps::table::read_table;
 use polars::prelude::*;
 use serde_json::Value;
-
-fn data(rel: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("data")
-        .join(rel)
-        .display()
-        .to_string()
-}
 
 fn metrics(r: &Report, step: &str) -> Value {
     serde_json::from_str(&read(&r.out(step).join("metrics.json"))).unwrap()

@@ -8,14 +8,6 @@ use std::path::{Path, PathBuf};
 use dnaflow::steps::table::read_table;
 use polars::prelude::*;
 
-fn data(rel: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("data")
-        .join(rel)
-        .display()
-        .to_string()
-}
-
 fn table(dir: &Path, file: &str) -> DataFrame {
     read_table(&dir.join(file)).unwrap()
 }

@@ -6,6 +6,15 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+/// A file of the shipped real data (`data/…`), as an absolute path for a workflow.
+pub fn data(rel: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("data")
+        .join(rel)
+        .display()
+        .to_string()
+}
+
 pub struct Project {
     pub dir: tempfile::TempDir,
 }
