@@ -32,8 +32,9 @@ use super::table::{LocatedTable, write_table};
 
 /// A table a baseline reads, rows located for errors.
 type Table = LocatedTable;
-use super::{InputPath, StepContext, StepError, StepKind, params, write_metrics};
+use super::{InputPath, StepContext, StepError, StepKind, params, write_json, write_metrics};
 use crate::linear::{Lbfgs, LinearError, Logistic, Matrix, Ridge, Standardizer, argmax_rows};
+use crate::score::rmse;
 
 /// How a sequence becomes a vector.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -464,11 +465,6 @@ fn accuracy(truth: &[usize], pred: &[usize]) -> f64 {
     truth.iter().zip(pred).filter(|(a, b)| a == b).count() as f64 / truth.len() as f64
 }
 
-fn rmse(truth: &[f64], pred: &[f64]) -> f64 {
-    let se: f64 = truth.iter().zip(pred).map(|(t, p)| (t - p) * (t - p)).sum();
-    (se / truth.len() as f64).sqrt()
-}
-
 /// Everything a baseline reads: the training and test tables, and the validation table.
 struct Inputs {
     train: Table,
@@ -774,11 +770,6 @@ fn regress(ctx: &mut StepContext) -> Result<(), StepError> {
         metrics["valid_rmse"] = json!(r);
     }
     write_metrics(ctx.out, &metrics)
-}
-
-fn write_json(path: &Path, value: &Value) -> Result<(), StepError> {
-    let text = serde_json::to_vec_pretty(value).map_err(|e| StepError::new(e.to_string()))?;
-    std::fs::write(path, text).map_err(|e| StepError::new(format!("{}: {e}", path.display())))
 }
 
 #[cfg(test)]

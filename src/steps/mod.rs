@@ -129,9 +129,13 @@ pub fn find(name: &str) -> Option<&'static StepKind> {
 
 /// Write `metrics.json` into the step's output directory.
 pub fn write_metrics(out: &Path, metrics: &serde_json::Value) -> Result<(), StepError> {
-    let json = serde_json::to_vec_pretty(metrics).map_err(|e| StepError::new(e.to_string()))?;
-    std::fs::write(out.join("metrics.json"), json)?;
-    Ok(())
+    write_json(&out.join("metrics.json"), metrics)
+}
+
+/// Write `value` as pretty JSON to `path` (metrics, a fitted model's `model.json`).
+pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), StepError> {
+    let json = serde_json::to_vec_pretty(value).map_err(|e| StepError::new(e.to_string()))?;
+    std::fs::write(path, json).map_err(|e| StepError::new(format!("{}: {e}", path.display())))
 }
 
 /// Typed parameters from `with:`; used by kinds in `check` and `run`.

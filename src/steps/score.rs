@@ -251,9 +251,6 @@ fn optional(v: Option<f64>) -> String {
     v.map_or("undefined".into(), |v| format!("{v:.4}"))
 }
 
-/// One spelling per label: a whole number written as `1.0` (a float column) or `1` (an integer
-/// column or a `prob_1` header) is `1`, so true labels, predictions and probability columns
-/// agree whatever wrote them.
 /// A predictions table, rows required (there is nothing to score in an empty one).
 fn read_predictions(path: &Path) -> Result<LocatedTable, StepError> {
     let table = LocatedTable::read(path, "id")?;

@@ -397,8 +397,8 @@ impl LocatedTable {
     }
 }
 
-/// One spelling per class: `1`, `1.0` and ` 1 ` are the class `1` (a label column read as
-/// text, as numbers, or a `prob_1` column all name it alike).
+/// One spelling per class: `1`, `1.0` and ` 1 ` are the class `1`, so true labels, predictions
+/// and `prob_1` columns agree whatever wrote them (a text, float or integer column).
 pub fn class_label(s: &str) -> String {
     let t = s.trim();
     match t.parse::<f64>() {
