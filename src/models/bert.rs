@@ -1,5 +1,6 @@
-//! BERT (`BertForMaskedLM`): post-LN encoder, exact (erf) GELU, token types, MLM head whose
-//! decoder is tied to the word embeddings. Tensor names are Hugging Face's.
+//! BERT (`BertModel` under `bert.`): post-LN encoder, exact (erf) GELU, token types; and the
+//! masked-LM head of `BertForMaskedLM` (`cls.predictions.*`), whose decoder is tied to the word
+//! embeddings. Tensor names are Hugging Face's. Task heads are in `heads.rs`.
 
 use burn::module::Param;
 use burn::nn::{Dropout, DropoutConfig, Linear};
@@ -11,7 +12,7 @@ use super::fused::{Keys, attention, split_heads};
 use super::weights::{Init, Weights};
 use super::{
     FusedOps, LayerNorm, MASKED, ModelError, Precision, add_per_row, affine, attention_fuses,
-    attention_scale, attention_stepwise, dense, layer_norm, linear, matmul, put_layer_norm,
+    attention_scale, attention_stepwise, dense, layer_norm, matmul, put_layer_norm, torch_linear,
 };
 
 /// The fields of HF's `BertConfig` that change the computation.
@@ -37,6 +38,9 @@ pub struct BertConfig {
     pub initializer_range: f64,
     #[serde(default)]
     pub pad_token_id: Option<u32>,
+    /// Dropout before a task head's classifier (null: the architecture's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classifier_dropout: Option<f64>,
 }
 
 fn default_types() -> usize {
@@ -61,10 +65,6 @@ impl BertConfig {
         let mut v = serde_json::to_value(self).expect("config serializes");
         let m = v.as_object_mut().expect("object");
         m.insert("model_type".into(), "bert".into());
-        m.insert(
-            "architectures".into(),
-            serde_json::json!(["BertForMaskedLM"]),
-        );
         m.insert("position_embedding_type".into(), "absolute".into());
         m.insert("tie_word_embeddings".into(), true.into());
         v
@@ -89,7 +89,7 @@ impl BertConfig {
     }
 }
 
-/// BERT encoder with its masked-LM head.
+/// The BERT encoder (embeddings and layers; the pooler belongs to the sequence head).
 #[derive(Module, Debug)]
 pub struct Bert<B: Backend> {
     /// `bert.embeddings.word_embeddings.weight` [vocab, d]; also the MLM decoder (tied).
@@ -98,16 +98,21 @@ pub struct Bert<B: Backend> {
     token_type_embeddings: Param<Tensor<B, 2>>,
     embeddings_ln: LayerNorm<B>,
     layers: Vec<Layer<B>>,
-    /// `cls.predictions.transform.dense`
-    transform: Linear<B>,
-    transform_ln: LayerNorm<B>,
-    /// `cls.predictions.bias` [vocab]
-    decoder_bias: Param<Tensor<B, 1>>,
     dropout: Dropout,
     #[module(skip)]
     config: BertConfig,
     #[module(skip)]
     precision: Precision,
+}
+
+/// The masked-LM head `cls.predictions`: dense + GELU + LayerNorm, then the tied decoder.
+#[derive(Module, Debug)]
+pub struct MlmHead<B: Backend> {
+    /// `cls.predictions.transform.dense`
+    transform: Linear<B>,
+    transform_ln: LayerNorm<B>,
+    /// `cls.predictions.bias` [vocab]
+    decoder_bias: Param<Tensor<B, 1>>,
 }
 
 #[derive(Module, Debug)]
@@ -136,10 +141,11 @@ const LAYER_LINEARS: [&str; 6] = [
 ];
 
 impl<B: FusedOps> Bert<B> {
-    /// Build from HF tensors; every name and shape is checked.
-    pub fn from_weights(
+    /// Take the encoder's HF tensors from `w` (names and shapes are checked when the model
+    /// that owns this backbone finishes the load).
+    pub fn build(
         config: &BertConfig,
-        mut w: Weights,
+        w: &mut Weights,
         device: &B::Device,
     ) -> Result<Bert<B>, ModelError> {
         config.check()?;
@@ -148,44 +154,34 @@ impl<B: FusedOps> Bert<B> {
             config.intermediate_size,
             config.layer_norm_eps,
         );
-        // PyTorch nn.Linear weights are [out, in]; burn's are [in, out].
         let dense = |w: &mut Weights, name: &str, d_in: usize, d_out: usize| {
-            let weight = w.param_transposed(&format!("{name}.weight"), [d_in, d_out], device);
-            let bias = w.param(&format!("{name}.bias"), [d_out], device);
-            linear(weight, bias)
+            torch_linear(w, name, d_in, d_out, true, device)
         };
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
                 let p = format!("bert.encoder.layer.{i}");
                 Layer {
-                    query: dense(&mut w, &format!("{p}.attention.self.query"), d, d),
-                    key: dense(&mut w, &format!("{p}.attention.self.key"), d, d),
-                    value: dense(&mut w, &format!("{p}.attention.self.value"), d, d),
-                    attn_out: dense(&mut w, &format!("{p}.attention.output.dense"), d, d),
+                    query: dense(w, &format!("{p}.attention.self.query"), d, d),
+                    key: dense(w, &format!("{p}.attention.self.key"), d, d),
+                    value: dense(w, &format!("{p}.attention.self.value"), d, d),
+                    attn_out: dense(w, &format!("{p}.attention.output.dense"), d, d),
                     attn_ln: layer_norm(
-                        &mut w,
+                        w,
                         &format!("{p}.attention.output.LayerNorm"),
                         d,
                         eps,
                         device,
                     ),
-                    intermediate: dense(&mut w, &format!("{p}.intermediate.dense"), d, inner),
-                    output: dense(&mut w, &format!("{p}.output.dense"), inner, d),
-                    output_ln: layer_norm(&mut w, &format!("{p}.output.LayerNorm"), d, eps, device),
+                    intermediate: dense(w, &format!("{p}.intermediate.dense"), d, inner),
+                    output: dense(w, &format!("{p}.output.dense"), inner, d),
+                    output_ln: layer_norm(w, &format!("{p}.output.LayerNorm"), d, eps, device),
                     attn_dropout: DropoutConfig::new(config.attention_probs_dropout_prob).init(),
                     dropout: DropoutConfig::new(config.hidden_dropout_prob).init(),
                     n_head: config.num_attention_heads,
                 }
             })
             .collect();
-        // Tied copies some checkpoints carry, and buffers.
-        for name in [
-            "cls.predictions.decoder.weight",
-            "cls.predictions.decoder.bias",
-            "bert.embeddings.position_ids",
-        ] {
-            w.skip(name);
-        }
+        w.skip("bert.embeddings.position_ids"); // a buffer some checkpoints carry
         let model = Bert {
             word_embeddings: w.param(
                 "bert.embeddings.word_embeddings.weight",
@@ -202,22 +198,12 @@ impl<B: FusedOps> Bert<B> {
                 [config.type_vocab_size, d],
                 device,
             ),
-            embeddings_ln: layer_norm(&mut w, "bert.embeddings.LayerNorm", d, eps, device),
+            embeddings_ln: layer_norm(w, "bert.embeddings.LayerNorm", d, eps, device),
             layers,
-            transform: dense(&mut w, "cls.predictions.transform.dense", d, d),
-            transform_ln: layer_norm(
-                &mut w,
-                "cls.predictions.transform.LayerNorm",
-                d,
-                eps,
-                device,
-            ),
-            decoder_bias: w.param("cls.predictions.bias", [config.vocab_size], device),
             dropout: DropoutConfig::new(config.hidden_dropout_prob).init(),
             config: config.clone(),
             precision: Precision::F32,
         };
-        w.finish()?;
         Ok(model)
     }
 
@@ -273,19 +259,10 @@ impl<B: FusedOps> Bert<B> {
             Init::layer_norm(&mut w, &format!("{p}.attention.output.LayerNorm"), d);
             Init::layer_norm(&mut w, &format!("{p}.output.LayerNorm"), d);
         }
-        init.normal(
-            &mut w,
-            "cls.predictions.transform.dense.weight",
-            vec![d, d],
-            std,
-        );
-        Init::constant(&mut w, "cls.predictions.transform.dense.bias", d, 0.0);
-        Init::layer_norm(&mut w, "cls.predictions.transform.LayerNorm", d);
-        Init::constant(&mut w, "cls.predictions.bias", config.vocab_size, 0.0);
         w
     }
 
-    /// Every tensor under its HF name (the tied decoder weight is left out, as HF saves it).
+    /// Every tensor of the encoder under its HF name.
     pub fn to_weights(&self) -> Weights {
         let mut w = Weights::new();
         w.put(
@@ -325,20 +302,6 @@ impl<B: FusedOps> Bert<B> {
             );
             put_layer_norm(&mut w, &format!("{p}.output.LayerNorm"), &l.output_ln);
         }
-        w.put_transposed(
-            "cls.predictions.transform.dense.weight",
-            &self.transform.weight,
-        );
-        w.put(
-            "cls.predictions.transform.dense.bias",
-            self.transform.bias.as_ref().expect("bias"),
-        );
-        put_layer_norm(
-            &mut w,
-            "cls.predictions.transform.LayerNorm",
-            &self.transform_ln,
-        );
-        w.put("cls.predictions.bias", &self.decoder_bias);
         w
     }
 
@@ -359,6 +322,17 @@ impl<B: FusedOps> Bert<B> {
         types: Tensor<B, 2, Int>,
         mask: Tensor<B, 2, Int>,
     ) -> Tensor<B, 3> {
+        self.encode(ids, types, mask, self.layers.len())
+    }
+
+    /// Embeddings, then the first `layers` encoder layers.
+    fn encode(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        types: Tensor<B, 2, Int>,
+        mask: Tensor<B, 2, Int>,
+        layers: usize,
+    ) -> Tensor<B, 3> {
         let [b, t] = ids.dims();
         let d = self.config.hidden_size;
         let words = self
@@ -376,30 +350,108 @@ impl<B: FusedOps> Bert<B> {
             .dropout
             .forward(self.embeddings_ln.forward(add_per_row(words + kinds, pos)));
         let padding = mask.equal_elem(0).float().mul_scalar(MASKED); // [B, T]: MASKED on padding keys
-        for layer in &self.layers {
+        for layer in &self.layers[..layers] {
             x = layer.forward(x, padding.clone(), self.precision);
         }
         x
     }
 
-    /// MLM logits [B, T, vocab].
-    pub fn forward(
+    /// HF's `hidden_states[layer]` [B, T, d]: 0 is the embeddings, N the output of layer N.
+    pub fn hidden_at(
         &self,
         ids: Tensor<B, 2, Int>,
         types: Tensor<B, 2, Int>,
         mask: Tensor<B, 2, Int>,
+        layer: usize,
     ) -> Tensor<B, 3> {
-        let h = self.hidden(ids, types, mask);
+        self.encode(ids, types, mask, layer.min(self.layers.len()))
+    }
+
+    /// Number of encoder layers.
+    pub fn layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// The word embeddings [vocab, d], which the MLM decoder shares.
+    pub fn word_embeddings(&self) -> Tensor<B, 2> {
+        self.word_embeddings.val()
+    }
+
+    /// MLM logits [B, T, vocab] with `head` on top (what `BertForMaskedLM` computes).
+    pub fn forward(
+        &self,
+        head: &MlmHead<B>,
+        ids: Tensor<B, 2, Int>,
+        types: Tensor<B, 2, Int>,
+        mask: Tensor<B, 2, Int>,
+    ) -> Tensor<B, 3> {
+        head.forward(self.hidden(ids, types, mask), self)
+    }
+}
+
+impl<B: FusedOps> MlmHead<B> {
+    /// Take `cls.predictions.*` from `w`.
+    pub fn build(config: &BertConfig, w: &mut Weights, device: &B::Device) -> MlmHead<B> {
+        let d = config.hidden_size;
+        // Tied copies some checkpoints carry.
+        w.skip("cls.predictions.decoder.weight");
+        w.skip("cls.predictions.decoder.bias");
+        MlmHead {
+            transform: torch_linear(w, "cls.predictions.transform.dense", d, d, true, device),
+            transform_ln: layer_norm(
+                w,
+                "cls.predictions.transform.LayerNorm",
+                d,
+                config.layer_norm_eps,
+                device,
+            ),
+            decoder_bias: w.param("cls.predictions.bias", [config.vocab_size], device),
+        }
+    }
+
+    /// Fresh `cls.predictions.*` as HF initializes them.
+    pub fn init_weights(config: &BertConfig, seed: u64) -> Weights {
+        let d = config.hidden_size;
+        let mut w = Weights::new();
+        let mut init = Init::new(seed);
+        let name = "cls.predictions.transform.dense";
+        init.normal(
+            &mut w,
+            &format!("{name}.weight"),
+            vec![d, d],
+            config.initializer_range,
+        );
+        Init::constant(&mut w, &format!("{name}.bias"), d, 0.0);
+        Init::layer_norm(&mut w, "cls.predictions.transform.LayerNorm", d);
+        Init::constant(&mut w, "cls.predictions.bias", config.vocab_size, 0.0);
+        w
+    }
+
+    /// `cls.predictions.*` under HF names (the tied decoder weight left out, as HF saves it).
+    pub fn put_weights(&self, w: &mut Weights) {
+        let name = "cls.predictions.transform.dense";
+        w.put_transposed(&format!("{name}.weight"), &self.transform.weight);
+        w.put(
+            &format!("{name}.bias"),
+            self.transform.bias.as_ref().expect("bias"),
+        );
+        put_layer_norm(w, "cls.predictions.transform.LayerNorm", &self.transform_ln);
+        w.put("cls.predictions.bias", &self.decoder_bias);
+    }
+
+    /// Vocabulary logits [B, T, vocab] from encoder states [B, T, d].
+    pub fn forward(&self, h: Tensor<B, 3>, bert: &Bert<B>) -> Tensor<B, 3> {
         let [b, t, d] = h.dims();
         let h = self
             .transform_ln
-            .forward(gelu(dense(&self.transform, h, self.precision)));
+            .forward(gelu(dense(&self.transform, h, bert.precision)));
+        let vocab = bert.config.vocab_size;
         let logits = matmul(
             h.reshape([b * t, d]),
-            self.word_embeddings.val().transpose(),
-            self.precision,
+            bert.word_embeddings.val().transpose(),
+            bert.precision,
         ) + self.decoder_bias.val().unsqueeze_dim::<2>(0); // [B*T, vocab]
-        logits.reshape([b, t, self.config.vocab_size])
+        logits.reshape([b, t, vocab])
     }
 }
 

@@ -1,5 +1,6 @@
-//! GPT-2 (`GPT2LMHeadModel`): pre-LN decoder, tanh-GELU, learned positions, LM head tied to
-//! the token embedding. Tensor names are Hugging Face's, visible in `from_weights`/`to_weights`.
+//! GPT-2 (`GPT2Model` under `transformer.`): pre-LN decoder, tanh-GELU, learned positions; the
+//! LM head of `GPT2LMHeadModel` is tied to the token embedding, so it lives here too. Tensor
+//! names are Hugging Face's, visible in `build`/`to_weights`. Task heads are in `heads.rs`.
 
 use burn::module::Param;
 use burn::nn::{Dropout, DropoutConfig, Linear};
@@ -42,6 +43,9 @@ pub struct Gpt2Config {
     pub eos_token_id: Option<u32>,
     #[serde(default)]
     pub pad_token_id: Option<u32>,
+    /// Dropout before a task head's classifier (null: the architecture's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classifier_dropout: Option<f64>,
 }
 
 fn default_activation() -> String {
@@ -62,15 +66,12 @@ impl Gpt2Config {
         self.n_inner.unwrap_or(4 * self.n_embd)
     }
 
-    /// The `config.json` transformers reads.
+    /// The `config.json` transformers reads (the head's class and labels are added by the
+    /// model that has them).
     pub fn to_hf_json(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(self).expect("config serializes");
         let m = v.as_object_mut().expect("object");
         m.insert("model_type".into(), "gpt2".into());
-        m.insert(
-            "architectures".into(),
-            serde_json::json!(["GPT2LMHeadModel"]),
-        );
         m.insert("tie_word_embeddings".into(), true.into());
         m.insert("scale_attn_weights".into(), true.into());
         v
@@ -96,7 +97,7 @@ impl Gpt2Config {
     }
 }
 
-/// GPT-2 with its language-model head.
+/// The GPT-2 backbone (its tied language-model head needs no tensors of its own).
 #[derive(Module, Debug)]
 pub struct Gpt2<B: Backend> {
     /// `transformer.wte.weight` [vocab, d]; also the LM head (tied).
@@ -127,10 +128,11 @@ struct Block<B: Backend> {
 }
 
 impl<B: FusedOps> Gpt2<B> {
-    /// Build from HF tensors; every name and shape is checked.
-    pub fn from_weights(
+    /// Take the backbone's HF tensors from `w` (names and shapes are checked when the model
+    /// that owns this backbone finishes the load).
+    pub fn build(
         config: &Gpt2Config,
-        mut w: Weights,
+        w: &mut Weights,
         device: &B::Device,
     ) -> Result<Gpt2<B>, ModelError> {
         config.check()?;
@@ -144,12 +146,12 @@ impl<B: FusedOps> Gpt2<B> {
             .map(|i| {
                 let p = format!("transformer.h.{i}");
                 Block {
-                    ln_1: layer_norm(&mut w, &format!("{p}.ln_1"), d, eps, device),
-                    c_attn: conv1d(&mut w, &format!("{p}.attn.c_attn"), d, 3 * d),
-                    attn_proj: conv1d(&mut w, &format!("{p}.attn.c_proj"), d, d),
-                    ln_2: layer_norm(&mut w, &format!("{p}.ln_2"), d, eps, device),
-                    c_fc: conv1d(&mut w, &format!("{p}.mlp.c_fc"), d, inner),
-                    mlp_proj: conv1d(&mut w, &format!("{p}.mlp.c_proj"), inner, d),
+                    ln_1: layer_norm(w, &format!("{p}.ln_1"), d, eps, device),
+                    c_attn: conv1d(w, &format!("{p}.attn.c_attn"), d, 3 * d),
+                    attn_proj: conv1d(w, &format!("{p}.attn.c_proj"), d, d),
+                    ln_2: layer_norm(w, &format!("{p}.ln_2"), d, eps, device),
+                    c_fc: conv1d(w, &format!("{p}.mlp.c_fc"), d, inner),
+                    mlp_proj: conv1d(w, &format!("{p}.mlp.c_proj"), inner, d),
                     attn_dropout: DropoutConfig::new(config.attn_pdrop).init(),
                     resid_dropout: DropoutConfig::new(config.resid_pdrop).init(),
                     n_head: config.n_head,
@@ -166,12 +168,11 @@ impl<B: FusedOps> Gpt2<B> {
             wte: w.param("transformer.wte.weight", [config.vocab_size, d], device),
             wpe: w.param("transformer.wpe.weight", [config.n_positions, d], device),
             h,
-            ln_f: layer_norm(&mut w, "transformer.ln_f", d, eps, device),
+            ln_f: layer_norm(w, "transformer.ln_f", d, eps, device),
             dropout: DropoutConfig::new(config.embd_pdrop).init(),
             config: config.clone(),
             precision: Precision::F32,
         };
-        w.finish()?;
         Ok(model)
     }
 
@@ -254,6 +255,25 @@ impl<B: FusedOps> Gpt2<B> {
         self.hidden_from(ids, None)
     }
 
+    /// HF's `hidden_states[layer]` [B, T, d]: 0 is the embeddings, N the output of block N;
+    /// the last one (`n_layer`) goes through `ln_f`, as transformers returns it.
+    pub fn hidden_at(&self, ids: Tensor<B, 2, Int>, layer: usize) -> Tensor<B, 3> {
+        let n = self.h.len();
+        if layer >= n {
+            return self.hidden(ids);
+        }
+        let mut x = self.embeddings(ids, 0);
+        for block in &self.h[..layer] {
+            x = block.forward(x, self.precision, None);
+        }
+        x
+    }
+
+    /// Number of transformer blocks.
+    pub fn layers(&self) -> usize {
+        self.h.len()
+    }
+
     /// Hidden states of `ids`, which follow the positions already in `cache` (if any): the
     /// cache gains their keys and values.
     fn hidden_from(
@@ -261,21 +281,26 @@ impl<B: FusedOps> Gpt2<B> {
         ids: Tensor<B, 2, Int>,
         mut cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
+        let start = cache.as_ref().map_or(0, |c| c.len());
+        let mut x = self.embeddings(ids, start);
+        for (i, block) in self.h.iter().enumerate() {
+            let layer = cache.as_mut().map(|c| &mut c.layers[i]);
+            x = block.forward(x, self.precision, layer);
+        }
+        self.ln_f.forward(x)
+    }
+
+    /// Token plus position embeddings of `ids` [B, T] at positions `start..start + T`.
+    fn embeddings(&self, ids: Tensor<B, 2, Int>, start: usize) -> Tensor<B, 3> {
         let [b, t] = ids.dims();
         let d = self.config.n_embd;
-        let start = cache.as_ref().map_or(0, |c| c.len());
         let tok = self
             .wte
             .val()
             .select(0, ids.reshape([b * t]))
             .reshape([b, t, d]);
         let pos = self.wpe.val().slice([start..start + t, 0..d]);
-        let mut x = self.dropout.forward(add_per_row(tok, pos));
-        for (i, block) in self.h.iter().enumerate() {
-            let layer = cache.as_mut().map(|c| &mut c.layers[i]);
-            x = block.forward(x, self.precision, layer);
-        }
-        self.ln_f.forward(x)
+        self.dropout.forward(add_per_row(tok, pos))
     }
 
     /// Next-token logits [B, T, vocab].
@@ -294,7 +319,7 @@ impl<B: FusedOps> Gpt2<B> {
     }
 
     /// The tied LM head on hidden states [B, T, d] → [B, T, vocab].
-    fn logits(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
+    pub(crate) fn logits(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, t, d] = h.dims();
         let logits = matmul(
             h.reshape([b * t, d]),

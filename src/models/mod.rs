@@ -1,8 +1,10 @@
-//! Language models on burn with Hugging Face checkpoints: GPT-2 (causal LM) and BERT (masked LM).
+//! Models on burn with Hugging Face checkpoints: the architecture table ([`arch`]: GPT-2,
+//! BERT), one backbone per architecture file, task heads apart ([`heads`]), and the model that
+//! joins a backbone to one head ([`model`]).
 //!
 //! A model directory is what `save_pretrained` writes: `config.json`, `model.safetensors` and
-//! the tokenizer files. [`load_dir`] reads one (ours or transformers'), [`save_dir`] writes one
-//! that `transformers` loads.
+//! the tokenizer files. [`Model::load`] reads one (ours or transformers'), [`Model::save_dir`]
+//! writes one that `transformers` loads.
 
 use std::path::{Path, PathBuf};
 
@@ -10,20 +12,26 @@ use burn::module::Param;
 use burn::nn::{Dropout, Linear};
 use burn::prelude::*;
 
+pub mod arch;
 pub mod bert;
 mod cpu_attention;
 mod cpu_kernels;
 pub mod device;
 pub mod fused;
 pub mod gpt2;
+pub mod heads;
+pub mod model;
 pub mod weights;
 
+pub use arch::{ARCHITECTURES, ArchConfig, Architecture, read_config};
 pub use bert::{Bert, BertConfig};
 pub use device::{CUDA_BUILT, DeviceSpec, Precision, WGPU_BUILT};
 pub use fused::{FusedOps, Keys, LayerNorm};
 use fused::{masked_softmax, merge_heads};
 pub use gpt2::{Gpt2, Gpt2Config};
-pub use weights::Weights;
+pub use heads::Task;
+pub use model::{Model, ModelSpec, read_weights, save_model_dir};
+pub use weights::{LoadReport, Weights};
 
 /// What went wrong reading, building or writing a model.
 #[derive(Debug, thiserror::Error)]
@@ -47,69 +55,6 @@ impl ModelError {
             path: path.to_path_buf(),
             source,
         }
-    }
-}
-
-/// The architectures dnaflow trains, by HF `model_type`.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ArchConfig {
-    Gpt2(Gpt2Config),
-    Bert(BertConfig),
-}
-
-impl ArchConfig {
-    pub fn to_hf_json(&self) -> serde_json::Value {
-        match self {
-            ArchConfig::Gpt2(c) => c.to_hf_json(),
-            ArchConfig::Bert(c) => c.to_hf_json(),
-        }
-    }
-
-    pub fn vocab_size(&self) -> usize {
-        match self {
-            ArchConfig::Gpt2(c) => c.vocab_size,
-            ArchConfig::Bert(c) => c.vocab_size,
-        }
-    }
-
-    /// Longest sequence the position table allows.
-    pub fn max_positions(&self) -> usize {
-        match self {
-            ArchConfig::Gpt2(c) => c.n_positions,
-            ArchConfig::Bert(c) => c.max_position_embeddings,
-        }
-    }
-
-    pub fn name(&self) -> &'static str {
-        match self {
-            ArchConfig::Gpt2(_) => "gpt2",
-            ArchConfig::Bert(_) => "bert",
-        }
-    }
-}
-
-/// Read `config.json` of a model directory; `model_type` picks the architecture.
-pub fn read_config(dir: &Path) -> Result<ArchConfig, ModelError> {
-    let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
-    let value: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| ModelError::Format(format!("{}: {e}", path.display())))?;
-    let bad = |e: serde_json::Error| ModelError::Format(format!("{}: {e}", path.display()));
-    match value.get("model_type").and_then(|v| v.as_str()) {
-        Some("gpt2") => Ok(ArchConfig::Gpt2(
-            serde_json::from_value(value).map_err(bad)?,
-        )),
-        Some("bert") => Ok(ArchConfig::Bert(
-            serde_json::from_value(value).map_err(bad)?,
-        )),
-        Some(other) => Err(ModelError::Format(format!(
-            "{}: model_type `{other}` is not supported here (gpt2, bert)",
-            path.display()
-        ))),
-        None => Err(ModelError::Format(format!(
-            "{}: no `model_type`; is this a Hugging Face model directory?",
-            path.display()
-        ))),
     }
 }
 
@@ -138,13 +83,13 @@ pub fn weights_path(dir: &Path) -> Result<PathBuf, ModelError> {
 /// special_tokens_map.json beside it, when there are.
 pub fn save_dir(
     dir: &Path,
-    config: &ArchConfig,
+    config: &serde_json::Value,
     weights: &Weights,
     tokenizer: Option<&Path>,
 ) -> Result<(), ModelError> {
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
     let cfg = dir.join("config.json");
-    let json = serde_json::to_string_pretty(&config.to_hf_json()).expect("json");
+    let json = serde_json::to_string_pretty(config).expect("json");
     std::fs::write(&cfg, json).map_err(|e| ModelError::io(&cfg, e))?;
     weights.save(&dir.join("model.safetensors"))?;
     if let Some(tok) = tokenizer {
@@ -188,6 +133,22 @@ pub(crate) fn linear<B: Backend>(
     Linear {
         weight,
         bias: Some(bias),
+    }
+}
+
+/// A PyTorch `nn.Linear` `{name}.weight` [out, in] (and `.bias` when it has one) as a burn
+/// `Linear` [in, out].
+pub(crate) fn torch_linear<B: Backend>(
+    w: &mut Weights,
+    name: &str,
+    d_in: usize,
+    d_out: usize,
+    bias: bool,
+    device: &B::Device,
+) -> Linear<B> {
+    Linear {
+        weight: w.param_transposed(&format!("{name}.weight"), [d_in, d_out], device),
+        bias: bias.then(|| w.param(&format!("{name}.bias"), [d_out], device)),
     }
 }
 
@@ -372,20 +333,24 @@ mod tests {
         }
     }
 
-    fn load_gpt2<B: FusedOps>(dir: &Path, device: &B::Device) -> Gpt2<B> {
-        let ArchConfig::Gpt2(cfg) = read_config(dir).unwrap() else {
-            panic!("gpt2")
-        };
-        let w = Weights::load(&weights_path(dir).unwrap()).unwrap();
-        Gpt2::from_weights(&cfg, w, device).unwrap()
+    fn load<B: FusedOps>(dir: &Path, device: &B::Device) -> Model<B> {
+        Model::load(dir, None, 0, device).unwrap().0
     }
 
-    fn load_bert<B: FusedOps>(dir: &Path, device: &B::Device) -> Bert<B> {
-        let ArchConfig::Bert(cfg) = read_config(dir).unwrap() else {
-            panic!("bert")
-        };
-        let w = Weights::load(&weights_path(dir).unwrap()).unwrap();
-        Bert::from_weights(&cfg, w, device).unwrap()
+    fn load_gpt2<B: FusedOps>(dir: &Path, device: &B::Device) -> Gpt2<B> {
+        match load::<B>(dir, device).backbone() {
+            arch::Backbone::Gpt2(m) => m.clone(),
+            _ => panic!("gpt2"),
+        }
+    }
+
+    /// The BERT fixture: encoder and MLM head.
+    fn load_bert<B: FusedOps>(dir: &Path, device: &B::Device) -> (Bert<B>, bert::MlmHead<B>) {
+        let model = load::<B>(dir, device);
+        match (model.backbone(), model.mlm_head()) {
+            (arch::Backbone::Bert(m), Some(head)) => (m.clone(), head.clone()),
+            _ => panic!("bert"),
+        }
     }
 
     #[test]
@@ -505,7 +470,7 @@ mod tests {
     fn bert_matches_transformers() {
         on_test_device!(|device: B| {
             let r = Reference::load("bert");
-            let model = load_bert::<B>(&fixture("bert"), &device);
+            let (model, head) = load_bert::<B>(&fixture("bert"), &device);
             let (ids, types, mask) = (
                 r.ints::<B>("input_ids", &device),
                 r.ints::<B>("token_type_ids", &device),
@@ -514,7 +479,7 @@ mod tests {
             let hidden = model.hidden(ids.clone(), types.clone(), mask.clone());
             // Padded positions are not compared by HF either; the reference has all positions.
             let hidden = r.max_diff("hidden", hidden);
-            let logits = r.max_diff("logits", model.forward(ids, types, mask));
+            let logits = r.max_diff("logits", model.forward(&head, ids, types, mask));
             figure(
                 "bert forward vs transformers, max |diff|",
                 format!("hidden {hidden:.2e}, logits {logits:.2e}"),
@@ -532,27 +497,27 @@ mod tests {
             let tmp = tempfile::tempdir().unwrap();
             for arch in ["gpt2", "bert"] {
                 let dir = tmp.path().join(arch);
-                let config = read_config(&fixture(arch)).unwrap();
-                let weights = match arch {
-                    "gpt2" => load_gpt2::<B>(&fixture(arch), &device).to_weights(),
-                    _ => load_bert::<B>(&fixture(arch), &device).to_weights(),
-                };
-                save_dir(&dir, &config, &weights, None).unwrap();
-                assert_eq!(read_config(&dir).unwrap(), config);
+                let model = load::<B>(&fixture(arch), &device);
+                model.save_dir(&dir, None).unwrap();
+                assert_eq!(ModelSpec::read(&dir).unwrap(), *model.spec());
                 let r = Reference::load(arch);
                 let diff = match arch {
                     "gpt2" => r.max_diff(
                         "logits",
                         load_gpt2::<B>(&dir, &device).forward(r.ints::<B>("input_ids", &device)),
                     ),
-                    _ => r.max_diff(
-                        "logits",
-                        load_bert::<B>(&dir, &device).forward(
-                            r.ints::<B>("input_ids", &device),
-                            r.ints::<B>("token_type_ids", &device),
-                            r.ints::<B>("attention_mask", &device),
-                        ),
-                    ),
+                    _ => {
+                        let (m, head) = load_bert::<B>(&dir, &device);
+                        r.max_diff(
+                            "logits",
+                            m.forward(
+                                &head,
+                                r.ints::<B>("input_ids", &device),
+                                r.ints::<B>("token_type_ids", &device),
+                                r.ints::<B>("attention_mask", &device),
+                            ),
+                        )
+                    }
                 };
                 figure(
                     &format!("{arch} saved and reloaded, max |logit diff| vs transformers"),
@@ -610,16 +575,15 @@ mod tests {
         };
         use std::sync::atomic::AtomicBool;
 
-        let ArchConfig::Gpt2(cfg) = read_config(&fixture("gpt2")).unwrap() else {
-            panic!("gpt2")
-        };
+        let spec = ModelSpec::read(&fixture("gpt2")).unwrap();
         let build = |w: Weights| {
-            Gpt2::<AB>::from_weights(&cfg, w, device).map(|m| m.with_precision(precision))
+            Model::<AB>::from_weights(&spec, w, 1, device).map(|m| m.0.with_precision(precision))
         };
-        let model = build(Gpt2::<AB>::init_weights(&cfg, 1)).unwrap();
+        let model = build(spec.init_weights(1)).unwrap();
         let doc = Row {
             ids: (0..400).map(|i| [3u32, 7, 9, 12, 5][i % 5]).collect(),
             bases: vec![1; 400],
+            target: crate::train::Target::None,
         };
         let rows = batch::pack(&[doc], 16, None);
         let mut data = TrainData {
@@ -649,6 +613,10 @@ mod tests {
             seed: 3,
             precision,
             keep_best: false,
+            select: "loss".into(),
+            patience: None,
+            head: Vec::new(),
+            head_lr: None,
         };
         let tmp = tempfile::tempdir().unwrap();
         let mut log = Vec::new();
@@ -660,7 +628,7 @@ mod tests {
             cancelled: &cancelled,
             progress: &mut progress,
         };
-        let trained = train::<AB, Gpt2<AB>>(model, &build, &mut data, &[], &tc, device, &mut env)
+        let trained = train::<AB>(model, &build, &mut data, &[], &tc, device, &mut env)
             .unwrap_or_else(|e| panic!("{precision} training failed: {e}"));
         let losses: Vec<f64> = trained.state.history.iter().map(|h| h.loss).collect();
         assert_eq!(losses.len(), steps, "{}", String::from_utf8_lossy(&log));
@@ -681,11 +649,14 @@ mod tests {
 
         // Saved as a model directory, reloaded on the same device: the same logits.
         let dir = tmp.path().join("model");
-        let config = ArchConfig::Gpt2(cfg.clone());
-        save_dir(&dir, &config, &trained.model.to_weights(), None).unwrap();
+        trained.model.save_dir(&dir, None).unwrap();
         let reloaded = load_gpt2::<AB::InnerBackend>(&dir, device).with_precision(precision);
+        let trained = match trained.model.valid().backbone() {
+            arch::Backbone::Gpt2(m) => m.clone(),
+            _ => panic!("gpt2"),
+        };
         let ids = Reference::load("gpt2").ints::<AB::InnerBackend>("input_ids", device);
-        let (_, want) = weights::host(trained.model.valid().forward(ids.clone()));
+        let (_, want) = weights::host(trained.forward(ids.clone()));
         let (_, got) = weights::host(reloaded.forward(ids));
         let diff = max_abs_diff(&want, &got);
         figure(
@@ -727,13 +698,14 @@ mod tests {
     /// CPU only: the names and shapes are checked on the host before any tensor is made.
     #[test]
     fn a_wrong_checkpoint_names_every_problem() {
-        let ArchConfig::Gpt2(mut cfg) = read_config(&fixture("gpt2")).unwrap() else {
+        let mut spec = ModelSpec::read(&fixture("gpt2")).unwrap();
+        let ArchConfig::Gpt2(cfg) = &mut spec.config else {
             panic!()
         };
         cfg.n_layer = 3;
         cfg.n_embd = 8;
         let w = Weights::load(&fixture("gpt2").join("model.safetensors")).unwrap();
-        let err = Gpt2::<Flex>::from_weights(&cfg, w, &Default::default())
+        let err = Model::<Flex>::from_weights(&spec, w, 0, &Default::default())
             .unwrap_err()
             .to_string();
         assert!(err.contains("model.safetensors"), "{err}");
@@ -746,22 +718,212 @@ mod tests {
     /// CPU only: fresh weights are made on the host; this checks their names round-trip.
     #[test]
     fn fresh_models_build_from_their_own_init() {
-        let ArchConfig::Bert(cfg) = read_config(&fixture("bert")).unwrap() else {
-            panic!()
-        };
-        let w = Bert::<Flex>::init_weights(&cfg, 7);
-        let names: Vec<String> = w.names().map(String::from).collect();
-        let model = Bert::<Flex>::from_weights(&cfg, w, &Default::default()).unwrap();
-        let again: Vec<String> = model.to_weights().names().map(String::from).collect();
-        assert_eq!(names, again);
-        let ArchConfig::Gpt2(cfg) = read_config(&fixture("gpt2")).unwrap() else {
-            panic!()
-        };
-        Gpt2::<Flex>::from_weights(
-            &cfg,
-            Gpt2::<Flex>::init_weights(&cfg, 7),
-            &Default::default(),
+        for arch in ["gpt2", "bert"] {
+            let spec = ModelSpec::read(&fixture(arch)).unwrap();
+            let w = spec.init_weights(7);
+            let names: Vec<String> = w.names().map(String::from).collect();
+            let (model, report) =
+                Model::<Flex>::from_weights(&spec, w, 7, &Default::default()).unwrap();
+            assert_eq!(report, LoadReport::default());
+            let again: Vec<String> = model.to_weights().names().map(String::from).collect();
+            assert_eq!(names, again, "{arch}");
+        }
+    }
+
+    /// A language-model checkpoint loaded under a task head: the LM head's tensors are
+    /// skipped and the new head's initialised fresh, each named; a tensor missing from the
+    /// backbone is still an error.
+    #[test]
+    fn a_checkpoint_under_a_new_head_reports_what_it_skipped_and_started() {
+        let dev = Default::default();
+        let labels = vec!["a".to_string(), "b".to_string(), "c".to_string()];
+        let (_, report) = Model::<Flex>::load(
+            &fixture("bert"),
+            Some(Task::SeqCls {
+                labels: labels.clone(),
+            }),
+            1,
+            &dev,
         )
         .unwrap();
+        assert!(
+            report
+                .skipped
+                .iter()
+                .any(|n| n == "cls.predictions.transform.dense.weight"),
+            "{report:?}"
+        );
+        assert_eq!(
+            report.fresh,
+            vec![
+                "bert.pooler.dense.bias",
+                "bert.pooler.dense.weight",
+                "classifier.bias",
+                "classifier.weight"
+            ],
+        );
+        let (_, report) = Model::<Flex>::load(
+            &fixture("gpt2"),
+            Some(Task::Regression { mean: 0.0, sd: 1.0 }),
+            1,
+            &dev,
+        )
+        .unwrap();
+        assert_eq!(report.fresh, vec!["score.weight"]);
+
+        let spec = ModelSpec {
+            task: Task::TokenCls { labels },
+            ..ModelSpec::read(&fixture("gpt2")).unwrap()
+        };
+        let mut w = Weights::load(&fixture("gpt2").join("model.safetensors")).unwrap();
+        w.remove("transformer.h.0.ln_1.weight");
+        let err = Model::<Flex>::from_weights(&spec, w, 1, &dev)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`transformer.h.0.ln_1.weight` is missing"),
+            "{err}"
+        );
+    }
+
+    /// Fine-tuned heads saved here load in transformers (AutoModelFor{Sequence,Token}
+    /// Classification) with the same logits; a regression head saved in the target's unit
+    /// reloads here standardised again, with the same predictions.
+    #[test]
+    fn task_heads_reload_here_and_in_transformers() {
+        let dev = Default::default();
+        let tmp = tempfile::tempdir().unwrap();
+        let labels = vec!["x".to_string(), "y".to_string(), "z".to_string()];
+        let mut saved = Vec::new();
+        for (arch, task) in [
+            (
+                "gpt2",
+                Task::SeqCls {
+                    labels: labels.clone(),
+                },
+            ),
+            (
+                "bert",
+                Task::SeqCls {
+                    labels: labels.clone(),
+                },
+            ),
+            (
+                "gpt2",
+                Task::TokenCls {
+                    labels: labels.clone(),
+                },
+            ),
+            (
+                "bert",
+                Task::TokenCls {
+                    labels: labels.clone(),
+                },
+            ),
+            (
+                "gpt2",
+                Task::Regression {
+                    mean: -20.0,
+                    sd: 8.0,
+                },
+            ),
+            (
+                "bert",
+                Task::Regression {
+                    mean: -20.0,
+                    sd: 8.0,
+                },
+            ),
+        ] {
+            let r = Reference::load(arch);
+            let mut spec = ModelSpec::read(&fixture(arch)).unwrap();
+            spec.task = task.clone();
+            spec.config.set_pad_token_id(0);
+            let w = Weights::load(&fixture(arch).join("model.safetensors")).unwrap();
+            let (model, _) = Model::<Flex>::from_weights(&spec, w, 3, &dev).unwrap();
+            let batch = reference_batch(&r);
+            let out = |m: &Model<Flex>| {
+                let (_, v) = weights::host(m.forward(&batch, &dev));
+                match &task {
+                    Task::Regression { mean, sd } => {
+                        v.iter().map(|z| z * *sd as f32 + *mean as f32).collect()
+                    }
+                    _ => v,
+                }
+            };
+            let want: Vec<f32> = out(&model);
+            let dir = tmp.path().join(format!("{arch}-{}", task.name()));
+            model.save_dir(&dir, None).unwrap();
+            assert_eq!(ModelSpec::read(&dir).unwrap().class(), spec.class());
+            let (reloaded, report) =
+                Model::<Flex>::load(&dir, Some(task.clone()), 0, &dev).unwrap();
+            assert_eq!(report, LoadReport::default(), "{arch} {}", task.name());
+            let diff = max_abs_diff(&want, &out(&reloaded));
+            assert!(
+                diff < 1e-4,
+                "{arch} {}: reloaded differs by {diff}",
+                task.name()
+            );
+            let ids = serde_json::to_string(&r.json["input_ids"]).unwrap();
+            saved.push((dir, ids, want, format!("{arch} {}", task.name())));
+        }
+        python_check_heads(&saved);
+    }
+
+    /// The fixture's input ids as a batch (all positions real).
+    fn reference_batch(r: &Reference) -> crate::train::Batch {
+        let rows: Vec<Vec<i64>> = serde_json::from_value(r.json["input_ids"].clone()).unwrap();
+        let (b, t) = (rows.len(), rows[0].len());
+        let ids: Vec<i64> = rows.into_iter().flatten().collect();
+        crate::train::Batch {
+            b,
+            t,
+            types: vec![0; ids.len()],
+            mask: vec![1; ids.len()],
+            labels: vec![crate::train::batch::IGNORE; ids.len()],
+            values: Vec::new(),
+            labelled: 0,
+            label_bases: 0,
+            tokens: ids.len(),
+            ids,
+        }
+    }
+
+    /// transformers' logits of each saved head (directory, input ids, our logits, name) on the
+    /// fixture's ids, against ours; one Python process for all.
+    fn python_check_heads(saved: &[(PathBuf, String, Vec<f32>, String)]) {
+        let has_torch = std::process::Command::new("python3")
+            .args(["-c", "import torch, transformers"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !has_torch {
+            eprintln!("skipping the transformers check of the task heads: no torch/transformers");
+            return;
+        }
+        let mut cmd = std::process::Command::new("python3");
+        cmd.arg(fixture("make_reference.py").with_file_name("make_reference.py"))
+            .arg("head");
+        for (dir, ids, _, _) in saved {
+            cmd.arg(dir).arg(ids);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lines: Vec<Vec<f32>> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), saved.len());
+        for ((_, _, want, name), got) in saved.iter().zip(&lines) {
+            let diff = max_abs_diff(want, got);
+            figure(
+                &format!("{name} head saved here, logits in transformers, max |diff|"),
+                format!("{diff:.2e}"),
+            );
+            assert!(diff < 1e-4, "{name}: transformers' logits differ by {diff}");
+        }
     }
 }

@@ -23,12 +23,24 @@ pub struct HostTensor {
 }
 
 /// Tensors by name, with bookkeeping of which ones a model took.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Weights {
     tensors: BTreeMap<String, HostTensor>,
     taken: BTreeSet<String>,
     problems: Vec<String>,
     source: Option<PathBuf>,
+    report: LoadReport,
+}
+
+/// What a load did besides taking tensors one for one: a checkpoint loaded under another head
+/// (an LM checkpoint fine-tuned as a classifier) skips the old head and starts the new one
+/// fresh. Both are listed by name, so a user sees what was not carried over.
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize)]
+pub struct LoadReport {
+    /// Tensors in the file that belong to a head this model does not have.
+    pub skipped: Vec<String>,
+    /// Tensors of this model's head that the file lacked, initialised fresh.
+    pub fresh: Vec<String>,
 }
 
 /// A parameter id that depends only on the tensor's name, so optimizer state saved in a
@@ -117,6 +129,16 @@ impl Weights {
         self.tensors.keys().map(String::as_str)
     }
 
+    /// Remove and return a tensor (a head's weights folded or unfolded on the host).
+    pub fn remove(&mut self, name: &str) -> Option<HostTensor> {
+        self.tensors.remove(name)
+    }
+
+    /// Every tensor of `other` added here, replacing any of the same name.
+    pub fn extend(&mut self, other: Weights) {
+        self.tensors.extend(other.tensors);
+    }
+
     /// Take `name` with the expected shape as a trainable parameter. A missing or misshapen
     /// tensor is recorded (reported by [`Weights::finish`]) and replaced by zeros.
     pub fn param<B: Backend, const D: usize>(
@@ -165,8 +187,28 @@ impl Weights {
         self.taken.insert(name.to_string());
     }
 
-    /// Every missing, misshapen or unused tensor, or Ok.
-    pub fn finish(self) -> Result<(), ModelError> {
+    /// Mark `name`, a tensor of another head, as known and unused; listed as skipped when the
+    /// file has it.
+    pub fn skip_other_head(&mut self, name: &str) {
+        if self.tensors.contains_key(name) && self.taken.insert(name.to_string()) {
+            self.report.skipped.push(name.to_string());
+        }
+    }
+
+    /// Add each tensor of `head` (a fresh initialisation) that is not here yet, listed as fresh.
+    /// One that is here is kept: its shape is checked when the model takes it.
+    pub fn adopt_fresh(&mut self, head: Weights) {
+        for (name, t) in head.tensors {
+            if !self.tensors.contains_key(&name) {
+                self.report.fresh.push(name.clone());
+                self.tensors.insert(name, t);
+            }
+        }
+    }
+
+    /// Every missing, misshapen or unused tensor as one error, or what the load skipped and
+    /// initialised fresh.
+    pub fn finish(self) -> Result<LoadReport, ModelError> {
         let mut problems = self.problems;
         let unused: Vec<&String> = self
             .tensors
@@ -183,7 +225,7 @@ impl Weights {
             ));
         }
         if problems.is_empty() {
-            return Ok(());
+            return Ok(self.report);
         }
         let file = self
             .source

@@ -28,7 +28,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::table::{LocatedTable, write_table};
+use super::table::{LocatedTable, class_indices, read_role, write_table};
 
 /// A table a baseline reads, rows located for errors.
 type Table = LocatedTable;
@@ -399,18 +399,6 @@ struct Columns<'a> {
     id: &'a str,
 }
 
-/// Read the `role` table (training, test, validation) of a baseline; rows required.
-fn read_role(path: &Path, id_column: &str, role: &str) -> Result<Table, StepError> {
-    let table = LocatedTable::read(path, id_column)?;
-    if table.df.height() == 0 {
-        return Err(StepError::new(format!(
-            "{}: the {role} table has no rows (is it an empty split?)",
-            path.display()
-        )));
-    }
-    Ok(table)
-}
-
 fn sequences(t: &Table, c: &Columns) -> Result<Vec<String>, StepError> {
     t.texts(c.sequence, "sequence", "a sequence")
 }
@@ -427,34 +415,6 @@ fn class_labels(t: &Table, c: &Columns) -> Result<Vec<String>, StepError> {
 /// Numeric targets, every row a finite number.
 fn targets(t: &Table, c: &Columns) -> Result<Vec<f64>, StepError> {
     t.numbers(c.label, "label")
-}
-
-/// Class indices of `labels` among the training `classes`; a class the training table lacks
-/// is an error naming the row.
-fn class_indices(
-    table: &Table,
-    labels: &[String],
-    classes: &[String],
-    label_column: &str,
-    train: &Path,
-) -> Result<Vec<usize>, StepError> {
-    labels
-        .iter()
-        .enumerate()
-        .map(|(i, l)| {
-            classes.iter().position(|c| c == l).ok_or_else(|| {
-                StepError::new(format!(
-                    "{}: class `{l}` does not occur in the training table {} (its classes: {}); \
-                     a baseline can only predict classes it was trained on: split with \
-                     `stratify: {label_column}` so every class reaches train, or drop those rows \
-                     with data.filter",
-                    table.at(i, label_column),
-                    train.display(),
-                    classes.join(", ")
-                ))
-            })
-        })
-        .collect()
 }
 
 fn linear_error(path: &Path, e: LinearError) -> StepError {

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::model::{
-    Loaded, batch_size, cpu, encode, load_model, load_vocab, mask_probability, objective_for,
+    batch_size, cpu, encode, load_model, load_vocab, mask_probability, objective_for,
     resolve_device, rows_for, seed,
 };
 use super::table::for_each_sequence;
@@ -71,8 +71,17 @@ fn eval_lm(ctx: &mut StepContext) -> Result<(), StepError> {
     let seqs = read_sequences(p.data.path(), &p.column, p.max_sequences)?;
     let docs = encode(&vocab, &seqs)?;
     let eval = on_device!(device, Precision::F32, |dev: B| {
-        let (config, model) = load_model::<B>(&dir, &dev)?;
-        let objective = objective_for(config.name(), &vocab, p.mask_probability)?;
+        let model = load_model::<B>(&dir, &dev)?;
+        let config = &model.spec().config;
+        if model.spec().task != crate::models::Task::Lm {
+            return Err(StepError::new(format!(
+                "{}: eval.lm scores a language model; this one has a {} head (score its \
+                 predictions with eval.classify or eval.regress)",
+                dir.display(),
+                model.spec().task.name()
+            )));
+        }
+        let objective = objective_for(config, &vocab, p.mask_probability)?;
         let seq_len = p.seq_len.unwrap_or(config.max_positions().min(512));
         if seq_len > config.max_positions() {
             return Err(StepError::new(format!(
@@ -82,22 +91,21 @@ fn eval_lm(ctx: &mut StepContext) -> Result<(), StepError> {
         }
         let rows = rows_for(&vocab, &docs, &objective, seq_len);
         let batches = train::eval_batches(&rows, &objective, vocab.pad, p.batch_size, p.seed);
-        match &model {
-            Loaded::Gpt2(m) => train::evaluate(m, &batches, &dev),
-            Loaded::Bert(m) => train::evaluate(m, &batches, &dev),
-        }
-    });
+        Ok::<_, StepError>(objective.evaluate(&model, &batches, &dev))
+    })?;
+    let (tokens, bases) = (eval.metric("tokens") as u64, eval.metric("bases") as u64);
+    let bits_per_base = eval.metric("bits_per_base");
     writeln!(
         ctx.log,
-        "{} tokens, {} bases: loss {:.4}, bits/base {:.4}",
-        eval.tokens, eval.bases, eval.loss, eval.bits_per_base
+        "{tokens} tokens, {bases} bases: loss {:.4}, bits/base {bits_per_base:.4}",
+        eval.loss
     )?;
     let mut metrics = json!({
         "loss": eval.loss,
-        "perplexity": eval.perplexity,
-        "bits_per_base": eval.bits_per_base,
-        "tokens": eval.tokens,
-        "bases": eval.bases,
+        "perplexity": eval.metric("perplexity"),
+        "bits_per_base": bits_per_base,
+        "tokens": tokens,
+        "bases": bases,
         "sequences": seqs.len(),
     });
     if let Some(path) = &p.baseline {
@@ -108,7 +116,7 @@ fn eval_lm(ctx: &mut StepContext) -> Result<(), StepError> {
             )));
         };
         metrics["baseline_bits_per_base"] = b.into();
-        metrics["gain_bits_per_base"] = (b - eval.bits_per_base).into();
+        metrics["gain_bits_per_base"] = (b - bits_per_base).into();
     }
     write_metrics(ctx.out, &metrics)
 }

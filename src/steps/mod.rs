@@ -12,15 +12,19 @@ use serde::de::DeserializeOwned;
 
 mod baseline;
 mod data;
+mod embed;
 mod eval;
 pub mod fetch;
 mod file;
+mod finetune;
 mod input;
 mod model;
 pub mod plot;
+mod probe;
 mod score;
 pub mod table;
 mod tokenizer;
+mod training;
 
 pub use input::{
     INPUT_MARK, InputPath, Pointer, Seg, input_pointers, pointer_name, strings_at, strings_at_mut,
@@ -110,6 +114,10 @@ pub static KINDS: &[&StepKind] = &[
     &model::PRETRAIN,
     &eval::LM,
     &model::GENERATE,
+    &finetune::FINETUNE,
+    &embed::EMBED,
+    &probe::PROBE,
+    &probe::PROJECT,
     &eval::MARKOV,
     &score::CLASSIFY,
     &score::REGRESS,
@@ -119,7 +127,10 @@ pub static KINDS: &[&StepKind] = &[
 
 /// Kinds whose results depend on the device (`--device` reaches them and enters their keys).
 pub fn uses_device(kind: &str) -> bool {
-    matches!(kind, "model.pretrain" | "eval.lm" | "model.generate")
+    matches!(
+        kind,
+        "model.pretrain" | "eval.lm" | "model.generate" | "model.finetune" | "model.embed"
+    )
 }
 
 /// The kind called `name`.

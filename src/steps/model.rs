@@ -8,28 +8,27 @@ use std::path::{Path, PathBuf};
 
 use burn::backend::Autodiff;
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
 use tokenizers::Tokenizer;
 
 use super::tokenizer::{open_tokenizer, read_sequences, sequence};
-use super::{InputPath, StepContext, StepError, StepKind, params, plot, write_metrics};
+use super::training::{self, model_err};
+use super::{InputPath, StepContext, StepError, StepKind, params, write_metrics};
+use crate::models::arch::LmKind;
 use crate::models::device::on_device;
 use crate::models::{
-    self, ArchConfig, Bert, BertConfig, DeviceSpec, FusedOps, Gpt2, Gpt2Config, Precision, Weights,
+    self, ArchConfig, BertConfig, DeviceSpec, FusedOps, Gpt2Config, LoadReport, Model, ModelSpec,
+    Precision, Task, Weights, save_model_dir,
 };
 use crate::train::optim::AdamWConfig;
-use crate::train::{
-    self, Batch, Env, LanguageModel, Masking, Objective, Order, Row, Schedule, TrainConfig,
-    TrainData,
-};
+use crate::train::{self, Masking, Objective, Order, Row, Schedule, TrainConfig, TrainData};
 
 /// The architectures `model.pretrain` builds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
-enum Arch {
+pub(super) enum Arch {
     /// GPT-2 decoder (causal LM).
     Gpt2,
     /// BERT encoder (masked LM).
@@ -128,37 +127,37 @@ fn seq_len() -> usize {
 pub(super) fn batch_size() -> usize {
     16
 }
-fn one() -> usize {
+pub(super) fn one() -> usize {
     1
 }
-fn lr() -> f64 {
+pub(super) fn lr() -> f64 {
     5e-4
 }
-fn cosine() -> Schedule {
+pub(super) fn cosine() -> Schedule {
     Schedule::Cosine
 }
-fn weight_decay() -> f64 {
+pub(super) fn weight_decay() -> f64 {
     0.01
 }
-fn beta1() -> f64 {
+pub(super) fn beta1() -> f64 {
     0.9
 }
-fn beta2() -> f64 {
+pub(super) fn beta2() -> f64 {
     0.999
 }
-fn eps() -> f64 {
+pub(super) fn eps() -> f64 {
     1e-8
 }
-fn clip() -> Option<f64> {
+pub(super) fn clip() -> Option<f64> {
     Some(1.0)
 }
-fn save_every() -> usize {
+pub(super) fn save_every() -> usize {
     100
 }
-fn log_every() -> usize {
+pub(super) fn log_every() -> usize {
     10
 }
-fn yes() -> bool {
+pub(super) fn yes() -> bool {
     true
 }
 pub(super) fn mask_probability() -> f64 {
@@ -170,11 +169,14 @@ pub(super) fn seed() -> u64 {
 pub(super) fn cpu() -> String {
     "cpu".into()
 }
-fn f32() -> String {
+pub(super) fn f32() -> String {
     "f32".into()
 }
 
-fn check_device(device: &str, precision: &str) -> Result<(DeviceSpec, Precision), String> {
+pub(super) fn check_device(
+    device: &str,
+    precision: &str,
+) -> Result<(DeviceSpec, Precision), String> {
     let d = DeviceSpec::parse(device)?;
     let p = Precision::parse(precision)?;
     d.check_precision(p)?;
@@ -239,7 +241,7 @@ pub(crate) struct Vocab {
     pub size: usize,
     pub pad: u32,
     pub eos: Option<u32>,
-    bert: Option<(u32, u32, u32)>, // cls, sep, mask
+    pub bert: Option<(u32, u32, u32)>, // cls, sep, mask
     specials: Vec<u32>,
 }
 
@@ -290,6 +292,7 @@ pub(crate) fn encode(vocab: &Vocab, seqs: &[String]) -> Result<Vec<Row>, StepErr
             Ok(Row {
                 ids: enc.get_ids().to_vec(),
                 bases,
+                target: train::Target::None,
             })
         })
         .collect()
@@ -303,20 +306,21 @@ pub(crate) fn rows_for(
     seq_len: usize,
 ) -> Vec<Row> {
     match objective {
-        Objective::Clm => train::batch::pack(docs, seq_len, vocab.eos),
         Objective::Mlm(_) => {
             let (cls, sep, _) = vocab.bert.expect("checked before");
             train::batch::frame(docs, seq_len, cls, sep)
         }
+        _ => train::batch::pack(docs, seq_len, vocab.eos),
     }
 }
 
+/// The language-model objective of an architecture (its row of the table says which).
 pub(crate) fn objective_for(
-    arch: &str,
+    config: &ArchConfig,
     vocab: &Vocab,
     probability: f64,
 ) -> Result<Objective, StepError> {
-    if arch == "gpt2" {
+    if config.architecture().lm == LmKind::Causal {
         return Ok(Objective::Clm);
     }
     let Some((_, _, mask)) = vocab.bert else {
@@ -335,7 +339,7 @@ pub(crate) fn objective_for(
 }
 
 /// HF config for a fresh model: defaults, then the user's fields, vocabulary from the tokenizer.
-fn fresh_config(
+pub(super) fn fresh_config(
     arch: Arch,
     user: &serde_json::Map<String, serde_json::Value>,
     vocab: &Vocab,
@@ -371,16 +375,12 @@ fn fresh_config(
     Ok(cfg)
 }
 
-fn model_err(e: models::ModelError) -> StepError {
-    StepError::new(e.to_string())
-}
-
 fn pretrain(ctx: &mut StepContext) -> Result<(), StepError> {
     let p: PretrainParams = params(ctx.with).map_err(StepError::new)?;
     let (device, precision) = resolve_device(ctx, &p.device, &p.precision)?;
     let vocab = load_vocab(p.tokenizer.path())?;
     let config = match &p.init {
-        Some(dir) => models::read_config(dir.path()).map_err(model_err)?,
+        Some(dir) => models::read_config(dir.path()).map_err(model_err)?.0,
         None => fresh_config(p.arch, &p.config, &vocab, p.seq_len)?,
     };
     if config.vocab_size() < vocab.size {
@@ -390,7 +390,7 @@ fn pretrain(ctx: &mut StepContext) -> Result<(), StepError> {
             config.vocab_size()
         )));
     }
-    let objective = objective_for(config.name(), &vocab, p.mask_probability)?;
+    let objective = objective_for(&config, &vocab, p.mask_probability)?;
     let load = |path: &InputPath| -> Result<Vec<Row>, StepError> {
         let seqs = read_sequences(path.path(), &p.column, p.max_sequences)?;
         let docs = encode(&vocab, &seqs)?;
@@ -431,6 +431,10 @@ fn pretrain(ctx: &mut StepContext) -> Result<(), StepError> {
         seed: p.seed,
         precision,
         keep_best: p.keep_best && !valid_rows.is_empty(),
+        select: "loss".into(),
+        patience: None,
+        head: Vec::new(),
+        head_lr: None,
     };
     let valid = train::eval_batches(
         &valid_rows,
@@ -446,224 +450,68 @@ fn pretrain(ctx: &mut StepContext) -> Result<(), StepError> {
         pad: vocab.pad,
         batch_size: p.batch_size,
     };
+    let spec = ModelSpec {
+        config,
+        task: Task::Lm,
+    };
     let init = match &p.init {
         Some(dir) => Weights::load(&models::weights_path(dir.path()).map_err(model_err)?)
             .map_err(model_err)?,
-        None => match &config {
-            ArchConfig::Gpt2(c) => Gpt2::<burn::backend::Flex>::init_weights(c, p.seed),
-            ArchConfig::Bert(c) => Bert::<burn::backend::Flex>::init_weights(c, p.seed),
-        },
+        None => spec.init_weights(p.seed),
     };
-    let run = Run {
-        ctx,
-        config: &config,
-        cfg: &cfg,
-        data: &mut data,
-        valid: &valid,
-        vocab: &vocab,
-        precision,
-    };
-    on_device!(device, precision, |dev: B| run
-        .go::<Autodiff<B>>(init, &dev))
-}
-
-/// Everything a training run needs besides the backend.
-struct Run<'a, 'c> {
-    ctx: &'a mut StepContext<'c>,
-    config: &'a ArchConfig,
-    cfg: &'a TrainConfig,
-    data: &'a mut TrainData,
-    valid: &'a [Batch],
-    vocab: &'a Vocab,
-    precision: Precision,
-}
-
-impl Run<'_, '_> {
-    fn go<B>(self, init: Weights, device: &B::Device) -> Result<(), StepError>
-    where
-        B: AutodiffBackend + FusedOps,
-        B::InnerBackend: FusedOps,
-    {
-        let precision = self.precision;
-        match self.config {
-            ArchConfig::Gpt2(c) => {
-                let build = |w: Weights| {
-                    Gpt2::<B>::from_weights(c, w, device).map(|m| m.with_precision(precision))
-                };
-                let model = build(init).map_err(model_err)?;
-                self.train(model, &build, device)
-            }
-            ArchConfig::Bert(c) => {
-                let build = |w: Weights| {
-                    Bert::<B>::from_weights(c, w, device).map(|m| m.with_precision(precision))
-                };
-                let model = build(init).map_err(model_err)?;
-                self.train(model, &build, device)
-            }
-        }
-    }
-
-    fn train<B, M>(
-        self,
-        model: M,
-        build: &dyn Fn(Weights) -> Result<M, models::ModelError>,
-        device: &B::Device,
-    ) -> Result<(), StepError>
-    where
-        B: AutodiffBackend,
-        M: burn::module::AutodiffModule<B> + LanguageModel<B>,
-        M::InnerModule: LanguageModel<B::InnerBackend>,
-    {
-        let params = model.num_params();
-        let ctx = self.ctx;
-        let status = ctx.status;
-        let mut progress = |p: &train::Progress| {
-            status(&format!(
-                "step {}/{} loss {:.4} {:.0} tok/s",
-                p.step, p.steps, p.loss, p.tokens_per_s
-            ))
+    let seed = p.seed;
+    on_device!(device, precision, |dev: B| {
+        let build = |w: Weights| {
+            Model::<Autodiff<B>>::from_weights(&spec, w, seed, &dev)
+                .map(|(m, _)| m.with_precision(precision))
         };
-        let trained = {
-            let mut env = Env {
-                checkpoints: ctx.checkpoints,
-                log: &mut *ctx.log,
-                cancelled: ctx.cancelled,
-                progress: &mut progress,
-            };
-            train::train(
-                model, build, self.data, self.valid, self.cfg, device, &mut env,
-            )
-            .map_err(|e| StepError::new(e.to_string()))?
-        };
-        let state = &trained.state;
-        let weights = match &trained.best_weights {
-            Some(w) => w,
-            None => &trained.model.weights(),
-        };
-        models::save_dir(
+        let (model, report) =
+            Model::<Autodiff<B>>::from_weights(&spec, init, seed, &dev).map_err(model_err)?;
+        log_report(ctx, &report)?;
+        let model = model.with_precision(precision);
+        let parameters = model.num_params();
+        let trained = training::run(ctx, model, &build, &mut data, &valid, &cfg, &dev)?;
+        save_model_dir(
             &ctx.out.join("model"),
-            self.config,
-            weights,
-            Some(&self.vocab.path),
+            &spec,
+            training::selected(&trained),
+            Some(&vocab.path),
         )
         .map_err(model_err)?;
-        write_history(ctx.out, state)?;
-        let train_curve: Vec<(f64, f64)> = state
-            .history
-            .iter()
-            .map(|h| (h.step as f64, h.loss))
-            .collect();
-        let valid_curve: Vec<(f64, f64)> = state
-            .evals
-            .iter()
-            .map(|e| (e.step as f64, e.eval.loss))
-            .collect();
-        let mut series = vec![("train", smooth(&train_curve))];
-        if !valid_curve.is_empty() {
-            series.push(("validation", valid_curve));
-        }
-        plot::lines(
-            &ctx.out.join("loss.svg"),
-            "loss",
-            "step",
-            "loss (nats/token)",
-            &series,
+        training::write_history(ctx.out, &trained.state, "loss (nats/token)")?;
+        write_metrics(ctx.out, &training::run_metrics(&trained, parameters))
+    })
+}
+
+/// Say in the log which tensors a load skipped (another head's) and started fresh (this one's).
+pub(super) fn log_report(ctx: &mut StepContext, report: &LoadReport) -> Result<(), StepError> {
+    if !report.skipped.is_empty() {
+        writeln!(
+            ctx.log,
+            "skipped {} tensor(s) of another head: {}",
+            report.skipped.len(),
+            report.skipped.join(", ")
         )?;
-        let last = state.history.last();
-        let tail: Vec<f64> = state
-            .history
-            .iter()
-            .rev()
-            .take(10)
-            .map(|h| h.loss)
-            .collect();
-        let train_loss = tail.iter().sum::<f64>() / tail.len().max(1) as f64;
-        let mut metrics = json!({
-            "arch": self.config.name(),
-            "parameters": params,
-            "steps": state.step,
-            "tokens": state.tokens,
-            "train_loss": train_loss,
-            "seconds": state.seconds,
-            "tokens_per_s": state.tokens as f64 / state.seconds.max(1e-9),
-            "resumed_from": trained.resumed_from,
-            "final_lr": last.map(|h| h.lr).unwrap_or(0.0),
-        });
-        if let Some(best) = &state.best {
-            let m = metrics.as_object_mut().expect("object");
-            m.insert("valid_loss".into(), best.eval.loss.into());
-            m.insert("valid_perplexity".into(), best.eval.perplexity.into());
-            m.insert("valid_bits_per_base".into(), best.eval.bits_per_base.into());
-            m.insert("best_step".into(), best.step.into());
-        }
-        if state.skipped > 0 {
-            metrics["skipped_steps"] = state.skipped.into();
-        }
-        write_metrics(ctx.out, &metrics)
     }
-}
-
-/// Running mean over 10 steps, so the plotted train curve is readable.
-fn smooth(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
-    let w = 10usize;
-    points
-        .iter()
-        .enumerate()
-        .map(|(i, &(x, _))| {
-            let lo = i.saturating_sub(w - 1);
-            let slice = &points[lo..=i];
-            (
-                x,
-                slice.iter().map(|p| p.1).sum::<f64>() / slice.len() as f64,
-            )
-        })
-        .collect()
-}
-
-fn write_history(out: &Path, state: &train::TrainState) -> Result<(), StepError> {
-    let mut text = String::from("step,loss,lr,grad_norm,valid_loss,valid_bits_per_base\n");
-    let mut evals = state.evals.iter().peekable();
-    for h in &state.history {
-        let (vl, vb) = match evals.peek() {
-            Some(e) if e.step == h.step => {
-                let e = evals.next().expect("peeked");
-                (e.eval.loss.to_string(), e.eval.bits_per_base.to_string())
-            }
-            _ => (String::new(), String::new()),
-        };
-        text.push_str(&format!(
-            "{},{},{},{},{vl},{vb}\n",
-            h.step, h.loss, h.lr, h.grad_norm
-        ));
+    if !report.fresh.is_empty() {
+        writeln!(
+            ctx.log,
+            "initialised {} tensor(s) of the new head fresh: {}",
+            report.fresh.len(),
+            report.fresh.join(", ")
+        )?;
     }
-    std::fs::write(out.join("history.csv"), text)?;
     Ok(())
 }
 
-/// A model directory loaded for inference.
-#[allow(clippy::large_enum_variant)] // one per step run, never in a collection
-pub(crate) enum Loaded<B: Backend> {
-    Gpt2(Gpt2<B>),
-    Bert(Bert<B>),
-}
-
-/// Load a HF model directory (ours or transformers') onto `device`.
+/// Load a model directory (ours or transformers') onto `device` under its own head.
 pub(crate) fn load_model<B: FusedOps>(
     dir: &Path,
     device: &B::Device,
-) -> Result<(ArchConfig, Loaded<B>), StepError> {
-    let config = models::read_config(dir).map_err(model_err)?;
-    let weights =
-        Weights::load(&models::weights_path(dir).map_err(model_err)?).map_err(model_err)?;
-    let model = match &config {
-        ArchConfig::Gpt2(c) => {
-            Loaded::Gpt2(Gpt2::from_weights(c, weights, device).map_err(model_err)?)
-        }
-        ArchConfig::Bert(c) => {
-            Loaded::Bert(Bert::from_weights(c, weights, device).map_err(model_err)?)
-        }
-    };
-    Ok((config, model))
+) -> Result<Model<B>, StepError> {
+    Model::load(dir, None, 0, device)
+        .map(|m| m.0)
+        .map_err(model_err)
 }
 
 /// Parameters of `model.generate`.
@@ -793,8 +641,9 @@ fn generate(ctx: &mut StepContext) -> Result<(), StepError> {
     let mut lines = String::new();
     let (mut total_bases, mut gc, mut eos_stops, mut n) = (0usize, 0usize, 0usize, 0usize);
     on_device!(device, Precision::F32, |dev: B| {
-        let (config, model) = load_model::<B>(&dir, &dev)?;
-        let Loaded::Gpt2(model) = model else {
+        let loaded = load_model::<B>(&dir, &dev)?;
+        let config = loaded.spec().config.clone();
+        let models::arch::Backbone::Gpt2(model) = loaded.backbone() else {
             return Err(StepError::new(format!(
                 "{}: model.generate needs a causal model (gpt2), this is {}",
                 dir.display(),

@@ -204,6 +204,57 @@ pub fn confusion(
     root.present().map_err(|x| e(x.to_string()))
 }
 
+/// Points coloured by group, with a legend: an embedding projection coloured by label.
+pub fn scatter(
+    path: &Path,
+    title: &str,
+    axes: (&str, &str),
+    groups: &[(String, Vec<(f64, f64)>)],
+) -> Result<(), StepError> {
+    let e = err(path);
+    let root = SVGBackend::new(path, (800, 640)).into_drawing_area();
+    root.fill(&WHITE).map_err(|x| e(x.to_string()))?;
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for &(x, y) in groups.iter().flat_map(|g| g.1.iter()) {
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+    }
+    if x0 > x1 {
+        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
+    }
+    let (px, py) = (((x1 - x0) * 0.05).max(1e-9), ((y1 - y0) * 0.05).max(1e-9));
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(48)
+        .y_label_area_size(64)
+        .build_cartesian_2d((x0 - px)..(x1 + px), (y0 - py)..(y1 + py))
+        .map_err(|x| e(x.to_string()))?;
+    chart
+        .configure_mesh()
+        .x_desc(axes.0)
+        .y_desc(axes.1)
+        .draw()
+        .map_err(|x| e(x.to_string()))?;
+    for (k, (name, points)) in groups.iter().enumerate() {
+        let color = Palette99::pick(k).mix(0.7);
+        chart
+            .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))
+            .map_err(|x| e(x.to_string()))?
+            .label(name.as_str())
+            .legend(move |(x, y)| Circle::new((x + 10, y), 4, color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|x| e(x.to_string()))?;
+    root.present().map_err(|x| e(x.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -397,6 +397,46 @@ impl LocatedTable {
     }
 }
 
+/// Read the `role` table (training, test, validation) of a fitted step; rows required.
+pub fn read_role(path: &Path, id_column: &str, role: &str) -> Result<LocatedTable, StepError> {
+    let table = LocatedTable::read(path, id_column)?;
+    if table.df.height() == 0 {
+        return Err(StepError::new(format!(
+            "{}: the {role} table has no rows (is it an empty split?)",
+            path.display()
+        )));
+    }
+    Ok(table)
+}
+
+/// Class indices of `labels` among the training `classes`; a class the training table lacks
+/// is an error naming the row.
+pub fn class_indices(
+    table: &LocatedTable,
+    labels: &[String],
+    classes: &[String],
+    label_column: &str,
+    train: &Path,
+) -> Result<Vec<usize>, StepError> {
+    labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            classes.iter().position(|c| c == l).ok_or_else(|| {
+                StepError::new(format!(
+                    "{}: class `{l}` does not occur in the training table {} (its classes: {}); \
+                     a model can only predict classes it was trained on: split with \
+                     `stratify: {label_column}` so every class reaches train, or drop those rows \
+                     with data.filter",
+                    table.at(i, label_column),
+                    train.display(),
+                    classes.join(", ")
+                ))
+            })
+        })
+        .collect()
+}
+
 /// One spelling per class: `1`, `1.0` and ` 1 ` are the class `1`, so true labels, predictions
 /// and `prob_1` columns agree whatever wrote them (a text, float or integer column).
 pub fn class_label(s: &str) -> String {

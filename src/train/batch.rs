@@ -9,11 +9,27 @@ use rand::{Rng, SeedableRng};
 /// Label value of positions that carry no loss (PyTorch's ignore_index).
 pub const IGNORE: i64 = -100;
 
-/// One training row: token ids and how many bases each token spells.
+/// One training row: token ids, how many bases each token spells, and what it should predict
+/// when that is not the tokens themselves.
 #[derive(Debug, Clone, Default)]
 pub struct Row {
     pub ids: Vec<u32>,
     pub bases: Vec<u16>,
+    pub target: Target,
+}
+
+/// The label of a row for a task head.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Target {
+    /// None: a language model learns the tokens.
+    #[default]
+    None,
+    /// A class index (sequence classification).
+    Class(u32),
+    /// A number (regression).
+    Value(f32),
+    /// A class index per token, or [`IGNORE`] (token classification).
+    Tokens(Vec<i64>),
 }
 
 /// A batch on the host, row-major [b, t].
@@ -25,8 +41,11 @@ pub struct Batch {
     pub types: Vec<i64>,
     /// 1 for real tokens, 0 for padding.
     pub mask: Vec<i64>,
-    /// Target id per position, or [`IGNORE`].
+    /// Target id per position (language models, token heads) or per row (sequence heads), or
+    /// [`IGNORE`].
     pub labels: Vec<i64>,
+    /// Regression targets, one per row.
+    pub values: Vec<f32>,
     /// Positions with a label.
     pub labelled: usize,
     /// Bases spelled by the labelled tokens (for bits per base).
@@ -70,6 +89,7 @@ pub fn frame(docs: &[Row], max_len: usize, cls: u32, sep: u32) -> Vec<Row> {
             let mut row = Row {
                 ids: Vec::with_capacity(ids.len() + 2),
                 bases: Vec::with_capacity(ids.len() + 2),
+                target: Target::None,
             };
             row.ids.push(cls);
             row.bases.push(0);
@@ -137,6 +157,7 @@ fn padded(rows: &[&Row], pad: u32) -> Batch {
         types: vec![0; b * t],
         mask: vec![0; b * t],
         labels: vec![IGNORE; b * t],
+        values: Vec::new(),
         labelled: 0,
         label_bases: 0,
         tokens: 0,
@@ -160,6 +181,42 @@ pub fn clm_batch(rows: &[&Row], pad: u32) -> Batch {
             batch.labels[i * t + j] = r.ids[j + 1] as i64;
             batch.labelled += 1;
             batch.label_bases += r.bases[j + 1] as u64;
+        }
+    }
+    batch
+}
+
+/// A batch for a task head: rows padded to the longest, labelled by their [`Target`]: one
+/// label (or value) per row for a sequence head, one per token for a token head.
+pub fn task_batch(rows: &[&Row], pad: u32) -> Batch {
+    let mut batch = padded(rows, pad);
+    let t = batch.t;
+    match rows.first().map(|r| &r.target) {
+        Some(Target::Class(_)) | Some(Target::Value(_)) => {
+            batch.labels = vec![IGNORE; rows.len()];
+            batch.values = vec![0.0; rows.len()];
+            for (i, r) in rows.iter().enumerate() {
+                match r.target {
+                    Target::Class(c) => batch.labels[i] = c as i64,
+                    Target::Value(v) => batch.values[i] = v,
+                    _ => continue,
+                }
+                batch.labelled += 1;
+                batch.label_bases += r.bases.iter().map(|&b| b as u64).sum::<u64>();
+            }
+        }
+        _ => {
+            for (i, r) in rows.iter().enumerate() {
+                if let Target::Tokens(labels) = &r.target {
+                    for (j, &l) in labels.iter().enumerate().take(t) {
+                        batch.labels[i * t + j] = l;
+                        if l != IGNORE {
+                            batch.labelled += 1;
+                            batch.label_bases += r.bases[j] as u64;
+                        }
+                    }
+                }
+            }
         }
     }
     batch
@@ -218,7 +275,29 @@ mod tests {
         Row {
             ids: ids.to_vec(),
             bases: vec![3; ids.len()],
+            target: Target::None,
         }
+    }
+
+    #[test]
+    fn task_batches_label_rows_or_tokens() {
+        let mut a = row(&[5, 6, 7]);
+        let mut b = row(&[8]);
+        a.target = Target::Class(2);
+        b.target = Target::Class(0);
+        let batch = task_batch(&[&a, &b], 0);
+        assert_eq!((batch.b, batch.t), (2, 3));
+        assert_eq!(batch.labels, vec![2, 0]);
+        assert_eq!(batch.ids, vec![5, 6, 7, 8, 0, 0]);
+        assert_eq!(batch.mask, vec![1, 1, 1, 1, 0, 0]);
+        a.target = Target::Value(-2.5);
+        b.target = Target::Value(1.0);
+        assert_eq!(task_batch(&[&a, &b], 0).values, vec![-2.5, 1.0]);
+        a.target = Target::Tokens(vec![1, IGNORE, 0]);
+        b.target = Target::Tokens(vec![2]);
+        let batch = task_batch(&[&a, &b], 0);
+        assert_eq!(batch.labels, vec![1, IGNORE, 0, 2, IGNORE, IGNORE]);
+        assert_eq!(batch.labelled, 3);
     }
 
     #[test]

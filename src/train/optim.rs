@@ -35,6 +35,8 @@ pub struct AdamW<B: AutodiffBackend> {
     config: AdamWConfig,
     state: HashMap<ParamId, Moments<B::InnerBackend>>,
     no_decay: HashSet<ParamId>,
+    /// Learning-rate factors of parameters trained at their own rate (a task head's).
+    lr_factor: HashMap<ParamId, f64>,
     /// Optimizer steps taken (for bias correction).
     pub steps: u64,
 }
@@ -57,7 +59,15 @@ impl<B: AutodiffBackend> AdamW<B> {
             config,
             state: HashMap::new(),
             no_decay,
+            lr_factor: HashMap::new(),
             steps: 0,
+        }
+    }
+
+    /// Train the tensors `names` at `factor` times the scheduled learning rate.
+    pub fn scale_lr<'a>(&mut self, names: impl Iterator<Item = &'a str>, factor: f64) {
+        for name in names {
+            self.lr_factor.insert(param_id(name), factor);
         }
     }
 
@@ -137,12 +147,13 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Update<'_, B> {
             return Param::from_mapped_value(id, tensor, mapper);
         };
         let c = self.optim.config;
+        let lr = self.lr * self.optim.lr_factor.get(&id).copied().unwrap_or(1.0);
         let shape = tensor.dims();
         let n: usize = shape.iter().product();
         let mut p = tensor.inner().reshape([n]);
         let g = grad.reshape([n]);
         if !self.optim.no_decay.contains(&id) && c.weight_decay > 0.0 {
-            p = p.clone() - p * (self.lr * c.weight_decay);
+            p = p.clone() - p * (lr * c.weight_decay);
         }
         let (m, v) = match self.optim.state.remove(&id) {
             Some(s) => (
@@ -156,7 +167,7 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Update<'_, B> {
         let bc2 = 1.0 - c.beta2.powi(t);
         // p -= lr / bc1 * m / (sqrt(v / bc2) + eps), as torch.optim.AdamW computes it.
         let denom = (v.clone() / bc2).sqrt() + c.eps;
-        let p = p - m.clone() / denom * (self.lr / bc1);
+        let p = p - m.clone() / denom * (lr / bc1);
         self.optim.state.insert(id, Moments { m, v });
         let p = Tensor::<B, D>::from_inner(p.reshape(shape)).require_grad();
         Param::from_mapped_value(id, p, mapper)

@@ -36,6 +36,11 @@ struct SplitParams {
     /// With `folds`: fraction of the training folds moved to valid.
     #[serde(default)]
     valid_fraction: Option<f64>,
+    /// Rows with the same value in this column (a sequence, a gene) stay in one split, so no
+    /// copy of a test item is trained on. Ratios and folds then count groups, not rows;
+    /// `stratify` uses each group's first row.
+    #[serde(default)]
+    group: Option<String>,
 }
 
 /// The `data.split` kind.
@@ -69,8 +74,10 @@ fn check(p: &SplitParams) -> Result<(), String> {
     if modes.iter().filter(|m| **m).count() > 1 {
         return Err("use either `by_column` or `folds`, not both".into());
     }
-    if p.by_column.is_some() && (p.ratios.is_some() || p.stratify.is_some()) {
-        return Err("`by_column` takes the split from the column: drop `ratios`/`stratify`".into());
+    if p.by_column.is_some() && (p.ratios.is_some() || p.stratify.is_some() || p.group.is_some()) {
+        return Err(
+            "`by_column` takes the split from the column: drop `ratios`/`stratify`/`group`".into(),
+        );
     }
     if p.folds.is_some() != p.fold.is_some() {
         return Err("`folds` and `fold` go together: `folds: 5, fold: 0`".into());
@@ -150,6 +157,21 @@ pub fn fold_of(n: usize, classes: Option<&[String]>, folds: usize, seed: u64) ->
     fold
 }
 
+/// Rows of the groups in each split (input order), or the rows themselves without groups.
+fn expand(parts: [Vec<usize>; 3], members: Option<&[Vec<usize>]>) -> [Vec<usize>; 3] {
+    let Some(members) = members else {
+        return parts;
+    };
+    parts.map(|units| {
+        let mut rows: Vec<usize> = units
+            .iter()
+            .flat_map(|&g| members[g].iter().copied())
+            .collect();
+        rows.sort_unstable();
+        rows
+    })
+}
+
 fn by_column(
     values: &[String],
     ids: impl Fn(usize) -> String,
@@ -186,15 +208,36 @@ fn run(ctx: &mut StepContext) -> Result<(), StepError> {
         Some(c) => Some(column_as_strings(&df, c, &path, "stratify")?),
         None => None,
     };
+    // With `group`, the units split are the groups (first-appearance order), then expanded.
+    let (units, members): (usize, Option<Vec<Vec<usize>>>) = match &p.group {
+        Some(col) => {
+            let values = column_as_strings(&df, col, &path, "group")?;
+            let mut index = std::collections::HashMap::new();
+            let mut members: Vec<Vec<usize>> = Vec::new();
+            for (i, v) in values.iter().enumerate() {
+                let g = *index.entry(v.as_str()).or_insert_with(|| {
+                    members.push(Vec::new());
+                    members.len() - 1
+                });
+                members[g].push(i);
+            }
+            (members.len(), Some(members))
+        }
+        None => (n, None),
+    };
+    let unit_classes: Option<Vec<String>> = match (&classes, &members) {
+        (Some(c), Some(m)) => Some(m.iter().map(|rows| c[rows[0]].clone()).collect()),
+        (c, _) => c.clone(),
+    };
     let parts: [Vec<usize>; 3] = if let Some(col) = &p.by_column {
         let values = column_as_strings(&df, col, &path, "by_column")?;
         by_column(&values, |i| super::row_id(&df, i), &file, col)?
     } else if let (Some(k), Some(i)) = (p.folds, p.fold) {
-        let fold = fold_of(n, classes.as_deref(), k, p.seed);
-        let test: Vec<usize> = (0..n).filter(|&r| fold[r] == i).collect();
-        let rest: Vec<usize> = (0..n).filter(|&r| fold[r] != i).collect();
+        let fold = fold_of(units, unit_classes.as_deref(), k, p.seed);
+        let test: Vec<usize> = (0..units).filter(|&r| fold[r] == i).collect();
+        let rest: Vec<usize> = (0..units).filter(|&r| fold[r] != i).collect();
         let v = p.valid_fraction.unwrap_or(0.0);
-        let rest_classes: Option<Vec<String>> = classes
+        let rest_classes: Option<Vec<String>> = unit_classes
             .as_ref()
             .map(|c| rest.iter().map(|&r| c[r].clone()).collect());
         let [tr, va, _] = assign(
@@ -203,19 +246,28 @@ fn run(ctx: &mut StepContext) -> Result<(), StepError> {
             [1.0 - v, v, 0.0],
             p.seed.wrapping_add(1),
         );
-        [
-            tr.into_iter().map(|j| rest[j]).collect(),
-            va.into_iter().map(|j| rest[j]).collect(),
-            test,
-        ]
+        expand(
+            [
+                tr.into_iter().map(|j| rest[j]).collect(),
+                va.into_iter().map(|j| rest[j]).collect(),
+                test,
+            ],
+            members.as_deref(),
+        )
     } else {
-        assign(
-            n,
-            classes.as_deref(),
-            p.ratios.unwrap_or([0.8, 0.1, 0.1]),
-            p.seed,
+        expand(
+            assign(
+                units,
+                unit_classes.as_deref(),
+                p.ratios.unwrap_or([0.8, 0.1, 0.1]),
+                p.seed,
+            ),
+            members.as_deref(),
         )
     };
+    if let Some(m) = &members {
+        writeln!(ctx.log, "{} rows in {} groups", n, m.len())?;
+    }
     let names = ["train", "valid", "test"];
     let mut metrics = serde_json::Map::new();
     let mut per_class = serde_json::Map::new();

@@ -1,0 +1,181 @@
+//! Task heads on a backbone's hidden states, named as Hugging Face names them:
+//! `GPT2ForSequenceClassification.score` (no bias, on the last non-pad token),
+//! `BertForSequenceClassification.bert.pooler` + `classifier` (on `[CLS]`), and
+//! `…ForTokenClassification.classifier` on every position. Regression is a sequence head
+//! with one output (`num_labels: 1`, `problem_type: regression`).
+
+use burn::nn::{Dropout, DropoutConfig, Linear};
+use burn::prelude::*;
+use burn::tensor::activation::tanh;
+
+use super::weights::{Init, Weights};
+use super::{FusedOps, Precision, dense, torch_linear};
+
+/// What a model predicts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Task {
+    /// The architecture's own language-model head (next token for GPT-2, masked for BERT).
+    Lm,
+    /// One class per sequence; `labels` in class-index order (HF `id2label`).
+    SeqCls { labels: Vec<String> },
+    /// One number per sequence. The head learns the standardised target
+    /// `(y - mean) / sd`; saved weights are folded back to the target's own unit.
+    Regression { mean: f64, sd: f64 },
+    /// One class per token.
+    TokenCls { labels: Vec<String> },
+}
+
+impl Task {
+    /// Outputs of the head (classes, or 1 for regression); none for the LM head.
+    pub fn outputs(&self) -> Option<usize> {
+        match self {
+            Task::Lm => None,
+            Task::SeqCls { labels } | Task::TokenCls { labels } => Some(labels.len()),
+            Task::Regression { .. } => Some(1),
+        }
+    }
+
+    /// The name users write (`task:` of model.finetune).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Task::Lm => "lm",
+            Task::SeqCls { .. } => "seq-cls",
+            Task::Regression { .. } => "regression",
+            Task::TokenCls { .. } => "token-cls",
+        }
+    }
+}
+
+/// Which position a sequence head reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pool {
+    /// The last token that is not padding (GPT-2: the only one that saw the whole sequence).
+    LastToken,
+    /// The first token (`[CLS]`).
+    FirstToken,
+}
+
+/// How an architecture builds and names one head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadLayout {
+    /// The position a sequence head reads; `None` for a head on every token.
+    pub pool: Option<Pool>,
+    /// A dense + tanh layer on the pooled vector (BERT's `bert.pooler.dense`).
+    pub pooler: Option<&'static str>,
+    /// Name of the output layer (`score`, `classifier`).
+    pub classifier: &'static str,
+    pub bias: bool,
+    /// Dropout before the output layer.
+    pub dropout: bool,
+}
+
+/// A task head: optional pooler, dropout, and the output layer.
+#[derive(Module, Debug)]
+pub struct TaskHead<B: Backend> {
+    pooler: Option<Linear<B>>,
+    classifier: Linear<B>,
+    dropout: Dropout,
+    #[module(skip)]
+    layout: HeadLayout,
+    #[module(skip)]
+    precision: Precision,
+}
+
+impl HeadLayout {
+    /// Fresh head tensors as HF initializes them: normal(0, `std`) weights, zero biases.
+    pub fn init_weights(&self, d: usize, outputs: usize, std: f64, seed: u64) -> Weights {
+        let mut w = Weights::new();
+        let mut init = Init::new(seed);
+        if let Some(p) = self.pooler {
+            init.normal(&mut w, &format!("{p}.weight"), vec![d, d], std);
+            Init::constant(&mut w, &format!("{p}.bias"), d, 0.0);
+        }
+        let c = self.classifier;
+        init.normal(&mut w, &format!("{c}.weight"), vec![outputs, d], std);
+        if self.bias {
+            Init::constant(&mut w, &format!("{c}.bias"), outputs, 0.0);
+        }
+        w
+    }
+
+    /// Names of the head's tensors.
+    pub fn names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        if let Some(p) = self.pooler {
+            names.extend([format!("{p}.weight"), format!("{p}.bias")]);
+        }
+        names.push(format!("{}.weight", self.classifier));
+        if self.bias {
+            names.push(format!("{}.bias", self.classifier));
+        }
+        names
+    }
+}
+
+impl<B: FusedOps> TaskHead<B> {
+    /// Take the head's tensors from `w`.
+    pub fn build(
+        layout: HeadLayout,
+        d: usize,
+        outputs: usize,
+        dropout: f64,
+        w: &mut Weights,
+        device: &B::Device,
+    ) -> TaskHead<B> {
+        TaskHead {
+            pooler: layout
+                .pooler
+                .map(|p| torch_linear(w, p, d, d, true, device)),
+            classifier: torch_linear(w, layout.classifier, d, outputs, layout.bias, device),
+            dropout: DropoutConfig::new(if layout.dropout { dropout } else { 0.0 }).init(),
+            layout,
+            precision: Precision::F32,
+        }
+    }
+
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
+    }
+
+    /// The head's tensors under their HF names.
+    pub fn put_weights(&self, w: &mut Weights) {
+        if let (Some(name), Some(p)) = (self.layout.pooler, &self.pooler) {
+            w.put_transposed(&format!("{name}.weight"), &p.weight);
+            w.put(
+                &format!("{name}.bias"),
+                p.bias.as_ref().expect("pooler bias"),
+            );
+        }
+        let c = self.layout.classifier;
+        w.put_transposed(&format!("{c}.weight"), &self.classifier.weight);
+        if let Some(b) = &self.classifier.bias {
+            w.put(&format!("{c}.bias"), b);
+        }
+    }
+
+    /// Outputs of a sequence head [B, n] from hidden states [B, T, d] and, per row, the flat
+    /// index (`row * T + position`) of the position it reads; of a token head [B·T, n].
+    pub fn forward(&self, hidden: Tensor<B, 3>, read: Option<Tensor<B, 1, Int>>) -> Tensor<B, 2> {
+        let [b, t, d] = hidden.dims();
+        let flat = hidden.reshape([b * t, d]);
+        let x = match read {
+            Some(index) => {
+                let pooled = flat.select(0, index); // [B, d]
+                match &self.pooler {
+                    Some(p) => {
+                        let [n, _] = pooled.dims();
+                        tanh(dense(p, pooled.reshape([1, n, d]), self.precision)).reshape([n, d])
+                    }
+                    None => pooled,
+                }
+            }
+            None => flat, // [B*T, d]
+        };
+        let [n, _] = x.dims();
+        let x = self.dropout.forward(x).reshape([1, n, d]);
+        let out = dense(&self.classifier, x, self.precision);
+        let k = out.dims()[2];
+        out.reshape([n, k])
+    }
+}

@@ -1,0 +1,462 @@
+//! A model as `transformers` knows one: a backbone from the architecture table with one head
+//! (its own LM head, or a task head), loaded from and saved to a model directory under the
+//! HF class that has that head, so `AutoModelFor{CausalLM,MaskedLM,SequenceClassification,
+//! TokenClassification}` loads what we save.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use burn::prelude::*;
+use serde_json::{Value, json};
+
+use super::arch::{ArchConfig, Backbone, LmKind, TOKEN_HEAD, Tokens, read_config};
+use super::bert::MlmHead;
+use super::heads::{HeadLayout, Pool, Task, TaskHead};
+use super::weights::{LoadReport, Weights};
+use super::{FusedOps, ModelError, Precision, weights_path};
+use crate::train::Batch;
+
+/// What a model is: its architecture's config and the task its head does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSpec {
+    pub config: ArchConfig,
+    pub task: Task,
+}
+
+impl ModelSpec {
+    /// The HF class of this architecture with this head.
+    pub fn class(&self) -> &'static str {
+        let arch = self.config.architecture();
+        match self.task {
+            Task::Lm => arch.lm_class,
+            Task::SeqCls { .. } | Task::Regression { .. } => arch.seq_cls_class,
+            Task::TokenCls { .. } => arch.token_cls_class,
+        }
+    }
+
+    /// The task head's layout; `None` for the LM head.
+    pub fn head_layout(&self) -> Option<HeadLayout> {
+        match self.task {
+            Task::Lm => None,
+            Task::SeqCls { .. } | Task::Regression { .. } => {
+                Some(self.config.architecture().seq_head)
+            }
+            Task::TokenCls { .. } => Some(TOKEN_HEAD),
+        }
+    }
+
+    /// `config.json`: the architecture's fields, the class, and the labels
+    /// (`id2label`/`label2id`, `problem_type`) that `transformers` reads.
+    pub fn to_hf_json(&self) -> Value {
+        let mut v = self.config.to_hf_json();
+        let m = v.as_object_mut().expect("config is an object");
+        m.insert("architectures".into(), json!([self.class()]));
+        let labels: Vec<String> = match &self.task {
+            Task::Lm => return v,
+            Task::SeqCls { labels } | Task::TokenCls { labels } => labels.clone(),
+            Task::Regression { .. } => vec!["LABEL_0".into()],
+        };
+        let id2label: serde_json::Map<String, Value> = labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (i.to_string(), json!(l)))
+            .collect();
+        let label2id: serde_json::Map<String, Value> = labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.clone(), json!(i)))
+            .collect();
+        m.insert("id2label".into(), Value::Object(id2label));
+        m.insert("label2id".into(), Value::Object(label2id));
+        if let Task::SeqCls { .. } | Task::Regression { .. } = self.task {
+            let problem = match self.task {
+                Task::Regression { .. } => "regression",
+                _ => "single_label_classification",
+            };
+            m.insert("problem_type".into(), problem.into());
+        }
+        v
+    }
+
+    /// The spec of a model directory: the head from `architectures` (none: the LM head),
+    /// labels from `id2label`, regression from `problem_type`.
+    pub fn read(dir: &Path) -> Result<ModelSpec, ModelError> {
+        let (config, json) = read_config(dir)?;
+        let arch = config.architecture();
+        let class = json
+            .get("architectures")
+            .and_then(|a| a.get(0))
+            .and_then(Value::as_str)
+            .unwrap_or(arch.lm_class);
+        let labels = || -> Vec<String> {
+            let Some(map) = json.get("id2label").and_then(Value::as_object) else {
+                return Vec::new();
+            };
+            let mut pairs: Vec<(usize, String)> = map
+                .iter()
+                .filter_map(|(k, v)| Some((k.parse().ok()?, v.as_str()?.to_string())))
+                .collect();
+            pairs.sort();
+            pairs.into_iter().map(|p| p.1).collect()
+        };
+        let regression = json.get("problem_type").and_then(Value::as_str) == Some("regression");
+        let task = if class == arch.seq_cls_class {
+            if regression {
+                Task::Regression { mean: 0.0, sd: 1.0 }
+            } else {
+                Task::SeqCls { labels: labels() }
+            }
+        } else if class == arch.token_cls_class {
+            Task::TokenCls { labels: labels() }
+        } else if class == arch.lm_class
+            || class.ends_with("LMHeadModel")
+            || class.ends_with("Model")
+        {
+            Task::Lm
+        } else {
+            return Err(ModelError::Format(format!(
+                "{}: class `{class}` is not one dnaflow builds for {} ({}, {}, {})",
+                dir.join("config.json").display(),
+                arch.model_type,
+                arch.lm_class,
+                arch.seq_cls_class,
+                arch.token_cls_class
+            )));
+        };
+        Ok(ModelSpec { config, task })
+    }
+
+    /// Fresh tensors of the head (the MLM head, or the task head), seeded.
+    fn init_head(&self, seed: u64) -> Weights {
+        let d = self.config.hidden_size();
+        match (&self.config, self.head_layout()) {
+            (ArchConfig::Bert(c), None) => MlmHead::<burn::backend::Flex>::init_weights(c, seed),
+            (_, None) => Weights::new(),
+            (_, Some(layout)) => layout.init_weights(
+                d,
+                self.task.outputs().expect("a task head has outputs"),
+                self.config.initializer_range(),
+                seed,
+            ),
+        }
+    }
+
+    /// Fresh weights for the whole model, seeded.
+    pub fn init_weights(&self, seed: u64) -> Weights {
+        let mut w = self.config.init_backbone(seed);
+        w.extend(self.init_head(seed ^ 0x4EAD));
+        w
+    }
+}
+
+/// A backbone and its one head.
+#[derive(Module, Debug)]
+pub struct Model<B: Backend> {
+    backbone: Backbone<B>,
+    mlm: Option<MlmHead<B>>,
+    head: Option<TaskHead<B>>,
+    #[module(skip)]
+    spec: ModelSpec,
+}
+
+impl<B: FusedOps> Model<B> {
+    /// Build from HF tensors under the spec's head. Tensors of the architecture's other heads
+    /// are skipped and this head's missing ones initialised fresh (seeded), both reported by
+    /// name; any other missing, misshapen or unused tensor is an error.
+    pub fn from_weights(
+        spec: &ModelSpec,
+        mut w: Weights,
+        seed: u64,
+        device: &B::Device,
+    ) -> Result<(Model<B>, LoadReport), ModelError> {
+        let arch = spec.config.architecture();
+        let head = spec.init_head(seed ^ 0x4EAD);
+        let own: BTreeSet<String> = head.names().map(String::from).collect();
+        w.adopt_fresh(head);
+        let others: Vec<String> = w
+            .names()
+            .filter(|n| !own.contains(*n) && arch.head_prefixes.iter().any(|p| n.starts_with(p)))
+            .map(String::from)
+            .collect();
+        for name in others {
+            w.skip_other_head(&name);
+        }
+        let backbone = Backbone::build(&spec.config, &mut w, device)?;
+        let mlm = match (&spec.config, &spec.task) {
+            (ArchConfig::Bert(c), Task::Lm) => Some(MlmHead::build(c, &mut w, device)),
+            _ => None,
+        };
+        if arch.lm == LmKind::Causal && spec.task == Task::Lm {
+            w.skip("lm_head.weight"); // tied to the token embedding
+        }
+        let head = spec.head_layout().map(|layout| {
+            TaskHead::build(
+                layout,
+                spec.config.hidden_size(),
+                spec.task.outputs().expect("a task head has outputs"),
+                spec.config.classifier_dropout(),
+                &mut w,
+                device,
+            )
+        });
+        let report = w.finish()?;
+        Ok((
+            Model {
+                backbone,
+                mlm,
+                head,
+                spec: spec.clone(),
+            },
+            report,
+        ))
+    }
+
+    /// Load a model directory (ours or transformers'), under its own head or under `task`.
+    pub fn load(
+        dir: &Path,
+        task: Option<Task>,
+        seed: u64,
+        device: &B::Device,
+    ) -> Result<(Model<B>, LoadReport), ModelError> {
+        let mut spec = ModelSpec::read(dir)?;
+        if let Some(task) = task {
+            spec.task = task;
+        }
+        let w = read_weights(dir, &spec)?;
+        Model::from_weights(&spec, w, seed, device)
+    }
+
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    /// The backbone (generation drives GPT-2's KV cache on it directly).
+    pub fn backbone(&self) -> &Backbone<B> {
+        &self.backbone
+    }
+
+    /// BERT's MLM head, when this is a masked LM.
+    pub fn mlm_head(&self) -> Option<&MlmHead<B>> {
+        self.mlm.as_ref()
+    }
+
+    /// Run matrix products in `precision` (weights stay f32).
+    pub fn with_precision(self, precision: Precision) -> Self {
+        Model {
+            backbone: self.backbone.with_precision(precision),
+            mlm: self.mlm,
+            head: self.head.map(|h| h.with_precision(precision)),
+            spec: self.spec,
+        }
+    }
+
+    /// Every tensor under its HF name (a regression head still standardised: checkpoints
+    /// keep exactly what trains; [`save_model_dir`] folds it).
+    pub fn to_weights(&self) -> Weights {
+        let mut w = self.backbone.to_weights();
+        if let Some(m) = &self.mlm {
+            m.put_weights(&mut w);
+        }
+        if let Some(h) = &self.head {
+            h.put_weights(&mut w);
+        }
+        w
+    }
+
+    /// Write a model directory `transformers` loads (tokenizer files copied beside).
+    pub fn save_dir(&self, dir: &Path, tokenizer: Option<&Path>) -> Result<(), ModelError> {
+        save_model_dir(dir, &self.spec, self.to_weights(), tokenizer)
+    }
+
+    /// The backbone's layers (for `layer:` of embeddings).
+    pub fn layers(&self) -> usize {
+        self.backbone.layers()
+    }
+
+    /// What the head computes, as rows: LM logits [B·T, vocab], token-head outputs [B·T, n],
+    /// sequence-head outputs [B, n] (a regression head: the standardised target).
+    pub fn forward(&self, batch: &Batch, device: &B::Device) -> Tensor<B, 2> {
+        let tokens = tokens(batch, device);
+        let layers = self.backbone.layers();
+        match (&self.head, &self.backbone) {
+            (Some(head), backbone) => {
+                let h = backbone.hidden(&tokens, layers);
+                let read = head_reads(head_pool(&self.spec), batch, self.pad())
+                    .map(|i| Tensor::from_data(TensorData::new(i, [batch.b]), device));
+                head.forward(h, read)
+            }
+            (None, Backbone::Gpt2(m)) => {
+                let logits = m.logits(m.hidden(tokens.ids)); // [B, T, vocab]
+                let [b, t, v] = logits.dims();
+                logits.reshape([b * t, v])
+            }
+            (None, Backbone::Bert(m)) => {
+                let head = self.mlm.as_ref().expect("a BERT LM has its MLM head");
+                let logits = m.forward(head, tokens.ids, tokens.types, tokens.mask);
+                let [b, t, v] = logits.dims();
+                logits.reshape([b * t, v])
+            }
+        }
+    }
+
+    /// HF's `hidden_states[layer]` [B, T, d] of a batch (`layer` = the number of layers:
+    /// the last).
+    pub fn hidden(&self, batch: &Batch, layer: usize, device: &B::Device) -> Tensor<B, 3> {
+        self.backbone.hidden(&tokens(batch, device), layer)
+    }
+
+    fn pad(&self) -> u32 {
+        self.spec.config.pad_token_id().unwrap_or(0)
+    }
+}
+
+/// The weights of a model directory as a model `spec` trains them: a regression head saved in
+/// the target's unit standardised again with the spec's mean and sd.
+pub fn read_weights(dir: &Path, spec: &ModelSpec) -> Result<Weights, ModelError> {
+    let mut w = Weights::load(&weights_path(dir)?)?;
+    if let Some(layout) = spec.head_layout()
+        && w.get(&format!("{}.weight", layout.classifier)).is_some()
+    {
+        scale_regression(spec, &mut w, Direction::Unfold);
+    }
+    Ok(w)
+}
+
+/// Write `weights` of a model `spec` as a model directory `transformers` loads: a regression
+/// head folded into the target's own unit, the tokenizer files copied beside.
+pub fn save_model_dir(
+    dir: &Path,
+    spec: &ModelSpec,
+    mut weights: Weights,
+    tokenizer: Option<&Path>,
+) -> Result<(), ModelError> {
+    scale_regression(spec, &mut weights, Direction::Fold);
+    super::save_dir(dir, &spec.to_hf_json(), &weights, tokenizer)
+}
+
+fn head_pool(spec: &ModelSpec) -> Option<Pool> {
+    spec.head_layout().and_then(|l| l.pool)
+}
+
+fn tokens<B: Backend>(batch: &Batch, device: &B::Device) -> Tokens<B> {
+    let ints =
+        |v: &[i64]| Tensor::from_data(TensorData::new(v.to_vec(), [batch.b, batch.t]), device);
+    Tokens {
+        ids: ints(&batch.ids),
+        types: ints(&batch.types),
+        mask: ints(&batch.mask),
+    }
+}
+
+/// Per row, the flat index (`row * T + position`) a sequence head reads: the first token, or
+/// the last whose id is not `pad` (as transformers finds it; position 0 when all are pad).
+pub fn head_reads(pool: Option<Pool>, batch: &Batch, pad: u32) -> Option<Vec<i64>> {
+    let t = batch.t;
+    let pool = pool?;
+    Some(
+        (0..batch.b)
+            .map(|i| {
+                let pos = match pool {
+                    Pool::FirstToken => 0,
+                    Pool::LastToken => (0..t)
+                        .rev()
+                        .find(|&j| batch.ids[i * t + j] != pad as i64)
+                        .unwrap_or(0),
+                };
+                (i * t + pos) as i64
+            })
+            .collect(),
+    )
+}
+
+enum Direction {
+    /// Standardised head → the target's unit (saving).
+    Fold,
+    /// The target's unit → standardised head (loading).
+    Unfold,
+}
+
+/// A regression head learns `(y - mean) / sd`; saved, it predicts `y`: its weights times `sd`,
+/// and `mean` added to its bias or, for a head without bias (GPT-2's `score`), to the bias of
+/// the layer norm it reads, along the head's weight vector (exact: `w·(x + mean·w/|w|²)` =
+/// `w·x + mean`). Unfolding undoes both with the same weight vector.
+fn scale_regression(spec: &ModelSpec, w: &mut Weights, direction: Direction) {
+    let Task::Regression { mean, sd } = spec.task else {
+        return;
+    };
+    if mean == 0.0 && sd == 1.0 {
+        return;
+    }
+    let Some(layout) = spec.head_layout() else {
+        return;
+    };
+    let (mean, sd) = (mean as f32, sd as f32);
+    let c = layout.classifier;
+    let weight_name = format!("{c}.weight");
+    let Some(mut weight) = w.remove(&weight_name) else {
+        return;
+    };
+    let bias = w.remove(&format!("{c}.bias"));
+    let shift_norm = |w: &mut Weights, raw: &[f32], sign: f32| {
+        let Some(norm) = spec.config.architecture().final_norm else {
+            return;
+        };
+        let name = format!("{norm}.bias");
+        let Some(mut beta) = w.remove(&name) else {
+            return;
+        };
+        let sq: f32 = raw.iter().map(|v| v * v).sum();
+        if sq > 0.0 {
+            for (b, v) in beta.values.iter_mut().zip(raw) {
+                *b += sign * mean * v / sq;
+            }
+        }
+        w.insert(&name, beta.shape, beta.values);
+    };
+    match direction {
+        Direction::Fold => {
+            weight.values.iter_mut().for_each(|v| *v *= sd);
+            match bias {
+                Some(mut b) => {
+                    b.values.iter_mut().for_each(|v| *v = *v * sd + mean);
+                    w.insert(&format!("{c}.bias"), b.shape, b.values);
+                }
+                None => shift_norm(w, &weight.values, 1.0),
+            }
+        }
+        Direction::Unfold => {
+            match bias {
+                Some(mut b) => {
+                    b.values.iter_mut().for_each(|v| *v = (*v - mean) / sd);
+                    w.insert(&format!("{c}.bias"), b.shape, b.values);
+                }
+                None => shift_norm(w, &weight.values, -1.0),
+            }
+            weight.values.iter_mut().for_each(|v| *v /= sd);
+        }
+    }
+    w.insert(&weight_name, weight.shape, weight.values);
+}
+
+impl<B: FusedOps> Model<B> {
+    /// Stop training the tensors `names` (HF names): they get no gradients, so autodiff skips
+    /// them and the optimizer leaves them as they are.
+    pub fn freeze<'a>(self, names: impl Iterator<Item = &'a str>) -> Self {
+        use burn::module::{ModuleMapper, Param, ParamId};
+        struct Freeze(std::collections::HashSet<ParamId>);
+        impl<B: Backend> ModuleMapper<B> for Freeze {
+            fn map_float<const D: usize>(
+                &mut self,
+                param: Param<Tensor<B, D>>,
+            ) -> Param<Tensor<B, D>> {
+                if self.0.contains(&param.id) {
+                    param.set_require_grad(false)
+                } else {
+                    param
+                }
+            }
+        }
+        let ids = names.map(super::weights::param_id).collect();
+        self.map(&mut Freeze(ids))
+    }
+}

@@ -1,0 +1,701 @@
+//! `model.finetune`: a task head trained on a labelled table (`task: seq-cls` or
+//! `regression`), from a pretrained model directory (ours or transformers') or from scratch.
+//! The validation split picks the weights (`select:`), the test split is scored once at the
+//! end with them, and the predictions table has the format of the baselines', so
+//! `eval.classify` / `eval.regress` score both by the same code.
+
+use std::path::Path;
+
+use burn::backend::Autodiff;
+use burn::module::Module;
+use polars::prelude::*;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::model::{
+    Arch, Vocab, batch_size, beta1, beta2, check_device, clip, cosine, cpu, encode, eps, f32,
+    fresh_config, load_vocab, log_every, log_report, lr, one, resolve_device, save_every, seed,
+    weight_decay,
+};
+use super::table::{LocatedTable, class_indices, read_role, write_table};
+use super::training::{self, model_err};
+use super::{InputPath, StepContext, StepError, StepKind, params, plot, write_metrics};
+use crate::models::device::on_device;
+use crate::models::{Model, ModelSpec, Task, Weights, read_config, read_weights, save_model_dir};
+use crate::train::objective::{argmax, classification_scores};
+use crate::train::optim::AdamWConfig;
+use crate::train::{
+    self, Objective, Order, Row, Schedule, Target, TrainConfig, TrainData, metric_names,
+};
+
+/// What the head predicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+enum TaskKind {
+    /// One class per sequence (HF `…ForSequenceClassification`).
+    SeqCls,
+    /// One number per sequence (`num_labels: 1`, `problem_type: regression`).
+    Regression,
+}
+
+/// What stays fixed while the head trains.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+enum Freeze {
+    /// `none` (train everything) or `backbone` (train only the head).
+    Named(FreezeName),
+    /// The embeddings and the first N layers.
+    Layers(usize),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+enum FreezeName {
+    None,
+    Backbone,
+}
+
+/// How classes weigh in the loss.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+enum ClassWeights {
+    /// `balanced`: n / (classes × rows of the class), scikit-learn's rule.
+    Named(BalancedName),
+    /// A weight per class label; classes left out weigh 1.
+    Given(std::collections::BTreeMap<String, f64>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+enum BalancedName {
+    Balanced,
+}
+
+/// Parameters of `model.finetune`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct FinetuneParams {
+    /// `seq-cls` or `regression`.
+    task: TaskKind,
+    /// A model directory (HF layout) to start from: its backbone is kept, its head replaced
+    /// when it has another one. Without it, `arch` and `config` build a fresh model.
+    init: Option<InputPath>,
+    /// Architecture of a fresh model (no `init`).
+    arch: Option<Arch>,
+    /// HF config fields of a fresh model (see model.pretrain).
+    #[serde(default)]
+    config: serde_json::Map<String, serde_json::Value>,
+    /// `tokenizer.json` (or its directory); default: the one in `init`.
+    tokenizer: Option<InputPath>,
+    /// Training table.
+    train: InputPath,
+    /// Validation table: evaluated every `eval_every` steps; its best `select` score picks the
+    /// weights that are saved and tested.
+    valid: InputPath,
+    /// Test table: scored once, at the end, with the selected weights.
+    test: InputPath,
+    #[serde(default = "sequence")]
+    sequence: String,
+    #[serde(default = "label")]
+    label: String,
+    #[serde(default = "id")]
+    id: String,
+    /// Longest input in tokens (default: the model's positions); a longer row is an error
+    /// unless `truncate: true`.
+    max_length: Option<usize>,
+    #[serde(default)]
+    truncate: bool,
+    /// The validation score that picks the weights: `valid.loss` (default), `valid.mcc`,
+    /// `valid.accuracy`, `valid.f1_macro`, `valid.auroc`, `valid.rmse`, `valid.pearson`, …
+    #[serde(default = "select")]
+    select: String,
+    /// Stop after this many evaluations without a better `select` score.
+    patience: Option<usize>,
+    /// `balanced` or `{class: weight}` (seq-cls).
+    class_weights: Option<ClassWeights>,
+    /// `none` (default), `backbone`, or N: the embeddings and the first N layers.
+    freeze: Option<Freeze>,
+    /// Learning rate of the head (default: `lr`).
+    head_lr: Option<f64>,
+    #[serde(default = "batch_size")]
+    batch_size: usize,
+    #[serde(default = "one")]
+    grad_accum: usize,
+    /// Optimizer steps; default: `epochs` passes over the training rows.
+    steps: Option<usize>,
+    #[serde(default = "three")]
+    epochs: usize,
+    #[serde(default = "lr")]
+    lr: f64,
+    #[serde(default)]
+    warmup_steps: usize,
+    #[serde(default = "cosine")]
+    schedule: Schedule,
+    #[serde(default = "weight_decay")]
+    weight_decay: f64,
+    #[serde(default = "beta1")]
+    beta1: f64,
+    #[serde(default = "beta2")]
+    beta2: f64,
+    #[serde(default = "eps")]
+    eps: f64,
+    #[serde(default = "clip")]
+    clip_norm: Option<f64>,
+    /// 0: evaluate once per epoch.
+    #[serde(default)]
+    eval_every: usize,
+    #[serde(default = "save_every")]
+    save_every: usize,
+    #[serde(default = "log_every")]
+    log_every: usize,
+    #[serde(default = "seed")]
+    seed: u64,
+    #[serde(default = "cpu")]
+    device: String,
+    #[serde(default = "f32")]
+    precision: String,
+}
+
+fn sequence() -> String {
+    "sequence".into()
+}
+fn label() -> String {
+    "label".into()
+}
+fn id() -> String {
+    "id".into()
+}
+fn select() -> String {
+    "valid.loss".into()
+}
+fn three() -> usize {
+    3
+}
+
+pub static FINETUNE: StepKind = StepKind {
+    name: "model.finetune",
+    version: 1,
+    summary: "fine-tune a task head (seq-cls, regression) on a labelled table, from a pretrained model or from scratch; writes the model, predictions (id, label, prediction, prob_<class>) and metrics",
+    outputs: &[
+        ("model", "model"),
+        ("predictions", "predictions.parquet"),
+        ("history", "history.csv"),
+        ("plot", "loss.svg"),
+    ],
+    schema: |g| g.subschema_for::<FinetuneParams>(),
+    check: |with| {
+        let p = params::<FinetuneParams>(with)?;
+        check_device(&p.device, &p.precision)?;
+        if p.init.is_none() && p.arch.is_none() {
+            return Err(
+                "set `init` (a pretrained model directory) or `arch` (a fresh model)".into(),
+            );
+        }
+        if p.init.is_none() && p.tokenizer.is_none() {
+            return Err("a fresh model (no `init`) needs `tokenizer`".into());
+        }
+        if p.batch_size == 0 || p.grad_accum == 0 || p.epochs == 0 {
+            return Err("`batch_size`, `grad_accum` and `epochs` must be at least 1".into());
+        }
+        for (name, v) in [("lr", Some(p.lr)), ("head_lr", p.head_lr)] {
+            if let Some(v) = v
+                && !(v > 0.0 && v.is_finite())
+            {
+                return Err(format!("`{name}` must be a positive number"));
+            }
+        }
+        let metric = select_metric(&p.select)?;
+        let names = metric_names(&objective_shape(p.task));
+        if !names.contains(&metric) {
+            return Err(format!(
+                "`select: {}`: `{metric}` is not a validation score of `task: {}` (one of: {})",
+                p.select,
+                task_name(p.task),
+                names
+                    .iter()
+                    .map(|n| format!("valid.{n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if p.task == TaskKind::Regression && p.class_weights.is_some() {
+            return Err("`class_weights` is for `task: seq-cls`".into());
+        }
+        Ok(())
+    },
+    run: finetune,
+};
+
+fn task_name(task: TaskKind) -> &'static str {
+    match task {
+        TaskKind::SeqCls => "seq-cls",
+        TaskKind::Regression => "regression",
+    }
+}
+
+/// An objective of the task's kind, for the names of its scores.
+fn objective_shape(task: TaskKind) -> Objective {
+    match task {
+        TaskKind::SeqCls => Objective::SeqCls {
+            classes: Vec::new(),
+            weights: None,
+        },
+        TaskKind::Regression => Objective::Regression { mean: 0.0, sd: 1.0 },
+    }
+}
+
+/// `valid.mcc` → `mcc`.
+fn select_metric(select: &str) -> Result<&str, String> {
+    select.strip_prefix("valid.").ok_or_else(|| {
+        format!(
+            "`select: {select}` must name a validation score, such as `valid.loss` or `valid.mcc`"
+        )
+    })
+}
+
+/// A labelled split: its table, sequences as rows of tokens, and their targets.
+struct Split {
+    table: LocatedTable,
+    rows: Vec<Row>,
+    labels: Vec<String>,
+}
+
+/// The tables' sequences as model inputs: BERT's `[CLS] … [SEP]`, GPT-2's tokens as they are;
+/// one too long for the model is an error naming the row (or cut, with `truncate`).
+pub(super) fn inputs(
+    vocab: &Vocab,
+    table: &LocatedTable,
+    sequence: &str,
+    truncate: bool,
+    bert: bool,
+    max_len: usize,
+) -> Result<Vec<Row>, StepError> {
+    let seqs = table.texts(sequence, "sequence", "a sequence")?;
+    let mut rows = encode(vocab, &seqs)?;
+    let extra = if bert { 2 } else { 0 };
+    for (i, row) in rows.iter_mut().enumerate() {
+        if row.ids.len() + extra > max_len {
+            if !truncate {
+                return Err(StepError::new(format!(
+                    "{}: {} tokens{}, longer than the {max_len} the model takes; set \
+                     `truncate: true` to cut longer rows, or fine-tune a model with more \
+                     positions (`n_positions` / `max_position_embeddings`)",
+                    table.at(i, sequence),
+                    row.ids.len(),
+                    if bert { " plus [CLS] and [SEP]" } else { "" }
+                )));
+            }
+            row.ids.truncate(max_len - extra);
+            row.bases.truncate(max_len - extra);
+        }
+        if bert {
+            let (cls, sep, _) = vocab.bert.expect("checked before");
+            row.ids.insert(0, cls);
+            row.bases.insert(0, 0);
+            row.ids.push(sep);
+            row.bases.push(0);
+        }
+    }
+    Ok(rows)
+}
+
+fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
+    let p: FinetuneParams = params(ctx.with).map_err(StepError::new)?;
+    let (device, precision) = resolve_device(ctx, &p.device, &p.precision)?;
+    let path = |i: &InputPath| ctx.workdir.join(i.path());
+    let tokenizer = p.tokenizer.as_ref().or(p.init.as_ref()).expect("checked");
+    let vocab = load_vocab(&path(tokenizer))?;
+
+    // The architecture: the init directory's, or a fresh one.
+    let (mut config, init_spec) = match &p.init {
+        Some(dir) => {
+            let spec = ModelSpec::read(&path(dir)).map_err(model_err)?;
+            (read_config(&path(dir)).map_err(model_err)?.0, Some(spec))
+        }
+        None => (
+            fresh_config(p.arch.expect("checked"), &p.config, &vocab, 16)?,
+            None,
+        ),
+    };
+    config.set_pad_token_id(vocab.pad);
+    if config.vocab_size() < vocab.size {
+        return Err(StepError::new(format!(
+            "the tokenizer has {} tokens but the model only {}",
+            vocab.size,
+            config.vocab_size()
+        )));
+    }
+    let bert = config.name() == "bert";
+    if bert && vocab.bert.is_none() {
+        return Err(StepError::new(format!(
+            "{}: BERT needs [CLS], [SEP] and [MASK] tokens in the tokenizer",
+            vocab.path.display()
+        )));
+    }
+    let max_len = p.max_length.unwrap_or(config.max_positions());
+    if max_len > config.max_positions() {
+        return Err(StepError::new(format!(
+            "`max_length` {max_len} is more than the model's {} positions",
+            config.max_positions()
+        )));
+    }
+
+    // The splits, their rows and targets.
+    let read = |i: &InputPath, role: &str| -> Result<Split, StepError> {
+        let table = read_role(&path(i), &p.id, role)?;
+        let rows = inputs(&vocab, &table, &p.sequence, p.truncate, bert, max_len)?;
+        Ok(Split {
+            labels: Vec::new(),
+            table,
+            rows,
+        })
+    };
+    let mut train_split = read(&p.train, "training")?;
+    let mut valid_split = read(&p.valid, "validation")?;
+    let mut test_split = read(&p.test, "test")?;
+    let (task, objective) = match p.task {
+        TaskKind::SeqCls => {
+            let train_labels = train_split.table.labels(&p.label, "label")?;
+            let classes = crate::score::sorted_classes(train_labels.iter().map(String::as_str));
+            if classes.len() < 2 {
+                return Err(StepError::new(format!(
+                    "{}: every row of column `{}` is `{}`; a classifier needs at least two classes",
+                    train_split.table.path.display(),
+                    p.label,
+                    classes.join("")
+                )));
+            }
+            let train_path = train_split.table.path.clone();
+            for split in [&mut train_split, &mut valid_split, &mut test_split] {
+                let labels = split.table.labels(&p.label, "label")?;
+                let idx = class_indices(&split.table, &labels, &classes, &p.label, &train_path)?;
+                for (row, k) in split.rows.iter_mut().zip(idx) {
+                    row.target = Target::Class(k as u32);
+                }
+                split.labels = labels;
+            }
+            let weights = class_weights(p.class_weights.as_ref(), &classes, &train_split.rows)?;
+            (
+                Task::SeqCls {
+                    labels: classes.clone(),
+                },
+                Objective::SeqCls { classes, weights },
+            )
+        }
+        TaskKind::Regression => {
+            for split in [&mut train_split, &mut valid_split, &mut test_split] {
+                let values = split.table.numbers(&p.label, "label")?;
+                for (row, v) in split.rows.iter_mut().zip(&values) {
+                    row.target = Target::Value(*v as f32);
+                }
+                split.labels = values.iter().map(|v| v.to_string()).collect();
+            }
+            let values: Vec<f64> = train_split
+                .rows
+                .iter()
+                .map(|r| match r.target {
+                    Target::Value(v) => v as f64,
+                    _ => 0.0,
+                })
+                .collect();
+            let mean = values.iter().sum::<f64>() / values.len() as f64;
+            let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / values.len() as f64;
+            let sd = if var > 0.0 { var.sqrt() } else { 1.0 };
+            (
+                Task::Regression { mean, sd },
+                Objective::Regression { mean, sd },
+            )
+        }
+    };
+    if let Some(init) = &init_spec {
+        check_init_head(&init.task, &task, &path(p.init.as_ref().expect("init")))?;
+    }
+    let spec = ModelSpec { config, task };
+    let layout = spec.head_layout().expect("a task head");
+    let head_names = layout.names();
+
+    let order = Order::new(train_split.rows.len(), p.batch_size, p.seed, true);
+    let per_epoch = order.batches_per_epoch().div_ceil(p.grad_accum);
+    let steps = p.steps.unwrap_or(p.epochs * per_epoch);
+    let cfg = TrainConfig {
+        steps,
+        grad_accum: p.grad_accum,
+        lr: p.lr,
+        warmup_steps: p.warmup_steps,
+        schedule: p.schedule,
+        adamw: AdamWConfig {
+            beta1: p.beta1,
+            beta2: p.beta2,
+            eps: p.eps,
+            weight_decay: p.weight_decay,
+        },
+        clip_norm: p.clip_norm,
+        eval_every: if p.eval_every == 0 {
+            per_epoch
+        } else {
+            p.eval_every
+        },
+        save_every: p.save_every,
+        log_every: p.log_every,
+        seed: p.seed,
+        precision,
+        keep_best: true,
+        select: select_metric(&p.select)
+            .map_err(StepError::new)?
+            .to_string(),
+        patience: p.patience,
+        head: head_names.clone(),
+        head_lr: p.head_lr,
+    };
+    let valid = train::eval_batches(&valid_split.rows, &objective, vocab.pad, p.batch_size, 0);
+    let test = train::eval_batches(&test_split.rows, &objective, vocab.pad, p.batch_size, 0);
+    writeln!(
+        ctx.log,
+        "{} {} on {} training, {} validation, {} test rows; {steps} steps; device {device}, \
+         precision {precision}",
+        spec.class(),
+        task_name(p.task),
+        train_split.rows.len(),
+        valid_split.rows.len(),
+        test_split.rows.len()
+    )?;
+    let init = match &p.init {
+        Some(dir) => read_weights(&path(dir), &spec).map_err(model_err)?,
+        None => spec.init_weights(p.seed),
+    };
+    let frozen: Vec<String> = frozen_names(p.freeze.as_ref(), &spec, &init, &head_names)?;
+    if !frozen.is_empty() {
+        writeln!(ctx.log, "frozen: {} tensors", frozen.len())?;
+    }
+    let mut data = TrainData {
+        rows: train_split.rows,
+        order,
+        objective: objective.clone(),
+        pad: vocab.pad,
+        batch_size: p.batch_size,
+    };
+    let seed = p.seed;
+    let (predictions, metrics) = on_device!(device, precision, |dev: B| {
+        let build = |w: Weights| {
+            Model::<Autodiff<B>>::from_weights(&spec, w, seed, &dev).map(|(m, _)| {
+                m.freeze(frozen.iter().map(String::as_str))
+                    .with_precision(precision)
+            })
+        };
+        let (model, report) =
+            Model::<Autodiff<B>>::from_weights(&spec, init, seed, &dev).map_err(model_err)?;
+        log_report(ctx, &report)?;
+        let model = model
+            .freeze(frozen.iter().map(String::as_str))
+            .with_precision(precision);
+        let parameters = model.num_params();
+        let trained = training::run(ctx, model, &build, &mut data, &valid, &cfg, &dev)?;
+        save_model_dir(
+            &ctx.out.join("model"),
+            &spec,
+            training::selected(&trained),
+            Some(&vocab.path),
+        )
+        .map_err(model_err)?;
+        training::write_history(ctx.out, &trained.state, "loss")?;
+        let mut metrics = training::run_metrics(&trained, parameters);
+        metrics["skipped"] = json!(report.skipped);
+        metrics["fresh"] = json!(report.fresh);
+        metrics["frozen"] = json!(frozen.len());
+        let tester = training::selected_model(&trained, &spec, &dev)?;
+        let predictions = objective.predict(&tester, &test, &dev);
+        Ok::<_, StepError>((predictions, metrics))
+    })?;
+    let mut metrics = metrics;
+    write_predictions(ctx, &p, &objective, &test_split, &predictions, &mut metrics)?;
+    write_metrics(ctx.out, &metrics)
+}
+
+/// A model directory whose head does the same task with other labels, or another task, is
+/// refused: its head cannot be carried over and a language model's backbone is what to start
+/// from.
+fn check_init_head(have: &Task, want: &Task, dir: &Path) -> Result<(), StepError> {
+    let same = match (have, want) {
+        (Task::Lm, _) => true,
+        (Task::SeqCls { labels: a }, Task::SeqCls { labels: b }) => a == b,
+        (Task::Regression { .. }, Task::Regression { .. }) => true,
+        _ => false,
+    };
+    if same {
+        return Ok(());
+    }
+    let describe = |t: &Task| match t {
+        Task::SeqCls { labels } | Task::TokenCls { labels } => {
+            format!("a {} head with classes {}", t.name(), labels.join(", "))
+        }
+        _ => format!("a {} head", t.name()),
+    };
+    Err(StepError::new(format!(
+        "{}: this model directory has {}, but the task needs {}; start from the language model \
+         it was fine-tuned from (the `model` of its model.pretrain step)",
+        dir.display(),
+        describe(have),
+        describe(want)
+    )))
+}
+
+/// Per-class loss weights: `balanced` as scikit-learn computes them, or as given.
+fn class_weights(
+    given: Option<&ClassWeights>,
+    classes: &[String],
+    rows: &[Row],
+) -> Result<Option<Vec<f32>>, StepError> {
+    let Some(given) = given else {
+        return Ok(None);
+    };
+    Ok(Some(match given {
+        ClassWeights::Named(BalancedName::Balanced) => {
+            let mut counts = vec![0usize; classes.len()];
+            for r in rows {
+                if let Target::Class(k) = r.target {
+                    counts[k as usize] += 1;
+                }
+            }
+            counts
+                .iter()
+                .map(|&c| rows.len() as f32 / (classes.len() * c.max(1)) as f32)
+                .collect()
+        }
+        ClassWeights::Given(map) => {
+            for name in map.keys() {
+                if !classes.contains(&super::table::class_label(name)) {
+                    return Err(StepError::new(format!(
+                        "`class_weights`: `{name}` is not a class of the training table ({})",
+                        classes.join(", ")
+                    )));
+                }
+            }
+            classes
+                .iter()
+                .map(|c| {
+                    map.iter()
+                        .find(|(k, _)| super::table::class_label(k) == *c)
+                        .map_or(1.0, |(_, w)| *w as f32)
+                })
+                .collect()
+        }
+    }))
+}
+
+/// The HF names of the tensors `freeze` keeps fixed.
+fn frozen_names(
+    freeze: Option<&Freeze>,
+    spec: &ModelSpec,
+    weights: &Weights,
+    head: &[String],
+) -> Result<Vec<String>, StepError> {
+    let backbone = spec
+        .config
+        .init_backbone(0)
+        .names()
+        .map(String::from)
+        .filter(|n| weights.get(n).is_some() || !head.contains(n))
+        .collect::<Vec<_>>();
+    Ok(match freeze {
+        None | Some(Freeze::Named(FreezeName::None)) => Vec::new(),
+        Some(Freeze::Named(FreezeName::Backbone)) => backbone,
+        Some(Freeze::Layers(n)) => {
+            let layers = spec.config.num_layers();
+            if *n > layers {
+                return Err(StepError::new(format!(
+                    "`freeze: {n}`: the model has {layers} layers"
+                )));
+            }
+            backbone
+                .into_iter()
+                .filter(|name| spec.config.depth_of(name).is_some_and(|d| d <= *n))
+                .collect()
+        }
+    })
+}
+
+/// `predictions.parquet` of the test split and its scores in the metrics (`test_<score>`).
+fn write_predictions(
+    ctx: &mut StepContext,
+    p: &FinetuneParams,
+    objective: &Objective,
+    test: &Split,
+    predictions: &[Vec<f64>],
+    metrics: &mut serde_json::Value,
+) -> Result<(), StepError> {
+    let ids = test.table.texts(&p.id, "id", "an id")?;
+    let mut columns = vec![Column::new("id".into(), ids)];
+    let m = metrics.as_object_mut().expect("object");
+    match objective {
+        Objective::SeqCls { classes, .. } => {
+            let pred: Vec<&str> = predictions
+                .iter()
+                .map(|r| classes[argmax(r)].as_str())
+                .collect();
+            columns.push(Column::new("label".into(), &test.labels));
+            columns.push(Column::new("prediction".into(), &pred));
+            for (k, class) in classes.iter().enumerate() {
+                let col: Vec<f64> = predictions.iter().map(|r| r[k]).collect();
+                columns.push(Column::new(format!("prob_{class}").into(), col));
+            }
+            let truth: Vec<&str> = test.labels.iter().map(String::as_str).collect();
+            if let Some(scores) = classification_scores(classes, &truth, predictions) {
+                for (k, v) in scores {
+                    m.insert(format!("test_{k}"), v.into());
+                }
+            }
+            let full = crate::score::classification(&truth, &pred, &[], None)
+                .map_err(|e| StepError::new(e.to_string()))?;
+            plot::confusion(
+                &ctx.out.join("confusion.svg"),
+                &format!(
+                    "Test confusion matrix ({} rows, accuracy {:.3})",
+                    full.rows, full.accuracy
+                ),
+                &full.confusion.labels,
+                &full.confusion.counts,
+            )?;
+            m.insert("classes".into(), json!(classes));
+            writeln!(
+                ctx.log,
+                "test: accuracy {:.4}, MCC {:.4} ({} rows)",
+                full.accuracy,
+                full.mcc,
+                truth.len()
+            )?;
+        }
+        _ => {
+            let truth: Vec<f64> = test
+                .labels
+                .iter()
+                .map(|v| v.parse().unwrap_or(0.0))
+                .collect();
+            let pred: Vec<f64> = predictions.iter().map(|r| r[0]).collect();
+            columns.push(Column::new("label".into(), &truth));
+            columns.push(Column::new("prediction".into(), &pred));
+            let s = crate::score::regression(&truth, &pred)
+                .map_err(|e| StepError::new(e.to_string()))?;
+            let mut add = |k: &str, v: Option<f64>| {
+                if let Some(v) = v {
+                    m.insert(format!("test_{k}"), v.into());
+                }
+            };
+            add("mse", Some(s.mse));
+            add("rmse", Some(s.rmse));
+            add("mae", Some(s.mae));
+            add("pearson", s.pearson);
+            add("spearman", s.spearman);
+            add("r2", s.r2);
+            writeln!(
+                ctx.log,
+                "test: RMSE {:.4}, Pearson {:?} ({} rows)",
+                s.rmse,
+                s.pearson,
+                truth.len()
+            )?;
+        }
+    }
+    let mut df = DataFrame::new(predictions.len(), columns)?;
+    write_table(&mut df, &ctx.out.join("predictions.parquet"))
+}

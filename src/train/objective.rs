@@ -1,0 +1,305 @@
+//! What a model learns to predict, as one value the loop takes: it makes the batches, gives
+//! the loss, and scores an evaluation. Language models (causal, masked) are scored in nats
+//! and bits per base; task heads by the metrics in [`crate::score`].
+
+use std::collections::BTreeMap;
+
+use burn::prelude::*;
+use burn::tensor::activation::{log_softmax, softmax};
+use serde::{Deserialize, Serialize};
+
+use super::batch::{self, Batch, IGNORE, Masking, Row};
+use crate::models::{FusedOps, Model};
+
+/// The objective of a training run.
+#[derive(Debug, Clone)]
+pub enum Objective {
+    /// Next token (GPT-2).
+    Clm,
+    /// Masked tokens (BERT).
+    Mlm(Masking),
+    /// One class per sequence; `weights` per class scale each row's loss.
+    SeqCls {
+        classes: Vec<String>,
+        weights: Option<Vec<f32>>,
+    },
+    /// One class per token.
+    TokenCls {
+        classes: Vec<String>,
+        weights: Option<Vec<f32>>,
+    },
+    /// One number per sequence; the head learns `(y - mean) / sd`, squared error.
+    Regression { mean: f64, sd: f64 },
+}
+
+/// Loss and scores over a set of batches.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Evaluation {
+    /// Mean loss per labelled token or row (nats; standardised squared error for regression).
+    pub loss: f64,
+    /// Every other score by name (`bits_per_base`, `accuracy`, `mcc`, `rmse`, …).
+    #[serde(flatten)]
+    pub metrics: BTreeMap<String, f64>,
+}
+
+impl Evaluation {
+    /// A score by name (`loss` included); NaN when this evaluation has none of that name.
+    pub fn metric(&self, name: &str) -> f64 {
+        if name == "loss" {
+            return self.loss;
+        }
+        self.metrics.get(name).copied().unwrap_or(f64::NAN)
+    }
+}
+
+/// Whether a smaller value of the score `name` is better.
+pub fn lower_is_better(name: &str) -> bool {
+    matches!(
+        name,
+        "loss" | "perplexity" | "bits_per_base" | "mse" | "rmse" | "mae"
+    )
+}
+
+/// The scores a task head's evaluation gives, for checking `select:` before training.
+pub fn metric_names(objective: &Objective) -> &'static [&'static str] {
+    match objective {
+        Objective::Clm | Objective::Mlm(_) => &["loss", "perplexity", "bits_per_base"],
+        Objective::SeqCls { .. } | Objective::TokenCls { .. } => &[
+            "loss",
+            "accuracy",
+            "balanced_accuracy",
+            "f1_macro",
+            "precision_macro",
+            "recall_macro",
+            "mcc",
+            "auroc",
+            "auprc",
+        ],
+        Objective::Regression { .. } => {
+            &["loss", "mse", "rmse", "mae", "pearson", "spearman", "r2"]
+        }
+    }
+}
+
+impl Objective {
+    /// A batch of `rows` (MLM masks drawn from `seed`).
+    pub fn batch(&self, rows: &[&Row], pad: u32, seed: u64) -> Batch {
+        match self {
+            Objective::Clm => batch::clm_batch(rows, pad),
+            Objective::Mlm(m) => batch::mlm_batch(rows, pad, m, seed),
+            _ => batch::task_batch(rows, pad),
+        }
+    }
+
+    fn class_weights(&self) -> Option<&[f32]> {
+        match self {
+            Objective::SeqCls { weights, .. } | Objective::TokenCls { weights, .. } => {
+                weights.as_deref()
+            }
+            _ => None,
+        }
+    }
+
+    /// Per labelled row of the model's output, its weight in the loss (0 for unlabelled).
+    fn row_weights(&self, batch: &Batch) -> Vec<f32> {
+        let classes = self.class_weights();
+        batch
+            .labels
+            .iter()
+            .map(|&l| match (l, classes) {
+                (IGNORE, _) => 0.0,
+                (l, Some(w)) => w[l as usize],
+                (_, None) => 1.0,
+            })
+            .collect()
+    }
+
+    /// What the summed loss of a batch is divided by: its labelled rows (or tokens), each
+    /// counted with its class weight (PyTorch's weighted mean).
+    pub fn normalizer(&self, batch: &Batch) -> f64 {
+        match self {
+            Objective::Regression { .. } => batch.values.len() as f64,
+            _ => self.row_weights(batch).iter().map(|&w| w as f64).sum(),
+        }
+    }
+
+    /// The summed loss of a batch from the model's output rows ([`Model::forward`]).
+    pub fn loss<B: Backend>(
+        &self,
+        out: Tensor<B, 2>,
+        batch: &Batch,
+        device: &B::Device,
+    ) -> Tensor<B, 1> {
+        let [n, _] = out.dims();
+        if let Objective::Regression { mean, sd } = self {
+            let z: Vec<f32> = batch
+                .values
+                .iter()
+                .map(|&y| ((y as f64 - mean) / sd) as f32)
+                .collect();
+            let target = Tensor::<B, 1>::from_data(TensorData::new(z, [n]), device);
+            return (out.reshape([n]) - target).powi_scalar(2).sum();
+        }
+        let weights =
+            Tensor::<B, 1>::from_data(TensorData::new(self.row_weights(batch), [n]), device);
+        let labels: Vec<i64> = batch.labels.iter().map(|&l| l.max(0)).collect();
+        let labels = Tensor::<B, 2, Int>::from_data(TensorData::new(labels, [n, 1]), device);
+        let picked = log_softmax(out, 1).gather(1, labels).reshape([n]);
+        -(picked * weights).sum()
+    }
+
+    /// Per labelled row, in batch order: class probabilities, or the predicted value in the
+    /// target's unit. Token heads give one row per labelled token.
+    pub fn predict<B: FusedOps>(
+        &self,
+        model: &Model<B>,
+        batches: &[Batch],
+        device: &B::Device,
+    ) -> Vec<Vec<f64>> {
+        let mut rows = Vec::new();
+        for batch in batches {
+            let out = model.forward(batch, device);
+            let [n, k] = out.dims();
+            let values = match self {
+                Objective::Regression { .. } => out,
+                _ => softmax(out, 1),
+            };
+            let (_, host) = crate::models::weights::host(values);
+            for i in 0..n {
+                let keep = match self {
+                    Objective::Regression { .. } => true,
+                    _ => batch.labels[i] != IGNORE,
+                };
+                if !keep {
+                    continue;
+                }
+                let row = &host[i * k..(i + 1) * k];
+                rows.push(match self {
+                    Objective::Regression { mean, sd } => vec![row[0] as f64 * sd + mean],
+                    _ => row.iter().map(|&p| p as f64).collect(),
+                });
+            }
+        }
+        rows
+    }
+
+    /// Loss and scores of `model` on `batches`, without gradients.
+    pub fn evaluate<B: FusedOps>(
+        &self,
+        model: &Model<B>,
+        batches: &[Batch],
+        device: &B::Device,
+    ) -> Evaluation {
+        let (mut loss, mut norm) = (0.0f64, 0.0f64);
+        for batch in batches.iter().filter(|b| b.labelled > 0) {
+            let out = model.forward(batch, device);
+            loss += self.loss(out, batch, device).into_scalar().elem::<f64>();
+            norm += self.normalizer(batch);
+        }
+        let mean_loss = loss / norm.max(1e-12);
+        let mut metrics = BTreeMap::new();
+        match self {
+            Objective::Clm | Objective::Mlm(_) => {
+                let tokens: u64 = batches.iter().map(|b| b.labelled as u64).sum();
+                let bases: u64 = batches.iter().map(|b| b.label_bases).sum();
+                let nats = mean_loss * tokens as f64;
+                metrics.insert("perplexity".into(), mean_loss.exp());
+                metrics.insert(
+                    "bits_per_base".into(),
+                    nats / std::f64::consts::LN_2 / bases.max(1) as f64,
+                );
+                metrics.insert("tokens".into(), tokens as f64);
+                metrics.insert("bases".into(), bases as f64);
+            }
+            Objective::SeqCls { classes, .. } | Objective::TokenCls { classes, .. } => {
+                let probs = self.predict(model, batches, device);
+                let truth: Vec<&str> = labelled(batches)
+                    .map(|l| classes[l as usize].as_str())
+                    .collect();
+                if let Some(scores) = classification_scores(classes, &truth, &probs) {
+                    metrics.extend(scores);
+                }
+            }
+            Objective::Regression { .. } => {
+                let pred: Vec<f64> = self
+                    .predict(model, batches, device)
+                    .into_iter()
+                    .map(|r| r[0])
+                    .collect();
+                let truth: Vec<f64> = batches
+                    .iter()
+                    .flat_map(|b| b.values.iter().map(|&v| v as f64))
+                    .collect();
+                if let Ok(s) = crate::score::regression(&truth, &pred) {
+                    for (name, v) in [
+                        ("mse", Some(s.mse)),
+                        ("rmse", Some(s.rmse)),
+                        ("mae", Some(s.mae)),
+                        ("pearson", s.pearson),
+                        ("spearman", s.spearman),
+                        ("r2", s.r2),
+                    ] {
+                        if let Some(v) = v {
+                            metrics.insert(name.to_string(), v);
+                        }
+                    }
+                }
+                metrics.insert("rows".into(), truth.len() as f64);
+            }
+        }
+        Evaluation {
+            loss: mean_loss,
+            metrics,
+        }
+    }
+}
+
+/// The class index of every labelled row (or token), in batch order.
+fn labelled(batches: &[Batch]) -> impl Iterator<Item = i64> + '_ {
+    batches
+        .iter()
+        .flat_map(|b| b.labels.iter().copied().filter(|&l| l != IGNORE))
+}
+
+/// The headline classification scores of class probabilities against true classes.
+pub fn classification_scores(
+    classes: &[String],
+    truth: &[&str],
+    probs: &[Vec<f64>],
+) -> Option<BTreeMap<String, f64>> {
+    let pred: Vec<&str> = probs.iter().map(|p| classes[argmax(p)].as_str()).collect();
+    let columns: Vec<(String, Vec<f64>)> = classes
+        .iter()
+        .enumerate()
+        .map(|(k, c)| (c.clone(), probs.iter().map(|p| p[k]).collect()))
+        .collect();
+    let s = crate::score::classification(truth, &pred, &columns, None).ok()?;
+    let mut m = BTreeMap::new();
+    for (name, v) in [
+        ("accuracy", Some(s.accuracy)),
+        ("balanced_accuracy", Some(s.balanced_accuracy)),
+        ("f1_macro", Some(s.f1_macro)),
+        ("precision_macro", Some(s.precision_macro)),
+        ("recall_macro", Some(s.recall_macro)),
+        ("mcc", Some(s.mcc)),
+        ("auroc", s.ranking.as_ref().and_then(|r| r.auroc)),
+        ("auprc", s.ranking.as_ref().map(|r| r.auprc)),
+    ] {
+        if let Some(v) = v {
+            m.insert(name.to_string(), v);
+        }
+    }
+    m.insert("rows".into(), truth.len() as f64);
+    Some(m)
+}
+
+/// Index of the largest value (the first of ties).
+pub fn argmax(v: &[f64]) -> usize {
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
+            best = i;
+        }
+    }
+    best
+}
