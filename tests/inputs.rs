@@ -45,6 +45,17 @@ const CASES: &[(&str, &str, &str, &str)] = &[
     ("bl_reg", "baseline.regress", "train", "bl_reg_train.json"),
     ("bl_reg", "baseline.regress", "test", "bl_reg_test.json"),
     ("bl_reg", "baseline.regress", "valid", "bl_reg_valid.json"),
+    ("finetune", "model.finetune", "init", "ft_init"),
+    ("finetune", "model.finetune", "tokenizer", "ft_tok.json"),
+    ("finetune", "model.finetune", "train", "ft_train.json"),
+    ("finetune", "model.finetune", "valid", "ft_valid.json"),
+    ("finetune", "model.finetune", "test", "ft_test.json"),
+    ("embed", "model.embed", "model", "emb_model"),
+    ("embed", "model.embed", "data", "emb_data.json"),
+    ("embed", "model.embed", "tokenizer", "emb_tok.json"),
+    ("probe", "eval.probe", "embeddings", "probe_fit.json"),
+    ("probe", "eval.probe", "test", "probe_test.json"),
+    ("project", "eval.project", "embeddings", "project.json"),
 ];
 
 const WORKFLOW: &str = r#"
@@ -78,6 +89,12 @@ steps:
   regress: { uses: eval.regress, with: { predictions: regress.json, bootstrap: 10 } }
   bl_cls: { uses: baseline.classify, with: { train: bl_cls_train.json, test: bl_cls_test.json, valid: bl_cls_valid.json } }
   bl_reg: { uses: baseline.regress, with: { train: bl_reg_train.json, test: bl_reg_test.json, valid: bl_reg_valid.json } }
+  finetune:
+    uses: model.finetune
+    with: { task: seq-cls, init: ft_init, tokenizer: ft_tok.json, train: ft_train.json, valid: ft_valid.json, test: ft_test.json, steps: 2, batch_size: 2 }
+  embed: { uses: model.embed, with: { model: emb_model, data: emb_data.json, tokenizer: emb_tok.json } }
+  probe: { uses: eval.probe, with: { embeddings: probe_fit.json, test: probe_test.json } }
+  project: { uses: eval.project, with: { embeddings: project.json } }
 "#;
 
 /// A dependent shell step per step, so a rerun must reach downstream too.
@@ -128,6 +145,14 @@ fn project() -> Project {
     for f in ["bl_reg_train.json", "bl_reg_test.json", "bl_reg_valid.json"] {
         p.write(f, &labelled.replace("\"label\": 1", "\"label\": 2.5"));
     }
+    for f in ["ft_train.json", "ft_valid.json", "ft_test.json", "emb_data.json"] {
+        p.write(f, labelled);
+    }
+    // Embedding tables as model.embed writes them: id, label, emb_0, emb_1.
+    let vectors = r#"[{"id": "a", "label": "x", "emb_0": 0.1, "emb_1": 1.0}, {"id": "b", "label": "y", "emb_0": 0.9, "emb_1": -1.0}, {"id": "c", "label": "x", "emb_0": 0.2, "emb_1": 0.8}, {"id": "d", "label": "y", "emb_0": 0.7, "emb_1": -0.5}]"#;
+    for f in ["probe_fit.json", "probe_test.json", "project.json"] {
+        p.write(f, vectors);
+    }
     for f in [
         "tok_train.txt",
         "tok_eval.txt",
@@ -139,7 +164,13 @@ fn project() -> Project {
     ] {
         p.write(f, SEQS);
     }
-    for f in ["tok_eval.json", "pre_tok.json", "lm_tok.json"] {
+    for f in [
+        "tok_eval.json",
+        "pre_tok.json",
+        "lm_tok.json",
+        "ft_tok.json",
+        "emb_tok.json",
+    ] {
         std::fs::copy(&char_tok, p.path(f)).unwrap();
     }
     // A model directory and an eval.markov metrics file, made by dnaflow itself.
@@ -159,7 +190,7 @@ steps:
     );
     let setup = p.run_ok(&["setup.yaml"]);
     let model = setup.out("model").join("model");
-    for dir in ["pre_init", "lm_model", "gen_model"] {
+    for dir in ["pre_init", "lm_model", "gen_model", "ft_init", "emb_model"] {
         copy_dir(&model, &p.path(dir));
     }
     std::fs::copy(
