@@ -145,7 +145,12 @@ fn project() -> Project {
     for f in ["bl_reg_train.json", "bl_reg_test.json", "bl_reg_valid.json"] {
         p.write(f, &labelled.replace("\"label\": 1", "\"label\": 2.5"));
     }
-    for f in ["ft_train.json", "ft_valid.json", "ft_test.json", "emb_data.json"] {
+    for f in [
+        "ft_train.json",
+        "ft_valid.json",
+        "ft_test.json",
+        "emb_data.json",
+    ] {
         p.write(f, labelled);
     }
     // Embedding tables as model.embed writes them: id, label, emb_0, emb_1.

@@ -318,6 +318,14 @@ fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
             None,
         ),
     };
+    if let Some(init) = &init_spec {
+        check_init_head(
+            &init.task,
+            task_name(p.task),
+            None,
+            &path(p.init.as_ref().expect("init")),
+        )?;
+    }
     config.set_pad_token_id(vocab.pad);
     if config.vocab_size() < vocab.size {
         return Err(StepError::new(format!(
@@ -408,8 +416,13 @@ fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
             )
         }
     };
-    if let Some(init) = &init_spec {
-        check_init_head(&init.task, &task, &path(p.init.as_ref().expect("init")))?;
+    if let (Some(init), Task::SeqCls { labels }) = (&init_spec, &task) {
+        check_init_head(
+            &init.task,
+            task_name(p.task),
+            Some(labels),
+            &path(p.init.as_ref().expect("init")),
+        )?;
     }
     let spec = ModelSpec { config, task };
     let layout = spec.head_layout().expect("a task head");
@@ -512,31 +525,37 @@ fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
     write_metrics(ctx.out, &metrics)
 }
 
-/// A model directory whose head does the same task with other labels, or another task, is
-/// refused: its head cannot be carried over and a language model's backbone is what to start
+/// A model directory whose head does another task, or the same with other classes, is
+/// refused: its head cannot be carried over, and a language model's backbone is what to start
 /// from.
-fn check_init_head(have: &Task, want: &Task, dir: &Path) -> Result<(), StepError> {
-    let same = match (have, want) {
+fn check_init_head(
+    have: &Task,
+    want: &str,
+    classes: Option<&[String]>,
+    dir: &Path,
+) -> Result<(), StepError> {
+    let same = match (have, classes) {
         (Task::Lm, _) => true,
-        (Task::SeqCls { labels: a }, Task::SeqCls { labels: b }) => a == b,
-        (Task::Regression { .. }, Task::Regression { .. }) => true,
-        _ => false,
+        (Task::SeqCls { labels }, Some(c)) => labels.as_slice() == c,
+        (other, _) => other.name() == want,
     };
     if same {
         return Ok(());
     }
-    let describe = |t: &Task| match t {
+    let have = match have {
         Task::SeqCls { labels } | Task::TokenCls { labels } => {
-            format!("a {} head with classes {}", t.name(), labels.join(", "))
+            format!("a {} head with classes {}", have.name(), labels.join(", "))
         }
-        _ => format!("a {} head", t.name()),
+        _ => format!("a {} head", have.name()),
+    };
+    let want = match classes {
+        Some(c) => format!("a {want} head with classes {}", c.join(", ")),
+        None => format!("a {want} head"),
     };
     Err(StepError::new(format!(
-        "{}: this model directory has {}, but the task needs {}; start from the language model \
-         it was fine-tuned from (the `model` of its model.pretrain step)",
-        dir.display(),
-        describe(have),
-        describe(want)
+        "{}: this model directory has {have}, but the task needs {want}; start from the \
+         language model it was fine-tuned from (the `model` of its model.pretrain step)",
+        dir.display()
     )))
 }
 
