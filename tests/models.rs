@@ -12,7 +12,6 @@ mod common;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 use common::{Project, read, text};
 use serde_json::Value;
@@ -166,28 +165,7 @@ fn a_killed_training_resumes_from_its_checkpoint_and_ends_where_an_unbroken_one_
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    // Wait for a checkpoint past the first one, then kill -9.
-    let clock = Instant::now();
-    let state = loop {
-        let found = std::fs::read_dir(p.cache().join("checkpoints"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path().join("checkpoint/state.json"))
-            .find(|s| {
-                std::fs::read_to_string(s).is_ok_and(|t| {
-                    serde_json::from_str::<Value>(&t).is_ok_and(|v| v["step"].as_u64() >= Some(20))
-                })
-            });
-        if let Some(s) = found {
-            break s;
-        }
-        assert!(
-            clock.elapsed() < Duration::from_secs(120),
-            "no checkpoint appeared"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let state = common::wait_for_checkpoint(&p, 20);
     child.kill().unwrap();
     child.wait().unwrap();
     let saved: Value = serde_json::from_str(&read(&state)).unwrap();

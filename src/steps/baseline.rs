@@ -68,13 +68,13 @@ struct LogisticParams {
     #[serde(default)]
     standardize: bool,
     /// Column of sequences.
-    #[serde(default = "sequence")]
+    #[serde(default = "super::table::sequence_column")]
     sequence: String,
     /// Column of class labels.
-    #[serde(default = "label")]
+    #[serde(default = "super::table::label_column")]
     label: String,
     /// Column of row ids, copied into the predictions.
-    #[serde(default = "id")]
+    #[serde(default = "super::table::id_column")]
     id: String,
     /// L2 penalty on the weights (scikit-learn's `1 / C`).
     #[serde(default = "one")]
@@ -105,28 +105,19 @@ struct RidgeParams {
     #[serde(default)]
     standardize: bool,
     /// Column of sequences.
-    #[serde(default = "sequence")]
+    #[serde(default = "super::table::sequence_column")]
     sequence: String,
     /// Column of numeric targets.
-    #[serde(default = "label")]
+    #[serde(default = "super::table::label_column")]
     label: String,
     /// Column of row ids, copied into the predictions.
-    #[serde(default = "id")]
+    #[serde(default = "super::table::id_column")]
     id: String,
     /// L2 penalty on the weights (scikit-learn's `Ridge(alpha)`).
     #[serde(default = "one")]
     alpha: f64,
 }
 
-fn sequence() -> String {
-    "sequence".into()
-}
-fn label() -> String {
-    "label".into()
-}
-fn id() -> String {
-    "id".into()
-}
 fn one() -> f64 {
     1.0
 }

@@ -49,12 +49,12 @@ struct EmbedParams {
     /// counts from the last (-1, the default, is the last layer).
     #[serde(default = "last_layer")]
     layer: i64,
-    #[serde(default = "sequence")]
+    #[serde(default = "super::table::sequence_column")]
     sequence: String,
     /// Kept in the output when the table has it.
-    #[serde(default = "label")]
+    #[serde(default = "super::table::label_column")]
     label: String,
-    #[serde(default = "id")]
+    #[serde(default = "super::table::id_column")]
     id: String,
     /// Cut sequences longer than the model's positions (else an error naming the row).
     #[serde(default)]
@@ -67,15 +67,6 @@ struct EmbedParams {
 
 fn last_layer() -> i64 {
     -1
-}
-fn sequence() -> String {
-    "sequence".into()
-}
-fn label() -> String {
-    "label".into()
-}
-fn id() -> String {
-    "id".into()
 }
 
 /// Prefix of the embedding columns (`emb_0`, `emb_1`, …).

@@ -95,11 +95,11 @@ struct FinetuneParams {
     valid: InputPath,
     /// Test table: scored once, at the end, with the selected weights.
     test: InputPath,
-    #[serde(default = "sequence")]
+    #[serde(default = "super::table::sequence_column")]
     sequence: String,
-    #[serde(default = "label")]
+    #[serde(default = "super::table::label_column")]
     label: String,
-    #[serde(default = "id")]
+    #[serde(default = "super::table::id_column")]
     id: String,
     /// Longest input in tokens (default: the model's positions); a longer row is an error
     /// unless `truncate: true`.
@@ -157,15 +157,6 @@ struct FinetuneParams {
     precision: String,
 }
 
-fn sequence() -> String {
-    "sequence".into()
-}
-fn label() -> String {
-    "label".into()
-}
-fn id() -> String {
-    "id".into()
-}
 fn select() -> String {
     "valid.loss".into()
 }

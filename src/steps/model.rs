@@ -485,21 +485,17 @@ fn pretrain(ctx: &mut StepContext) -> Result<(), StepError> {
 
 /// Say in the log which tensors a load skipped (another head's) and started fresh (this one's).
 pub(super) fn log_report(ctx: &mut StepContext, report: &LoadReport) -> Result<(), StepError> {
-    if !report.skipped.is_empty() {
-        writeln!(
-            ctx.log,
-            "skipped {} tensor(s) of another head: {}",
-            report.skipped.len(),
-            report.skipped.join(", ")
-        )?;
-    }
-    if !report.fresh.is_empty() {
-        writeln!(
-            ctx.log,
-            "initialised {} tensor(s) of the new head fresh: {}",
-            report.fresh.len(),
-            report.fresh.join(", ")
-        )?;
+    for (what, names) in [
+        ("skipped {} tensor(s) of another head", &report.skipped),
+        (
+            "initialised {} tensor(s) of the new head fresh",
+            &report.fresh,
+        ),
+    ] {
+        if !names.is_empty() {
+            let what = what.replace("{}", &names.len().to_string());
+            writeln!(ctx.log, "{what}: {}", names.join(", "))?;
+        }
     }
     Ok(())
 }

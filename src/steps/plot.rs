@@ -11,6 +11,21 @@ fn err(path: &Path) -> impl Fn(String) -> StepError + '_ {
     move |e| StepError::new(format!("cannot draw {}: {e}", path.display()))
 }
 
+/// The smallest box (x0, x1, y0, y1) holding every point; the unit box when there are none.
+fn bounds<'a>(points: impl Iterator<Item = &'a (f64, f64)>) -> (f64, f64, f64, f64) {
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for &(x, y) in points {
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+    }
+    if x0 > x1 {
+        return (0.0, 1.0, 0.0, 1.0);
+    }
+    (x0, x1, y0, y1)
+}
+
 /// A bar chart of `bars` (label, count), e.g. a length histogram or base composition.
 pub fn bars(
     path: &Path,
@@ -67,17 +82,7 @@ pub fn lines(
     let e = err(path);
     let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(|x| e(x.to_string()))?;
-    let pts = series.iter().flat_map(|s| s.1.iter());
-    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-    for &(x, y) in pts {
-        x0 = x0.min(x);
-        x1 = x1.max(x);
-        y0 = y0.min(y);
-        y1 = y1.max(y);
-    }
-    if x0 > x1 {
-        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
-    }
+    let (x0, x1, y0, y1) = bounds(series.iter().flat_map(|s| s.1.iter()));
     let pad = ((y1 - y0) * 0.05).max(1e-9);
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 22))
@@ -214,16 +219,7 @@ pub fn scatter(
     let e = err(path);
     let root = SVGBackend::new(path, (800, 640)).into_drawing_area();
     root.fill(&WHITE).map_err(|x| e(x.to_string()))?;
-    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-    for &(x, y) in groups.iter().flat_map(|g| g.1.iter()) {
-        x0 = x0.min(x);
-        x1 = x1.max(x);
-        y0 = y0.min(y);
-        y1 = y1.max(y);
-    }
-    if x0 > x1 {
-        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
-    }
+    let (x0, x1, y0, y1) = bounds(groups.iter().flat_map(|g| g.1.iter()));
     let (px, py) = (((x1 - x0) * 0.05).max(1e-9), ((y1 - y0) * 0.05).max(1e-9));
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 22))

@@ -37,9 +37,9 @@ struct ProbeParams {
     standardize: bool,
     #[serde(default = "max_iter")]
     max_iter: usize,
-    #[serde(default = "label")]
+    #[serde(default = "super::table::label_column")]
     label: String,
-    #[serde(default = "id")]
+    #[serde(default = "super::table::id_column")]
     id: String,
 }
 
@@ -57,12 +57,6 @@ fn yes() -> bool {
 }
 fn max_iter() -> usize {
     1000
-}
-fn label() -> String {
-    "label".into()
-}
-fn id() -> String {
-    "id".into()
 }
 
 pub static PROBE: StepKind = StepKind {
@@ -272,9 +266,9 @@ struct ProjectParams {
     /// Embeddings (`model.embed`'s table).
     embeddings: InputPath,
     /// Colour points by this column (absent: one colour).
-    #[serde(default = "label")]
+    #[serde(default = "super::table::label_column")]
     label: String,
-    #[serde(default = "id")]
+    #[serde(default = "super::table::id_column")]
     id: String,
     /// Plot title.
     title: Option<String>,

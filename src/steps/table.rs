@@ -397,6 +397,21 @@ impl LocatedTable {
     }
 }
 
+/// Default column of a labelled table's sequences (serde default of the kinds' `sequence:`).
+pub fn sequence_column() -> String {
+    "sequence".into()
+}
+
+/// Default column of a labelled table's labels or targets.
+pub fn label_column() -> String {
+    "label".into()
+}
+
+/// Default column of a table's row ids.
+pub fn id_column() -> String {
+    "id".into()
+}
+
 /// Read the `role` table (training, test, validation) of a fitted step; rows required.
 pub fn read_role(path: &Path, id_column: &str, role: &str) -> Result<LocatedTable, StepError> {
     let table = LocatedTable::read(path, id_column)?;

@@ -141,3 +141,30 @@ pub fn names(v: &[&str]) -> Vec<String> {
     v.sort();
     v
 }
+
+/// Wait (at most two minutes) until a training step of `p` has a checkpoint at step
+/// `min_step` or later; its `state.json`.
+pub fn wait_for_checkpoint(p: &Project, min_step: u64) -> PathBuf {
+    let clock = std::time::Instant::now();
+    loop {
+        let found = std::fs::read_dir(p.cache().join("checkpoints"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join("checkpoint/state.json"))
+            .find(|s| {
+                std::fs::read_to_string(s).is_ok_and(|t| {
+                    serde_json::from_str::<Value>(&t)
+                        .is_ok_and(|v| v["step"].as_u64() >= Some(min_step))
+                })
+            });
+        if let Some(s) = found {
+            return s;
+        }
+        assert!(
+            clock.elapsed() < std::time::Duration::from_secs(120),
+            "no checkpoint appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
