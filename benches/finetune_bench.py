@@ -53,7 +53,7 @@ def make_model(args, out):
     pad = tok.token_to_id("[PAD]")
     cfg = GPT2Config(vocab_size=tok.get_vocab_size(), n_positions=128, n_embd=args.n_embd,
                      n_layer=args.n_layer, n_head=args.n_head, resid_pdrop=0, embd_pdrop=0,
-                     attn_pdrop=0, pad_token_id=pad, summary_first_dropout=0)
+                     attn_pdrop=0, pad_token_id=pad, bos_token_id=pad, eos_token_id=pad)
     GPT2LMHeadModel(cfg).save_pretrained(out)
     (out / "generation_config.json").unlink(missing_ok=True)
     shutil.copy(TOKENIZER, out / "tokenizer.json")
@@ -155,12 +155,19 @@ def main():
     ap.add_argument("--pairs", type=int, default=3, help="alternating runs of each")
     ap.add_argument("--model-dir")
     ap.add_argument("--child", action="store_true")
+    ap.add_argument("--make-model", action="store_true")
     args = ap.parse_args()
     if args.child:
         return torch_child(args)
+    if args.make_model:
+        return make_model(args, Path(args.model_dir))
     if not args.model_dir:
+        # Written by a child: a parent that imported torch would pass its own RSS on to the
+        # children it forks, and their peak RSS would include it.
         args.model_dir = str(Path(tempfile.mkdtemp()) / "gpt2")
-        make_model(args, Path(args.model_dir))
+        subprocess.run([sys.executable, __file__, "--make-model", "--model-dir", args.model_dir]
+                       + sys.argv[1:], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
     child = [sys.executable, __file__, "--child", "--model-dir", args.model_dir] + [
         a for a in sys.argv[1:] if a != "--child"]
     unit = "sequences/s" if args.mode == "embed" else "tokens/s"

@@ -365,6 +365,40 @@ steps:
     assert_eq!(test_ids, ["a", "b", "c", "d", "e", "f"]);
 }
 
+/// The real tRNA energies repeat sequences under other ids: `group: sequence` keeps every
+/// copy in one split, in ratio mode and in k-fold mode alike.
+#[test]
+fn grouped_splits_never_put_one_sequence_in_two_splits() {
+    let p = Project::new();
+    p.write(
+        "wf.yaml",
+        &format!(
+            r#"
+steps:
+  ratio:
+    uses: data.split
+    with: {{ input: "{0}", ratios: [0.8, 0.1, 0.1], seed: 42, group: sequence }}
+  fold:
+    uses: data.split
+    with: {{ input: "{0}", folds: 5, fold: 2, valid_fraction: 0.1, seed: 3, group: sequence }}
+"#,
+            data("trna/trna_mfe.csv.gz")
+        ),
+    );
+    let r = p.run_ok(&["wf.yaml"]);
+    for step in ["ratio", "fold"] {
+        let parts: Vec<Vec<String>> = ["train", "valid", "test"]
+            .iter()
+            .map(|k| strings(&table(&r.out(step), &format!("{k}.parquet")), "sequence"))
+            .collect();
+        assert_eq!(parts.iter().map(Vec::len).sum::<usize>(), 1415, "{step}");
+        for (a, b) in [(0, 1), (0, 2), (1, 2)] {
+            let shared = parts[a].iter().filter(|s| parts[b].contains(s)).count();
+            assert_eq!(shared, 0, "{step}: a sequence in two splits");
+        }
+    }
+}
+
 #[test]
 fn real_yeast_chromosome_windows_and_gc() {
     let p = Project::new();

@@ -148,15 +148,21 @@ fn a_killed_fine_tuning_resumes_and_ends_where_an_unbroken_one_does() {
     }
 }
 
+/// The learning rate warms up from 0, so the first steps are finite and checkpointed
+/// (`save_every: 2`); the loss then blows up, and the message names the checkpoint kept.
 #[test]
-fn a_diverging_classifier_stops_with_a_clear_error() {
-    let p = project("      head_lr: 1.0e+12\n      clip_norm: null", 40);
-    let wf = read(&p.path("wf.yaml")).replace("lr: 0.003", "lr: 1.0e+6");
+fn a_diverging_classifier_stops_and_keeps_its_last_good_checkpoint() {
+    let p = project(
+        "      head_lr: 1.0e+12\n      warmup_steps: 20\n      clip_norm: null",
+        40,
+    );
+    let wf = read(&p.path("wf.yaml")).replace("lr: 0.003", "lr: 1.0e+9");
     p.write("wf.yaml", &wf);
     let (out, _) = p.run(&["wf.yaml", "clf"]);
     assert!(!out.status.success());
     let t = text(&out);
     assert!(t.contains("the loss became"), "{t}");
+    assert!(t.contains("the last good checkpoint (step"), "{t}");
     assert!(t.contains("Lower `lr`"), "{t}");
 }
 

@@ -101,8 +101,7 @@ fn embed(ctx: &mut StepContext) -> Result<(), StepError> {
         Ok(_) => Some(table.labels(&p.label, "label")?),
         Err(_) => None,
     };
-    let clock = Instant::now();
-    let (dim, layer, vectors) = on_device!(device, Precision::F32, |dev: B| {
+    let (dim, layer, vectors, seconds) = on_device!(device, Precision::F32, |dev: B| {
         let model = load_model::<B>(&dir, &dev)?;
         let config = &model.spec().config;
         let bert = config.name() == "bert";
@@ -130,6 +129,8 @@ fn embed(ctx: &mut StepContext) -> Result<(), StepError> {
         let batches = eval_batches(&rows, &Objective::Clm, vocab.pad, p.batch_size, 0);
         let dim = config.hidden_size();
         let mut vectors: Vec<Vec<f32>> = Vec::with_capacity(rows.len());
+        let clock = Instant::now(); // the forward passes and pooling, as sequences/s reports
+
         for (k, batch) in batches.iter().enumerate() {
             (ctx.status)(&format!("batch {}/{}", k + 1, batches.len()));
             let hidden = model.hidden(batch, layer as usize, &dev); // [B, T, d]
@@ -140,9 +141,8 @@ fn embed(ctx: &mut StepContext) -> Result<(), StepError> {
                 vectors.push(pool(p.pool, mask, dim, at));
             }
         }
-        Ok::<_, StepError>((dim, layer, vectors))
+        Ok::<_, StepError>((dim, layer, vectors, clock.elapsed().as_secs_f64()))
     })?;
-    let seconds = clock.elapsed().as_secs_f64();
     let mut columns = vec![Column::new("id".into(), &ids)];
     if let Some(labels) = &labels {
         columns.push(Column::new("label".into(), labels));
