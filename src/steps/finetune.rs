@@ -83,7 +83,8 @@ struct FinetuneParams {
     init: Option<InputPath>,
     /// Architecture of a fresh model (no `init`).
     arch: Option<Arch>,
-    /// HF config fields of a fresh model (see model.pretrain).
+    /// HF config fields of a fresh model (see model.pretrain); its position table holds 512
+    /// tokens unless `n_positions` / `max_position_embeddings` says otherwise.
     #[serde(default)]
     config: serde_json::Map<String, serde_json::Value>,
     /// `tokenizer.json` (or its directory); default: the one in `init`.
@@ -304,10 +305,18 @@ fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
             let spec = ModelSpec::read(&path(dir)).map_err(model_err)?;
             (read_config(&path(dir)).map_err(model_err)?.0, Some(spec))
         }
-        None => (
-            fresh_config(p.arch.expect("checked"), &p.config, &vocab, 16)?,
-            None,
-        ),
+        // A fresh model takes up to 512 tokens unless `config` says otherwise (BERT's default
+        // position table; a longer row is an error that names it).
+        None => {
+            let arch = p.arch.expect("checked");
+            let mut user = p.config.clone();
+            let positions = match arch {
+                Arch::Gpt2 => "n_positions",
+                Arch::Bert => "max_position_embeddings",
+            };
+            user.entry(positions).or_insert(512.into());
+            (fresh_config(arch, &user, &vocab, 2)?, None)
+        }
     };
     if let Some(init) = &init_spec {
         check_init_head(
