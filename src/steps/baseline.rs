@@ -28,7 +28,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::table::{LocatedTable, class_indices, read_role, write_table};
+use super::table::{LocatedTable, class_indices, read_role, training_classes, write_table};
 
 /// A table a baseline reads, rows located for errors.
 type Table = LocatedTable;
@@ -479,15 +479,7 @@ fn classify(ctx: &mut StepContext) -> Result<(), StepError> {
     let inputs = read_inputs(ctx, &p.train, &p.test, p.valid.as_ref(), &p.id)?;
     let train_seqs = sequences(&inputs.train, &cols)?;
     let train_labels = class_labels(&inputs.train, &cols)?;
-    let classes = crate::score::sorted_classes(train_labels.iter().map(String::as_str));
-    if classes.len() < 2 {
-        return Err(StepError::new(format!(
-            "{}: every row of column `{}` is `{}`; a classifier needs at least two classes",
-            inputs.train.path.display(),
-            p.label,
-            classes.join("")
-        )));
-    }
+    let classes = training_classes(&inputs.train, &train_labels, &p.label)?;
     let y_train = class_indices(
         &inputs.train,
         &train_labels,

@@ -18,11 +18,11 @@ use super::model::{
     fresh_config, load_vocab, log_every, log_report, lr, one, resolve_device, save_every, seed,
     weight_decay,
 };
-use super::table::{LocatedTable, class_indices, read_role, write_table};
+use super::table::{LocatedTable, class_indices, read_role, training_classes, write_table};
 use super::training::{self, model_err};
 use super::{InputPath, StepContext, StepError, StepKind, params, plot, write_metrics};
 use crate::models::device::on_device;
-use crate::models::{Model, ModelSpec, Task, Weights, read_config, read_weights, save_model_dir};
+use crate::models::{Model, ModelSpec, Task, Weights, read_weights, save_model_dir};
 use crate::train::objective::{argmax, classification_scores};
 use crate::train::optim::AdamWConfig;
 use crate::train::{
@@ -251,6 +251,8 @@ struct Split {
     table: LocatedTable,
     rows: Vec<Row>,
     labels: Vec<String>,
+    /// Regression targets (empty for classes).
+    values: Vec<f64>,
 }
 
 /// The tables' sequences as model inputs: BERT's `[CLS] … [SEP]`, GPT-2's tokens as they are;
@@ -303,7 +305,7 @@ fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
     let (mut config, init_spec) = match &p.init {
         Some(dir) => {
             let spec = ModelSpec::read(&path(dir)).map_err(model_err)?;
-            (read_config(&path(dir)).map_err(model_err)?.0, Some(spec))
+            (spec.config.clone(), Some(spec))
         }
         // A fresh model takes up to 512 tokens unless `config` says otherwise (BERT's default
         // position table; a longer row is an error that names it).
@@ -355,6 +357,7 @@ fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
         let rows = inputs(&vocab, &table, &p.sequence, p.truncate, bert, max_len)?;
         Ok(Split {
             labels: Vec::new(),
+            values: Vec::new(),
             table,
             rows,
         })
@@ -365,15 +368,7 @@ fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
     let (task, objective) = match p.task {
         TaskKind::SeqCls => {
             let train_labels = train_split.table.labels(&p.label, "label")?;
-            let classes = crate::score::sorted_classes(train_labels.iter().map(String::as_str));
-            if classes.len() < 2 {
-                return Err(StepError::new(format!(
-                    "{}: every row of column `{}` is `{}`; a classifier needs at least two classes",
-                    train_split.table.path.display(),
-                    p.label,
-                    classes.join("")
-                )));
-            }
+            let classes = training_classes(&train_split.table, &train_labels, &p.label)?;
             let train_path = train_split.table.path.clone();
             for split in [&mut train_split, &mut valid_split, &mut test_split] {
                 let labels = split.table.labels(&p.label, "label")?;
@@ -397,7 +392,7 @@ fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
                 for (row, v) in split.rows.iter_mut().zip(&values) {
                     row.target = Target::Value(*v as f32);
                 }
-                split.labels = values.iter().map(|v| v.to_string()).collect();
+                split.values = values;
             }
             let values: Vec<f64> = train_split
                 .rows
@@ -477,7 +472,7 @@ fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
         Some(dir) => read_weights(&path(dir), &spec).map_err(model_err)?,
         None => spec.init_weights(p.seed),
     };
-    let frozen: Vec<String> = frozen_names(p.freeze.as_ref(), &spec, &init, &head_names)?;
+    let frozen: Vec<String> = frozen_names(p.freeze.as_ref(), &spec, &init)?;
     if !frozen.is_empty() {
         writeln!(ctx.log, "frozen: {} tensors", frozen.len())?;
     }
@@ -602,19 +597,18 @@ fn class_weights(
     }))
 }
 
-/// The HF names of the tensors `freeze` keeps fixed.
+/// The HF names of the tensors `freeze` keeps fixed: of the starting weights, those outside
+/// every head of the architecture (a BERT pooler trains with its head).
 fn frozen_names(
     freeze: Option<&Freeze>,
     spec: &ModelSpec,
     weights: &Weights,
-    head: &[String],
 ) -> Result<Vec<String>, StepError> {
-    let backbone = spec
-        .config
-        .init_backbone(0)
+    let heads = spec.config.architecture().head_prefixes;
+    let backbone = weights
         .names()
+        .filter(|n| !heads.iter().any(|h| n.starts_with(h)))
         .map(String::from)
-        .filter(|n| weights.get(n).is_some() || !head.contains(n))
         .collect::<Vec<_>>();
     Ok(match freeze {
         None | Some(Freeze::Named(FreezeName::None)) => Vec::new(),
@@ -685,15 +679,11 @@ fn write_predictions(
             )?;
         }
         _ => {
-            let truth: Vec<f64> = test
-                .labels
-                .iter()
-                .map(|v| v.parse().unwrap_or(0.0))
-                .collect();
+            let truth = test.values.as_slice();
             let pred: Vec<f64> = predictions.iter().map(|r| r[0]).collect();
-            columns.push(Column::new("label".into(), &truth));
+            columns.push(Column::new("label".into(), truth));
             columns.push(Column::new("prediction".into(), &pred));
-            let s = crate::score::regression(&truth, &pred)
+            let s = crate::score::regression(truth, &pred)
                 .map_err(|e| StepError::new(e.to_string()))?;
             let mut add = |k: &str, v: Option<f64>| {
                 if let Some(v) = v {

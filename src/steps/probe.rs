@@ -4,14 +4,13 @@
 //! drawn coloured by label.
 
 use polars::prelude::*;
-use rand::SeedableRng;
-use rand::seq::SliceRandom;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::data::fold_of;
 use super::embed::EMB;
-use super::table::{LocatedTable, class_indices, read_role, write_table};
+use super::table::{LocatedTable, class_indices, read_role, training_classes, write_table};
 use super::{InputPath, StepContext, StepError, StepKind, params, plot, write_metrics};
 use crate::linear::{Lbfgs, Logistic, Matrix, Standardizer, argmax_rows};
 use crate::train::objective::classification_scores;
@@ -61,7 +60,7 @@ fn max_iter() -> usize {
 
 pub static PROBE: StepKind = StepKind {
     name: "eval.probe",
-    version: 1,
+    version: 2,
     summary: "logistic-regression probe on embeddings: scored on a test table or by seeded stratified k-fold (outputs `predictions`: id, label, prediction, prob_<class>)",
     outputs: &[("predictions", "predictions.parquet")],
     schema: |g| g.subschema_for::<ProbeParams>(),
@@ -133,35 +132,12 @@ fn fit_predict(
     Ok(model.probabilities(&b))
 }
 
-/// Fold of every row: rows of each class shuffled (seeded) and dealt round-robin.
-fn stratified_folds(y: &[usize], folds: usize, seed: u64) -> Vec<usize> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut fold = vec![0; y.len()];
-    let classes = y.iter().copied().max().map_or(0, |m| m + 1);
-    let mut next = 0;
-    for c in 0..classes {
-        let mut rows: Vec<usize> = (0..y.len()).filter(|&i| y[i] == c).collect();
-        rows.shuffle(&mut rng);
-        for i in rows {
-            fold[i] = next % folds;
-            next += 1;
-        }
-    }
-    fold
-}
-
 fn probe(ctx: &mut StepContext) -> Result<(), StepError> {
     let p: ProbeParams = params(ctx.with).map_err(StepError::new)?;
     let path = |i: &InputPath| ctx.workdir.join(i.path());
     let fit = read_role(&path(&p.embeddings), &p.id, "embeddings")?;
     let labels = fit.labels(&p.label, "label")?;
-    let classes = crate::score::sorted_classes(labels.iter().map(String::as_str));
-    if classes.len() < 2 {
-        return Err(StepError::new(format!(
-            "{}: one class only; a probe needs at least two",
-            fit.path.display()
-        )));
-    }
+    let classes = training_classes(&fit, &labels, &p.label)?;
     let y = class_indices(&fit, &labels, &classes, &p.label, &fit.path)?;
     let x = vectors(&fit)?;
     let (scored, truth, probs, folds) = match &p.test {
@@ -182,7 +158,8 @@ fn probe(ctx: &mut StepContext) -> Result<(), StepError> {
             (test, test_labels, probs, None)
         }
         None => {
-            let fold = stratified_folds(&y, p.folds, p.seed);
+            // Stratified and seeded exactly as data.split's `folds`.
+            let fold = fold_of(y.len(), Some(&labels), p.folds, p.seed);
             let mut probs = Matrix::zeros(x.rows, classes.len());
             let mut accuracies = Vec::new();
             for f in 0..p.folds {
@@ -433,13 +410,14 @@ mod tests {
         assert!(shares[0] > 0.99 && (shares[0] + shares[1] - 1.0).abs() < 1e-9);
     }
 
+    /// The probe's folds (data.split's `fold_of`) are stratified by label and seeded.
     #[test]
     fn folds_are_stratified_and_seeded() {
-        let y: Vec<usize> = (0..30).map(|i| usize::from(i % 3 == 0)).collect();
-        let f = stratified_folds(&y, 5, 1);
-        assert_eq!(f, stratified_folds(&y, 5, 1));
+        let y: Vec<String> = (0..30).map(|i| (i % 3 == 0).to_string()).collect();
+        let f = fold_of(30, Some(&y), 5, 1);
+        assert_eq!(f, fold_of(30, Some(&y), 5, 1));
         for fold in 0..5 {
-            let ones = (0..30).filter(|&i| f[i] == fold && y[i] == 1).count();
+            let ones = (0..30).filter(|&i| f[i] == fold && y[i] == "true").count();
             assert_eq!(ones, 2, "{f:?}");
         }
     }

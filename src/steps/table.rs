@@ -424,6 +424,24 @@ pub fn read_role(path: &Path, id_column: &str, role: &str) -> Result<LocatedTabl
     Ok(table)
 }
 
+/// The classes of a training table's `labels` in scikit-learn's order; fewer than two is an
+/// error naming the file and column.
+pub fn training_classes(
+    table: &LocatedTable,
+    labels: &[String],
+    column: &str,
+) -> Result<Vec<String>, StepError> {
+    let classes = crate::score::sorted_classes(labels.iter().map(String::as_str));
+    if classes.len() < 2 {
+        return Err(StepError::new(format!(
+            "{}: every row of column `{column}` is `{}`; a classifier needs at least two classes",
+            table.path.display(),
+            classes.join("")
+        )));
+    }
+    Ok(classes)
+}
+
 /// Class indices of `labels` among the training `classes`; a class the training table lacks
 /// is an error naming the row.
 pub fn class_indices(

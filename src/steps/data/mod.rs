@@ -16,6 +16,8 @@ mod sample;
 mod split;
 mod stats;
 
+pub(crate) use split::fold_of;
+
 /// `data.load`: sequences from a file or dataset directory into a table.
 pub static LOAD: &StepKind = &load::KIND;
 /// `data.split`: train / valid / test tables.
