@@ -5,6 +5,8 @@
 //!   class), MCC, AUROC and AUPRC (one-vs-rest), confusion matrix.
 //! - [`regression`]: MSE, RMSE (the real root: the tutorial printed MSE as "rmse"), MAE,
 //!   Pearson, Spearman, R².
+//! - [`per_base`]: one label character per base, scored base by base, and whether predicted
+//!   dot-bracket structures pair up.
 //! - [`bootstrap_ci`]: a seeded 95 % percentile interval for any metric, so a CI gate can tell
 //!   a regression from noise.
 //!
@@ -15,6 +17,7 @@
 
 mod bootstrap;
 mod classify;
+mod per_base;
 mod regress;
 #[cfg(test)]
 mod tests;
@@ -24,6 +27,7 @@ pub use classify::{
     ClassScore, ClassScores, Confusion, Ranking, auroc, average_precision, classification,
     sorted_classes,
 };
+pub use per_base::{PerBaseScores, brackets_balance, per_base};
 pub use regress::{
     RegressionScores, average_ranks, mae, mse, pearson, r2, regression, rmse, spearman,
 };

@@ -1,5 +1,5 @@
-//! `model.finetune`: a task head trained on a labelled table (`task: seq-cls` or
-//! `regression`), from a pretrained model directory (ours or transformers') or from scratch.
+//! `model.finetune`: a task head trained on a labelled table (`task: seq-cls`, `regression` or
+//! `token-cls`), from a pretrained model directory (ours or transformers') or from scratch.
 //! The validation split picks the weights (`select:`), the test split is scored once at the
 //! end with them, and the predictions table has the format of the baselines', so
 //! `eval.classify` / `eval.regress` score both by the same code.
@@ -14,17 +14,21 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::model::{
-    Arch, Vocab, batch_size, beta1, beta2, check_device, clip, cosine, cpu, encode, eps, f32,
+    Arch, Vocab, batch_size, beta1, beta2, check_device, clip, cosine, cpu, encode_spans, eps, f32,
     fresh_config, load_vocab, log_every, log_report, lr, one, resolve_device, save_every, seed,
     weight_decay,
 };
-use super::table::{LocatedTable, class_indices, read_role, training_classes, write_table};
+use super::table::{
+    LocatedTable, base_classes, class_indices, label_characters, label_strings, read_role,
+    training_classes, write_table,
+};
 use super::training::{self, model_err};
 use super::{InputPath, StepContext, StepError, StepKind, params, plot, write_metrics};
 use crate::models::device::on_device;
 use crate::models::{Model, ModelSpec, Task, Weights, read_weights, save_model_dir};
 use crate::train::objective::{argmax, classification_scores};
 use crate::train::optim::AdamWConfig;
+use crate::train::per_base::{TokenLabel, base_predictions, token_labels};
 use crate::train::{
     self, Objective, Order, Row, Schedule, Target, TrainConfig, TrainData, metric_names,
 };
@@ -37,6 +41,10 @@ enum TaskKind {
     SeqCls,
     /// One number per sequence (`num_labels: 1`, `problem_type: regression`).
     Regression,
+    /// One class per base or residue: the label column holds one character per base (a
+    /// dot-bracket structure, a DSSP state); HF `…ForTokenClassification`. Labels reach tokens
+    /// by the tokenizer's offsets (`token_label`), predictions are painted back on every base.
+    TokenCls,
 }
 
 /// What stays fixed while the head trains.
@@ -76,7 +84,7 @@ enum BalancedName {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct FinetuneParams {
-    /// `seq-cls` or `regression`.
+    /// `seq-cls`, `regression` or `token-cls`.
     task: TaskKind,
     /// A model directory (HF layout) to start from: its backbone is kept, its head replaced
     /// when it has another one. Without it, `arch` and `config` build a fresh model.
@@ -107,13 +115,16 @@ struct FinetuneParams {
     max_length: Option<usize>,
     #[serde(default)]
     truncate: bool,
+    /// `token-cls`: the label a token spelling several bases learns, `majority` (default: the
+    /// commonest of its bases') or `first` (its first base's).
+    token_label: Option<TokenLabel>,
     /// The validation score that picks the weights: `valid.loss` (default), `valid.mcc`,
     /// `valid.accuracy`, `valid.f1_macro`, `valid.auroc`, `valid.rmse`, `valid.pearson`, …
     #[serde(default = "select")]
     select: String,
     /// Stop after this many evaluations without a better `select` score.
     patience: Option<usize>,
-    /// `balanced` or `{class: weight}` (seq-cls).
+    /// `balanced` or `{class: weight}` (seq-cls, token-cls).
     class_weights: Option<ClassWeights>,
     /// `none` (default), `backbone`, or N: the embeddings and the first N layers.
     freeze: Option<Freeze>,
@@ -168,7 +179,7 @@ fn three() -> usize {
 pub static FINETUNE: StepKind = StepKind {
     name: "model.finetune",
     version: 1,
-    summary: "fine-tune a task head (seq-cls, regression) on a labelled table, from a pretrained model or from scratch; writes the model, predictions (id, label, prediction, prob_<class>) and metrics",
+    summary: "fine-tune a task head (seq-cls, regression, token-cls) on a labelled table, from a pretrained model or from scratch; writes the model, predictions (id, label, prediction, prob_<class>; token-cls: id, label, prediction as one character per base) and metrics",
     outputs: &[
         ("model", "model"),
         ("predictions", "predictions.parquet"),
@@ -212,7 +223,15 @@ pub static FINETUNE: StepKind = StepKind {
             ));
         }
         if p.task == TaskKind::Regression && p.class_weights.is_some() {
-            return Err("`class_weights` is for `task: seq-cls`".into());
+            return Err("`class_weights` is for `task: seq-cls` and `token-cls`".into());
+        }
+        if p.task != TaskKind::TokenCls && p.token_label.is_some() {
+            return Err("`token_label` is for `task: token-cls`".into());
+        }
+        if p.task == TaskKind::TokenCls && p.truncate {
+            return Err("`truncate` cannot be used with `task: token-cls`: every base needs a \
+                 prediction; raise `max_length` (up to the model's positions) instead"
+                .into());
         }
         Ok(())
     },
@@ -223,6 +242,7 @@ fn task_name(task: TaskKind) -> &'static str {
     match task {
         TaskKind::SeqCls => "seq-cls",
         TaskKind::Regression => "regression",
+        TaskKind::TokenCls => "token-cls",
     }
 }
 
@@ -234,6 +254,10 @@ fn objective_shape(task: TaskKind) -> Objective {
             weights: None,
         },
         TaskKind::Regression => Objective::Regression { mean: 0.0, sd: 1.0 },
+        TaskKind::TokenCls => Objective::TokenCls {
+            classes: Vec::new(),
+            weights: None,
+        },
     }
 }
 
@@ -250,6 +274,9 @@ fn select_metric(select: &str) -> Result<&str, String> {
 struct Split {
     table: LocatedTable,
     rows: Vec<Row>,
+    /// Each token's `[start, end)` in bases (empty for `[CLS]` and `[SEP]`).
+    spans: Vec<Vec<(usize, usize)>>,
+    /// Class labels (seq-cls) or label strings, one character per base (token-cls).
     labels: Vec<String>,
     /// Regression targets (empty for classes).
     values: Vec<f64>,
@@ -265,10 +292,25 @@ pub(super) fn inputs(
     bert: bool,
     max_len: usize,
 ) -> Result<Vec<Row>, StepError> {
+    Ok(inputs_spans(vocab, table, sequence, truncate, bert, max_len)?
+        .into_iter()
+        .map(|(row, _)| row)
+        .collect())
+}
+
+/// [`inputs`], with each token's span of its sequence in bases (`(0, 0)` for `[CLS]`/`[SEP]`).
+fn inputs_spans(
+    vocab: &Vocab,
+    table: &LocatedTable,
+    sequence: &str,
+    truncate: bool,
+    bert: bool,
+    max_len: usize,
+) -> Result<Vec<(Row, Vec<(usize, usize)>)>, StepError> {
     let seqs = table.texts(sequence, "sequence", "a sequence")?;
-    let mut rows = encode(vocab, &seqs)?;
+    let mut rows = encode_spans(vocab, &seqs)?;
     let extra = if bert { 2 } else { 0 };
-    for (i, row) in rows.iter_mut().enumerate() {
+    for (i, (row, spans)) in rows.iter_mut().enumerate() {
         if row.ids.len() + extra > max_len {
             if !truncate {
                 return Err(StepError::new(format!(
@@ -282,16 +324,41 @@ pub(super) fn inputs(
             }
             row.ids.truncate(max_len - extra);
             row.bases.truncate(max_len - extra);
+            spans.truncate(max_len - extra);
         }
         if bert {
             let (cls, sep, _) = vocab.bert.expect("checked before");
             row.ids.insert(0, cls);
             row.bases.insert(0, 0);
+            spans.insert(0, (0, 0));
             row.ids.push(sep);
             row.bases.push(0);
+            spans.push((0, 0));
         }
     }
     Ok(rows)
+}
+
+/// Token-cls targets: each row's label string (one character per base) as class indices per
+/// base, then per token by `rule`. The classes are the characters of the training labels.
+fn token_targets(
+    splits: [&mut Split; 3],
+    p: &FinetuneParams,
+    rule: TokenLabel,
+) -> Result<Vec<String>, StepError> {
+    let [train, valid, test] = splits;
+    let (train_labels, _) = label_strings(&train.table, &p.label, &p.sequence)?;
+    let classes = label_characters(&train.table, &train_labels, &p.label)?;
+    let train_path = train.table.path.clone();
+    for split in [train, valid, test] {
+        let (labels, _) = label_strings(&split.table, &p.label, &p.sequence)?;
+        let per_base = base_classes(&split.table, &labels, &classes, &p.label, &train_path)?;
+        for ((row, spans), bases) in split.rows.iter_mut().zip(&split.spans).zip(&per_base) {
+            row.target = Target::Tokens(token_labels(spans, bases, rule));
+        }
+        split.labels = labels;
+    }
+    Ok(classes)
 }
 
 fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
@@ -354,12 +421,15 @@ fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
     // The splits, their rows and targets.
     let read = |i: &InputPath, role: &str| -> Result<Split, StepError> {
         let table = read_role(&path(i), &p.id, role)?;
-        let rows = inputs(&vocab, &table, &p.sequence, p.truncate, bert, max_len)?;
+        let (rows, spans) = inputs_spans(&vocab, &table, &p.sequence, p.truncate, bert, max_len)?
+            .into_iter()
+            .unzip();
         Ok(Split {
             labels: Vec::new(),
             values: Vec::new(),
             table,
             rows,
+            spans,
         })
     };
     let mut train_split = read(&p.train, "training")?;
@@ -410,8 +480,24 @@ fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
                 Objective::Regression { mean, sd },
             )
         }
+        TaskKind::TokenCls => {
+            let rule = p.token_label.unwrap_or_default();
+            let classes = token_targets(
+                [&mut train_split, &mut valid_split, &mut test_split],
+                &p,
+                rule,
+            )?;
+            let weights = class_weights(p.class_weights.as_ref(), &classes, &train_split.rows)?;
+            (
+                Task::TokenCls {
+                    labels: classes.clone(),
+                },
+                Objective::TokenCls { classes, weights },
+            )
+        }
     };
-    if let (Some(init), Task::SeqCls { labels }) = (&init_spec, &task) {
+    if let (Some(init), Task::SeqCls { labels } | Task::TokenCls { labels }) = (&init_spec, &task)
+    {
         check_init_head(
             &init.task,
             task_name(p.task),
@@ -531,7 +617,8 @@ fn check_init_head(
 ) -> Result<(), StepError> {
     let same = match (have, classes) {
         (Task::Lm, _) => true,
-        (Task::SeqCls { labels }, Some(c)) => labels.as_slice() == c,
+        (Task::SeqCls { labels }, Some(c)) if want == "seq-cls" => labels.as_slice() == c,
+        (Task::TokenCls { labels }, Some(c)) if want == "token-cls" => labels.as_slice() == c,
         (other, _) => other.name() == want,
     };
     if same {
@@ -567,13 +654,19 @@ fn class_weights(
         ClassWeights::Named(BalancedName::Balanced) => {
             let mut counts = vec![0usize; classes.len()];
             for r in rows {
-                if let Target::Class(k) = r.target {
-                    counts[k as usize] += 1;
+                match &r.target {
+                    Target::Class(k) => counts[*k as usize] += 1,
+                    Target::Tokens(labels) => labels
+                        .iter()
+                        .filter(|&&l| l >= 0)
+                        .for_each(|&l| counts[l as usize] += 1),
+                    _ => {}
                 }
             }
+            let n: usize = counts.iter().sum();
             counts
                 .iter()
-                .map(|&c| rows.len() as f32 / (classes.len() * c.max(1)) as f32)
+                .map(|&c| n as f32 / (classes.len() * c.max(1)) as f32)
                 .collect()
         }
         ClassWeights::Given(map) => {
@@ -628,6 +721,31 @@ fn frozen_names(
     })
 }
 
+/// Token-cls: each test row's predicted label string, one character per base: every base takes
+/// the most probable class of the token that spells it (`?` for a base no token spells).
+/// `predictions` holds one probability row per labelled token, rows in order.
+fn per_base_strings(classes: &[String], test: &Split, predictions: &[Vec<f64>]) -> Vec<String> {
+    let mut next = predictions.iter();
+    test.rows
+        .iter()
+        .zip(&test.spans)
+        .zip(&test.labels)
+        .map(|((row, spans), label)| {
+            let Target::Tokens(targets) = &row.target else {
+                return String::new();
+            };
+            let per_token: Vec<Option<usize>> = targets
+                .iter()
+                .map(|&l| (l >= 0).then(|| argmax(next.next().expect("a prediction per token"))))
+                .collect();
+            base_predictions(spans, &per_token, label.chars().count())
+                .into_iter()
+                .map(|k| k.map_or("?", |k| classes[k].as_str()))
+                .collect()
+        })
+        .collect()
+}
+
 /// `predictions.parquet` of the test split and its scores in the metrics (`test_<score>`).
 fn write_predictions(
     ctx: &mut StepContext,
@@ -678,6 +796,36 @@ fn write_predictions(
                 truth.len()
             )?;
         }
+        Objective::TokenCls { classes, .. } => {
+            let strings = per_base_strings(classes, test, predictions);
+            let (per_base, token_accuracy) = (
+                crate::score::per_base(&test.labels, &strings)
+                    .map_err(|e| StepError::new(e.to_string()))?,
+                {
+                    let truth: Vec<&str> = test
+                        .rows
+                        .iter()
+                        .flat_map(|r| match &r.target {
+                            Target::Tokens(l) => l.clone(),
+                            _ => Vec::new(),
+                        })
+                        .filter(|&l| l >= 0)
+                        .map(|l| classes[l as usize].as_str())
+                        .collect();
+                    classification_scores(classes, &truth, predictions)
+                        .and_then(|m| m.get("accuracy").copied())
+                },
+            );
+            columns.push(Column::new("label".into(), &test.labels));
+            columns.push(Column::new("prediction".into(), &strings));
+            if let Some(a) = token_accuracy {
+                m.insert("test_token_accuracy".into(), a.into());
+            }
+            // Labelled tokens against bases: how many bases a token spells on average.
+            m.insert("test_tokens".into(), predictions.len().into());
+            m.insert("classes".into(), json!(classes));
+            super::score::report_per_base(ctx, &per_base, m, "test_")?;
+        }
         _ => {
             let truth = test.values.as_slice();
             let pred: Vec<f64> = predictions.iter().map(|r| r[0]).collect();
@@ -705,6 +853,6 @@ fn write_predictions(
             )?;
         }
     }
-    let mut df = DataFrame::new(predictions.len(), columns)?;
+    let mut df = DataFrame::new(test.rows.len(), columns)?;
     write_table(&mut df, &ctx.out.join("predictions.parquet"))
 }

@@ -123,6 +123,7 @@ pub static KINDS: &[&StepKind] = &[
     &score::REGRESS,
     &baseline::CLASSIFY,
     &baseline::REGRESS,
+    &baseline::PER_BASE,
 ];
 
 /// Kinds whose results depend on the device (`--device` reaches them and enters their keys).

@@ -277,6 +277,18 @@ pub(crate) fn load_vocab(path: &Path) -> Result<Vocab, StepError> {
 
 /// Tokenize sequences without special tokens, remembering how many bases each token spells.
 pub(crate) fn encode(vocab: &Vocab, seqs: &[String]) -> Result<Vec<Row>, StepError> {
+    Ok(encode_spans(vocab, seqs)?
+        .into_iter()
+        .map(|(row, _)| row)
+        .collect())
+}
+
+/// [`encode`], with each token's span of the sequence: the tokenizer's offsets as character
+/// positions `[start, end)` (what per-base labels are aligned by).
+pub(crate) fn encode_spans(
+    vocab: &Vocab,
+    seqs: &[String],
+) -> Result<Vec<(Row, Vec<(usize, usize)>)>, StepError> {
     use rayon::prelude::*;
     seqs.par_iter()
         .map(|s| {
@@ -284,16 +296,29 @@ pub(crate) fn encode(vocab: &Vocab, seqs: &[String]) -> Result<Vec<Row>, StepErr
                 .tokenizer
                 .encode(s.as_str(), false)
                 .map_err(|e| StepError::new(format!("tokenizing: {e}")))?;
-            let bases = enc
+            // Offsets are in bytes; a sequence of ASCII letters has one byte per base.
+            let char_at = |byte: usize| {
+                if s.is_ascii() {
+                    byte
+                } else {
+                    s[..byte.min(s.len())].chars().count()
+                }
+            };
+            let spans: Vec<(usize, usize)> = enc
                 .get_offsets()
+                .iter()
+                .map(|&(a, b)| (char_at(a), char_at(b)))
+                .collect();
+            let bases = spans
                 .iter()
                 .map(|(a, b)| (b - a).min(u16::MAX as usize) as u16)
                 .collect();
-            Ok(Row {
+            let row = Row {
                 ids: enc.get_ids().to_vec(),
                 bases,
                 target: train::Target::None,
-            })
+            };
+            Ok((row, spans))
         })
         .collect()
 }

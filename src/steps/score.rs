@@ -303,3 +303,51 @@ mod tests {
         );
     }
 }
+
+/// Per-base scores into `metrics` as `<prefix>accuracy`, `…f1_macro`, `…mcc`,
+/// `…balanced_accuracy`, `…exact` (whole sequences right), `…brackets_balanced` (dot-bracket
+/// labels) and `…bases`, with the per-base confusion matrix in `confusion.svg` and a log line:
+/// what `model.finetune` (token-cls) and `baseline.per-base` both report, so they compare.
+pub(super) fn report_per_base(
+    ctx: &mut StepContext,
+    s: &score::PerBaseScores,
+    metrics: &mut serde_json::Map<String, Value>,
+    prefix: &str,
+) -> Result<(), StepError> {
+    let b = &s.bases;
+    for (k, v) in [
+        ("accuracy", Some(b.accuracy)),
+        ("balanced_accuracy", Some(b.balanced_accuracy)),
+        ("f1_macro", Some(b.f1_macro)),
+        ("mcc", Some(b.mcc)),
+        ("exact", Some(s.exact)),
+        ("brackets_balanced", s.balanced),
+    ] {
+        if let Some(v) = v {
+            metrics.insert(format!("{prefix}{k}"), v.into());
+        }
+    }
+    metrics.insert(format!("{prefix}bases"), b.rows.into());
+    plot::confusion(
+        &ctx.out.join("confusion.svg"),
+        &format!(
+            "Confusion matrix per base ({} bases, accuracy {:.3})",
+            b.rows, b.accuracy
+        ),
+        &b.confusion.labels,
+        &b.confusion.counts,
+    )?;
+    writeln!(
+        ctx.log,
+        "per-base accuracy {:.4}, macro F1 {:.4}, MCC {:.4}{} ({} sequences, {} bases)",
+        b.accuracy,
+        b.f1_macro,
+        b.mcc,
+        s.balanced
+            .map(|f| format!(", brackets balanced in {:.1} %", 100.0 * f))
+            .unwrap_or_default(),
+        s.sequences,
+        b.rows
+    )?;
+    Ok(())
+}

@@ -470,6 +470,83 @@ pub fn class_indices(
         .collect()
 }
 
+/// Per-base labels of a table: the label strings and their sequences, each label one character
+/// per base (a dot-bracket structure, a DSSP state); another length is an error naming the row.
+pub fn label_strings(
+    table: &LocatedTable,
+    label: &str,
+    sequence: &str,
+) -> Result<(Vec<String>, Vec<String>), StepError> {
+    let labels = table.texts(label, "label", "a label string")?;
+    let seqs = table.texts(sequence, "sequence", "a sequence")?;
+    for (i, (l, s)) in labels.iter().zip(&seqs).enumerate() {
+        let (nl, ns) = (l.chars().count(), s.chars().count());
+        if nl != ns {
+            return Err(StepError::new(format!(
+                "{}: {nl} label characters for a sequence of {ns} bases; `{label}` needs one \
+                 label character per base of `{sequence}`",
+                table.at(i, label)
+            )));
+        }
+    }
+    Ok((labels, seqs))
+}
+
+/// The classes of per-base training labels: their characters in scikit-learn's order; fewer
+/// than two is an error naming the file and column.
+pub fn label_characters(
+    table: &LocatedTable,
+    labels: &[String],
+    column: &str,
+) -> Result<Vec<String>, StepError> {
+    let chars: Vec<String> = labels
+        .iter()
+        .flat_map(|s| s.chars())
+        .map(String::from)
+        .collect();
+    let classes = crate::score::sorted_classes(chars.iter().map(String::as_str));
+    if classes.len() < 2 {
+        return Err(StepError::new(format!(
+            "{}: every base of column `{column}` is labelled `{}`; per-base classification \
+             needs at least two label characters",
+            table.path.display(),
+            classes.join("")
+        )));
+    }
+    Ok(classes)
+}
+
+/// The class index of every base of every label string among the training `classes`; a
+/// character the training table lacks is an error naming the row.
+pub fn base_classes(
+    table: &LocatedTable,
+    labels: &[String],
+    classes: &[String],
+    label_column: &str,
+    train: &Path,
+) -> Result<Vec<Vec<u32>>, StepError> {
+    labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            l.chars()
+                .map(|c| {
+                    let c = c.to_string();
+                    classes.iter().position(|k| *k == c).map(|k| k as u32).ok_or_else(|| {
+                        StepError::new(format!(
+                            "{}: label `{c}` does not occur in the training table {} (its label \
+                             characters: {}); a model can only predict labels it was trained on",
+                            table.at(i, label_column),
+                            train.display(),
+                            classes.join(" ")
+                        ))
+                    })
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// One spelling per class: `1`, `1.0` and ` 1 ` are the class `1`, so true labels, predictions
 /// and `prob_1` columns agree whatever wrote them (a text, float or integer column).
 pub fn class_label(s: &str) -> String {

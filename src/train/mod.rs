@@ -21,6 +21,7 @@ use crate::models::{FusedOps, Model, ModelError, Precision, Weights};
 pub mod batch;
 pub mod objective;
 pub mod optim;
+pub mod per_base;
 
 pub use batch::{Batch, Masking, Order, Row, Target};
 pub use objective::{Evaluation, Objective, lower_is_better, metric_names};

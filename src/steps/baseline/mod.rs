@@ -23,6 +23,9 @@
 
 use std::path::Path;
 
+mod per_base;
+pub use per_base::PER_BASE;
+
 use polars::prelude::*;
 use schemars::JsonSchema;
 use serde::Deserialize;
