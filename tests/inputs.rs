@@ -45,6 +45,9 @@ const CASES: &[(&str, &str, &str, &str)] = &[
     ("bl_reg", "baseline.regress", "train", "bl_reg_train.json"),
     ("bl_reg", "baseline.regress", "test", "bl_reg_test.json"),
     ("bl_reg", "baseline.regress", "valid", "bl_reg_valid.json"),
+    ("bl_pb", "baseline.per-base", "train", "bl_pb_train.json"),
+    ("bl_pb", "baseline.per-base", "test", "bl_pb_test.json"),
+    ("bl_pb", "baseline.per-base", "valid", "bl_pb_valid.json"),
     ("finetune", "model.finetune", "init", "ft_init"),
     ("finetune", "model.finetune", "tokenizer", "ft_tok.json"),
     ("finetune", "model.finetune", "train", "ft_train.json"),
@@ -89,6 +92,7 @@ steps:
   regress: { uses: eval.regress, with: { predictions: regress.json, bootstrap: 10 } }
   bl_cls: { uses: baseline.classify, with: { train: bl_cls_train.json, test: bl_cls_test.json, valid: bl_cls_valid.json } }
   bl_reg: { uses: baseline.regress, with: { train: bl_reg_train.json, test: bl_reg_test.json, valid: bl_reg_valid.json } }
+  bl_pb: { uses: baseline.per-base, with: { train: bl_pb_train.json, test: bl_pb_test.json, valid: bl_pb_valid.json, window: 1 } }
   finetune:
     uses: model.finetune
     with: { task: seq-cls, init: ft_init, tokenizer: ft_tok.json, train: ft_train.json, valid: ft_valid.json, test: ft_test.json, steps: 2, batch_size: 2 }
@@ -144,6 +148,10 @@ fn project() -> Project {
     }
     for f in ["bl_reg_train.json", "bl_reg_test.json", "bl_reg_valid.json"] {
         p.write(f, &labelled.replace("\"label\": 1", "\"label\": 2.5"));
+    }
+    let structures = r#"[{"id": "r0", "sequence": "ACGTAC", "label": "((..))"}, {"id": "r1", "sequence": "GGCATT", "label": "(....)"}]"#;
+    for f in ["bl_pb_train.json", "bl_pb_test.json", "bl_pb_valid.json"] {
+        p.write(f, structures);
     }
     for f in [
         "ft_train.json",
