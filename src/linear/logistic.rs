@@ -144,8 +144,8 @@ impl Logistic {
                     let (gw, gb) = g.split_at_mut(rows * d);
                     let mut z = vec![0.0; rows];
                     let mut loss = 0.0;
-                    for i in blk * BLOCK..((blk + 1) * BLOCK).min(n) {
-                        let yi = y[i];
+                    let end = ((blk + 1) * BLOCK).min(n);
+                    for (i, &yi) in y.iter().enumerate().take(end).skip(blk * BLOCK) {
                         for (k, zk) in z.iter_mut().enumerate() {
                             *zk = b[k] + rows_x.dot(i, &w[k * d..(k + 1) * d]);
                         }

@@ -14,9 +14,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::model::{
-    Arch, Vocab, batch_size, beta1, beta2, check_device, clip, cosine, cpu, encode_spans, eps, f32,
-    fresh_config, load_vocab, log_every, log_report, lr, one, resolve_device, save_every, seed,
-    weight_decay,
+    Arch, Spans, Vocab, batch_size, beta1, beta2, check_device, clip, cosine, cpu, encode_spans,
+    eps, f32, fresh_config, load_vocab, log_every, log_report, lr, one, resolve_device, save_every,
+    seed, weight_decay,
 };
 use super::table::{
     LocatedTable, base_classes, class_indices, label_characters, label_strings, read_role,
@@ -229,9 +229,11 @@ pub static FINETUNE: StepKind = StepKind {
             return Err("`token_label` is for `task: token-cls`".into());
         }
         if p.task == TaskKind::TokenCls && p.truncate {
-            return Err("`truncate` cannot be used with `task: token-cls`: every base needs a \
+            return Err(
+                "`truncate` cannot be used with `task: token-cls`: every base needs a \
                  prediction; raise `max_length` (up to the model's positions) instead"
-                .into());
+                    .into(),
+            );
         }
         Ok(())
     },
@@ -275,7 +277,7 @@ struct Split {
     table: LocatedTable,
     rows: Vec<Row>,
     /// Each token's `[start, end)` in bases (empty for `[CLS]` and `[SEP]`).
-    spans: Vec<Vec<(usize, usize)>>,
+    spans: Vec<Spans>,
     /// Class labels (seq-cls) or label strings, one character per base (token-cls).
     labels: Vec<String>,
     /// Regression targets (empty for classes).
@@ -292,10 +294,12 @@ pub(super) fn inputs(
     bert: bool,
     max_len: usize,
 ) -> Result<Vec<Row>, StepError> {
-    Ok(inputs_spans(vocab, table, sequence, truncate, bert, max_len)?
-        .into_iter()
-        .map(|(row, _)| row)
-        .collect())
+    Ok(
+        inputs_spans(vocab, table, sequence, truncate, bert, max_len)?
+            .into_iter()
+            .map(|(row, _)| row)
+            .collect(),
+    )
 }
 
 /// [`inputs`], with each token's span of its sequence in bases (`(0, 0)` for `[CLS]`/`[SEP]`).
@@ -306,7 +310,7 @@ fn inputs_spans(
     truncate: bool,
     bert: bool,
     max_len: usize,
-) -> Result<Vec<(Row, Vec<(usize, usize)>)>, StepError> {
+) -> Result<Vec<(Row, Spans)>, StepError> {
     let seqs = table.texts(sequence, "sequence", "a sequence")?;
     let mut rows = encode_spans(vocab, &seqs)?;
     let extra = if bert { 2 } else { 0 };
@@ -496,8 +500,7 @@ fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
             )
         }
     };
-    if let (Some(init), Task::SeqCls { labels } | Task::TokenCls { labels }) = (&init_spec, &task)
-    {
+    if let (Some(init), Task::SeqCls { labels } | Task::TokenCls { labels }) = (&init_spec, &task) {
         check_init_head(
             &init.task,
             task_name(p.task),
@@ -746,6 +749,29 @@ fn per_base_strings(classes: &[String], test: &Split, predictions: &[Vec<f64>]) 
         .collect()
 }
 
+/// The fraction of bases whose label is the label their token learns (1 with one token per
+/// base; lower when multi-base tokens span a change of label).
+fn token_ceiling(classes: &[String], test: &Split) -> f64 {
+    let (mut right, mut bases) = (0usize, 0usize);
+    for ((row, spans), label) in test.rows.iter().zip(&test.spans).zip(&test.labels) {
+        let Target::Tokens(targets) = &row.target else {
+            continue;
+        };
+        let learned: Vec<Option<usize>> = targets
+            .iter()
+            .map(|&l| (l >= 0).then_some(l as usize))
+            .collect();
+        let painted = base_predictions(spans, &learned, label.chars().count());
+        bases += painted.len();
+        right += painted
+            .iter()
+            .zip(label.chars())
+            .filter(|(k, c)| k.is_some_and(|k| classes[k] == c.to_string()))
+            .count();
+    }
+    right as f64 / bases.max(1) as f64
+}
+
 /// `predictions.parquet` of the test split and its scores in the metrics (`test_<score>`).
 fn write_predictions(
     ctx: &mut StepContext,
@@ -821,8 +847,14 @@ fn write_predictions(
             if let Some(a) = token_accuracy {
                 m.insert("test_token_accuracy".into(), a.into());
             }
-            // Labelled tokens against bases: how many bases a token spells on average.
+            // Labelled tokens against bases: how many bases a token spells on average, and the
+            // per-base accuracy of a perfect token classifier (each token right about the label
+            // it learns): what the tokenizer leaves within reach.
             m.insert("test_tokens".into(), predictions.len().into());
+            m.insert(
+                "test_token_ceiling".into(),
+                token_ceiling(classes, test).into(),
+            );
             m.insert("classes".into(), json!(classes));
             super::score::report_per_base(ctx, &per_base, m, "test_")?;
         }

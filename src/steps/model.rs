@@ -283,12 +283,12 @@ pub(crate) fn encode(vocab: &Vocab, seqs: &[String]) -> Result<Vec<Row>, StepErr
         .collect())
 }
 
-/// [`encode`], with each token's span of the sequence: the tokenizer's offsets as character
-/// positions `[start, end)` (what per-base labels are aligned by).
-pub(crate) fn encode_spans(
-    vocab: &Vocab,
-    seqs: &[String],
-) -> Result<Vec<(Row, Vec<(usize, usize)>)>, StepError> {
+/// Each token's `[start, end)` in bases of its sequence (the tokenizer's offsets as character
+/// positions; empty for a token that spells no base, such as `[CLS]`).
+pub(crate) type Spans = Vec<(usize, usize)>;
+
+/// [`encode`], with each token's span of the sequence (what per-base labels are aligned by).
+pub(crate) fn encode_spans(vocab: &Vocab, seqs: &[String]) -> Result<Vec<(Row, Spans)>, StepError> {
     use rayon::prelude::*;
     seqs.par_iter()
         .map(|s| {
@@ -304,7 +304,7 @@ pub(crate) fn encode_spans(
                     s[..byte.min(s.len())].chars().count()
                 }
             };
-            let spans: Vec<(usize, usize)> = enc
+            let spans: Spans = enc
                 .get_offsets()
                 .iter()
                 .map(|&(a, b)| (char_at(a), char_at(b)))

@@ -268,42 +268,6 @@ fn score_error(table: &LocatedTable, e: score::ScoreError) -> StepError {
     StepError::new(format!("{}: {e}", table.path.display()))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn labels_have_one_spelling() {
-        assert_eq!(class_label("1.0"), "1");
-        assert_eq!(class_label(" 1 "), "1");
-        assert_eq!(class_label("0.5"), "0.5");
-        assert_eq!(class_label("promoter"), "promoter");
-        assert_eq!(ClassLabel::Number(1).text(), "1");
-    }
-
-    #[test]
-    fn bad_values_name_file_row_line_and_column() {
-        let d = tempfile::tempdir().unwrap();
-        let path = d.path().join("p.csv");
-        std::fs::write(&path, "id,label,prediction\na,1.5,1\nb,x,2\n").unwrap();
-        let t = read_predictions(&path).unwrap();
-        let e = t.numbers("label", "label").unwrap_err().message;
-        assert!(
-            e.contains("p.csv: row 2 (line 3, id `b`), column `label`: `x` is not a number; `label` must be numbers"),
-            "{e}"
-        );
-        std::fs::write(&path, "label,prediction\n1,1\n,0\n").unwrap();
-        let t = read_predictions(&path).unwrap();
-        let e = t.labels("label", "label").unwrap_err().message;
-        assert!(e.contains("row 2 (line 3), column `label`: empty"), "{e}");
-        let e = t.labels("truth", "label").unwrap_err().message;
-        assert!(
-            e.contains("no column `truth`; the columns are: label, prediction"),
-            "{e}"
-        );
-    }
-}
-
 /// Per-base scores into `metrics` as `<prefix>accuracy`, `…f1_macro`, `…mcc`,
 /// `…balanced_accuracy`, `…exact` (whole sequences right), `…brackets_balanced` (dot-bracket
 /// labels) and `…bases`, with the per-base confusion matrix in `confusion.svg` and a log line:
@@ -350,4 +314,40 @@ pub(super) fn report_per_base(
         b.rows
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_have_one_spelling() {
+        assert_eq!(class_label("1.0"), "1");
+        assert_eq!(class_label(" 1 "), "1");
+        assert_eq!(class_label("0.5"), "0.5");
+        assert_eq!(class_label("promoter"), "promoter");
+        assert_eq!(ClassLabel::Number(1).text(), "1");
+    }
+
+    #[test]
+    fn bad_values_name_file_row_line_and_column() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("p.csv");
+        std::fs::write(&path, "id,label,prediction\na,1.5,1\nb,x,2\n").unwrap();
+        let t = read_predictions(&path).unwrap();
+        let e = t.numbers("label", "label").unwrap_err().message;
+        assert!(
+            e.contains("p.csv: row 2 (line 3, id `b`), column `label`: `x` is not a number; `label` must be numbers"),
+            "{e}"
+        );
+        std::fs::write(&path, "label,prediction\n1,1\n,0\n").unwrap();
+        let t = read_predictions(&path).unwrap();
+        let e = t.labels("label", "label").unwrap_err().message;
+        assert!(e.contains("row 2 (line 3), column `label`: empty"), "{e}");
+        let e = t.labels("truth", "label").unwrap_err().message;
+        assert!(
+            e.contains("no column `truth`; the columns are: label, prediction"),
+            "{e}"
+        );
+    }
 }

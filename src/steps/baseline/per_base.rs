@@ -15,7 +15,9 @@ use serde_json::json;
 
 use super::{TOL, base_code, check_penalty, linear_error, max_iter, one, read_inputs};
 use crate::linear::{Lbfgs, Logistic, Matrix, argmax_rows};
-use crate::steps::table::{LocatedTable, base_classes, label_characters, label_strings, write_table};
+use crate::steps::table::{
+    LocatedTable, base_classes, label_characters, label_strings, write_table,
+};
 use crate::steps::{
     InputPath, StepContext, StepError, StepKind, params, score::report_per_base, write_json,
     write_metrics,
@@ -196,10 +198,17 @@ fn per_base(ctx: &mut StepContext) -> Result<(), StepError> {
         crate::score::per_base(truth, pred)
             .map_err(|e| StepError::new(format!("{}: {e}", table.path.display())))
     };
-    let train_pred = label_strings_of(&argmax_rows(&model.probabilities(&x)), &train_seqs, &classes);
+    let train_pred = label_strings_of(
+        &argmax_rows(&model.probabilities(&x)),
+        &train_seqs,
+        &classes,
+    );
     metrics.insert(
         "train_accuracy".into(),
-        score(&train_labels, &train_pred, train)?.bases.accuracy.into(),
+        score(&train_labels, &train_pred, train)?
+            .bases
+            .accuracy
+            .into(),
     );
     if let Some(valid) = &inputs.valid {
         let (truth, pred) = predict(valid)?;
@@ -210,7 +219,12 @@ fn per_base(ctx: &mut StepContext) -> Result<(), StepError> {
     }
     let (truth, pred) = predict(&inputs.test)?;
     write!(ctx.log, "test: ")?;
-    report_per_base(ctx, &score(&truth, &pred, &inputs.test)?, &mut metrics, "test_")?;
+    report_per_base(
+        ctx,
+        &score(&truth, &pred, &inputs.test)?,
+        &mut metrics,
+        "test_",
+    )?;
 
     let ids = inputs.test.texts(&p.id, "id", "an id")?;
     let mut df = DataFrame::new(
