@@ -141,7 +141,20 @@ impl From<Diagnostic> for Failure {
 
 /// Entry point of the `dnaflow` binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    run_cli(Cli::parse())
+}
+
+/// The binary's entry point with the arguments given (the first is the program name): what a
+/// test runs in-process to drive a whole command exactly as the binary would.
+pub fn main_with<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    run_cli(Cli::parse_from(args))
+}
+
+fn run_cli(cli: Cli) -> ExitCode {
     init_tracing(cli.verbose);
     let result = match cli.command {
         Command::Run(a) => run_cmd::run(&cli.cache, &a, false),
@@ -200,4 +213,94 @@ fn init_tracing(verbose: u8) {
         )
         .without_time()
         .try_init();
+}
+
+/// The GPU code path end to end: chapter 2.2 at a tiny size on the device the model tests run
+/// on (`DNAFLOW_TEST_DEVICE`), in-process, so CI's wgpu run builds the library's tests once and
+/// no binary (see `.ci/run`). Skipped on the CPU, where the chapter runs in CI anyway.
+#[cfg(test)]
+mod device_check {
+    use crate::models::device::{DeviceSpec, test_device};
+
+    #[test]
+    fn ch2_2_trains_and_samples_on_the_test_device() {
+        let device = test_device();
+        if matches!(device, DeviceSpec::Cpu) {
+            eprintln!("skipping: set DNAFLOW_TEST_DEVICE=wgpu or cuda to run ch2-2 on a device");
+            return;
+        }
+        let name = std::env::var("DNAFLOW_TEST_DEVICE").expect("set");
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let cache = tmp.path().join("cache");
+        let report = tmp.path().join("report.json");
+        let code = super::main_with([
+            "dnaflow",
+            "--cache",
+            cache.to_str().expect("utf-8"),
+            "run",
+            "workflows/ch2-2-gpt2.yaml",
+            "--device",
+            &name,
+            "--set",
+            "steps=10",
+            "--set",
+            "eval_every=5",
+            "--set",
+            "n_embd=32",
+            "--set",
+            "n_layer=1",
+            "--set",
+            "n_head=2",
+            "--set",
+            "seq_len=64",
+            "--set",
+            "batch_size=4",
+            "--report",
+            report.to_str().expect("utf-8"),
+            "-q",
+        ]);
+        assert_eq!(
+            code,
+            std::process::ExitCode::SUCCESS,
+            "ch2-2 on {name} failed"
+        );
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).unwrap();
+        let steps: std::collections::BTreeMap<&str, &serde_json::Value> = r["steps"]
+            .as_array()
+            .expect("steps")
+            .iter()
+            .map(|s| (s["name"].as_str().expect("name"), s))
+            .collect();
+        for (n, s) in &steps {
+            assert!(
+                matches!(s["status"].as_str(), Some("ran" | "cached")),
+                "ch2-2 on {name}: {n} did not finish: {s}"
+            );
+        }
+        let bits = steps["test"]["metrics"]["bits_per_base"]
+            .as_f64()
+            .expect("bits");
+        let vocab = steps["tokenizer"]["metrics"]["vocab_size"]
+            .as_f64()
+            .expect("vocab");
+        // Better than guessing uniformly among the tokenizer's symbols: it learned on the device.
+        assert!(
+            bits.is_finite() && bits < vocab.log2(),
+            "ch2-2 on {name}: {bits} bits per base (uniform {:.2})",
+            vocab.log2()
+        );
+        eprintln!(
+            "ch2-2 on {name}, 10 steps: test {bits:.4} bits per base (uniform {:.2}); {}",
+            vocab.log2(),
+            ["gpt2", "test", "sample"]
+                .iter()
+                .map(|n| format!(
+                    "{n} {:.1} s",
+                    steps[n]["seconds"].as_f64().unwrap_or(f64::NAN)
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
 }
