@@ -23,17 +23,7 @@ fn project(finetune_extra: &str, steps: usize) -> Project {
     )
     .unwrap();
     let splice = std::fs::read_to_string(common::data("splice/splice.csv")).unwrap();
-    let mut lines = splice.lines();
-    let header = lines.next().unwrap().to_string();
-    let rows: Vec<&str> = lines.collect();
-    let table = |range: std::ops::Range<usize>| {
-        let mut t = header.clone() + "\n";
-        for r in &rows[range] {
-            t.push_str(r);
-            t.push('\n');
-        }
-        t
-    };
+    let table = |range: std::ops::Range<usize>| common::csv_rows(&splice, range);
     p.write("train.csv", &table(0..160));
     p.write("valid.csv", &table(160..200));
     p.write("test.csv", &table(2000..2040));

@@ -19,17 +19,7 @@ fn project(token_label: &str) -> Project {
     );
     let mut csv = String::new();
     gz.read_to_string(&mut csv).unwrap();
-    let mut lines = csv.lines();
-    let header = lines.next().unwrap().to_string();
-    let rows: Vec<&str> = lines.collect();
-    let table = |range: std::ops::Range<usize>| {
-        let mut t = header.clone() + "\n";
-        for r in &rows[range] {
-            t.push_str(r);
-            t.push('\n');
-        }
-        t
-    };
+    let table = |range: std::ops::Range<usize>| common::csv_rows(&csv, range);
     let p = Project::new();
     p.write("train.csv", &table(0..120));
     p.write("valid.csv", &table(400..430));

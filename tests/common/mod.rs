@@ -15,6 +15,18 @@ pub fn data(rel: &str) -> String {
         .to_string()
 }
 
+/// Rows `range` (counted after the header) of a CSV text, with its header: a table cut from
+/// the shipped real data.
+pub fn csv_rows(csv: &str, range: std::ops::Range<usize>) -> String {
+    let mut lines = csv.lines();
+    let mut t = lines.next().unwrap_or_default().to_string() + "\n";
+    for r in lines.skip(range.start).take(range.len()) {
+        t.push_str(r);
+        t.push('\n');
+    }
+    t
+}
+
 pub struct Project {
     pub dir: tempfile::TempDir,
 }

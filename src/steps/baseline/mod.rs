@@ -472,6 +472,57 @@ struct Scored {
     accuracy: f64,
 }
 
+/// Fit the L2 logistic regression every classifying baseline uses, logging `what` (the training
+/// data in words) and how the fit went; a fit that did not converge says what to raise.
+fn fit_logistic(
+    ctx: &mut StepContext,
+    x: &Matrix,
+    y: &[usize],
+    classes: usize,
+    (l2, max_iter): (f64, usize),
+    train: &Path,
+    what: &str,
+) -> Result<Logistic, StepError> {
+    (ctx.status)("fitting logistic regression");
+    let solver = Lbfgs {
+        max_iter,
+        tol: TOL,
+        ..Lbfgs::default()
+    };
+    let model = Logistic::fit(x, y, classes, l2, &solver).map_err(|e| linear_error(train, e))?;
+    let fit = &model.fit;
+    writeln!(
+        ctx.log,
+        "{}: {what}; L-BFGS {} after {} iterations (objective {:.6}, largest gradient {:.1e})",
+        train.display(),
+        if fit.converged {
+            "converged"
+        } else {
+            "did NOT converge (raise `max_iter`)"
+        },
+        fit.iterations,
+        fit.value,
+        fit.gradient
+    )?;
+    Ok(model)
+}
+
+/// How a logistic baseline was fitted, for `model.json` and the metrics.
+fn logistic_settings(model: &Logistic, l2: f64, max_iter: usize) -> Value {
+    let fit = &model.fit;
+    json!({
+        "type": "logistic_regression",
+        "l2": l2,
+        "max_iter": max_iter,
+        "tol": TOL,
+        "iterations": fit.iterations,
+        "converged": fit.converged,
+        "stop": fit.stop,
+        "objective": fit.value,
+        "gradient": fit.gradient,
+    })
+}
+
 fn classify(ctx: &mut StepContext) -> Result<(), StepError> {
     let p: LogisticParams = params(ctx.with).map_err(StepError::new)?;
     let cols = Columns {
@@ -498,32 +549,20 @@ fn classify(ctx: &mut StepContext) -> Result<(), StepError> {
         &inputs.train.path,
     )?;
     let features = design.features;
-    (ctx.status)("fitting logistic regression");
-    let solver = Lbfgs {
-        max_iter: p.max_iter,
-        tol: TOL,
-        ..Lbfgs::default()
-    };
-    let model = Logistic::fit(&x_train, &y_train, classes.len(), p.l2, &solver)
-        .map_err(|e| linear_error(&inputs.train.path, e))?;
-    let fit = &model.fit;
-    writeln!(
-        ctx.log,
-        "{}: {} rows, {} classes ({}), {} features; L-BFGS {} after {} iterations \
-         (objective {:.6}, largest gradient {:.1e})",
-        inputs.train.path.display(),
-        x_train.rows,
+    let model = fit_logistic(
+        ctx,
+        &x_train,
+        &y_train,
         classes.len(),
-        classes.join(", "),
-        features.dimension(),
-        if fit.converged {
-            "converged"
-        } else {
-            "did NOT converge (raise `max_iter`)"
-        },
-        fit.iterations,
-        fit.value,
-        fit.gradient
+        (p.l2, p.max_iter),
+        &inputs.train.path,
+        &format!(
+            "{} rows, {} classes ({}), {} features",
+            x_train.rows,
+            classes.len(),
+            classes.join(", "),
+            features.dimension()
+        ),
     )?;
     let train_accuracy = accuracy(&y_train, &argmax_rows(&model.probabilities(&x_train)));
 
@@ -595,17 +634,7 @@ fn classify(ctx: &mut StepContext) -> Result<(), StepError> {
             )
         })
         .collect();
-    let settings = json!({
-        "type": "logistic_regression",
-        "l2": p.l2,
-        "max_iter": p.max_iter,
-        "tol": TOL,
-        "iterations": fit.iterations,
-        "converged": fit.converged,
-        "stop": fit.stop,
-        "objective": fit.value,
-        "gradient": fit.gradient,
-    });
+    let settings = logistic_settings(&model, p.l2, p.max_iter);
     write_json(
         &ctx.out.join("model.json"),
         &json!({

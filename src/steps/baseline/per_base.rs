@@ -13,8 +13,10 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{TOL, base_code, check_penalty, linear_error, max_iter, one, read_inputs};
-use crate::linear::{Lbfgs, Logistic, Matrix, argmax_rows};
+use super::{
+    base_code, check_penalty, fit_logistic, logistic_settings, max_iter, one, read_inputs,
+};
+use crate::linear::{Matrix, argmax_rows};
 use crate::steps::table::{
     LocatedTable, base_classes, label_characters, label_strings, write_table,
 };
@@ -155,34 +157,22 @@ fn per_base(ctx: &mut StepContext) -> Result<(), StepError> {
         .map(|k| k as usize)
         .collect();
     let x = window_matrix(&train_seqs, p.window, &train.path)?;
-    (ctx.status)("fitting logistic regression");
-    let solver = Lbfgs {
-        max_iter: p.max_iter,
-        tol: TOL,
-        ..Lbfgs::default()
-    };
-    let model = Logistic::fit(&x, &y, classes.len(), p.l2, &solver)
-        .map_err(|e| linear_error(&train.path, e))?;
-    let fit = &model.fit;
-    writeln!(
-        ctx.log,
-        "{}: {} sequences, {} bases, {} classes ({}), window ±{} ({} features); L-BFGS {} after \
-         {} iterations (objective {:.6}, largest gradient {:.1e})",
-        train.path.display(),
-        train_seqs.len(),
-        x.rows,
+    let model = fit_logistic(
+        ctx,
+        &x,
+        &y,
         classes.len(),
-        classes.join(" "),
-        p.window,
-        x.cols,
-        if fit.converged {
-            "converged"
-        } else {
-            "did NOT converge (raise `max_iter`)"
-        },
-        fit.iterations,
-        fit.value,
-        fit.gradient
+        (p.l2, p.max_iter),
+        &train.path,
+        &format!(
+            "{} sequences, {} bases, {} classes ({}), window ±{} ({} features)",
+            train_seqs.len(),
+            x.rows,
+            classes.len(),
+            classes.join(" "),
+            p.window,
+            x.cols
+        ),
     )?;
 
     // Every table predicted by the same featuriser; a label the training table lacks is an
@@ -237,16 +227,7 @@ fn per_base(ctx: &mut StepContext) -> Result<(), StepError> {
     )?;
     write_table(&mut df, &ctx.out.join("predictions.parquet"))?;
 
-    let settings = json!({
-        "type": "logistic_regression",
-        "l2": p.l2,
-        "max_iter": p.max_iter,
-        "tol": TOL,
-        "iterations": fit.iterations,
-        "converged": fit.converged,
-        "objective": fit.value,
-        "gradient": fit.gradient,
-    });
+    let settings = logistic_settings(&model, p.l2, p.max_iter);
     let offsets: Vec<String> = (0..2 * p.window + 1)
         .flat_map(|o| {
             let o = o as i64 - p.window as i64;
