@@ -170,10 +170,15 @@ pub fn write(runs: &Path, record: &RunRecord) -> std::io::Result<PathBuf> {
     Ok(path)
 }
 
-/// Serialize to a temp file beside `path`, then rename over it.
+/// Serialize to a temp file beside `path`, then rename over it. Streamed through a small
+/// buffer: the record of a 100,000-step run is tens of megabytes, which a whole-file buffer
+/// would make the process allocate (and the kernel zero) on every run.
 pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+    use std::io::Write;
     let tmp = path.with_extension(format!("json.tmp{}", std::process::id()));
-    let bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
-    std::fs::write(&tmp, bytes)?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::fs::File::create(&tmp)?);
+    serde_json::to_writer_pretty(&mut out, value).map_err(std::io::Error::other)?;
+    out.flush()?;
+    drop(out);
     std::fs::rename(&tmp, path)
 }

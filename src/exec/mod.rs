@@ -230,11 +230,10 @@ pub fn run(plan: &Plan, cache: &Cache, opts: &RunOptions) -> Result<RunRecord, E
             records[i] = Some(skipped(plan, i, reason));
         }
     }
-    let steps: Vec<StepRecord> = plan
-        .order
-        .iter()
-        .filter_map(|&i| records[i].take())
-        .collect();
+    // Sized up front: a filtered collect grows by doubling, copying (and the kernel zeroing)
+    // the records of a 100,000-step run several times over.
+    let mut steps: Vec<StepRecord> = Vec::with_capacity(plan.order.len());
+    steps.extend(plan.order.iter().filter_map(|&i| records[i].take()));
     let status = if CANCELLED.load(Ordering::SeqCst) {
         "interrupted"
     } else if steps

@@ -521,8 +521,10 @@ impl<'a> Resolver<'a> {
 
     /// Expand `foreach` steps into instances with readable names.
     fn expand<'f>(&mut self, file: &'f WorkflowFile) -> Vec<Instance<'f>> {
-        let mut out: Vec<Instance<'f>> = Vec::new();
-        let mut seen: HashMap<String, Span> = HashMap::new();
+        // At least one instance per step (more with `foreach`); sized so a large workflow's
+        // list is not copied as it grows.
+        let mut out: Vec<Instance<'f>> = Vec::with_capacity(file.steps.len());
+        let mut seen: HashMap<String, Span> = HashMap::with_capacity(file.steps.len());
         for (key, def) in &file.steps {
             let base = key.value.clone();
             if !valid_name(&base) {
