@@ -724,11 +724,11 @@ fn frozen_names(
     })
 }
 
-/// Token-cls: each test row's predicted label string, one character per base: every base takes
-/// the most probable class of the token that spells it (`?` for a base no token spells).
-/// `predictions` holds one probability row per labelled token, rows in order.
-fn per_base_strings(classes: &[String], test: &Split, predictions: &[Vec<f64>]) -> Vec<String> {
-    let mut next = predictions.iter();
+/// Token-cls: each test row's label string as its tokens paint it, one character per base:
+/// every base takes the class `token` gives the token that spells it (`None` for a token
+/// carrying no label), `?` for a base no token spells. `token` is called on every labelled
+/// token's target class, rows in order.
+fn paint(classes: &[String], test: &Split, mut token: impl FnMut(usize) -> usize) -> Vec<String> {
     test.rows
         .iter()
         .zip(&test.spans)
@@ -739,7 +739,7 @@ fn per_base_strings(classes: &[String], test: &Split, predictions: &[Vec<f64>]) 
             };
             let per_token: Vec<Option<usize>> = targets
                 .iter()
-                .map(|&l| (l >= 0).then(|| argmax(next.next().expect("a prediction per token"))))
+                .map(|&l| (l >= 0).then(|| token(l as usize)))
                 .collect();
             base_predictions(spans, &per_token, label.chars().count())
                 .into_iter()
@@ -747,29 +747,6 @@ fn per_base_strings(classes: &[String], test: &Split, predictions: &[Vec<f64>]) 
                 .collect()
         })
         .collect()
-}
-
-/// The fraction of bases whose label is the label their token learns (1 with one token per
-/// base; lower when multi-base tokens span a change of label).
-fn token_ceiling(classes: &[String], test: &Split) -> f64 {
-    let (mut right, mut bases) = (0usize, 0usize);
-    for ((row, spans), label) in test.rows.iter().zip(&test.spans).zip(&test.labels) {
-        let Target::Tokens(targets) = &row.target else {
-            continue;
-        };
-        let learned: Vec<Option<usize>> = targets
-            .iter()
-            .map(|&l| (l >= 0).then_some(l as usize))
-            .collect();
-        let painted = base_predictions(spans, &learned, label.chars().count());
-        bases += painted.len();
-        right += painted
-            .iter()
-            .zip(label.chars())
-            .filter(|(k, c)| k.is_some_and(|k| classes[k] == c.to_string()))
-            .count();
-    }
-    right as f64 / bases.max(1) as f64
 }
 
 /// `predictions.parquet` of the test split and its scores in the metrics (`test_<score>`).
@@ -823,38 +800,42 @@ fn write_predictions(
             )?;
         }
         Objective::TokenCls { classes, .. } => {
-            let strings = per_base_strings(classes, test, predictions);
-            let (per_base, token_accuracy) = (
-                crate::score::per_base(&test.labels, &strings)
-                    .map_err(|e| StepError::new(e.to_string()))?,
-                {
-                    let truth: Vec<&str> = test
-                        .rows
-                        .iter()
-                        .flat_map(|r| match &r.target {
-                            Target::Tokens(l) => l.clone(),
-                            _ => Vec::new(),
-                        })
-                        .filter(|&l| l >= 0)
-                        .map(|l| classes[l as usize].as_str())
-                        .collect();
-                    classification_scores(classes, &truth, predictions)
-                        .and_then(|m| m.get("accuracy").copied())
-                },
-            );
+            // Each base takes the most probable class of its token (`predictions` holds one
+            // probability row per labelled token, rows in order).
+            let mut next = predictions.iter();
+            let strings = paint(classes, test, |_| {
+                argmax(next.next().expect("a prediction per token"))
+            });
+            let score = |pred: &[String]| {
+                crate::score::per_base(&test.labels, pred)
+                    .map_err(|e| StepError::new(e.to_string()))
+            };
+            let per_base = score(&strings)?;
+            // Each base as a perfect token classifier would label it (its token's target): the
+            // per-base accuracy the tokenizer leaves within reach.
+            let ceiling = score(&paint(classes, test, |target| target))?
+                .bases
+                .accuracy;
+            let truth: Vec<&str> = test
+                .rows
+                .iter()
+                .flat_map(|r| match &r.target {
+                    Target::Tokens(l) => l.as_slice(),
+                    _ => &[],
+                })
+                .filter(|&&l| l >= 0)
+                .map(|&l| classes[l as usize].as_str())
+                .collect();
+            let token_accuracy = classification_scores(classes, &truth, predictions)
+                .and_then(|m| m.get("accuracy").copied());
             columns.push(Column::new("label".into(), &test.labels));
             columns.push(Column::new("prediction".into(), &strings));
             if let Some(a) = token_accuracy {
                 m.insert("test_token_accuracy".into(), a.into());
             }
-            // Labelled tokens against bases: how many bases a token spells on average, and the
-            // per-base accuracy of a perfect token classifier (each token right about the label
-            // it learns): what the tokenizer leaves within reach.
+            // Labelled tokens against bases: how many bases a token spells on average.
             m.insert("test_tokens".into(), predictions.len().into());
-            m.insert(
-                "test_token_ceiling".into(),
-                token_ceiling(classes, test).into(),
-            );
+            m.insert("test_token_ceiling".into(), ceiling.into());
             m.insert("classes".into(), json!(classes));
             super::score::report_per_base(ctx, &per_base, m, "test_")?;
         }
