@@ -584,6 +584,7 @@ mod tests {
             ids: (0..400).map(|i| [3u32, 7, 9, 12, 5][i % 5]).collect(),
             bases: vec![1; 400],
             target: crate::train::Target::None,
+            second: 0,
         };
         let rows = batch::pack(&[doc], 16, None);
         let mut data = TrainData {

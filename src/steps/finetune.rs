@@ -1,5 +1,5 @@
-//! `model.finetune`: a task head trained on a labelled table (`task: seq-cls`, `regression` or
-//! `token-cls`), from a pretrained model directory (ours or transformers') or from scratch.
+//! `model.finetune`: a task head trained on a labelled table (`task: seq-cls`, `regression`,
+//! `token-cls` or `pair-cls`), from a pretrained model directory (ours or transformers') or from scratch.
 //! The validation split picks the weights (`select:`), the test split is scored once at the
 //! end with them, and the predictions table has the format of the baselines', so
 //! `eval.classify` / `eval.regress` score both by the same code.
@@ -45,6 +45,10 @@ enum TaskKind {
     /// dot-bracket structure, a DSSP state); HF `…ForTokenClassification`. Labels reach tokens
     /// by the tokenizer's offsets (`token_label`), predictions are painted back on every base.
     TokenCls,
+    /// One class per pair of sequences (`sequence` and `pair` columns), joined as one input:
+    /// BERT's `[CLS] a [SEP] b [SEP]` with token type 1 on `b [SEP]`, GPT-2's `a <eos> b`; the
+    /// head and saved model are `…ForSequenceClassification`'s.
+    PairCls,
 }
 
 /// What stays fixed while the head trains.
@@ -84,7 +88,7 @@ enum BalancedName {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct FinetuneParams {
-    /// `seq-cls`, `regression` or `token-cls`.
+    /// `seq-cls`, `regression`, `token-cls` or `pair-cls`.
     task: TaskKind,
     /// A model directory (HF layout) to start from: its backbone is kept, its head replaced
     /// when it has another one. Without it, `arch` and `config` build a fresh model.
@@ -106,12 +110,15 @@ struct FinetuneParams {
     test: InputPath,
     #[serde(default = "super::table::sequence_column")]
     sequence: String,
+    /// `pair-cls`: the column of each pair's second sequence (default `pair`, as data.pairs
+    /// writes it).
+    pair: Option<String>,
     #[serde(default = "super::table::label_column")]
     label: String,
     #[serde(default = "super::table::id_column")]
     id: String,
     /// Longest input in tokens (default: the model's positions); a longer row is an error
-    /// unless `truncate: true`.
+    /// unless `truncate: true` (which cuts a pair's longer side first).
     max_length: Option<usize>,
     #[serde(default)]
     truncate: bool,
@@ -179,7 +186,7 @@ fn three() -> usize {
 pub static FINETUNE: StepKind = StepKind {
     name: "model.finetune",
     version: 1,
-    summary: "fine-tune a task head (seq-cls, regression, token-cls) on a labelled table, from a pretrained model or from scratch; writes the model, predictions (id, label, prediction, prob_<class>; token-cls: id, label, prediction as one character per base) and metrics",
+    summary: "fine-tune a task head (seq-cls, regression, token-cls, pair-cls) on a labelled table, from a pretrained model or from scratch; writes the model, predictions (id, label, prediction, prob_<class>; token-cls: id, label, prediction as one character per base) and metrics",
     outputs: &[
         ("model", "model"),
         ("predictions", "predictions.parquet"),
@@ -225,6 +232,9 @@ pub static FINETUNE: StepKind = StepKind {
         if p.task == TaskKind::Regression && p.class_weights.is_some() {
             return Err("`class_weights` is for `task: seq-cls` and `token-cls`".into());
         }
+        if p.task != TaskKind::PairCls && p.pair.is_some() {
+            return Err("`pair` is for `task: pair-cls`".into());
+        }
         if p.task != TaskKind::TokenCls && p.token_label.is_some() {
             return Err("`token_label` is for `task: token-cls`".into());
         }
@@ -245,13 +255,23 @@ fn task_name(task: TaskKind) -> &'static str {
         TaskKind::SeqCls => "seq-cls",
         TaskKind::Regression => "regression",
         TaskKind::TokenCls => "token-cls",
+        TaskKind::PairCls => "pair-cls",
+    }
+}
+
+/// The head a task trains (and a starting model may already have): a pair is classified by a
+/// sequence head.
+fn head_name(task: TaskKind) -> &'static str {
+    match task {
+        TaskKind::PairCls => "seq-cls",
+        other => task_name(other),
     }
 }
 
 /// An objective of the task's kind, for the names of its scores.
 fn objective_shape(task: TaskKind) -> Objective {
     match task {
-        TaskKind::SeqCls => Objective::SeqCls {
+        TaskKind::SeqCls | TaskKind::PairCls => Objective::SeqCls {
             classes: Vec::new(),
             weights: None,
         },
@@ -343,6 +363,98 @@ fn inputs_spans(
     Ok(rows)
 }
 
+/// Pair-cls inputs: each row's `sequence` and `pair` joined as one model input (BERT:
+/// `[CLS] a [SEP] b [SEP]`, the second segment of token type 1; GPT-2: `a <eos> b`). A pair
+/// too long for the model is an error naming the row, or with `truncate` loses tokens from
+/// its longer side first (transformers' `longest_first`).
+fn pair_inputs(
+    vocab: &Vocab,
+    table: &LocatedTable,
+    columns: (&str, &str),
+    truncate: bool,
+    bert: bool,
+    max_len: usize,
+) -> Result<Vec<Row>, StepError> {
+    let (first, second) = columns;
+    // Both sides are required in every row (an empty one is an error naming it).
+    let a = table.texts(first, "sequence", "a sequence")?;
+    let b = table.texts(second, "pair", "the pair's second sequence")?;
+    let sep = match (bert, vocab.bert, vocab.eos) {
+        (true, Some((_, sep, _)), _) => sep,
+        (false, _, Some(eos)) => eos,
+        _ => {
+            return Err(StepError::new(format!(
+                "{}: the tokenizer has no {} token to join a pair with",
+                vocab.path.display(),
+                if bert { "[SEP]" } else { "end-of-text" }
+            )));
+        }
+    };
+    let extra = if bert { 3 } else { 1 };
+    let left = encode_spans(vocab, &a)?;
+    let right = encode_spans(vocab, &b)?;
+    let mut rows = Vec::with_capacity(left.len());
+    for (i, ((mut x, _), (mut y, _))) in left.into_iter().zip(right).enumerate() {
+        let total = x.ids.len() + y.ids.len() + extra;
+        if total > max_len {
+            if !truncate {
+                return Err(StepError::new(format!(
+                    "{}: the pair is {} + {} tokens{}, longer than the {max_len} the model \
+                     takes; set `truncate: true` to cut the longer side, or cut both sides \
+                     shorter (data.pairs' `left_length` / `right_length`)",
+                    table.at(i, first),
+                    x.ids.len(),
+                    y.ids.len(),
+                    if bert {
+                        " plus [CLS] and two [SEP]"
+                    } else {
+                        " plus the separator"
+                    }
+                )));
+            }
+            let keep = max_len.saturating_sub(extra);
+            let (mut n, mut m) = (x.ids.len(), y.ids.len());
+            while n + m > keep {
+                if n >= m { n -= 1 } else { m -= 1 }
+            }
+            if n == 0 || m == 0 {
+                return Err(StepError::new(format!(
+                    "{}: `max_length` {max_len} leaves no room for both sequences of the pair",
+                    table.at(i, first)
+                )));
+            }
+            x.ids.truncate(n);
+            x.bases.truncate(n);
+            y.ids.truncate(m);
+            y.bases.truncate(m);
+        }
+        let mut row = Row::default();
+        if bert {
+            let (cls, sep, _) = vocab.bert.expect("checked above");
+            row.ids.push(cls);
+            row.bases.push(0);
+            row.ids.extend_from_slice(&x.ids);
+            row.bases.extend_from_slice(&x.bases);
+            row.ids.push(sep);
+            row.bases.push(0);
+            row.second = row.ids.len();
+            row.ids.extend_from_slice(&y.ids);
+            row.bases.extend_from_slice(&y.bases);
+            row.ids.push(sep);
+            row.bases.push(0);
+        } else {
+            row.ids = x.ids;
+            row.bases = x.bases;
+            row.ids.push(sep);
+            row.bases.push(0);
+            row.ids.extend_from_slice(&y.ids);
+            row.bases.extend_from_slice(&y.bases);
+        }
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
 /// Token-cls targets: each row's label string (one character per base) as class indices per
 /// base, then per token by `rule`. The classes are the characters of the training labels.
 fn token_targets(
@@ -394,7 +506,7 @@ fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
     if let Some(init) = &init_spec {
         check_init_head(
             &init.task,
-            task_name(p.task),
+            head_name(p.task),
             None,
             &path(p.init.as_ref().expect("init")),
         )?;
@@ -425,9 +537,22 @@ fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
     // The splits, their rows and targets.
     let read = |i: &InputPath, role: &str| -> Result<Split, StepError> {
         let table = read_role(&path(i), &p.id, role)?;
-        let (rows, spans) = inputs_spans(&vocab, &table, &p.sequence, p.truncate, bert, max_len)?
-            .into_iter()
-            .unzip();
+        let (rows, spans) = if p.task == TaskKind::PairCls {
+            let pair = p.pair.as_deref().unwrap_or("pair");
+            let rows = pair_inputs(
+                &vocab,
+                &table,
+                (&p.sequence, pair),
+                p.truncate,
+                bert,
+                max_len,
+            )?;
+            (rows, Vec::new())
+        } else {
+            inputs_spans(&vocab, &table, &p.sequence, p.truncate, bert, max_len)?
+                .into_iter()
+                .unzip()
+        };
         Ok(Split {
             labels: Vec::new(),
             values: Vec::new(),
@@ -440,7 +565,7 @@ fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
     let mut valid_split = read(&p.valid, "validation")?;
     let mut test_split = read(&p.test, "test")?;
     let (task, objective) = match p.task {
-        TaskKind::SeqCls => {
+        TaskKind::SeqCls | TaskKind::PairCls => {
             let train_labels = train_split.table.labels(&p.label, "label")?;
             let classes = training_classes(&train_split.table, &train_labels, &p.label)?;
             let train_path = train_split.table.path.clone();
@@ -503,7 +628,7 @@ fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
     if let (Some(init), Task::SeqCls { labels } | Task::TokenCls { labels }) = (&init_spec, &task) {
         check_init_head(
             &init.task,
-            task_name(p.task),
+            head_name(p.task),
             Some(labels),
             &path(p.init.as_ref().expect("init")),
         )?;
@@ -868,4 +993,73 @@ fn write_predictions(
     }
     let mut df = DataFrame::new(test.rows.len(), columns)?;
     write_table(&mut df, &ctx.out.join("predictions.parquet"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokenizers::{TruncationParams, TruncationStrategy};
+
+    /// A pair reaches the model exactly as transformers' tokenizer encodes it: `[CLS] a [SEP]
+    /// b [SEP]` with token type 1 on `b [SEP]`, and `truncate` cuts the longer side first
+    /// (its `longest_first`); an empty side names its row.
+    #[test]
+    fn pairs_are_encoded_as_transformers_encodes_them() {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizers");
+        let vocab = load_vocab(&fixture.join("char.json")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("pairs.csv");
+        std::fs::write(
+            &csv,
+            "id,sequence,pair\na,ACGTACGTAC,GGA\nb,TT,ACGTACGTACGTAAC\n",
+        )
+        .unwrap();
+        let table = read_role(&csv, "id", "test").unwrap();
+        let rows = pair_inputs(&vocab, &table, ("sequence", "pair"), false, true, 64).unwrap();
+        let batch = crate::train::batch::task_batch(&[&rows[0], &rows[1]], vocab.pad);
+        for (i, (a, b)) in [("ACGTACGTAC", "GGA"), ("TT", "ACGTACGTACGTAAC")]
+            .iter()
+            .enumerate()
+        {
+            let want = vocab.tokenizer.encode((*a, *b), true).unwrap();
+            assert_eq!(rows[i].ids, want.get_ids(), "row {i}");
+            let types = &batch.types[i * batch.t..i * batch.t + want.len()];
+            let want_types: Vec<i64> = want.get_type_ids().iter().map(|&t| t as i64).collect();
+            assert_eq!(types, want_types, "row {i}");
+        }
+
+        // Too long: an error naming the row, or cut longest-first as transformers cuts.
+        let e = pair_inputs(&vocab, &table, ("sequence", "pair"), false, true, 12).unwrap_err();
+        assert!(
+            e.message.contains("row 1 (line 2, id `a`)"),
+            "{}",
+            e.message
+        );
+        assert!(e.message.contains("10 + 3 tokens"), "{}", e.message);
+        let cut = pair_inputs(&vocab, &table, ("sequence", "pair"), true, true, 12).unwrap();
+        let mut hf = vocab.tokenizer.clone();
+        hf.with_truncation(Some(TruncationParams {
+            max_length: 12,
+            strategy: TruncationStrategy::LongestFirst,
+            ..TruncationParams::default()
+        }))
+        .unwrap();
+        for (i, (a, b)) in [("ACGTACGTAC", "GGA"), ("TT", "ACGTACGTACGTAAC")]
+            .iter()
+            .enumerate()
+        {
+            let want = hf.encode((*a, *b), true).unwrap();
+            assert_eq!(cut[i].ids, want.get_ids(), "row {i}");
+        }
+
+        std::fs::write(&csv, "id,sequence,pair\na,ACGT,GGA\nb,TT,\n").unwrap();
+        let table = read_role(&csv, "id", "test").unwrap();
+        let e = pair_inputs(&vocab, &table, ("sequence", "pair"), false, true, 64).unwrap_err();
+        assert!(
+            e.message
+                .contains("row 2 (line 3, id `b`), column `pair`: empty"),
+            "{}",
+            e.message
+        );
+    }
 }

@@ -108,6 +108,7 @@ pub static KINDS: &[&StepKind] = &[
     data::FILTER,
     data::SAMPLE,
     data::CONCAT,
+    data::PAIRS,
     data::STATS,
     &tokenizer::TRAIN,
     &tokenizer::EVAL,

@@ -317,6 +317,7 @@ pub(crate) fn encode_spans(vocab: &Vocab, seqs: &[String]) -> Result<Vec<(Row, S
                 ids: enc.get_ids().to_vec(),
                 bases,
                 target: train::Target::None,
+                second: 0,
             };
             Ok((row, spans))
         })

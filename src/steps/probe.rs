@@ -23,6 +23,12 @@ struct ProbeParams {
     embeddings: InputPath,
     /// Embeddings to score; without it, `folds`-fold cross-validation on `embeddings`.
     test: Option<InputPath>,
+    /// Pairs embedded apart: the embeddings of each row's second sequence (same ids, same
+    /// order as `embeddings`). The probe then reads `[u, v, |u − v|, u ⊙ v]` of the two
+    /// vectors (Sentence-BERT's pair features, plus the product).
+    pair_embeddings: Option<InputPath>,
+    /// The second sequences' embeddings of the `test` rows (with `pair_embeddings`).
+    pair_test: Option<InputPath>,
     /// Folds of the cross-validation (stratified by label, seeded).
     #[serde(default = "five")]
     folds: usize,
@@ -72,7 +78,14 @@ pub static PROBE: StepKind = StepKind {
         if !(p.l2 > 0.0 && p.l2.is_finite()) {
             return Err("`l2` must be a positive number".into());
         }
-        Ok(())
+        match (&p.pair_embeddings, &p.test, &p.pair_test) {
+            (None, _, Some(_)) => Err("`pair_test` goes with `pair_embeddings`".into()),
+            (Some(_), Some(_), None) => {
+                Err("with `pair_embeddings` and `test`, give `pair_test` too".into())
+            }
+            (Some(_), None, Some(_)) => Err("`pair_test` goes with `test`".into()),
+            _ => Ok(()),
+        }
     },
     run: probe,
 };
@@ -98,6 +111,44 @@ fn vectors(t: &LocatedTable) -> Result<Matrix, StepError> {
         }
     }
     Ok(m)
+}
+
+/// The pair features of two tables of embeddings of the same rows: `[u, v, |u − v|, u ⊙ v]`.
+fn pair_features(
+    first: &LocatedTable,
+    second: &LocatedTable,
+    id: &str,
+) -> Result<Matrix, StepError> {
+    let (u, v) = (vectors(first)?, vectors(second)?);
+    let (a, b) = (
+        first.texts(id, "id", "an id")?,
+        second.texts(id, "id", "an id")?,
+    );
+    if u.cols != v.cols || a != b {
+        return Err(StepError::new(format!(
+            "{} and {}: the two sides of a pair must be the same rows (ids in the same order) \
+             embedded by the same model; they have {} and {} rows of {} and {} dimensions",
+            first.path.display(),
+            second.path.display(),
+            u.rows,
+            v.rows,
+            u.cols,
+            v.cols
+        )));
+    }
+    let d = u.cols;
+    let mut x = Matrix::zeros(u.rows, 4 * d);
+    for i in 0..u.rows {
+        let (ui, vi) = (u.row(i), v.row(i));
+        let row = x.row_mut(i);
+        for k in 0..d {
+            row[k] = ui[k];
+            row[d + k] = vi[k];
+            row[2 * d + k] = (ui[k] - vi[k]).abs();
+            row[3 * d + k] = ui[k] * vi[k];
+        }
+    }
+    Ok(x)
 }
 
 fn subset(x: &Matrix, rows: &[usize]) -> Matrix {
@@ -139,13 +190,23 @@ fn probe(ctx: &mut StepContext) -> Result<(), StepError> {
     let labels = fit.labels(&p.label, "label")?;
     let classes = training_classes(&fit, &labels, &p.label)?;
     let y = class_indices(&fit, &labels, &classes, &p.label, &fit.path)?;
-    let x = vectors(&fit)?;
+    // The probe's input for a table: its vectors, or with its pair's, their pair features.
+    let features = |t: &LocatedTable, pair: Option<&InputPath>| -> Result<Matrix, StepError> {
+        match pair {
+            Some(second) => {
+                let second = read_role(&path(second), &p.id, "pair embeddings")?;
+                pair_features(t, &second, &p.id)
+            }
+            None => vectors(t),
+        }
+    };
+    let x = features(&fit, p.pair_embeddings.as_ref())?;
     let (scored, truth, probs, folds) = match &p.test {
         Some(test) => {
             let test = read_role(&path(test), &p.id, "test")?;
             let test_labels = test.labels(&p.label, "label")?;
             class_indices(&test, &test_labels, &classes, &p.label, &fit.path)?;
-            let xt = vectors(&test)?;
+            let xt = features(&test, p.pair_test.as_ref())?;
             if xt.cols != x.cols {
                 return Err(StepError::new(format!(
                     "{}: {} embedding columns, the fitting table has {}",
@@ -208,6 +269,7 @@ fn probe(ctx: &mut StepContext) -> Result<(), StepError> {
         "classes": classes,
         "l2": p.l2,
         "standardize": p.standardize,
+        "pairs": p.pair_embeddings.is_some(),
     });
     for (k, v) in &scores {
         metrics[k] = json!(v);

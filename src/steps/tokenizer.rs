@@ -49,6 +49,10 @@ struct TrainParams {
     /// Column holding the sequences in a table.
     #[serde(default = "sequence")]
     column: String,
+    /// More columns of the table whose sequences are learned too (a pair table's `pair`, so
+    /// one tokenizer spells both sides).
+    #[serde(default)]
+    extra_columns: Vec<String>,
     model: ModelKind,
     /// Target vocabulary size, special tokens included (ignored by `char` and `kmer`).
     #[serde(default = "vocab_size")]
@@ -215,7 +219,10 @@ fn added(specials: &[String]) -> Vec<AddedToken> {
 fn train(ctx: &mut StepContext) -> Result<(), StepError> {
     let p: TrainParams = params(ctx.with).map_err(StepError::new)?;
     let clock = Instant::now();
-    let seqs = read_sequences(p.input.path(), &p.column, p.max_sequences)?;
+    let mut seqs = read_sequences(p.input.path(), &p.column, p.max_sequences)?;
+    for column in &p.extra_columns {
+        seqs.extend(read_sequences(p.input.path(), column, p.max_sequences)?);
+    }
     let bases: usize = seqs.iter().map(String::len).sum();
     let specials = p.special_tokens.clone().unwrap_or_else(|| match p.model {
         ModelKind::Bpe => vec!["<|endoftext|>".to_string()],

@@ -16,6 +16,9 @@ pub struct Row {
     pub ids: Vec<u32>,
     pub bases: Vec<u16>,
     pub target: Target,
+    /// First token of a pair's second sequence: BERT's token type 1 from there on (0: one
+    /// sequence, every token type 0).
+    pub second: usize,
 }
 
 /// The label of a row for a task head.
@@ -90,6 +93,7 @@ pub fn frame(docs: &[Row], max_len: usize, cls: u32, sep: u32) -> Vec<Row> {
                 ids: Vec::with_capacity(ids.len() + 2),
                 bases: Vec::with_capacity(ids.len() + 2),
                 target: Target::None,
+                second: 0,
             };
             row.ids.push(cls);
             row.bases.push(0);
@@ -166,6 +170,9 @@ fn padded(rows: &[&Row], pad: u32) -> Batch {
         for (j, &id) in r.ids.iter().enumerate() {
             batch.ids[i * t + j] = id as i64;
             batch.mask[i * t + j] = 1;
+            if r.second > 0 && j >= r.second {
+                batch.types[i * t + j] = 1;
+            }
         }
         batch.tokens += r.ids.len();
     }
@@ -276,6 +283,7 @@ mod tests {
             ids: ids.to_vec(),
             bases: vec![3; ids.len()],
             target: Target::None,
+            second: 0,
         }
     }
 

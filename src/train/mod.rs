@@ -656,6 +656,7 @@ mod training_tests {
             ids: (0..400).map(|i| [3u32, 7, 9, 12, 5][i % 5]).collect(),
             bases: vec![1; 400],
             target: Target::None,
+            second: 0,
         };
         let rows = batch::pack(&[doc], 16, None);
         let mut tc = config(60, 0.02);
@@ -683,6 +684,7 @@ mod training_tests {
                     bases: vec![1; ids.len()],
                     ids,
                     target: Target::Class((i % 2) as u32),
+                    second: 0,
                 }
             })
             .collect()

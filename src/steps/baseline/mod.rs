@@ -73,6 +73,12 @@ struct LogisticParams {
     /// Column of sequences.
     #[serde(default = "super::table::sequence_column")]
     sequence: String,
+    /// Column of a pair's second sequence (`data.pairs`' `pair`): its k-mer features are
+    /// appended to the first sequence's (`features: kmer` only). A protein side counts k-mers
+    /// of the 20 amino acids.
+    pair: Option<String>,
+    /// k-mer length on the pair side (default: `k` for DNA, 1 for protein; protein at most 3).
+    pair_k: Option<usize>,
     /// Column of class labels.
     #[serde(default = "super::table::label_column")]
     label: String,
@@ -150,6 +156,16 @@ pub static CLASSIFY: StepKind = StepKind {
         let p = params::<LogisticParams>(with)?;
         check_common(p.features, p.k, &p.sequence, &p.label, &p.id)?;
         check_penalty("l2", p.l2)?;
+        match (&p.pair, p.pair_k) {
+            (Some(_), _) if p.features != FeatureKind::Kmer => {
+                return Err("`pair` needs `features: kmer`".into());
+            }
+            (None, Some(_)) => return Err("`pair_k` applies with `pair`".into()),
+            (_, Some(k)) if !(1..=MAX_K).contains(&k) => {
+                return Err(format!("`pair_k` is {k}; it must be between 1 and {MAX_K}"));
+            }
+            _ => {}
+        }
         if p.max_iter == 0 {
             return Err("`max_iter` must be at least 1".into());
         }
@@ -215,9 +231,22 @@ fn check_penalty(name: &str, v: f64) -> Result<(), String> {
 /// How sequences become vectors, with what the training table fixed (the one-hot width).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Features {
-    Onehot { width: usize },
-    Kmer { k: usize },
+    Onehot {
+        width: usize,
+    },
+    Kmer {
+        k: usize,
+    },
+    /// k-mers of the 20 amino acids (other letters break a run, as N does in DNA).
+    Residues {
+        k: usize,
+    },
 }
+
+/// The 20 amino acids, in the order of the `Residues` features.
+const AMINO_ACIDS: &[u8; 20] = b"ACDEFGHIKLMNPQRSTVWY";
+/// Longest amino-acid k-mer: 20^3 = 8,000 features.
+const MAX_RESIDUE_K: usize = 3;
 
 impl Features {
     /// The featuriser for `kind`, sized on the training sequences.
@@ -230,10 +259,41 @@ impl Features {
         }
     }
 
+    /// The k-mer featuriser of a pair's second side: DNA k-mers when every training sequence
+    /// is spelled in A/C/G/T/U/N, else amino-acid k-mers.
+    fn fit_pair(
+        k: Option<usize>,
+        pair_k: Option<usize>,
+        seqs: &[String],
+    ) -> Result<Features, String> {
+        let dna = seqs.iter().all(|s| {
+            s.bytes().all(|b| {
+                matches!(
+                    b.to_ascii_uppercase(),
+                    b'A' | b'C' | b'G' | b'T' | b'U' | b'N'
+                )
+            })
+        });
+        if dna {
+            return Ok(Features::Kmer {
+                k: pair_k.or(k).unwrap_or(3),
+            });
+        }
+        let k = pair_k.unwrap_or(1);
+        if k > MAX_RESIDUE_K {
+            return Err(format!(
+                "`pair_k: {k}`: the pair side is protein, whose k-mers go up to {MAX_RESIDUE_K} \
+                 (20^{MAX_RESIDUE_K} features)"
+            ));
+        }
+        Ok(Features::Residues { k })
+    }
+
     fn dimension(self) -> usize {
         match self {
             Features::Onehot { width } => width * 5,
             Features::Kmer { k } => 1 << (2 * k),
+            Features::Residues { k } => 20usize.pow(k as u32),
         }
     }
 
@@ -250,6 +310,13 @@ impl Features {
                         .collect()
                 })
                 .collect(),
+            Features::Residues { k } => (0..self.dimension())
+                .map(|w| {
+                    (0..k)
+                        .map(|j| AMINO_ACIDS[(w / 20usize.pow((k - 1 - j) as u32)) % 20] as char)
+                        .collect()
+                })
+                .collect(),
         }
     }
 
@@ -260,6 +327,9 @@ impl Features {
             }
             Features::Kmer { k } => {
                 json!({ "kind": "kmer", "k": k, "dimension": self.dimension() })
+            }
+            Features::Residues { k } => {
+                json!({ "kind": "amino-acid kmer", "k": k, "dimension": self.dimension() })
             }
         }
     }
@@ -311,6 +381,29 @@ impl Features {
                     row.iter_mut().for_each(|v| *v /= len);
                 }
             }
+            Features::Residues { k } => {
+                let size = self.dimension();
+                let (mut word, mut run) = (0usize, 0usize);
+                for b in seq.bytes() {
+                    match AMINO_ACIDS
+                        .iter()
+                        .position(|&a| a == b.to_ascii_uppercase())
+                    {
+                        Some(c) => {
+                            word = (word * 20 + c) % size;
+                            run += 1;
+                            if run >= k {
+                                row[word] += 1.0;
+                            }
+                        }
+                        None => run = 0,
+                    }
+                }
+                if !seq.is_empty() {
+                    let len = seq.len() as f64;
+                    row.iter_mut().for_each(|v| *v /= len);
+                }
+            }
         }
     }
 }
@@ -318,7 +411,16 @@ impl Features {
 /// The features plus the standardisation fitted on the training rows, if asked for.
 struct Design {
     features: Features,
+    /// The features of a pair's second side, appended.
+    pair: Option<Features>,
     scaler: Option<Standardizer>,
+}
+
+/// A table's inputs to a baseline: its sequences and, for pairs, their partners.
+#[derive(Debug)]
+struct Sides {
+    first: Vec<String>,
+    pair: Option<Vec<String>>,
 }
 
 impl Design {
@@ -326,30 +428,76 @@ impl Design {
     fn fit(
         kind: FeatureKind,
         k: Option<usize>,
+        pair_k: Option<usize>,
         standardize: bool,
-        seqs: &[String],
+        seqs: &Sides,
         file: &Path,
     ) -> Result<(Design, Matrix), StepError> {
-        let features = Features::fit(kind, k, seqs);
-        let mut x = features.matrix(seqs, file)?;
-        let scaler = standardize.then(|| Standardizer::fit(&x));
-        if let Some(s) = &scaler {
+        let features = Features::fit(kind, k, &seqs.first);
+        let pair = match &seqs.pair {
+            Some(p) => Some(
+                Features::fit_pair(k, pair_k, p)
+                    .map_err(|e| StepError::new(format!("{}: {e}", file.display())))?,
+            ),
+            None => None,
+        };
+        let mut design = Design {
+            features,
+            pair,
+            scaler: None,
+        };
+        let mut x = design.raw(seqs, file)?;
+        design.scaler = standardize.then(|| Standardizer::fit(&x));
+        if let Some(s) = &design.scaler {
             s.apply(&mut x);
         }
-        Ok((Design { features, scaler }, x))
+        Ok((design, x))
+    }
+
+    /// The features of both sides side by side, before scaling.
+    fn raw(&self, seqs: &Sides, file: &Path) -> Result<Matrix, StepError> {
+        let first = self.features.matrix(&seqs.first, file)?;
+        let (Some(features), Some(pairs)) = (self.pair, &seqs.pair) else {
+            return Ok(first);
+        };
+        let second = features.matrix(pairs, file)?;
+        let mut x = Matrix::zeros(first.rows, first.cols + second.cols);
+        for i in 0..first.rows {
+            let row = x.row_mut(i);
+            row[..first.cols].copy_from_slice(first.row(i));
+            row[first.cols..].copy_from_slice(second.row(i));
+        }
+        Ok(x)
     }
 
     /// The model's input for `seqs`.
-    fn matrix(&self, seqs: &[String], file: &Path) -> Result<Matrix, StepError> {
-        let mut x = self.features.matrix(seqs, file)?;
+    fn matrix(&self, seqs: &Sides, file: &Path) -> Result<Matrix, StepError> {
+        let mut x = self.raw(seqs, file)?;
         if let Some(s) = &self.scaler {
             s.apply(&mut x);
         }
         Ok(x)
     }
 
+    fn dimension(&self) -> usize {
+        self.features.dimension() + self.pair.map_or(0, Features::dimension)
+    }
+
+    /// Feature names; a pair's second side's are prefixed `pair:`.
+    fn names(&self) -> Vec<String> {
+        let mut names = self.features.names();
+        if let Some(p) = self.pair {
+            names.extend(p.names().into_iter().map(|n| format!("pair:{n}")));
+        }
+        names
+    }
+
     fn describe(&self) -> Value {
         let mut v = self.features.describe();
+        if let Some(p) = self.pair {
+            v["pair"] = p.describe();
+            v["dimension"] = json!(self.dimension());
+        }
         v["standardized"] = json!(self.scaler.is_some());
         v
     }
@@ -358,7 +506,7 @@ impl Design {
     fn model_json(&self) -> Value {
         let mut v = self.describe();
         if let Some(s) = &self.scaler {
-            let names = self.features.names();
+            let names = self.names();
             let by_name = |values: &[f64]| -> serde_json::Map<String, Value> {
                 names
                     .iter()
@@ -389,12 +537,18 @@ fn base_code(b: u8) -> Option<usize> {
 /// The columns a baseline reads from a table.
 struct Columns<'a> {
     sequence: &'a str,
+    pair: Option<&'a str>,
     label: &'a str,
     id: &'a str,
 }
 
-fn sequences(t: &Table, c: &Columns) -> Result<Vec<String>, StepError> {
-    t.texts(c.sequence, "sequence", "a sequence")
+fn sequences(t: &Table, c: &Columns) -> Result<Sides, StepError> {
+    let first = t.texts(c.sequence, "sequence", "a sequence")?;
+    let pair = match c.pair {
+        Some(col) => Some(t.texts(col, "pair", "the pair's second sequence")?),
+        None => None,
+    };
+    Ok(Sides { first, pair })
 }
 
 fn ids(t: &Table, c: &Columns) -> Result<Vec<String>, StepError> {
@@ -527,6 +681,7 @@ fn classify(ctx: &mut StepContext) -> Result<(), StepError> {
     let p: LogisticParams = params(ctx.with).map_err(StepError::new)?;
     let cols = Columns {
         sequence: &p.sequence,
+        pair: p.pair.as_deref(),
         label: &p.label,
         id: &p.id,
     };
@@ -544,6 +699,7 @@ fn classify(ctx: &mut StepContext) -> Result<(), StepError> {
     let (design, x_train) = Design::fit(
         p.features,
         p.k,
+        p.pair_k,
         p.standardize,
         &train_seqs,
         &inputs.train.path,
@@ -561,7 +717,7 @@ fn classify(ctx: &mut StepContext) -> Result<(), StepError> {
             x_train.rows,
             classes.len(),
             classes.join(", "),
-            features.dimension()
+            design.dimension()
         ),
     )?;
     let train_accuracy = accuracy(&y_train, &argmax_rows(&model.probabilities(&x_train)));
@@ -571,7 +727,7 @@ fn classify(ctx: &mut StepContext) -> Result<(), StepError> {
         let seqs = sequences(table, &cols)?;
         let labels = class_labels(table, &cols)?;
         let y = class_indices(table, &labels, &classes, &p.label, &inputs.train.path)?;
-        note_cut(ctx, features, table, &seqs)?;
+        note_cut(ctx, features, table, &seqs.first)?;
         let probs = model.probabilities(&design.matrix(&seqs, &table.path)?);
         let pred = argmax_rows(&probs);
         Ok(Scored {
@@ -616,7 +772,7 @@ fn classify(ctx: &mut StepContext) -> Result<(), StepError> {
     let mut df = DataFrame::new(probs.rows, columns)?;
     write_table(&mut df, &ctx.out.join("predictions.parquet"))?;
 
-    let names = features.names();
+    let names = design.names();
     let coef: serde_json::Map<String, Value> = (0..model.coef.rows)
         .map(|r| {
             let row = model.coef.row(r);
@@ -663,6 +819,7 @@ fn regress(ctx: &mut StepContext) -> Result<(), StepError> {
     let p: RidgeParams = params(ctx.with).map_err(StepError::new)?;
     let cols = Columns {
         sequence: &p.sequence,
+        pair: None,
         label: &p.label,
         id: &p.id,
     };
@@ -672,6 +829,7 @@ fn regress(ctx: &mut StepContext) -> Result<(), StepError> {
     let (design, x_train) = Design::fit(
         p.features,
         p.k,
+        None,
         p.standardize,
         &train_seqs,
         &inputs.train.path,
@@ -685,7 +843,7 @@ fn regress(ctx: &mut StepContext) -> Result<(), StepError> {
         |ctx: &mut StepContext, table: &Table| -> Result<(Vec<f64>, Vec<f64>), StepError> {
             let seqs = sequences(table, &cols)?;
             let y = targets(table, &cols)?;
-            note_cut(ctx, features, table, &seqs)?;
+            note_cut(ctx, features, table, &seqs.first)?;
             Ok((y, model.predict(&design.matrix(&seqs, &table.path)?)))
         };
     let (y_test, pred) = predict(ctx, &inputs.test)?;
@@ -813,8 +971,10 @@ mod tests {
             let (kind, k, standardize) = spec(name);
             let train = strings(&c["train"]);
             let test = strings(&c["test"]);
-            let (design, x) = Design::fit(kind, k, standardize, &train, Path::new("t")).unwrap();
-            let xt = design.matrix(&test, Path::new("test")).unwrap();
+            let one = |first: Vec<String>| Sides { first, pair: None };
+            let (design, x) =
+                Design::fit(kind, k, None, standardize, &one(train), Path::new("t")).unwrap();
+            let xt = design.matrix(&one(test), Path::new("test")).unwrap();
             let labels = strings(&c["labels"]);
             let classes = crate::score::sorted_classes(labels.iter().map(String::as_str));
             assert_eq!(classes, strings(&c["classes"]));
@@ -839,6 +999,53 @@ mod tests {
     }
 
     #[test]
+    fn pair_sides_are_featurised_apart_and_side_by_side() {
+        let proteins = ["MKKA".to_string(), "MAXW".to_string()];
+        let f = Features::fit_pair(Some(3), None, &proteins).unwrap();
+        assert_eq!(f, Features::Residues { k: 1 });
+        let dna = ["ACGT".to_string()];
+        assert_eq!(
+            Features::fit_pair(Some(3), None, &dna).unwrap(),
+            Features::Kmer { k: 3 }
+        );
+        assert!(
+            Features::fit_pair(None, Some(4), &proteins)
+                .unwrap_err()
+                .contains("up to 3")
+        );
+        let two = Features::Residues { k: 2 };
+        assert_eq!(two.dimension(), 400);
+        let names = two.names();
+        let mut row = vec![0.0; 400];
+        two.row("MKKA", &mut row);
+        // MK, KK, KA over 4 residues; X breaks a run.
+        for (kmer, want) in [("MK", 0.25), ("KK", 0.25), ("KA", 0.25), ("AM", 0.0)] {
+            let at = names.iter().position(|n| n == kmer).unwrap();
+            assert_eq!(row[at], want, "{kmer}");
+        }
+        let mut row = vec![0.0; 400];
+        two.row("MAXW", &mut row);
+        assert_eq!(row.iter().filter(|&&v| v > 0.0).count(), 1);
+        let sides = Sides {
+            first: vec!["ACGTAC".into(), "GGGGGG".into()],
+            pair: Some(proteins.to_vec()),
+        };
+        let (design, x) = Design::fit(
+            FeatureKind::Kmer,
+            Some(1),
+            None,
+            false,
+            &sides,
+            Path::new("t"),
+        )
+        .unwrap();
+        assert_eq!((x.rows, x.cols), (2, 4 + 20));
+        assert_eq!(design.names()[4], "pair:A");
+        assert_eq!(x.row(1)[2], 1.0); // G in GGGGGG
+        assert_eq!(x.row(0)[4], 0.25); // A in MKKA
+    }
+
+    #[test]
     fn labels_and_bases_have_one_spelling() {
         assert_eq!(super::super::table::class_label("1.0"), "1");
         assert_eq!(super::super::table::class_label(" ei "), "ei");
@@ -852,6 +1059,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let cols = Columns {
             sequence: "sequence",
+            pair: None,
             label: "label",
             id: "id",
         };

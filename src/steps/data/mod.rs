@@ -12,6 +12,7 @@ use super::{InputPath, StepContext, StepError, StepKind};
 mod concat;
 mod filter;
 mod load;
+mod pairs;
 mod sample;
 mod split;
 mod stats;
@@ -26,6 +27,8 @@ pub static SPLIT: &StepKind = &split::KIND;
 pub static FILTER: &StepKind = &filter::KIND;
 /// `data.sample`: a random subset of rows.
 pub static SAMPLE: &StepKind = &sample::KIND;
+/// `data.pairs`: true pairs plus seeded negatives, for pair classification.
+pub static PAIRS: &StepKind = &pairs::KIND;
 /// `data.concat`: several tables stacked, columns unioned.
 pub static CONCAT: &StepKind = &concat::KIND;
 /// `data.stats`: lengths, composition and k-mer spectrum of a table.
