@@ -23,6 +23,7 @@ const CASES: &[(&str, &str, &str, &str)] = &[
     ("concat", "data.concat", "inputs.*", "concat_b.csv"),
     ("concat_one", "data.concat", "inputs", "concat_one.csv"),
     ("stats", "data.stats", "input", "stats.csv"),
+    ("pairs", "data.pairs", "input", "pairs.json"),
     ("tok_train", "tokenizer.train", "input", "tok_train.txt"),
     ("tok_eval", "tokenizer.eval", "tokenizer", "tok_eval.json"),
     ("tok_eval", "tokenizer.eval", "input", "tok_eval.txt"),
@@ -38,6 +39,12 @@ const CASES: &[(&str, &str, &str, &str)] = &[
     ("markov", "eval.markov", "train", "markov_train.txt"),
     ("markov", "eval.markov", "test", "markov_test.txt"),
     ("classify", "eval.classify", "predictions", "classify.csv"),
+    (
+        "classify_by",
+        "eval.classify",
+        "by.table",
+        "classify_by.json",
+    ),
     ("regress", "eval.regress", "predictions", "regress.json"),
     ("bl_cls", "baseline.classify", "train", "bl_cls_train.json"),
     ("bl_cls", "baseline.classify", "test", "bl_cls_test.json"),
@@ -58,6 +65,13 @@ const CASES: &[(&str, &str, &str, &str)] = &[
     ("embed", "model.embed", "tokenizer", "emb_tok.json"),
     ("probe", "eval.probe", "embeddings", "probe_fit.json"),
     ("probe", "eval.probe", "test", "probe_test.json"),
+    (
+        "probe",
+        "eval.probe",
+        "pair_embeddings",
+        "probe_pair_fit.json",
+    ),
+    ("probe", "eval.probe", "pair_test", "probe_pair_test.json"),
     ("project", "eval.project", "embeddings", "project.json"),
 ];
 
@@ -71,6 +85,7 @@ steps:
   concat: { uses: data.concat, with: { inputs: [concat_a.csv, concat_b.csv] } }
   concat_one: { uses: data.concat, with: { inputs: concat_one.csv } }
   stats: { uses: data.stats, with: { input: stats.csv } }
+  pairs: { uses: data.pairs, with: { input: pairs.json, left: dna, right: protein, substitutions: 1, seed: 1 } }
   tok_train: { uses: tokenizer.train, with: { input: tok_train.txt, model: char } }
   tok_eval: { uses: tokenizer.eval, with: { tokenizer: tok_eval.json, input: tok_eval.txt } }
   pretrain:
@@ -89,6 +104,7 @@ steps:
   generate: { uses: model.generate, with: { model: gen_model, prompts: [ACG], max_new_tokens: 4, seed: 1 } }
   markov: { uses: eval.markov, with: { train: markov_train.txt, test: markov_test.txt, order: 1 } }
   classify: { uses: eval.classify, with: { predictions: classify.csv, bootstrap: 10 } }
+  classify_by: { uses: eval.classify, with: { predictions: classify_by_pred.json, bootstrap: 0, by: { table: classify_by.json, column: kind } } }
   regress: { uses: eval.regress, with: { predictions: regress.json, bootstrap: 10 } }
   bl_cls: { uses: baseline.classify, with: { train: bl_cls_train.json, test: bl_cls_test.json, valid: bl_cls_valid.json } }
   bl_reg: { uses: baseline.regress, with: { train: bl_reg_train.json, test: bl_reg_test.json, valid: bl_reg_valid.json } }
@@ -97,7 +113,7 @@ steps:
     uses: model.finetune
     with: { task: seq-cls, init: ft_init, tokenizer: ft_tok.json, train: ft_train.json, valid: ft_valid.json, test: ft_test.json, steps: 2, batch_size: 2 }
   embed: { uses: model.embed, with: { model: emb_model, data: emb_data.json, tokenizer: emb_tok.json } }
-  probe: { uses: eval.probe, with: { embeddings: probe_fit.json, test: probe_test.json } }
+  probe: { uses: eval.probe, with: { embeddings: probe_fit.json, test: probe_test.json, pair_embeddings: probe_pair_fit.json, pair_test: probe_pair_test.json } }
   project: { uses: eval.project, with: { embeddings: project.json } }
 "#;
 
@@ -163,9 +179,27 @@ fn project() -> Project {
     }
     // Embedding tables as model.embed writes them: id, label, emb_0, emb_1.
     let vectors = r#"[{"id": "a", "label": "x", "emb_0": 0.1, "emb_1": 1.0}, {"id": "b", "label": "y", "emb_0": 0.9, "emb_1": -1.0}, {"id": "c", "label": "x", "emb_0": 0.2, "emb_1": 0.8}, {"id": "d", "label": "y", "emb_0": 0.7, "emb_1": -0.5}]"#;
-    for f in ["probe_fit.json", "probe_test.json", "project.json"] {
+    for f in [
+        "probe_fit.json",
+        "probe_test.json",
+        "probe_pair_fit.json",
+        "probe_pair_test.json",
+        "project.json",
+    ] {
         p.write(f, vectors);
     }
+    p.write(
+        "pairs.json",
+        r#"[{"id": "g1", "dna": "ATGAAA", "protein": "MK"}, {"id": "g2", "dna": "ATGCCC", "protein": "MP"}]"#,
+    );
+    p.write(
+        "classify_by_pred.json",
+        r#"[{"id": "a", "label": "x", "prediction": "x"}, {"id": "b", "label": "y", "prediction": "x"}]"#,
+    );
+    p.write(
+        "classify_by.json",
+        r#"[{"id": "a", "kind": "match"}, {"id": "b", "kind": "other"}]"#,
+    );
     for f in [
         "tok_train.txt",
         "tok_eval.txt",

@@ -54,6 +54,20 @@ struct ClassifyParams {
     /// Seed of the bootstrap: same seed, same interval.
     #[serde(default = "seed")]
     seed: u64,
+    /// Accuracy per value of a column of the scored rows' own table (matched by `id`), e.g.
+    /// `{table: <test split>, column: kind}` for data.pairs' match / other / substituted.
+    by: Option<By>,
+}
+
+/// A column that breaks accuracy down, in the table the predictions were made from.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct By {
+    /// The table holding the column, one row per prediction id.
+    table: InputPath,
+    column: String,
+    #[serde(default = "super::table::id_column")]
+    id: String,
 }
 
 /// Parameters of `eval.regress`.
@@ -159,6 +173,10 @@ fn classify(ctx: &mut StepContext) -> Result<(), StepError> {
         Some(rows.iter().filter(|&&c| c).count() as f64 / rows.len() as f64)
     })?;
     add_interval(&mut metrics, "accuracy", ci, p.bootstrap, p.seed);
+    if let Some(by) = &p.by {
+        let groups = accuracy_by(ctx, &table, by, &correct)?;
+        metrics[format!("accuracy_by_{}", by.column)] = groups;
+    }
     writeln!(
         ctx.log,
         "{}: {} rows, {} classes: accuracy {:.4}{}, macro F1 {:.4}, MCC {:.4}{}",
@@ -184,6 +202,52 @@ fn classify(ctx: &mut StepContext) -> Result<(), StepError> {
         &scores.confusion.counts,
     )?;
     write_metrics(ctx.out, &metrics)
+}
+
+/// Accuracy of the rows of each value of `by.column` (rows matched by id), logged and as
+/// `{value: {accuracy, rows}}`.
+fn accuracy_by(
+    ctx: &mut StepContext,
+    predictions: &LocatedTable,
+    by: &By,
+    correct: &[bool],
+) -> Result<Value, StepError> {
+    let source = super::table::read_role(&ctx.workdir.join(by.table.path()), &by.id, "`by`")?;
+    let values = source.labels(&by.column, "by")?;
+    let ids = source.texts(&by.id, "id", "an id")?;
+    let of: std::collections::HashMap<&str, &str> = ids
+        .iter()
+        .map(String::as_str)
+        .zip(values.iter().map(String::as_str))
+        .collect();
+    let mut groups: indexmap::IndexMap<&str, (usize, usize)> = Default::default();
+    for (i, id) in predictions.texts("id", "id", "an id")?.iter().enumerate() {
+        let Some(&v) = of.get(id.as_str()) else {
+            return Err(StepError::new(format!(
+                "{}: no row with id `{id}` in {}; `by.table` must be the table these predictions \
+                 were made from",
+                predictions.at(i, "id"),
+                source.path.display()
+            )));
+        };
+        let g = groups.entry(v).or_default();
+        g.0 += correct[i] as usize;
+        g.1 += 1;
+    }
+    let mut out = serde_json::Map::new();
+    for (v, (right, rows)) in groups {
+        let accuracy = right as f64 / rows as f64;
+        writeln!(
+            ctx.log,
+            "  {} = {v}: accuracy {accuracy:.4} ({rows} rows)",
+            by.column
+        )?;
+        out.insert(
+            v.to_string(),
+            serde_json::json!({ "accuracy": accuracy, "rows": rows }),
+        );
+    }
+    Ok(Value::Object(out))
 }
 
 fn regress(ctx: &mut StepContext) -> Result<(), StepError> {

@@ -126,20 +126,31 @@ struct Pair {
     kind: &'static str,
 }
 
-/// One window of a row: (id, group, left, right).
-type Window = (String, String, String, String);
+/// One window of a table row.
+#[derive(Debug, Clone)]
+struct Window {
+    /// The row's id, or `<id>@<offset>` when a row gives several windows.
+    id: String,
+    /// The row's id: every pair of a row keeps it, for a grouped split.
+    group: String,
+    /// The row's 1-based number in the table, for messages.
+    row: usize,
+    left: String,
+    right: String,
+}
 
 /// The windows of one row: tile `k` starts at `k × right_length` on the right side and `frame`
 /// times that on the left; only whole tiles that fit both sides, at most `n` (always at least
 /// the prefixes).
-fn windows(id: &str, left: &str, right: &str, p: &PairsParams) -> Vec<Window> {
+fn windows(id: &str, row: usize, left: &str, right: &str, p: &PairsParams) -> Vec<Window> {
     let (Some(ll), Some(rl)) = (p.left_length, p.right_length) else {
-        return vec![(
-            id.to_string(),
-            id.to_string(),
-            prefix(left, p.left_length),
-            prefix(right, p.right_length),
-        )];
+        return vec![Window {
+            id: id.to_string(),
+            group: id.to_string(),
+            row,
+            left: prefix(left, p.left_length),
+            right: prefix(right, p.right_length),
+        }];
     };
     let (l, r): (Vec<char>, Vec<char>) = (left.chars().collect(), right.chars().collect());
     let mut out = Vec::new();
@@ -157,24 +168,43 @@ fn windows(id: &str, left: &str, right: &str, p: &PairsParams) -> Vec<Window> {
         } else {
             format!("{id}@{ro}")
         };
-        out.push((name, id.to_string(), cut(&l, lo, ll), cut(&r, ro, rl)));
+        out.push(Window {
+            id: name,
+            group: id.to_string(),
+            row,
+            left: cut(&l, lo, ll),
+            right: cut(&r, ro, rl),
+        });
     }
     out
 }
 
-/// The pairs of `rows` (id, group, left, right), in row order: each row's positive then its
-/// negatives. `alphabet` is what substitutions draw from; an `other` partner comes from
-/// another group.
+/// The pairs of `rows`, in row order: each window's positive then its negatives.
+/// Substitutions draw from `pool` (every character of the right sides, so each is drawn as
+/// often as it occurs and a substituted side keeps a natural composition); an `other` partner
+/// comes from another group.
 fn make_pairs(
     rows: &[Window],
     negatives: &[Negative],
     substitutions: usize,
-    alphabet: &[char],
+    pool: &[char],
     seed: u64,
 ) -> Result<Vec<Pair>, String> {
     let mut rng = Rng::new(seed);
+    if negatives.contains(&Negative::Substituted) && pool.iter().all(|c| Some(c) == pool.first()) {
+        return Err(
+            "the right column has a single character; nothing to substitute it with".into(),
+        );
+    }
     let mut out = Vec::with_capacity(rows.len() * (1 + negatives.len()));
-    for (i, (id, group, left, right)) in rows.iter().enumerate() {
+    for w in rows {
+        let Window {
+            id,
+            group,
+            row,
+            left,
+            right,
+        } = w;
         let pair = |right: String, kind: &'static str| Pair {
             id: if kind == "match" {
                 id.clone()
@@ -191,41 +221,32 @@ fn make_pairs(
             let partner = match neg {
                 Negative::Other => {
                     let others: Vec<usize> = (0..rows.len())
-                        .filter(|&j| rows[j].1 != *group && rows[j].3 != *right)
+                        .filter(|&j| rows[j].group != *group && rows[j].right != *right)
                         .collect();
                     if others.is_empty() {
                         return Err(format!(
-                            "row {} (`{id}`): no other row has a different right side to pair \
-                             it with",
-                            i + 1
+                            "row {row} (`{id}`): no other row has a different right side to \
+                             pair it with"
                         ));
                     }
-                    rows[others[rng.below(others.len())]].3.clone()
+                    rows[others[rng.below(others.len())]].right.clone()
                 }
                 Negative::Substituted => {
                     let mut chars: Vec<char> = right.chars().collect();
                     if chars.len() < substitutions {
                         return Err(format!(
-                            "row {} (`{id}`): its right side has {} characters, fewer than \
+                            "row {row} (`{id}`): its right side has {} characters, fewer than \
                              `substitutions: {substitutions}`",
-                            i + 1,
                             chars.len()
                         ));
                     }
                     let mut at: Vec<usize> = (0..chars.len()).collect();
                     rng.shuffle(&mut at);
                     for &k in &at[..substitutions] {
-                        let choices: Vec<char> = alphabet
-                            .iter()
-                            .copied()
-                            .filter(|&c| c != chars[k])
-                            .collect();
-                        if choices.is_empty() {
-                            return Err("the right column has a single character; nothing to \
-                                 substitute it with"
-                                .into());
+                        let was = chars[k];
+                        while chars[k] == was {
+                            chars[k] = pool[rng.below(pool.len())];
                         }
-                        chars[k] = choices[rng.below(choices.len())];
                     }
                     chars.into_iter().collect()
                 }
@@ -270,22 +291,20 @@ fn run(ctx: &mut StepContext) -> Result<(), StepError> {
                 )));
             }
         }
-        rows.extend(windows(&id, l, &r.to_ascii_uppercase(), &p));
+        rows.extend(windows(&id, i + 1, l, &r.to_ascii_uppercase(), &p));
     }
-    let mut alphabet: Vec<char> = rows
+    let pool: Vec<char> = rows
         .iter()
-        .flat_map(|(_, _, _, r)| r.chars())
+        .flat_map(|w| w.right.chars())
         .filter(|c| c.is_ascii_alphabetic())
         .collect();
+    let mut alphabet = pool.clone();
     alphabet.sort_unstable();
     alphabet.dedup();
-    let pairs = make_pairs(&rows, &p.negatives, p.substitutions, &alphabet, p.seed)
+    let pairs = make_pairs(&rows, &p.negatives, p.substitutions, &pool, p.seed)
         .map_err(|e| StepError::new(format!("{}: {e}", path.display())))?;
     let col = |name: &str, f: &dyn Fn(&Pair) -> &str| {
-        Column::new(
-            name.into(),
-            pairs.iter().map(|x| f(x)).collect::<Vec<&str>>(),
-        )
+        Column::new(name.into(), pairs.iter().map(f).collect::<Vec<&str>>())
     };
     let mut out = DataFrame::new(
         pairs.len(),
@@ -341,16 +360,15 @@ mod tests {
 
     fn rows() -> Vec<Window> {
         (0..6)
-            .map(|i| {
-                (
-                    format!("g{i}"),
-                    format!("g{i}"),
-                    format!("ATG{}", "GCA".repeat(i + 1)),
-                    format!(
-                        "M{}",
-                        "ACDEFG".chars().cycle().skip(i).take(8).collect::<String>()
-                    ),
-                )
+            .map(|i| Window {
+                id: format!("g{i}"),
+                group: format!("g{i}"),
+                row: i + 1,
+                left: format!("ATG{}", "GCA".repeat(i + 1)),
+                right: format!(
+                    "M{}",
+                    "ACDEFG".chars().cycle().skip(i).take(8).collect::<String>()
+                ),
             })
             .collect()
     }
@@ -368,10 +386,14 @@ mod tests {
                 (pos.kind, other.kind, sub.kind),
                 ("match", "other", "substituted")
             );
-            assert_eq!(pos.right, r[k].3);
-            assert!(chunk.iter().all(|x| x.group == r[k].0 && x.left == r[k].2));
+            assert_eq!(pos.right, r[k].right);
+            assert!(
+                chunk
+                    .iter()
+                    .all(|x| x.group == r[k].id && x.left == r[k].left)
+            );
             assert_ne!(other.right, pos.right);
-            assert!(r.iter().any(|x| x.3 == other.right));
+            assert!(r.iter().any(|x| x.right == other.right));
             let changed = pos
                 .right
                 .chars()
@@ -379,7 +401,7 @@ mod tests {
                 .filter(|(a, b)| a != b);
             assert_eq!(changed.count(), 3);
             assert_eq!(sub.right.len(), pos.right.len());
-            assert_eq!(other.id, format!("{}~other", r[k].0));
+            assert_eq!(other.id, format!("{}~other", r[k].id));
         }
         let again = make_pairs(&r, &both, 3, &abc, 7).unwrap();
         assert!(pairs.iter().zip(&again).all(|(a, b)| a.right == b.right));
@@ -399,19 +421,19 @@ mod tests {
             "left_length": 6, "right_length": 2, "windows": 5, "frame": 3
         }))
         .unwrap();
-        let w = windows("g", "ATGAAACCCGGGTTTTAA", "MKPGF", &p);
+        let w = windows("g", 4, "ATGAAACCCGGGTTTTAA", "MKPGF", &p);
         let got: Vec<(&str, &str, &str)> = w
             .iter()
-            .map(|x| (x.0.as_str(), x.2.as_str(), x.3.as_str()))
+            .map(|x| (x.id.as_str(), x.left.as_str(), x.right.as_str()))
             .collect();
         assert_eq!(got, [("g@0", "ATGAAA", "MK"), ("g@2", "CCCGGG", "PG")]);
-        assert!(w.iter().all(|x| x.1 == "g"));
+        assert!(w.iter().all(|x| x.group == "g" && x.row == 4));
     }
 
     #[test]
     fn impossible_negatives_name_the_row() {
         let mut r = rows();
-        r[2].3 = "MA".into();
+        r[2].right = "MA".into();
         let abc: Vec<char> = "ACDEFGM".chars().collect();
         let e = make_pairs(&r, &[Negative::Substituted], 3, &abc, 1)
             .err()
@@ -420,13 +442,45 @@ mod tests {
             e.contains("row 3 (`g2`)") && e.contains("2 characters"),
             "{e}"
         );
-        let same: Vec<_> = r
+        let same: Vec<Window> = r
             .iter()
-            .map(|x| (x.0.clone(), x.1.clone(), x.2.clone(), "MA".into()))
+            .map(|x| Window {
+                right: "MA".into(),
+                ..x.clone()
+            })
             .collect();
         let e = make_pairs(&same, &[Negative::Other], 1, &abc, 1)
             .err()
             .unwrap();
         assert!(e.contains("row 1 (`g0`)"), "{e}");
+    }
+
+    #[test]
+    fn substitutions_keep_the_composition_of_the_right_side() {
+        // A pool of 90 % A: substitutions of non-A residues draw mostly A.
+        let pool: Vec<char> = "A".repeat(90).chars().chain("CDEFGHIKLM".chars()).collect();
+        let r: Vec<Window> = (0..200)
+            .map(|i| Window {
+                id: format!("g{i}"),
+                group: format!("g{i}"),
+                row: i + 1,
+                left: "ATG".into(),
+                right: "CDEFGHIKLM".into(),
+            })
+            .collect();
+        let pairs = make_pairs(&r, &[Negative::Substituted], 1, &pool, 3).unwrap();
+        let drawn: Vec<char> = pairs
+            .chunks(2)
+            .flat_map(|c| {
+                c[0].right
+                    .chars()
+                    .zip(c[1].right.chars())
+                    .filter(|(a, b)| a != b)
+                    .map(|(_, b)| b)
+            })
+            .collect();
+        assert_eq!(drawn.len(), 200);
+        let a = drawn.iter().filter(|&&c| c == 'A').count();
+        assert!(a > 150, "{a} of 200 draws were A");
     }
 }
