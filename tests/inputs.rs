@@ -24,6 +24,7 @@ const CASES: &[(&str, &str, &str, &str)] = &[
     ("concat_one", "data.concat", "inputs", "concat_one.csv"),
     ("stats", "data.stats", "input", "stats.csv"),
     ("pairs", "data.pairs", "input", "pairs.json"),
+    ("keywords", "data.keywords", "input", "keywords.json"),
     ("tok_train", "tokenizer.train", "input", "tok_train.txt"),
     ("tok_eval", "tokenizer.eval", "tokenizer", "tok_eval.json"),
     ("tok_eval", "tokenizer.eval", "input", "tok_eval.txt"),
@@ -85,6 +86,7 @@ steps:
   concat: { uses: data.concat, with: { inputs: [concat_a.csv, concat_b.csv] } }
   concat_one: { uses: data.concat, with: { inputs: concat_one.csv } }
   stats: { uses: data.stats, with: { input: stats.csv } }
+  keywords: { uses: data.keywords, with: { input: keywords.json, column: product, labels: { kinase: [kinase] } } }
   pairs: { uses: data.pairs, with: { input: pairs.json, left: dna, right: protein, substitutions: 1, seed: 1 } }
   tok_train: { uses: tokenizer.train, with: { input: tok_train.txt, model: char } }
   tok_eval: { uses: tokenizer.eval, with: { tokenizer: tok_eval.json, input: tok_eval.txt } }
@@ -191,6 +193,10 @@ fn project() -> Project {
     p.write(
         "pairs.json",
         r#"[{"id": "g1", "dna": "ATGAAA", "protein": "MK"}, {"id": "g2", "dna": "ATGCCC", "protein": "MP"}]"#,
+    );
+    p.write(
+        "keywords.json",
+        r#"[{"id": "g1", "product": "Serine Kinase"}, {"id": "g2", "product": "Permease"}]"#,
     );
     p.write(
         "classify_by_pred.json",

@@ -23,6 +23,9 @@ pub enum Task {
     Regression { mean: f64, sd: f64 },
     /// One class per token.
     TokenCls { labels: Vec<String> },
+    /// Any number of labels per sequence, one independent probability each (HF
+    /// `problem_type: multi_label_classification`, a sigmoid per output).
+    MultiLabel { labels: Vec<String> },
 }
 
 impl Task {
@@ -30,7 +33,9 @@ impl Task {
     pub fn outputs(&self) -> Option<usize> {
         match self {
             Task::Lm => None,
-            Task::SeqCls { labels } | Task::TokenCls { labels } => Some(labels.len()),
+            Task::SeqCls { labels } | Task::TokenCls { labels } | Task::MultiLabel { labels } => {
+                Some(labels.len())
+            }
             Task::Regression { .. } => Some(1),
         }
     }
@@ -42,6 +47,7 @@ impl Task {
             Task::SeqCls { .. } => "seq-cls",
             Task::Regression { .. } => "regression",
             Task::TokenCls { .. } => "token-cls",
+            Task::MultiLabel { .. } => "multi-label",
         }
     }
 }

@@ -29,7 +29,9 @@ impl ModelSpec {
         let arch = self.config.architecture();
         match self.task {
             Task::Lm => arch.lm_class,
-            Task::SeqCls { .. } | Task::Regression { .. } => arch.seq_cls_class,
+            Task::SeqCls { .. } | Task::Regression { .. } | Task::MultiLabel { .. } => {
+                arch.seq_cls_class
+            }
             Task::TokenCls { .. } => arch.token_cls_class,
         }
     }
@@ -38,7 +40,7 @@ impl ModelSpec {
     pub fn head_layout(&self) -> Option<HeadLayout> {
         match self.task {
             Task::Lm => None,
-            Task::SeqCls { .. } | Task::Regression { .. } => {
+            Task::SeqCls { .. } | Task::Regression { .. } | Task::MultiLabel { .. } => {
                 Some(self.config.architecture().seq_head)
             }
             Task::TokenCls { .. } => Some(TOKEN_HEAD),
@@ -53,7 +55,9 @@ impl ModelSpec {
         m.insert("architectures".into(), json!([self.class()]));
         let labels: Vec<String> = match &self.task {
             Task::Lm => return v,
-            Task::SeqCls { labels } | Task::TokenCls { labels } => labels.clone(),
+            Task::SeqCls { labels } | Task::TokenCls { labels } | Task::MultiLabel { labels } => {
+                labels.clone()
+            }
             Task::Regression { .. } => vec!["LABEL_0".into()],
         };
         let id2label: serde_json::Map<String, Value> = labels
@@ -68,9 +72,10 @@ impl ModelSpec {
             .collect();
         m.insert("id2label".into(), Value::Object(id2label));
         m.insert("label2id".into(), Value::Object(label2id));
-        if let Task::SeqCls { .. } | Task::Regression { .. } = self.task {
+        if let Task::SeqCls { .. } | Task::Regression { .. } | Task::MultiLabel { .. } = self.task {
             let problem = match self.task {
                 Task::Regression { .. } => "regression",
+                Task::MultiLabel { .. } => "multi_label_classification",
                 _ => "single_label_classification",
             };
             m.insert("problem_type".into(), problem.into());
@@ -99,10 +104,12 @@ impl ModelSpec {
             pairs.sort();
             pairs.into_iter().map(|p| p.1).collect()
         };
-        let regression = json.get("problem_type").and_then(Value::as_str) == Some("regression");
+        let problem = json.get("problem_type").and_then(Value::as_str);
         let task = if class == arch.seq_cls_class {
-            if regression {
+            if problem == Some("regression") {
                 Task::Regression { mean: 0.0, sd: 1.0 }
+            } else if problem == Some("multi_label_classification") {
+                Task::MultiLabel { labels: labels() }
             } else {
                 Task::SeqCls { labels: labels() }
             }

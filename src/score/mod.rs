@@ -5,6 +5,8 @@
 //!   class), MCC, AUROC and AUPRC (one-vs-rest), confusion matrix.
 //! - [`regression`]: MSE, RMSE (the real root: the tutorial printed MSE as "rmse"), MAE,
 //!   Pearson, Spearman, R².
+//! - [`multi_label`]: any number of labels per row: micro / macro F1, subset accuracy, Hamming
+//!   loss, AUROC per label.
 //! - [`per_base`]: one label character per base, scored base by base, and whether predicted
 //!   dot-bracket structures pair up.
 //! - [`bootstrap_ci`]: a seeded 95 % percentile interval for any metric, so a CI gate can tell
@@ -17,6 +19,7 @@
 
 mod bootstrap;
 mod classify;
+mod multi_label;
 mod per_base;
 mod regress;
 #[cfg(test)]
@@ -27,6 +30,7 @@ pub use classify::{
     ClassScore, ClassScores, Confusion, Ranking, auroc, average_precision, classification,
     sorted_classes,
 };
+pub use multi_label::{LabelScore, MultiLabelScores, multi_label};
 pub use per_base::{PerBaseScores, brackets_balance, per_base};
 pub use regress::{
     RegressionScores, average_ranks, mae, mse, pearson, r2, regression, rmse, spearman,

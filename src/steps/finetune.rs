@@ -19,8 +19,8 @@ use super::model::{
     seed, weight_decay,
 };
 use super::table::{
-    LocatedTable, base_classes, class_indices, label_characters, label_strings, read_role,
-    training_classes, write_table,
+    LocatedTable, base_classes, class_indices, label_characters, label_flags, label_sets,
+    label_strings, read_role, training_classes, training_labels, write_table,
 };
 use super::training::{self, model_err};
 use super::{InputPath, StepContext, StepError, StepKind, params, plot, write_metrics};
@@ -49,6 +49,10 @@ enum TaskKind {
     /// BERT's `[CLS] a [SEP] b [SEP]` with token type 1 on `b [SEP]`, GPT-2's `a <eos> b`; the
     /// head and saved model are `…ForSequenceClassification`'s.
     PairCls,
+    /// Any number of labels per sequence (the label column lists them, `;`-separated; empty:
+    /// none): a sigmoid per label, HF `problem_type: multi_label_classification`; scored by
+    /// micro / macro F1, subset accuracy and AUROC per label.
+    MultiLabel,
 }
 
 /// What stays fixed while the head trains.
@@ -88,7 +92,7 @@ enum BalancedName {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct FinetuneParams {
-    /// `seq-cls`, `regression`, `token-cls` or `pair-cls`.
+    /// `seq-cls`, `regression`, `token-cls`, `pair-cls` or `multi-label`.
     task: TaskKind,
     /// A model directory (HF layout) to start from: its backbone is kept, its head replaced
     /// when it has another one. Without it, `arch` and `config` build a fresh model.
@@ -115,6 +119,8 @@ struct FinetuneParams {
     pair: Option<String>,
     #[serde(default = "super::table::label_column")]
     label: String,
+    /// `multi-label`: what separates a row's labels in the label column (default `;`).
+    label_separator: Option<String>,
     #[serde(default = "super::table::id_column")]
     id: String,
     /// Longest input in tokens (default: the model's positions); a longer row is an error
@@ -186,7 +192,7 @@ fn three() -> usize {
 pub static FINETUNE: StepKind = StepKind {
     name: "model.finetune",
     version: 1,
-    summary: "fine-tune a task head (seq-cls, regression, token-cls, pair-cls) on a labelled table, from a pretrained model or from scratch; writes the model, predictions (id, label, prediction, prob_<class>; token-cls: id, label, prediction as one character per base) and metrics",
+    summary: "fine-tune a task head (seq-cls, regression, token-cls, pair-cls, multi-label) on a labelled table, from a pretrained model or from scratch; writes the model, predictions (id, label, prediction, prob_<class>; token-cls: id, label, prediction as one character per base) and metrics",
     outputs: &[
         ("model", "model"),
         ("predictions", "predictions.parquet"),
@@ -229,8 +235,18 @@ pub static FINETUNE: StepKind = StepKind {
                     .join(", ")
             ));
         }
-        if p.task == TaskKind::Regression && p.class_weights.is_some() {
-            return Err("`class_weights` is for `task: seq-cls` and `token-cls`".into());
+        if matches!(p.task, TaskKind::Regression | TaskKind::MultiLabel)
+            && p.class_weights.is_some()
+        {
+            return Err(
+                "`class_weights` is for `task: seq-cls`, `pair-cls` and `token-cls`".into(),
+            );
+        }
+        if p.task != TaskKind::MultiLabel && p.label_separator.is_some() {
+            return Err("`label_separator` is for `task: multi-label`".into());
+        }
+        if p.label_separator.as_deref() == Some("") {
+            return Err("`label_separator` cannot be empty".into());
         }
         if p.task != TaskKind::PairCls && p.pair.is_some() {
             return Err("`pair` is for `task: pair-cls`".into());
@@ -256,6 +272,7 @@ fn task_name(task: TaskKind) -> &'static str {
         TaskKind::Regression => "regression",
         TaskKind::TokenCls => "token-cls",
         TaskKind::PairCls => "pair-cls",
+        TaskKind::MultiLabel => "multi-label",
     }
 }
 
@@ -276,6 +293,7 @@ fn objective_shape(task: TaskKind) -> Objective {
             weights: None,
         },
         TaskKind::Regression => Objective::Regression { mean: 0.0, sd: 1.0 },
+        TaskKind::MultiLabel => Objective::MultiLabel { labels: Vec::new() },
         TaskKind::TokenCls => Objective::TokenCls {
             classes: Vec::new(),
             weights: None,
@@ -298,8 +316,11 @@ struct Split {
     rows: Vec<Row>,
     /// Each token's `[start, end)` in bases (empty for `[CLS]` and `[SEP]`).
     spans: Vec<Spans>,
-    /// Class labels (seq-cls) or label strings, one character per base (token-cls).
+    /// Class labels (seq-cls), label strings, one character per base (token-cls), or label
+    /// sets joined by `;` (multi-label).
     labels: Vec<String>,
+    /// Multi-label: each row's flag per label.
+    flags: Vec<Vec<bool>>,
     /// Regression targets (empty for classes).
     values: Vec<f64>,
 }
@@ -555,6 +576,7 @@ fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
         };
         Ok(Split {
             labels: Vec::new(),
+            flags: Vec::new(),
             values: Vec::new(),
             table,
             rows,
@@ -609,6 +631,27 @@ fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
                 Objective::Regression { mean, sd },
             )
         }
+        TaskKind::MultiLabel => {
+            let sep = p.label_separator.as_deref().unwrap_or(";");
+            let train_sets = label_sets(&train_split.table, &p.label, sep)?;
+            let labels = training_labels(&train_split.table, &train_sets, &p.label)?;
+            let train_path = train_split.table.path.clone();
+            for split in [&mut train_split, &mut valid_split, &mut test_split] {
+                let sets = label_sets(&split.table, &p.label, sep)?;
+                let flags = label_flags(&split.table, &sets, &labels, &p.label, &train_path)?;
+                for (row, f) in split.rows.iter_mut().zip(&flags) {
+                    row.target = Target::Labels(f.clone());
+                }
+                split.labels = sets.iter().map(|s| s.join(";")).collect();
+                split.flags = flags;
+            }
+            (
+                Task::MultiLabel {
+                    labels: labels.clone(),
+                },
+                Objective::MultiLabel { labels },
+            )
+        }
         TaskKind::TokenCls => {
             let rule = p.token_label.unwrap_or_default();
             let classes = token_targets(
@@ -625,7 +668,11 @@ fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
             )
         }
     };
-    if let (Some(init), Task::SeqCls { labels } | Task::TokenCls { labels }) = (&init_spec, &task) {
+    if let (
+        Some(init),
+        Task::SeqCls { labels } | Task::TokenCls { labels } | Task::MultiLabel { labels },
+    ) = (&init_spec, &task)
+    {
         check_init_head(
             &init.task,
             head_name(p.task),
@@ -747,13 +794,14 @@ fn check_init_head(
         (Task::Lm, _) => true,
         (Task::SeqCls { labels }, Some(c)) if want == "seq-cls" => labels.as_slice() == c,
         (Task::TokenCls { labels }, Some(c)) if want == "token-cls" => labels.as_slice() == c,
+        (Task::MultiLabel { labels }, Some(c)) if want == "multi-label" => labels.as_slice() == c,
         (other, _) => other.name() == want,
     };
     if same {
         return Ok(());
     }
     let have = match have {
-        Task::SeqCls { labels } | Task::TokenCls { labels } => {
+        Task::SeqCls { labels } | Task::TokenCls { labels } | Task::MultiLabel { labels } => {
             format!("a {} head with classes {}", have.name(), labels.join(", "))
         }
         _ => format!("a {} head", have.name()),
@@ -963,6 +1011,43 @@ fn write_predictions(
             m.insert("test_token_ceiling".into(), ceiling.into());
             m.insert("classes".into(), json!(classes));
             super::score::report_per_base(ctx, &per_base, m, "test_")?;
+        }
+        Objective::MultiLabel { labels } => {
+            let pred: Vec<String> = predictions
+                .iter()
+                .map(|r| {
+                    labels
+                        .iter()
+                        .zip(r)
+                        .filter(|(_, p)| **p >= 0.5)
+                        .map(|(l, _)| l.as_str())
+                        .collect::<Vec<_>>()
+                        .join(";")
+                })
+                .collect();
+            columns.push(Column::new("label".into(), &test.labels));
+            columns.push(Column::new("prediction".into(), &pred));
+            for (k, label) in labels.iter().enumerate() {
+                let col: Vec<f64> = predictions.iter().map(|r| r[k]).collect();
+                columns.push(Column::new(format!("prob_{label}").into(), col));
+            }
+            let s = crate::score::multi_label(labels, &test.flags, predictions, 0.5)
+                .map_err(|e| StepError::new(e.to_string()))?;
+            m.insert("test_f1_micro".into(), s.f1_micro.into());
+            m.insert("test_f1_macro".into(), s.f1_macro.into());
+            m.insert("test_exact".into(), s.exact.into());
+            m.insert("test_hamming_loss".into(), s.hamming_loss.into());
+            if let Some(a) = s.auroc_macro {
+                m.insert("test_auroc_macro".into(), a.into());
+            }
+            m.insert("test_rows".into(), s.rows.into());
+            m.insert("test_per_label".into(), json!(s.per_label));
+            m.insert("classes".into(), json!(labels));
+            writeln!(
+                ctx.log,
+                "test: micro F1 {:.4}, macro F1 {:.4}, exact {:.4} ({} rows)",
+                s.f1_micro, s.f1_macro, s.exact, s.rows
+            )?;
         }
         _ => {
             let truth = test.values.as_slice();

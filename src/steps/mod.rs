@@ -109,6 +109,7 @@ pub static KINDS: &[&StepKind] = &[
     data::SAMPLE,
     data::CONCAT,
     data::PAIRS,
+    data::KEYWORDS,
     data::STATS,
     &tokenizer::TRAIN,
     &tokenizer::EVAL,

@@ -470,6 +470,75 @@ pub fn class_indices(
         .collect()
 }
 
+/// Multi-label rows: each row's labels, `separator`-separated in the column; an empty or
+/// missing value is a row with no label.
+pub fn label_sets(
+    table: &LocatedTable,
+    column: &str,
+    separator: &str,
+) -> Result<Vec<Vec<String>>, StepError> {
+    let col = table.column(column, "label")?.cast(&DataType::String)?;
+    Ok(col
+        .str()?
+        .iter()
+        .map(|v| {
+            v.unwrap_or("")
+                .split(separator)
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(class_label)
+                .collect()
+        })
+        .collect())
+}
+
+/// The labels of a multi-label training table, sorted; none at all is an error naming it.
+pub fn training_labels(
+    table: &LocatedTable,
+    sets: &[Vec<String>],
+    column: &str,
+) -> Result<Vec<String>, StepError> {
+    let labels = crate::score::sorted_classes(sets.iter().flatten().map(String::as_str));
+    if labels.is_empty() {
+        return Err(StepError::new(format!(
+            "{}: column `{column}` holds no label in any row; a multi-label model needs at \
+             least one",
+            table.path.display()
+        )));
+    }
+    Ok(labels)
+}
+
+/// Each row's label set as one flag per training label; a label the training table lacks is
+/// an error naming the row.
+pub fn label_flags(
+    table: &LocatedTable,
+    sets: &[Vec<String>],
+    labels: &[String],
+    column: &str,
+    train: &Path,
+) -> Result<Vec<Vec<bool>>, StepError> {
+    sets.iter()
+        .enumerate()
+        .map(|(i, set)| {
+            let mut flags = vec![false; labels.len()];
+            for l in set {
+                let k = labels.iter().position(|c| c == l).ok_or_else(|| {
+                    StepError::new(format!(
+                        "{}: label `{l}` does not occur in the training table {} (its labels: \
+                         {}); a model can only predict labels it was trained on",
+                        table.at(i, column),
+                        train.display(),
+                        labels.join(", ")
+                    ))
+                })?;
+                flags[k] = true;
+            }
+            Ok(flags)
+        })
+        .collect()
+}
+
 /// Per-base labels of a table: the label strings and their sequences, each label one character
 /// per base (a dot-bracket structure, a DSSP state); another length is an error naming the row.
 pub fn label_strings(

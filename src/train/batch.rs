@@ -33,6 +33,8 @@ pub enum Target {
     Value(f32),
     /// A class index per token, or [`IGNORE`] (token classification).
     Tokens(Vec<i64>),
+    /// Whether the row has each label (multi-label classification).
+    Labels(Vec<bool>),
 }
 
 /// A batch on the host, row-major [b, t].
@@ -47,7 +49,8 @@ pub struct Batch {
     /// Target id per position (language models, token heads) or per row (sequence heads), or
     /// [`IGNORE`].
     pub labels: Vec<i64>,
-    /// Regression targets, one per row.
+    /// Regression targets, one per row; multi-label targets, one 0/1 per row and label
+    /// (row-major).
     pub values: Vec<f32>,
     /// Positions with a label.
     pub labelled: usize,
@@ -199,13 +202,23 @@ pub fn task_batch(rows: &[&Row], pad: u32) -> Batch {
     let mut batch = padded(rows, pad);
     let t = batch.t;
     match rows.first().map(|r| &r.target) {
-        Some(Target::Class(_)) | Some(Target::Value(_)) => {
+        Some(Target::Class(_)) | Some(Target::Value(_)) | Some(Target::Labels(_)) => {
             batch.labels = vec![IGNORE; rows.len()];
             batch.values = vec![0.0; rows.len()];
+            if let Some(Target::Labels(first)) = rows.first().map(|r| &r.target) {
+                batch.values = vec![0.0; rows.len() * first.len()];
+            }
             for (i, r) in rows.iter().enumerate() {
-                match r.target {
-                    Target::Class(c) => batch.labels[i] = c as i64,
-                    Target::Value(v) => batch.values[i] = v,
+                match &r.target {
+                    Target::Class(c) => batch.labels[i] = *c as i64,
+                    Target::Value(v) => batch.values[i] = *v,
+                    Target::Labels(has) => {
+                        batch.labels[i] = 0; // labelled; the labels are in `values`
+                        let k = has.len();
+                        for (j, &h) in has.iter().enumerate() {
+                            batch.values[i * k + j] = h as u8 as f32;
+                        }
+                    }
                     _ => continue,
                 }
                 batch.labelled += 1;

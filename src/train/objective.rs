@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use burn::prelude::*;
-use burn::tensor::activation::{log_softmax, softmax};
+use burn::tensor::activation::{log_softmax, relu, sigmoid, softmax};
 use serde::{Deserialize, Serialize};
 
 use super::batch::{self, Batch, IGNORE, Masking, Row};
@@ -30,6 +30,9 @@ pub enum Objective {
     },
     /// One number per sequence; the head learns `(y - mean) / sd`, squared error.
     Regression { mean: f64, sd: f64 },
+    /// Any number of labels per sequence: a sigmoid and binary cross-entropy per label
+    /// (PyTorch's `BCEWithLogitsLoss`, as transformers uses for `multi_label_classification`).
+    MultiLabel { labels: Vec<String> },
 }
 
 /// Loss and scores over a set of batches.
@@ -56,7 +59,7 @@ impl Evaluation {
 pub fn lower_is_better(name: &str) -> bool {
     matches!(
         name,
-        "loss" | "perplexity" | "bits_per_base" | "mse" | "rmse" | "mae"
+        "loss" | "perplexity" | "bits_per_base" | "mse" | "rmse" | "mae" | "hamming_loss"
     )
 }
 
@@ -78,6 +81,14 @@ pub fn metric_names(objective: &Objective) -> &'static [&'static str] {
         Objective::Regression { .. } => {
             &["loss", "mse", "rmse", "mae", "pearson", "spearman", "r2"]
         }
+        Objective::MultiLabel { .. } => &[
+            "loss",
+            "f1_micro",
+            "f1_macro",
+            "exact",
+            "hamming_loss",
+            "auroc_macro",
+        ],
     }
 }
 
@@ -119,6 +130,8 @@ impl Objective {
     pub fn normalizer(&self, batch: &Batch) -> f64 {
         match self {
             Objective::Regression { .. } => batch.values.len() as f64,
+            // The mean over every (row, label), as BCEWithLogitsLoss takes it.
+            Objective::MultiLabel { labels } => (batch.b * labels.len()) as f64,
             _ => self.row_weights(batch).iter().map(|&w| w as f64).sum(),
         }
     }
@@ -139,6 +152,14 @@ impl Objective {
                 .collect();
             let target = Tensor::<B, 1>::from_data(TensorData::new(z, [n]), device);
             return (out.reshape([n]) - target).powi_scalar(2).sum();
+        }
+        if let Objective::MultiLabel { labels } = self {
+            // max(x, 0) - x y + log(1 + exp(-|x|)): binary cross-entropy on logits, stable.
+            let k = labels.len();
+            let y =
+                Tensor::<B, 2>::from_data(TensorData::new(batch.values.clone(), [n, k]), device);
+            let soft = out.clone().abs().neg().exp().log1p();
+            return (relu(out.clone()) - out * y + soft).sum();
         }
         let weights =
             Tensor::<B, 1>::from_data(TensorData::new(self.row_weights(batch), [n]), device);
@@ -162,6 +183,7 @@ impl Objective {
             let [n, k] = out.dims();
             let values = match self {
                 Objective::Regression { .. } => out,
+                Objective::MultiLabel { .. } => sigmoid(out),
                 _ => softmax(out, 1),
             };
             let (_, host) = crate::models::weights::host(values);
@@ -220,6 +242,24 @@ impl Objective {
                     metrics.extend(scores);
                 }
             }
+            Objective::MultiLabel { labels } => {
+                let probs = self.predict(model, batches, device);
+                let truth = label_sets(batches, labels.len());
+                if let Ok(s) = crate::score::multi_label(labels, &truth, &probs, 0.5) {
+                    for (name, v) in [
+                        ("f1_micro", Some(s.f1_micro)),
+                        ("f1_macro", Some(s.f1_macro)),
+                        ("exact", Some(s.exact)),
+                        ("hamming_loss", Some(s.hamming_loss)),
+                        ("auroc_macro", s.auroc_macro),
+                    ] {
+                        if let Some(v) = v {
+                            metrics.insert(name.to_string(), v);
+                        }
+                    }
+                }
+                metrics.insert("rows".into(), truth.len() as f64);
+            }
             Objective::Regression { .. } => {
                 let pred: Vec<f64> = self
                     .predict(model, batches, device)
@@ -252,6 +292,18 @@ impl Objective {
             metrics,
         }
     }
+}
+
+/// Every row's label set (multi-label batches), in batch order.
+pub fn label_sets(batches: &[Batch], labels: usize) -> Vec<Vec<bool>> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            b.values
+                .chunks(labels.max(1))
+                .map(|r| r.iter().map(|&v| v > 0.5).collect())
+        })
+        .collect()
 }
 
 /// The class index of every labelled row (or token), in batch order.

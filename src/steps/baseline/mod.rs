@@ -82,6 +82,10 @@ struct LogisticParams {
     /// Column of class labels.
     #[serde(default = "super::table::label_column")]
     label: String,
+    /// Multi-label: the label column lists each row's labels separated by this (`;`), and one
+    /// logistic regression is fitted per label (scikit-learn's one-vs-rest), scored as
+    /// `model.finetune`'s `task: multi-label`.
+    label_separator: Option<String>,
     /// Column of row ids, copied into the predictions.
     #[serde(default = "super::table::id_column")]
     id: String,
@@ -259,31 +263,29 @@ impl Features {
         }
     }
 
-    /// The k-mer featuriser of a pair's second side: DNA k-mers when every training sequence
-    /// is spelled in A/C/G/T/U/N, else amino-acid k-mers.
+    /// The featuriser of a pair's second side: k-mers of its alphabet (`pair_k`; default `k`
+    /// for DNA, 1 for protein).
     fn fit_pair(
         k: Option<usize>,
         pair_k: Option<usize>,
         seqs: &[String],
     ) -> Result<Features, String> {
-        let dna = seqs.iter().all(|s| {
-            s.bytes().all(|b| {
-                matches!(
-                    b.to_ascii_uppercase(),
-                    b'A' | b'C' | b'G' | b'T' | b'U' | b'N'
-                )
-            })
-        });
-        if dna {
-            return Ok(Features::Kmer {
-                k: pair_k.or(k).unwrap_or(3),
-            });
+        let k = if is_dna(seqs) { pair_k.or(k) } else { pair_k };
+        Features::fit_kmer(k, "pair_k", seqs)
+    }
+
+    /// k-mer features of `seqs`: DNA k-mers (default k 3) when the training sequences are
+    /// nucleotides ([`is_dna`]), else amino-acid k-mers (default k 1, at most 3). `param` names
+    /// k in messages.
+    fn fit_kmer(k: Option<usize>, param: &str, seqs: &[String]) -> Result<Features, String> {
+        if is_dna(seqs) {
+            return Ok(Features::Kmer { k: k.unwrap_or(3) });
         }
-        let k = pair_k.unwrap_or(1);
+        let k = k.unwrap_or(1);
         if k > MAX_RESIDUE_K {
             return Err(format!(
-                "`pair_k: {k}`: the pair side is protein, whose k-mers go up to {MAX_RESIDUE_K} \
-                 (20^{MAX_RESIDUE_K} features)"
+                "`{param}: {k}`: these sequences are protein, whose k-mers go up to \
+                 {MAX_RESIDUE_K} (20^{MAX_RESIDUE_K} features)"
             ));
         }
         Ok(Features::Residues { k })
@@ -433,7 +435,16 @@ impl Design {
         seqs: &Sides,
         file: &Path,
     ) -> Result<(Design, Matrix), StepError> {
-        let features = Features::fit(kind, k, &seqs.first);
+        let features = match kind {
+            FeatureKind::Kmer => Features::fit_kmer(k, "k", &seqs.first),
+            FeatureKind::Onehot if !is_dna(&seqs.first) => Err(
+                "`features: onehot` reads A/C/G/T/N; these sequences are protein: use \
+                 `features: kmer` (amino-acid k-mers)"
+                    .to_string(),
+            ),
+            FeatureKind::Onehot => Ok(Features::fit(kind, k, &seqs.first)),
+        }
+        .map_err(|e| StepError::new(format!("{}: {e}", file.display())))?;
         let pair = match &seqs.pair {
             Some(p) => Some(
                 Features::fit_pair(k, pair_k, p)
@@ -519,6 +530,15 @@ impl Design {
         }
         v
     }
+}
+
+/// Whether the sequences are nucleotides: no letter outside the IUPAC nucleotide codes (a
+/// protein has E, F, I, L, P or Q somewhere; DNA tables may hold ambiguity codes such as R, S).
+fn is_dna(seqs: &[String]) -> bool {
+    !seqs.iter().any(|s| {
+        s.bytes()
+            .any(|b| b"EFIJLOPQXZ*".contains(&b.to_ascii_uppercase()))
+    })
 }
 
 /// A, C, G, T (or U) as 0–3, either case; anything else is `None` (N).
@@ -686,6 +706,9 @@ fn classify(ctx: &mut StepContext) -> Result<(), StepError> {
         id: &p.id,
     };
     let inputs = read_inputs(ctx, &p.train, &p.test, p.valid.as_ref(), &p.id)?;
+    if let Some(sep) = &p.label_separator {
+        return classify_multi(ctx, &p, &cols, &inputs, sep);
+    }
     let train_seqs = sequences(&inputs.train, &cols)?;
     let train_labels = class_labels(&inputs.train, &cols)?;
     let classes = training_classes(&inputs.train, &train_labels, &p.label)?;
@@ -812,6 +835,149 @@ fn classify(ctx: &mut StepContext) -> Result<(), StepError> {
     if let Some(a) = valid_accuracy {
         metrics["valid_accuracy"] = json!(a);
     }
+    write_metrics(ctx.out, &metrics)
+}
+
+/// Multi-label `baseline.classify`: one binary L2 logistic regression per label on the same
+/// features, each label predicted when its probability is at least 0.5.
+fn classify_multi(
+    ctx: &mut StepContext,
+    p: &LogisticParams,
+    cols: &Columns,
+    inputs: &Inputs,
+    sep: &str,
+) -> Result<(), StepError> {
+    use super::table::{label_flags, label_sets, training_labels};
+    let train_seqs = sequences(&inputs.train, cols)?;
+    let train_sets = label_sets(&inputs.train, &p.label, sep)?;
+    let labels = training_labels(&inputs.train, &train_sets, &p.label)?;
+    let path = &inputs.train.path;
+    let flags = |t: &Table| -> Result<Vec<Vec<bool>>, StepError> {
+        label_flags(t, &label_sets(t, &p.label, sep)?, &labels, &p.label, path)
+    };
+    let y_train = flags(&inputs.train)?;
+    let (design, x_train) =
+        Design::fit(p.features, p.k, p.pair_k, p.standardize, &train_seqs, path)?;
+    // One model per label; a label every training row has (or none) is a constant.
+    let mut models = Vec::with_capacity(labels.len());
+    for (k, label) in labels.iter().enumerate() {
+        let y: Vec<usize> = y_train.iter().map(|f| f[k] as usize).collect();
+        let positives = y.iter().sum::<usize>();
+        models.push(if positives == 0 || positives == y.len() {
+            Err(positives as f64 / y.len() as f64)
+        } else {
+            Ok(fit_logistic(
+                ctx,
+                &x_train,
+                &y,
+                2,
+                (p.l2, p.max_iter),
+                path,
+                &format!(
+                    "label `{label}`: {positives} of {} rows, {} features",
+                    y.len(),
+                    design.dimension()
+                ),
+            )?)
+        });
+    }
+    let predict = |t: &Table| -> Result<Vec<Vec<f64>>, StepError> {
+        let x = design.matrix(&sequences(t, cols)?, &t.path)?;
+        let per_label: Vec<Vec<f64>> = models
+            .iter()
+            .map(|m| match m {
+                Ok(model) => {
+                    let probs = model.probabilities(&x);
+                    (0..x.rows).map(|i| probs.row(i)[1]).collect()
+                }
+                Err(constant) => vec![*constant; x.rows],
+            })
+            .collect();
+        Ok((0..x.rows)
+            .map(|i| per_label.iter().map(|col| col[i]).collect())
+            .collect())
+    };
+    let score =
+        |t: &Table, probs: &[Vec<f64>]| -> Result<crate::score::MultiLabelScores, StepError> {
+            crate::score::multi_label(&labels, &flags(t)?, probs, 0.5)
+                .map_err(|e| StepError::new(format!("{}: {e}", t.path.display())))
+        };
+    let test_probs = predict(&inputs.test)?;
+    let test = score(&inputs.test, &test_probs)?;
+    let mut metrics = json!({
+        "train_rows": x_train.rows,
+        "test_rows": test.rows,
+        "classes": labels,
+        "features": design.describe(),
+        "test_f1_micro": test.f1_micro,
+        "test_f1_macro": test.f1_macro,
+        "test_exact": test.exact,
+        "test_hamming_loss": test.hamming_loss,
+        "test_auroc_macro": test.auroc_macro,
+        "test_per_label": test.per_label,
+    });
+    if let Some(v) = &inputs.valid {
+        let s = score(v, &predict(v)?)?;
+        metrics["valid_f1_micro"] = json!(s.f1_micro);
+        metrics["valid_f1_macro"] = json!(s.f1_macro);
+    }
+    writeln!(
+        ctx.log,
+        "test: micro F1 {:.4}, macro F1 {:.4}, exact {:.4} ({} rows, {} labels)",
+        test.f1_micro,
+        test.f1_macro,
+        test.exact,
+        test.rows,
+        labels.len()
+    )?;
+    let joined = |probs: &[Vec<f64>]| -> Vec<String> {
+        probs
+            .iter()
+            .map(|r| {
+                labels
+                    .iter()
+                    .zip(r)
+                    .filter(|(_, p)| **p >= 0.5)
+                    .map(|(l, _)| l.as_str())
+                    .collect::<Vec<_>>()
+                    .join(";")
+            })
+            .collect()
+    };
+    let truth: Vec<String> = label_sets(&inputs.test, &p.label, sep)?
+        .iter()
+        .map(|s| s.join(";"))
+        .collect();
+    let mut columns = vec![
+        Column::new("id".into(), ids(&inputs.test, cols)?),
+        Column::new("label".into(), truth),
+        Column::new("prediction".into(), joined(&test_probs)),
+    ];
+    for (k, label) in labels.iter().enumerate() {
+        let col: Vec<f64> = test_probs.iter().map(|r| r[k]).collect();
+        columns.push(Column::new(format!("prob_{label}").into(), col));
+    }
+    let mut df = DataFrame::new(test_probs.len(), columns)?;
+    write_table(&mut df, &ctx.out.join("predictions.parquet"))?;
+    let names = design.names();
+    let per_label: serde_json::Map<String, Value> = labels
+        .iter()
+        .zip(&models)
+        .map(|(label, m)| {
+            let v = match m {
+                Ok(model) => json!({
+                    "intercept": model.intercept[0],
+                    "weights": names.iter().cloned().zip(model.coef.row(0).iter().map(|&w| json!(w))).collect::<serde_json::Map<_, _>>(),
+                }),
+                Err(constant) => json!({ "constant": constant }),
+            };
+            (label.clone(), v)
+        })
+        .collect();
+    write_json(
+        &ctx.out.join("model.json"),
+        &json!({ "features": design.model_json(), "labels": labels, "coefficients": per_label }),
+    )?;
     write_metrics(ctx.out, &metrics)
 }
 

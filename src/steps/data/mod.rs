@@ -11,6 +11,7 @@ use super::{InputPath, StepContext, StepError, StepKind};
 
 mod concat;
 mod filter;
+mod keywords;
 mod load;
 mod pairs;
 mod sample;
@@ -27,6 +28,8 @@ pub static SPLIT: &StepKind = &split::KIND;
 pub static FILTER: &StepKind = &filter::KIND;
 /// `data.sample`: a random subset of rows.
 pub static SAMPLE: &StepKind = &sample::KIND;
+/// `data.keywords`: multi-label targets from a text column by a keyword rule.
+pub static KEYWORDS: &StepKind = &keywords::KIND;
 /// `data.pairs`: true pairs plus seeded negatives, for pair classification.
 pub static PAIRS: &StepKind = &pairs::KIND;
 /// `data.concat`: several tables stacked, columns unioned.
