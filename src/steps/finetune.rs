@@ -137,7 +137,9 @@ struct FinetuneParams {
     select: String,
     /// Stop after this many evaluations without a better `select` score.
     patience: Option<usize>,
-    /// `balanced` or `{class: weight}` (seq-cls, token-cls).
+    /// `balanced` or `{class: weight}` (seq-cls, pair-cls, token-cls); for multi-label, the
+    /// weight of each label's positives (`balanced`: its negatives over its positives,
+    /// PyTorch's `pos_weight`).
     class_weights: Option<ClassWeights>,
     /// `none` (default), `backbone`, or N: the embeddings and the first N layers.
     freeze: Option<Freeze>,
@@ -235,12 +237,8 @@ pub static FINETUNE: StepKind = StepKind {
                     .join(", ")
             ));
         }
-        if matches!(p.task, TaskKind::Regression | TaskKind::MultiLabel)
-            && p.class_weights.is_some()
-        {
-            return Err(
-                "`class_weights` is for `task: seq-cls`, `pair-cls` and `token-cls`".into(),
-            );
+        if p.task == TaskKind::Regression && p.class_weights.is_some() {
+            return Err("`class_weights` is for classification tasks".into());
         }
         if p.task != TaskKind::MultiLabel && p.label_separator.is_some() {
             return Err("`label_separator` is for `task: multi-label`".into());
@@ -293,7 +291,10 @@ fn objective_shape(task: TaskKind) -> Objective {
             weights: None,
         },
         TaskKind::Regression => Objective::Regression { mean: 0.0, sd: 1.0 },
-        TaskKind::MultiLabel => Objective::MultiLabel { labels: Vec::new() },
+        TaskKind::MultiLabel => Objective::MultiLabel {
+            labels: Vec::new(),
+            pos_weight: None,
+        },
         TaskKind::TokenCls => Objective::TokenCls {
             classes: Vec::new(),
             weights: None,
@@ -645,11 +646,23 @@ fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
                 split.labels = sets.iter().map(|s| s.join(";")).collect();
                 split.flags = flags;
             }
+            let pos_weight = match &p.class_weights {
+                // PyTorch's advice for pos_weight: negatives over positives of each label.
+                Some(ClassWeights::Named(BalancedName::Balanced)) => Some(
+                    (0..labels.len())
+                        .map(|k| {
+                            let pos = train_split.flags.iter().filter(|f| f[k]).count();
+                            (train_split.flags.len() - pos) as f32 / pos.max(1) as f32
+                        })
+                        .collect(),
+                ),
+                given => class_weights(given.as_ref(), &labels, &[])?,
+            };
             (
                 Task::MultiLabel {
                     labels: labels.clone(),
                 },
-                Objective::MultiLabel { labels },
+                Objective::MultiLabel { labels, pos_weight },
             )
         }
         TaskKind::TokenCls => {
@@ -1012,7 +1025,7 @@ fn write_predictions(
             m.insert("classes".into(), json!(classes));
             super::score::report_per_base(ctx, &per_base, m, "test_")?;
         }
-        Objective::MultiLabel { labels } => {
+        Objective::MultiLabel { labels, .. } => {
             let pred: Vec<String> = predictions
                 .iter()
                 .map(|r| {

@@ -31,8 +31,12 @@ pub enum Objective {
     /// One number per sequence; the head learns `(y - mean) / sd`, squared error.
     Regression { mean: f64, sd: f64 },
     /// Any number of labels per sequence: a sigmoid and binary cross-entropy per label
-    /// (PyTorch's `BCEWithLogitsLoss`, as transformers uses for `multi_label_classification`).
-    MultiLabel { labels: Vec<String> },
+    /// (PyTorch's `BCEWithLogitsLoss`, as transformers uses for `multi_label_classification`);
+    /// `pos_weight` per label scales the loss of its positives (PyTorch's `pos_weight`).
+    MultiLabel {
+        labels: Vec<String>,
+        pos_weight: Option<Vec<f32>>,
+    },
 }
 
 /// Loss and scores over a set of batches.
@@ -131,7 +135,7 @@ impl Objective {
         match self {
             Objective::Regression { .. } => batch.values.len() as f64,
             // The mean over every (row, label), as BCEWithLogitsLoss takes it.
-            Objective::MultiLabel { labels } => (batch.b * labels.len()) as f64,
+            Objective::MultiLabel { labels, .. } => (batch.b * labels.len()) as f64,
             _ => self.row_weights(batch).iter().map(|&w| w as f64).sum(),
         }
     }
@@ -153,13 +157,21 @@ impl Objective {
             let target = Tensor::<B, 1>::from_data(TensorData::new(z, [n]), device);
             return (out.reshape([n]) - target).powi_scalar(2).sum();
         }
-        if let Objective::MultiLabel { labels } = self {
-            // max(x, 0) - x y + log(1 + exp(-|x|)): binary cross-entropy on logits, stable.
+        if let Objective::MultiLabel { labels, pos_weight } = self {
+            // (1 - y) x + w softplus(-x), softplus(-x) = max(-x, 0) + log(1 + exp(-|x|)):
+            // binary cross-entropy on logits, stable; w = 1 + (pos_weight - 1) y.
             let k = labels.len();
             let y =
                 Tensor::<B, 2>::from_data(TensorData::new(batch.values.clone(), [n, k]), device);
-            let soft = out.clone().abs().neg().exp().log1p();
-            return (relu(out.clone()) - out * y + soft).sum();
+            let soft = relu(out.clone().neg()) + out.clone().abs().neg().exp().log1p();
+            let w = match pos_weight {
+                Some(pw) => {
+                    let pw = Tensor::<B, 1>::from_data(TensorData::new(pw.clone(), [k]), device);
+                    y.clone() * (pw.reshape([1, k]) - 1.0) + 1.0
+                }
+                None => y.ones_like(),
+            };
+            return ((y.neg() + 1.0) * out + w * soft).sum();
         }
         let weights =
             Tensor::<B, 1>::from_data(TensorData::new(self.row_weights(batch), [n]), device);
@@ -242,7 +254,7 @@ impl Objective {
                     metrics.extend(scores);
                 }
             }
-            Objective::MultiLabel { labels } => {
+            Objective::MultiLabel { labels, .. } => {
                 let probs = self.predict(model, batches, device);
                 let truth = label_sets(batches, labels.len());
                 if let Ok(s) = crate::score::multi_label(labels, &truth, &probs, 0.5) {
@@ -354,4 +366,68 @@ pub fn argmax(v: &[f64]) -> usize {
         }
     }
     best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    /// Binary cross-entropy on logits as PyTorch's `BCEWithLogitsLoss(reduction="sum",
+    /// pos_weight=w)` defines it: `-(w y log σ(x) + (1 - y) log(1 - σ(x)))`, here summed by hand.
+    #[test]
+    fn multi_label_loss_is_weighted_binary_cross_entropy() {
+        let dev = Default::default();
+        let logits = [2.0f32, -1.0, 0.5, -30.0, 30.0, 0.0];
+        let y = [1.0f32, 0.0, 1.0, 1.0, 0.0, 0.0];
+        let pw = [3.0f32, 0.5, 1.0];
+        let batch = Batch {
+            b: 2,
+            t: 1,
+            ids: vec![0; 2],
+            types: vec![0; 2],
+            mask: vec![1; 2],
+            labels: vec![0, 0],
+            values: y.to_vec(),
+            labelled: 2,
+            label_bases: 0,
+            tokens: 2,
+        };
+        let labels: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let sigma = |x: f64| 1.0 / (1.0 + (-x).exp());
+        for weights in [None, Some(pw.to_vec())] {
+            let objective = Objective::MultiLabel {
+                labels: labels.clone(),
+                pos_weight: weights.clone(),
+            };
+            let out = Tensor::<Flex, 2>::from_data(TensorData::new(logits.to_vec(), [2, 3]), &dev);
+            let got = objective
+                .loss(out, &batch, &dev)
+                .into_scalar()
+                .elem::<f64>();
+            let want: f64 = (0..6)
+                .map(|i| {
+                    let (x, t) = (logits[i] as f64, y[i] as f64);
+                    let w = weights.as_ref().map_or(1.0, |w| w[i % 3] as f64);
+                    // log σ(x) and log(1 - σ(x)) without overflow at |x| = 30.
+                    let log_p = if x > 0.0 {
+                        -(-x).exp().ln_1p()
+                    } else {
+                        sigma(x).ln()
+                    };
+                    let log_q = if x < 0.0 {
+                        -x.exp().ln_1p()
+                    } else {
+                        (1.0 - sigma(x)).ln()
+                    };
+                    -(w * t * log_p + (1.0 - t) * log_q)
+                })
+                .sum();
+            assert!(
+                (got - want).abs() < 1e-4 * want.max(1.0),
+                "{weights:?}: {got} vs {want}"
+            );
+            assert_eq!(objective.normalizer(&batch), 6.0);
+        }
+    }
 }
