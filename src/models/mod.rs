@@ -788,7 +788,7 @@ mod tests {
     }
 
     /// Fine-tuned heads saved here load in transformers (AutoModelFor{Sequence,Token}
-    /// Classification) with the same logits; a regression head saved in the target's unit
+    /// Classification; a multi-label head with its `problem_type`) with the same logits; a regression head saved in the target's unit
     /// reloads here standardised again, with the same predictions.
     #[test]
     fn task_heads_reload_here_and_in_transformers() {
@@ -833,6 +833,12 @@ mod tests {
                 Task::Regression {
                     mean: -20.0,
                     sd: 8.0,
+                },
+            ),
+            (
+                "gpt2",
+                Task::MultiLabel {
+                    labels: labels.clone(),
                 },
             ),
         ] {
