@@ -30,7 +30,7 @@ pub use classify::{
     ClassScore, ClassScores, Confusion, Ranking, auroc, average_precision, classification,
     sorted_classes,
 };
-pub use multi_label::{LabelScore, MultiLabelScores, multi_label};
+pub use multi_label::{LabelScore, MultiLabelScores, multi_label, predicted_sets};
 pub use per_base::{PerBaseScores, brackets_balance, per_base};
 pub use regress::{
     RegressionScores, average_ranks, mae, mse, pearson, r2, regression, rmse, spearman,

@@ -39,6 +39,23 @@ pub struct MultiLabelScores {
     pub per_label: BTreeMap<String, LabelScore>,
 }
 
+/// Each row's predicted labels (probability at least `threshold`), `;`-joined in label order:
+/// how predictions tables spell a label set.
+pub fn predicted_sets(labels: &[String], probs: &[Vec<f64>], threshold: f64) -> Vec<String> {
+    probs
+        .iter()
+        .map(|r| {
+            labels
+                .iter()
+                .zip(r)
+                .filter(|(_, p)| **p >= threshold)
+                .map(|(l, _)| l.as_str())
+                .collect::<Vec<_>>()
+                .join(";")
+        })
+        .collect()
+}
+
 /// Precision, recall and F1 from counts, 0 where undefined (sklearn's `zero_division=0`).
 fn prf(tp: usize, fp: usize, fneg: usize) -> (f64, f64, f64) {
     let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };

@@ -1026,18 +1026,7 @@ fn write_predictions(
             super::score::report_per_base(ctx, &per_base, m, "test_")?;
         }
         Objective::MultiLabel { labels, .. } => {
-            let pred: Vec<String> = predictions
-                .iter()
-                .map(|r| {
-                    labels
-                        .iter()
-                        .zip(r)
-                        .filter(|(_, p)| **p >= 0.5)
-                        .map(|(l, _)| l.as_str())
-                        .collect::<Vec<_>>()
-                        .join(";")
-                })
-                .collect();
+            let pred = crate::score::predicted_sets(labels, predictions, 0.5);
             columns.push(Column::new("label".into(), &test.labels));
             columns.push(Column::new("prediction".into(), &pred));
             for (k, label) in labels.iter().enumerate() {

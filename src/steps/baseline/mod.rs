@@ -363,50 +363,45 @@ impl Features {
                     row[i * 5 + b.unwrap_or(4)] = 1.0;
                 }
             }
-            Features::Kmer { k } => {
-                let mask = (1usize << (2 * k)) - 1;
-                let (mut word, mut run) = (0usize, 0usize);
-                for b in bases {
-                    match b {
-                        Some(c) => {
-                            word = ((word << 2) | c) & mask;
-                            run += 1;
-                            if run >= k {
-                                row[word] += 1.0;
-                            }
-                        }
-                        None => run = 0,
-                    }
-                }
-                if !seq.is_empty() {
-                    let len = seq.len() as f64;
-                    row.iter_mut().for_each(|v| *v /= len);
-                }
-            }
+            Features::Kmer { k } => count_words(bases, 4, k, row, seq.len()),
             Features::Residues { k } => {
-                let size = self.dimension();
-                let (mut word, mut run) = (0usize, 0usize);
-                for b in seq.bytes() {
-                    match AMINO_ACIDS
+                let residues = seq.bytes().map(|b| {
+                    AMINO_ACIDS
                         .iter()
                         .position(|&a| a == b.to_ascii_uppercase())
-                    {
-                        Some(c) => {
-                            word = (word * 20 + c) % size;
-                            run += 1;
-                            if run >= k {
-                                row[word] += 1.0;
-                            }
-                        }
-                        None => run = 0,
-                    }
-                }
-                if !seq.is_empty() {
-                    let len = seq.len() as f64;
-                    row.iter_mut().for_each(|v| *v /= len);
-                }
+                });
+                count_words(residues, 20, k, row, seq.len());
             }
         }
+    }
+}
+
+/// The frequencies of the k-letter words of a sequence written as letter codes (`None`: a
+/// letter outside the alphabet, which breaks every word across it), into `row` (its index is
+/// the word in base `letters`), divided by the sequence's `len`.
+fn count_words(
+    codes: impl Iterator<Item = Option<usize>>,
+    letters: usize,
+    k: usize,
+    row: &mut [f64],
+    len: usize,
+) {
+    let size = letters.pow(k as u32);
+    let (mut word, mut run) = (0usize, 0usize);
+    for code in codes {
+        match code {
+            Some(c) => {
+                word = (word * letters + c) % size;
+                run += 1;
+                if run >= k {
+                    row[word] += 1.0;
+                }
+            }
+            None => run = 0,
+        }
+    }
+    if len > 0 {
+        row.iter_mut().for_each(|v| *v /= len as f64);
     }
 }
 
@@ -930,20 +925,6 @@ fn classify_multi(
         test.rows,
         labels.len()
     )?;
-    let joined = |probs: &[Vec<f64>]| -> Vec<String> {
-        probs
-            .iter()
-            .map(|r| {
-                labels
-                    .iter()
-                    .zip(r)
-                    .filter(|(_, p)| **p >= 0.5)
-                    .map(|(l, _)| l.as_str())
-                    .collect::<Vec<_>>()
-                    .join(";")
-            })
-            .collect()
-    };
     let truth: Vec<String> = label_sets(&inputs.test, &p.label, sep)?
         .iter()
         .map(|s| s.join(";"))
@@ -951,7 +932,10 @@ fn classify_multi(
     let mut columns = vec![
         Column::new("id".into(), ids(&inputs.test, cols)?),
         Column::new("label".into(), truth),
-        Column::new("prediction".into(), joined(&test_probs)),
+        Column::new(
+            "prediction".into(),
+            crate::score::predicted_sets(&labels, &test_probs, 0.5),
+        ),
     ];
     for (k, label) in labels.iter().enumerate() {
         let col: Vec<f64> = test_probs.iter().map(|r| r[k]).collect();
