@@ -253,13 +253,19 @@ const AMINO_ACIDS: &[u8; 20] = b"ACDEFGHIKLMNPQRSTVWY";
 const MAX_RESIDUE_K: usize = 3;
 
 impl Features {
-    /// The featuriser for `kind`, sized on the training sequences.
-    fn fit(kind: FeatureKind, k: Option<usize>, train: &[String]) -> Features {
+    /// The featuriser for `kind`, sized on the training sequences: k-mers of their alphabet;
+    /// one-hot only for nucleotides.
+    fn fit(kind: FeatureKind, k: Option<usize>, train: &[String]) -> Result<Features, String> {
         match kind {
-            FeatureKind::Onehot => Features::Onehot {
+            FeatureKind::Kmer => Features::fit_kmer(k, "k", train),
+            FeatureKind::Onehot if !is_dna(train) => Err(
+                "`features: onehot` reads A/C/G/T/N; these sequences are protein: use \
+                 `features: kmer` (amino-acid k-mers)"
+                    .to_string(),
+            ),
+            FeatureKind::Onehot => Ok(Features::Onehot {
                 width: train.iter().map(String::len).max().unwrap_or(0),
-            },
-            FeatureKind::Kmer => Features::Kmer { k: k.unwrap_or(3) },
+            }),
         }
     }
 
@@ -430,16 +436,8 @@ impl Design {
         seqs: &Sides,
         file: &Path,
     ) -> Result<(Design, Matrix), StepError> {
-        let features = match kind {
-            FeatureKind::Kmer => Features::fit_kmer(k, "k", &seqs.first),
-            FeatureKind::Onehot if !is_dna(&seqs.first) => Err(
-                "`features: onehot` reads A/C/G/T/N; these sequences are protein: use \
-                 `features: kmer` (amino-acid k-mers)"
-                    .to_string(),
-            ),
-            FeatureKind::Onehot => Ok(Features::fit(kind, k, &seqs.first)),
-        }
-        .map_err(|e| StepError::new(format!("{}: {e}", file.display())))?;
+        let features = Features::fit(kind, k, &seqs.first)
+            .map_err(|e| StepError::new(format!("{}: {e}", file.display())))?;
         let pair = match &seqs.pair {
             Some(p) => Some(
                 Features::fit_pair(k, pair_k, p)
