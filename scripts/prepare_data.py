@@ -13,6 +13,8 @@ Requirements
       r-cran-mlbench     2.1-3-1         StatLog DNA (splice junctions)
       r-cran-kernlab     0.9-32-1        UCI E. coli promoters
       infernal           1.1.4-1         tRNA1415G.sto (tRNAs with secondary structure)
+      bible-kjv          4.38            the `bible` reader (run from the unpacked package)
+      bible-kjv-text     4.38            King James Version text (English prose, Genesis)
 
 * Python >= 3.11 with (pip):  ``pip install rdata viennarna``
   (tested with rdata 1.1.0, viennarna 2.8.0).
@@ -51,6 +53,8 @@ PACKAGES = {
     "r-cran-mlbench": "2.1-3-1",
     "r-cran-kernlab": "0.9-32-1",
     "infernal": "1.1.4-1",
+    "bible-kjv": "4.38",
+    "bible-kjv-text": "4.38",
 }
 RLIB = "usr/lib/R/site-library"
 
@@ -504,6 +508,31 @@ def build_mfe(out, trna_rows) -> dict:
     return {"version": RNA.__version__}
 
 
+# --------------------------------------------------------------------------- 7 English
+def build_english(roots, out) -> dict:
+    """Genesis (King James Version, public domain), one verse per row, as written."""
+    log("[7] English prose: Genesis, KJV")
+    reader = os.path.join(roots["bible-kjv"], "usr/bin/bible")
+    data = os.path.join(roots["bible-kjv-text"], "usr/lib")
+    text = subprocess.run([reader, "-p", data, "-l100000", "gen1:1-50:26"], capture_output=True,
+                          text=True, check=True).stdout
+    rows, chapter = [], None
+    for line in text.splitlines():
+        head = re.fullmatch(r"Genesis (\d+)", line.strip())
+        if head:
+            chapter = int(head.group(1))
+            continue
+        verse = re.fullmatch(r"\s*(\d+) (.+)", line)
+        if verse:
+            assert chapter is not None, line
+            rows.append([f"Gen{chapter}:{verse.group(1)}", verse.group(2).strip()])
+    assert len(rows) == 1533, len(rows)  # Genesis has 50 chapters, 1,533 verses
+    write_csv(os.path.join(out, "english/genesis.csv.gz"), ["id", "sequence"], rows)
+    chars = sum(len(r[1]) for r in rows)
+    log(f"  {len(rows)} verses, {chars} characters")
+    return {"rows": len(rows), "chars": chars}
+
+
 # --------------------------------------------------------------------------- main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -519,6 +548,7 @@ def main() -> None:
         build_cds(roots, out, g["ct_genome"])
         t = build_trna(roots, out)
         build_mfe(out, t["rows"])
+        build_english(roots, out)
     files = sorted(
         os.path.relpath(os.path.join(d, f), out)
         for d, _, fs in os.walk(out) for f in fs

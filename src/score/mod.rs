@@ -9,6 +9,7 @@
 //!   loss, AUROC per label.
 //! - [`per_base`]: one label character per base, scored base by base, and whether predicted
 //!   dot-bracket structures pair up.
+//! - [`text_scores`]: generated text against the real text, SQuAD's exact match and token F1.
 //! - [`bootstrap_ci`]: a seeded 95 % percentile interval for any metric, so a CI gate can tell
 //!   a regression from noise.
 //!
@@ -24,6 +25,7 @@ mod per_base;
 mod regress;
 #[cfg(test)]
 mod tests;
+mod text;
 
 pub use bootstrap::{Interval, bootstrap_ci, percentile};
 pub use classify::{
@@ -35,6 +37,7 @@ pub use per_base::{PerBaseScores, brackets_balance, per_base};
 pub use regress::{
     RegressionScores, average_ranks, mae, mse, pearson, r2, regression, rmse, spearman,
 };
+pub use text::{TextScores, exact_match, normalized_words, text_scores, token_f1};
 
 /// Why scores could not be computed: input a caller can fix.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -40,7 +40,8 @@ struct LmParams {
     mask_probability: f64,
     #[serde(default = "seed")]
     seed: u64,
-    /// `metrics.json` of an `eval.markov` step: reported beside ours, with the gain in bits/base.
+    /// `metrics.json` of an `eval.markov` step, or of another model's `eval.lm` on the same
+    /// data: reported beside ours, with the gain in bits/base (positive: ours is better).
     baseline: Option<InputPath>,
     #[serde(default = "cpu")]
     device: String,
@@ -104,6 +105,8 @@ fn eval_lm(ctx: &mut StepContext) -> Result<(), StepError> {
         "loss": eval.loss,
         "perplexity": eval.metric("perplexity"),
         "bits_per_base": bits_per_base,
+        // The same figure, named for prose and proteins: every character a scored token spells.
+        "bits_per_char": bits_per_base,
         "tokens": tokens,
         "bases": bases,
         "sequences": seqs.len(),
@@ -112,7 +115,8 @@ fn eval_lm(ctx: &mut StepContext) -> Result<(), StepError> {
         let base = crate::metrics::read(path.path()).map_err(StepError::new)?;
         let Some(b) = base.get("bits_per_base").and_then(|v| v.as_f64()) else {
             return Err(StepError::new(format!(
-                "{path}: no `bits_per_base` (is `baseline` the metrics of an eval.markov step?)"
+                "{path}: no `bits_per_base` (`baseline` takes the metrics of an eval.markov or \
+                 eval.lm step)"
             )));
         };
         metrics["baseline_bits_per_base"] = b.into();

@@ -123,7 +123,9 @@ pub static KINDS: &[&StepKind] = &[
     &eval::MARKOV,
     &score::CLASSIFY,
     &score::REGRESS,
+    &score::TEXT,
     &baseline::CLASSIFY,
+    &baseline::NEAREST,
     &baseline::REGRESS,
     &baseline::PER_BASE,
 ];

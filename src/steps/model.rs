@@ -653,6 +653,100 @@ pub(crate) fn sample_token(
     order[keep - 1] as u32
 }
 
+/// How the next token is chosen: `temperature` 0 is greedy.
+pub(crate) struct Sampler {
+    pub temperature: f64,
+    pub top_k: usize,
+    pub top_p: f64,
+}
+
+/// One round of generation: how far rows may grow and when they stop.
+pub(crate) struct Continuation<'a> {
+    /// New tokens per row, at most.
+    pub max_new: usize,
+    /// The model's positions: past them the window slides and is fed afresh.
+    pub window: usize,
+    /// A row stops at this token (end-of-text), which is kept as its last token.
+    pub stop: Option<u32>,
+    /// Appended to rows that stopped while others go on.
+    pub pad: u32,
+    /// Set when the run is cancelled: generation stops early.
+    pub cancelled: &'a std::sync::atomic::AtomicBool,
+}
+
+impl Continuation<'_> {
+    /// Extend rows of equal length by sampled tokens, all rows in one batch. Keys and values of
+    /// the positions fed so far are kept: the prompt goes in once, then one token per step.
+    pub(crate) fn extend<B: FusedOps>(
+        &self,
+        model: &models::gpt2::Gpt2<B>,
+        rows: &mut [Vec<u32>],
+        sampler: &Sampler,
+        rng: &mut impl rand::Rng,
+        dev: &B::Device,
+    ) {
+        let n = rows.len();
+        let mut done = vec![false; n];
+        let mut cache = models::gpt2::KvCache::default();
+        for _ in 0..self.max_new {
+            if n == 0
+                || done.iter().all(|d| *d)
+                || self.cancelled.load(std::sync::atomic::Ordering::Relaxed)
+            {
+                break;
+            }
+            if cache.len() + 1 > self.window {
+                cache = models::gpt2::KvCache::default();
+            }
+            let t = if cache.is_empty() {
+                rows[0].len().min(self.window)
+            } else {
+                1
+            };
+            let flat: Vec<i64> = rows
+                .iter()
+                .flat_map(|r| r[r.len() - t..].iter().map(|&i| i as i64))
+                .collect();
+            let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [n, t]), dev);
+            let logits = model.forward_cached(ids, &mut cache).narrow(1, t - 1, 1); // [n, 1, V]
+            let (_, host) = models::weights::host(logits);
+            let v = host.len() / n;
+            for (s, row) in rows.iter_mut().enumerate() {
+                if done[s] {
+                    row.push(self.pad);
+                    continue;
+                }
+                let next = sample_token(
+                    &host[s * v..(s + 1) * v],
+                    sampler.temperature,
+                    sampler.top_k,
+                    sampler.top_p,
+                    rng,
+                );
+                row.push(next);
+                if Some(next) == self.stop {
+                    done[s] = true;
+                }
+            }
+        }
+    }
+}
+
+/// Token ids as text. Tokenizers without a decoder (char, k-mer, unigram) join tokens with
+/// spaces, which a DNA or protein sequence has none of; BPE and WordPiece decode as written,
+/// so prose keeps its spaces.
+pub(crate) fn decode(vocab: &Vocab, ids: &[u32]) -> Result<String, StepError> {
+    let text = vocab
+        .tokenizer
+        .decode(ids, true)
+        .map_err(|e| StepError::new(format!("decoding: {e}")))?;
+    Ok(if vocab.tokenizer.get_decoder().is_some() {
+        text
+    } else {
+        text.split_whitespace().collect()
+    })
+}
+
 fn generate(ctx: &mut StepContext) -> Result<(), StepError> {
     use rand::SeedableRng;
     let p: GenerateParams = params(ctx.with).map_err(StepError::new)?;
@@ -685,51 +779,20 @@ fn generate(ctx: &mut StepContext) -> Result<(), StepError> {
                 })?);
             }
             let mut rows: Vec<Vec<u32>> = vec![start.clone(); p.samples];
-            let mut done = vec![false; p.samples];
-            // Keys and values of the positions fed so far: the prompt goes in once, then one
-            // token per step. Past the position table the window slides and is fed afresh.
-            let mut cache = models::gpt2::KvCache::default();
-            for _ in 0..p.max_new_tokens {
-                if done.iter().all(|d| *d)
-                    || ctx.cancelled.load(std::sync::atomic::Ordering::Relaxed)
-                {
-                    break;
-                }
-                if cache.len() + 1 > window {
-                    cache = models::gpt2::KvCache::default();
-                }
-                let t = if cache.is_empty() {
-                    rows[0].len().min(window)
-                } else {
-                    1
-                };
-                let flat: Vec<i64> = rows
-                    .iter()
-                    .flat_map(|r| r[r.len() - t..].iter().map(|&i| i as i64))
-                    .collect();
-                let ids =
-                    Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [p.samples, t]), &dev);
-                let logits = model.forward_cached(ids, &mut cache).narrow(1, t - 1, 1); // [S, 1, V]
-                let (_, host) = models::weights::host(logits);
-                let v = config.vocab_size();
-                for (s, row) in rows.iter_mut().enumerate() {
-                    if done[s] {
-                        row.push(vocab.pad);
-                        continue;
-                    }
-                    let next = sample_token(
-                        &host[s * v..(s + 1) * v],
-                        p.temperature,
-                        p.top_k,
-                        p.top_p,
-                        &mut rng,
-                    );
-                    row.push(next);
-                    if p.stop_at_eos && Some(next) == vocab.eos {
-                        done[s] = true;
-                    }
-                }
-            }
+            let sampler = Sampler {
+                temperature: p.temperature,
+                top_k: p.top_k,
+                top_p: p.top_p,
+            };
+            let stop = vocab.eos.filter(|_| p.stop_at_eos);
+            let run = Continuation {
+                max_new: p.max_new_tokens,
+                window,
+                stop,
+                pad: vocab.pad,
+                cancelled: ctx.cancelled,
+            };
+            run.extend(model, &mut rows, &sampler, &mut rng, &dev);
             for (s, row) in rows.iter().enumerate() {
                 let mut new: Vec<u32> = row[start.len()..].to_vec();
                 let stopped = match new
@@ -742,13 +805,7 @@ fn generate(ctx: &mut StepContext) -> Result<(), StepError> {
                     }
                     None => "length",
                 };
-                // Per-token tokenizers (char, k-mer) decode with spaces between tokens; DNA has none.
-                let text: String = vocab
-                    .tokenizer
-                    .decode(&new, true)
-                    .map_err(|e| StepError::new(format!("decoding: {e}")))?
-                    .split_whitespace()
-                    .collect();
+                let text = decode(&vocab, &new)?;
                 total_bases += text.len();
                 gc += text
                     .bytes()

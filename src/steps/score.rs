@@ -1,4 +1,4 @@
-//! `eval.classify` and `eval.regress`: every score of a predictions table, by the same code
+//! `eval.classify`, `eval.regress` and `eval.text`: every score of a predictions table, by the same code
 //! whatever made the predictions (a fine-tuned model, a baseline, a shell step), so results
 //! compare. The scores themselves live in [`crate::score`].
 
@@ -90,6 +90,30 @@ struct RegressParams {
     seed: u64,
 }
 
+/// Parameters of `eval.text`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct TextParams {
+    /// The predictions table: one row per example, the real text and the generated one.
+    predictions: InputPath,
+    /// Column of the real texts.
+    #[serde(default = "label")]
+    label: String,
+    /// Column of the generated texts (greedy decoding, or a baseline's answer).
+    #[serde(default = "prediction")]
+    prediction: String,
+    /// More generated columns scored the same way, each as `<column>_exact_match` and
+    /// `<column>_token_f1` (model.finetune's `sampled`).
+    #[serde(default)]
+    also: Vec<String>,
+    /// Resamples for the 95 % bootstrap interval of token F1 (0: no interval).
+    #[serde(default = "resamples")]
+    bootstrap: usize,
+    /// Seed of the bootstrap: same seed, same interval.
+    #[serde(default = "seed")]
+    seed: u64,
+}
+
 fn label() -> String {
     "label".into()
 }
@@ -152,6 +176,66 @@ pub static REGRESS: StepKind = StepKind {
     },
     run: regress,
 };
+
+pub static TEXT: StepKind = StepKind {
+    name: "eval.text",
+    version: 1,
+    summary: "exact match and token F1 (SQuAD's normalisation, with a bootstrap 95 % interval) of generated texts against the real ones",
+    outputs: &[],
+    schema: |g| g.subschema_for::<TextParams>(),
+    check: |with| {
+        let p = params::<TextParams>(with)?;
+        check_common(&p.label, &p.prediction, p.bootstrap)
+    },
+    run: text,
+};
+
+fn text(ctx: &mut StepContext) -> Result<(), StepError> {
+    let p: TextParams = params(ctx.with).map_err(StepError::new)?;
+    let table = read_predictions(&ctx.workdir.join(p.predictions.path()))?;
+    let truth = table.texts(&p.label, "label", "the real text")?;
+    let mut metrics = serde_json::Map::new();
+    for (n, column) in std::iter::once(&p.prediction).chain(&p.also).enumerate() {
+        let pred = table.texts(column, "prediction", "a generated text (empty is fine)")?;
+        let s = score::text_scores(&pred, &truth);
+        let f1: Vec<f64> = pred
+            .iter()
+            .zip(&truth)
+            .map(|(a, b)| score::token_f1(a, b))
+            .collect();
+        let ci = interval(&f1, p.bootstrap, p.seed, |rows| {
+            Some(rows.iter().sum::<f64>() / rows.len() as f64)
+        })?;
+        writeln!(
+            ctx.log,
+            "{}: {} rows: exact match {:.4}, token F1 {:.4}{}",
+            column,
+            s.n,
+            s.exact_match,
+            s.token_f1,
+            describe(ci)
+        )?;
+        let prefix = if n == 0 {
+            String::new()
+        } else {
+            format!("{column}_")
+        };
+        let mut m = json!({
+            format!("{prefix}exact_match"): s.exact_match,
+            format!("{prefix}token_f1"): s.token_f1,
+        });
+        add_interval(
+            &mut m,
+            &format!("{prefix}token_f1"),
+            ci,
+            p.bootstrap,
+            p.seed,
+        );
+        metrics.extend(m.as_object().expect("object").clone());
+    }
+    metrics.insert("rows".into(), json!(truth.len()));
+    write_metrics(ctx.out, &Value::Object(metrics))
+}
 
 fn classify(ctx: &mut StepContext) -> Result<(), StepError> {
     let p: ClassifyParams = params(ctx.with).map_err(StepError::new)?;

@@ -142,7 +142,20 @@ fn tk(e: impl std::fmt::Display) -> StepError {
     StepError::new(format!("tokenizer: {e}"))
 }
 
-/// Read training sequences (uppercased, as the models are case-sensitive).
+/// A sequence as the models see it: a biological sequence (only letters, `*` and `-`) is
+/// uppercased, since soft-masked genomes mark repeats in lowercase and the models are
+/// case-sensitive; prose (anything holding a space, digit or punctuation) keeps its case.
+pub(crate) fn fold_case(s: &str) -> String {
+    if s.bytes()
+        .all(|b| b.is_ascii_alphabetic() || b == b'*' || b == b'-')
+    {
+        s.to_ascii_uppercase()
+    } else {
+        s.to_string()
+    }
+}
+
+/// Read training sequences, case folded by [`fold_case`].
 pub(crate) fn read_sequences(
     path: &Path,
     column: &str,
@@ -151,7 +164,7 @@ pub(crate) fn read_sequences(
     let mut seqs = Vec::new();
     for_each_sequence(path, column, |s| {
         if max == 0 || seqs.len() < max {
-            seqs.push(s.to_ascii_uppercase());
+            seqs.push(fold_case(s));
         }
     })?;
     if seqs.is_empty() {
@@ -187,6 +200,29 @@ fn bert_template(
         .build()
         .ok()
         .map(PostProcessorWrapper::Template)
+}
+
+/// Byte-level BPE as GPT-2's: DNA lines are single words; prose splits at spaces, each word
+/// token keeping its leading space, so the tokens' offsets cover every character.
+fn bpe_tokenizer(
+    seqs: &[String],
+    vocab_size: usize,
+    min_frequency: u64,
+    specials: &[String],
+) -> Result<Tokenizer, StepError> {
+    let byte_level = ByteLevel::new(false, true, true);
+    let builder = Builder::<BPE>::new()
+        .with_model(BPE::default())
+        .with_pre_tokenizer(Some(byte_level.into()))
+        .with_decoder(Some(byte_level.into()));
+    let mut trainer = BpeTrainerBuilder::new()
+        .vocab_size(vocab_size)
+        .min_frequency(min_frequency)
+        .special_tokens(added(specials))
+        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+        .show_progress(false)
+        .build();
+    Ok(train_with(builder, &mut trainer, seqs)?.into())
 }
 
 /// Fresh Unigram trainers tried after the first panics in esaxx-rs (see `train`).
@@ -248,21 +284,7 @@ fn train(ctx: &mut StepContext) -> Result<(), StepError> {
     let mut unigram_retries = 0;
     let tokenizer: Tokenizer = pool.install(|| -> Result<Tokenizer, StepError> {
         Ok(match p.model {
-            ModelKind::Bpe => {
-                let byte_level = ByteLevel::new(false, true, true);
-                let builder = Builder::<BPE>::new()
-                    .with_model(BPE::default())
-                    .with_pre_tokenizer(Some(byte_level.into()))
-                    .with_decoder(Some(byte_level.into()));
-                let mut trainer = BpeTrainerBuilder::new()
-                    .vocab_size(p.vocab_size)
-                    .min_frequency(p.min_frequency)
-                    .special_tokens(added(&specials))
-                    .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
-                    .show_progress(false)
-                    .build();
-                train_with(builder, &mut trainer, &seqs)?.into()
-            }
+            ModelKind::Bpe => bpe_tokenizer(&seqs, p.vocab_size, p.min_frequency, &specials)?,
             ModelKind::Char => {
                 // A BPE with room for nothing but the alphabet learns no merges: one token per base.
                 let alphabet: HashSet<char> = seqs.iter().flat_map(|s| s.chars()).collect();
@@ -618,6 +640,32 @@ fn eval(ctx: &mut StepContext) -> Result<(), StepError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bpe_offsets_cover_every_character_of_dna_protein_and_prose() {
+        let seqs: Vec<String> = [
+            "ACGTACGTTTGACCAGT",
+            "MKKLLPTAAAGLLLLAAQPAMA",
+            "In the beginning God created the heaven and the earth.",
+            "And the earth was without form, and void.",
+        ]
+        .map(String::from)
+        .to_vec();
+        let t = bpe_tokenizer(&seqs, 300, 1, &["<|endoftext|>".to_string()]).unwrap();
+        for s in &seqs {
+            let enc = t.encode(s.as_str(), false).unwrap();
+            let spelled: usize = enc.get_offsets().iter().map(|(a, b)| b - a).sum();
+            assert_eq!(spelled, s.len(), "{s}: {:?}", enc.get_offsets());
+            assert_eq!(t.decode(enc.get_ids(), false).unwrap(), *s);
+        }
+    }
+
+    #[test]
+    fn prose_keeps_its_case_and_sequences_are_uppercased() {
+        assert_eq!(fold_case("acgtNNacg"), "ACGTNNACG");
+        assert_eq!(fold_case("mkl*"), "MKL*");
+        assert_eq!(fold_case("And God said, Let"), "And God said, Let");
+    }
 
     #[test]
     fn overlapping_kmers_stride_one() {

@@ -23,7 +23,9 @@
 
 use std::path::Path;
 
+mod nearest;
 mod per_base;
+pub use nearest::NEAREST;
 pub use per_base::PER_BASE;
 
 use polars::prelude::*;

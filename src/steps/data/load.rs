@@ -82,7 +82,7 @@ struct LoadParams {
     /// Also add the reverse complement of each record (or window), id suffixed `/rc`.
     #[serde(default)]
     reverse_complement: bool,
-    /// Allowed characters (input is uppercased first).
+    /// Allowed characters (input is uppercased first, except for `text`).
     #[serde(default)]
     alphabet: Alphabet,
     /// What to do with characters outside the alphabet.
@@ -186,8 +186,10 @@ impl Processor<'_> {
     /// Handle one record; `emit(id, sequence)` receives every output row.
     fn record(&mut self, origin: &Origin, seq: &mut [u8], emit: Emit<'_>) -> Result<(), StepError> {
         self.counts.records += 1;
-        seq.make_ascii_uppercase();
         let p = self.p;
+        if p.alphabet.folds_case() {
+            seq.make_ascii_uppercase();
+        }
         if seq.is_empty() {
             if p.on_invalid == OnInvalid::Skip {
                 self.counts.skipped += 1;

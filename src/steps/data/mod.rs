@@ -50,9 +50,18 @@ pub enum Alphabet {
     Protein,
     /// Any character except whitespace.
     Any,
+    /// Prose: any character but control characters (tabs, line breaks), spaces included, and
+    /// kept as written (the other alphabets uppercase their input).
+    Text,
 }
 
 impl Alphabet {
+    /// Whether sequences in it are uppercased on reading (soft-masked genomes mark repeats in
+    /// lowercase; prose keeps its case).
+    pub fn folds_case(self) -> bool {
+        self != Alphabet::Text
+    }
+
     /// Whether the (uppercase) byte belongs to the alphabet.
     pub fn allows(self, b: u8) -> bool {
         match self {
@@ -60,6 +69,7 @@ impl Alphabet {
             Alphabet::Rna => matches!(b, b'A' | b'C' | b'G' | b'U' | b'N'),
             Alphabet::Protein => b"ACDEFGHIKLMNPQRSTVWYXBZJUO*".contains(&b),
             Alphabet::Any => !b.is_ascii_whitespace(),
+            Alphabet::Text => !b.is_ascii_control(),
         }
     }
 
@@ -70,6 +80,7 @@ impl Alphabet {
             Alphabet::Rna => "ACGUN",
             Alphabet::Protein => "ACDEFGHIKLMNPQRSTVWY and XBZJUO*",
             Alphabet::Any => "anything but whitespace",
+            Alphabet::Text => "anything but control characters (tabs, line breaks)",
         }
     }
 
@@ -77,6 +88,7 @@ impl Alphabet {
     pub fn mask(self) -> u8 {
         match self {
             Alphabet::Protein | Alphabet::Any => b'X',
+            Alphabet::Text => b' ',
             Alphabet::Dna | Alphabet::Rna => b'N',
         }
     }
@@ -88,6 +100,7 @@ impl Alphabet {
             Alphabet::Rna => "rna",
             Alphabet::Protein => "protein",
             Alphabet::Any => "any",
+            Alphabet::Text => "text",
         }
     }
 }
