@@ -194,3 +194,131 @@ steps:
         );
     }
 }
+
+/// `task: text` learns to answer: four prompts, each with its own name, are answered exactly
+/// (greedy and sampled at a low temperature) once the names are learned, which needs the prompt
+/// masked from the loss, the answer's end learned and generation stopping there.
+#[test]
+fn a_causal_model_learns_to_name_its_prompts() {
+    let p = Project::new();
+    let mut rows = String::from("id,sequence,label\n");
+    let pairs = [
+        ("MKKRAAKK", "50S ribosomal protein L2"),
+        ("MLLAVLLG", "oligopeptide permease"),
+        ("MDEWYTPH", "DNA gyrase subunit A"),
+        ("MGGSTQNC", "adenylate kinase"),
+    ];
+    for copy in 0..4 {
+        for (i, (protein, name)) in pairs.iter().enumerate() {
+            rows.push_str(&format!("p{i}_{copy},{protein},{name}\n"));
+        }
+    }
+    p.write("train.csv", &rows);
+    let test: String = std::iter::once("id,sequence,label\n".to_string())
+        .chain(
+            pairs
+                .iter()
+                .enumerate()
+                .map(|(i, (protein, name))| format!("t{i},{protein},{name}\n")),
+        )
+        .collect();
+    p.write("test.csv", &test);
+    p.write(
+        "wf.yaml",
+        r#"
+name: tiny-namer
+steps:
+  tok:
+    uses: tokenizer.train
+    with: { input: train.csv, extra_columns: [label], model: bpe, vocab_size: 300, min_frequency: 1 }
+  namer:
+    uses: model.finetune
+    with:
+      task: text
+      arch: gpt2
+      tokenizer: "${{ steps.tok.tokenizer }}"
+      config: { n_embd: 32, n_layer: 1, n_head: 2, n_positions: 48, resid_pdrop: 0.0, embd_pdrop: 0.0, attn_pdrop: 0.0 }
+      train: train.csv
+      valid: train.csv
+      test: test.csv
+      max_new_tokens: 24
+      temperature: 0.05
+      batch_size: 16
+      steps: 150
+      lr: 0.01
+      eval_every: 50
+  score:
+    uses: eval.text
+    with: { predictions: "${{ steps.namer.predictions }}", also: [sampled] }
+  nearest:
+    uses: baseline.nearest
+    with: { train: train.csv, test: test.csv, k: 1 }
+  nearest_score:
+    uses: eval.text
+    with: { predictions: "${{ steps.nearest.predictions }}" }
+"#,
+    );
+    let r = p.run_ok(&["wf.yaml"]);
+    let m = metrics(&r, "namer");
+    let df = ParquetReader::new(
+        std::fs::File::open(r.out("namer").join("predictions.parquet")).unwrap(),
+    )
+    .finish()
+    .unwrap();
+    let (truth, pred) = (strings(&df, "label"), strings(&df, "prediction"));
+    assert_eq!(pred, truth, "{m}");
+    assert_eq!(strings(&df, "sampled"), truth, "{m}");
+    assert_eq!(m["test_exact_match"], 1.0, "{m}");
+    assert_eq!(m["test_eos_rate"], 1.0, "{m}");
+    // eval.text scores the table as the step did.
+    let s = metrics(&r, "score");
+    assert_eq!(s["exact_match"], 1.0, "{s}");
+    assert_eq!(s["token_f1"], m["test_token_f1"], "{s}");
+    assert_eq!(s["sampled_token_f1"], m["test_sampled_token_f1"], "{s}");
+    // A plain causal LM, as transformers loads it.
+    let cfg: Value =
+        serde_json::from_str(&read(&r.out("namer").join("model/config.json"))).unwrap();
+    assert_eq!(cfg["architectures"][0], "GPT2LMHeadModel");
+    // The nearest neighbour of a training protein is itself: its name is copied.
+    let n = metrics(&r, "nearest_score");
+    assert_eq!(n["exact_match"], 1.0, "{n}");
+}
+
+#[test]
+fn a_prompt_longer_than_the_model_takes_is_named_by_row() {
+    let p = Project::new();
+    p.write(
+        "t.csv",
+        "id,sequence,label\na,MKKR,kinase\nb,MKKRLLAAGGTTWWYYPPHHNNQQ,permease\n",
+    );
+    p.write(
+        "wf.yaml",
+        r#"
+name: long-prompt
+steps:
+  tok:
+    uses: tokenizer.train
+    with: { input: t.csv, model: char }
+  namer:
+    uses: model.finetune
+    with:
+      task: text
+      arch: gpt2
+      tokenizer: "${{ steps.tok.tokenizer }}"
+      config: { n_embd: 8, n_layer: 1, n_head: 2, n_positions: 24 }
+      train: t.csv
+      valid: t.csv
+      test: t.csv
+      max_new_tokens: 12
+      steps: 1
+"#,
+    );
+    let (out, _) = p.run(&["wf.yaml"]);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(
+        t.contains("t.csv: row 2 (line 3, id `b`), column `sequence`: the prompt is 24 tokens, longer than the 11"),
+        "{t}"
+    );
+    assert!(t.contains("set `truncate: true`"), "{t}");
+}

@@ -1,5 +1,7 @@
 //! `model.finetune`: a task head trained on a labelled table (`task: seq-cls`, `regression`,
-//! `token-cls` or `pair-cls`), from a pretrained model directory (ours or transformers') or from scratch.
+//! `token-cls`, `pair-cls` or `multi-label`), or a causal LM taught to answer (`task: text`,
+//! see [`super::answers`]), from a pretrained model directory (ours or transformers') or from
+//! scratch.
 //! The validation split picks the weights (`select:`), the test split is scored once at the
 //! end with them, and the predictions table has the format of the baselines', so
 //! `eval.classify` / `eval.regress` score both by the same code.
@@ -13,10 +15,11 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::answers;
 use super::model::{
-    Arch, Spans, Vocab, batch_size, beta1, beta2, check_device, clip, cosine, cpu, encode_spans,
-    eps, f32, fresh_config, load_vocab, log_every, log_report, lr, one, resolve_device, save_every,
-    seed, weight_decay,
+    Arch, Sampler, Spans, Vocab, batch_size, beta1, beta2, check_device, clip, cosine, cpu,
+    encode_spans, eps, f32, fresh_config, load_vocab, log_every, log_report, lr, one,
+    resolve_device, save_every, seed, weight_decay,
 };
 use super::table::{
     LocatedTable, base_classes, class_indices, label_characters, label_flags, label_sets,
@@ -24,6 +27,7 @@ use super::table::{
 };
 use super::training::{self, model_err};
 use super::{InputPath, StepContext, StepError, StepKind, params, plot, write_metrics};
+use crate::models::arch::LmKind;
 use crate::models::device::on_device;
 use crate::models::{Model, ModelSpec, Task, Weights, read_weights, save_model_dir};
 use crate::train::objective::{argmax, classification_scores};
@@ -53,6 +57,11 @@ enum TaskKind {
     /// none): a sigmoid per label, HF `problem_type: multi_label_classification`; scored by
     /// micro / macro F1, subset accuracy and AUROC per label.
     MultiLabel,
+    /// The label column's text generated from the sequence (GPT-2): `sequence <eos> label
+    /// <eos>` as one causal row, loss on the answer only; test rows answered greedily
+    /// (`prediction`) and by sampling (`sampled`), scored by exact match and token F1. Saved
+    /// as a plain `…LMHeadModel`.
+    Text,
 }
 
 /// What stays fixed while the head trains.
@@ -92,7 +101,7 @@ enum BalancedName {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct FinetuneParams {
-    /// `seq-cls`, `regression`, `token-cls`, `pair-cls` or `multi-label`.
+    /// `seq-cls`, `regression`, `token-cls`, `pair-cls`, `multi-label` or `text`.
     task: TaskKind,
     /// A model directory (HF layout) to start from: its backbone is kept, its head replaced
     /// when it has another one. Without it, `arch` and `config` build a fresh model.
@@ -182,7 +191,19 @@ struct FinetuneParams {
     device: String,
     #[serde(default = "f32")]
     precision: String,
+    /// `text`: the longest answer in tokens, its end included; prompts get what the model's
+    /// positions leave (default 32).
+    max_new_tokens: Option<usize>,
+    /// `text`: temperature of the sampled answers (default 0.7; greedy ones are made too).
+    temperature: Option<f64>,
+    /// `text`: sample from the k most likely tokens (default 0: all).
+    top_k: Option<usize>,
+    /// `text`: sample from the smallest set of tokens whose probability reaches p (default 1).
+    top_p: Option<f64>,
 }
+
+/// `max_new_tokens` of `task: text` when unset.
+const MAX_NEW_TOKENS: usize = 32;
 
 fn select() -> String {
     "valid.loss".into()
@@ -252,6 +273,39 @@ pub static FINETUNE: StepKind = StepKind {
         if p.task != TaskKind::TokenCls && p.token_label.is_some() {
             return Err("`token_label` is for `task: token-cls`".into());
         }
+        let generation = p.max_new_tokens.is_some()
+            || p.temperature.is_some()
+            || p.top_k.is_some()
+            || p.top_p.is_some();
+        if p.task != TaskKind::Text && generation {
+            return Err(
+                "`max_new_tokens`, `temperature`, `top_k` and `top_p` are for `task: text`".into(),
+            );
+        }
+        if p.task == TaskKind::Text {
+            if p.arch == Some(Arch::Bert) {
+                return Err(
+                    "`task: text` generates text: it needs a causal model (`arch: gpt2`)".into(),
+                );
+            }
+            if p.class_weights.is_some() || p.freeze.is_some() && p.init.is_none() {
+                return Err(
+                    "`class_weights` and `freeze` (without `init`) do not apply to `task: text`"
+                        .into(),
+                );
+            }
+            if p.max_new_tokens == Some(0) {
+                return Err("`max_new_tokens` must be at least 1 (the answer's end)".into());
+            }
+            if p.temperature.is_some_and(|t| !(t > 0.0 && t.is_finite())) {
+                return Err(
+                    "`temperature` must be positive (the greedy answers are made anyway)".into(),
+                );
+            }
+            if p.top_p.is_some_and(|t| !(t > 0.0 && t <= 1.0)) {
+                return Err("`top_p` must be in (0, 1]".into());
+            }
+        }
         if p.task == TaskKind::TokenCls && p.truncate {
             return Err(
                 "`truncate` cannot be used with `task: token-cls`: every base needs a \
@@ -271,6 +325,7 @@ fn task_name(task: TaskKind) -> &'static str {
         TaskKind::TokenCls => "token-cls",
         TaskKind::PairCls => "pair-cls",
         TaskKind::MultiLabel => "multi-label",
+        TaskKind::Text => "text",
     }
 }
 
@@ -279,6 +334,7 @@ fn task_name(task: TaskKind) -> &'static str {
 fn head_name(task: TaskKind) -> &'static str {
     match task {
         TaskKind::PairCls => "seq-cls",
+        TaskKind::Text => "lm",
         other => task_name(other),
     }
 }
@@ -299,6 +355,7 @@ fn objective_shape(task: TaskKind) -> Objective {
             classes: Vec::new(),
             weights: None,
         },
+        TaskKind::Text => Objective::Clm,
     }
 }
 
@@ -556,6 +613,17 @@ fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
         )));
     }
 
+    if p.task == TaskKind::Text && config.architecture().lm != LmKind::Causal {
+        return Err(StepError::new(format!(
+            "`task: text` generates text: it needs a causal model (gpt2), not {}",
+            config.name()
+        )));
+    }
+    let lengths = answers::Lengths {
+        max_len,
+        max_new: p.max_new_tokens.unwrap_or(MAX_NEW_TOKENS),
+    };
+
     // The splits, their rows and targets.
     let read = |i: &InputPath, role: &str| -> Result<Split, StepError> {
         let table = read_role(&path(i), &p.id, role)?;
@@ -569,6 +637,10 @@ fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
                 bert,
                 max_len,
             )?;
+            (rows, Vec::new())
+        } else if p.task == TaskKind::Text {
+            let rows =
+                answers::answer_rows(&vocab, &table, (&p.sequence, &p.label), p.truncate, lengths)?;
             (rows, Vec::new())
         } else {
             inputs_spans(&vocab, &table, &p.sequence, p.truncate, bert, max_len)?
@@ -665,6 +737,12 @@ fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
                 Objective::MultiLabel { labels, pos_weight },
             )
         }
+        TaskKind::Text => {
+            for split in [&mut train_split, &mut valid_split, &mut test_split] {
+                split.labels = split.table.texts(&p.label, "label", "an answer text")?;
+            }
+            (Task::Lm, Objective::Clm)
+        }
         TaskKind::TokenCls => {
             let rule = p.token_label.unwrap_or_default();
             let classes = token_targets(
@@ -694,8 +772,10 @@ fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
         )?;
     }
     let spec = ModelSpec { config, task };
-    let layout = spec.head_layout().expect("a task head");
-    let head_names = layout.names();
+    let head_names = spec
+        .head_layout()
+        .map(|layout| layout.names())
+        .unwrap_or_default();
 
     let order = Order::new(train_split.rows.len(), p.batch_size, p.seed, true);
     let per_epoch = order.batches_per_epoch().div_ceil(p.grad_accum);
@@ -786,12 +866,90 @@ fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
         metrics["fresh"] = json!(report.fresh);
         metrics["frozen"] = json!(frozen.len());
         let tester = training::selected_model(&trained, &spec, &dev)?;
-        let predictions = objective.predict(&tester, &test, &dev);
-        Ok::<_, StepError>((predictions, metrics))
+        let tested = if p.task == TaskKind::Text {
+            let e = objective.evaluate(&tester, &test, &dev);
+            metrics["test_loss"] = json!(e.loss);
+            metrics["test_bits_per_base"] = json!(e.metric("bits_per_base"));
+            let sampler = Sampler {
+                temperature: p.temperature.unwrap_or(0.7),
+                top_k: p.top_k.unwrap_or(0),
+                top_p: p.top_p.unwrap_or(1.0),
+            };
+            let found = answers::answer(
+                ctx,
+                &tester,
+                &vocab,
+                &test_split.rows,
+                lengths,
+                &sampler,
+                seed,
+                &dev,
+            )?;
+            Tested::Texts(found)
+        } else {
+            Tested::Scores(objective.predict(&tester, &test, &dev))
+        };
+        Ok::<_, StepError>((tested, metrics))
     })?;
     let mut metrics = metrics;
-    write_predictions(ctx, &p, &objective, &test_split, &predictions, &mut metrics)?;
+    match predictions {
+        Tested::Scores(predictions) => {
+            write_predictions(ctx, &p, &objective, &test_split, &predictions, &mut metrics)?
+        }
+        Tested::Texts(found) => write_answers(ctx, &p, &test_split, &found, &mut metrics)?,
+    }
     write_metrics(ctx.out, &metrics)
+}
+
+/// What the test split gave: per-row scores of a head, or generated answers.
+enum Tested {
+    Scores(Vec<Vec<f64>>),
+    Texts(Vec<answers::Answer>),
+}
+
+/// `task: text`: `predictions.parquet` (id, label, prediction, sampled, ended) and the test
+/// split's exact match and token F1, greedy and sampled.
+fn write_answers(
+    ctx: &mut StepContext,
+    p: &FinetuneParams,
+    test: &Split,
+    found: &[answers::Answer],
+    metrics: &mut serde_json::Value,
+) -> Result<(), StepError> {
+    let greedy: Vec<String> = found.iter().map(|a| a.greedy.clone()).collect();
+    let sampled: Vec<String> = found.iter().map(|a| a.sampled.clone()).collect();
+    let ended: Vec<bool> = found.iter().map(|a| a.ended).collect();
+    let g = crate::score::text_scores(&greedy, &test.labels);
+    let s = crate::score::text_scores(&sampled, &test.labels);
+    let m = metrics.as_object_mut().expect("object");
+    m.insert("test_exact_match".into(), g.exact_match.into());
+    m.insert("test_token_f1".into(), g.token_f1.into());
+    m.insert("test_sampled_exact_match".into(), s.exact_match.into());
+    m.insert("test_sampled_token_f1".into(), s.token_f1.into());
+    let ended_share = ended.iter().filter(|&&e| e).count() as f64 / ended.len().max(1) as f64;
+    m.insert("test_eos_rate".into(), ended_share.into());
+    m.insert("test_rows".into(), g.n.into());
+    writeln!(
+        ctx.log,
+        "test: greedy exact match {:.4}, token F1 {:.4}; sampled {:.4}, {:.4}; {:.0} % ended \
+         at <eos> ({} rows)",
+        g.exact_match,
+        g.token_f1,
+        s.exact_match,
+        s.token_f1,
+        100.0 * ended_share,
+        g.n
+    )?;
+    let ids = test.table.texts(&p.id, "id", "an id")?;
+    let columns = vec![
+        Column::new("id".into(), ids),
+        Column::new("label".into(), &test.labels),
+        Column::new("prediction".into(), greedy),
+        Column::new("sampled".into(), sampled),
+        Column::new("ended".into(), ended),
+    ];
+    let mut df = DataFrame::new(found.len(), columns)?;
+    write_table(&mut df, &ctx.out.join("predictions.parquet"))
 }
 
 /// A model directory whose head does another task, or the same with other classes, is

@@ -10,6 +10,7 @@ use std::sync::atomic::AtomicBool;
 use schemars::{Schema, SchemaGenerator};
 use serde::de::DeserializeOwned;
 
+mod answers;
 mod baseline;
 mod data;
 mod embed;

@@ -224,13 +224,12 @@ fn text(ctx: &mut StepContext) -> Result<(), StepError> {
             format!("{prefix}exact_match"): s.exact_match,
             format!("{prefix}token_f1"): s.token_f1,
         });
-        add_interval(
-            &mut m,
-            &format!("{prefix}token_f1"),
-            ci,
-            p.bootstrap,
-            p.seed,
-        );
+        if n == 0 {
+            add_interval(&mut m, "token_f1", ci, p.bootstrap, p.seed);
+        } else if p.bootstrap > 0 {
+            // `bootstrap` (resamples, seed) is the first column's; the interval is alike.
+            m[format!("{prefix}token_f1_ci95")] = json!(ci);
+        }
         metrics.extend(m.as_object().expect("object").clone());
     }
     metrics.insert("rows".into(), json!(truth.len()));

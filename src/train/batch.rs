@@ -35,6 +35,9 @@ pub enum Target {
     Tokens(Vec<i64>),
     /// Whether the row has each label (multi-label classification).
     Labels(Vec<bool>),
+    /// A causal LM learns only the tokens from this index on: the answer after its prompt
+    /// (the prompt is read, never scored).
+    Answer(usize),
 }
 
 /// A batch on the host, row-major [b, t].
@@ -182,12 +185,17 @@ fn padded(rows: &[&Row], pad: u32) -> Batch {
     batch
 }
 
-/// Causal-LM batch: position j predicts token j+1 of the same row.
+/// Causal-LM batch: position j predicts token j+1 of the same row (only the answer's tokens,
+/// for a row with a [`Target::Answer`]).
 pub fn clm_batch(rows: &[&Row], pad: u32) -> Batch {
     let mut batch = padded(rows, pad);
     let t = batch.t;
     for (i, r) in rows.iter().enumerate() {
-        for j in 0..r.ids.len().saturating_sub(1) {
+        let from = match r.target {
+            Target::Answer(from) => from.max(1) - 1,
+            _ => 0,
+        };
+        for j in from..r.ids.len().saturating_sub(1) {
             batch.labels[i * t + j] = r.ids[j + 1] as i64;
             batch.labelled += 1;
             batch.label_bases += r.bases[j + 1] as u64;
@@ -298,6 +306,23 @@ mod tests {
             target: Target::None,
             second: 0,
         }
+    }
+
+    #[test]
+    fn an_answer_row_scores_only_its_answer() {
+        // prompt 5 6, separator 0, answer 7 8, end 0: positions 2.. predict 7, 8, 0.
+        let mut a = row(&[5, 6, 0, 7, 8, 0]);
+        a.target = Target::Answer(3);
+        let b = row(&[9, 4]);
+        let batch = clm_batch(&[&a, &b], 1);
+        assert_eq!(
+            batch.labels,
+            vec![
+                IGNORE, IGNORE, 7, 8, 0, IGNORE, 4, IGNORE, IGNORE, IGNORE, IGNORE, IGNORE
+            ]
+        );
+        assert_eq!(batch.labelled, 4);
+        assert_eq!(batch.label_bases, 12);
     }
 
     #[test]
