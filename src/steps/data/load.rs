@@ -930,6 +930,20 @@ mod tests {
     }
 
     #[test]
+    fn prose_keeps_its_case_spaces_and_punctuation_but_not_control_characters() {
+        let text = serde_json::json!({"alphabet": "text"});
+        let (r, _) = process(params(text.clone()), "Gen1:3", "And God said, Let there be light.");
+        assert_eq!(
+            r.unwrap(),
+            vec![("Gen1:3".into(), "And God said, Let there be light.".into())]
+        );
+        let (r, _) = process(params(text), "Gen1:4", "And God\tsaw");
+        let e = r.unwrap_err();
+        assert!(e.contains("position 8: invalid character byte 0x09"), "{e}");
+        assert!(e.contains("anything but control characters"), "{e}");
+    }
+
+    #[test]
     fn invalid_character_policies() {
         let (r, _) = process(params(serde_json::json!({})), "chr1", "ACGTXAC");
         let e = r.unwrap_err();
