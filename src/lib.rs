@@ -1,6 +1,7 @@
 //! dnaflow: run the DNAGPT2 tutorial chapters as cached, declarative YAML workflows.
 //!
 //! Layers, top to bottom: [`cli`] → [`workflow`] → [`graph`] → [`cache`] → [`exec`] → [`steps`];
+//! [`report`] reads run records from the [`cache`] beside them;
 //! below the steps, the libraries they call: [`train`], [`models`], [`score`], [`linear`].
 
 pub mod cache;
@@ -12,6 +13,8 @@ pub mod graph;
 pub mod linear;
 pub mod metrics;
 pub mod models;
+/// A run as a self-contained HTML page (`dnaflow report`), and live over HTTP (`dnaflow serve`).
+pub mod report;
 /// Scores of predictions (classification, regression, bootstrap intervals) as sklearn/SciPy define them.
 pub mod score;
 pub mod steps;

@@ -56,6 +56,9 @@ pub struct StepRecord {
     pub log_tail: Option<String>,
     #[serde(default)]
     pub attempts: u32,
+    /// The steps it reads from (its edges in the DAG), for reports drawn from the record alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
 }
 
 impl StepRecord {
@@ -75,6 +78,7 @@ impl StepRecord {
             stderr: None,
             log_tail: None,
             attempts: 0,
+            after: Vec::new(),
         }
     }
 }
@@ -89,10 +93,17 @@ pub struct RunRecord {
     pub params: IndexMap<String, Value>,
     pub started: String,
     pub seconds: f64,
-    /// `ok`, `failed` or `interrupted`.
+    /// `ok`, `failed` or `interrupted`; `running` while the run goes on.
     pub status: String,
     pub dnaflow_version: String,
     pub steps: Vec<StepRecord>,
+    /// The machine it ran on: CPU threads, memory, GPUs, OS, the binary's backends.
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub machine: Value,
+    /// While the run goes on (`status: running`): the steps running now. The record is
+    /// rewritten as steps finish, so a report or `dnaflow serve` can follow the run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub running: Vec<String>,
 }
 
 impl RunRecord {

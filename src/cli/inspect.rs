@@ -136,7 +136,7 @@ pub fn dag(cache_dir: &Path, args: &DagArgs) -> Result<(), Failure> {
 }
 
 /// Find a run: a report/record file, a run id or unique prefix, or a workflow's latest run.
-fn find_run(cache_dir: &Path, what: Option<&str>) -> anyhow::Result<RunRecord> {
+pub(super) fn find_run(cache_dir: &Path, what: Option<&str>) -> anyhow::Result<RunRecord> {
     let runs_dir = cache_dir.join("runs");
     let all = runs::list_all(&runs_dir);
     let read = |wf: &str, id: &str| {

@@ -3,6 +3,7 @@
 mod cache_cmd;
 mod env_cmd;
 mod inspect;
+mod report_cmd;
 mod run_cmd;
 
 use std::path::PathBuf;
@@ -84,6 +85,15 @@ enum Command {
         after_help = "Examples:\n  dnaflow metrics show\n  dnaflow metrics diff RUN_A RUN_B"
     )]
     Metrics(inspect::MetricsCommand),
+    /// Write a run as one self-contained HTML page: DAG, steps, metrics with expect results
+    /// and a diff against the previous run, plots, parameters, machine.
+    #[command(
+        after_help = "Examples:\n  dnaflow report workflows/ch2-2-gpt2.yaml -o gpt2.html\n  dnaflow report 20261203T0753 --vs 20261202T1010"
+    )]
+    Report(report_cmd::ReportArgs),
+    /// Serve the reports of the latest runs on localhost, updated while a run goes on.
+    #[command(after_help = "Example:\n  dnaflow serve --port 8808")]
+    Serve(report_cmd::ServeArgs),
     /// Inspect and maintain the cache.
     #[command(
         subcommand,
@@ -164,6 +174,8 @@ fn run_cli(cli: Cli) -> ExitCode {
         Command::Validate(a) => run_cmd::validate(&a),
         Command::Dag(a) => inspect::dag(&cli.cache, &a),
         Command::Metrics(m) => inspect::metrics(&cli.cache, &m),
+        Command::Report(a) => report_cmd::report(&cli.cache, &a),
+        Command::Serve(a) => report_cmd::serve(&cli.cache, &a),
         Command::Cache(c) => cache_cmd::cache(&cli.cache, &c),
         Command::Kinds(a) => inspect::kinds(&a),
         Command::Schema(a) => inspect::schema(&a),

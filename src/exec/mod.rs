@@ -122,6 +122,49 @@ pub fn run(plan: &Plan, cache: &Cache, opts: &RunOptions) -> Result<RunRecord, E
     let mut running = 0usize;
     let mut stop_reason: Option<String> = None;
     let (tx, rx) = mpsc::channel::<Outcome>();
+    let machine = machine();
+    let record_of = |steps: Vec<StepRecord>, status: &str, running: Vec<String>| RunRecord {
+        run_id: run_id.clone(),
+        workflow: wf.name.clone(),
+        file: std::path::absolute(&wf.source.path).unwrap_or_else(|_| wf.source.path.clone()),
+        profile: wf.profile.clone(),
+        params: wf.params.clone(),
+        started: humantime::format_rfc3339_millis(started).to_string(),
+        seconds: clock.elapsed().as_secs_f64(),
+        status: status.into(),
+        dnaflow_version: env!("CARGO_PKG_VERSION").into(),
+        steps,
+        machine: machine.clone(),
+        running,
+    };
+    // While steps run, the record is rewritten (at most once a second) for reports and
+    // `dnaflow serve` to follow; a run with nothing to compute writes only its final record.
+    let mut last_snapshot: Option<Instant> = None;
+    let mut snapshot = |records: &[Option<StepRecord>], launched: &[bool], force: bool| {
+        if !force && last_snapshot.is_some_and(|t| t.elapsed().as_secs_f64() < 1.0) {
+            return;
+        }
+        last_snapshot = Some(Instant::now());
+        let done: Vec<StepRecord> = plan
+            .order
+            .iter()
+            .filter_map(|&i| {
+                records[i].clone().map(|mut r| {
+                    r.after = upstream(wf, i);
+                    r
+                })
+            })
+            .collect();
+        let running = plan
+            .order
+            .iter()
+            .filter(|&&i| launched[i] && records[i].is_none())
+            .map(|&i| wf.steps[i].name.clone())
+            .collect();
+        if let Err(e) = runs::write(&cache.runs(), &record_of(done, "running", running)) {
+            tracing::warn!("could not write the live run record: {e}");
+        }
+    };
 
     std::thread::scope(|scope| {
         loop {
@@ -197,6 +240,7 @@ pub fn run(plan: &Plan, cache: &Cache, opts: &RunOptions) -> Result<RunRecord, E
             if running == 0 {
                 break;
             }
+            snapshot(&records, &launched, false);
             let Ok(done) = rx.recv() else { break };
             running -= 1;
             let step = &wf.steps[done.index];
@@ -233,7 +277,12 @@ pub fn run(plan: &Plan, cache: &Cache, opts: &RunOptions) -> Result<RunRecord, E
     // Sized up front: a filtered collect grows by doubling, copying (and the kernel zeroing)
     // the records of a 100,000-step run several times over.
     let mut steps: Vec<StepRecord> = Vec::with_capacity(plan.order.len());
-    steps.extend(plan.order.iter().filter_map(|&i| records[i].take()));
+    steps.extend(plan.order.iter().filter_map(|&i| {
+        records[i].take().map(|mut r| {
+            r.after = upstream(wf, i);
+            r
+        })
+    }));
     let status = if CANCELLED.load(Ordering::SeqCst) {
         "interrupted"
     } else if steps
@@ -244,24 +293,45 @@ pub fn run(plan: &Plan, cache: &Cache, opts: &RunOptions) -> Result<RunRecord, E
     } else {
         "ok"
     };
-    let record = RunRecord {
-        run_id,
-        workflow: wf.name.clone(),
-        file: std::path::absolute(&wf.source.path).unwrap_or_else(|_| wf.source.path.clone()),
-        profile: wf.profile.clone(),
-        params: wf.params.clone(),
-        started: humantime::format_rfc3339_millis(started).to_string(),
-        seconds: clock.elapsed().as_secs_f64(),
-        status: status.into(),
-        dnaflow_version: env!("CARGO_PKG_VERSION").into(),
-        steps,
-    };
+    let record = record_of(steps, status, Vec::new());
     let path = runs::write(&cache.runs(), &record).map_err(|e| CacheError::Io {
         path: cache.runs(),
         source: e,
     })?;
     tracing::info!(record = %path.display(), status = %record.status, "run recorded");
     Ok(record)
+}
+
+/// The machine a run is on, for its record: what `dnaflow env` would say about compute.
+fn machine() -> serde_json::Value {
+    let (cpus, gpus, mem) = detect_capacity();
+    let mut backends = vec!["cpu"];
+    if crate::models::CUDA_BUILT {
+        backends.push("cuda");
+    }
+    if crate::models::WGPU_BUILT {
+        backends.push("wgpu");
+    }
+    serde_json::json!({
+        "os": std::env::consts::OS,
+        "arch": std::env::consts::ARCH,
+        "cpu_threads": cpus,
+        "memory_mib": mem,
+        "gpus": gpus,
+        "backends": backends,
+        "host": std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default(),
+    })
+}
+
+/// The names of the steps a step reads from.
+fn upstream(wf: &Workflow, i: usize) -> Vec<String> {
+    wf.steps[i]
+        .deps
+        .iter()
+        .map(|&d| wf.steps[d].name.clone())
+        .collect()
 }
 
 /// Refuse a plan whose steps can never fit the machine.

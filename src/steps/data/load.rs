@@ -932,7 +932,11 @@ mod tests {
     #[test]
     fn prose_keeps_its_case_spaces_and_punctuation_but_not_control_characters() {
         let text = serde_json::json!({"alphabet": "text"});
-        let (r, _) = process(params(text.clone()), "Gen1:3", "And God said, Let there be light.");
+        let (r, _) = process(
+            params(text.clone()),
+            "Gen1:3",
+            "And God said, Let there be light.",
+        );
         assert_eq!(
             r.unwrap(),
             vec![("Gen1:3".into(), "And God said, Let there be light.".into())]
