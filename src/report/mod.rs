@@ -241,11 +241,7 @@ fn dag(h: &mut String, run: &RunRecord) {
     };
     for (i, (name, status, _)) in nodes.iter().enumerate() {
         let (x, y) = pos(i);
-        let label: String = if name.chars().count() > 25 {
-            name.chars().take(24).collect::<String>() + "…"
-        } else {
-            name.to_string()
-        };
+        let label = box_label(name, 22);
         let _ = write!(
             h,
             "<a href=\"#{}\"><g class=\"node {status}\" data-step=\"{}\" data-status=\"{status}\">\
@@ -261,6 +257,22 @@ fn dag(h: &mut String, run: &RunRecord) {
         );
     }
     h.push_str("</svg></div>");
+}
+
+/// A step's name cut to `max` characters for its box, keeping a `foreach` copy's values
+/// (`promoter_onehot[fold=3]` → `promoter_o…[fold=3]`) so copies stay apart.
+fn box_label(name: &str, max: usize) -> String {
+    let n = name.chars().count();
+    if n <= max {
+        return name.to_string();
+    }
+    let (stem, matrix) = name.split_at(name.find('[').unwrap_or(name.len()));
+    let keep = max.saturating_sub(matrix.chars().count() + 1);
+    if keep >= 4 {
+        stem.chars().take(keep).collect::<String>() + "…" + matrix
+    } else {
+        name.chars().take(max - 1).collect::<String>() + "…"
+    }
 }
 
 fn steps_table(h: &mut String, run: &RunRecord, opts: &Options) {
@@ -696,6 +708,19 @@ fn live_script(h: &mut String, url: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn box_labels_keep_the_copy_they_name() {
+        assert_eq!(box_label("gpt2", 22), "gpt2");
+        assert_eq!(
+            box_label("promoter_onehot[fold=3]", 22),
+            "promoter_oneh…[fold=3]"
+        );
+        assert_eq!(
+            box_label("genome[genome=chlamydia_trachomatis]", 22),
+            "genome[genome=chlamyd…"
+        );
+    }
 
     #[test]
     fn text_is_escaped() {
