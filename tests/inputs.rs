@@ -47,6 +47,9 @@ const CASES: &[(&str, &str, &str, &str)] = &[
         "classify_by.json",
     ),
     ("regress", "eval.regress", "predictions", "regress.json"),
+    ("text", "eval.text", "predictions", "text.json"),
+    ("nearest", "baseline.nearest", "train", "nearest_train.json"),
+    ("nearest", "baseline.nearest", "test", "nearest_test.json"),
     ("bl_cls", "baseline.classify", "train", "bl_cls_train.json"),
     ("bl_cls", "baseline.classify", "test", "bl_cls_test.json"),
     ("bl_cls", "baseline.classify", "valid", "bl_cls_valid.json"),
@@ -108,6 +111,8 @@ steps:
   classify: { uses: eval.classify, with: { predictions: classify.csv, bootstrap: 10 } }
   classify_by: { uses: eval.classify, with: { predictions: classify_by_pred.json, bootstrap: 0, by: { table: classify_by.json, column: kind } } }
   regress: { uses: eval.regress, with: { predictions: regress.json, bootstrap: 10 } }
+  text: { uses: eval.text, with: { predictions: text.json, bootstrap: 10 } }
+  nearest: { uses: baseline.nearest, with: { train: nearest_train.json, test: nearest_test.json, k: 1 } }
   bl_cls: { uses: baseline.classify, with: { train: bl_cls_train.json, test: bl_cls_test.json, valid: bl_cls_valid.json } }
   bl_reg: { uses: baseline.regress, with: { train: bl_reg_train.json, test: bl_reg_test.json, valid: bl_reg_valid.json } }
   bl_pb: { uses: baseline.per-base, with: { train: bl_pb_train.json, test: bl_pb_test.json, valid: bl_pb_valid.json, window: 1 } }
@@ -198,6 +203,13 @@ fn project() -> Project {
         "keywords.json",
         r#"[{"id": "g1", "product": "Serine Kinase"}, {"id": "g2", "product": "Permease"}]"#,
     );
+    p.write(
+        "text.json",
+        r#"[{"id": "a", "label": "DNA gyrase", "prediction": "DNA ligase"}, {"id": "b", "label": "kinase", "prediction": "kinase"}]"#,
+    );
+    let named = r#"[{"id": "a", "sequence": "MKKR", "label": "ribosomal protein"}, {"id": "b", "sequence": "MLLA", "label": "permease"}]"#;
+    p.write("nearest_train.json", named)
+        .write("nearest_test.json", named);
     p.write(
         "classify_by_pred.json",
         r#"[{"id": "a", "label": "x", "prediction": "x"}, {"id": "b", "label": "y", "prediction": "x"}]"#,

@@ -118,18 +118,28 @@ pub(super) struct Answer {
     pub ended: bool,
 }
 
-/// Answer every row from its prompt (the tokens before its answer), greedily and sampled with
-/// `sampler` (seeded by `seed`, so a rerun writes the same text).
+/// How test rows are answered: besides greedily, by `sampler`, seeded by `seed` so a rerun
+/// writes the same text.
+pub(super) struct Decoding {
+    pub lengths: Lengths,
+    pub sampler: Sampler,
+    pub seed: u64,
+}
+
+/// Answer every row from its prompt (the tokens before its answer), greedily and sampled.
 pub(super) fn answer<B: FusedOps>(
     ctx: &StepContext,
     model: &Model<B>,
     vocab: &Vocab,
     rows: &[Row],
-    lengths: Lengths,
-    sampler: &Sampler,
-    seed: u64,
+    decoding: &Decoding,
     device: &B::Device,
 ) -> Result<Vec<Answer>, StepError> {
+    let Decoding {
+        lengths,
+        ref sampler,
+        seed,
+    } = *decoding;
     use rand::SeedableRng;
     let Backbone::Gpt2(gpt2) = model.backbone() else {
         return Err(StepError::new(

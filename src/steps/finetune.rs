@@ -870,21 +870,16 @@ fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
             let e = objective.evaluate(&tester, &test, &dev);
             metrics["test_loss"] = json!(e.loss);
             metrics["test_bits_per_base"] = json!(e.metric("bits_per_base"));
-            let sampler = Sampler {
-                temperature: p.temperature.unwrap_or(0.7),
-                top_k: p.top_k.unwrap_or(0),
-                top_p: p.top_p.unwrap_or(1.0),
-            };
-            let found = answers::answer(
-                ctx,
-                &tester,
-                &vocab,
-                &test_split.rows,
+            let decoding = answers::Decoding {
                 lengths,
-                &sampler,
+                sampler: Sampler {
+                    temperature: p.temperature.unwrap_or(0.7),
+                    top_k: p.top_k.unwrap_or(0),
+                    top_p: p.top_p.unwrap_or(1.0),
+                },
                 seed,
-                &dev,
-            )?;
+            };
+            let found = answers::answer(ctx, &tester, &vocab, &test_split.rows, &decoding, &dev)?;
             Tested::Texts(found)
         } else {
             Tested::Scores(objective.predict(&tester, &test, &dev))
