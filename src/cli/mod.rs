@@ -113,6 +113,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run one attempt of a built-in step from its job file (started by the scheduler, or by
+    /// a cluster job: the same code either way).
+    #[command(hide = true)]
+    StepExec {
+        /// The job file the scheduler wrote.
+        job: PathBuf,
+    },
     /// Print shell completions.
     #[command(
         after_help = "Example:\n  dnaflow completions bash > ~/.local/share/bash-completion/completions/dnaflow"
@@ -180,6 +187,12 @@ fn run_cli(cli: Cli) -> ExitCode {
         Command::Kinds(a) => inspect::kinds(&a),
         Command::Schema(a) => inspect::schema(&a),
         Command::Env { json } => env_cmd::env(&cli.cache, json),
+        Command::StepExec { job } => {
+            return crate::exec::isolated::child_main(&job, |job, status| {
+                let mut log = std::io::stdout();
+                crate::exec::run_in_process(job, &mut log, status)
+            });
+        }
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "dnaflow", &mut std::io::stdout());
@@ -270,6 +283,8 @@ mod device_check {
             "--report",
             report.to_str().expect("utf-8"),
             "-q",
+            // This test binary is not dnaflow: it cannot start `dnaflow step-exec`.
+            "--in-process",
         ]);
         assert_eq!(
             code,

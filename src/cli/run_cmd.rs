@@ -43,6 +43,10 @@ pub struct RunArgs {
     /// Fail (exit 1) when the run takes longer than the workflow's `budget:`.
     #[arg(long)]
     within_budget: bool,
+    /// Run built-in steps as threads of this process instead of each in its own process (no
+    /// crash isolation: a panic or an out-of-memory kill takes the whole run down).
+    #[arg(long)]
+    in_process: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -136,6 +140,11 @@ pub fn run(cache_dir: &Path, args: &RunArgs, check: bool) -> Result<(), Failure>
         mem_mb,
         keep_going: args.keep_going,
         output,
+        step_exec: if args.in_process {
+            None
+        } else {
+            Some(std::env::current_exe().context("finding the dnaflow binary to run steps with")?)
+        },
     };
     let record = exec::run(&plan, &cache, &opts).map_err(|e| match e {
         exec::ExecError::Resources(d) => Failure::Workflow(vec![d]),

@@ -8,7 +8,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -87,12 +87,15 @@ pub fn launch(
         .stderr(stderr)
         .env_remove("DNAFLOW_CACHE")
         .envs(env.iter().map(|(k, v)| (k, v)));
-    let done = AtomicBool::new(false);
+    // The child's status lines reach the progress display; the watcher ends the moment the
+    // child does (its channel closes), so a short step waits for nothing.
+    let (finished, until) = std::sync::mpsc::channel::<()>();
     let status = std::thread::scope(|scope| {
-        scope.spawn(|| {
+        scope.spawn(move || {
             let mut last = String::new();
-            while !done.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(250));
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                until.recv_timeout(Duration::from_millis(250))
+            {
                 if let Ok(s) = std::fs::read_to_string(&job.status)
                     && s != last
                 {
@@ -102,15 +105,15 @@ pub fn launch(
             }
         });
         let status = run_in_group(&mut cmd);
-        done.store(true, Ordering::Relaxed);
+        drop(finished);
         status
     });
     let status = status.map_err(|e| transient(format!("cannot start `{}`: {e}", bin.display())))?;
-    let message = || {
-        std::fs::read_to_string(&job.error)
-            .ok()
-            .filter(|m| !m.trim().is_empty())
-    };
+    let written = std::fs::read_to_string(&job.error)
+        .ok()
+        .filter(|m| !m.trim().is_empty());
+    let message = || written.clone();
+    // Nothing of the attempt stays beside the outputs that get committed.
     for f in [&job_path, &job.error, &job.status] {
         let _ = std::fs::remove_file(f);
     }
@@ -119,9 +122,9 @@ pub fn launch(
     }
     use std::os::unix::process::ExitStatusExt;
     Err(match (status.code(), status.signal()) {
-        (Some(EXIT_INPUT), _) | (Some(EXIT_INTERNAL), _) => AttemptError::Input(
-            message().unwrap_or_else(|| "the step failed (no message)".into()),
-        ),
+        (Some(EXIT_INPUT), _) | (Some(EXIT_INTERNAL), _) => {
+            AttemptError::Input(message().unwrap_or_else(|| "the step failed (no message)".into()))
+        }
         (Some(code), _) => AttemptError::Transient(format!(
             "the step's process exited with status {code}{}",
             message().map_or(String::new(), |m| format!(": {m}"))

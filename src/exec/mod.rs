@@ -1,6 +1,7 @@
 //! The executor: runs a [`Plan`] with a ready queue, within `--jobs` and declared resources,
 //! committing each step's outputs to the cache and writing the run record.
 
+pub mod isolated;
 pub mod plan;
 pub mod progress;
 pub mod shell;
@@ -20,6 +21,7 @@ use crate::diag::Diagnostic;
 use crate::metrics;
 use crate::steps::{StepContext, StepError};
 use crate::workflow::{Action, Step, Workflow};
+use isolated::AttemptError;
 pub use plan::{Decision, Plan};
 pub use progress::OutputMode;
 pub use shell::{CANCELLED, install_interrupt_handler};
@@ -38,6 +40,10 @@ pub struct RunOptions {
     /// After a failure, go on with steps that do not depend on it.
     pub keep_going: bool,
     pub output: OutputMode,
+    /// The `dnaflow` binary that runs each built-in step in its own process
+    /// (`dnaflow step-exec`); `None` runs them as threads of this process (no crash isolation:
+    /// for test harnesses that are not the dnaflow binary).
+    pub step_exec: Option<PathBuf>,
 }
 
 /// Errors that stop a run before it starts.
@@ -79,6 +85,7 @@ struct Outcome {
 /// Shared state for workers.
 struct Exec<'a> {
     wf: &'a Workflow,
+    step_exec: Option<&'a Path>,
     cache: &'a Cache,
     keys: &'a [String],
     recipes: &'a [Option<crate::cache::Recipe>],
@@ -97,6 +104,7 @@ pub fn run(plan: &Plan, cache: &Cache, opts: &RunOptions) -> Result<RunRecord, E
     let run_id = runs::new_run_id();
     let exec = Exec {
         wf,
+        step_exec: opts.step_exec.as_deref(),
         cache,
         keys: &plan.keys,
         recipes: &plan.recipes,
@@ -452,6 +460,7 @@ impl Exec<'_> {
         rec.stderr = Some(err_path.clone());
         let attempts = step.retries + 1;
         let mut last_error = String::new();
+        let mut retry = true;
         for attempt in 1..=attempts {
             rec.attempts = attempt;
             if CANCELLED.load(Ordering::SeqCst) {
@@ -459,6 +468,9 @@ impl Exec<'_> {
                 break;
             }
             tracing::info!(step = %step.name, key = %key, attempt, cpus, gpus = ?gpus, "running");
+            if !retry {
+                break;
+            }
             match self.attempt(i, cpus, gpus, &out_path, &err_path, attempt) {
                 Ok(metrics) => {
                     tracing::info!(step = %step.name, seconds = clock.elapsed().as_secs_f64(), "committed");
@@ -468,8 +480,14 @@ impl Exec<'_> {
                     return rec;
                 }
                 Err(e) => {
-                    tracing::warn!(step = %step.name, attempt, of = attempts, "attempt failed: {e}");
-                    last_error = e;
+                    let msg = e.message().to_string();
+                    tracing::warn!(step = %step.name, attempt, of = attempts, "attempt failed: {msg}");
+                    // A step that failed on its input fails the same way again.
+                    retry = matches!(e, AttemptError::Transient(_));
+                    if !retry && attempt < attempts {
+                        tracing::info!(step = %step.name, "not retried: it failed on its input");
+                    }
+                    last_error = msg;
                 }
             }
         }
@@ -490,11 +508,14 @@ impl Exec<'_> {
         out_log: &Path,
         err_log: &Path,
         attempt: u32,
-    ) -> Result<Value, String> {
+    ) -> Result<Value, AttemptError> {
         let step = &self.wf.steps[i];
         let key = &self.keys[i];
         let clock = Instant::now();
-        let staging = self.cache.stage(key).map_err(|e| e.to_string())?;
+        let staging = self
+            .cache
+            .stage(key)
+            .map_err(|e| AttemptError::Transient(e.to_string()))?;
         let result = self
             .execute(i, &staging.out, cpus, gpus, out_log, err_log, attempt)
             .and_then(|()| {
@@ -502,12 +523,15 @@ impl Exec<'_> {
                     if !matches!(name.as_str(), "out" | "metrics")
                         && !staging.out.join(rel).exists()
                     {
-                        return Err(format!("declared output `{name}` ({rel}) was not written"));
+                        return Err(AttemptError::Input(format!(
+                            "declared output `{name}` ({rel}) was not written"
+                        )));
                     }
                 }
                 // Name files as the step author knows them, not by their staging path.
-                metrics::read(&staging.out.join("metrics.json"))
-                    .map_err(|e| e.replace(&staging.out.display().to_string(), "${{ out }}"))
+                metrics::read(&staging.out.join("metrics.json")).map_err(|e| {
+                    AttemptError::Input(e.replace(&staging.out.display().to_string(), "${{ out }}"))
+                })
             });
         let metrics = match result {
             Ok(m) => m,
@@ -528,7 +552,7 @@ impl Exec<'_> {
         };
         self.cache
             .commit(staging, manifest)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| AttemptError::Transient(e.to_string()))?;
         Ok(metrics)
     }
 
@@ -548,10 +572,10 @@ impl Exec<'_> {
         out_log: &Path,
         err_log: &Path,
         attempt: u32,
-    ) -> Result<(), String> {
+    ) -> Result<(), AttemptError> {
         let step = &self.wf.steps[index];
         std::fs::create_dir_all(&self.log_dir)
-            .map_err(|e| format!("{}: {e}", self.log_dir.display()))?;
+            .map_err(|e| AttemptError::Transient(format!("{}: {e}", self.log_dir.display())))?;
         let open = |p: &Path| {
             let mut f = File::options()
                 .create(true)
@@ -564,7 +588,10 @@ impl Exec<'_> {
             }
             Ok::<File, String>(f)
         };
-        let (stdout, stderr) = (open(out_log)?, open(err_log)?);
+        let (stdout, stderr) = (
+            open(out_log).map_err(AttemptError::Transient)?,
+            open(err_log).map_err(AttemptError::Transient)?,
+        );
         let mut resolve = |part: &crate::workflow::Part| {
             plan::real_part(self.wf, self.cache, self.keys, part, out)
         };
@@ -596,7 +623,9 @@ impl Exec<'_> {
                         .collect(),
                 };
                 let cmd = command.render(&mut quote);
+                // A command's failure may be flaky (`retries:` retries it).
                 shell::run(&cmd, &self.wf.workdir, &env, stdout, stderr)
+                    .map_err(AttemptError::Transient)
             }
             Action::Uses { kind, with } => {
                 let mut value = with.render(&mut resolve);
@@ -606,54 +635,85 @@ impl Exec<'_> {
                         *p = self.wf.workdir.join(&*p).display().to_string();
                     });
                 }
-                let mut log = stdout;
                 let checkpoints = self.cache.checkpoint_dir(&self.keys[index]);
                 let status = |msg: &str| {
                     if let Some(bar) = self.bars.lock().expect("bars lock").get(&index) {
                         bar.set_message(format!("{}  {msg}", step.name));
                     }
                 };
-                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    let mut run = || {
-                        let mut ctx = StepContext {
-                            with: &value,
-                            out,
-                            workdir: &self.wf.workdir,
-                            threads: cpus,
-                            log: &mut log,
-                            cancelled: &CANCELLED,
-                            checkpoints: &checkpoints,
-                            device: self.wf.device.as_deref(),
-                            status: &status,
-                        };
-                        (kind.run)(&mut ctx)
-                    };
-                    // The step's CPU threads: rayon work (tensor kernels, tokenization) stays
-                    // within what the scheduler granted.
-                    match rayon::ThreadPoolBuilder::new()
-                        .num_threads(cpus.max(1))
-                        .build()
-                    {
-                        Ok(pool) => pool.install(run),
-                        Err(_) => run(),
+                let job = isolated::Job {
+                    kind: kind.name.to_string(),
+                    with: value,
+                    out: out.to_path_buf(),
+                    workdir: self.wf.workdir.clone(),
+                    threads: cpus,
+                    checkpoints,
+                    device: self.wf.device.clone(),
+                    error: out.with_file_name("step-error.txt"),
+                    status: out.with_file_name("step-status.txt"),
+                };
+                match self.step_exec {
+                    Some(bin) => isolated::launch(bin, &job, &env, stdout, stderr, &status),
+                    None => {
+                        drop(stderr);
+                        run_in_process(&job, &mut { stdout }, &status).map_err(|e| {
+                            // In process, a panic is caught like any other failure.
+                            AttemptError::Input(e)
+                        })
                     }
-                }));
-                drop(stderr);
-                match result {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(StepError { message })) => Err(message),
-                    Err(panic) => Err(format!(
-                        "internal error in `{}`: {} (please report this)",
-                        kind.name,
-                        panic
-                            .downcast_ref::<String>()
-                            .map(String::as_str)
-                            .or_else(|| panic.downcast_ref::<&str>().copied())
-                            .unwrap_or("panic")
-                    )),
                 }
             }
         }
+    }
+}
+
+/// Run one attempt of a built-in step in this process, in a pool of the granted threads;
+/// `step-exec` calls this in the step's own process. A panic becomes an internal error.
+pub fn run_in_process(
+    job: &isolated::Job,
+    log: &mut (dyn std::io::Write + Send),
+    status: &(dyn Fn(&str) + Sync),
+) -> Result<(), String> {
+    let Some(kind) = crate::steps::KINDS.iter().find(|k| k.name == job.kind) else {
+        return Err(format!("unknown step kind `{}`", job.kind));
+    };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut run = || {
+            let mut ctx = StepContext {
+                with: &job.with,
+                out: &job.out,
+                workdir: &job.workdir,
+                threads: job.threads,
+                log: &mut *log,
+                cancelled: &CANCELLED,
+                checkpoints: &job.checkpoints,
+                device: job.device.as_deref(),
+                status,
+            };
+            (kind.run)(&mut ctx)
+        };
+        // The step's CPU threads: rayon work (tensor kernels, tokenization) stays within what
+        // the scheduler granted.
+        match rayon::ThreadPoolBuilder::new()
+            .num_threads(job.threads.max(1))
+            .build()
+        {
+            Ok(pool) => pool.install(run),
+            Err(_) => run(),
+        }
+    }));
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(StepError { message })) => Err(message),
+        Err(panic) => Err(format!(
+            "internal error in `{}`: {} (please report this)",
+            kind.name,
+            panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("panic")
+        )),
     }
 }
 

@@ -34,6 +34,38 @@ pub fn install_interrupt_handler() {
     });
 }
 
+/// Start `cmd` in its own process group (Ctrl-C reaches it through [`CANCELLED`]'s handler,
+/// and it dies with dnaflow, `kill -9` included) and wait for it.
+pub(crate) fn run_in_group(cmd: &mut Command) -> std::io::Result<std::process::ExitStatus> {
+    cmd.process_group(0);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            // Die with dnaflow (kill -9 included), so no step outlives the run that owns it.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    let pid = child.id() as i32;
+    if let Ok(mut g) = CHILDREN.lock() {
+        g.get_or_insert_with(HashSet::new).insert(pid);
+    }
+    if CANCELLED.load(Ordering::SeqCst) {
+        // SAFETY: plain syscall on the process group we just created.
+        unsafe {
+            libc::kill(-pid, libc::SIGTERM);
+        }
+    }
+    let status = child.wait();
+    if let Ok(mut g) = CHILDREN.lock()
+        && let Some(set) = g.as_mut()
+    {
+        set.remove(&pid);
+    }
+    status
+}
+
 /// Run `command` in `workdir` with `env`, stdout/stderr into the given files.
 /// Returns `Ok(())` on exit status 0, else a message naming the status.
 pub fn run(
@@ -58,36 +90,9 @@ pub fn run(
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .process_group(0);
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            // Die with dnaflow (kill -9 included), so no step outlives the run that owns it.
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start {shell}: {e}"))?;
-    let pid = child.id() as i32;
-    if let Ok(mut g) = CHILDREN.lock() {
-        g.get_or_insert_with(HashSet::new).insert(pid);
-    }
-    if CANCELLED.load(Ordering::SeqCst) {
-        // SAFETY: plain syscall on the process group we just created.
-        unsafe {
-            libc::kill(-pid, libc::SIGTERM);
-        }
-    }
-    let status = child.wait();
-    if let Ok(mut g) = CHILDREN.lock()
-        && let Some(set) = g.as_mut()
-    {
-        set.remove(&pid);
-    }
-    let status = status.map_err(|e| format!("waiting for the command: {e}"))?;
+        .envs(env.iter().map(|(k, v)| (k, v)));
+    let status = run_in_group(&mut cmd).map_err(|e| format!("cannot start {shell}: {e}"));
+    let status = status?;
     if status.success() {
         return Ok(());
     }
