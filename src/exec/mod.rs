@@ -462,15 +462,15 @@ impl Exec<'_> {
         let mut last_error = String::new();
         let mut retry = true;
         for attempt in 1..=attempts {
+            if !retry {
+                break;
+            }
             rec.attempts = attempt;
             if CANCELLED.load(Ordering::SeqCst) {
                 last_error = "interrupted".into();
                 break;
             }
             tracing::info!(step = %step.name, key = %key, attempt, cpus, gpus = ?gpus, "running");
-            if !retry {
-                break;
-            }
             match self.attempt(i, cpus, gpus, &out_path, &err_path, attempt) {
                 Ok(metrics) => {
                     tracing::info!(step = %step.name, seconds = clock.elapsed().as_secs_f64(), "committed");

@@ -1,0 +1,154 @@
+//! Every built-in step runs in its own process (`dnaflow step-exec`): a step killed from
+//! outside (`kill -9`, as the out-of-memory killer or a preempting scheduler would) fails alone
+//! and the run goes on with `--keep-going`; a killed step is retried, a step that failed on
+//! its input is not.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Project, text};
+
+const SEQS: &str = "ACGTACGTTAGCAGGCATTACAGTATTAGGCATCAGACAGTTAGCATGA\n";
+
+fn project(steps: usize, retries: usize) -> Project {
+    let p = Project::new();
+    p.write("train.txt", &SEQS.repeat(40));
+    p.write(
+        "wf.yaml",
+        &format!(
+            r#"
+name: isolation
+steps:
+  tok:
+    uses: tokenizer.train
+    with: {{ input: train.txt, model: char }}
+  train:
+    uses: model.pretrain
+    retries: {retries}
+    with:
+      arch: gpt2
+      tokenizer: "${{{{ steps.tok.tokenizer }}}}"
+      train: train.txt
+      config: {{ n_embd: 16, n_layer: 1, n_head: 2 }}
+      seq_len: 32
+      batch_size: 4
+      steps: {steps}
+      save_every: 20
+  after_train:
+    run: ls ${{{{ steps.train.out }}}} > ${{{{ out }}}}/ls.txt
+  other:
+    run: sleep 1; echo ok > ${{{{ out }}}}/ok.txt
+"#
+        ),
+    );
+    p
+}
+
+/// The pid of this project's `dnaflow step-exec` process running `kind`, once it runs.
+fn step_process(p: &Project, kind: &str) -> i32 {
+    let clock = Instant::now();
+    let cache = p.cache().display().to_string();
+    while clock.elapsed() < Duration::from_secs(60) {
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if !cmd.contains("step-exec") || !cmd.contains(&cache) {
+                continue;
+            }
+            let job = cmd.split_whitespace().last().unwrap_or_default();
+            if std::fs::read_to_string(job)
+                .is_ok_and(|j| j.contains(&format!("\"kind\": \"{kind}\"")))
+            {
+                return pid;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("no step-exec process for {kind}");
+}
+
+fn kill9(pid: i32) {
+    // SAFETY: a plain syscall on a process this test started (through dnaflow).
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+}
+
+fn record(p: &Project) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(p.path("report.json")).unwrap()).unwrap()
+}
+
+fn step<'a>(r: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    r["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap()
+}
+
+#[test]
+fn a_killed_step_fails_alone_and_the_run_goes_on() {
+    let p = project(100_000, 0);
+    let report = p.path("report.json");
+    let mut run = p
+        .cmd(&["run", "wf.yaml", "-k", "--report", report.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    let pid = step_process(&p, "model.pretrain");
+    std::thread::sleep(Duration::from_millis(300));
+    kill9(pid);
+    let status = run.wait().unwrap();
+    assert!(!status.success(), "a failed step fails the run");
+    let r = record(&p);
+    let train = step(&r, "train");
+    assert_eq!(train["status"], "failed", "{train}");
+    let error = train["error"].as_str().unwrap();
+    assert!(
+        error.contains("killed by signal 9 (SIGKILL: out of memory, or killed from outside)"),
+        "{error}"
+    );
+    assert_eq!(step(&r, "other")["status"], "ran", "{r}");
+    assert_eq!(step(&r, "tok")["status"], "ran");
+    assert_eq!(step(&r, "after_train")["status"], "skipped");
+    // Nothing half-written was committed: the step has no object.
+    assert!(train["out"].is_null(), "{train}");
+}
+
+#[test]
+fn a_killed_step_is_retried_and_a_bad_input_is_not() {
+    let p = project(400, 1);
+    let report = p.path("report.json");
+    let mut run = p
+        .cmd(&["run", "wf.yaml", "--report", report.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    let pid = step_process(&p, "model.pretrain");
+    std::thread::sleep(Duration::from_millis(200));
+    kill9(pid);
+    assert!(run.wait().unwrap().success(), "the retry finishes the run");
+    let r = record(&p);
+    let train = step(&r, "train");
+    assert_eq!(train["status"], "ran", "{train}");
+    assert_eq!(train["attempts"], 2, "{train}");
+
+    // A step that fails on its input fails the same way on every try: it runs once.
+    p.write("bad.fa", ">a\nACGTXACGT\n");
+    p.write(
+        "bad.yaml",
+        "name: bad\nsteps:\n  load:\n    uses: data.load\n    retries: 3\n    with: { path: bad.fa, format: fasta }\n",
+    );
+    let (out, rep) = p.run(&["bad.yaml"]);
+    assert!(!out.status.success());
+    let load = rep.step("load");
+    assert_eq!(load["attempts"], 1, "{load}");
+    assert!(
+        text(&out).contains("invalid character 'X'"),
+        "{}",
+        text(&out)
+    );
+}
