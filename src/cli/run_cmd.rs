@@ -47,6 +47,14 @@ pub struct RunArgs {
     /// crash isolation: a panic or an out-of-memory kill takes the whole run down).
     #[arg(long)]
     in_process: bool,
+    /// Where steps without their own `executor:` run: `local` or `slurm` (over the workflow's
+    /// `executor:`).
+    #[arg(long, value_parser = ["local", "slurm"])]
+    executor: Option<String>,
+    /// Cluster settings for `executor: slurm`: a YAML file with `partition`, `account`, `qos`,
+    /// `time`, `sbatch` (more flags) and `poll_seconds`.
+    #[arg(long, value_name = "FILE", env = "DNAFLOW_CLUSTER")]
+    cluster: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -140,6 +148,14 @@ pub fn run(cache_dir: &Path, args: &RunArgs, check: bool) -> Result<(), Failure>
         mem_mb,
         keep_going: args.keep_going,
         output,
+        executor: args.executor.as_deref().map(|e| match e {
+            "slurm" => crate::workflow::syntax::ExecutorName::Slurm,
+            _ => crate::workflow::syntax::ExecutorName::Local,
+        }),
+        slurm: match &args.cluster {
+            Some(f) => exec::slurm::SlurmSettings::read(f).map_err(|e| anyhow::anyhow!(e))?,
+            None => Default::default(),
+        },
         step_exec: if args.in_process {
             None
         } else {

@@ -61,6 +61,51 @@ impl AttemptError {
     }
 }
 
+/// Write the job file beside the staging directory; its path.
+pub fn write_job(job: &Job) -> Result<PathBuf, AttemptError> {
+    let dir = job.error.parent().unwrap_or(Path::new("."));
+    let job_path = dir.join("job.json");
+    let bytes =
+        serde_json::to_vec_pretty(job).map_err(|e| AttemptError::Transient(e.to_string()))?;
+    std::fs::write(&job_path, bytes)
+        .map_err(|e| AttemptError::Transient(format!("{}: {e}", job_path.display())))?;
+    Ok(job_path)
+}
+
+/// How `step-exec` ended, as an attempt's result; the job's files are removed (nothing of
+/// the attempt stays beside the outputs that get committed).
+pub fn outcome(
+    job: &Job,
+    job_path: &Path,
+    code: Option<i32>,
+    signal: Option<i32>,
+) -> Result<(), AttemptError> {
+    let written = std::fs::read_to_string(&job.error)
+        .ok()
+        .filter(|m| !m.trim().is_empty());
+    for f in [job_path, &job.error, &job.status] {
+        let _ = std::fs::remove_file(f);
+    }
+    Err(match (code, signal) {
+        (Some(0), _) => return Ok(()),
+        (Some(EXIT_INPUT), _) | (Some(EXIT_INTERNAL), _) => {
+            AttemptError::Input(written.unwrap_or_else(|| "the step failed (no message)".into()))
+        }
+        (Some(code), _) => AttemptError::Transient(format!(
+            "the step's process exited with status {code}{}",
+            written.map_or(String::new(), |m| format!(": {m}"))
+        )),
+        (None, Some(sig)) if CANCELLED.load(Ordering::SeqCst) => {
+            AttemptError::Transient(format!("interrupted (signal {sig})"))
+        }
+        (None, Some(sig)) => AttemptError::Transient(format!(
+            "the step's process was killed by signal {sig} ({}); the run went on without it",
+            signal_name(sig)
+        )),
+        _ => AttemptError::Transient("the step's process failed".into()),
+    })
+}
+
 /// Run one attempt in a child process; `on_status` sees the step's status lines as they come.
 pub fn launch(
     bin: &Path,
@@ -70,14 +115,7 @@ pub fn launch(
     stderr: File,
     on_status: &(dyn Fn(&str) + Sync),
 ) -> Result<(), AttemptError> {
-    let dir = job.error.parent().unwrap_or(Path::new("."));
-    let job_path = dir.join("job.json");
-    let transient = |e: String| AttemptError::Transient(e);
-    std::fs::write(
-        &job_path,
-        serde_json::to_vec_pretty(job).map_err(|e| transient(e.to_string()))?,
-    )
-    .map_err(|e| transient(format!("{}: {e}", job_path.display())))?;
+    let job_path = write_job(job)?;
     let mut cmd = Command::new(bin);
     cmd.arg("step-exec")
         .arg(&job_path)
@@ -108,36 +146,10 @@ pub fn launch(
         drop(finished);
         status
     });
-    let status = status.map_err(|e| transient(format!("cannot start `{}`: {e}", bin.display())))?;
-    let written = std::fs::read_to_string(&job.error)
-        .ok()
-        .filter(|m| !m.trim().is_empty());
-    let message = || written.clone();
-    // Nothing of the attempt stays beside the outputs that get committed.
-    for f in [&job_path, &job.error, &job.status] {
-        let _ = std::fs::remove_file(f);
-    }
-    if status.success() {
-        return Ok(());
-    }
+    let status = status
+        .map_err(|e| AttemptError::Transient(format!("cannot start `{}`: {e}", bin.display())))?;
     use std::os::unix::process::ExitStatusExt;
-    Err(match (status.code(), status.signal()) {
-        (Some(EXIT_INPUT), _) | (Some(EXIT_INTERNAL), _) => {
-            AttemptError::Input(message().unwrap_or_else(|| "the step failed (no message)".into()))
-        }
-        (Some(code), _) => AttemptError::Transient(format!(
-            "the step's process exited with status {code}{}",
-            message().map_or(String::new(), |m| format!(": {m}"))
-        )),
-        (None, Some(sig)) if CANCELLED.load(Ordering::SeqCst) => {
-            AttemptError::Transient(format!("interrupted (signal {sig})"))
-        }
-        (None, Some(sig)) => AttemptError::Transient(format!(
-            "the step's process was killed by signal {sig} ({}); the run went on without it",
-            signal_name(sig)
-        )),
-        _ => AttemptError::Transient("the step's process failed".into()),
-    })
+    outcome(job, &job_path, status.code(), status.signal())
 }
 
 /// What a signal usually means for a step.

@@ -5,6 +5,7 @@ pub mod isolated;
 pub mod plan;
 pub mod progress;
 pub mod shell;
+pub mod slurm;
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -20,6 +21,7 @@ use crate::cache::{Cache, CacheError, Manifest};
 use crate::diag::Diagnostic;
 use crate::metrics;
 use crate::steps::{StepContext, StepError};
+use crate::workflow::syntax::ExecutorName;
 use crate::workflow::{Action, Step, Workflow};
 use isolated::AttemptError;
 pub use plan::{Decision, Plan};
@@ -44,6 +46,10 @@ pub struct RunOptions {
     /// (`dnaflow step-exec`); `None` runs them as threads of this process (no crash isolation:
     /// for test harnesses that are not the dnaflow binary).
     pub step_exec: Option<PathBuf>,
+    /// `--executor`: where steps without their own `executor:` run (over the workflow's).
+    pub executor: Option<ExecutorName>,
+    /// Cluster settings for `executor: slurm` (`--cluster FILE`).
+    pub slurm: slurm::SlurmSettings,
 }
 
 /// Errors that stop a run before it starts.
@@ -53,6 +59,8 @@ pub enum ExecError {
     Cache(#[from] CacheError),
     #[error("{0}")]
     Resources(Diagnostic),
+    #[error("{0}")]
+    Executor(String),
 }
 
 /// Machine capacity: cores, GPUs (from the driver's /proc entries or CUDA_VISIBLE_DEVICES), memory.
@@ -86,6 +94,9 @@ struct Outcome {
 struct Exec<'a> {
     wf: &'a Workflow,
     step_exec: Option<&'a Path>,
+    /// `--executor`, and the Slurm executor when any step to run uses it.
+    executor: Option<ExecutorName>,
+    slurm: Option<slurm::Slurm>,
     cache: &'a Cache,
     keys: &'a [String],
     recipes: &'a [Option<crate::cache::Recipe>],
@@ -97,14 +108,37 @@ struct Exec<'a> {
 /// Run the plan; always writes a run record, also after failures and interrupts.
 pub fn run(plan: &Plan, cache: &Cache, opts: &RunOptions) -> Result<RunRecord, ExecError> {
     let wf = plan.wf;
-    check_resources(plan, opts)?;
+    check_resources(plan, opts, |i| {
+        wf.steps[i].executor.or(opts.executor).or(wf.executor) == Some(ExecutorName::Slurm)
+    })?;
     let _lock = cache.lock_shared()?;
     let started = std::time::SystemTime::now();
     let clock = Instant::now();
     let run_id = runs::new_run_id();
+    let remote = |i: usize| {
+        wf.steps[i].executor.or(opts.executor).or(wf.executor) == Some(ExecutorName::Slurm)
+    };
+    let slurm = if plan
+        .order
+        .iter()
+        .any(|&i| plan.decisions[i] == Decision::Run && remote(i))
+    {
+        if opts.step_exec.is_none() {
+            return Err(ExecError::Executor(
+                "`executor: slurm` runs steps as `dnaflow step-exec` jobs; it cannot be combined \
+                 with --in-process"
+                    .into(),
+            ));
+        }
+        Some(slurm::Slurm::new(opts.slurm.clone()).map_err(ExecError::Executor)?)
+    } else {
+        None
+    };
     let exec = Exec {
         wf,
         step_exec: opts.step_exec.as_deref(),
+        executor: opts.executor,
+        slurm,
         cache,
         keys: &plan.keys,
         recipes: &plan.recipes,
@@ -201,20 +235,31 @@ pub fn run(plan: &Plan, cache: &Cache, opts: &RunOptions) -> Result<RunRecord, E
                 }
                 let ready = step.deps.iter().all(|&d| records[d].is_some());
                 let need = &step.resources;
-                let cpus = (need.cpus as usize).min(opts.cpus.max(1));
+                // A Slurm job takes the cluster's resources, not this machine's.
+                let here = !exec.remote(i);
+                let cpus = if here {
+                    (need.cpus as usize).min(opts.cpus.max(1))
+                } else {
+                    need.cpus as usize
+                };
                 let fits = running < opts.jobs.max(1)
-                    && cpus <= free_cpus
-                    && need.gpus as usize <= free_gpus.len()
-                    // Unknown machine memory (0) does not limit.
-                    && (need.mem_mb == 0 || opts.mem_mb == 0 || need.mem_mb <= free_mem);
+                    && (!here
+                        || cpus <= free_cpus
+                            && need.gpus as usize <= free_gpus.len()
+                            // Unknown machine memory (0) does not limit.
+                            && (need.mem_mb == 0 || opts.mem_mb == 0 || need.mem_mb <= free_mem));
                 if !ready || !fits {
                     continue;
                 }
                 launched[i] = true;
                 running += 1;
-                free_cpus -= cpus;
-                free_mem = free_mem.saturating_sub(need.mem_mb);
-                let gpus: Vec<usize> = free_gpus.drain(..need.gpus as usize).collect();
+                let gpus: Vec<usize> = if here {
+                    free_cpus -= cpus;
+                    free_mem = free_mem.saturating_sub(need.mem_mb);
+                    free_gpus.drain(..need.gpus as usize).collect()
+                } else {
+                    Vec::new()
+                };
                 if let Some(bar) = progress.started(i, &step.name) {
                     exec.bars.lock().expect("bars lock").insert(i, bar);
                 }
@@ -252,8 +297,10 @@ pub fn run(plan: &Plan, cache: &Cache, opts: &RunOptions) -> Result<RunRecord, E
             let Ok(done) = rx.recv() else { break };
             running -= 1;
             let step = &wf.steps[done.index];
-            free_cpus += (step.resources.cpus as usize).min(opts.cpus.max(1));
-            free_mem += step.resources.mem_mb;
+            if !exec.remote(done.index) {
+                free_cpus += (step.resources.cpus as usize).min(opts.cpus.max(1));
+                free_mem += step.resources.mem_mb;
+            }
             free_gpus.extend(done.gpus);
             free_gpus.sort_unstable();
             let rec = with_expectations(step, done.record);
@@ -343,10 +390,15 @@ fn upstream(wf: &Workflow, i: usize) -> Vec<String> {
 }
 
 /// Refuse a plan whose steps can never fit the machine.
-fn check_resources(plan: &Plan, opts: &RunOptions) -> Result<(), ExecError> {
+fn check_resources(
+    plan: &Plan,
+    opts: &RunOptions,
+    remote: impl Fn(usize) -> bool,
+) -> Result<(), ExecError> {
     for &i in &plan.order {
         let step = &plan.wf.steps[i];
-        if plan.decisions[i] != Decision::Run {
+        // Slurm judges a job's request against the cluster (see slurm::IMPOSSIBLE).
+        if plan.decisions[i] != Decision::Run || remote(i) {
             continue;
         }
         let need = &step.resources;
@@ -417,6 +469,16 @@ fn cached_record(plan: &Plan, cache: &Cache, i: usize, reason: &str) -> StepReco
 }
 
 impl Exec<'_> {
+    /// Whether step `i` runs as a Slurm job: its own `executor:`, else `--executor`, else the
+    /// workflow's.
+    fn remote(&self, i: usize) -> bool {
+        self.wf.steps[i]
+            .executor
+            .or(self.executor)
+            .or(self.wf.executor)
+            == Some(ExecutorName::Slurm)
+    }
+
     /// Compute one step (with retries) and commit it; never panics outward.
     fn step(&self, i: usize, cpus: usize, gpus: &[usize], reason: String) -> StepRecord {
         let step = &self.wf.steps[i];
@@ -493,6 +555,29 @@ impl Exec<'_> {
         }
         rec.log_tail = log_tail(&err_path).or_else(|| log_tail(&out_path));
         fail(rec, last_error)
+    }
+
+    /// The Slurm job of one attempt of step `i`.
+    fn job_spec<'a>(
+        &'a self,
+        i: usize,
+        script: String,
+        out: &'a Path,
+        out_log: &'a Path,
+        err_log: &'a Path,
+    ) -> slurm::JobSpec<'a> {
+        let step = &self.wf.steps[i];
+        slurm::JobSpec {
+            name: &step.name,
+            script,
+            dir: out.parent().unwrap_or(out),
+            workdir: &self.wf.workdir,
+            stdout: out_log,
+            stderr: err_log,
+            cpus: step.resources.cpus,
+            mem_mb: step.resources.mem_mb,
+            gpus: step.resources.gpus,
+        }
     }
 
     fn recipe(&self, i: usize) -> Option<&crate::cache::Recipe> {
@@ -623,6 +708,26 @@ impl Exec<'_> {
                         .collect(),
                 };
                 let cmd = command.render(&mut quote);
+                if let Some(slurm) = self.slurm.as_ref().filter(|_| self.remote(index)) {
+                    drop((stdout, stderr));
+                    let end = slurm
+                        .run(&self.job_spec(
+                            index,
+                            slurm::shell_script(&cmd, &env),
+                            out,
+                            out_log,
+                            err_log,
+                        ))
+                        .map_err(AttemptError::Input)?;
+                    return match end.state.as_str() {
+                        "COMPLETED" if end.code == 0 => Ok(()),
+                        "FAILED" if end.signal == 0 => Err(AttemptError::Transient(format!(
+                            "command exited with status {} (Slurm job {})",
+                            end.code, end.id
+                        ))),
+                        _ => Err(job_lost(&end)),
+                    };
+                }
                 // A command's failure may be flaky (`retries:` retries it).
                 shell::run(&cmd, &self.wf.workdir, &env, stdout, stderr)
                     .map_err(AttemptError::Transient)
@@ -652,6 +757,26 @@ impl Exec<'_> {
                     error: out.with_file_name("step-error.txt"),
                     status: out.with_file_name("step-status.txt"),
                 };
+                if let (Some(slurm), Some(bin)) = (
+                    self.slurm.as_ref().filter(|_| self.remote(index)),
+                    self.step_exec,
+                ) {
+                    drop((stdout, stderr));
+                    let job_path = isolated::write_job(&job)?;
+                    let script = slurm::step_exec_script(bin, &job_path, &env);
+                    let end = slurm
+                        .run(&self.job_spec(index, script, out, out_log, err_log))
+                        .map_err(AttemptError::Input)?;
+                    return match end.state.as_str() {
+                        "COMPLETED" | "FAILED" if end.signal == 0 => {
+                            isolated::outcome(&job, &job_path, Some(end.code), None)
+                        }
+                        _ => {
+                            let _ = isolated::outcome(&job, &job_path, Some(0), None);
+                            Err(job_lost(&end))
+                        }
+                    };
+                }
                 match self.step_exec {
                     Some(bin) => isolated::launch(bin, &job, &env, stdout, stderr, &status),
                     None => {
@@ -665,6 +790,23 @@ impl Exec<'_> {
             }
         }
     }
+}
+
+/// A Slurm job that did not run to its end (cancelled, timed out, out of memory, its node
+/// lost): worth a retry.
+fn job_lost(end: &slurm::JobEnd) -> AttemptError {
+    let why = match end.state.as_str() {
+        "CANCELLED" => "was cancelled (scancel)",
+        "TIMEOUT" => "reached its time limit",
+        "OUT_OF_MEMORY" => "ran out of memory",
+        "NODE_FAIL" | "BOOT_FAIL" => "lost its node",
+        "PREEMPTED" => "was preempted",
+        _ => "did not finish",
+    };
+    AttemptError::Transient(format!(
+        "Slurm job {} {why} (state {}, exit code {}:{})",
+        end.id, end.state, end.code, end.signal
+    ))
 }
 
 /// Run one attempt of a built-in step in this process, in a pool of the granted threads;

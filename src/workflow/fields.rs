@@ -97,6 +97,10 @@ pub fn form(field: &str) -> Option<(&'static str, &'static str)> {
             "`retries` is how many times to retry a failed step: a whole number, 0 or more",
             "retries: 2",
         ),
+        "executor" => (
+            "`executor` is where steps run: `local` or `slurm`",
+            "executor: slurm",
+        ),
         "min" | "max" | "tol" => ("a bound is a number", "min: 0.9"),
         _ => return None,
     })

@@ -44,6 +44,8 @@ pub struct Workflow {
     pub device: Option<String>,
     /// The default profile's time budget (`budget:`), for `check --within-budget`.
     pub budget: Option<std::time::Duration>,
+    /// The workflow's `executor:` (steps and `--executor` may override it).
+    pub executor: Option<syntax::ExecutorName>,
     /// Steps in file order (expansions of one `foreach` step stay together).
     pub steps: Vec<Step>,
 }
@@ -68,6 +70,8 @@ pub struct Step {
     pub deps: Vec<usize>,
     pub resources: ResourceNeeds,
     pub retries: u32,
+    /// The step's own `executor:`.
+    pub executor: Option<syntax::ExecutorName>,
     pub env: IndexMap<String, Template>,
     pub expect: Vec<(Located<String>, Expectation)>,
 }
@@ -435,6 +439,7 @@ impl<'a> Resolver<'a> {
             params: self.params,
             device: self.opts.device.clone(),
             budget,
+            executor: file.executor,
             steps,
         })
     }
@@ -904,6 +909,7 @@ impl<'a> Resolver<'a> {
             deps,
             resources,
             retries: def.retries,
+            executor: def.executor,
             env,
             expect,
         })

@@ -21,6 +21,10 @@ pub struct WorkflowFile {
     /// How long the default profile may take on 2 CPU cores (dev build), e.g. `3m`: the time
     /// budget `dnaflow check --within-budget` holds the run to (CI does, for every chapter).
     pub budget: Option<Located<String>>,
+    /// Where steps run unless a step or `--executor` says otherwise: `local` (default, each
+    /// step in its own process here) or `slurm` (each step a Slurm job; settings from
+    /// `--cluster FILE`). Results and cache keys are the same either way.
+    pub executor: Option<ExecutorName>,
     /// Parameters, used as `${{ params.NAME }}`; overridden by `--profile` and `--set`.
     #[serde(default)]
     pub params: ParamMap,
@@ -30,6 +34,16 @@ pub struct WorkflowFile {
     /// The steps, by name. Dependencies come from `${{ steps.NAME.… }}` references and `needs`.
     /// Boxed: a workflow may have 100,000 steps, and the map's entries move as it grows.
     pub steps: IndexMap<Located<String>, Located<Box<StepDef>>>,
+}
+
+/// Where a step runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutorName {
+    /// A process on this machine.
+    Local,
+    /// A Slurm job (`sbatch`), on the cache's shared filesystem.
+    Slurm,
 }
 
 /// Parameter names and values, as written.
@@ -61,6 +75,9 @@ pub struct StepDef {
     /// How many times to retry the step when it fails.
     #[serde(default)]
     pub retries: u32,
+    /// Where this step runs, overriding the workflow's `executor:` and `--executor` (e.g.
+    /// `local` for a step too small to queue for).
+    pub executor: Option<ExecutorName>,
     /// Environment variables for the step (values may use `${{ … }}`).
     #[serde(default)]
     pub env: IndexMap<Located<String>, Located<String>>,
