@@ -186,3 +186,35 @@ fn an_impossible_request_fails_with_slurms_reason() {
     assert!(t.contains("pending with reason `PartitionConfig`"), "{t}");
     assert!(jobs("huge").is_empty(), "the pending job was cancelled");
 }
+
+/// One cache, two runs at once: one local, one on Slurm. Each step is computed once; the
+/// other run waits on its lock and reuses the result.
+#[test]
+fn a_local_run_and_a_slurm_run_compute_each_step_once() {
+    if !slurm_up() {
+        return;
+    }
+    let p = Project::new();
+    let count = p.path("count.txt");
+    p.write(
+        "wf.yaml",
+        &format!(
+            "name: shared\nsteps:\n  one:\n    run: echo one >> {c}; sleep 2; echo 1 > ${{{{ out }}}}/v\n  two:\n    run: echo two >> {c}; cat ${{{{ steps.one.out }}}}/v > ${{{{ out }}}}/v\n",
+            c = count.display()
+        ),
+    );
+    let local = p.cmd(&["run", "wf.yaml"]).spawn().unwrap();
+    let remote = p
+        .cmd(&["run", "wf.yaml", "--executor", "slurm"])
+        .spawn()
+        .unwrap();
+    assert!(local.wait_with_output().unwrap().status.success());
+    assert!(remote.wait_with_output().unwrap().status.success());
+    let mut lines: Vec<String> = std::fs::read_to_string(&count)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    lines.sort();
+    assert_eq!(lines, ["one", "two"], "each step computed once");
+}

@@ -15,6 +15,7 @@
 
 pub mod hash;
 pub mod key;
+pub mod lease;
 pub mod runs;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -83,7 +84,7 @@ pub struct CacheLock {
 
 /// Held while a step computes its object, so concurrent runs never compute it twice.
 pub struct KeyLock {
-    _file: File,
+    _lease: lease::Lease,
 }
 
 /// Where a step writes before its object is committed.
@@ -167,12 +168,12 @@ impl Cache {
         Ok(Some(CacheLock { _file: file }))
     }
 
-    /// Lock `key` for computing (blocks while another run computes it).
+    /// Lock `key` for computing (blocks while another run computes it, on this node or any
+    /// other sharing the cache: see [`lease`]).
     pub fn lock_key(&self, key: &str) -> Result<KeyLock, CacheError> {
         let path = self.root.join("locks").join(format!("{key}.lock"));
-        let file = File::create(&path).map_err(io(&path))?;
-        file.lock().map_err(io(&path))?;
-        Ok(KeyLock { _file: file })
+        let lease = lease::Lease::acquire(&path, lease::STALE_AFTER).map_err(io(&path))?;
+        Ok(KeyLock { _lease: lease })
     }
 
     /// Remember the recipe of a key, for `why` after failures or later changes.
