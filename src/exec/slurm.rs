@@ -7,7 +7,7 @@
 //! is cancelled and reported with Slurm's reason; Ctrl-C cancels every job with `scancel`.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
@@ -364,7 +364,7 @@ pub fn exports(env: &[(String, String)]) -> String {
 }
 
 /// The script of a built-in step's job: `dnaflow step-exec JOB`.
-pub fn step_exec_script(bin: &Path, job: &PathBuf, env: &[(String, String)]) -> String {
+pub fn step_exec_script(bin: &Path, job: &Path, env: &[(String, String)]) -> String {
     format!(
         "{}exec {} step-exec {}",
         exports(env),
