@@ -260,11 +260,12 @@ impl Slurm {
         q.seen.get(id).cloned()
     }
 
-    /// How a job that left the queue ended: the job completion log (`sacct -c`), or
-    /// `scontrol` while the controller still holds it.
+    /// How a job that left the queue ended: `scontrol` while the controller still holds it
+    /// (it is the authority), else the job completion log (`sacct -c`), whose newest line for
+    /// the id counts (ids repeat when a cluster's state is reset).
     fn ended(&self, id: &str) -> Result<JobEnd, String> {
         for _ in 0..50 {
-            if let Some(end) = sacct(id).or_else(|| scontrol(id)) {
+            if let Some(end) = scontrol(id).or_else(|| sacct(id)) {
                 return Ok(end);
             }
             std::thread::sleep(Duration::from_millis(200));
@@ -301,7 +302,9 @@ fn sacct(id: &str) -> Option<JobEnd> {
         .args(["-c", "-j", id, "-P", "-n", "-o", "jobid,state,exitcode"])
         .output()
         .ok()?;
-    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+    let text = String::from_utf8_lossy(&out.stdout);
+    // The log appends: the newest record of a reused id is the last.
+    text.lines().rev().find_map(|l| {
         let f: Vec<&str> = l.split('|').collect();
         (f.len() >= 3 && f[0].trim() == id && is_final(f[1].split_whitespace().next()?)).then(
             || {

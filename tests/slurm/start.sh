@@ -22,6 +22,9 @@ if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
 fi
 
 mkdir -p /etc/slurm /var/spool/slurmd /var/spool/slurmctld /var/log/slurm
+# A fresh cluster numbers jobs from 1 again: an old completion log would hold other jobs'
+# records under the same ids.
+rm -f /var/log/slurm/jobcomp.log
 chown slurm:slurm /var/spool/slurmctld /var/log/slurm
 cat > /etc/slurm/slurm.conf <<CONF
 ClusterName=dnaflow-test
