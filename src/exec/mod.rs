@@ -108,16 +108,12 @@ struct Exec<'a> {
 /// Run the plan; always writes a run record, also after failures and interrupts.
 pub fn run(plan: &Plan, cache: &Cache, opts: &RunOptions) -> Result<RunRecord, ExecError> {
     let wf = plan.wf;
-    check_resources(plan, opts, |i| {
-        wf.steps[i].executor.or(opts.executor).or(wf.executor) == Some(ExecutorName::Slurm)
-    })?;
+    let remote = |i: usize| on_slurm(wf, opts.executor, i);
+    check_resources(plan, opts, remote)?;
     let _lock = cache.lock_shared()?;
     let started = std::time::SystemTime::now();
     let clock = Instant::now();
     let run_id = runs::new_run_id();
-    let remote = |i: usize| {
-        wf.steps[i].executor.or(opts.executor).or(wf.executor) == Some(ExecutorName::Slurm)
-    };
     let slurm = if plan
         .order
         .iter()
@@ -182,8 +178,8 @@ pub fn run(plan: &Plan, cache: &Cache, opts: &RunOptions) -> Result<RunRecord, E
     // While steps run, the record is rewritten (at most once a second) for reports and
     // `dnaflow serve` to follow; a run with nothing to compute writes only its final record.
     let mut last_snapshot: Option<Instant> = None;
-    let mut snapshot = |records: &[Option<StepRecord>], launched: &[bool], force: bool| {
-        if !force && last_snapshot.is_some_and(|t| t.elapsed().as_secs_f64() < 1.0) {
+    let mut snapshot = |records: &[Option<StepRecord>], launched: &[bool]| {
+        if last_snapshot.is_some_and(|t| t.elapsed().as_secs_f64() < 1.0) {
             return;
         }
         last_snapshot = Some(Instant::now());
@@ -293,7 +289,7 @@ pub fn run(plan: &Plan, cache: &Cache, opts: &RunOptions) -> Result<RunRecord, E
             if running == 0 {
                 break;
             }
-            snapshot(&records, &launched, false);
+            snapshot(&records, &launched);
             let Ok(done) = rx.recv() else { break };
             running -= 1;
             let step = &wf.steps[done.index];
@@ -378,6 +374,12 @@ fn machine() -> serde_json::Value {
             .map(|h| h.trim().to_string())
             .unwrap_or_default(),
     })
+}
+
+/// Whether step `i` runs as a Slurm job: its own `executor:`, else `--executor` (`cli`),
+/// else the workflow's.
+fn on_slurm(wf: &Workflow, cli: Option<ExecutorName>, i: usize) -> bool {
+    wf.steps[i].executor.or(cli).or(wf.executor) == Some(ExecutorName::Slurm)
 }
 
 /// The names of the steps a step reads from.
@@ -472,11 +474,7 @@ impl Exec<'_> {
     /// Whether step `i` runs as a Slurm job: its own `executor:`, else `--executor`, else the
     /// workflow's.
     fn remote(&self, i: usize) -> bool {
-        self.wf.steps[i]
-            .executor
-            .or(self.executor)
-            .or(self.wf.executor)
-            == Some(ExecutorName::Slurm)
+        on_slurm(self.wf, self.executor, i)
     }
 
     /// Compute one step (with retries) and commit it; never panics outward.
