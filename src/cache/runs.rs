@@ -111,6 +111,14 @@ impl RunRecord {
     pub fn step(&self, name: &str) -> Option<&StepRecord> {
         self.steps.iter().find(|s| s.name == name)
     }
+
+    /// Each step's name and metrics, as `metrics::flat` takes them.
+    pub fn step_metrics(&self) -> Vec<(String, Value)> {
+        self.steps
+            .iter()
+            .map(|s| (s.name.clone(), s.metrics.clone()))
+            .collect()
+    }
 }
 
 /// A new run id: UTC time to the microsecond plus a random suffix, so ids sort by start time.
@@ -164,6 +172,14 @@ pub fn read(path: &Path) -> std::io::Result<RunRecord> {
     let bytes = std::fs::read(path)?;
     serde_json::from_slice(&bytes)
         .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))
+}
+
+/// The record of the run before `run_id` of the same workflow, if any.
+pub fn previous(runs: &Path, workflow: &str, run_id: &str) -> Option<RunRecord> {
+    let ids = list(runs, workflow);
+    let at = ids.iter().position(|id| id == run_id)?;
+    let prev = ids.get(at.checked_sub(1)?)?;
+    read(&workflow_dir(runs, workflow).join(format!("{prev}.json"))).ok()
 }
 
 /// The newest record of a workflow.

@@ -46,24 +46,11 @@ fn gpus() -> Vec<String> {
     }
 }
 
-/// The compute backends this binary was built with (`--features cuda`, `--features wgpu`), so
-/// a GPU check can tell a CPU-only binary from one that can use the device it found.
-fn compiled_backends() -> Vec<String> {
-    let mut backends = vec!["cpu".to_string()];
-    if crate::models::CUDA_BUILT {
-        backends.push("cuda".into());
-    }
-    if crate::models::WGPU_BUILT {
-        backends.push("wgpu (Vulkan)".into());
-    }
-    backends
-}
-
 pub fn report(cache: &Path) -> EnvReport {
     let (cpus, _, mem) = detect_capacity();
     EnvReport {
         dnaflow: env!("CARGO_PKG_VERSION").into(),
-        backends: compiled_backends(),
+        backends: crate::models::device::compiled_backends(),
         cpu_threads: cpus,
         memory_mib: mem,
         gpus: gpus(),

@@ -170,18 +170,11 @@ pub(super) fn find_run(cache_dir: &Path, what: Option<&str>) -> anyhow::Result<R
     )
 }
 
-fn step_metrics(r: &RunRecord) -> Vec<(String, serde_json::Value)> {
-    r.steps
-        .iter()
-        .map(|s| (s.name.clone(), s.metrics.clone()))
-        .collect()
-}
-
 pub fn metrics(cache_dir: &Path, cmd: &MetricsCommand) -> Result<(), Failure> {
     match cmd {
         MetricsCommand::Show { run, json } => {
             let rec = find_run(cache_dir, run.as_deref())?;
-            let flat = metrics::flat(&step_metrics(&rec));
+            let flat = metrics::flat(&rec.step_metrics());
             if *json {
                 println!("{}", serde_json::to_string_pretty(&flat).expect("json"));
                 return Ok(());
@@ -201,8 +194,8 @@ pub fn metrics(cache_dir: &Path, cmd: &MetricsCommand) -> Result<(), Failure> {
         MetricsCommand::Diff { a, b, json } => {
             let (ra, rb) = (find_run(cache_dir, Some(a))?, find_run(cache_dir, Some(b))?);
             let rows = metrics::diff(
-                &metrics::flat(&step_metrics(&ra)),
-                &metrics::flat(&step_metrics(&rb)),
+                &metrics::flat(&ra.step_metrics()),
+                &metrics::flat(&rb.step_metrics()),
             );
             if *json {
                 println!("{}", serde_json::to_string_pretty(&rows).expect("json"));

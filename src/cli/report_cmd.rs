@@ -52,19 +52,7 @@ pub fn report(cache_dir: &Path, args: &ReportArgs) -> Result<(), Failure> {
     let runs_dir = cache_dir.join("runs");
     let vs = match &args.vs {
         Some(v) => Some(find_run(cache_dir, Some(v))?),
-        None => {
-            let ids = runs::list(&runs_dir, &run.workflow);
-            ids.iter()
-                .position(|id| *id == run.run_id)
-                .and_then(|at| at.checked_sub(1))
-                .and_then(|prev| {
-                    runs::read(
-                        &runs::workflow_dir(&runs_dir, &run.workflow)
-                            .join(format!("{}.json", ids[prev])),
-                    )
-                    .ok()
-                })
-        }
+        None => runs::previous(&runs_dir, &run.workflow, &run.run_id),
     };
     if run.steps.is_empty() && run.running.is_empty() {
         return Err(anyhow::anyhow!(

@@ -356,13 +356,7 @@ pub fn run(plan: &Plan, cache: &Cache, opts: &RunOptions) -> Result<RunRecord, E
 /// The machine a run is on, for its record: what `dnaflow env` would say about compute.
 fn machine() -> serde_json::Value {
     let (cpus, gpus, mem) = detect_capacity();
-    let mut backends = vec!["cpu"];
-    if crate::models::CUDA_BUILT {
-        backends.push("cuda");
-    }
-    if crate::models::WGPU_BUILT {
-        backends.push("wgpu");
-    }
+    let backends = crate::models::device::compiled_backends();
     serde_json::json!({
         "os": std::env::consts::OS,
         "arch": std::env::consts::ARCH,

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use super::shell::CANCELLED;
+use crate::workflow::template::shell_quote as quote;
 
 /// Cluster settings, from the `--cluster FILE` YAML: never in the code, never in a workflow.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -353,11 +354,6 @@ pub fn scancel(id: &str) {
     let _ = Command::new("scancel").arg(id).output();
 }
 
-/// A value quoted for bash.
-pub fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
 /// `export` lines for a job's environment.
 pub fn exports(env: &[(String, String)]) -> String {
     env.iter()
@@ -433,6 +429,5 @@ mod tests {
             assert!(a.contains(&want.to_string()), "{want} in {a:?}");
         }
         assert_eq!(a.last().unwrap(), "/c/tmp/x/job.sh");
-        assert_eq!(quote("it's"), r"'it'\''s'");
     }
 }

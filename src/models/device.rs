@@ -59,6 +59,19 @@ pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
 /// Whether this binary was built with the `wgpu` feature.
 pub const WGPU_BUILT: bool = cfg!(feature = "wgpu");
 
+/// The compute backends this binary was built with (`--features cuda`, `--features wgpu`), so
+/// `dnaflow env` and run records can tell a CPU-only binary from one that can use a GPU.
+pub fn compiled_backends() -> Vec<String> {
+    let mut backends = vec!["cpu".to_string()];
+    if CUDA_BUILT {
+        backends.push("cuda".into());
+    }
+    if WGPU_BUILT {
+        backends.push("wgpu (Vulkan)".into());
+    }
+    backends
+}
+
 /// NVIDIA GPUs the driver reports (Linux: /proc/driver/nvidia/gpus), honouring
 /// CUDA_VISIBLE_DEVICES when set.
 pub fn cuda_device_count() -> usize {

@@ -406,13 +406,13 @@ fn sparkline(points: &[(f64, f64)]) -> String {
 }
 
 fn metrics_table(h: &mut String, run: &RunRecord, vs: Option<&RunRecord>) {
-    let ours = flat(&step_metrics(run));
+    let ours = flat(&run.step_metrics());
     h.push_str("<h2>Metrics</h2>");
     if ours.is_empty() {
         h.push_str("<p class=\"muted\">No step wrote metrics.</p>");
         return;
     }
-    let theirs = vs.map(|v| flat(&step_metrics(v))).unwrap_or_default();
+    let theirs = vs.map(|v| flat(&v.step_metrics())).unwrap_or_default();
     let rows = diff(&theirs, &ours);
     let expects: HashMap<String, &ExpectResult> = run
         .steps
@@ -521,13 +521,6 @@ fn short(v: &str) -> String {
         _ if v.chars().count() > 80 => v.chars().take(79).collect::<String>() + "…",
         _ => v.to_string(),
     }
-}
-
-fn step_metrics(r: &RunRecord) -> Vec<(String, Value)> {
-    r.steps
-        .iter()
-        .map(|s| (s.name.clone(), s.metrics.clone()))
-        .collect()
 }
 
 /// What a plot file turned out to be.

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::{Options, render};
-use crate::cache::runs::{self, RunRecord};
+use crate::cache::runs;
 
 /// Why the server could not start or go on.
 #[derive(Debug, thiserror::Error)]
@@ -48,14 +48,6 @@ impl Runs {
 
     fn logs(&self, wf: &str, id: &str) -> PathBuf {
         runs::workflow_dir(&self.dir, wf).join(id)
-    }
-
-    /// The run before `id` of the same workflow, if any.
-    fn previous(&self, wf: &str, id: &str) -> Option<RunRecord> {
-        let ids = runs::list(&self.dir, wf);
-        let at = ids.iter().position(|r| r == id)?;
-        let prev = ids.get(at.checked_sub(1)?)?;
-        runs::read(&self.path(wf, prev)).ok()
     }
 
     /// What changes when the run does: its record's modification time and its logs' sizes.
@@ -117,7 +109,7 @@ impl Runs {
                 );
             }
         };
-        let vs = self.previous(&wf, &run_id);
+        let vs = runs::previous(&self.dir, &wf, &run_id);
         let nav = self.latest_per_workflow();
         let live = match id {
             Some(id) => format!("/version?run={id}"),
