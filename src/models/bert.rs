@@ -5,10 +5,9 @@
 use burn::module::Param;
 use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::prelude::*;
-use burn::tensor::activation::gelu;
 use serde::{Deserialize, Serialize};
 
-use super::fused::{Keys, attention, split_heads};
+use super::fused::{Keys, attention, gelu, split_heads};
 use super::weights::{Init, Weights};
 use super::{
     FusedOps, LayerNorm, MASKED, ModelError, Precision, add_per_row, affine, attention_fuses,

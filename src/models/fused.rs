@@ -132,6 +132,21 @@ pub trait FusedOps: Backend {
     ) -> FloatTensor<Self> {
         composed_gelu_new_backward::<Self>(x, s, g)
     }
+
+    /// BERT's exact GELU, x·Φ(x) (Φ the standard normal's distribution function).
+    fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::gelu_and_slope(x).0
+    }
+
+    /// The exact GELU's output and its slope Φ(x) + x·φ(x), which is all its gradient needs.
+    fn gelu_and_slope(x: FloatTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        composed_gelu::<Self>(x)
+    }
+
+    /// The gradient of [`FusedOps::fused_gelu`]: the upstream gradient times the kept slope.
+    fn fused_gelu_backward(slope: FloatTensor<Self>, g: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::float_mul(g, slope)
+    }
 }
 
 #[cfg(feature = "cuda")]
@@ -244,6 +259,19 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
             },
             B::fused_gelu_new,
             |(x, s), g| B::fused_gelu_new_backward(x, s, g),
+        )
+    }
+
+    fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        // The slope is kept from the forward: the backward is one multiplication.
+        unary_node::<B, C, _>(
+            x,
+            |x| {
+                let (y, slope) = B::gelu_and_slope(x);
+                (y, slope)
+            },
+            B::fused_gelu,
+            |slope, g| B::fused_gelu_backward(slope, g),
         )
     }
 }
@@ -438,6 +466,20 @@ pub(crate) fn composed_gelu_new_backward<B: Backend>(
     shaped(g * dy, shape)
 }
 
+/// The exact GELU as x·Φ(x), Φ(x) = (1 + erf(x/√2))/2, with its slope Φ(x) + x·φ(x),
+/// φ(x) = exp(−x²/2)/√(2π). Returns (output, slope).
+pub(crate) fn composed_gelu<B: Backend>(x: FloatTensor<B>) -> (FloatTensor<B>, FloatTensor<B>) {
+    let shape = x.shape();
+    let x = flat::<B>(x);
+    let cdf = ((x.clone() * core::f64::consts::FRAC_1_SQRT_2).erf() + 1.0) * 0.5;
+    let pdf = (x.clone() * x.clone() * -0.5).exp() * FRAC_1_SQRT_2PI;
+    let slope = cdf.clone() + x.clone() * pdf;
+    (shaped(x * cdf, shape.clone()), shaped(slope, shape))
+}
+
+/// 1/√(2π), the standard normal density at 0.
+pub(crate) const FRAC_1_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
+
 /// A primitive as a tensor of rank `D`.
 fn float<B: Backend, const D: usize>(x: FloatTensor<B>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(x))
@@ -540,6 +582,11 @@ pub fn swap_heads<B: FusedOps>(x: Tensor<B, 4>) -> Tensor<B, 4> {
 /// GPT-2's `gelu_new`, one autodiff node.
 pub fn gelu_new<B: FusedOps, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     float(B::fused_gelu_new(x.into_primitive().tensor()))
+}
+
+/// BERT's exact (erf) GELU, one autodiff node.
+pub fn gelu<B: FusedOps, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    float(B::fused_gelu(x.into_primitive().tensor()))
 }
 
 /// A layer norm over the last axis with HF's `weight`/`bias`, one autodiff node.

@@ -179,6 +179,9 @@ pub(super) fn run_metrics<B: AutodiffBackend + FusedOps>(
         }
         m.insert("best_step".into(), best.step.into());
     }
+    if let Some(steady) = trained.steady_tokens_per_s {
+        m.insert("steady_tokens_per_s".into(), steady.into());
+    }
     if let Some(step) = state.stopped_early {
         m.insert("stopped_early".into(), step.into());
     }

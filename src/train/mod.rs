@@ -166,6 +166,10 @@ pub struct Trained<M> {
     pub best_weights: Option<Weights>,
     /// Step the run resumed from (0 = fresh start).
     pub resumed_from: usize,
+    /// Tokens per second after this run's first optimizer step (None under two steps): the
+    /// first step pays for allocating and first touching every buffer, which a long run does
+    /// not notice and a short benchmark would.
+    pub steady_tokens_per_s: Option<f64>,
 }
 
 /// Live numbers for a progress display.
@@ -255,6 +259,8 @@ where
     let clock = Instant::now();
     let seconds_before = state.seconds;
     let mut window = (Instant::now(), 0u64);
+    // (clock, tokens) when this run's first step ended.
+    let mut after_first: Option<(Instant, u64)> = None;
 
     let objective = data.objective.clone();
     while state.step < cfg.steps && state.stopped_early.is_none() {
@@ -390,6 +396,9 @@ where
             }
         }
         state.seconds = seconds_before + clock.elapsed().as_secs_f64();
+        if after_first.is_none() {
+            after_first = Some((Instant::now(), state.tokens));
+        }
         let elapsed = window.0.elapsed().as_secs_f64();
         let tokens_per_s = window.1 as f64 / elapsed.max(1e-9);
         if due(cfg.log_every) || state.step == cfg.steps {
@@ -413,11 +422,15 @@ where
             ckpt.save(&model, &optim, &names, &state)?;
         }
     }
+    let steady_tokens_per_s = after_first
+        .filter(|_| state.step > resumed_from + 1)
+        .map(|(at, tokens)| (state.tokens - tokens) as f64 / at.elapsed().as_secs_f64().max(1e-9));
     Ok(Trained {
         model,
         state,
         best_weights,
         resumed_from,
+        steady_tokens_per_s,
     })
 }
 
