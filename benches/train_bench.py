@@ -11,7 +11,7 @@ GPUs).
 
     python3 benches/train_bench.py [--preset default|4x256|gpt2-small|bert|all] [--pairs 3]
         [--bin target/release/dnaflow] [--threads 2] [--device cpu|cuda] [--precision f32|bf16]
-        [--torch-compile] [--steps N] [--batch N] [--peak-gflops X | --no-peak]
+        [--torch-compile] [--steps N] [--batch N] [--peak-gflops X | --no-peak] [--avx2]
 
 Presets (`--n-embd`, `--n-layer`, `--n-head`, `--seq-len`, `--batch`, `--steps` override):
 
@@ -32,6 +32,12 @@ FLOPs per token: forward = layers × (8·d² + 4·d·d_ff + 4·d·T) + head, bac
 full T×T square for causal models too (PaLM's convention): a causal kernel that skips the
 masked half does less work than counted, on both sides alike. For BERT, T² is averaged over
 the rows (Σn²/Σn), and padding is not counted as useful work.
+
+`--avx2` measures what an AVX2-only machine runs, on an AVX-512 one: PyTorch limited to AVX2
+(ATEN_CPU_CAPABILITY, MKL_ENABLE_INSTRUCTIONS, ONEDNN_MAX_CPU_ISA), the gemm peak built with
+`--no-default-features`, and `--bin` must be a dnaflow built the same way
+(`cargo build --release --no-default-features`: no `avx512` feature, so gemm and flex keep
+their AVX2 kernels).
 
 Needs torch and transformers. Not a test: numbers depend on the machine.
 """
@@ -173,6 +179,10 @@ def torch_child(args):
     print(json.dumps({"tokens_per_s": tokens / secs, "loss": loss.item(), "gpu_mib": peak_gpu}))
 
 
+AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+             "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
 def peak_rss_mb(cmd, env=None):
     """Run `cmd`; its stdout and its own peak RSS (wait4's rusage of that child alone)."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
@@ -241,7 +251,8 @@ def machine_peak(args):
         return None, None
     if args.no_peak:
         return None, None
-    cmd = ["cargo", "bench", "--quiet", "--bench", "gemm_peak", "--",
+    cmd = ["cargo", "bench", "--quiet", *(["--no-default-features"] if args.avx2 else []),
+           "--bench", "gemm_peak", "--",
            "--json", "--threads", f"1,{args.threads}", "--sizes", "1024,2048"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if out.returncode != 0:
@@ -260,6 +271,7 @@ def run_preset(name, args, peak):
     print(f"\n== preset {name}: {args.arch.upper()} {args.n_layer} × {args.n_embd}, "
           f"{args.n_head} heads, seq {args.seq_len}, batch {args.batch}, {args.steps} steps, "
           f"{args.threads} threads, {args.device} {args.precision}"
+          f"{', AVX2 only' if args.avx2 else ''}"
           f"{', torch.compile' if args.torch_compile else ''}")
     print(f"model FLOPs per token (forward + backward): {fpt / 1e6:.2f} MFLOP")
     child = [sys.executable, __file__, "--child"] + [
@@ -269,7 +281,7 @@ def run_preset(name, args, peak):
         "--steps", str(args.steps), "--preset", name]
     pairs = []
     for i in range(args.pairs):
-        out, torch_rss = peak_rss_mb(child)
+        out, torch_rss = peak_rss_mb(child, dict(os.environ, **(AVX2_ONLY if args.avx2 else {})))
         torch_tps = json.loads(out.strip().splitlines()[-1])["tokens_per_s"]
         ours_tps, ours_rss = dnaflow(args)
         pairs.append((ours_tps, ours_rss, torch_tps, torch_rss))
@@ -314,6 +326,7 @@ def main():
     ap.add_argument("--pairs", type=int, default=3, help="alternating runs of each")
     ap.add_argument("--peak-gflops", type=float, help="the peak to compare with (skips measuring)")
     ap.add_argument("--no-peak", action="store_true", help="skip the gemm peak microbenchmark")
+    ap.add_argument("--avx2", action="store_true", help="both sides as on an AVX2-only machine")
     ap.add_argument("--json", help="write the summary here")
     ap.add_argument("--child", action="store_true")
     args = ap.parse_args()

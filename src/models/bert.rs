@@ -5,6 +5,7 @@
 use burn::module::Param;
 use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::prelude::*;
+use burn::tensor::IndexingUpdateOp;
 use serde::{Deserialize, Serialize};
 
 use super::fused::{Keys, attention, gelu, split_heads};
@@ -348,11 +349,18 @@ impl<B: FusedOps> Bert<B> {
         let mut x = self
             .dropout
             .forward(self.embeddings_ln.forward(add_per_row(words + kinds, pos)));
+        let packing = Packing::of(&mask);
         let padding = mask.equal_elem(0).float().mul_scalar(MASKED); // [B, T]: MASKED on padding keys
-        for layer in &self.layers[..layers] {
-            x = layer.forward(x, padding.clone(), self.precision);
+        if let Some(packing) = &packing {
+            x = packing.pack(x);
         }
-        x
+        for layer in &self.layers[..layers] {
+            x = layer.forward(x, padding.clone(), packing.as_ref(), self.precision);
+        }
+        match &packing {
+            Some(packing) => packing.unpack(x),
+            None => x,
+        }
     }
 
     /// HF's `hidden_states[layer]` [B, T, d]: 0 is the embeddings, N the output of layer N.
@@ -454,10 +462,72 @@ impl<B: FusedOps> MlmHead<B> {
     }
 }
 
+/// The real (non-padding) tokens of a padded batch, so the encoder's token-wise work (every
+/// dense layer, GELU, layer norm) runs on them alone, as [1, N, d], and only attention sees the
+/// batch's [B, T] layout. With rows of mixed lengths padded to the longest, as masked LM and
+/// fine-tuning batches are, a third or more of [B, T] is padding. Padding positions come back
+/// as zeros; nothing reads them (losses, pooling and probes skip them by the mask).
+struct Packing<B: Backend> {
+    /// Row-major positions b·T + t of the real tokens, in order.
+    real: Tensor<B, 1, Int>,
+    b: usize,
+    t: usize,
+}
+
+impl<B: Backend> Packing<B> {
+    /// None when no position is padding: then packing would only copy.
+    fn of(mask: &Tensor<B, 2, Int>) -> Option<Packing<B>> {
+        let [b, t] = mask.dims();
+        let host = mask.to_data().convert::<i64>();
+        let values = host.as_slice::<i64>().expect("i64 after convert");
+        let real: Vec<i64> = (0..b * t)
+            .filter(|&i| values[i] != 0)
+            .map(|i| i as i64)
+            .collect();
+        if real.len() == b * t || real.is_empty() {
+            return None;
+        }
+        let n = real.len();
+        let real = Tensor::from_data(
+            TensorData::new(real, [n]).convert::<B::IntElem>(),
+            &mask.device(),
+        );
+        Some(Packing { real, b, t })
+    }
+
+    /// [B, T, c] → [1, N, c]: the real tokens' rows.
+    fn pack(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let c = x.dims()[2];
+        let n = self.real.dims()[0];
+        x.reshape([self.b * self.t, c])
+            .select(0, self.real.clone())
+            .reshape([1, n, c])
+    }
+
+    /// [1, N, c] → [B, T, c], padding positions zero.
+    fn unpack(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [_, n, c] = x.dims();
+        Tensor::zeros([self.b * self.t, c], &x.device())
+            .select_assign(0, self.real.clone(), x.reshape([n, c]), IndexingUpdateOp::Add)
+            .reshape([self.b, self.t, c])
+    }
+}
+
 impl<B: FusedOps> Layer<B> {
-    fn forward(&self, x: Tensor<B, 3>, padding: Tensor<B, 2>, p: Precision) -> Tensor<B, 3> {
+    /// One encoder layer on x [B, T, d], or on the packed real tokens [1, N, d] when `packing`.
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        padding: Tensor<B, 2>,
+        packing: Option<&Packing<B>>,
+        p: Precision,
+    ) -> Tensor<B, 3> {
         let [_, _, d] = x.dims();
-        let qkv = affine(x.clone(), self.qkv_weight(), self.qkv_bias(), p); // [B, T, 3d]: q | k | v
+        let qkv = affine(x.clone(), self.qkv_weight(), self.qkv_bias(), p); // q | k | v
+        let qkv = match packing {
+            Some(packing) => packing.unpack(qkv), // attention needs [B, T, 3d]
+            None => qkv,
+        };
         let keys = Keys::Padded(padding);
         let ctx = if attention_fuses::<B>(&self.attn_dropout, p, &x.device()) {
             attention(qkv, keys, self.n_head, attention_scale(d / self.n_head))
@@ -465,6 +535,10 @@ impl<B: FusedOps> Layer<B> {
             let heads = split_heads(qkv, self.n_head);
             attention_stepwise(heads, keys, &self.attn_dropout, p)
         }; // [B, T, d]
+        let ctx = match packing {
+            Some(packing) => packing.pack(ctx),
+            None => ctx,
+        };
         let x = self
             .attn_ln
             .forward(x + self.dropout.forward(dense(&self.attn_out, ctx, p)));
