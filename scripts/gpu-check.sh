@@ -15,6 +15,9 @@
 #                tokens/s, peak RSS, GPU memory (nvidia-smi), ratios
 #   integration  tests/models.rs with --device (determinism, kill -9 resume, divergence,
 #                BERT, eval and generation), with the time that is left
+#   presets      (only when named in --parts) every benches/train_bench.py preset (GPT-2 2×128,
+#                4×256, GPT-2 small, BERT) in f32 and bf16, against PyTorch eager and
+#                torch.compile, one pair each, with MFU against the GPU's dense bf16 peak
 # Every figure and every pass/fail goes into one Markdown file (--out), full logs beside it
 # (gpu-logs/). Exit status: 0 when every part passed, 1 when one failed or was skipped for
 # lack of time, 2 on bad usage or an unusable bundle.
@@ -84,8 +87,8 @@ esac
 [ -n "${PARTS//,/}" ] || die "--parts names no part"
 for p in ${PARTS//,/ }; do
     case "$p" in
-        detect|unit|workflow|bench|integration) ;;
-        *) die "unknown part \`$p\` in --parts (detect, unit, workflow, bench, integration)" ;;
+        detect|unit|workflow|bench|integration|presets) ;;
+        *) die "unknown part \`$p\` in --parts (detect, unit, workflow, bench, integration, presets)" ;;
     esac
 done
 command -v timeout >/dev/null || die "needs coreutils' timeout"
@@ -569,11 +572,36 @@ part_integration() {
     finish integration "$status" "$note"
 }
 
+# --- 6. every training preset, f32 and bf16, eager and compiled (opt-in) -----------------------
+part_presets() {
+    local log="$LOGDIR/presets.log" rc status=PASS note="" limit precision compile flag
+    : >"$log"
+    begin presets 280 "benches/train_bench.py --preset all: f32 and bf16, PyTorch eager and torch.compile" ||
+        { finish presets SKIP "no time left"; return; }
+    limit=$((PART_LIMIT / 4))
+    for compile in "" --torch-compile; do
+        for precision in f32 bf16; do
+            flag="$precision${compile:+ compiled}"
+            logged "$log" "$limit" "$PYTHON" "$BUNDLE/benches/train_bench.py" --device cuda \
+                --bin "$BIN" --preset all --pairs 1 --precision "$precision" ${compile:+"$compile"}
+            rc=$?
+            if [ "$rc" -ne 0 ]; then
+                status=FAIL
+                note="$note$flag: $(why "$rc" "$limit"); "
+            fi
+        done
+    done
+    section "Every preset (tokens/s, GFLOP/s and % of the GPU's dense bf16 peak per side):" ""
+    fenced "$log" 120
+    finish presets "$status" "${note:-all ran}"
+}
+
 if wants detect; then part_detect; fi
 if wants unit; then part_unit; fi
 if wants workflow; then part_workflow; fi
 if wants bench; then part_bench; fi
 if wants integration; then part_integration; fi
+if wants presets; then part_presets; fi
 
 write_results
 say "results: $RESULTS"

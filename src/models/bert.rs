@@ -508,7 +508,12 @@ impl<B: Backend> Packing<B> {
     fn unpack(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [_, n, c] = x.dims();
         Tensor::zeros([self.b * self.t, c], &x.device())
-            .select_assign(0, self.real.clone(), x.reshape([n, c]), IndexingUpdateOp::Add)
+            .select_assign(
+                0,
+                self.real.clone(),
+                x.reshape([n, c]),
+                IndexingUpdateOp::Add,
+            )
             .reshape([self.b, self.t, c])
     }
 }
