@@ -186,21 +186,10 @@ impl FusedOps for Flex {
         if x.dtype() != DType::F32 {
             return composed_gelu_new::<Flex>(x);
         }
-        let shape = x.shape();
-        let x = x.to_contiguous();
-        let xs = f32s(&x);
-        let (mut y, mut s) = (vec![0.0f32; xs.len()], vec![0.0f32; xs.len()]);
-        y.par_chunks_mut(CHUNK)
-            .zip(s.par_chunks_mut(CHUNK))
-            .zip(xs.par_chunks(CHUNK))
-            .for_each(|((y, s), xs)| {
-                for ((y, s), &x) in y.iter_mut().zip(s.iter_mut()).zip(xs) {
-                    let sig = sigmoid(gelu_u(x));
-                    *s = sig;
-                    *y = x * sig;
-                }
-            });
-        (tensor(y, shape.clone()), tensor(s, shape))
+        map_pair(x, |x| {
+            let sig = sigmoid(gelu_u(x));
+            (x * sig, sig)
+        })
     }
 
     fn fused_gelu_new_backward(
@@ -249,21 +238,10 @@ impl FusedOps for Flex {
         if x.dtype() != DType::F32 {
             return composed_gelu::<Flex>(x);
         }
-        let shape = x.shape();
-        let x = x.to_contiguous();
-        let xs = f32s(&x);
-        let (mut y, mut slope) = (vec![0.0f32; xs.len()], vec![0.0f32; xs.len()]);
-        y.par_chunks_mut(CHUNK)
-            .zip(slope.par_chunks_mut(CHUNK))
-            .zip(xs.par_chunks(CHUNK))
-            .for_each(|((y, slope), xs)| {
-                for ((y, slope), &x) in y.iter_mut().zip(slope.iter_mut()).zip(xs) {
-                    let (cdf, pdf) = normal_cdf_and_pdf(x);
-                    *y = x * cdf;
-                    *slope = cdf + x * pdf;
-                }
-            });
-        (tensor(y, shape.clone()), tensor(slope, shape))
+        map_pair(x, |x| {
+            let (cdf, pdf) = normal_cdf_and_pdf(x);
+            (x * cdf, cdf + x * pdf)
+        })
     }
 
     fn fused_gelu_backward(slope: FloatTensor<Self>, g: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -280,6 +258,24 @@ impl FusedOps for Flex {
             });
         out
     }
+}
+
+/// Two same-shaped f32 outputs of one element-wise function (an activation and what its
+/// gradient keeps), in one parallel pass.
+fn map_pair(x: FlexTensor, f: impl Fn(f32) -> (f32, f32) + Sync) -> (FlexTensor, FlexTensor) {
+    let shape = x.shape();
+    let x = x.to_contiguous();
+    let xs = f32s(&x);
+    let (mut a, mut b) = (vec![0.0f32; xs.len()], vec![0.0f32; xs.len()]);
+    a.par_chunks_mut(CHUNK)
+        .zip(b.par_chunks_mut(CHUNK))
+        .zip(xs.par_chunks(CHUNK))
+        .for_each(|((a, b), xs)| {
+            for ((a, b), &x) in a.iter_mut().zip(b.iter_mut()).zip(xs) {
+                (*a, *b) = f(x);
+            }
+        });
+    (tensor(a, shape.clone()), tensor(b, shape))
 }
 
 /// Φ(x) and φ(x) of the standard normal, in f32 without branches so the loop vectorizes
