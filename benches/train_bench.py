@@ -266,7 +266,7 @@ def machine_peak(args):
 
 
 def run_preset(name, args, peak):
-    vocab = json.loads(TOKENIZER.read_text())["model"]["vocab"].__len__()
+    vocab = len(json.loads(TOKENIZER.read_text())["model"]["vocab"])
     fpt = flops_per_token(args, vocab)
     print(f"\n== preset {name}: {args.arch.upper()} {args.n_layer} × {args.n_embd}, "
           f"{args.n_head} heads, seq {args.seq_len}, batch {args.batch}, {args.steps} steps, "

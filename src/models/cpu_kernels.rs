@@ -243,21 +243,6 @@ impl FusedOps for Flex {
             (x * cdf, cdf + x * pdf)
         })
     }
-
-    fn fused_gelu_backward(slope: FloatTensor<Self>, g: FloatTensor<Self>) -> FloatTensor<Self> {
-        if slope.dtype() != DType::F32 || g.dtype() != DType::F32 {
-            return Flex::float_mul(g, slope);
-        }
-        let slope = slope.to_contiguous();
-        let mut out = owned(g);
-        out.storage_mut::<f32>()
-            .par_chunks_mut(CHUNK)
-            .zip(f32s(&slope).par_chunks(CHUNK))
-            .for_each(|(gs, slopes)| {
-                gs.iter_mut().zip(slopes).for_each(|(g, s)| *g *= s);
-            });
-        out
-    }
 }
 
 /// Two same-shaped f32 outputs of one element-wise function (an activation and what its

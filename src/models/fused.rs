@@ -264,15 +264,9 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
 
     fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
         // The slope is kept from the forward: the backward is one multiplication.
-        unary_node::<B, C, _>(
-            x,
-            |x| {
-                let (y, slope) = B::gelu_and_slope(x);
-                (y, slope)
-            },
-            B::fused_gelu,
-            |slope, g| B::fused_gelu_backward(slope, g),
-        )
+        unary_node::<B, C, _>(x, B::gelu_and_slope, B::fused_gelu, |slope, g| {
+            B::fused_gelu_backward(slope, g)
+        })
     }
 }
 
