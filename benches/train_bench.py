@@ -9,11 +9,12 @@ matrix-product peak measured in the same run with the `gemm` crate burn-flex use
 (`cargo bench --bench gemm_peak`), on a GPU its dense peak (`--peak-tflops`, known for a few
 GPUs).
 
-    python3 benches/train_bench.py [--preset default|4x256|gpt2-small|bert|all] [--pairs 3]
+    python3 benches/train_bench.py [--preset default|4x256|gpt2-small|bert|llama|all] [--pairs 3]
         [--bin target/release/dnaflow] [--threads 2] [--device cpu|cuda] [--precision f32|bf16]
         [--torch-compile] [--steps N] [--batch N] [--peak-gflops X | --no-peak] [--avx2]
 
-Presets (`--n-embd`, `--n-layer`, `--n-head`, `--seq-len`, `--batch`, `--steps` override):
+Presets (`--n-embd`, `--n-layer`, `--n-head`, `--n-kv-head`, `--d-ff`, `--seq-len`, `--batch`,
+`--steps` override):
 
     default     GPT-2 2 × 128, 4 heads, seq 128, batch 16, 100 steps (packed causal-LM rows)
     4x256       GPT-2 4 × 256, 4 heads, seq 256, batch 16, 30 steps
@@ -21,6 +22,8 @@ Presets (`--n-embd`, `--n-layer`, `--n-head`, `--seq-len`, `--batch`, `--steps` 
     bert        BERT 4 × 256, 4 heads, FFN 1024, up to 256 tokens, batch 16, 30 steps: masked LM
                 (15 %, 80/10/10) on rows of mixed lengths (32-254 bases, cut from the same DNA),
                 each batch padded to its longest row, as the chapters' BERTs train
+    llama       LLaMA 4 × 256, 8 heads, 2 key/value heads (grouped-query), SwiGLU 688, untied
+                LM head, seq 256, batch 16, 30 steps (the GPT-2 presets' packed causal-LM rows)
 
 Each pair runs PyTorch, then dnaflow; each side's tokens/s skips its first optimizer step
 (PyTorch: `--warmup` steps, default 1; dnaflow: its `steady_tokens_per_s` metric), so both are
@@ -28,10 +31,12 @@ steady-state figures. It prints each pair, the medians, and the median of the pe
 (robust to the machine's speed drifting). BERT counts real (non-padding) tokens on both sides.
 
 FLOPs per token: forward = layers × (8·d² + 4·d·d_ff + 4·d·T) + head, backward twice that
-(the usual 6 × parameters + attention). T is the row length, and attention is counted as the
-full T×T square for causal models too (PaLM's convention): a causal kernel that skips the
-masked half does less work than counted, on both sides alike. For BERT, T² is averaged over
-the rows (Σn²/Σn), and padding is not counted as useful work.
+(the usual 6 × parameters + attention). LLaMA: layers × (4·d·H·dh (q, o) + 4·d·Hkv·dh (k, v,
+grouped-query) + 6·d·d_ff (gate, up, down) + 4·H·dh·T) + 2·d·vocab (its own LM head); norms,
+rotary and activations are not counted, as GPT-2's are not. T is the row length, and
+attention is counted as the full T×T square for causal models too (PaLM's convention): a
+causal kernel that skips the masked half does less work than counted, on both sides alike.
+For BERT, T² is averaged over the rows (Σn²/Σn), and padding is not counted as useful work.
 
 `--avx2` measures what an AVX2-only machine runs, on an AVX-512 one: PyTorch limited to AVX2
 (ATEN_CPU_CAPABILITY, MKL_ENABLE_INSTRUCTIONS, ONEDNN_MAX_CPU_ISA), the gemm peak built with
@@ -62,6 +67,9 @@ PRESETS = {
     "4x256": dict(arch="gpt2", n_embd=256, n_layer=4, n_head=4, seq_len=256, batch=16, steps=30),
     "gpt2-small": dict(arch="gpt2", n_embd=768, n_layer=12, n_head=12, seq_len=256, batch=4, steps=6),
     "bert": dict(arch="bert", n_embd=256, n_layer=4, n_head=4, seq_len=256, batch=16, steps=30),
+    # d_ff 688 = 8/3 · 256 rounded up to a multiple of 16 (SwiGLU keeps ~GPT-2's 8·d² MLP).
+    "llama": dict(arch="llama", n_embd=256, n_layer=4, n_head=8, n_kv_head=2, d_ff=688,
+                  seq_len=256, batch=16, steps=30),
 }
 
 # Dense bf16 peaks (TFLOP/s, without sparsity) of GPUs a run may meet, by name fragment.
@@ -84,6 +92,16 @@ def flops_per_token(args, vocab):
     """Model FLOPs per (real) token, forward + backward."""
     d, layers = args.n_embd, args.n_layer
     d_ff = 4 * d
+    if args.arch == "llama":
+        # Multiply-adds per token and layer: q and o d·H·dh each, k and v d·Hkv·dh each (GQA),
+        # gate / up / down d·d_ff each, scores and context T·H·dh each (the full square, as
+        # for GPT-2); × 2 FLOPs each. The LM head is untied: d·vocab.
+        h = args.n_head
+        dh = d // h
+        kv = args.n_kv_head or h
+        t = args.seq_len
+        layer = 2 * (2 * d * h * dh + 2 * d * kv * dh + 3 * d * args.d_ff + 2 * t * h * dh)
+        return 3 * (layers * layer + 2 * d * vocab)
     if args.arch == "bert":
         lens = [len(doc) + 2 for doc in mixed_rows(args.seq_len)]
         t = sum(n * n for n in lens) / sum(lens)
@@ -133,18 +151,33 @@ def torch_child(args):
             inputs = torch.where(chosen & (roll >= 0.8) & (roll < 0.9), random_ids, inputs)
             return dict(input_ids=inputs, attention_mask=attention, labels=labels), int(attention.sum())
     else:
-        from transformers import GPT2Config, GPT2LMHeadModel
-
         ids = []
         eos = tok.token_to_id("[SEP]")
         for line in CORPUS.read_text().split():
             ids.extend(tok.encode(line, add_special_tokens=False).ids + [eos])
         t = args.seq_len
         data = torch.tensor([ids[i : i + t] for i in range(0, len(ids) - t, t)])
-        cfg = GPT2Config(vocab_size=tok.get_vocab_size(), n_positions=t, n_embd=args.n_embd,
-                         n_layer=args.n_layer, n_head=args.n_head, resid_pdrop=0, embd_pdrop=0,
-                         attn_pdrop=0)
-        model = GPT2LMHeadModel(cfg)
+        if args.arch == "llama":
+            from transformers import LlamaConfig, LlamaForCausalLM
+
+            # SDPA attention (transformers' default; "eager" is its composed matmul-softmax
+            # path). use_cache off: training never reads the key/value cache.
+            cfg = LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=args.n_embd,
+                              num_hidden_layers=args.n_layer, num_attention_heads=args.n_head,
+                              num_key_value_heads=args.n_kv_head or args.n_head,
+                              intermediate_size=args.d_ff, max_position_embeddings=t,
+                              tie_word_embeddings=False, rms_norm_eps=1e-6, attention_dropout=0,
+                              bos_token_id=eos, eos_token_id=eos,
+                              pad_token_id=tok.token_to_id("[PAD]"), use_cache=False,
+                              attn_implementation="sdpa")
+            model = LlamaForCausalLM(cfg)
+        else:
+            from transformers import GPT2Config, GPT2LMHeadModel
+
+            cfg = GPT2Config(vocab_size=tok.get_vocab_size(), n_positions=t, n_embd=args.n_embd,
+                             n_layer=args.n_layer, n_head=args.n_head, resid_pdrop=0,
+                             embd_pdrop=0, attn_pdrop=0)
+            model = GPT2LMHeadModel(cfg)
 
         def batch():
             rows = data[torch.randint(len(data), (args.batch,), generator=g)]
@@ -206,6 +239,13 @@ def dnaflow(args):
         config = (f"{{ hidden_size: {args.n_embd}, num_hidden_layers: {args.n_layer}, "
                   f"num_attention_heads: {args.n_head}, intermediate_size: {4 * args.n_embd}, "
                   "hidden_dropout_prob: 0, attention_probs_dropout_prob: 0 }")
+    elif args.arch == "llama":
+        train = CORPUS
+        config = (f"{{ hidden_size: {args.n_embd}, num_hidden_layers: {args.n_layer}, "
+                  f"num_attention_heads: {args.n_head}, "
+                  f"num_key_value_heads: {args.n_kv_head or args.n_head}, "
+                  f"intermediate_size: {args.d_ff}, max_position_embeddings: {args.seq_len}, "
+                  "tie_word_embeddings: false, rms_norm_eps: 1.0e-6 }")
     else:
         train = CORPUS
         config = (f"{{ n_embd: {args.n_embd}, n_layer: {args.n_layer}, n_head: {args.n_head}, "
@@ -268,9 +308,11 @@ def machine_peak(args):
 def run_preset(name, args, peak):
     vocab = len(json.loads(TOKENIZER.read_text())["model"]["vocab"])
     fpt = flops_per_token(args, vocab)
+    shape = (f", {args.n_kv_head or args.n_head} key/value heads, SwiGLU {args.d_ff}"
+             if args.arch == "llama" else "")
     print(f"\n== preset {name}: {args.arch.upper()} {args.n_layer} × {args.n_embd}, "
-          f"{args.n_head} heads, seq {args.seq_len}, batch {args.batch}, {args.steps} steps, "
-          f"{args.threads} threads, {args.device} {args.precision}"
+          f"{args.n_head} heads{shape}, seq {args.seq_len}, batch {args.batch}, "
+          f"{args.steps} steps, {args.threads} threads, {args.device} {args.precision}"
           f"{', AVX2 only' if args.avx2 else ''}"
           f"{', torch.compile' if args.torch_compile else ''}")
     print(f"model FLOPs per token (forward + backward): {fpt / 1e6:.2f} MFLOP")
@@ -278,7 +320,9 @@ def run_preset(name, args, peak):
         a for a in sys.argv[1:] if a != "--child"] + [
         "--arch", args.arch, "--n-embd", str(args.n_embd), "--n-layer", str(args.n_layer),
         "--n-head", str(args.n_head), "--seq-len", str(args.seq_len), "--batch", str(args.batch),
-        "--steps", str(args.steps), "--preset", name]
+        "--steps", str(args.steps), "--preset", name] + [
+        a for key in ("n_kv_head", "d_ff") if getattr(args, key) is not None
+        for a in (f"--{key.replace('_', '-')}", str(getattr(args, key)))]
     pairs = []
     for i in range(args.pairs):
         out, torch_rss = peak_rss_mb(child, dict(os.environ, **(AVX2_ONLY if args.avx2 else {})))
@@ -314,10 +358,12 @@ def main():
     ap.add_argument("--steps", type=int)
     ap.add_argument("--warmup", type=int, default=1, help="PyTorch steps not timed")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--arch", choices=["gpt2", "bert"])
+    ap.add_argument("--arch", choices=["gpt2", "bert", "llama"])
     ap.add_argument("--n-embd", type=int)
     ap.add_argument("--n-layer", type=int)
     ap.add_argument("--n-head", type=int)
+    ap.add_argument("--n-kv-head", type=int, help="LLaMA: key/value heads (grouped-query)")
+    ap.add_argument("--d-ff", type=int, help="LLaMA: SwiGLU intermediate_size")
     ap.add_argument("--seq-len", type=int)
     ap.add_argument("--batch", type=int)
     ap.add_argument("--device", default="cpu")
@@ -342,6 +388,9 @@ def main():
         for key, value in PRESETS[name].items():
             if getattr(args, key, None) is None:
                 setattr(run, key, value)
+        if run.arch == "llama":
+            run.n_kv_head = run.n_kv_head or run.n_head
+            run.d_ff = run.d_ff or -(-8 * run.n_embd // 48) * 16  # 8/3·d up to a multiple of 16
         results.append(run_preset(name, run, peak))
     if len(results) > 1:
         print("\n| preset | dnaflow tokens/s | PyTorch tokens/s | speed (range) | "

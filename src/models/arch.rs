@@ -1,15 +1,20 @@
-//! The architecture table: one row per Hugging Face `model_type`, saying how its `config.json`
-//! is read, which HF classes name it with each head, how its sequence head pools, and which
-//! tensor names belong to heads. A new architecture is its own file (config, backbone, its LM
-//! head) plus one row here and one variant in [`ArchConfig`] and [`Backbone`].
+//! The architecture table: one row per architecture, holding everything that differs between
+//! them: how its `config.json` is recognised (model type, classes, `auto_map`) and read, the HF
+//! classes with each head, its heads' layouts and pooling, where a regression head's mean is
+//! folded, how inputs are framed, which tensors are embeddings / layers / heads, and a fresh
+//! config's defaults. [`ArchConfig`] and [`Backbone`] dispatch to the architecture's own file.
+//! A new architecture is its own file plus one row here, one variant in each enum, and its
+//! line in `ARCHITECTURES`; no code outside the models layer names it.
 
 use burn::prelude::*;
+use serde_json::{Value, json};
 
 use super::bert::{Bert, BertConfig};
 use super::gpt2::{Gpt2, Gpt2Config};
 use super::heads::{HeadLayout, Pool};
-use super::weights::Weights;
-use super::{FusedOps, ModelError, Precision};
+use super::llama::{Llama, LlamaConfig};
+use super::vars::Vars;
+use super::{FusedOps, KvCache, ModelError, Precision};
 
 /// What the architecture's own language-model head predicts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,11 +25,45 @@ pub enum LmKind {
     Masked,
 }
 
+/// How a sequence is framed by special tokens, in training and in the saved tokenizer's
+/// post-processor (so `AutoTokenizer` frames it the same way by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// The tokens alone.
+    Bare,
+    /// `[CLS] a [SEP]`, a pair as `[CLS] a [SEP] b [SEP]` with token types 0 then 1.
+    ClsSep,
+}
+
+/// Where a regression head's target mean goes when the model is saved in the target's unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MeanFold {
+    /// Into the head's own bias.
+    HeadBias,
+    /// Into the bias of the norm its bias-free head reads, along the head's weight (GPT-2's
+    /// `ln_f`).
+    NormBias(&'static str),
+    /// Nowhere (a bias-free head on RMSNorm, LLaMA): the head learns y / sd uncentred.
+    Nowhere,
+}
+
+/// The size of a fresh model `model.pretrain` builds when the workflow names no `config:`.
+#[derive(Debug, Clone, Copy)]
+pub struct FreshSize {
+    pub vocab_size: usize,
+    pub positions: usize,
+    pub pad: Option<u32>,
+    pub eos: Option<u32>,
+}
+
 /// One row of the table.
 #[derive(Debug)]
 pub struct Architecture {
-    /// HF `model_type`.
+    /// HF `model_type`, and the name `arch:` takes in a workflow.
     pub model_type: &'static str,
+    /// Whether a `config.json` is this architecture's, or an error saying what it is instead
+    /// (DNABERT-2 says `bert` but is not BERT).
+    pub recognise: fn(&Value) -> Result<bool, String>,
     /// HF class with the language-model head, with a sequence head, with a token head.
     pub lm_class: &'static str,
     pub seq_cls_class: &'static str,
@@ -32,6 +71,8 @@ pub struct Architecture {
     pub lm: LmKind,
     /// The sequence-classification head as HF builds it.
     pub seq_head: HeadLayout,
+    /// The token-classification head as HF builds it.
+    pub token_head: HeadLayout,
     /// Dropout before a classifier when the config names none.
     pub default_classifier_dropout: fn(&ArchConfig) -> f64,
     /// Tensor names of the embeddings (frozen with any layer), and the prefix of layer `N`.
@@ -39,15 +80,25 @@ pub struct Architecture {
     pub layer_prefix: &'static str,
     /// Prefixes of every head's tensors, so a load under another head knows what to skip.
     pub head_prefixes: &'static [&'static str],
-    /// The layer norm whose output a bias-free head reads (GPT-2's `ln_f`): a regression
-    /// head without bias carries the target's mean in its bias.
-    pub final_norm: Option<&'static str>,
+    pub regression_mean: MeanFold,
+    pub framing: Framing,
     /// Read `config.json`.
-    pub parse: fn(serde_json::Value) -> Result<ArchConfig, serde_json::Error>,
+    pub parse: fn(Value) -> Result<ArchConfig, serde_json::Error>,
+    /// `config.json` fields of a small fresh model (a workflow's `config:` overrides them).
+    pub fresh: fn(&FreshSize) -> Value,
+    /// The `config.json` field that holds the longest sequence.
+    pub positions_field: &'static str,
 }
 
-/// The token-classification head: the same for every architecture so far.
-pub const TOKEN_HEAD: HeadLayout = HeadLayout {
+/// Every architecture dnaflow builds.
+pub static ARCHITECTURES: &[&Architecture] = &[&GPT2, &BERT, &LLAMA];
+
+fn model_type(v: &Value) -> Option<&str> {
+    v.get("model_type").and_then(Value::as_str)
+}
+
+/// `classifier` with bias on every token, after dropout (`…ForTokenClassification`).
+const CLASSIFIER_ON_TOKENS: HeadLayout = HeadLayout {
     pool: None,
     pooler: None,
     classifier: "classifier",
@@ -55,11 +106,9 @@ pub const TOKEN_HEAD: HeadLayout = HeadLayout {
     dropout: true,
 };
 
-/// Every architecture dnaflow builds, by HF `model_type`.
-pub static ARCHITECTURES: &[&Architecture] = &[&GPT2, &BERT];
-
 static GPT2: Architecture = Architecture {
     model_type: "gpt2",
+    recognise: |v| Ok(model_type(v) == Some("gpt2")),
     lm_class: "GPT2LMHeadModel",
     seq_cls_class: "GPT2ForSequenceClassification",
     token_cls_class: "GPT2ForTokenClassification",
@@ -72,16 +121,38 @@ static GPT2: Architecture = Architecture {
         bias: false,
         dropout: false,
     },
+    token_head: CLASSIFIER_ON_TOKENS,
     default_classifier_dropout: |_| 0.1,
     embeddings: &["transformer.wte.", "transformer.wpe."],
     layer_prefix: "transformer.h.",
     head_prefixes: &["lm_head.", "score.", "classifier."],
-    final_norm: Some("transformer.ln_f"),
+    regression_mean: MeanFold::NormBias("transformer.ln_f"),
+    framing: Framing::Bare,
     parse: |v| serde_json::from_value(v).map(ArchConfig::Gpt2),
+    fresh: |s| {
+        json!({
+            "n_embd": 128, "n_layer": 4, "n_head": 4, "n_positions": s.positions,
+            "bos_token_id": s.eos, "eos_token_id": s.eos,
+        })
+    },
+    positions_field: "n_positions",
 };
 
 static BERT: Architecture = Architecture {
     model_type: "bert",
+    recognise: |v| {
+        if model_type(v) != Some("bert") {
+            return Ok(false);
+        }
+        // DNABERT-2 ships `model_type: bert` with its own code named in `auto_map`.
+        if let Some(map) = v.get("auto_map") {
+            return Err(format!(
+                "this is not Hugging Face's BERT: its `auto_map` ({map}) names custom model \
+                 code (DNABERT-2 does this), which dnaflow does not build yet"
+            ));
+        }
+        Ok(true)
+    },
     lm_class: "BertForMaskedLM",
     seq_cls_class: "BertForSequenceClassification",
     token_cls_class: "BertForTokenClassification",
@@ -94,6 +165,7 @@ static BERT: Architecture = Architecture {
         bias: true,
         dropout: true,
     },
+    token_head: CLASSIFIER_ON_TOKENS,
     default_classifier_dropout: |c| match c {
         ArchConfig::Bert(c) => c.hidden_dropout_prob,
         _ => 0.1,
@@ -101,11 +173,69 @@ static BERT: Architecture = Architecture {
     embeddings: &["bert.embeddings."],
     layer_prefix: "bert.encoder.layer.",
     head_prefixes: &["cls.", "bert.pooler.", "classifier."],
-    final_norm: None,
+    regression_mean: MeanFold::HeadBias,
+    framing: Framing::ClsSep,
     parse: |v| serde_json::from_value(v).map(ArchConfig::Bert),
+    fresh: |s| {
+        json!({
+            "hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
+            "intermediate_size": 512, "max_position_embeddings": s.positions,
+            "pad_token_id": s.pad,
+        })
+    },
+    positions_field: "max_position_embeddings",
 };
 
-/// The row for `model_type`.
+static LLAMA: Architecture = Architecture {
+    model_type: "llama",
+    recognise: |v| {
+        let class = v
+            .get("architectures")
+            .and_then(|a| a.get(0))
+            .and_then(Value::as_str);
+        Ok(model_type(v) == Some("llama")
+            || (model_type(v).is_none() && class.is_some_and(|c| c.starts_with("Llama"))))
+    },
+    lm_class: "LlamaForCausalLM",
+    seq_cls_class: "LlamaForSequenceClassification",
+    token_cls_class: "LlamaForTokenClassification",
+    lm: LmKind::Causal,
+    // `score`, no bias, on the last non-pad token.
+    seq_head: HeadLayout {
+        pool: Some(Pool::LastToken),
+        pooler: None,
+        classifier: "score",
+        bias: false,
+        dropout: false,
+    },
+    // `score` with bias after dropout (transformers' generic token head).
+    token_head: HeadLayout {
+        pool: None,
+        pooler: None,
+        classifier: "score",
+        bias: true,
+        dropout: true,
+    },
+    default_classifier_dropout: |_| 0.1,
+    embeddings: &["model.embed_tokens."],
+    layer_prefix: "model.layers.",
+    head_prefixes: &["lm_head.", "score."],
+    regression_mean: MeanFold::Nowhere,
+    framing: Framing::Bare,
+    parse: |v| LlamaConfig::from_hf_json(v).map(ArchConfig::Llama),
+    fresh: |s| {
+        json!({
+            "hidden_size": 128, "intermediate_size": 344, "num_hidden_layers": 4,
+            "num_attention_heads": 4, "num_key_value_heads": 2,
+            "max_position_embeddings": s.positions, "rope_theta": 10000.0,
+            "bos_token_id": s.eos, "eos_token_id": s.eos, "pad_token_id": s.pad,
+            "tie_word_embeddings": false,
+        })
+    },
+    positions_field: "max_position_embeddings",
+};
+
+/// The row named `model_type`.
 pub fn architecture(model_type: &str) -> Option<&'static Architecture> {
     ARCHITECTURES
         .iter()
@@ -113,11 +243,17 @@ pub fn architecture(model_type: &str) -> Option<&'static Architecture> {
         .find(|a| a.model_type == model_type)
 }
 
+/// The names `arch:` takes.
+pub fn names() -> Vec<&'static str> {
+    ARCHITECTURES.iter().map(|a| a.model_type).collect()
+}
+
 /// A parsed `config.json` of one architecture.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ArchConfig {
     Gpt2(Gpt2Config),
     Bert(BertConfig),
+    Llama(LlamaConfig),
 }
 
 impl ArchConfig {
@@ -131,30 +267,38 @@ impl ArchConfig {
         match self {
             ArchConfig::Gpt2(_) => "gpt2",
             ArchConfig::Bert(_) => "bert",
+            ArchConfig::Llama(_) => "llama",
         }
     }
 
     /// The architecture's fields of `config.json` (no head class or labels).
-    pub fn to_hf_json(&self) -> serde_json::Value {
+    pub fn to_hf_json(&self) -> Value {
         match self {
             ArchConfig::Gpt2(c) => c.to_hf_json(),
             ArchConfig::Bert(c) => c.to_hf_json(),
+            ArchConfig::Llama(c) => c.to_hf_json(),
         }
+    }
+
+    /// A config field the training loop reads, by its `config.json` name.
+    fn field(&self, name: &str) -> Option<Value> {
+        self.to_hf_json().get(name).cloned()
+    }
+
+    fn usize_field(&self, name: &str) -> usize {
+        self.field(name)
+            .and_then(|v| v.as_u64())
+            .unwrap_or_else(|| panic!("{} configs have a number `{name}`", self.name()))
+            as usize
     }
 
     pub fn vocab_size(&self) -> usize {
-        match self {
-            ArchConfig::Gpt2(c) => c.vocab_size,
-            ArchConfig::Bert(c) => c.vocab_size,
-        }
+        self.usize_field("vocab_size")
     }
 
-    /// Longest sequence the position table allows.
+    /// Longest sequence the positions allow.
     pub fn max_positions(&self) -> usize {
-        match self {
-            ArchConfig::Gpt2(c) => c.n_positions,
-            ArchConfig::Bert(c) => c.max_position_embeddings,
-        }
+        self.usize_field(self.architecture().positions_field)
     }
 
     /// Width of the hidden states.
@@ -162,6 +306,7 @@ impl ArchConfig {
         match self {
             ArchConfig::Gpt2(c) => c.n_embd,
             ArchConfig::Bert(c) => c.hidden_size,
+            ArchConfig::Llama(c) => c.hidden_size,
         }
     }
 
@@ -169,46 +314,36 @@ impl ArchConfig {
         match self {
             ArchConfig::Gpt2(c) => c.n_layer,
             ArchConfig::Bert(c) => c.num_hidden_layers,
+            ArchConfig::Llama(c) => c.num_hidden_layers,
         }
     }
 
     pub fn pad_token_id(&self) -> Option<u32> {
-        match self {
-            ArchConfig::Gpt2(c) => c.pad_token_id,
-            ArchConfig::Bert(c) => c.pad_token_id,
-        }
+        self.field("pad_token_id")
+            .and_then(|v| v.as_u64())
+            .map(|v| v as u32)
     }
 
-    /// Set `pad_token_id` (a GPT-2 sequence classifier finds the last token by it).
+    /// Set `pad_token_id` (a causal sequence classifier finds the last token by it).
     pub fn set_pad_token_id(&mut self, pad: u32) {
         match self {
             ArchConfig::Gpt2(c) => c.pad_token_id = Some(pad),
             ArchConfig::Bert(c) => c.pad_token_id = Some(pad),
+            ArchConfig::Llama(c) => c.pad_token_id = Some(pad),
         }
     }
 
     pub fn initializer_range(&self) -> f64 {
-        match self {
-            ArchConfig::Gpt2(c) => c.initializer_range,
-            ArchConfig::Bert(c) => c.initializer_range,
-        }
+        self.field("initializer_range")
+            .and_then(|v| v.as_f64())
+            .unwrap_or(0.02)
     }
 
     /// Dropout before a task head's classifier: `classifier_dropout`, else the row's default.
     pub fn classifier_dropout(&self) -> f64 {
-        let set = match self {
-            ArchConfig::Gpt2(c) => c.classifier_dropout,
-            ArchConfig::Bert(c) => c.classifier_dropout,
-        };
-        set.unwrap_or_else(|| (self.architecture().default_classifier_dropout)(self))
-    }
-
-    /// Fresh backbone weights, as HF initializes them.
-    pub fn init_backbone(&self, seed: u64) -> Weights {
-        match self {
-            ArchConfig::Gpt2(c) => Gpt2::<burn::backend::Flex>::init_weights(c, seed),
-            ArchConfig::Bert(c) => Bert::<burn::backend::Flex>::init_weights(c, seed),
-        }
+        self.field("classifier_dropout")
+            .and_then(|v| v.as_f64())
+            .unwrap_or_else(|| (self.architecture().default_classifier_dropout)(self))
     }
 
     /// The layer a backbone tensor belongs to: `Some(0)` for the embeddings, `Some(n + 1)` for
@@ -223,26 +358,50 @@ impl ArchConfig {
         let n: usize = rest.split('.').next()?.parse().ok()?;
         Some(n + 1)
     }
+
+    /// A fresh config of `arch` (a row's name): its defaults, then `user`'s fields, the
+    /// vocabulary from the tokenizer. An unknown or ill-typed field is an error naming it.
+    pub fn fresh(
+        arch: &str,
+        size: &FreshSize,
+        user: &serde_json::Map<String, Value>,
+    ) -> Result<ArchConfig, String> {
+        let row = architecture(arch)
+            .ok_or_else(|| format!("no architecture `{arch}` ({})", names().join(", ")))?;
+        let mut base = (row.fresh)(size);
+        let m = base.as_object_mut().expect("object");
+        for (k, v) in user {
+            m.insert(k.clone(), v.clone());
+        }
+        m.insert("vocab_size".into(), size.vocab_size.into());
+        m.insert("model_type".into(), arch.into());
+        (row.parse)(base).map_err(|e| e.to_string())
+    }
 }
 
-/// Read `config.json` of a model directory; `model_type` picks the row of the table.
-pub fn read_config(dir: &std::path::Path) -> Result<(ArchConfig, serde_json::Value), ModelError> {
+/// Read `config.json` of a model directory; the row is the one that recognises it.
+pub fn read_config(dir: &std::path::Path) -> Result<(ArchConfig, Value), ModelError> {
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
-    let value: serde_json::Value = serde_json::from_str(&text)
+    let value: Value = serde_json::from_str(&text)
         .map_err(|e| ModelError::Format(format!("{}: {e}", path.display())))?;
-    let Some(model_type) = value.get("model_type").and_then(|v| v.as_str()) else {
+    let mut found = None;
+    for arch in ARCHITECTURES {
+        match (arch.recognise)(&value) {
+            Ok(true) => {
+                found = Some(arch);
+                break;
+            }
+            Ok(false) => {}
+            Err(why) => return Err(ModelError::Format(format!("{}: {why}", path.display()))),
+        }
+    }
+    let Some(arch) = found else {
+        let what = model_type(&value).unwrap_or("(no model_type)");
         return Err(ModelError::Format(format!(
-            "{}: no `model_type`; is this a Hugging Face model directory?",
-            path.display()
-        )));
-    };
-    let Some(arch) = architecture(model_type) else {
-        let known: Vec<&str> = ARCHITECTURES.iter().map(|a| a.model_type).collect();
-        return Err(ModelError::Format(format!(
-            "{}: model_type `{model_type}` is not supported here ({})",
+            "{}: model_type `{what}` is not one dnaflow builds ({})",
             path.display(),
-            known.join(", ")
+            names().join(", ")
         )));
     };
     let config = (arch.parse)(value.clone())
@@ -256,40 +415,39 @@ pub struct Tokens<B: Backend> {
     pub types: Tensor<B, 2, Int>,
     /// 1 for real tokens, 0 for padding.
     pub mask: Tensor<B, 2, Int>,
+    /// Whether any position is padding.
+    pub padded: bool,
 }
 
-/// The backbone of any architecture in the table: token ids in, hidden states out.
+/// The backbone of any architecture in the table, with its own LM head when the model has
+/// it: token ids in, hidden states or LM logits out.
 #[derive(Module, Debug)]
 #[allow(clippy::large_enum_variant)] // one per model, never in a collection
 pub enum Backbone<B: Backend> {
     Gpt2(Gpt2<B>),
     Bert(Bert<B>),
+    Llama(Llama<B>),
 }
 
 impl<B: FusedOps> Backbone<B> {
-    /// Take the backbone's tensors from `w`.
-    pub fn build(
+    /// Declare the backbone's tensors, and its LM head's when `lm_head`.
+    pub fn declare(
         config: &ArchConfig,
-        w: &mut Weights,
-        device: &B::Device,
+        vars: &mut Vars<B>,
+        lm_head: bool,
     ) -> Result<Backbone<B>, ModelError> {
         Ok(match config {
-            ArchConfig::Gpt2(c) => Backbone::Gpt2(Gpt2::build(c, w, device)?),
-            ArchConfig::Bert(c) => Backbone::Bert(Bert::build(c, w, device)?),
+            ArchConfig::Gpt2(c) => Backbone::Gpt2(Gpt2::declare(c, vars)?),
+            ArchConfig::Bert(c) => Backbone::Bert(Bert::declare(c, vars, lm_head)?),
+            ArchConfig::Llama(c) => Backbone::Llama(Llama::declare(c, vars, lm_head)?),
         })
-    }
-
-    pub fn to_weights(&self) -> Weights {
-        match self {
-            Backbone::Gpt2(m) => m.to_weights(),
-            Backbone::Bert(m) => m.to_weights(),
-        }
     }
 
     pub fn with_precision(self, precision: Precision) -> Self {
         match self {
             Backbone::Gpt2(m) => Backbone::Gpt2(m.with_precision(precision)),
             Backbone::Bert(m) => Backbone::Bert(m.with_precision(precision)),
+            Backbone::Llama(m) => Backbone::Llama(m.with_precision(precision)),
         }
     }
 
@@ -298,6 +456,7 @@ impl<B: FusedOps> Backbone<B> {
         match self {
             Backbone::Gpt2(m) => m.layers(),
             Backbone::Bert(m) => m.layers(),
+            Backbone::Llama(m) => m.layers(),
         }
     }
 
@@ -312,6 +471,40 @@ impl<B: FusedOps> Backbone<B> {
                 tokens.mask.clone(),
                 layer,
             ),
+            Backbone::Llama(m) => m.hidden_at(
+                tokens.ids.clone(),
+                tokens.padded.then(|| tokens.mask.clone()),
+                layer,
+            ),
+        }
+    }
+
+    /// The LM head's logits [B, T, vocab].
+    pub fn lm_logits(&self, tokens: &Tokens<B>) -> Tensor<B, 3> {
+        match self {
+            Backbone::Gpt2(m) => m.forward(tokens.ids.clone()),
+            Backbone::Bert(m) => m
+                .mlm_logits(
+                    tokens.ids.clone(),
+                    tokens.types.clone(),
+                    tokens.mask.clone(),
+                )
+                .expect("a masked LM has its MLM head"),
+            Backbone::Llama(m) => m.logits(self.hidden(tokens, m.layers())),
+        }
+    }
+
+    /// Next-token logits of `ids` following the positions in `cache` (causal architectures;
+    /// `None` for an encoder).
+    pub fn forward_cached(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        cache: &mut KvCache<B>,
+    ) -> Option<Tensor<B, 3>> {
+        match self {
+            Backbone::Gpt2(m) => Some(m.forward_cached(ids, cache)),
+            Backbone::Bert(_) => None,
+            Backbone::Llama(m) => Some(m.forward_cached(ids, cache)),
         }
     }
 }

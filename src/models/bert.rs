@@ -8,11 +8,11 @@ use burn::prelude::*;
 use burn::tensor::IndexingUpdateOp;
 use serde::{Deserialize, Serialize};
 
-use super::fused::{Keys, attention, gelu, split_heads};
-use super::weights::{Init, Weights};
+use super::fused::gelu;
+use super::vars::{Init, Vars};
 use super::{
-    FusedOps, LayerNorm, MASKED, ModelError, Precision, add_per_row, affine, attention_fuses,
-    attention_scale, attention_stepwise, dense, layer_norm, matmul, put_layer_norm, torch_linear,
+    AttentionSpec, FusedOps, LayerNorm, MASKED, ModelError, Precision, add_per_row, affine, dense,
+    matmul, self_attention,
 };
 
 /// The fields of HF's `BertConfig` that change the computation.
@@ -99,6 +99,8 @@ pub struct Bert<B: Backend> {
     embeddings_ln: LayerNorm<B>,
     layers: Vec<Layer<B>>,
     dropout: Dropout,
+    /// `cls.predictions.*`, when this is `BertForMaskedLM`.
+    mlm: Option<MlmHead<B>>,
     #[module(skip)]
     config: BertConfig,
     #[module(skip)]
@@ -127,182 +129,76 @@ struct Layer<B: Backend> {
     output_ln: LayerNorm<B>,
     attn_dropout: Dropout,
     dropout: Dropout,
-    n_head: usize,
+    #[module(skip)]
+    spec: AttentionSpec,
 }
 
-/// The (name, module field) pairs of a layer's `nn.Linear`s, in HF naming.
-const LAYER_LINEARS: [&str; 6] = [
-    "attention.self.query",
-    "attention.self.key",
-    "attention.self.value",
-    "attention.output.dense",
-    "intermediate.dense",
-    "output.dense",
-];
-
 impl<B: FusedOps> Bert<B> {
-    /// Take the encoder's HF tensors from `w` (names and shapes are checked when the model
-    /// that owns this backbone finishes the load).
-    pub fn build(
+    /// Declare the encoder's HF tensors (`bert.*`) and, with `lm_head`, the MLM head
+    /// (`cls.predictions.*`): one walk builds, initialises (normal(0, 0.02), zero biases, the
+    /// padding row of the word embeddings zeroed) and saves them.
+    pub fn declare(
         config: &BertConfig,
-        w: &mut Weights,
-        device: &B::Device,
+        vars: &mut Vars<B>,
+        lm_head: bool,
     ) -> Result<Bert<B>, ModelError> {
         config.check()?;
-        let (d, inner, eps) = (
+        let (d, inner, eps, std) = (
             config.hidden_size,
             config.intermediate_size,
             config.layer_norm_eps,
+            config.initializer_range,
         );
-        let dense = |w: &mut Weights, name: &str, d_in: usize, d_out: usize| {
-            torch_linear(w, name, d_in, d_out, true, device)
-        };
+        let spec = AttentionSpec::multi_head(config.num_attention_heads, d, false);
+        let mut bert = vars.pp("bert");
+        let mut e = bert.pp("embeddings");
+        e.skip("position_ids"); // a buffer some checkpoints carry
+        let word_embeddings = e.param(
+            "word_embeddings.weight",
+            [config.vocab_size, d],
+            Init::NormalPaddingRow(std, config.pad_token_id.map(|p| p as usize)),
+        );
+        let position_embeddings = e.param(
+            "position_embeddings.weight",
+            [config.max_position_embeddings, d],
+            Init::Normal(std),
+        );
+        let token_type_embeddings = e.param(
+            "token_type_embeddings.weight",
+            [config.type_vocab_size, d],
+            Init::Normal(std),
+        );
+        let embeddings_ln = e.layer_norm("LayerNorm", d, eps);
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
-                let p = format!("bert.encoder.layer.{i}");
+                let mut l = bert.pp(format_args!("encoder.layer.{i}"));
                 Layer {
-                    query: dense(w, &format!("{p}.attention.self.query"), d, d),
-                    key: dense(w, &format!("{p}.attention.self.key"), d, d),
-                    value: dense(w, &format!("{p}.attention.self.value"), d, d),
-                    attn_out: dense(w, &format!("{p}.attention.output.dense"), d, d),
-                    attn_ln: layer_norm(
-                        w,
-                        &format!("{p}.attention.output.LayerNorm"),
-                        d,
-                        eps,
-                        device,
-                    ),
-                    intermediate: dense(w, &format!("{p}.intermediate.dense"), d, inner),
-                    output: dense(w, &format!("{p}.output.dense"), inner, d),
-                    output_ln: layer_norm(w, &format!("{p}.output.LayerNorm"), d, eps, device),
+                    query: l.linear("attention.self.query", d, d, true, std),
+                    key: l.linear("attention.self.key", d, d, true, std),
+                    value: l.linear("attention.self.value", d, d, true, std),
+                    attn_out: l.linear("attention.output.dense", d, d, true, std),
+                    attn_ln: l.layer_norm("attention.output.LayerNorm", d, eps),
+                    intermediate: l.linear("intermediate.dense", d, inner, true, std),
+                    output: l.linear("output.dense", inner, d, true, std),
+                    output_ln: l.layer_norm("output.LayerNorm", d, eps),
                     attn_dropout: DropoutConfig::new(config.attention_probs_dropout_prob).init(),
                     dropout: DropoutConfig::new(config.hidden_dropout_prob).init(),
-                    n_head: config.num_attention_heads,
+                    spec: spec.clone(),
                 }
             })
             .collect();
-        w.skip("bert.embeddings.position_ids"); // a buffer some checkpoints carry
-        let model = Bert {
-            word_embeddings: w.param(
-                "bert.embeddings.word_embeddings.weight",
-                [config.vocab_size, d],
-                device,
-            ),
-            position_embeddings: w.param(
-                "bert.embeddings.position_embeddings.weight",
-                [config.max_position_embeddings, d],
-                device,
-            ),
-            token_type_embeddings: w.param(
-                "bert.embeddings.token_type_embeddings.weight",
-                [config.type_vocab_size, d],
-                device,
-            ),
-            embeddings_ln: layer_norm(w, "bert.embeddings.LayerNorm", d, eps, device),
+        let mlm = lm_head.then(|| MlmHead::declare(config, &mut vars.pp("cls.predictions")));
+        Ok(Bert {
+            word_embeddings,
+            position_embeddings,
+            token_type_embeddings,
+            embeddings_ln,
             layers,
             dropout: DropoutConfig::new(config.hidden_dropout_prob).init(),
+            mlm,
             config: config.clone(),
             precision: Precision::F32,
-        };
-        Ok(model)
-    }
-
-    /// Fresh weights as HF initializes them (normal(0, 0.02), zero biases, the padding row of
-    /// the word embeddings zeroed).
-    pub fn init_weights(config: &BertConfig, seed: u64) -> Weights {
-        let (d, inner, std) = (
-            config.hidden_size,
-            config.intermediate_size,
-            config.initializer_range,
-        );
-        let mut w = Weights::new();
-        let mut init = Init::new(seed);
-        let words = "bert.embeddings.word_embeddings.weight";
-        init.normal(&mut w, words, vec![config.vocab_size, d], std);
-        if let Some(pad) = config.pad_token_id.map(|p| p as usize)
-            && pad < config.vocab_size
-        {
-            let t = w.get(words).expect("just inserted").clone();
-            let mut values = t.values;
-            values[pad * d..(pad + 1) * d].fill(0.0);
-            w.insert(words, t.shape, values);
-        }
-        init.normal(
-            &mut w,
-            "bert.embeddings.position_embeddings.weight",
-            vec![config.max_position_embeddings, d],
-            std,
-        );
-        init.normal(
-            &mut w,
-            "bert.embeddings.token_type_embeddings.weight",
-            vec![config.type_vocab_size, d],
-            std,
-        );
-        Init::layer_norm(&mut w, "bert.embeddings.LayerNorm", d);
-        for i in 0..config.num_hidden_layers {
-            let p = format!("bert.encoder.layer.{i}");
-            for name in LAYER_LINEARS {
-                let (d_in, d_out) = match name {
-                    "intermediate.dense" => (d, inner),
-                    "output.dense" => (inner, d),
-                    _ => (d, d),
-                };
-                init.normal(
-                    &mut w,
-                    &format!("{p}.{name}.weight"),
-                    vec![d_out, d_in],
-                    std,
-                );
-                Init::constant(&mut w, &format!("{p}.{name}.bias"), d_out, 0.0);
-            }
-            Init::layer_norm(&mut w, &format!("{p}.attention.output.LayerNorm"), d);
-            Init::layer_norm(&mut w, &format!("{p}.output.LayerNorm"), d);
-        }
-        w
-    }
-
-    /// Every tensor of the encoder under its HF name.
-    pub fn to_weights(&self) -> Weights {
-        let mut w = Weights::new();
-        w.put(
-            "bert.embeddings.word_embeddings.weight",
-            &self.word_embeddings,
-        );
-        w.put(
-            "bert.embeddings.position_embeddings.weight",
-            &self.position_embeddings,
-        );
-        w.put(
-            "bert.embeddings.token_type_embeddings.weight",
-            &self.token_type_embeddings,
-        );
-        put_layer_norm(&mut w, "bert.embeddings.LayerNorm", &self.embeddings_ln);
-        for (i, l) in self.layers.iter().enumerate() {
-            let p = format!("bert.encoder.layer.{i}");
-            let linears = [
-                &l.query,
-                &l.key,
-                &l.value,
-                &l.attn_out,
-                &l.intermediate,
-                &l.output,
-            ];
-            for (name, lin) in LAYER_LINEARS.iter().zip(linears) {
-                w.put_transposed(&format!("{p}.{name}.weight"), &lin.weight);
-                w.put(
-                    &format!("{p}.{name}.bias"),
-                    lin.bias.as_ref().expect("BERT has biases"),
-                );
-            }
-            put_layer_norm(
-                &mut w,
-                &format!("{p}.attention.output.LayerNorm"),
-                &l.attn_ln,
-            );
-            put_layer_norm(&mut w, &format!("{p}.output.LayerNorm"), &l.output_ln);
-        }
-        w
+        })
     }
 
     /// Run matrix products in `precision` (weights stay f32: mixed precision).
@@ -379,71 +275,30 @@ impl<B: FusedOps> Bert<B> {
         self.layers.len()
     }
 
-    /// The word embeddings [vocab, d], which the MLM decoder shares.
-    pub fn word_embeddings(&self) -> Tensor<B, 2> {
-        self.word_embeddings.val()
-    }
-
-    /// MLM logits [B, T, vocab] with `head` on top (what `BertForMaskedLM` computes).
-    pub fn forward(
+    /// MLM logits [B, T, vocab] (what `BertForMaskedLM` computes); `None` without the head.
+    pub fn mlm_logits(
         &self,
-        head: &MlmHead<B>,
         ids: Tensor<B, 2, Int>,
         types: Tensor<B, 2, Int>,
         mask: Tensor<B, 2, Int>,
-    ) -> Tensor<B, 3> {
-        head.forward(self.hidden(ids, types, mask), self)
+    ) -> Option<Tensor<B, 3>> {
+        let head = self.mlm.as_ref()?;
+        Some(head.forward(self.hidden(ids, types, mask), self))
     }
 }
 
 impl<B: FusedOps> MlmHead<B> {
-    /// Take `cls.predictions.*` from `w`.
-    pub fn build(config: &BertConfig, w: &mut Weights, device: &B::Device) -> MlmHead<B> {
+    /// Declare `cls.predictions.*` (the decoder weight is the word embeddings: tied copies
+    /// some checkpoints carry are skipped).
+    fn declare(config: &BertConfig, vars: &mut Vars<B>) -> MlmHead<B> {
         let d = config.hidden_size;
-        // Tied copies some checkpoints carry.
-        w.skip("cls.predictions.decoder.weight");
-        w.skip("cls.predictions.decoder.bias");
+        vars.skip("decoder.weight");
+        vars.skip("decoder.bias");
         MlmHead {
-            transform: torch_linear(w, "cls.predictions.transform.dense", d, d, true, device),
-            transform_ln: layer_norm(
-                w,
-                "cls.predictions.transform.LayerNorm",
-                d,
-                config.layer_norm_eps,
-                device,
-            ),
-            decoder_bias: w.param("cls.predictions.bias", [config.vocab_size], device),
+            transform: vars.linear("transform.dense", d, d, true, config.initializer_range),
+            transform_ln: vars.layer_norm("transform.LayerNorm", d, config.layer_norm_eps),
+            decoder_bias: vars.param("bias", [config.vocab_size], Init::Zeros),
         }
-    }
-
-    /// Fresh `cls.predictions.*` as HF initializes them.
-    pub fn init_weights(config: &BertConfig, seed: u64) -> Weights {
-        let d = config.hidden_size;
-        let mut w = Weights::new();
-        let mut init = Init::new(seed);
-        let name = "cls.predictions.transform.dense";
-        init.normal(
-            &mut w,
-            &format!("{name}.weight"),
-            vec![d, d],
-            config.initializer_range,
-        );
-        Init::constant(&mut w, &format!("{name}.bias"), d, 0.0);
-        Init::layer_norm(&mut w, "cls.predictions.transform.LayerNorm", d);
-        Init::constant(&mut w, "cls.predictions.bias", config.vocab_size, 0.0);
-        w
-    }
-
-    /// `cls.predictions.*` under HF names (the tied decoder weight left out, as HF saves it).
-    pub fn put_weights(&self, w: &mut Weights) {
-        let name = "cls.predictions.transform.dense";
-        w.put_transposed(&format!("{name}.weight"), &self.transform.weight);
-        w.put(
-            &format!("{name}.bias"),
-            self.transform.bias.as_ref().expect("bias"),
-        );
-        put_layer_norm(w, "cls.predictions.transform.LayerNorm", &self.transform_ln);
-        w.put("cls.predictions.bias", &self.decoder_bias);
     }
 
     /// Vocabulary logits [B, T, vocab] from encoder states [B, T, d].
@@ -527,19 +382,12 @@ impl<B: FusedOps> Layer<B> {
         packing: Option<&Packing<B>>,
         p: Precision,
     ) -> Tensor<B, 3> {
-        let [_, _, d] = x.dims();
         let qkv = affine(x.clone(), self.qkv_weight(), self.qkv_bias(), p); // q | k | v
         let qkv = match packing {
             Some(packing) => packing.unpack(qkv), // attention needs [B, T, 3d]
             None => qkv,
         };
-        let keys = Keys::Padded(padding);
-        let ctx = if attention_fuses::<B>(&self.attn_dropout, p, &x.device()) {
-            attention(qkv, keys, self.n_head, attention_scale(d / self.n_head))
-        } else {
-            let heads = split_heads(qkv, self.n_head);
-            attention_stepwise(heads, keys, &self.attn_dropout, p)
-        }; // [B, T, d]
+        let ctx = self_attention(qkv, Some(padding), &self.spec, None, &self.attn_dropout, p); // [B, T, d]
         let ctx = match packing {
             Some(packing) => packing.pack(ctx),
             None => ctx,

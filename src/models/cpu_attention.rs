@@ -1,41 +1,93 @@
 //! flex's multi-head attention, forward and backward, straight from the packed q|k|v buffer.
 //!
 //! One task per (sequence, head): its scores, their softmax and its context are computed with
-//! gemm calls on strided views of `qkv` [B, T, 3d] and `ctx` [B, T, d], so no head transposes
+//! gemm calls on strided views of `qkv` [B, T, (H + 2·Hkv)·dh] and `ctx` [B, T, H·dh]; a
+//! key/value head serves its group of query heads in place (grouped-query attention copies
+//! nothing), so no head transposes
 //! are copied, and the T×T scores of one head stay in cache between the two products instead
 //! of crossing memory as a [B, H, T, T] tensor several times. The backward does the same with
 //! the kept attention weights: dV = Pᵀ·dO, dP = dO·Vᵀ, dS = scale·P∘(dP − rowsum(P∘dP)),
-//! dQ = dS·K, dK = dSᵀ·Q, written into the q, k and v columns of one [B, T, 3d] gradient.
+//! dQ = dS·K, dK = dSᵀ·Q, written into the q, k and v columns of one gradient like `qkv`.
 
 use rayon::prelude::*;
 
 use super::cpu_kernels::{dot, softmax_row};
 
-/// The shape of one attention call: B sequences of T tokens, H heads of dh values each.
+/// The shape of one attention call: B sequences of T tokens, H query heads and Hkv key/value
+/// heads of dh values each, packed per token as q | k | v ((H + 2·Hkv)·dh columns).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Heads {
     pub b: usize,
     pub t: usize,
     pub n_head: usize,
+    pub kv_heads: usize,
     pub dh: usize,
 }
 
 impl Heads {
+    /// Width of the context rows: H·dh.
     fn d(&self) -> usize {
         self.n_head * self.dh
     }
 
-    /// Offset of (sequence, head)'s first query value in `qkv`; its keys are `d` further on,
-    /// its values `2d`; rows are `3d` apart.
-    fn qkv_offset(&self, task: usize) -> usize {
-        let (seq, head) = (task / self.n_head, task % self.n_head);
-        seq * self.t * 3 * self.d() + head * self.dh
+    /// Width of the packed q | k | v rows.
+    fn w(&self) -> usize {
+        (self.n_head + 2 * self.kv_heads) * self.dh
     }
 
-    /// Offset of (sequence, head)'s first value in a [B, T, d] tensor; rows are `d` apart.
+    /// Query heads per key/value head.
+    fn group(&self) -> usize {
+        self.n_head / self.kv_heads
+    }
+
+    /// Offset in `qkv` of (sequence, query head)'s first query value.
+    fn q_offset(&self, task: usize) -> usize {
+        let (seq, head) = (task / self.n_head, task % self.n_head);
+        seq * self.t * self.w() + head * self.dh
+    }
+
+    /// Offsets in `qkv` of the first key and first value of the key/value head that serves
+    /// (sequence, query head) `task`.
+    fn kv_offsets(&self, task: usize) -> (usize, usize) {
+        let (seq, head) = (task / self.n_head, task % self.n_head);
+        let kv = head / self.group();
+        let row = seq * self.t * self.w();
+        let k = row + (self.n_head + kv) * self.dh;
+        (k, k + self.kv_heads * self.dh)
+    }
+
+    /// Offset of (sequence, head)'s first value in a [B, T, H·dh] tensor; rows are `d` apart.
     fn ctx_offset(&self, task: usize) -> usize {
         let (seq, head) = (task / self.n_head, task % self.n_head);
         seq * self.t * self.d() + head * self.dh
+    }
+}
+
+/// What is added to a head's scaled scores besides the causal mask: padding [B, T] of the
+/// sequence and ALiBi's −slope·|i − j|, both after the scale.
+#[derive(Clone, Copy)]
+pub(crate) struct Bias<'a> {
+    pub padding: Option<&'a [f32]>,
+    pub alibi: Option<&'a [f32]>,
+}
+
+impl Bias<'_> {
+    /// Add the bias of (sequence, head) `task`'s query `i` to its row of raw scores, divided by
+    /// `scale` because [`softmax_row`] scales the row afterwards.
+    fn add(&self, row: &mut [f32], s: &Heads, task: usize, i: usize, scale: f32) {
+        if let Some(padding) = self.padding {
+            let seq = task / s.n_head;
+            let padding = &padding[seq * s.t..][..s.t];
+            row.iter_mut()
+                .zip(padding)
+                .for_each(|(v, b)| *v += b / scale);
+        }
+        if let Some(slopes) = self.alibi {
+            let slope = slopes[task % s.n_head] / scale;
+            for (j, v) in row.iter_mut().enumerate() {
+                *v -= slope * (i as f32 - j as f32).abs();
+            }
+        }
     }
 }
 
@@ -96,20 +148,27 @@ unsafe fn product(
     }
 }
 
-/// softmax(scale·(q·kᵀ + bias))·v for every (sequence, head): the context [B, T, d] and,
-/// when `keep`, the attention weights [B, H, T, T]. Key j is hidden from query i when `causal`
-/// and j > i; `bias` [B, T] is added to every query's raw scores of its sequence (padding).
+/// softmax(scale·q·kᵀ + bias)·v for every (sequence, query head): the context [B, T, H·dh]
+/// and, when `keep`, the attention weights [B, H, T, T]. Key j is hidden from query i when
+/// `causal` and j > i; `bias` adds padding and ALiBi after the scale.
 pub(crate) fn forward(
     qkv: &[f32],
-    bias: Option<&[f32]>,
+    bias: Bias,
     s: Heads,
     scale: f32,
     causal: bool,
     keep: bool,
 ) -> (Vec<f32>, Option<Vec<f32>>) {
-    let (t, d, dh) = (s.t, s.d(), s.dh);
-    assert_eq!(qkv.len(), s.b * t * 3 * d, "qkv is [B, T, 3d]");
-    assert!(bias.is_none_or(|b| b.len() == s.b * t), "bias is [B, T]");
+    let (t, d, w, dh) = (s.t, s.d(), s.w(), s.dh);
+    assert_eq!(qkv.len(), s.b * t * w, "qkv is [B, T, (H + 2·Hkv)·dh]");
+    assert!(
+        bias.padding.is_none_or(|b| b.len() == s.b * t),
+        "padding is [B, T]"
+    );
+    assert!(
+        bias.alibi.is_none_or(|a| a.len() == s.n_head),
+        "one ALiBi slope per head"
+    );
     let tasks = s.b * s.n_head;
     let mut ctx = vec![0.0f32; s.b * t * d];
     let mut probs = if keep {
@@ -119,41 +178,39 @@ pub(crate) fn forward(
     };
     let out = Shared(ctx.as_mut_ptr());
     let one = |task: usize, p: &mut [f32]| {
-        let q = qkv[s.qkv_offset(task)..].as_ptr();
-        let bias = bias.map(|bias| &bias[task / s.n_head * t..][..t]);
+        let q = qkv[s.q_offset(task)..].as_ptr();
+        let (k_at, v_at) = s.kv_offsets(task);
         let o = out;
         for (r0, m, n) in query_blocks(t, causal) {
             let rows = &mut p[r0 * t..(r0 + m) * t];
-            // SAFETY (both blocks): q, k and v are dh columns of T rows 3d apart inside qkv
+            // SAFETY (both blocks): q, k and v are dh columns of T rows w apart inside qkv
             // (checked length); rows holds m×T; the context block is dh columns of T rows d
             // apart inside ctx, and belongs to this task alone.
             unsafe {
-                let (queries, keys) = (q.add(r0 * 3 * d), q.add(d));
+                let (queries, keys) = (q.add(r0 * w), qkv.as_ptr().add(k_at));
                 product(
                     (m, n, dh),
                     (rows.as_mut_ptr(), t, false),
                     queries,
-                    (3 * d, 1),
+                    (w, 1),
                     keys,
-                    (1, 3 * d),
+                    (1, w),
                 );
             }
             for (i, row) in rows.chunks_mut(t).enumerate() {
-                if let Some(bias) = bias {
-                    row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
-                }
+                bias.add(row, &s, task, r0 + i, scale);
                 softmax_row(row, scale, if causal { r0 + i + 1 } else { t });
             }
             unsafe {
                 let dst = o.0.add(s.ctx_offset(task) + r0 * d);
-                let v = q.add(2 * d);
+                let v = qkv.as_ptr().add(v_at);
                 product(
                     (m, dh, n),
                     (dst, d, false),
                     rows.as_ptr(),
                     (t, 1),
                     v,
-                    (3 * d, 1),
+                    (w, 1),
                 );
             }
         }
@@ -171,8 +228,9 @@ pub(crate) fn forward(
     (ctx, keep.then_some(probs))
 }
 
-/// The gradient for `qkv` [B, T, 3d] of [`forward`], from its kept weights `probs`
-/// [B, H, T, T] and the context's gradient `g` [B, T, d].
+/// The gradient for `qkv` of [`forward`], from its kept weights `probs` [B, H, T, T] and the
+/// context's gradient `g` [B, T, H·dh]. One task per (sequence, key/value head): the query
+/// heads of its group run in turn, adding their shares to the shared dK and dV.
 pub(crate) fn backward(
     qkv: &[f32],
     probs: &[f32],
@@ -181,69 +239,74 @@ pub(crate) fn backward(
     scale: f32,
     causal: bool,
 ) -> Vec<f32> {
-    let (t, d, dh) = (s.t, s.d(), s.dh);
-    let tasks = s.b * s.n_head;
-    assert_eq!(qkv.len(), s.b * t * 3 * d, "qkv is [B, T, 3d]");
-    assert_eq!(probs.len(), tasks * t * t, "weights are [B, H, T, T]");
-    assert_eq!(g.len(), s.b * t * d, "the gradient is [B, T, d]");
+    let (t, d, w, dh) = (s.t, s.d(), s.w(), s.dh);
+    let group = s.group();
+    assert_eq!(qkv.len(), s.b * t * w, "qkv is [B, T, (H + 2·Hkv)·dh]");
+    assert_eq!(
+        probs.len(),
+        s.b * s.n_head * t * t,
+        "weights are [B, H, T, T]"
+    );
+    assert_eq!(g.len(), s.b * t * d, "the gradient is [B, T, H·dh]");
     let mut dqkv = vec![0.0f32; qkv.len()];
     let out = Shared(dqkv.as_mut_ptr());
-    probs.par_chunks(t * t).enumerate().for_each_init(
+    (0..s.b * s.kv_heads).into_par_iter().for_each_init(
         || vec![0.0f32; t * t],
-        |ds, (task, p)| {
+        |ds, kv_task| {
             let o = out;
-            // SAFETY (all blocks): as in `forward`; this task's dq, dk and dv columns are its
-            // own. Keys and values 0..n get every block's share added (dqkv starts at zero).
-            let q = unsafe { qkv.as_ptr().add(s.qkv_offset(task)) };
-            let dq = unsafe { o.0.add(s.qkv_offset(task)) };
-            for (r0, m, n) in query_blocks(t, causal) {
-                let (p, ds) = (&p[r0 * t..(r0 + m) * t], &mut ds[r0 * t..(r0 + m) * t]);
-                let go = unsafe { g.as_ptr().add(s.ctx_offset(task) + r0 * d) };
-                unsafe {
-                    let (v, dv) = (q.add(2 * d), dq.add(2 * d));
-                    product(
-                        (n, dh, m),
-                        (dv, 3 * d, true),
-                        p.as_ptr(),
-                        (1, t),
-                        go,
-                        (d, 1),
-                    ); // Pᵀ·dO
-                    product(
-                        (m, n, dh),
-                        (ds.as_mut_ptr(), t, false),
-                        go,
-                        (d, 1),
-                        v,
-                        (1, 3 * d),
-                    ); // dO·Vᵀ
-                }
-                for (dp, p) in ds.chunks_mut(t).zip(p.chunks(t)) {
-                    let (dp, p) = (&mut dp[..n], &p[..n]);
-                    let rowsum = dot(p, dp);
-                    for (dp, p) in dp.iter_mut().zip(p) {
-                        *dp = scale * p * (*dp - rowsum);
+            let (seq, kv) = (kv_task / s.kv_heads, kv_task % s.kv_heads);
+            for head in kv * group..(kv + 1) * group {
+                let task = seq * s.n_head + head;
+                let p = &probs[task * t * t..][..t * t];
+                let (k_at, v_at) = s.kv_offsets(task);
+                // SAFETY (all blocks): as in `forward`; this task's dq columns and its key/value
+                // head's dk and dv columns are its own (one task per key/value head, its query
+                // heads in turn). Keys and values 0..n get every block's share added (dqkv
+                // starts at zero).
+                let q = unsafe { qkv.as_ptr().add(s.q_offset(task)) };
+                let dq = unsafe { o.0.add(s.q_offset(task)) };
+                let (k, dk) = unsafe { (qkv.as_ptr().add(k_at), o.0.add(k_at)) };
+                let (v, dv) = unsafe { (qkv.as_ptr().add(v_at), o.0.add(v_at)) };
+                for (r0, m, n) in query_blocks(t, causal) {
+                    let (p, ds) = (&p[r0 * t..(r0 + m) * t], &mut ds[r0 * t..(r0 + m) * t]);
+                    let go = unsafe { g.as_ptr().add(s.ctx_offset(task) + r0 * d) };
+                    unsafe {
+                        product((n, dh, m), (dv, w, true), p.as_ptr(), (1, t), go, (d, 1)); // Pᵀ·dO
+                        product(
+                            (m, n, dh),
+                            (ds.as_mut_ptr(), t, false),
+                            go,
+                            (d, 1),
+                            v,
+                            (1, w),
+                        ); // dO·Vᵀ
                     }
-                }
-                unsafe {
-                    let (k, dk) = (q.add(d), dq.add(d));
-                    let (queries, dqueries) = (q.add(r0 * 3 * d), dq.add(r0 * 3 * d));
-                    product(
-                        (m, dh, n),
-                        (dqueries, 3 * d, false),
-                        ds.as_ptr(),
-                        (t, 1),
-                        k,
-                        (3 * d, 1),
-                    ); // dS·K
-                    product(
-                        (n, dh, m),
-                        (dk, 3 * d, true),
-                        ds.as_ptr(),
-                        (1, t),
-                        queries,
-                        (3 * d, 1),
-                    ); // dSᵀ·Q
+                    for (dp, p) in ds.chunks_mut(t).zip(p.chunks(t)) {
+                        let (dp, p) = (&mut dp[..n], &p[..n]);
+                        let rowsum = dot(p, dp);
+                        for (dp, p) in dp.iter_mut().zip(p) {
+                            *dp = scale * p * (*dp - rowsum);
+                        }
+                    }
+                    unsafe {
+                        let (queries, dqueries) = (q.add(r0 * w), dq.add(r0 * w));
+                        product(
+                            (m, dh, n),
+                            (dqueries, w, false),
+                            ds.as_ptr(),
+                            (t, 1),
+                            k,
+                            (w, 1),
+                        ); // dS·K
+                        product(
+                            (n, dh, m),
+                            (dk, w, true),
+                            ds.as_ptr(),
+                            (1, t),
+                            queries,
+                            (w, 1),
+                        ); // dSᵀ·Q
+                    }
                 }
             }
         },

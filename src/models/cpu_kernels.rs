@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use super::cpu_attention::{self, Heads};
 use super::fused::{
-    FRAC_1_SQRT_2PI, FusedOps, GELU_CUBIC, Keys, SQRT_2_OVER_PI, composed_attention,
+    AttentionSpec, FRAC_1_SQRT_2PI, FusedOps, GELU_CUBIC, SQRT_2_OVER_PI, composed_attention,
     composed_attention_backward, composed_gelu, composed_gelu_new, composed_gelu_new_backward,
     composed_layer_norm_backward, composed_softmax, composed_softmax_backward,
 };
@@ -73,20 +73,18 @@ impl FusedOps for Flex {
 
     fn fused_attention(
         qkv: FloatTensor<Self>,
-        keys: Keys<FloatTensor<Self>>,
-        n_head: usize,
-        scale: f64,
+        padding: Option<FloatTensor<Self>>,
+        spec: &AttentionSpec,
     ) -> FloatTensor<Self> {
-        attention(qkv, keys, n_head, scale, false).0
+        attention(qkv, padding, spec, false).0
     }
 
     fn attention_and_weights(
         qkv: FloatTensor<Self>,
-        keys: Keys<FloatTensor<Self>>,
-        n_head: usize,
-        scale: f64,
+        padding: Option<FloatTensor<Self>>,
+        spec: &AttentionSpec,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let (ctx, weights) = attention(qkv, keys, n_head, scale, true);
+        let (ctx, weights) = attention(qkv, padding, spec, true);
         (ctx, weights.expect("weights were asked for"))
     }
 
@@ -94,15 +92,13 @@ impl FusedOps for Flex {
         qkv: FloatTensor<Self>,
         weights: FloatTensor<Self>,
         g: FloatTensor<Self>,
-        n_head: usize,
-        scale: f64,
-        causal: bool,
+        spec: &AttentionSpec,
     ) -> FloatTensor<Self> {
         if qkv.dtype() != DType::F32 || weights.dtype() != DType::F32 || g.dtype() != DType::F32 {
-            return composed_attention_backward::<Flex>(qkv, weights, g, n_head, scale);
+            return composed_attention_backward::<Flex>(qkv, weights, g, spec);
         }
         let shape = qkv.shape();
-        let heads = heads(&shape, n_head);
+        let heads = heads(&shape, spec);
         let (qkv, weights, g) = (
             qkv.to_contiguous(),
             weights.to_contiguous(),
@@ -113,8 +109,8 @@ impl FusedOps for Flex {
             f32s(&weights),
             f32s(&g),
             heads,
-            scale as f32,
-            causal,
+            spec.scale as f32,
+            spec.causal,
         );
         tensor(dqkv, shape)
     }
@@ -287,56 +283,51 @@ fn normal_cdf_and_pdf(x: f32) -> (f32, f32) {
     (cdf, FRAC_1_SQRT_2PI as f32 * gauss)
 }
 
-/// The heads of packed q | k | v of `shape` [B, T, 3d].
-fn heads(shape: &Shape, n_head: usize) -> Heads {
-    let (b, t, d3) = (shape[0], shape[1], shape[2]);
-    assert!(
-        d3 % (3 * n_head) == 0,
-        "q | k | v of width {d3} do not split into {n_head} heads"
+/// The heads of packed q | k | v of `shape` [B, T, (H + 2·Hkv)·dh].
+fn heads(shape: &Shape, spec: &AttentionSpec) -> Heads {
+    let (b, t, w) = (shape[0], shape[1], shape[2]);
+    assert_eq!(
+        w,
+        spec.packed_width(),
+        "q | k | v of width {w} do not split into {} + 2·{} heads of {}",
+        spec.heads,
+        spec.kv_heads,
+        spec.head_dim
     );
     Heads {
         b,
         t,
-        n_head,
-        dh: d3 / 3 / n_head,
+        n_head: spec.heads,
+        kv_heads: spec.kv_heads,
+        dh: spec.head_dim,
     }
 }
 
-/// The kernel on a flex tensor: the context [B, T, d] and, when `keep`, the weights (the
+/// The kernel on a flex tensor: the context [B, T, H·dh] and, when `keep`, the weights (the
 /// composed form for other dtypes).
 fn attention(
     qkv: FlexTensor,
-    keys: Keys<FlexTensor>,
-    n_head: usize,
-    scale: f64,
+    padding: Option<FlexTensor>,
+    spec: &AttentionSpec,
     keep: bool,
 ) -> (FlexTensor, Option<FlexTensor>) {
-    let bias_dtype = match &keys {
-        Keys::Padded(bias) => bias.dtype(),
-        _ => DType::F32,
-    };
+    let bias_dtype = padding.as_ref().map_or(DType::F32, |p| p.dtype());
     if qkv.dtype() != DType::F32 || bias_dtype != DType::F32 {
-        let (ctx, weights) = composed_attention::<Flex>(qkv, keys, n_head, scale);
+        let (ctx, weights) = composed_attention::<Flex>(qkv, padding, spec);
         return (ctx, Some(weights));
     }
-    let h = heads(&qkv.shape(), n_head);
+    let h = heads(&qkv.shape(), spec);
     let qkv = qkv.to_contiguous();
-    let (causal, bias) = match keys {
-        Keys::All => (false, None),
-        Keys::Causal => (true, None),
-        Keys::Padded(bias) => (false, Some(bias.to_contiguous())),
+    let padding = padding.map(|p| p.to_contiguous());
+    let bias = cpu_attention::Bias {
+        padding: padding.as_ref().map(f32s),
+        alibi: spec.alibi.as_deref(),
     };
-    let (ctx, weights) = cpu_attention::forward(
-        f32s(&qkv),
-        bias.as_ref().map(f32s),
-        h,
-        scale as f32,
-        causal,
-        keep,
-    );
+    let (ctx, weights) =
+        cpu_attention::forward(f32s(&qkv), bias, h, spec.scale as f32, spec.causal, keep);
     (
-        tensor(ctx, Shape::new([h.b, h.t, n_head * h.dh])),
-        weights.map(|w| tensor(w, Shape::new([h.b, n_head, h.t, h.t]))),
+        tensor(ctx, Shape::new([h.b, h.t, spec.context_width()])),
+        weights.map(|w| tensor(w, Shape::new([h.b, spec.heads, h.t, h.t]))),
     )
 }
 
@@ -520,8 +511,6 @@ mod tests {
         // gradient against the composed products (what other backends run), over all keys,
         // causal (three blocks of queries, the last one short), and with padding keys (the
         // last 3 of the second sequence).
-        let qkv = random([3, 70, 120], 3);
-        let g_ctx = random([3, 70, 40], 4);
         let padding: Vec<f32> = (0..3 * 70)
             .map(|i| {
                 if i / 70 == 1 && i % 70 >= 67 {
@@ -532,30 +521,61 @@ mod tests {
             })
             .collect();
         let padding = tensor(padding, Shape::new([3, 70]));
-        for keys in [Keys::All, Keys::Causal, Keys::Padded(padding)] {
-            let causal = matches!(keys, Keys::Causal);
-            let (ctx, weights) = Flex::attention_and_weights(qkv.clone(), keys.clone(), 5, 0.35);
-            let (want_ctx, want_weights) =
-                composed_attention::<Flex>(qkv.clone(), keys.clone(), 5, 0.35);
-            assert_close(ctx, want_ctx.clone(), "attention context");
-            assert_close(weights.clone(), want_weights, "attention weights");
-            assert_close(
-                Flex::fused_attention(qkv.clone(), keys, 5, 0.35),
-                want_ctx,
-                "attention context without weights",
-            );
-            assert_close(
-                Flex::fused_attention_backward(
-                    qkv.clone(),
-                    weights.clone(),
-                    g_ctx.clone(),
-                    5,
-                    0.35,
+        // Multi-head (5 heads of 8), grouped-query (4 query heads on 2 key/value heads) and
+        // multi-query (4 on 1), each over all keys, causal, with padding, with both, and with
+        // symmetric ALiBi.
+        for (heads, kv_heads) in [(5, 5), (4, 2), (4, 1)] {
+            let base = AttentionSpec {
+                kv_heads,
+                scale: 0.35,
+                ..AttentionSpec::multi_head(heads, heads * 8, false)
+            };
+            let qkv = random([3, 70, base.packed_width()], 3);
+            let g_ctx = random([3, 70, base.context_width()], 4);
+            let slopes: std::sync::Arc<[f32]> = (0..heads).map(|h| 0.5 / (h + 1) as f32).collect();
+            for (causal, padded, alibi) in [
+                (false, false, false),
+                (true, false, false),
+                (false, true, false),
+                (true, true, false),
+                (false, true, true),
+                (true, false, true),
+            ] {
+                let spec = AttentionSpec {
                     causal,
-                ),
-                composed_attention_backward::<Flex>(qkv.clone(), weights, g_ctx.clone(), 5, 0.35),
-                "attention gradient",
-            );
+                    alibi: alibi.then(|| slopes.clone()),
+                    ..base.clone()
+                };
+                let what = format!(
+                    "{heads}/{kv_heads} heads, causal {causal}, padded {padded}, alibi {alibi}"
+                );
+                let padding = padded.then(|| padding.clone());
+                let (ctx, weights) =
+                    Flex::attention_and_weights(qkv.clone(), padding.clone(), &spec);
+                let (want_ctx, want_weights) =
+                    composed_attention::<Flex>(qkv.clone(), padding.clone(), &spec);
+                assert_close(ctx, want_ctx.clone(), &format!("attention context, {what}"));
+                assert_close(
+                    weights.clone(),
+                    want_weights,
+                    &format!("attention weights, {what}"),
+                );
+                assert_close(
+                    Flex::fused_attention(qkv.clone(), padding, &spec),
+                    want_ctx,
+                    &format!("attention context without weights, {what}"),
+                );
+                assert_close(
+                    Flex::fused_attention_backward(
+                        qkv.clone(),
+                        weights.clone(),
+                        g_ctx.clone(),
+                        &spec,
+                    ),
+                    composed_attention_backward::<Flex>(qkv.clone(), weights, g_ctx.clone(), &spec),
+                    &format!("attention gradient, {what}"),
+                );
+            }
         }
         let x4 = Flex::float_reshape(x.clone(), Shape::new([8, 20, 4, 40]));
         let heads = Flex::swap_heads(x4.clone());

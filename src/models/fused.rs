@@ -75,42 +75,71 @@ pub trait FusedOps: Backend {
         Self::float_swap_dims(x, 1, 2)
     }
 
-    /// Multi-head attention on packed `qkv` [B, T, 3d] (q | k | v, head h in columns
-    /// h·dh..(h+1)·dh of each): softmax(`scale`·q·kᵀ)·v per head over the `keys` each query
-    /// sees, merged back to [B, T, d].
+    /// Multi-head attention on packed `qkv` [B, T, (H + 2·Hkv)·dh] (the H query heads, then
+    /// the Hkv key heads, then the Hkv value heads, dh columns each): per query head h,
+    /// softmax(scale·q·kᵀ + bias)·v with the key/value head h / (H / Hkv), merged back to
+    /// [B, T, H·dh]. The bias is `padding` [B, Tk] (0 or [`MASKED`]), the causal mask and the
+    /// spec's ALiBi, all added after the scale.
     fn fused_attention(
         qkv: FloatTensor<Self>,
-        keys: Keys<FloatTensor<Self>>,
-        n_head: usize,
-        scale: f64,
+        padding: Option<FloatTensor<Self>>,
+        spec: &AttentionSpec,
     ) -> FloatTensor<Self> {
-        Self::attention_and_weights(qkv, keys, n_head, scale).0
+        Self::attention_and_weights(qkv, padding, spec).0
     }
 
     /// [`FusedOps::fused_attention`]'s output and the attention weights [B, H, T, T] its
     /// gradient reuses.
     fn attention_and_weights(
         qkv: FloatTensor<Self>,
-        keys: Keys<FloatTensor<Self>>,
-        n_head: usize,
-        scale: f64,
+        padding: Option<FloatTensor<Self>>,
+        spec: &AttentionSpec,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        composed_attention::<Self>(qkv, keys, n_head, scale)
+        composed_attention::<Self>(qkv, padding, spec)
     }
 
-    /// The gradient of [`FusedOps::fused_attention`] for `qkv` [B, T, 3d], from the kept
-    /// weights and the upstream gradient `g` [B, T, d]. The keys were causal when
-    /// `causal`: the weights are zero above the diagonal, and a kernel may skip those
-    /// products (the composed ones are exact either way).
+    /// The gradient of [`FusedOps::fused_attention`] for `qkv`, from the kept weights and the
+    /// upstream gradient `g` [B, T, H·dh]. Causal weights are zero above the diagonal, and a
+    /// kernel may skip those products (the composed ones are exact either way).
     fn fused_attention_backward(
         qkv: FloatTensor<Self>,
         weights: FloatTensor<Self>,
         g: FloatTensor<Self>,
-        n_head: usize,
-        scale: f64,
-        _causal: bool,
+        spec: &AttentionSpec,
     ) -> FloatTensor<Self> {
-        composed_attention_backward::<Self>(qkv, weights, g, n_head, scale)
+        composed_attention_backward::<Self>(qkv, weights, g, spec)
+    }
+
+    /// RMSNorm over the last axis (LLaMA's): x / sqrt(mean(x²) + eps) · gamma.
+    fn fused_rms_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        composed_rms_norm::<Self>(x, gamma, eps)
+    }
+
+    /// The gradients of RMSNorm for its input and `gamma`.
+    fn fused_rms_norm_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        eps: f64,
+    ) -> [FloatTensor<Self>; 2] {
+        composed_rms_norm_backward::<Self>(x, gamma, g, eps)
+    }
+
+    /// Rotary position embedding as transformers applies it (rotate-half) to the first
+    /// `heads` heads of `x` [B, T, n·dh] (the query and key heads of packed q | k | v; the
+    /// rest pass through): x·cos + rotate_half(x)·sin with `cos`, `sin` [T, dh]. Linear in
+    /// x: its gradient is the same rotation with −sin.
+    fn fused_rotary(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        heads: usize,
+    ) -> FloatTensor<Self> {
+        composed_rotary::<Self>(x, cos, sin, heads)
     }
 
     /// GPT-2's tanh-approximated GELU (`gelu_new`).
@@ -170,26 +199,86 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
 
     fn fused_attention(
         qkv: FloatTensor<Self>,
-        keys: Keys<FloatTensor<Self>>,
-        n_head: usize,
-        scale: f64,
+        padding: Option<FloatTensor<Self>>,
+        spec: &AttentionSpec,
     ) -> FloatTensor<Self> {
         // The weights are kept from the forward: the backward needs them, not the scores. A
         // padding bias is a constant of the batch: no gradient flows to it.
-        let keys = keys.map(|bias| bias.primitive);
-        let untracked_keys = keys.clone();
-        let causal = matches!(keys, Keys::Causal);
+        let padding = padding.map(|bias| bias.primitive);
+        let untracked_padding = padding.clone();
+        let (tracked_spec, untracked_spec) = (spec.clone(), spec.clone());
         unary_node::<B, C, _>(
             qkv,
             |qkv| {
-                let (ctx, weights) = B::attention_and_weights(qkv.clone(), keys, n_head, scale);
-                (ctx, (qkv, weights, n_head, scale, causal))
+                let (ctx, weights) = B::attention_and_weights(qkv.clone(), padding, &tracked_spec);
+                (ctx, (qkv, weights, tracked_spec))
             },
-            |qkv| B::fused_attention(qkv, untracked_keys, n_head, scale),
-            |(qkv, weights, n_head, scale, causal), g| {
-                B::fused_attention_backward(qkv, weights, g, n_head, scale, causal)
-            },
+            |qkv| B::fused_attention(qkv, untracked_padding, &untracked_spec),
+            |(qkv, weights, spec), g| B::fused_attention_backward(qkv, weights, g, &spec),
         )
+    }
+
+    fn fused_rotary(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        heads: usize,
+    ) -> FloatTensor<Self> {
+        // cos and sin are constants of the positions: only x gets a gradient.
+        let (cos, sin) = (cos.primitive, sin.primitive);
+        let (c2, s2) = (cos.clone(), sin.clone());
+        unary_node::<B, C, _>(
+            x,
+            |x| {
+                (
+                    B::fused_rotary(x, cos.clone(), sin.clone(), heads),
+                    (cos, sin, heads),
+                )
+            },
+            |x| B::fused_rotary(x, c2, s2, heads),
+            |(cos, sin, heads), g| B::fused_rotary(g, cos, B::float_neg(sin), heads),
+        )
+    }
+
+    fn fused_rms_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct RmsNorm;
+
+        impl<B: FusedOps> Backward<B, 2> for RmsNorm {
+            type State = (FloatTensor<B>, FloatTensor<B>, f64); // input, gamma, eps
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 2>,
+                grads: &mut Gradients,
+                _: &mut Checkpointer,
+            ) {
+                let (x, gamma, eps) = ops.state;
+                let g = grads.consume::<B>(&ops.node);
+                let [dx, dgamma] = B::fused_rms_norm_backward(x, gamma, g, eps);
+                let [px, pgamma] = ops.parents;
+                for (parent, grad) in [(px, dx), (pgamma, dgamma)] {
+                    if let Some(node) = parent {
+                        grads.register::<B>(node.id, grad);
+                    }
+                }
+            }
+        }
+
+        let nodes = [x.node.clone(), gamma.node.clone()];
+        match RmsNorm.prepare::<C>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let state = (x.primitive.clone(), gamma.primitive.clone(), eps);
+                prep.finish(state, B::fused_rms_norm(x.primitive, gamma.primitive, eps))
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::fused_rms_norm(x.primitive, gamma.primitive, eps))
+            }
+        }
     }
 
     fn swap_heads(x: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -333,17 +422,95 @@ pub(crate) fn composed_softmax<B: Backend>(
     shaped(burn::tensor::activation::softmax(scores, 2), shape)
 }
 
-/// q, k and v of packed `qkv` [B, T, 3d], each as heads [B, H, T, dh].
-pub(crate) fn split_heads<B: FusedOps>(qkv: Tensor<B, 3>, n_head: usize) -> [Tensor<B, 4>; 3] {
-    let [b, t, d3] = qkv.dims();
-    let d = d3 / 3;
-    [0, 1, 2].map(|i| {
+/// What differs between architectures' attention, as one value: head counts (grouped-query
+/// when `kv_heads` < `heads`), the scale, causal or not, and ALiBi. Padding is per batch, so
+/// it is passed beside the spec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttentionSpec {
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads; each serves `heads / kv_heads` query heads.
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// Multiplies q·kᵀ (1/√dh for every architecture so far).
+    pub scale: f64,
+    /// Query i sees keys j ≤ i (aligned at the end when keys outnumber queries: a KV cache).
+    pub causal: bool,
+    /// ALiBi slopes, one per query head: −slope·|i − j| added after the scale (symmetric for
+    /// an encoder; under a causal mask the same as BLOOM's slope·j up to a per-row constant).
+    pub alibi: Option<std::sync::Arc<[f32]>>,
+}
+
+impl AttentionSpec {
+    /// Plain multi-head attention: `heads` heads over width `d`, scale 1/√dh.
+    pub fn multi_head(heads: usize, d: usize, causal: bool) -> AttentionSpec {
+        let head_dim = d / heads;
+        AttentionSpec {
+            heads,
+            kv_heads: heads,
+            head_dim,
+            scale: 1.0 / (head_dim as f64).sqrt(),
+            causal,
+            alibi: None,
+        }
+    }
+
+    /// Query heads per key/value head.
+    pub fn group(&self) -> usize {
+        self.heads / self.kv_heads
+    }
+
+    /// Width of packed q | k | v: (H + 2·Hkv)·dh.
+    pub fn packed_width(&self) -> usize {
+        (self.heads + 2 * self.kv_heads) * self.head_dim
+    }
+
+    /// Width of the context: H·dh.
+    pub fn context_width(&self) -> usize {
+        self.heads * self.head_dim
+    }
+}
+
+/// q [B, H, T, dh], k and v [B, Hkv, T, dh] of packed `qkv` [B, T, (H + 2·Hkv)·dh].
+pub(crate) fn split_qkv<B: FusedOps>(qkv: Tensor<B, 3>, spec: &AttentionSpec) -> [Tensor<B, 4>; 3] {
+    let [b, t, _] = qkv.dims();
+    let dh = spec.head_dim;
+    let (q, kv) = (spec.heads * dh, spec.kv_heads * dh);
+    let part = |start: usize, heads: usize| {
         swap_heads(
             qkv.clone()
-                .narrow(2, i * d, d)
-                .reshape([b, t, n_head, d / n_head]),
+                .narrow(2, start, heads * dh)
+                .reshape([b, t, heads, dh]),
         )
-    })
+    };
+    [
+        part(0, spec.heads),
+        part(q, spec.kv_heads),
+        part(q + kv, spec.kv_heads),
+    ]
+}
+
+/// Key/value heads [B, Hkv, T, dh] repeated to [B, Hkv·g, T, dh] (the composed form's
+/// grouped-query attention; the CPU kernel reads each key/value head in place instead).
+pub(crate) fn repeat_kv<B: Backend>(x: Tensor<B, 4>, group: usize) -> Tensor<B, 4> {
+    if group == 1 {
+        return x;
+    }
+    let [b, h, t, dh] = x.dims();
+    x.unsqueeze_dim::<5>(2)
+        .expand([b, h, group, t, dh])
+        .reshape([b, h * group, t, dh])
+}
+
+/// Heads' gradients [B, Hkv·g, T, dh] summed back onto their key/value heads [B, Hkv, T, dh].
+fn sum_groups<B: Backend>(x: Tensor<B, 4>, group: usize) -> Tensor<B, 4> {
+    if group == 1 {
+        return x;
+    }
+    let [b, h, t, dh] = x.dims();
+    x.reshape([b, h / group, group, t, dh])
+        .sum_dim(2)
+        .reshape([b, h / group, t, dh])
 }
 
 /// Heads [B, H, T, dh] back to [B, T, H·dh].
@@ -352,16 +519,68 @@ pub(crate) fn merge_heads<B: FusedOps>(x: Tensor<B, 4>) -> Tensor<B, 3> {
     swap_heads(x).reshape([b, t, h * dh])
 }
 
-/// Attention as separate products and a softmax: (context [B, T, d], weights [B, H, T, T]).
+/// Everything added to scale·q·kᵀ [B, H, Tq, Tk]: padding keys, the causal mask (query i at
+/// position i + Tk − Tq) and ALiBi; `None` when nothing is.
+pub(crate) fn attention_bias<B: Backend>(
+    spec: &AttentionSpec,
+    [b, tq, tk]: [usize; 3],
+    padding: Option<Tensor<B, 2>>,
+    device: &B::Device,
+) -> Option<Tensor<B, 4>> {
+    let offset = tk - tq;
+    let mut bias: Option<Tensor<B, 4>> = padding.map(|p| p.reshape([b, 1, 1, tk]));
+    let add = |bias: Option<Tensor<B, 4>>, t: Tensor<B, 4>| match bias {
+        Some(x) => Some(x + t),
+        None => Some(t),
+    };
+    if spec.causal && tq > 1 {
+        let future: Vec<f32> = (0..tq * tk)
+            .map(|n| {
+                if n % tk > n / tk + offset {
+                    MASKED
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        bias = add(
+            bias,
+            Tensor::from_data(TensorData::new(future, [1, 1, tq, tk]), device),
+        );
+    }
+    if let Some(slopes) = &spec.alibi {
+        let h = slopes.len();
+        let values: Vec<f32> = (0..h * tq * tk)
+            .map(|n| {
+                let (head, i, j) = (n / (tq * tk), n / tk % tq + offset, n % tk);
+                -slopes[head] * (i as f32 - j as f32).abs()
+            })
+            .collect();
+        bias = add(
+            bias,
+            Tensor::from_data(TensorData::new(values, [1, h, tq, tk]), device),
+        );
+    }
+    bias
+}
+
+/// Attention as separate products and a softmax: (context [B, T, H·dh], weights
+/// [B, H, T, T]); key/value heads repeated for grouped-query attention.
 pub(crate) fn composed_attention<B: FusedOps>(
     qkv: FloatTensor<B>,
-    keys: Keys<FloatTensor<B>>,
-    n_head: usize,
-    scale: f64,
+    padding: Option<FloatTensor<B>>,
+    spec: &AttentionSpec,
 ) -> (FloatTensor<B>, FloatTensor<B>) {
-    let [q, k, v] = split_heads(float::<B, 3>(qkv), n_head);
-    let keys = keys.map(|bias| float::<B, 2>(bias));
-    let weights = masked_softmax(q.matmul(k.swap_dims(2, 3)), keys, scale); // [B, H, T, T]
+    let qkv = float::<B, 3>(qkv);
+    let [b, t, _] = qkv.dims();
+    let device = qkv.device();
+    let [q, k, v] = split_qkv(qkv, spec);
+    let (k, v) = (repeat_kv(k, spec.group()), repeat_kv(v, spec.group()));
+    let mut scores = q.matmul(k.swap_dims(2, 3)) * spec.scale; // [B, H, T, T]
+    if let Some(bias) = attention_bias(spec, [b, t, t], padding.map(float::<B, 2>), &device) {
+        scores = scores + bias;
+    }
+    let weights = burn::tensor::activation::softmax(scores, 3);
     let ctx = merge_heads(weights.clone().matmul(v));
     (
         ctx.into_primitive().tensor(),
@@ -369,31 +588,104 @@ pub(crate) fn composed_attention<B: FusedOps>(
     )
 }
 
-/// Its gradient for `qkv`: dV = Pᵀ·dO, dS = softmax′(P, dO·Vᵀ), dQ = dS·K, dK = dSᵀ·Q.
+/// Its gradient for `qkv`: dV = Pᵀ·dO, dS = softmax′(P, dO·Vᵀ), dQ = dS·K, dK = dSᵀ·Q, the
+/// key and value gradients of a group's query heads summed onto their shared head.
 pub(crate) fn composed_attention_backward<B: FusedOps>(
     qkv: FloatTensor<B>,
     weights: FloatTensor<B>,
     g: FloatTensor<B>,
-    n_head: usize,
-    scale: f64,
+    spec: &AttentionSpec,
 ) -> FloatTensor<B> {
-    let [q, k, v] = split_heads(float::<B, 3>(qkv), n_head);
+    let [q, k, v] = split_qkv(float::<B, 3>(qkv), spec);
+    let group = spec.group();
+    let (k, v) = (repeat_kv(k, group), repeat_kv(v, group));
     let p = float::<B, 4>(weights);
     let g = float::<B, 3>(g);
-    let [b, t, d] = g.dims();
-    let go = swap_heads(g.reshape([b, t, n_head, d / n_head])); // [B, H, T, dh]
+    let [b, t, _] = g.dims();
+    let go = swap_heads(g.reshape([b, t, spec.heads, spec.head_dim])); // [B, H, T, dh]
     let dv = p.clone().swap_dims(2, 3).matmul(go.clone());
     let dp = go.matmul(v.swap_dims(2, 3));
     let ds = float::<B, 4>(B::fused_softmax_backward(
         p.into_primitive().tensor(),
         dp.into_primitive().tensor(),
-        scale,
+        spec.scale,
     ));
     let dq = ds.clone().matmul(k);
     let dk = ds.swap_dims(2, 3).matmul(q);
+    let (dk, dv) = (sum_groups(dk, group), sum_groups(dv, group));
     Tensor::cat(vec![merge_heads(dq), merge_heads(dk), merge_heads(dv)], 2)
         .into_primitive()
         .tensor()
+}
+
+/// x / sqrt(mean(x²) + eps) · gamma over the last axis.
+pub(crate) fn composed_rms_norm<B: Backend>(
+    x: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+    eps: f64,
+) -> FloatTensor<B> {
+    let shape = x.shape();
+    let x = rows::<B>(x);
+    let r = (x.clone() * x.clone())
+        .mean_dim(1)
+        .add_scalar(eps)
+        .sqrt()
+        .recip();
+    shaped(x * r * float::<B, 1>(gamma).unsqueeze_dim::<2>(0), shape)
+}
+
+/// RMSNorm's gradients [input, gamma]: with r = 1/rms and x̂ = x·r, dγ = Σ g·x̂ and
+/// dx = r·(g·γ − x̂·mean(g·γ·x̂)).
+pub(crate) fn composed_rms_norm_backward<B: Backend>(
+    x: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+    g: FloatTensor<B>,
+    eps: f64,
+) -> [FloatTensor<B>; 2] {
+    let shape = x.shape();
+    let (x, g) = (rows::<B>(x), rows::<B>(g));
+    let r = (x.clone() * x.clone())
+        .mean_dim(1)
+        .add_scalar(eps)
+        .sqrt()
+        .recip();
+    let xhat = x * r.clone();
+    let dgamma = (g.clone() * xhat.clone()).sum_dim(0).flatten::<1>(0, 1);
+    let dxhat = g * float::<B, 1>(gamma).unsqueeze_dim::<2>(0);
+    let m = (dxhat.clone() * xhat.clone()).mean_dim(1);
+    let dx = (dxhat - xhat * m) * r;
+    [shaped(dx, shape), dgamma.into_primitive().tensor()]
+}
+
+/// Rotate-half rotary embedding on the first `heads` heads of x [B, T, n·dh].
+pub(crate) fn composed_rotary<B: Backend>(
+    x: FloatTensor<B>,
+    cos: FloatTensor<B>,
+    sin: FloatTensor<B>,
+    heads: usize,
+) -> FloatTensor<B> {
+    let x = float::<B, 3>(x);
+    let [b, t, w] = x.dims();
+    let (cos, sin) = (float::<B, 2>(cos), float::<B, 2>(sin));
+    let dh = cos.dims()[1];
+    let half = dh / 2;
+    let rot = x
+        .clone()
+        .narrow(2, 0, heads * dh)
+        .reshape([b, t, heads, dh]);
+    let (x1, x2) = (
+        rot.clone().narrow(3, 0, half),
+        rot.clone().narrow(3, half, half),
+    );
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    let (cos, sin) = (cos.reshape([1, t, 1, dh]), sin.reshape([1, t, 1, dh]));
+    let y = (rot * cos + rotated * sin).reshape([b, t, heads * dh]);
+    let y = if heads * dh < w {
+        Tensor::cat(vec![y, x.narrow(2, heads * dh, w - heads * dh)], 2)
+    } else {
+        y
+    };
+    y.into_primitive().tensor()
 }
 
 /// Its gradient: scale·y·(g − Σ y·g) per row (masked keys have y = 0, so get 0).
@@ -512,60 +804,34 @@ pub fn attention_softmax<B: FusedOps>(
     ))
 }
 
-/// Multi-head attention on packed q | k | v [B, T, 3d] → [B, T, d], one autodiff node (see
-/// [`FusedOps::fused_attention`]).
+/// Attention on packed q | k | v [B, T, (H + 2·Hkv)·dh] → [B, T, H·dh], one autodiff node
+/// (see [`FusedOps::fused_attention`]); `padding` [B, T] is 0 or [`MASKED`] per key.
 pub fn attention<B: FusedOps>(
     qkv: Tensor<B, 3>,
-    keys: Keys<Tensor<B, 2>>,
-    n_head: usize,
-    scale: f64,
+    padding: Option<Tensor<B, 2>>,
+    spec: &AttentionSpec,
 ) -> Tensor<B, 3> {
     float(B::fused_attention(
         qkv.into_primitive().tensor(),
-        keys.map(|bias| bias.into_primitive().tensor()),
-        n_head,
-        scale,
+        padding.map(|bias| bias.into_primitive().tensor()),
+        spec,
     ))
 }
 
-/// Attention weights from raw scores [B, H, Tq, Tk] over the `keys` each query sees:
-/// softmax(scale·(scores + padding bias)), one node for the softmax.
-pub fn masked_softmax<B: FusedOps>(
-    scores: Tensor<B, 4>,
-    keys: Keys<Tensor<B, 2>>,
-    scale: f64,
-) -> Tensor<B, 4> {
-    match keys {
-        Keys::All => attention_softmax(scores, scale, false),
-        Keys::Causal => attention_softmax(scores, scale, true),
-        Keys::Padded(bias) => {
-            let [b, tk] = bias.dims();
-            attention_softmax(scores + bias.reshape([b, 1, 1, tk]), scale, false)
-        }
-    }
-}
-
-/// The keys a query attends to.
-#[derive(Debug, Clone)]
-pub enum Keys<T> {
-    /// Every key.
-    All,
-    /// The keys up to the query's own position (GPT-2; square scores).
-    Causal,
-    /// Every key, with a bias [B, Tk] added to the raw scores: [`MASKED`] on padding keys, 0
-    /// on the others (BERT).
-    Padded(T),
-}
-
-impl<T> Keys<T> {
-    /// The same keys with the bias in another form.
-    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Keys<U> {
-        match self {
-            Keys::All => Keys::All,
-            Keys::Causal => Keys::Causal,
-            Keys::Padded(bias) => Keys::Padded(f(bias)),
-        }
-    }
+/// Rotary embedding on the first `heads` heads of x [B, T, n·dh] with `cos`, `sin` [T, dh];
+/// one autodiff node.
+pub fn rotary<B: FusedOps>(
+    x: Tensor<B, 3>,
+    cos: Tensor<B, 2>,
+    sin: Tensor<B, 2>,
+    heads: usize,
+) -> Tensor<B, 3> {
+    float(B::fused_rotary(
+        x.into_primitive().tensor(),
+        cos.into_primitive().tensor(),
+        sin.into_primitive().tensor(),
+        heads,
+    ))
 }
 
 /// [A, B, C, D] → [A, C, B, D] as one autodiff node (contiguous on flex).
@@ -597,6 +863,23 @@ impl<B: FusedOps> LayerNorm<B> {
             x.into_primitive().tensor(),
             self.gamma.val().into_primitive().tensor(),
             self.beta.val().into_primitive().tensor(),
+            self.eps,
+        ))
+    }
+}
+
+/// RMSNorm over the last axis with HF's `weight` (LLaMA), one autodiff node.
+#[derive(Module, Debug)]
+pub struct RmsNorm<B: Backend> {
+    pub gamma: Param<Tensor<B, 1>>,
+    pub eps: f64,
+}
+
+impl<B: FusedOps> RmsNorm<B> {
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        float(B::fused_rms_norm(
+            x.into_primitive().tensor(),
+            self.gamma.val().into_primitive().tensor(),
             self.eps,
         ))
     }
@@ -694,30 +977,33 @@ mod tests {
         }
         let padding = Tensor::<AB, 2>::from_data(TensorData::new(padding, [b, t]), &device);
         let scale = 0.5;
-        for keys in [Keys::All, Keys::Causal, Keys::Padded(padding)] {
-            let fused = attention(qkv.clone(), keys.clone(), n_head, scale);
+        for (causal, padded) in [(false, false), (true, false), (false, true), (true, true)] {
+            let spec = AttentionSpec {
+                scale,
+                causal,
+                ..AttentionSpec::multi_head(n_head, d, causal)
+            };
+            let padding = padded.then(|| padding.clone());
+            let fused = attention(qkv.clone(), padding.clone(), &spec);
             let heads = |i: usize| {
                 qkv.clone()
                     .narrow(2, i * d, d)
                     .reshape([b, t, n_head, dh])
                     .swap_dims(1, 2)
             };
-            let mut scores = heads(0).matmul(heads(1).swap_dims(2, 3));
-            match &keys {
-                Keys::All => {}
-                Keys::Causal => {
-                    let future = Tensor::<AB, 2, Bool>::tril_mask([t, t], 0, &device);
-                    scores = scores
-                        + future
-                            .float()
-                            .mul_scalar(MASKED)
-                            .unsqueeze_dims::<4>(&[0, 1]);
-                }
-                Keys::Padded(bias) => {
-                    scores = scores + bias.clone().reshape([b, 1, 1, t]);
-                }
+            let mut scores = heads(0).matmul(heads(1).swap_dims(2, 3)) * scale;
+            if causal {
+                let future = Tensor::<AB, 2, Bool>::tril_mask([t, t], 0, &device);
+                scores = scores
+                    + future
+                        .float()
+                        .mul_scalar(MASKED)
+                        .unsqueeze_dims::<4>(&[0, 1]);
             }
-            let composed = softmax(scores * scale, 3)
+            if let Some(bias) = &padding {
+                scores = scores + bias.clone().reshape([b, 1, 1, t]);
+            }
+            let composed = softmax(scores, 3)
                 .matmul(heads(2))
                 .swap_dims(1, 2)
                 .reshape([b, t, d]);
@@ -728,6 +1014,78 @@ mod tests {
             assert_eq!(da.dims(), qkv.dims());
             close(da.into_data(), db.into_data(), "q | k | v gradient");
         }
+    }
+
+    /// RMSNorm's node against burn's own ops: value, input and gamma gradients.
+    #[test]
+    fn rms_norm_matches_composed_with_parameter_gradients() {
+        let device = Default::default();
+        let gamma = Tensor::<AB, 1>::from_floats([0.5, -1.0, 2.0, 1.5], &device).require_grad();
+        let x = input([3, 2, 4], 19);
+        let weights = input([3, 2, 4], 20).detach();
+        let norm = RmsNorm {
+            gamma: Param::from_tensor(gamma),
+            eps: 1e-6,
+        };
+        let gamma = norm.gamma.val();
+        let fused = norm.forward(x.clone());
+        let composed = x.clone() / ((x.clone() * x.clone()).mean_dim(2) + 1e-6).sqrt()
+            * gamma.clone().unsqueeze_dims::<3>(&[0, 1]);
+        close(fused.to_data(), composed.to_data(), "forward");
+        let ga = (fused * weights.clone()).sum().backward();
+        let gb = (composed * weights).sum().backward();
+        close(
+            x.grad(&ga).unwrap().into_data(),
+            x.grad(&gb).unwrap().into_data(),
+            "input gradient",
+        );
+        close(
+            gamma.grad(&ga).unwrap().into_data(),
+            gamma.grad(&gb).unwrap().into_data(),
+            "gamma gradient",
+        );
+    }
+
+    /// The rotary node (its gradient is the rotation by −sin) against burn's own ops on the
+    /// first heads of a packed row, the last head passing through.
+    #[test]
+    fn rotary_matches_composed_and_its_gradient_is_the_inverse_rotation() {
+        let device = Default::default();
+        let (b, t, heads, dh) = (2, 5, 3, 4);
+        let x = input([b, t, heads * dh], 21);
+        let weights = input([b, t, heads * dh], 22).detach();
+        let angles: Vec<f32> = (0..t * dh)
+            .map(|i| (i / dh) as f32 * 0.3 * (1 + i % 2) as f32)
+            .collect();
+        let table = |f: fn(f32) -> f32| {
+            Tensor::<AB, 2>::from_data(
+                TensorData::new(angles.iter().map(|&a| f(a)).collect::<Vec<f32>>(), [t, dh]),
+                &device,
+            )
+        };
+        let (cos, sin) = (table(f32::cos), table(f32::sin));
+        let fused = rotary(x.clone(), cos.clone(), sin.clone(), 2);
+        let composed = {
+            let rot = x.clone().narrow(2, 0, 2 * dh).reshape([b, t, 2, dh]);
+            let (x1, x2) = (
+                rot.clone().narrow(3, 0, dh / 2),
+                rot.clone().narrow(3, dh / 2, dh / 2),
+            );
+            let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+            let y = rot * cos.reshape([1, t, 1, dh]) + rotated * sin.reshape([1, t, 1, dh]);
+            Tensor::cat(
+                vec![y.reshape([b, t, 2 * dh]), x.clone().narrow(2, 2 * dh, dh)],
+                2,
+            )
+        };
+        close(fused.to_data(), composed.to_data(), "forward");
+        let ga = (fused * weights.clone()).sum().backward();
+        let gb = (composed * weights).sum().backward();
+        close(
+            x.grad(&ga).unwrap().into_data(),
+            x.grad(&gb).unwrap().into_data(),
+            "gradient",
+        );
     }
 
     #[test]

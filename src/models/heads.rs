@@ -8,8 +8,8 @@ use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::prelude::*;
 use burn::tensor::activation::tanh;
 
-use super::weights::{Init, Weights};
-use super::{FusedOps, Precision, dense, torch_linear};
+use super::vars::Vars;
+use super::{FusedOps, Precision, dense};
 
 /// What a model predicts.
 #[derive(Debug, Clone, PartialEq)]
@@ -87,52 +87,20 @@ pub struct TaskHead<B: Backend> {
     precision: Precision,
 }
 
-impl HeadLayout {
-    /// Fresh head tensors as HF initializes them: normal(0, `std`) weights, zero biases.
-    pub fn init_weights(&self, d: usize, outputs: usize, std: f64, seed: u64) -> Weights {
-        let mut w = Weights::new();
-        let mut init = Init::new(seed);
-        if let Some(p) = self.pooler {
-            init.normal(&mut w, &format!("{p}.weight"), vec![d, d], std);
-            Init::constant(&mut w, &format!("{p}.bias"), d, 0.0);
-        }
-        let c = self.classifier;
-        init.normal(&mut w, &format!("{c}.weight"), vec![outputs, d], std);
-        if self.bias {
-            Init::constant(&mut w, &format!("{c}.bias"), outputs, 0.0);
-        }
-        w
-    }
-
-    /// Names of the head's tensors.
-    pub fn names(&self) -> Vec<String> {
-        let mut names = Vec::new();
-        if let Some(p) = self.pooler {
-            names.extend([format!("{p}.weight"), format!("{p}.bias")]);
-        }
-        names.push(format!("{}.weight", self.classifier));
-        if self.bias {
-            names.push(format!("{}.bias", self.classifier));
-        }
-        names
-    }
-}
-
 impl<B: FusedOps> TaskHead<B> {
-    /// Take the head's tensors from `w`.
-    pub fn build(
+    /// Declare the head's tensors: normal(0, `std`) weights, zero biases, as HF initializes
+    /// them.
+    pub fn declare(
         layout: HeadLayout,
         d: usize,
         outputs: usize,
         dropout: f64,
-        w: &mut Weights,
-        device: &B::Device,
+        std: f64,
+        vars: &mut Vars<B>,
     ) -> TaskHead<B> {
         TaskHead {
-            pooler: layout
-                .pooler
-                .map(|p| torch_linear(w, p, d, d, true, device)),
-            classifier: torch_linear(w, layout.classifier, d, outputs, layout.bias, device),
+            pooler: layout.pooler.map(|p| vars.linear(p, d, d, true, std)),
+            classifier: vars.linear(layout.classifier, d, outputs, layout.bias, std),
             dropout: DropoutConfig::new(if layout.dropout { dropout } else { 0.0 }).init(),
             layout,
             precision: Precision::F32,
@@ -142,22 +110,6 @@ impl<B: FusedOps> TaskHead<B> {
     pub fn with_precision(mut self, precision: Precision) -> Self {
         self.precision = precision;
         self
-    }
-
-    /// The head's tensors under their HF names.
-    pub fn put_weights(&self, w: &mut Weights) {
-        if let (Some(name), Some(p)) = (self.layout.pooler, &self.pooler) {
-            w.put_transposed(&format!("{name}.weight"), &p.weight);
-            w.put(
-                &format!("{name}.bias"),
-                p.bias.as_ref().expect("pooler bias"),
-            );
-        }
-        let c = self.layout.classifier;
-        w.put_transposed(&format!("{c}.weight"), &self.classifier.weight);
-        if let Some(b) = &self.classifier.bias {
-            w.put(&format!("{c}.bias"), b);
-        }
     }
 
     /// Outputs of a sequence head [B, n] from hidden states [B, T, d] and, per row, the flat

@@ -8,7 +8,6 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::module::Param;
 use burn::nn::{Dropout, Linear};
 use burn::prelude::*;
 
@@ -20,16 +19,20 @@ pub mod device;
 pub mod fused;
 pub mod gpt2;
 pub mod heads;
+mod kv_cache;
+pub mod llama;
 pub mod model;
+pub mod vars;
 pub mod weights;
 
 pub use arch::{ARCHITECTURES, ArchConfig, Architecture, read_config};
 pub use bert::{Bert, BertConfig};
 pub use device::{CUDA_BUILT, DeviceSpec, Precision, WGPU_BUILT};
-pub use fused::{FusedOps, Keys, LayerNorm};
-use fused::{masked_softmax, merge_heads};
+use fused::merge_heads;
+pub use fused::{AttentionSpec, FusedOps, LayerNorm, RmsNorm};
 pub use gpt2::{Gpt2, Gpt2Config};
 pub use heads::Task;
+pub use kv_cache::KvCache;
 pub use model::{Model, ModelSpec, read_weights, save_model_dir};
 pub use weights::{LoadReport, Weights};
 
@@ -86,6 +89,7 @@ pub fn save_dir(
     config: &serde_json::Value,
     weights: &Weights,
     tokenizer: Option<&Path>,
+    framing: arch::Framing,
 ) -> Result<(), ModelError> {
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
     let cfg = dir.join("config.json");
@@ -93,7 +97,7 @@ pub fn save_dir(
     std::fs::write(&cfg, json).map_err(|e| ModelError::io(&cfg, e))?;
     weights.save(&dir.join("model.safetensors"))?;
     if let Some(tok) = tokenizer {
-        std::fs::copy(tok, dir.join("tokenizer.json")).map_err(|e| ModelError::io(tok, e))?;
+        write_framed_tokenizer(tok, &dir.join("tokenizer.json"), framing)?;
         let beside = tok.parent().unwrap_or(Path::new("."));
         for name in ["tokenizer_config.json", "special_tokens_map.json"] {
             let src = beside.join(name);
@@ -105,61 +109,29 @@ pub fn save_dir(
     Ok(())
 }
 
-/// Layer norm from HF `{prefix}.weight` / `{prefix}.bias`.
-pub(crate) fn layer_norm<B: Backend>(
-    w: &mut Weights,
-    prefix: &str,
-    d: usize,
-    eps: f64,
-    device: &B::Device,
-) -> LayerNorm<B> {
-    LayerNorm {
-        gamma: w.param(&format!("{prefix}.weight"), [d], device),
-        beta: w.param(&format!("{prefix}.bias"), [d], device),
-        eps,
+/// Copy `tokenizer.json` so that it frames inputs as the model was trained: a model trained
+/// on bare tokens gets no post-processor (a tokenizer trained here carries `[CLS] … [SEP]`), so
+/// `AutoTokenizer.from_pretrained(dir)(seq)` called the default way gives the ids the model saw.
+fn write_framed_tokenizer(
+    src: &Path,
+    dst: &Path,
+    framing: arch::Framing,
+) -> Result<(), ModelError> {
+    let text = std::fs::read_to_string(src).map_err(|e| ModelError::io(src, e))?;
+    let mut json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| ModelError::Format(format!("{}: not a tokenizer.json: {e}", src.display())))?;
+    if framing == arch::Framing::Bare
+        && let Some(m) = json.as_object_mut()
+    {
+        m.insert("post_processor".into(), serde_json::Value::Null);
     }
-}
-
-pub(crate) fn put_layer_norm<B: Backend>(w: &mut Weights, prefix: &str, ln: &LayerNorm<B>) {
-    w.put(&format!("{prefix}.weight"), &ln.gamma);
-    w.put(&format!("{prefix}.bias"), &ln.beta);
-}
-
-/// A `Linear` with the given weight ([in, out]) and bias.
-pub(crate) fn linear<B: Backend>(
-    weight: Param<Tensor<B, 2>>,
-    bias: Param<Tensor<B, 1>>,
-) -> Linear<B> {
-    Linear {
-        weight,
-        bias: Some(bias),
-    }
-}
-
-/// A PyTorch `nn.Linear` `{name}.weight` [out, in] (and `.bias` when it has one) as a burn
-/// `Linear` [in, out].
-pub(crate) fn torch_linear<B: Backend>(
-    w: &mut Weights,
-    name: &str,
-    d_in: usize,
-    d_out: usize,
-    bias: bool,
-    device: &B::Device,
-) -> Linear<B> {
-    Linear {
-        weight: w.param_transposed(&format!("{name}.weight"), [d_in, d_out], device),
-        bias: bias.then(|| w.param(&format!("{name}.bias"), [d_out], device)),
-    }
+    let out = serde_json::to_string(&json).expect("json");
+    std::fs::write(dst, out).map_err(|e| ModelError::io(dst, e))
 }
 
 /// Attention score of a position that must not be attended to. Finite (not -inf), because
 /// burn's flex softmax turns a row holding -inf into NaN; exp(-1e9 - max) is 0 all the same.
 pub(crate) const MASKED: f32 = -1e9;
-
-/// 1/sqrt(head dim), the scaled dot-product factor.
-pub(crate) fn attention_scale(head_dim: usize) -> f64 {
-    1.0 / (head_dim as f64).sqrt()
-}
 
 /// `a @ b` in the compute precision (f32 result).
 pub(crate) fn matmul<B: Backend, const D: usize>(
@@ -186,19 +158,54 @@ pub(crate) fn attention_fuses<B: Backend>(
     precision == Precision::F32 && (dropout.prob == 0.0 || !B::ad_enabled(device))
 }
 
-/// Attention op by op on heads [B, H, T, dh] (keys and values may be longer than the
-/// queries: a KV cache): softmax, dropout on the weights, products in `precision`; the
-/// context merged to [B, Tq, d]. What the fused node does not do.
+/// Attention op by op on heads: q [B, H, Tq, dh], k and v [B, Hkv, Tk, dh] (keys and
+/// values may be longer than the queries: a KV cache): the spec's bias, softmax, dropout on the
+/// weights, products in `precision`; the context merged to [B, Tq, H·dh]. What the fused node
+/// does not do.
 pub(crate) fn attention_stepwise<B: FusedOps>(
     [q, k, v]: [Tensor<B, 4>; 3],
-    keys: Keys<Tensor<B, 2>>,
+    padding: Option<Tensor<B, 2>>,
+    spec: &AttentionSpec,
     dropout: &Dropout,
     precision: Precision,
 ) -> Tensor<B, 3> {
-    let dh = q.dims()[3];
-    let scores = matmul(q, k.swap_dims(2, 3), precision); // [B, H, Tq, Tk]
-    let weights = dropout.forward(masked_softmax(scores, keys, attention_scale(dh)));
+    let [b, _, tq, _] = q.dims();
+    let tk = k.dims()[2];
+    let (k, v) = (
+        fused::repeat_kv(k, spec.group()),
+        fused::repeat_kv(v, spec.group()),
+    );
+    let mut scores = matmul(q.clone(), k.swap_dims(2, 3), precision) * spec.scale; // [B, H, Tq, Tk]
+    if let Some(bias) = fused::attention_bias(spec, [b, tq, tk], padding, &q.device()) {
+        scores = scores + bias;
+    }
+    let weights = dropout.forward(fused::attention_softmax(scores, 1.0, false));
     merge_heads(matmul(weights, v, precision))
+}
+
+/// Attention on packed q | k | v [B, T, (H + 2·Hkv)·dh]: the fused node when it can
+/// ([`attention_fuses`], no cache), else op by op, with generation's cache slot when there is
+/// one (the keys and values of earlier positions join this call's, and the slot keeps all).
+pub(crate) fn self_attention<B: FusedOps>(
+    qkv: Tensor<B, 3>,
+    padding: Option<Tensor<B, 2>>,
+    spec: &AttentionSpec,
+    cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    dropout: &Dropout,
+    precision: Precision,
+) -> Tensor<B, 3> {
+    if cache.is_none() && attention_fuses::<B>(dropout, precision, &qkv.device()) {
+        return fused::attention(qkv, padding, spec);
+    }
+    let [q, mut k, mut v] = fused::split_qkv(qkv, spec);
+    if let Some(slot) = cache {
+        if let Some((past_k, past_v)) = slot.take() {
+            k = Tensor::cat(vec![past_k, k], 2);
+            v = Tensor::cat(vec![past_v, v], 2);
+        }
+        *slot = Some((k.clone(), v.clone()));
+    }
+    attention_stepwise([q, k, v], padding, spec, dropout, precision)
 }
 
 /// A linear layer on [B, T, d_in] with the product in the compute precision. The batch and
@@ -332,6 +339,36 @@ mod tests {
             max_abs_diff(&got, &want)
         }
 
+        /// Largest absolute difference against a `{shape, values}` value.
+        fn max_diff_of<B: Backend, const D: usize>(
+            &self,
+            want: &serde_json::Value,
+            got: Tensor<B, D>,
+        ) -> f32 {
+            let shape: Vec<usize> = serde_json::from_value(want["shape"].clone()).unwrap();
+            let want: Vec<f32> = serde_json::from_value(want["values"].clone()).unwrap();
+            let (got_shape, got) = weights::host(got);
+            assert_eq!(got_shape, shape, "shape");
+            max_abs_diff(&got, &want)
+        }
+
+        /// [`Reference::max_diff`] over the positions where the mask under `mask` is 1.
+        fn max_diff_masked<B: Backend>(&self, key: &str, mask: &str, got: Tensor<B, 3>) -> f32 {
+            let rows: Vec<Vec<i64>> = serde_json::from_value(self.json[mask].clone()).unwrap();
+            let mask: Vec<i64> = rows.concat();
+            let want: Vec<f32> = serde_json::from_value(self.json[key]["values"].clone()).unwrap();
+            let (_, got) = weights::host(got);
+            let width = got.len() / mask.len();
+            mask.iter()
+                .enumerate()
+                .filter(|&(_, &m)| m != 0)
+                .map(|(i, _)| {
+                    let at = i * width..(i + 1) * width;
+                    max_abs_diff(&got[at.clone()], &want[at])
+                })
+                .fold(0.0, f32::max)
+        }
+
         /// [`Reference::max_diff`] over the positions (first axis after the batch's, of
         /// `got` [B, T, ..]) where the reference's `attention_mask` is 1: the encoder leaves
         /// padding positions at zero, where HF computes values nothing reads.
@@ -364,11 +401,10 @@ mod tests {
         }
     }
 
-    /// The BERT fixture: encoder and MLM head.
-    fn load_bert<B: FusedOps>(dir: &Path, device: &B::Device) -> (Bert<B>, bert::MlmHead<B>) {
-        let model = load::<B>(dir, device);
-        match (model.backbone(), model.mlm_head()) {
-            (arch::Backbone::Bert(m), Some(head)) => (m.clone(), head.clone()),
+    /// The BERT fixture: encoder with its MLM head.
+    fn load_bert<B: FusedOps>(dir: &Path, device: &B::Device) -> Bert<B> {
+        match load::<B>(dir, device).backbone() {
+            arch::Backbone::Bert(m) => m.clone(),
             _ => panic!("bert"),
         }
     }
@@ -402,7 +438,7 @@ mod tests {
             let [b, t] = ids.dims();
             let (_, full) = weights::host(model.forward(ids.clone()));
             let v = full.len() / (b * t);
-            let mut cache = gpt2::KvCache::default();
+            let mut cache = KvCache::default();
             let prompt = 3;
             let mut steps = vec![(
                 0..prompt,
@@ -443,6 +479,140 @@ mod tests {
         })
     }
 
+    /// The three LLaMA fixtures (grouped-query and untied; multi-head, tied, biased, theta
+    /// 5e5; multi-query with head_dim ≠ hidden / heads and llama3 rope scaling): every hidden
+    /// state and the logits within 1e-4 of transformers; the grouped-query one also padded on
+    /// the right, where the real positions match.
+    #[test]
+    fn llama_matches_transformers() {
+        on_test_device!(|device: B| {
+            for name in ["llama-gqa", "llama-tied", "llama3-rope"] {
+                let r = Reference::load(name);
+                let model = load::<B>(&fixture(name), &device);
+                let arch::Backbone::Llama(llama) = model.backbone() else {
+                    panic!("{name} is a llama")
+                };
+                let ids = r.ints::<B>("input_ids", &device);
+                let states = r.json["hidden_states"].as_array().unwrap().clone();
+                assert_eq!(states.len(), llama.layers() + 1);
+                let mut worst = 0.0f32;
+                for (layer, want) in states.iter().enumerate() {
+                    let got = llama.hidden_at(ids.clone(), None, layer);
+                    worst = worst.max(r.max_diff_of(want, got));
+                }
+                let logits = r.max_diff(
+                    "logits",
+                    llama.logits(llama.hidden_at(ids.clone(), None, 99)),
+                );
+                figure(
+                    &format!("{name} forward vs transformers, max |diff|"),
+                    format!("hidden states {worst:.2e}, logits {logits:.2e}"),
+                );
+                let tol = tolerance(1e-4);
+                assert!(worst < tol, "{name}: a hidden state differs by {worst}");
+                assert!(logits < tol, "{name}: logits differ by {logits}");
+                if r.json.get("padded_input_ids").is_some() {
+                    let ids = r.ints::<B>("padded_input_ids", &device);
+                    let mask = r.ints::<B>("padded_attention_mask", &device);
+                    let got = llama.logits(llama.hidden_at(ids, Some(mask), 99));
+                    let diff = r.max_diff_masked("padded_logits", "padded_attention_mask", got);
+                    figure(
+                        &format!("{name} right-padded logits vs transformers, max |diff|"),
+                        format!("{diff:.2e}"),
+                    );
+                    assert!(diff < tol, "{name} padded: logits differ by {diff}");
+                }
+            }
+        })
+    }
+
+    /// An unsupported `rope_scaling`, and heads that do not group, are errors naming the field.
+    #[test]
+    fn llama_configs_that_cannot_run_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(fixture("llama-gqa").join("config.json")).unwrap(),
+        )
+        .unwrap();
+        cfg["rope_parameters"] =
+            serde_json::json!({"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4});
+        std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
+        std::fs::copy(
+            fixture("llama-gqa").join("model.safetensors"),
+            dir.path().join("model.safetensors"),
+        )
+        .unwrap();
+        let err = Model::<Flex>::load(dir.path(), None, 0, &Default::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("rope_scaling type `yarn`"), "{err}");
+        cfg["rope_parameters"] = serde_json::json!({"rope_type": "default", "rope_theta": 1e4});
+        cfg["num_key_value_heads"] = 3.into();
+        std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
+        let err = Model::<Flex>::load(dir.path(), None, 0, &Default::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("multiple of num_key_value_heads (3)"), "{err}");
+    }
+
+    /// Generation's KV cache on every causal architecture: the prompt at once, then one token
+    /// per step, gives the logits of the full forward at every position.
+    #[test]
+    fn llama_cached_logits_match_the_full_forward() {
+        on_test_device!(|device: B| {
+            for name in ["llama-gqa", "llama3-rope"] {
+                let r = Reference::load(name);
+                let model = load::<B>(&fixture(name), &device);
+                let ids = r.ints::<B>("input_ids", &device);
+                let diff = cached_vs_full(&model, ids);
+                figure(
+                    &format!("{name} KV-cached vs full logits, max |diff|"),
+                    format!("{diff:.2e}"),
+                );
+                assert!(diff < tolerance(1e-4), "{name}: {diff}");
+            }
+        })
+    }
+
+    /// Token ids with every position real.
+    fn all_real<B: Backend>(ids: Tensor<B, 2, Int>) -> arch::Tokens<B> {
+        arch::Tokens {
+            types: ids.zeros_like(),
+            mask: ids.ones_like(),
+            ids,
+            padded: false,
+        }
+    }
+
+    /// Largest difference between cached logits (3 prompt tokens, then one per step) and the
+    /// full forward's.
+    fn cached_vs_full<B: FusedOps>(model: &Model<B>, ids: Tensor<B, 2, Int>) -> f32 {
+        let [b, t] = ids.dims();
+        let (_, full) = weights::host(model.backbone().lm_logits(&all_real(ids.clone())));
+        let v = full.len() / (b * t);
+        let mut cache = KvCache::default();
+        let prompt = 3;
+        let mut worst = 0.0f32;
+        let mut pos = 0;
+        while pos < t {
+            let n = if pos == 0 { prompt } else { 1 };
+            let logits = model
+                .forward_cached(ids.clone().slice([0..b, pos..pos + n]), &mut cache)
+                .unwrap();
+            let (_, got) = weights::host(logits);
+            for s in 0..b {
+                for i in 0..n {
+                    let want = &full[(s * t + pos + i) * v..][..v];
+                    let have = &got[(s * n + i) * v..][..v];
+                    worst = worst.max(max_abs_diff(want, have));
+                }
+            }
+            pos += n;
+        }
+        assert_eq!(cache.len(), t);
+        worst
+    }
+
     /// The op-by-op attention (dropout, bf16/f16, KV cache) and the fused node agree on every
     /// kind of keys. (On CUDA the fused node is burn's composed ops, so this checks the two
     /// composed forms against each other there.)
@@ -450,33 +620,46 @@ mod tests {
     fn stepwise_attention_matches_the_fused_node() {
         on_test_device!(|device: B| {
             <B as Backend>::seed(&device, 11);
-            let (b, t, n_head) = (2, 6, 3);
-            let qkv = Tensor::<B, 3>::random(
-                [b, t, 3 * 12],
-                burn::tensor::Distribution::Default,
-                &device,
-            );
+            let (b, t) = (2, 6);
             let mut padding = vec![0.0f32; b * t];
             padding[t + 4] = MASKED;
             padding[t + 5] = MASKED;
             let padding = Tensor::<B, 2>::from_data(TensorData::new(padding, [b, t]), &device);
             let no_dropout = burn::nn::DropoutConfig::new(0.0).init();
             let mut worst = 0.0f32;
-            for keys in [Keys::All, Keys::Causal, Keys::Padded(padding)] {
-                let heads = fused::split_heads(qkv.clone(), n_head);
-                let (_, stepwise) = weights::host(attention_stepwise(
-                    heads,
-                    keys.clone(),
-                    &no_dropout,
-                    Precision::F32,
-                ));
-                let (_, fused) = weights::host(fused::attention(
-                    qkv.clone(),
-                    keys,
-                    n_head,
-                    attention_scale(4),
-                ));
-                worst = worst.max(max_abs_diff(&stepwise, &fused));
+            let slopes: std::sync::Arc<[f32]> = [0.5f32, 0.25, 0.125, 0.0625].into();
+            for (heads, kv_heads) in [(3, 3), (4, 2)] {
+                let base = AttentionSpec {
+                    kv_heads,
+                    ..AttentionSpec::multi_head(heads, heads * 4, false)
+                };
+                let qkv = Tensor::<B, 3>::random(
+                    [b, t, base.packed_width()],
+                    burn::tensor::Distribution::Default,
+                    &device,
+                );
+                for (causal, padded, alibi) in [
+                    (false, false, false),
+                    (true, false, false),
+                    (false, true, false),
+                    (true, true, heads == 4),
+                ] {
+                    let spec = AttentionSpec {
+                        causal,
+                        alibi: alibi.then(|| slopes.clone()),
+                        ..base.clone()
+                    };
+                    let padding = padded.then(|| padding.clone());
+                    let (_, stepwise) = weights::host(attention_stepwise(
+                        fused::split_qkv(qkv.clone(), &spec),
+                        padding.clone(),
+                        &spec,
+                        &no_dropout,
+                        Precision::F32,
+                    ));
+                    let (_, fused) = weights::host(fused::attention(qkv.clone(), padding, &spec));
+                    worst = worst.max(max_abs_diff(&stepwise, &fused));
+                }
             }
             figure(
                 "stepwise vs fused attention, max |diff|",
@@ -490,7 +673,7 @@ mod tests {
     fn bert_matches_transformers() {
         on_test_device!(|device: B| {
             let r = Reference::load("bert");
-            let (model, head) = load_bert::<B>(&fixture("bert"), &device);
+            let model = load_bert::<B>(&fixture("bert"), &device);
             let (ids, types, mask) = (
                 r.ints::<B>("input_ids", &device),
                 r.ints::<B>("token_type_ids", &device),
@@ -503,7 +686,7 @@ mod tests {
             // Real tokens only: dnaflow's encoder runs the real tokens packed and leaves
             // padding at zero (HF computes values there that no loss or pooling reads).
             let hidden = r.max_diff_real("hidden", hidden);
-            let logits = r.max_diff_real("logits", model.forward(&head, ids, types, mask));
+            let logits = r.max_diff_real("logits", model.mlm_logits(ids, types, mask).unwrap());
             figure(
                 "bert forward vs transformers, max |diff|",
                 format!("hidden {hidden:.2e}, logits {logits:.2e}"),
@@ -519,7 +702,7 @@ mod tests {
     fn saved_models_reload_with_the_same_logits() {
         on_test_device!(|device: B| {
             let tmp = tempfile::tempdir().unwrap();
-            for arch in ["gpt2", "bert"] {
+            for arch in ["gpt2", "bert", "llama-gqa", "llama-tied", "llama3-rope"] {
                 let dir = tmp.path().join(arch);
                 let model = load::<B>(&fixture(arch), &device);
                 model.save_dir(&dir, None).unwrap();
@@ -530,16 +713,24 @@ mod tests {
                         "logits",
                         load_gpt2::<B>(&dir, &device).forward(r.ints::<B>("input_ids", &device)),
                     ),
-                    _ => {
-                        let (m, head) = load_bert::<B>(&dir, &device);
+                    "bert" => {
+                        let m = load_bert::<B>(&dir, &device);
                         r.max_diff_real(
                             "logits",
-                            m.forward(
-                                &head,
+                            m.mlm_logits(
                                 r.ints::<B>("input_ids", &device),
                                 r.ints::<B>("token_type_ids", &device),
                                 r.ints::<B>("attention_mask", &device),
-                            ),
+                            )
+                            .unwrap(),
+                        )
+                    }
+                    _ => {
+                        let m = load::<B>(&dir, &device);
+                        r.max_diff(
+                            "logits",
+                            m.backbone()
+                                .lm_logits(&all_real(r.ints::<B>("input_ids", &device))),
                         )
                     }
                 };
@@ -588,7 +779,7 @@ mod tests {
     /// A few optimizer steps of the fixture-sized GPT-2 on a periodic sequence, on the test
     /// device with matrix products in `precision`: every loss finite and the last ones below
     /// the first; then the trained weights saved, reloaded and giving the same logits.
-    fn train_save_reload<AB>(device: &AB::Device, precision: Precision)
+    fn train_save_reload<AB>(device: &AB::Device, precision: Precision, arch: &str)
     where
         AB: AutodiffBackend + FusedOps,
         AB::InnerBackend: FusedOps,
@@ -599,11 +790,11 @@ mod tests {
         };
         use std::sync::atomic::AtomicBool;
 
-        let spec = ModelSpec::read(&fixture("gpt2")).unwrap();
+        let spec = ModelSpec::read(&fixture(arch)).unwrap();
         let build = |w: Weights| {
             Model::<AB>::from_weights(&spec, w, 1, device).map(|m| m.0.with_precision(precision))
         };
-        let model = build(spec.init_weights(1)).unwrap();
+        let model = build(spec.init_weights(1).unwrap()).unwrap();
         let doc = Row {
             ids: (0..400).map(|i| [3u32, 7, 9, 12, 5][i % 5]).collect(),
             bases: vec![1; 400],
@@ -660,7 +851,7 @@ mod tests {
         let first = losses[0];
         let tail = losses[steps - 3..].iter().sum::<f64>() / 3.0;
         figure(
-            &format!("{precision} training, loss over {steps} steps"),
+            &format!("{arch} {precision} training, loss over {steps} steps"),
             format!("{first:.4} -> {tail:.4} (mean of the last 3)"),
         );
         assert!(
@@ -675,14 +866,10 @@ mod tests {
         // Saved as a model directory, reloaded on the same device: the same logits.
         let dir = tmp.path().join("model");
         trained.model.save_dir(&dir, None).unwrap();
-        let reloaded = load_gpt2::<AB::InnerBackend>(&dir, device).with_precision(precision);
-        let trained = match trained.model.valid().backbone() {
-            arch::Backbone::Gpt2(m) => m.clone(),
-            _ => panic!("gpt2"),
-        };
-        let ids = Reference::load("gpt2").ints::<AB::InnerBackend>("input_ids", device);
-        let (_, want) = weights::host(trained.forward(ids.clone()));
-        let (_, got) = weights::host(reloaded.forward(ids));
+        let reloaded = load::<AB::InnerBackend>(&dir, device).with_precision(precision);
+        let batch = reference_batch(&Reference::load(arch));
+        let (_, want) = weights::host(trained.model.valid().forward(&batch, device));
+        let (_, got) = weights::host(reloaded.forward(&batch, device));
         let diff = max_abs_diff(&want, &got);
         figure(
             &format!("{precision} trained model saved and reloaded, max |logit diff|"),
@@ -700,7 +887,8 @@ mod tests {
     #[test]
     fn f32_training_steps_lower_the_loss_and_survive_a_reload() {
         on_test_device!(|device: B| {
-            train_save_reload::<Autodiff<B>>(&device, Precision::F32);
+            train_save_reload::<Autodiff<B>>(&device, Precision::F32, "gpt2");
+            train_save_reload::<Autodiff<B>>(&device, Precision::F32, "llama-gqa");
         })
     }
 
@@ -716,7 +904,8 @@ mod tests {
             return;
         }
         on_test_device!(|device: B| {
-            train_save_reload::<Autodiff<B>>(&device, Precision::Bf16);
+            train_save_reload::<Autodiff<B>>(&device, Precision::Bf16, "gpt2");
+            train_save_reload::<Autodiff<B>>(&device, Precision::Bf16, "llama-gqa");
         })
     }
 
@@ -743,9 +932,9 @@ mod tests {
     /// CPU only: fresh weights are made on the host; this checks their names round-trip.
     #[test]
     fn fresh_models_build_from_their_own_init() {
-        for arch in ["gpt2", "bert"] {
+        for arch in ["gpt2", "bert", "llama-gqa", "llama-tied"] {
             let spec = ModelSpec::read(&fixture(arch)).unwrap();
-            let w = spec.init_weights(7);
+            let w = spec.init_weights(7).unwrap();
             let names: Vec<String> = w.names().map(String::from).collect();
             let (model, report) =
                 Model::<Flex>::from_weights(&spec, w, 7, &Default::default()).unwrap();
@@ -865,6 +1054,20 @@ mod tests {
                     labels: labels.clone(),
                 },
             ),
+            (
+                "llama-gqa",
+                Task::SeqCls {
+                    labels: labels.clone(),
+                },
+            ),
+            (
+                "llama-gqa",
+                Task::TokenCls {
+                    labels: labels.clone(),
+                },
+            ),
+            // LLaMA's head learns y / sd uncentred (its mean has nowhere to fold).
+            ("llama-gqa", Task::Regression { mean: 0.0, sd: 8.0 }),
         ] {
             let r = Reference::load(arch);
             let mut spec = ModelSpec::read(&fixture(arch)).unwrap();

@@ -3,17 +3,16 @@
 //! HF class that has that head, so `AutoModelFor{CausalLM,MaskedLM,SequenceClassification,
 //! TokenClassification}` loads what we save.
 
-use std::collections::BTreeSet;
 use std::path::Path;
 
 use burn::prelude::*;
 use serde_json::{Value, json};
 
-use super::arch::{ArchConfig, Backbone, LmKind, TOKEN_HEAD, Tokens, read_config};
-use super::bert::MlmHead;
+use super::arch::{ArchConfig, Backbone, LmKind, MeanFold, Tokens, read_config};
 use super::heads::{HeadLayout, Pool, Task, TaskHead};
+use super::vars::{Declared, VarState, Vars, collect};
 use super::weights::{LoadReport, Weights};
-use super::{FusedOps, ModelError, Precision, weights_path};
+use super::{FusedOps, KvCache, ModelError, Precision, weights_path};
 use crate::train::Batch;
 
 /// What a model is: its architecture's config and the task its head does.
@@ -43,7 +42,7 @@ impl ModelSpec {
             Task::SeqCls { .. } | Task::Regression { .. } | Task::MultiLabel { .. } => {
                 Some(self.config.architecture().seq_head)
             }
-            Task::TokenCls { .. } => Some(TOKEN_HEAD),
+            Task::TokenCls { .. } => Some(self.config.architecture().token_head),
         }
     }
 
@@ -133,26 +132,46 @@ impl ModelSpec {
         Ok(ModelSpec { config, task })
     }
 
-    /// Fresh tensors of the head (the MLM head, or the task head), seeded.
-    fn init_head(&self, seed: u64) -> Weights {
-        let d = self.config.hidden_size();
-        match (&self.config, self.head_layout()) {
-            (ArchConfig::Bert(c), None) => MlmHead::<burn::backend::Flex>::init_weights(c, seed),
-            (_, None) => Weights::new(),
-            (_, Some(layout)) => layout.init_weights(
-                d,
-                self.task.outputs().expect("a task head has outputs"),
-                self.config.initializer_range(),
-                seed,
-            ),
-        }
+    /// Declare the whole model (backbone, its LM head or the task head) in one walk.
+    fn declare<B: FusedOps>(
+        &self,
+        vars: &mut Vars<B>,
+    ) -> Result<(Backbone<B>, Option<TaskHead<B>>), ModelError> {
+        let backbone = Backbone::declare(&self.config, vars, self.task == Task::Lm)?;
+        let head = self.declare_head(vars);
+        Ok((backbone, head))
     }
 
-    /// Fresh weights for the whole model, seeded.
-    pub fn init_weights(&self, seed: u64) -> Weights {
-        let mut w = self.config.init_backbone(seed);
-        w.extend(self.init_head(seed ^ 0x4EAD));
-        w
+    fn declare_head<B: FusedOps>(&self, vars: &mut Vars<B>) -> Option<TaskHead<B>> {
+        self.head_layout().map(|layout| {
+            TaskHead::declare(
+                layout,
+                self.config.hidden_size(),
+                self.task.outputs().expect("a task head has outputs"),
+                self.config.classifier_dropout(),
+                self.config.initializer_range(),
+                vars,
+            )
+        })
+    }
+
+    /// Names of the task head's tensors (none for the LM head).
+    pub fn head_names(&self) -> Vec<String> {
+        self.init_head(0).names().map(String::from).collect()
+    }
+
+    /// Fresh tensors of the task head, seeded (none for the LM head).
+    fn init_head(&self, seed: u64) -> Weights {
+        let mut state = VarState::<burn::backend::Flex>::fresh(seed, &Default::default());
+        self.declare_head(&mut state.root());
+        state.into_fresh()
+    }
+
+    /// Fresh weights for the whole model, seeded, as transformers initialises them.
+    pub fn init_weights(&self, seed: u64) -> Result<Weights, ModelError> {
+        let mut state = VarState::<burn::backend::Flex>::fresh(seed, &Default::default());
+        self.declare(&mut state.root())?;
+        Ok(state.into_fresh())
     }
 }
 
@@ -160,10 +179,12 @@ impl ModelSpec {
 #[derive(Module, Debug)]
 pub struct Model<B: Backend> {
     backbone: Backbone<B>,
-    mlm: Option<MlmHead<B>>,
     head: Option<TaskHead<B>>,
     #[module(skip)]
     spec: ModelSpec,
+    /// Every tensor's HF name, from the walk that built it: what [`Model::to_weights`] saves.
+    #[module(skip)]
+    declared: std::sync::Arc<Vec<Declared>>,
 }
 
 impl<B: FusedOps> Model<B> {
@@ -177,42 +198,26 @@ impl<B: FusedOps> Model<B> {
         device: &B::Device,
     ) -> Result<(Model<B>, LoadReport), ModelError> {
         let arch = spec.config.architecture();
-        let head = spec.init_head(seed ^ 0x4EAD);
-        let own: BTreeSet<String> = head.names().map(String::from).collect();
-        w.adopt_fresh(head);
+        w.adopt_fresh(spec.init_head(seed ^ 0x4EAD));
+        let mut state = VarState::<B>::load(&mut w, device);
+        let (backbone, head) = spec.declare(&mut state.root())?;
+        let declared = std::sync::Arc::new(state.declared());
+        // What the walk did not take under a head's prefix belongs to another head.
         let others: Vec<String> = w
             .names()
-            .filter(|n| !own.contains(*n) && arch.head_prefixes.iter().any(|p| n.starts_with(p)))
+            .filter(|n| arch.head_prefixes.iter().any(|p| n.starts_with(p)))
             .map(String::from)
             .collect();
         for name in others {
             w.skip_other_head(&name);
         }
-        let backbone = Backbone::build(&spec.config, &mut w, device)?;
-        let mlm = match (&spec.config, &spec.task) {
-            (ArchConfig::Bert(c), Task::Lm) => Some(MlmHead::build(c, &mut w, device)),
-            _ => None,
-        };
-        if arch.lm == LmKind::Causal && spec.task == Task::Lm {
-            w.skip("lm_head.weight"); // tied to the token embedding
-        }
-        let head = spec.head_layout().map(|layout| {
-            TaskHead::build(
-                layout,
-                spec.config.hidden_size(),
-                spec.task.outputs().expect("a task head has outputs"),
-                spec.config.classifier_dropout(),
-                &mut w,
-                device,
-            )
-        });
         let report = w.finish()?;
         Ok((
             Model {
                 backbone,
-                mlm,
                 head,
                 spec: spec.clone(),
+                declared,
             },
             report,
         ))
@@ -237,37 +242,38 @@ impl<B: FusedOps> Model<B> {
         &self.spec
     }
 
-    /// The backbone (generation drives GPT-2's KV cache on it directly).
+    /// The backbone.
     pub fn backbone(&self) -> &Backbone<B> {
         &self.backbone
-    }
-
-    /// BERT's MLM head, when this is a masked LM.
-    pub fn mlm_head(&self) -> Option<&MlmHead<B>> {
-        self.mlm.as_ref()
     }
 
     /// Run matrix products in `precision` (weights stay f32).
     pub fn with_precision(self, precision: Precision) -> Self {
         Model {
             backbone: self.backbone.with_precision(precision),
-            mlm: self.mlm,
             head: self.head.map(|h| h.with_precision(precision)),
             spec: self.spec,
+            declared: self.declared,
         }
     }
 
     /// Every tensor under its HF name (a regression head still standardised: checkpoints
     /// keep exactly what trains; [`save_model_dir`] folds it).
     pub fn to_weights(&self) -> Weights {
-        let mut w = self.backbone.to_weights();
-        if let Some(m) = &self.mlm {
-            m.put_weights(&mut w);
+        collect(self, &self.declared)
+    }
+
+    /// Next-token logits [B, T, vocab] of `ids` following the positions in `cache`, for
+    /// generation; `None` when the architecture is not causal or the model has a task head.
+    pub fn forward_cached(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        cache: &mut KvCache<B>,
+    ) -> Option<Tensor<B, 3>> {
+        if self.head.is_some() {
+            return None;
         }
-        if let Some(h) = &self.head {
-            h.put_weights(&mut w);
-        }
-        w
+        self.backbone.forward_cached(ids, cache)
     }
 
     /// Write a model directory `transformers` loads (tokenizer files copied beside).
@@ -284,26 +290,17 @@ impl<B: FusedOps> Model<B> {
     /// sequence-head outputs [B, n] (a regression head: the standardised target).
     pub fn forward(&self, batch: &Batch, device: &B::Device) -> Tensor<B, 2> {
         let tokens = tokens(batch, device);
-        let layers = self.backbone.layers();
-        match (&self.head, &self.backbone) {
-            (Some(head), backbone) => {
-                let h = backbone.hidden(&tokens, layers);
+        let logits = match &self.head {
+            Some(head) => {
+                let h = self.backbone.hidden(&tokens, self.backbone.layers());
                 let read = head_reads(head_pool(&self.spec), batch, self.pad())
                     .map(|i| Tensor::from_data(TensorData::new(i, [batch.b]), device));
-                head.forward(h, read)
+                return head.forward(h, read);
             }
-            (None, Backbone::Gpt2(m)) => {
-                let logits = m.logits(m.hidden(tokens.ids)); // [B, T, vocab]
-                let [b, t, v] = logits.dims();
-                logits.reshape([b * t, v])
-            }
-            (None, Backbone::Bert(m)) => {
-                let head = self.mlm.as_ref().expect("a BERT LM has its MLM head");
-                let logits = m.forward(head, tokens.ids, tokens.types, tokens.mask);
-                let [b, t, v] = logits.dims();
-                logits.reshape([b * t, v])
-            }
-        }
+            None => self.backbone.lm_logits(&tokens), // [B, T, vocab]
+        };
+        let [b, t, v] = logits.dims();
+        logits.reshape([b * t, v])
     }
 
     /// HF's `hidden_states[layer]` [B, T, d] of a batch (`layer` = the number of layers:
@@ -338,7 +335,8 @@ pub fn save_model_dir(
     tokenizer: Option<&Path>,
 ) -> Result<(), ModelError> {
     scale_regression(spec, &mut weights, Direction::Fold);
-    super::save_dir(dir, &spec.to_hf_json(), &weights, tokenizer)
+    let framing = spec.config.architecture().framing;
+    super::save_dir(dir, &spec.to_hf_json(), &weights, tokenizer, framing)
 }
 
 fn head_pool(spec: &ModelSpec) -> Option<Pool> {
@@ -352,6 +350,7 @@ fn tokens<B: Backend>(batch: &Batch, device: &B::Device) -> Tokens<B> {
         ids: ints(&batch.ids),
         types: ints(&batch.types),
         mask: ints(&batch.mask),
+        padded: batch.mask.contains(&0),
     }
 }
 
@@ -405,7 +404,7 @@ fn scale_regression(spec: &ModelSpec, w: &mut Weights, direction: Direction) {
     };
     let bias = w.remove(&format!("{c}.bias"));
     let shift_norm = |w: &mut Weights, raw: &[f32], sign: f32| {
-        let Some(norm) = spec.config.architecture().final_norm else {
+        let MeanFold::NormBias(norm) = spec.config.architecture().regression_mean else {
             return;
         };
         let name = format!("{norm}.bias");

@@ -164,7 +164,8 @@ impl Weights {
         Param::initialized(param_id(name), tensor.require_grad())
     }
 
-    fn take(&mut self, name: &str, shape: &[usize]) -> Vec<f32> {
+    /// The values of `name`, checked against `shape` (a problem is recorded, zeros returned).
+    pub(crate) fn take(&mut self, name: &str, shape: &[usize]) -> Vec<f32> {
         self.taken.insert(name.to_string());
         match self.tensors.get(name) {
             Some(t) if t.shape == shape => t.values.clone(),
@@ -263,7 +264,7 @@ pub fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> (Vec<usize>, Vec<f32
 }
 
 /// Row-major `[rows, cols]` → `[cols, rows]`.
-fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+pub(crate) fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut out = vec![0.0; values.len()];
     for r in 0..rows {
         for c in 0..cols {

@@ -8,7 +8,7 @@
 use super::model::{Continuation, Sampler, Vocab, decode, encode_spans};
 use super::table::LocatedTable;
 use super::{StepContext, StepError};
-use crate::models::arch::Backbone;
+use crate::models::arch::LmKind;
 use crate::models::{FusedOps, Model};
 use crate::train::{Row, Target};
 
@@ -141,11 +141,11 @@ pub(super) fn answer<B: FusedOps>(
         seed,
     } = *decoding;
     use rand::SeedableRng;
-    let Backbone::Gpt2(gpt2) = model.backbone() else {
+    if model.spec().config.architecture().lm != LmKind::Causal {
         return Err(StepError::new(
-            "`task: text` generates its answers with a causal model (arch: gpt2)",
+            "`task: text` generates its answers with a causal model",
         ));
-    };
+    }
     let end = eos(vocab)?;
     let run = Continuation {
         max_new: lengths.max_new,
@@ -168,7 +168,7 @@ pub(super) fn answer<B: FusedOps>(
         let prompt = &row.ids[..from];
         let mut text = |s: &Sampler| -> Result<(String, bool), StepError> {
             let mut one = vec![prompt.to_vec()];
-            run.extend(gpt2, &mut one, s, &mut rng, device);
+            run.extend(model, &mut one, s, &mut rng, device);
             let mut new = one[0][from..].to_vec();
             let ended = match new.iter().position(|&t| t == end) {
                 Some(at) => {

@@ -104,7 +104,7 @@ fn embed(ctx: &mut StepContext) -> Result<(), StepError> {
     let (dim, layer, vectors, seconds) = on_device!(device, Precision::F32, |dev: B| {
         let model = load_model::<B>(&dir, &dev)?;
         let config = &model.spec().config;
-        let bert = config.name() == "bert";
+        let bert = config.architecture().framing == crate::models::arch::Framing::ClsSep;
         let layers = model.layers() as i64;
         let layer = if p.layer < 0 {
             layers + 1 + p.layer

@@ -27,7 +27,7 @@ use super::table::{
 };
 use super::training::{self, model_err};
 use super::{InputPath, StepContext, StepError, StepKind, params, plot, write_metrics};
-use crate::models::arch::LmKind;
+use crate::models::arch::{Framing, LmKind, MeanFold};
 use crate::models::device::on_device;
 use crate::models::{Model, ModelSpec, Task, Weights, read_weights, save_model_dir};
 use crate::train::objective::{argmax, classification_scores};
@@ -283,10 +283,13 @@ pub static FINETUNE: StepKind = StepKind {
             );
         }
         if p.task == TaskKind::Text {
-            if p.arch == Some(Arch::Bert) {
-                return Err(
-                    "`task: text` generates text: it needs a causal model (`arch: gpt2`)".into(),
-                );
+            if let Some(arch) = &p.arch
+                && arch.row().lm != LmKind::Causal
+            {
+                return Err(format!(
+                    "`task: text` generates text: it needs a causal model, not `arch: {}`",
+                    arch.row().model_type
+                ));
             }
             if p.class_weights.is_some() || p.freeze.is_some() && p.init.is_none() {
                 return Err(
@@ -572,13 +575,9 @@ fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
         // A fresh model takes up to 512 tokens unless `config` says otherwise (BERT's default
         // position table; a longer row is an error that names it).
         None => {
-            let arch = p.arch.expect("checked");
+            let arch = p.arch.as_ref().expect("checked");
             let mut user = p.config.clone();
-            let positions = match arch {
-                Arch::Gpt2 => "n_positions",
-                Arch::Bert => "max_position_embeddings",
-            };
-            user.entry(positions).or_insert(512.into());
+            user.entry(arch.row().positions_field).or_insert(512.into());
             (fresh_config(arch, &user, &vocab, 2)?, None)
         }
     };
@@ -598,11 +597,12 @@ fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
             config.vocab_size()
         )));
     }
-    let bert = config.name() == "bert";
+    let bert = config.architecture().framing == Framing::ClsSep;
     if bert && vocab.bert.is_none() {
         return Err(StepError::new(format!(
-            "{}: BERT needs [CLS], [SEP] and [MASK] tokens in the tokenizer",
-            vocab.path.display()
+            "{}: {} frames sequences as [CLS] … [SEP] and masks with [MASK]: the tokenizer needs all three",
+            vocab.path.display(),
+            config.name()
         )));
     }
     let max_len = p.max_length.unwrap_or(config.max_positions());
@@ -699,6 +699,12 @@ fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
             let mean = values.iter().sum::<f64>() / values.len() as f64;
             let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / values.len() as f64;
             let sd = if var > 0.0 { var.sqrt() } else { 1.0 };
+            // A head whose mean has nowhere to go when saved (LLaMA's bias-free `score` on
+            // RMSNorm) learns y / sd uncentred, so the saved model predicts y exactly.
+            let mean = match config.architecture().regression_mean {
+                MeanFold::Nowhere => 0.0,
+                _ => mean,
+            };
             (
                 Task::Regression { mean, sd },
                 Objective::Regression { mean, sd },
@@ -772,10 +778,7 @@ fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
         )?;
     }
     let spec = ModelSpec { config, task };
-    let head_names = spec
-        .head_layout()
-        .map(|layout| layout.names())
-        .unwrap_or_default();
+    let head_names = spec.head_names();
 
     let order = Order::new(train_split.rows.len(), p.batch_size, p.seed, true);
     let per_epoch = order.batches_per_epoch().div_ceil(p.grad_accum);
@@ -824,7 +827,7 @@ fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
     )?;
     let init = match &p.init {
         Some(dir) => read_weights(&path(dir), &spec).map_err(model_err)?,
-        None => spec.init_weights(p.seed),
+        None => spec.init_weights(p.seed).map_err(model_err)?,
     };
     let frozen: Vec<String> = frozen_names(p.freeze.as_ref(), &spec, &init)?;
     if !frozen.is_empty() {

@@ -17,22 +17,55 @@ use super::tokenizer::{open_tokenizer, read_sequences, sequence};
 use super::training::{self, model_err};
 use super::{InputPath, StepContext, StepError, StepKind, params, write_metrics};
 use crate::models::arch::LmKind;
+use crate::models::arch::{Architecture, FreshSize};
 use crate::models::device::on_device;
 use crate::models::{
-    self, ArchConfig, BertConfig, DeviceSpec, FusedOps, Gpt2Config, LoadReport, Model, ModelSpec,
-    Precision, Task, Weights, save_model_dir,
+    self, ArchConfig, DeviceSpec, FusedOps, KvCache, LoadReport, Model, ModelSpec, Precision, Task,
+    Weights, save_model_dir,
 };
 use crate::train::optim::AdamWConfig;
 use crate::train::{self, Masking, Objective, Order, Row, Schedule, TrainConfig, TrainData};
 
-/// The architectures `model.pretrain` builds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub(super) enum Arch {
-    /// GPT-2 decoder (causal LM).
-    Gpt2,
-    /// BERT encoder (masked LM).
-    Bert,
+/// An architecture of the models table, by the name `arch:` takes (its HF `model_type`).
+#[derive(Debug, Clone)]
+pub(super) struct Arch(&'static Architecture);
+
+impl PartialEq for Arch {
+    fn eq(&self, other: &Arch) -> bool {
+        std::ptr::eq(self.0, other.0)
+    }
+}
+
+impl Arch {
+    pub(super) fn row(&self) -> &'static Architecture {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Arch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Arch, D::Error> {
+        let name = String::deserialize(d)?;
+        models::arch::architecture(&name).map(Arch).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "unknown architecture `{name}`, expected one of {}",
+                models::arch::names().join(", ")
+            ))
+        })
+    }
+}
+
+impl JsonSchema for Arch {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Arch".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "enum": models::arch::names(),
+            "description": "An architecture of the models table (its Hugging Face model_type).",
+        })
+    }
 }
 
 /// Training objectives.
@@ -208,12 +241,15 @@ pub static PRETRAIN: StepKind = StepKind {
     check: |with| {
         let p = params::<PretrainParams>(with)?;
         check_device(&p.device, &p.precision)?;
-        match (p.arch, p.objective) {
-            (Arch::Gpt2, Some(ObjectiveKind::Mlm)) => {
-                return Err("gpt2 trains with `objective: clm` (a decoder cannot see masked tokens' right context)".into());
+        let name = p.arch.row().model_type;
+        match (p.arch.row().lm, p.objective) {
+            (LmKind::Causal, Some(ObjectiveKind::Mlm)) => {
+                return Err(format!(
+                    "{name} trains with `objective: clm` (a decoder cannot see masked tokens' right context)"
+                ));
             }
-            (Arch::Bert, Some(ObjectiveKind::Clm)) => {
-                return Err("bert trains with `objective: mlm`".into());
+            (LmKind::Masked, Some(ObjectiveKind::Clm)) => {
+                return Err(format!("{name} trains with `objective: mlm`"));
             }
             _ => {}
         }
@@ -364,34 +400,22 @@ pub(crate) fn objective_for(
     }))
 }
 
-/// HF config for a fresh model: defaults, then the user's fields, vocabulary from the tokenizer.
+/// HF config for a fresh model: the row's defaults, then the user's fields, vocabulary from
+/// the tokenizer.
 pub(super) fn fresh_config(
-    arch: Arch,
+    arch: &Arch,
     user: &serde_json::Map<String, serde_json::Value>,
     vocab: &Vocab,
     seq_len: usize,
 ) -> Result<ArchConfig, StepError> {
-    let mut base = match arch {
-        Arch::Gpt2 => json!({
-            "n_embd": 128, "n_layer": 4, "n_head": 4, "n_positions": seq_len.max(16),
-            "bos_token_id": vocab.eos, "eos_token_id": vocab.eos,
-        }),
-        Arch::Bert => json!({
-            "hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
-            "intermediate_size": 512, "max_position_embeddings": seq_len.max(16),
-            "pad_token_id": vocab.pad,
-        }),
+    let size = FreshSize {
+        vocab_size: vocab.size,
+        positions: seq_len.max(16),
+        pad: Some(vocab.pad),
+        eos: vocab.eos,
     };
-    let m = base.as_object_mut().expect("object");
-    for (k, v) in user {
-        m.insert(k.clone(), v.clone());
-    }
-    m.insert("vocab_size".into(), vocab.size.into());
-    let bad = |e: serde_json::Error| StepError::new(format!("`config`: {e}"));
-    let cfg = match arch {
-        Arch::Gpt2 => ArchConfig::Gpt2(serde_json::from_value::<Gpt2Config>(base).map_err(bad)?),
-        Arch::Bert => ArchConfig::Bert(serde_json::from_value::<BertConfig>(base).map_err(bad)?),
-    };
+    let cfg = ArchConfig::fresh(arch.row().model_type, &size, user)
+        .map_err(|e| StepError::new(format!("`config`: {e}")))?;
     if cfg.max_positions() < seq_len {
         return Err(StepError::new(format!(
             "`seq_len` {seq_len} is longer than the model's {} positions",
@@ -407,7 +431,7 @@ fn pretrain(ctx: &mut StepContext) -> Result<(), StepError> {
     let vocab = load_vocab(p.tokenizer.path())?;
     let config = match &p.init {
         Some(dir) => models::read_config(dir.path()).map_err(model_err)?.0,
-        None => fresh_config(p.arch, &p.config, &vocab, p.seq_len)?,
+        None => fresh_config(&p.arch, &p.config, &vocab, p.seq_len)?,
     };
     if config.vocab_size() < vocab.size {
         return Err(StepError::new(format!(
@@ -483,7 +507,7 @@ fn pretrain(ctx: &mut StepContext) -> Result<(), StepError> {
     let init = match &p.init {
         Some(dir) => Weights::load(&models::weights_path(dir.path()).map_err(model_err)?)
             .map_err(model_err)?,
-        None => spec.init_weights(p.seed),
+        None => spec.init_weights(p.seed).map_err(model_err)?,
     };
     let seed = p.seed;
     on_device!(device, precision, |dev: B| {
@@ -679,7 +703,7 @@ impl Continuation<'_> {
     /// the positions fed so far are kept: the prompt goes in once, then one token per step.
     pub(crate) fn extend<B: FusedOps>(
         &self,
-        model: &models::gpt2::Gpt2<B>,
+        model: &Model<B>,
         rows: &mut [Vec<u32>],
         sampler: &Sampler,
         rng: &mut impl rand::Rng,
@@ -687,7 +711,7 @@ impl Continuation<'_> {
     ) {
         let n = rows.len();
         let mut done = vec![false; n];
-        let mut cache = models::gpt2::KvCache::default();
+        let mut cache = KvCache::default();
         for _ in 0..self.max_new {
             if n == 0
                 || done.iter().all(|d| *d)
@@ -696,7 +720,7 @@ impl Continuation<'_> {
                 break;
             }
             if cache.len() + 1 > self.window {
-                cache = models::gpt2::KvCache::default();
+                cache = KvCache::default();
             }
             let t = if cache.is_empty() {
                 rows[0].len().min(self.window)
@@ -708,7 +732,10 @@ impl Continuation<'_> {
                 .flat_map(|r| r[r.len() - t..].iter().map(|&i| i as i64))
                 .collect();
             let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [n, t]), dev);
-            let logits = model.forward_cached(ids, &mut cache).narrow(1, t - 1, 1); // [n, 1, V]
+            let logits = model
+                .forward_cached(ids, &mut cache)
+                .expect("generation runs causal language models (checked by the caller)")
+                .narrow(1, t - 1, 1); // [n, 1, V]
             let (_, host) = models::weights::host(logits);
             let v = host.len() / n;
             for (s, row) in rows.iter_mut().enumerate() {
@@ -759,13 +786,15 @@ fn generate(ctx: &mut StepContext) -> Result<(), StepError> {
     on_device!(device, Precision::F32, |dev: B| {
         let loaded = load_model::<B>(&dir, &dev)?;
         let config = loaded.spec().config.clone();
-        let models::arch::Backbone::Gpt2(model) = loaded.backbone() else {
+        if config.architecture().lm != LmKind::Causal || loaded.spec().task != Task::Lm {
             return Err(StepError::new(format!(
-                "{}: model.generate needs a causal model (gpt2), this is {}",
+                "{}: model.generate needs a causal language model, this is {} {}",
                 dir.display(),
-                config.name()
+                config.name(),
+                loaded.spec().class()
             )));
-        };
+        }
+        let model = &loaded;
         let window = config.max_positions();
         for prompt in &p.prompts {
             let enc = vocab

@@ -640,7 +640,7 @@ mod training_tests {
     ) -> (Trained<Model<AB>>, String) {
         let dev = Default::default();
         let build = |w: Weights| Model::<AB>::from_weights(spec, w, 1, &dev).map(|m| m.0);
-        let model = build(spec.init_weights(1)).unwrap();
+        let model = build(spec.init_weights(1).unwrap()).unwrap();
         let valid = eval_batches(&rows[..8], &objective, 0, 4, 0);
         let mut data = TrainData {
             order: Order::new(rows.len(), 4, 0, true),
@@ -739,7 +739,7 @@ mod training_tests {
         let spec = spec(Task::SeqCls {
             labels: vec!["a".into(), "b".into()],
         });
-        let model = Model::<Flex>::from_weights(&spec, spec.init_weights(1), 1, &dev)
+        let model = Model::<Flex>::from_weights(&spec, spec.init_weights(1).unwrap(), 1, &dev)
             .unwrap()
             .0;
         let rows = motif_rows(8);
