@@ -157,6 +157,28 @@ impl RawTensor {
         )
     }
 
+    /// Give the tensor's file pages back to the kernel once it is placed, so loading a model
+    /// holds the model and one tensor, not the model and the whole mapped file. A later read
+    /// maps the pages in again from the file (the map is read-only), so this never loses data.
+    pub fn release(&self) {
+        if let Bytes::Mapped { map, range } = &self.data {
+            let page = 4096;
+            let start = range.start.div_ceil(page) * page;
+            let end = range.end / page * page;
+            if end > start {
+                // SAFETY: the map is a read-only shared file mapping; dropping its pages only
+                // makes the next access read them from the file again.
+                let _ = unsafe {
+                    map.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        start,
+                        end - start,
+                    )
+                };
+            }
+        }
+    }
+
     /// Values as f32 for the f32 models; integers give `None` since they are not weights.
     pub fn to_f32(&self) -> Option<Vec<f32>> {
         let b = self.bytes();

@@ -13,6 +13,7 @@ use burn::prelude::*;
 
 pub mod arch;
 pub mod bert;
+pub mod checkpoint;
 mod cpu_attention;
 mod cpu_kernels;
 pub mod device;
@@ -61,25 +62,9 @@ impl ModelError {
     }
 }
 
-/// The weights file of a model directory (`model.safetensors`; PyTorch `.bin` is refused with
-/// a way out).
-pub fn weights_path(dir: &Path) -> Result<PathBuf, ModelError> {
-    let st = dir.join("model.safetensors");
-    if st.exists() {
-        return Ok(st);
-    }
-    if dir.join("pytorch_model.bin").exists() {
-        return Err(ModelError::Format(format!(
-            "{}: only pytorch_model.bin is there; convert it once with transformers: \
-             AutoModel.from_pretrained(dir).save_pretrained(dir, safe_serialization=True)",
-            dir.display()
-        )));
-    }
-    Err(ModelError::Format(format!(
-        "{}: no model.safetensors (is this a model directory?)",
-        dir.display()
-    )))
-}
+/// Largest weights file a saved model directory holds; above it the weights are sharded with
+/// an index, as `save_pretrained` does (its default `max_shard_size` is 5 GB).
+pub const MAX_SHARD_BYTES: u64 = 5_000_000_000;
 
 /// Write a model directory: `config.json`, `model.safetensors`, and the tokenizer: the
 /// `tokenizer` file as `tokenizer.json` plus the tokenizer_config.json and
@@ -95,7 +80,7 @@ pub fn save_dir(
     let cfg = dir.join("config.json");
     let json = serde_json::to_string_pretty(config).expect("json");
     std::fs::write(&cfg, json).map_err(|e| ModelError::io(&cfg, e))?;
-    weights.save(&dir.join("model.safetensors"))?;
+    weights.save_dir(dir, MAX_SHARD_BYTES)?;
     if let Some(tok) = tokenizer {
         write_framed_tokenizer(tok, &dir.join("tokenizer.json"), framing)?;
         let beside = tok.parent().unwrap_or(Path::new("."));

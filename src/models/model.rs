@@ -8,11 +8,11 @@ use std::path::Path;
 use burn::prelude::*;
 use serde_json::{Value, json};
 
-use super::arch::{ArchConfig, Backbone, LmKind, MeanFold, Tokens, read_config};
+use super::arch::{ArchConfig, Backbone, MeanFold, Tokens, read_config};
 use super::heads::{HeadLayout, Pool, Task, TaskHead};
 use super::vars::{Declared, VarState, Vars, collect};
 use super::weights::{LoadReport, Weights};
-use super::{FusedOps, KvCache, ModelError, Precision, weights_path};
+use super::{FusedOps, KvCache, ModelError, Precision};
 use crate::train::Batch;
 
 /// What a model is: its architecture's config and the task its head does.
@@ -317,9 +317,9 @@ impl<B: FusedOps> Model<B> {
 /// The weights of a model directory as a model `spec` trains them: a regression head saved in
 /// the target's unit standardised again with the spec's mean and sd.
 pub fn read_weights(dir: &Path, spec: &ModelSpec) -> Result<Weights, ModelError> {
-    let mut w = Weights::load(&weights_path(dir)?)?;
+    let mut w = Weights::load_dir(dir)?;
     if let Some(layout) = spec.head_layout()
-        && w.get(&format!("{}.weight", layout.classifier)).is_some()
+        && w.contains(&format!("{}.weight", layout.classifier))
     {
         scale_regression(spec, &mut w, Direction::Unfold);
     }

@@ -14,6 +14,7 @@ use rand::rngs::StdRng;
 use rand_distr::{Distribution, Normal};
 
 use super::ModelError;
+use super::checkpoint::{self, RawTensor};
 
 /// One tensor on the host, row-major f32.
 #[derive(Debug, Clone)]
@@ -22,10 +23,42 @@ pub struct HostTensor {
     pub values: Vec<f32>,
 }
 
+/// A tensor as a [`Weights`] holds it: on the host as f32 (fresh, or about to be saved), or
+/// as stored in a checkpoint (memory-mapped, in its own dtype) until a model takes it.
+#[derive(Debug, Clone)]
+enum Entry {
+    Host(HostTensor),
+    Stored(RawTensor),
+}
+
+impl Entry {
+    fn shape(&self) -> &[usize] {
+        match self {
+            Entry::Host(t) => &t.shape,
+            Entry::Stored(t) => &t.shape,
+        }
+    }
+
+    /// The values as f32; a stored tensor's file pages are released once read.
+    fn into_host(self) -> HostTensor {
+        match self {
+            Entry::Host(t) => t,
+            Entry::Stored(t) => {
+                let values = t.to_f32().expect("only float tensors are kept");
+                t.release();
+                HostTensor {
+                    shape: t.shape,
+                    values,
+                }
+            }
+        }
+    }
+}
+
 /// Tensors by name, with bookkeeping of which ones a model took.
 #[derive(Debug, Default, Clone)]
 pub struct Weights {
-    tensors: BTreeMap<String, HostTensor>,
+    tensors: BTreeMap<String, Entry>,
     taken: BTreeSet<String>,
     problems: Vec<String>,
     source: Option<PathBuf>,
@@ -56,48 +89,81 @@ impl Weights {
         Weights::default()
     }
 
-    /// Read a safetensors file (f32, f16 or bf16 tensors; converted to f32).
+    /// Read one checkpoint file (`.safetensors`, or a `pytorch_model.bin` without running its
+    /// pickle), memory-mapped: each float tensor stays in its file and dtype until a model
+    /// takes it. Integer buffers (old GPT-2 `attn.bias` masks) are not weights and are left out.
     pub fn load(path: &Path) -> Result<Weights, ModelError> {
-        let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
-        let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
-            ModelError::Format(format!("{}: not a safetensors file: {e}", path.display()))
-        })?;
+        let tensors = checkpoint::read_file(path).map_err(|e| ModelError::Format(e.to_string()))?;
+        Ok(Weights::of_stored(tensors, path.display().to_string()))
+    }
+
+    /// Read a model directory's checkpoint as transformers finds it: `model.safetensors`, its
+    /// shards (`model.safetensors.index.json`), or `pytorch_model.bin` (and its shards).
+    pub fn load_dir(dir: &Path) -> Result<Weights, ModelError> {
+        let files =
+            checkpoint::checkpoint_files(dir).map_err(|e| ModelError::Format(e.to_string()))?;
+        let tensors = checkpoint::read_dir(dir).map_err(|e| ModelError::Format(e.to_string()))?;
+        let source = match files.as_slice() {
+            [one] => one.display().to_string(),
+            _ => format!("{} ({} checkpoint files)", dir.display(), files.len()),
+        };
+        Ok(Weights::of_stored(tensors, source))
+    }
+
+    fn of_stored(tensors: Vec<RawTensor>, source: String) -> Weights {
         let mut weights = Weights {
-            source: Some(path.to_path_buf()),
+            source: Some(PathBuf::from(source)),
             ..Weights::default()
         };
-        for (name, view) in file.tensors() {
-            use safetensors::Dtype;
-            let data = view.data();
-            let values: Vec<f32> = match view.dtype() {
-                Dtype::F32 => data
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect(),
-                Dtype::F16 => data
-                    .chunks_exact(2)
-                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                    .collect(),
-                Dtype::BF16 => data
-                    .chunks_exact(2)
-                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                    .collect(),
-                // Integer buffers (old GPT-2 `attn.bias` masks) are not weights.
-                _ => continue,
-            };
-            weights.insert(&name, view.shape().to_vec(), values);
+        for t in tensors.into_iter().filter(RawTensor::is_float) {
+            weights.tensors.insert(t.name.clone(), Entry::Stored(t));
         }
-        Ok(weights)
+        weights
+    }
+
+    /// Every tensor as f32 on the host, in the order of their names (what a save writes).
+    fn host_tensors(&self) -> Vec<(String, HostTensor)> {
+        self.tensors
+            .iter()
+            .map(|(name, e)| (name.clone(), e.clone().into_host()))
+            .collect()
+    }
+
+    /// Write a model directory's weights as transformers does: one `model.safetensors`, or
+    /// shards with `model.safetensors.index.json` above `max_shard_bytes`; f32, atomically.
+    pub fn save_dir(&self, dir: &Path, max_shard_bytes: u64) -> Result<(), ModelError> {
+        let host = self.host_tensors();
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = host
+            .into_iter()
+            .map(|(name, t)| {
+                let raw = t.values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                (name, t.shape, raw)
+            })
+            .collect();
+        let tensors: Vec<(String, checkpoint::Dtype, Vec<usize>, &[u8])> = bytes
+            .iter()
+            .map(|(n, shape, raw)| {
+                (
+                    n.clone(),
+                    checkpoint::Dtype::F32,
+                    shape.clone(),
+                    raw.as_slice(),
+                )
+            })
+            .collect();
+        checkpoint::write_dir(dir, &tensors, max_shard_bytes)
+            .map(|_| ())
+            .map_err(|e| ModelError::Format(e.to_string()))
     }
 
     /// Write every tensor as f32 into a safetensors file (`format: pt`, as transformers expects).
     pub fn save(&self, path: &Path) -> Result<(), ModelError> {
         let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = self
-            .tensors
-            .iter()
+            .host_tensors()
+            .into_iter()
             .map(|(name, t)| {
                 let raw = t.values.iter().flat_map(|v| v.to_le_bytes()).collect();
-                (name.clone(), t.shape.clone(), raw)
+                (name, t.shape, raw)
             })
             .collect();
         let views = bytes
@@ -118,11 +184,17 @@ impl Weights {
     pub fn insert(&mut self, name: &str, shape: Vec<usize>, values: Vec<f32>) {
         debug_assert_eq!(shape.iter().product::<usize>(), values.len(), "{name}");
         self.tensors
-            .insert(name.to_string(), HostTensor { shape, values });
+            .insert(name.to_string(), Entry::Host(HostTensor { shape, values }));
     }
 
-    pub fn get(&self, name: &str) -> Option<&HostTensor> {
-        self.tensors.get(name)
+    /// Whether a tensor of this name is here.
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    /// A tensor's values as f32 (a stored one read from its file).
+    pub fn get(&self, name: &str) -> Option<HostTensor> {
+        self.tensors.get(name).map(|e| e.clone().into_host())
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -131,7 +203,7 @@ impl Weights {
 
     /// Remove and return a tensor (a head's weights folded or unfolded on the host).
     pub fn remove(&mut self, name: &str) -> Option<HostTensor> {
-        self.tensors.remove(name)
+        self.tensors.remove(name).map(Entry::into_host)
     }
 
     /// Every tensor of `other` added here, replacing any of the same name.
@@ -167,12 +239,14 @@ impl Weights {
     /// The values of `name`, checked against `shape` (a problem is recorded, zeros returned).
     pub(crate) fn take(&mut self, name: &str, shape: &[usize]) -> Vec<f32> {
         self.taken.insert(name.to_string());
-        match self.tensors.get(name) {
-            Some(t) if t.shape == shape => t.values.clone(),
-            Some(t) => {
+        // Taken once: removed here, so a stored tensor is read from its file and its pages
+        // released one tensor at a time (loading peaks near the model's own size).
+        match self.tensors.remove(name) {
+            Some(e) if e.shape() == shape => e.into_host().values,
+            Some(e) => {
                 self.problems.push(format!(
                     "`{name}` has shape {:?}, the config needs {shape:?}",
-                    t.shape
+                    e.shape()
                 ));
                 vec![0.0; shape.iter().product()]
             }

@@ -505,8 +505,7 @@ fn pretrain(ctx: &mut StepContext) -> Result<(), StepError> {
         task: Task::Lm,
     };
     let init = match &p.init {
-        Some(dir) => Weights::load(&models::weights_path(dir.path()).map_err(model_err)?)
-            .map_err(model_err)?,
+        Some(dir) => Weights::load_dir(dir.path()).map_err(model_err)?,
         None => spec.init_weights(p.seed).map_err(model_err)?,
     };
     let seed = p.seed;
