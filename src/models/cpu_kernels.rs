@@ -14,7 +14,8 @@ use super::cpu_attention::{self, Heads};
 use super::fused::{
     AttentionSpec, FRAC_1_SQRT_2PI, FusedOps, GELU_CUBIC, SQRT_2_OVER_PI, composed_attention,
     composed_attention_backward, composed_gelu, composed_gelu_new, composed_gelu_new_backward,
-    composed_layer_norm_backward, composed_softmax, composed_softmax_backward,
+    composed_layer_norm_backward, composed_rms_norm, composed_rms_norm_backward, composed_rotary,
+    composed_softmax, composed_softmax_backward, composed_swiglu, composed_swiglu_backward,
 };
 
 /// Elements per parallel task for element-wise kernels: big enough to amortize scheduling.
@@ -176,6 +177,157 @@ impl FusedOps for Flex {
             tensor(dgamma, Shape::new([d])),
             tensor(dbeta, Shape::new([d])),
         ]
+    }
+
+    fn fused_rms_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        if x.dtype() != DType::F32 || gamma.dtype() != DType::F32 {
+            return composed_rms_norm::<Flex>(x, gamma, eps);
+        }
+        let d = last_dim(&x.shape());
+        let gamma = gamma.to_contiguous();
+        let gammas = f32s(&gamma);
+        let mut y = owned(x);
+        y.storage_mut::<f32>()
+            .par_chunks_mut(rows_per_task(d) * d)
+            .for_each(|rows| {
+                for row in rows.chunks_mut(d) {
+                    let r = rms_reciprocal(row, eps as f32);
+                    row.iter_mut().zip(gammas).for_each(|(v, g)| *v *= r * g);
+                }
+            });
+        y
+    }
+
+    fn fused_rms_norm_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        eps: f64,
+    ) -> [FloatTensor<Self>; 2] {
+        if x.dtype() != DType::F32 || gamma.dtype() != DType::F32 {
+            return composed_rms_norm_backward::<Flex>(x, gamma, g, eps);
+        }
+        let d = last_dim(&x.shape());
+        let (x, gamma) = (x.to_contiguous(), gamma.to_contiguous());
+        let (xs, gammas) = (f32s(&x), f32s(&gamma));
+        let mut dx = owned(g); // the upstream gradient's buffer becomes dx, row by row
+        let rows = rows_per_task(d) * d;
+        let dgamma = dx
+            .storage_mut::<f32>()
+            .par_chunks_mut(rows)
+            .zip(xs.par_chunks(rows))
+            .map(|(gs, xs)| {
+                let mut dgamma = vec![0.0f32; d];
+                for (g, x) in gs.chunks_mut(d).zip(xs.chunks(d)) {
+                    let r = rms_reciprocal(x, eps as f32);
+                    // m = mean(g·γ·x̂); dx = r·(g·γ − x̂·m), x̂ = x·r.
+                    let m = sum_of(d, |i| g[i] * gammas[i] * x[i] * r) / d as f32;
+                    for i in 0..d {
+                        let xhat = x[i] * r;
+                        dgamma[i] += g[i] * xhat;
+                        g[i] = r * (g[i] * gammas[i] - xhat * m);
+                    }
+                }
+                dgamma
+            })
+            .reduce(
+                || vec![0.0f32; d],
+                |mut a, b| {
+                    a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                    a
+                },
+            );
+        [dx, tensor(dgamma, Shape::new([d]))]
+    }
+
+    fn fused_rotary(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        heads: usize,
+    ) -> FloatTensor<Self> {
+        if x.dtype() != DType::F32 || cos.dtype() != DType::F32 || sin.dtype() != DType::F32 {
+            return composed_rotary::<Flex>(x, cos, sin, heads);
+        }
+        let shape = x.shape();
+        let (t, w) = (shape[1], shape[2]);
+        let dh = last_dim(&cos.shape());
+        let half = dh / 2;
+        let (cos, sin) = (cos.to_contiguous(), sin.to_contiguous());
+        let (cs, ss) = (f32s(&cos), f32s(&sin));
+        let mut y = owned(x);
+        // One task per block of token rows; each row's first `heads` heads rotate in place.
+        let rows = rows_per_task(w);
+        y.storage_mut::<f32>()
+            .par_chunks_mut(rows * w)
+            .enumerate()
+            .for_each(|(task, block)| {
+                for (r, row) in block.chunks_mut(w).enumerate() {
+                    let pos = (task * rows + r) % t;
+                    let (c, s) = (&cs[pos * dh..][..dh], &ss[pos * dh..][..dh]);
+                    for head in row[..heads * dh].chunks_mut(dh) {
+                        for i in 0..half {
+                            let (a, b) = (head[i], head[i + half]);
+                            head[i] = a * c[i] - b * s[i];
+                            head[i + half] = b * c[i + half] + a * s[i + half];
+                        }
+                    }
+                }
+            });
+        y
+    }
+
+    fn fused_swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        if gate.dtype() != DType::F32 || up.dtype() != DType::F32 {
+            return composed_swiglu::<Flex>(gate, up);
+        }
+        let up = up.to_contiguous();
+        let ups = f32s(&up);
+        let mut y = owned(gate);
+        y.storage_mut::<f32>()
+            .par_chunks_mut(CHUNK)
+            .zip(ups.par_chunks(CHUNK))
+            .for_each(|(ys, ups)| {
+                for (y, &u) in ys.iter_mut().zip(ups) {
+                    *y = *y * sigmoid(*y) * u;
+                }
+            });
+        y
+    }
+
+    fn fused_swiglu_backward(
+        gate: FloatTensor<Self>,
+        up: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+    ) -> [FloatTensor<Self>; 2] {
+        if gate.dtype() != DType::F32 || up.dtype() != DType::F32 || g.dtype() != DType::F32 {
+            return composed_swiglu_backward::<Flex>(gate, up, g);
+        }
+        let shape = gate.shape();
+        let (gate, up, g) = (gate.to_contiguous(), up.to_contiguous(), g.to_contiguous());
+        let (gs, us, dys) = (f32s(&gate), f32s(&up), f32s(&g));
+        let (mut dgate, mut dup) = (vec![0.0f32; gs.len()], vec![0.0f32; gs.len()]);
+        dgate
+            .par_chunks_mut(CHUNK)
+            .zip(dup.par_chunks_mut(CHUNK))
+            .zip(
+                gs.par_chunks(CHUNK)
+                    .zip(us.par_chunks(CHUNK))
+                    .zip(dys.par_chunks(CHUNK)),
+            )
+            .for_each(|((dg, du), ((gs, us), dys))| {
+                for i in 0..gs.len() {
+                    let (x, u, dy) = (gs[i], us[i], dys[i]);
+                    let s = sigmoid(x);
+                    dg[i] = dy * u * s * (1.0 + x * (1.0 - s));
+                    du[i] = dy * x * s;
+                }
+            });
+        [tensor(dgate, shape.clone()), tensor(dup, shape)]
     }
 
     fn gelu_new_and_sigmoid(x: FloatTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>) {
@@ -412,6 +564,12 @@ fn layer_norm_backward_row(
     }
 }
 
+/// 1/sqrt(mean(x²) + eps) of one row.
+fn rms_reciprocal(x: &[f32], eps: f32) -> f32 {
+    let ms = sum_of(x.len(), |i| x[i] * x[i]) / x.len() as f32;
+    1.0 / (ms + eps).sqrt()
+}
+
 /// e^x in straight-line f32 arithmetic, so loops over it vectorize: x = n·ln2 + r with
 /// |r| ≤ ln2/2, e^r by its degree-6 Taylor polynomial (relative error < 3e-7), 2^n built in
 /// the exponent bits. Below -80 it gives exactly 0 and above 80 it saturates at e^80, so
@@ -485,6 +643,41 @@ mod tests {
         );
         let worst = crate::models::max_abs_diff(&a, &b);
         assert!(worst < 1e-4, "{what}: max |diff| {worst}");
+    }
+
+    /// LLaMA's kernels (RMSNorm both ways, rotary, SwiGLU both ways) against the composed forms.
+    #[test]
+    fn llama_kernels_match_the_composed_forms() {
+        let (x, g) = (random([8, 80, 40], 41), random([8, 80, 40], 42));
+        let gamma = Flex::float_reshape(random([1, 1, 40], 43), Shape::new([40]));
+        assert_close(
+            Flex::fused_rms_norm(x.clone(), gamma.clone(), 1e-6),
+            composed_rms_norm::<Flex>(x.clone(), gamma.clone(), 1e-6),
+            "rms norm",
+        );
+        let [dx, dgamma] = Flex::fused_rms_norm_backward(x.clone(), gamma.clone(), g.clone(), 1e-6);
+        let [cdx, cdgamma] =
+            composed_rms_norm_backward::<Flex>(x.clone(), gamma.clone(), g.clone(), 1e-6);
+        assert_close(dx, cdx, "rms norm input gradient");
+        assert_close(dgamma, cdgamma, "rms norm gamma gradient");
+        // [8, 80, 5 heads of 8], the first 3 rotated, positions 0..80.
+        let cos = Flex::float_reshape(random([1, 80, 8], 44), Shape::new([80, 8]));
+        let sin = Flex::float_reshape(random([1, 80, 8], 45), Shape::new([80, 8]));
+        assert_close(
+            Flex::fused_rotary(x.clone(), cos.clone(), sin.clone(), 3),
+            composed_rotary::<Flex>(x.clone(), cos, sin, 3),
+            "rotary",
+        );
+        assert_close(
+            Flex::fused_swiglu(x.clone(), g.clone()),
+            composed_swiglu::<Flex>(x.clone(), g.clone()),
+            "swiglu",
+        );
+        let up = random([8, 80, 40], 46);
+        let [dg, du] = Flex::fused_swiglu_backward(x.clone(), up.clone(), g.clone());
+        let [cdg, cdu] = composed_swiglu_backward::<Flex>(x, up, g);
+        assert_close(dg, cdg, "swiglu gate gradient");
+        assert_close(du, cdu, "swiglu up gradient");
     }
 
     /// The kernels and the composed forms (what other backends run) agree.

@@ -129,6 +129,20 @@ pub trait FusedOps: Backend {
         composed_rms_norm_backward::<Self>(x, gamma, g, eps)
     }
 
+    /// LLaMA's SwiGLU gate: silu(gate)·up, element-wise.
+    fn fused_swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        composed_swiglu::<Self>(gate, up)
+    }
+
+    /// Its gradients [gate, up] from the upstream gradient `g`.
+    fn fused_swiglu_backward(
+        gate: FloatTensor<Self>,
+        up: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+    ) -> [FloatTensor<Self>; 2] {
+        composed_swiglu_backward::<Self>(gate, up, g)
+    }
+
     /// Rotary position embedding as transformers applies it (rotate-half) to the first
     /// `heads` heads of `x` [B, T, n·dh] (the query and key heads of packed q | k | v; the
     /// rest pass through): x·cos + rotate_half(x)·sin with `cos`, `sin` [T, dh]. Linear in
@@ -657,6 +671,31 @@ pub(crate) fn composed_rms_norm_backward<B: Backend>(
     [shaped(dx, shape), dgamma.into_primitive().tensor()]
 }
 
+/// silu(gate)·up.
+pub(crate) fn composed_swiglu<B: Backend>(
+    gate: FloatTensor<B>,
+    up: FloatTensor<B>,
+) -> FloatTensor<B> {
+    let shape = gate.shape();
+    let (gate, up) = (flat::<B>(gate), flat::<B>(up));
+    shaped(burn::tensor::activation::silu(gate) * up, shape)
+}
+
+/// SwiGLU's gradients: with s = σ(gate), d gate = g·up·s·(1 + gate·(1 − s)), d up = g·gate·s.
+pub(crate) fn composed_swiglu_backward<B: Backend>(
+    gate: FloatTensor<B>,
+    up: FloatTensor<B>,
+    g: FloatTensor<B>,
+) -> [FloatTensor<B>; 2] {
+    let shape = gate.shape();
+    let (gate, up, g) = (flat::<B>(gate), flat::<B>(up), flat::<B>(g));
+    let s = sigmoid(gate.clone());
+    let silu = gate.clone() * s.clone();
+    let dgate = g.clone() * up * s.clone() * (gate * (s.neg() + 1.0) + 1.0);
+    let dup = g * silu;
+    [shaped(dgate, shape.clone()), shaped(dup, shape)]
+}
+
 /// Rotate-half rotary embedding on the first `heads` heads of x [B, T, n·dh].
 pub(crate) fn composed_rotary<B: Backend>(
     x: FloatTensor<B>,
@@ -815,6 +854,14 @@ pub fn attention<B: FusedOps>(
         qkv.into_primitive().tensor(),
         padding.map(|bias| bias.into_primitive().tensor()),
         spec,
+    ))
+}
+
+/// LLaMA's SwiGLU gate silu(gate)·up, one autodiff node.
+pub fn swiglu<B: FusedOps, const D: usize>(gate: Tensor<B, D>, up: Tensor<B, D>) -> Tensor<B, D> {
+    float(B::fused_swiglu(
+        gate.into_primitive().tensor(),
+        up.into_primitive().tensor(),
     ))
 }
 
@@ -1044,6 +1091,26 @@ mod tests {
             gamma.grad(&gb).unwrap().into_data(),
             "gamma gradient",
         );
+    }
+
+    /// The SwiGLU node against burn's silu and product, both gradients.
+    #[test]
+    fn swiglu_matches_composed() {
+        let gate = input([2, 5, 16], 31);
+        let up = input([2, 5, 16], 32);
+        let weights = input([2, 5, 16], 33).detach();
+        let fused = swiglu(gate.clone(), up.clone());
+        let composed = burn::tensor::activation::silu(gate.clone()) * up.clone();
+        close(fused.to_data(), composed.to_data(), "forward");
+        let ga = (fused * weights.clone()).sum().backward();
+        let gb = (composed * weights).sum().backward();
+        for (x, what) in [(&gate, "gate gradient"), (&up, "up gradient")] {
+            close(
+                x.grad(&ga).unwrap().into_data(),
+                x.grad(&gb).unwrap().into_data(),
+                what,
+            );
+        }
     }
 
     /// The rotary node (its gradient is the rotation by −sin) against burn's own ops on the

@@ -7,11 +7,10 @@
 use burn::module::Param;
 use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::prelude::*;
-use burn::tensor::activation::silu;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::fused::rotary;
+use super::fused::{rotary, swiglu};
 use super::vars::{Init, Vars};
 use super::{
     AttentionSpec, FusedOps, KvCache, MASKED, ModelError, Precision, RmsNorm, affine, dense,
@@ -487,8 +486,11 @@ impl<B: FusedOps> Layer<B> {
         let ctx = self_attention(qkv, padding, spec, cache, &self.attn_dropout, p); // [B, T, H·dh]
         let x = x + dense(&self.o_proj, ctx, p);
         let h = self.post_attention_layernorm.forward(x.clone());
-        let gate = silu(dense(&self.gate_proj, h.clone(), p));
-        x + dense(&self.down_proj, gate * dense(&self.up_proj, h, p), p)
+        let gated = swiglu(
+            dense(&self.gate_proj, h.clone(), p),
+            dense(&self.up_proj, h, p),
+        );
+        x + dense(&self.down_proj, gated, p)
     }
 
     /// q_proj | k_proj | v_proj side by side, [d, (H + 2·Hkv)·dh].

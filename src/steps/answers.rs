@@ -5,8 +5,9 @@
 //! decoder-only model, which shifted the labels under the wrong positions.) Test rows are
 //! answered from their prompt alone, greedily and by sampling, both stopping at `<eos>`.
 
-use super::model::{Continuation, Sampler, Vocab, decode, encode_spans};
+use super::generate::{Continuation, Sampler};
 use super::table::LocatedTable;
+use super::vocab::{Vocab, decode, encode_spans};
 use super::{StepContext, StepError};
 use crate::models::arch::LmKind;
 use crate::models::{FusedOps, Model};

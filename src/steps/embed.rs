@@ -11,8 +11,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::finetune::inputs;
-use super::model::{batch_size, cpu, load_model, load_vocab, resolve_device};
+use super::model::{load_model, load_vocab};
 use super::table::{read_role, write_table};
+use super::train_options::{batch_size, cpu, resolve_device};
 use super::{InputPath, StepContext, StepError, StepKind, params, write_metrics};
 use crate::models::device::on_device;
 use crate::models::{DeviceSpec, Precision};

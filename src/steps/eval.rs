@@ -5,12 +5,10 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::model::{
-    batch_size, cpu, encode, load_model, load_vocab, mask_probability, objective_for,
-    resolve_device, rows_for, seed,
-};
+use super::model::{encode, load_model, load_vocab, mask_probability, objective_for, rows_for};
 use super::table::for_each_sequence;
 use super::tokenizer::{read_sequences, sequence};
+use super::train_options::{batch_size, cpu, resolve_device, seed};
 use super::{InputPath, StepContext, StepError, StepKind, params, write_metrics};
 use crate::models::device::on_device;
 use crate::models::{DeviceSpec, Precision};

@@ -17,25 +17,21 @@ use serde_json::json;
 
 use super::answers;
 use super::model::{
-    Arch, Sampler, Spans, Vocab, batch_size, beta1, beta2, check_device, clip, cosine, cpu,
-    encode_spans, eps, f32, fresh_config, load_vocab, log_every, log_report, lr, one,
-    resolve_device, save_every, seed, weight_decay,
+    Arch, Sampler, Spans, Vocab, encode_spans, fresh_config, load_vocab, log_report,
 };
 use super::table::{
     LocatedTable, base_classes, class_indices, label_characters, label_flags, label_sets,
     label_strings, read_role, training_classes, training_labels, write_table,
 };
+use super::train_options::TrainOptions;
 use super::training::{self, model_err};
 use super::{InputPath, StepContext, StepError, StepKind, params, plot, write_metrics};
 use crate::models::arch::{Framing, LmKind, MeanFold};
 use crate::models::device::on_device;
 use crate::models::{Model, ModelSpec, Task, Weights, read_weights, save_model_dir};
 use crate::train::objective::{argmax, classification_scores};
-use crate::train::optim::AdamWConfig;
 use crate::train::per_base::{TokenLabel, base_predictions, token_labels};
-use crate::train::{
-    self, Objective, Order, Row, Schedule, Target, TrainConfig, TrainData, metric_names,
-};
+use crate::train::{self, Objective, Order, Row, Target, TrainConfig, TrainData, metric_names};
 
 /// What the head predicts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -154,43 +150,6 @@ struct FinetuneParams {
     freeze: Option<Freeze>,
     /// Learning rate of the head (default: `lr`).
     head_lr: Option<f64>,
-    #[serde(default = "batch_size")]
-    batch_size: usize,
-    #[serde(default = "one")]
-    grad_accum: usize,
-    /// Optimizer steps; default: `epochs` passes over the training rows.
-    steps: Option<usize>,
-    #[serde(default = "three")]
-    epochs: usize,
-    #[serde(default = "lr")]
-    lr: f64,
-    #[serde(default)]
-    warmup_steps: usize,
-    #[serde(default = "cosine")]
-    schedule: Schedule,
-    #[serde(default = "weight_decay")]
-    weight_decay: f64,
-    #[serde(default = "beta1")]
-    beta1: f64,
-    #[serde(default = "beta2")]
-    beta2: f64,
-    #[serde(default = "eps")]
-    eps: f64,
-    #[serde(default = "clip")]
-    clip_norm: Option<f64>,
-    /// 0: evaluate once per epoch.
-    #[serde(default)]
-    eval_every: usize,
-    #[serde(default = "save_every")]
-    save_every: usize,
-    #[serde(default = "log_every")]
-    log_every: usize,
-    #[serde(default = "seed")]
-    seed: u64,
-    #[serde(default = "cpu")]
-    device: String,
-    #[serde(default = "f32")]
-    precision: String,
     /// `text`: the longest answer in tokens, its end included; prompts get what the model's
     /// positions leave (default 32).
     max_new_tokens: Option<usize>,
@@ -200,6 +159,9 @@ struct FinetuneParams {
     top_k: Option<usize>,
     /// `text`: sample from the smallest set of tokens whose probability reaches p (default 1).
     top_p: Option<f64>,
+    /// Batch, steps, optimizer, cadence, seed, device: shared by every training kind.
+    #[serde(flatten)]
+    options: TrainOptions,
 }
 
 /// `max_new_tokens` of `task: text` when unset.
@@ -208,13 +170,10 @@ const MAX_NEW_TOKENS: usize = 32;
 fn select() -> String {
     "valid.loss".into()
 }
-fn three() -> usize {
-    3
-}
 
 pub static FINETUNE: StepKind = StepKind {
     name: "model.finetune",
-    version: 1,
+    version: 2,
     summary: "fine-tune a task head (seq-cls, regression, token-cls, pair-cls, multi-label) on a labelled table, from a pretrained model or from scratch; writes the model, predictions (id, label, prediction, prob_<class>; token-cls: id, label, prediction as one character per base) and metrics",
     outputs: &[
         ("model", "model"),
@@ -225,7 +184,7 @@ pub static FINETUNE: StepKind = StepKind {
     schema: |g| g.subschema_for::<FinetuneParams>(),
     check: |with| {
         let p = params::<FinetuneParams>(with)?;
-        check_device(&p.device, &p.precision)?;
+        p.options.check()?;
         if p.init.is_none() && p.arch.is_none() {
             return Err(
                 "set `init` (a pretrained model directory) or `arch` (a fresh model)".into(),
@@ -234,15 +193,10 @@ pub static FINETUNE: StepKind = StepKind {
         if p.init.is_none() && p.tokenizer.is_none() {
             return Err("a fresh model (no `init`) needs `tokenizer`".into());
         }
-        if p.batch_size == 0 || p.grad_accum == 0 || p.epochs == 0 {
-            return Err("`batch_size`, `grad_accum` and `epochs` must be at least 1".into());
-        }
-        for (name, v) in [("lr", Some(p.lr)), ("head_lr", p.head_lr)] {
-            if let Some(v) = v
-                && !(v > 0.0 && v.is_finite())
-            {
-                return Err(format!("`{name}` must be a positive number"));
-            }
+        if let Some(v) = p.head_lr
+            && !(v > 0.0 && v.is_finite())
+        {
+            return Err("`head_lr` must be a positive number".into());
         }
         let metric = select_metric(&p.select)?;
         let names = metric_names(&objective_shape(p.task));
@@ -561,7 +515,7 @@ fn token_targets(
 
 fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
     let p: FinetuneParams = params(ctx.with).map_err(StepError::new)?;
-    let (device, precision) = resolve_device(ctx, &p.device, &p.precision)?;
+    let (device, precision) = p.options.resolve_device(ctx)?;
     let path = |i: &InputPath| ctx.workdir.join(i.path());
     let tokenizer = p.tokenizer.as_ref().or(p.init.as_ref()).expect("checked");
     let vocab = load_vocab(&path(tokenizer))?;
@@ -780,41 +734,30 @@ fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
     let spec = ModelSpec { config, task };
     let head_names = spec.head_names();
 
-    let order = Order::new(train_split.rows.len(), p.batch_size, p.seed, true);
-    let per_epoch = order.batches_per_epoch().div_ceil(p.grad_accum);
-    let steps = p.steps.unwrap_or(p.epochs * per_epoch);
+    let o = &p.options;
+    let order = Order::new(train_split.rows.len(), o.batch_size, o.seed, true);
+    let per_epoch = order.batches_per_epoch().div_ceil(o.grad_accum);
+    let steps = o.steps.unwrap_or(o.epochs.unwrap_or(3) * per_epoch);
+    let eval_every = if o.eval_every == 0 {
+        per_epoch
+    } else {
+        o.eval_every
+    };
     let cfg = TrainConfig {
-        steps,
-        grad_accum: p.grad_accum,
-        lr: p.lr,
-        warmup_steps: p.warmup_steps,
-        schedule: p.schedule,
-        adamw: AdamWConfig {
-            beta1: p.beta1,
-            beta2: p.beta2,
-            eps: p.eps,
-            weight_decay: p.weight_decay,
-        },
-        clip_norm: p.clip_norm,
-        eval_every: if p.eval_every == 0 {
-            per_epoch
-        } else {
-            p.eval_every
-        },
-        save_every: p.save_every,
-        log_every: p.log_every,
-        seed: p.seed,
-        precision,
         keep_best: true,
+        ..o.train_config(steps, eval_every, precision)
+    };
+    let cfg = TrainConfig {
         select: select_metric(&p.select)
             .map_err(StepError::new)?
             .to_string(),
         patience: p.patience,
         head: head_names.clone(),
         head_lr: p.head_lr,
+        ..cfg
     };
-    let valid = train::eval_batches(&valid_split.rows, &objective, vocab.pad, p.batch_size, 0);
-    let test = train::eval_batches(&test_split.rows, &objective, vocab.pad, p.batch_size, 0);
+    let valid = train::eval_batches(&valid_split.rows, &objective, vocab.pad, o.batch_size, 0);
+    let test = train::eval_batches(&test_split.rows, &objective, vocab.pad, o.batch_size, 0);
     writeln!(
         ctx.log,
         "{} {} on {} training, {} validation, {} test rows; {steps} steps; device {device}, \
@@ -827,7 +770,7 @@ fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
     )?;
     let init = match &p.init {
         Some(dir) => read_weights(&path(dir), &spec).map_err(model_err)?,
-        None => spec.init_weights(p.seed).map_err(model_err)?,
+        None => spec.init_weights(o.seed).map_err(model_err)?,
     };
     let frozen: Vec<String> = frozen_names(p.freeze.as_ref(), &spec, &init)?;
     if !frozen.is_empty() {
@@ -838,9 +781,9 @@ fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
         order,
         objective: objective.clone(),
         pad: vocab.pad,
-        batch_size: p.batch_size,
+        batch_size: o.batch_size,
     };
-    let seed = p.seed;
+    let seed = o.seed;
     let (predictions, metrics) = on_device!(device, precision, |dev: B| {
         let build = |w: Weights| {
             Model::<Autodiff<B>>::from_weights(&spec, w, seed, &dev).map(|(m, _)| {

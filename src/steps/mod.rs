@@ -18,6 +18,7 @@ mod eval;
 pub mod fetch;
 mod file;
 mod finetune;
+mod generate;
 mod input;
 mod model;
 pub mod plot;
@@ -25,7 +26,9 @@ mod probe;
 mod score;
 pub mod table;
 mod tokenizer;
+mod train_options;
 mod training;
+mod vocab;
 
 pub use input::{
     INPUT_MARK, InputPath, Pointer, Seg, input_pointers, pointer_name, strings_at, strings_at_mut,
@@ -116,7 +119,7 @@ pub static KINDS: &[&StepKind] = &[
     &tokenizer::EVAL,
     &model::PRETRAIN,
     &eval::LM,
-    &model::GENERATE,
+    &generate::GENERATE,
     &finetune::FINETUNE,
     &embed::EMBED,
     &probe::PROBE,

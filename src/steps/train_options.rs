@@ -1,0 +1,200 @@
+//! The settings every training kind takes, written once: batch and steps, the AdamW optimizer
+//! and its schedule, evaluation and checkpoint cadence, seed, device and precision.
+//! `model.pretrain` and `model.finetune` (and the kinds still to come) flatten [`TrainOptions`]
+//! into their parameters, so a new training option (LoRA, data parallel) is added here once,
+//! and an unknown key is still refused where the user wrote it.
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::{StepContext, StepError};
+use crate::models::{DeviceSpec, Precision};
+use crate::train::optim::AdamWConfig;
+use crate::train::{Schedule, TrainConfig};
+
+/// Optimizer and loop settings shared by every training kind.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TrainOptions {
+    /// Rows per micro-batch.
+    #[serde(default = "batch_size")]
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step (the global batch is batch_size × grad_accum).
+    #[serde(default = "one")]
+    pub grad_accum: usize,
+    /// Optimizer steps; default: `epochs` passes over the training rows.
+    pub steps: Option<usize>,
+    /// Passes over the training rows when `steps` is not set (default: 1 for model.pretrain,
+    /// 3 for model.finetune).
+    pub epochs: Option<usize>,
+    /// Peak learning rate.
+    #[serde(default = "lr")]
+    pub lr: f64,
+    /// Steps of linear warm-up from 0 to `lr`.
+    #[serde(default)]
+    pub warmup_steps: usize,
+    /// `cosine` (default), `linear` or `constant` after the warm-up.
+    #[serde(default = "cosine")]
+    pub schedule: Schedule,
+    /// AdamW's decoupled weight decay.
+    #[serde(default = "weight_decay")]
+    pub weight_decay: f64,
+    /// AdamW's first-moment decay.
+    #[serde(default = "beta1")]
+    pub beta1: f64,
+    /// AdamW's second-moment decay.
+    #[serde(default = "beta2")]
+    pub beta2: f64,
+    /// AdamW's denominator term.
+    #[serde(default = "eps")]
+    pub eps: f64,
+    /// Global gradient-norm clip (null: none).
+    #[serde(default = "clip")]
+    pub clip_norm: Option<f64>,
+    /// Evaluate on the validation rows every N steps (0: model.pretrain at the end,
+    /// model.finetune once per epoch).
+    #[serde(default)]
+    pub eval_every: usize,
+    /// Checkpoint every N steps so a killed run resumes (0: never).
+    #[serde(default = "save_every")]
+    pub save_every: usize,
+    /// Write a log line every N steps.
+    #[serde(default = "log_every")]
+    pub log_every: usize,
+    /// Seeds the initialisation, the batch order, masking and dropout.
+    #[serde(default = "seed")]
+    pub seed: u64,
+    /// `cpu`, `cuda`, `cuda:N` or `auto`.
+    #[serde(default = "cpu")]
+    pub device: String,
+    /// `f32`; `bf16` or `f16` mixed precision on CUDA.
+    #[serde(default = "f32")]
+    pub precision: String,
+}
+
+impl TrainOptions {
+    /// What `dnaflow validate` can refuse before anything runs.
+    pub fn check(&self) -> Result<(), String> {
+        check_device(&self.device, &self.precision)?;
+        if self.batch_size == 0 || self.grad_accum == 0 || self.epochs == Some(0) {
+            return Err("`batch_size`, `grad_accum` and `epochs` must be at least 1".into());
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err("`lr` must be a positive number".into());
+        }
+        Ok(())
+    }
+
+    /// The device and precision the step runs with (`--device` overrides `device:`).
+    pub fn resolve_device(&self, ctx: &StepContext) -> Result<(DeviceSpec, Precision), StepError> {
+        resolve_device(ctx, &self.device, &self.precision)
+    }
+
+    /// Optimizer steps: `steps`, else `epochs` (or `default_epochs`) passes of
+    /// `batches_per_epoch` micro-batches.
+    pub fn steps(&self, batches_per_epoch: usize, default_epochs: usize) -> usize {
+        self.steps.unwrap_or_else(|| {
+            (self.epochs.unwrap_or(default_epochs) * batches_per_epoch).div_ceil(self.grad_accum)
+        })
+    }
+
+    /// The loop's configuration; what differs between kinds (how the weights are selected,
+    /// the head's own learning rate) is the caller's.
+    pub fn train_config(
+        &self,
+        steps: usize,
+        eval_every: usize,
+        precision: Precision,
+    ) -> TrainConfig {
+        TrainConfig {
+            steps,
+            grad_accum: self.grad_accum,
+            lr: self.lr,
+            warmup_steps: self.warmup_steps,
+            schedule: self.schedule,
+            adamw: AdamWConfig {
+                beta1: self.beta1,
+                beta2: self.beta2,
+                eps: self.eps,
+                weight_decay: self.weight_decay,
+            },
+            clip_norm: self.clip_norm,
+            eval_every,
+            save_every: self.save_every,
+            log_every: self.log_every,
+            seed: self.seed,
+            precision,
+            keep_best: false,
+            select: "loss".into(),
+            patience: None,
+            head: Vec::new(),
+            head_lr: None,
+        }
+    }
+}
+
+pub(super) fn batch_size() -> usize {
+    16
+}
+fn one() -> usize {
+    1
+}
+fn lr() -> f64 {
+    5e-4
+}
+fn cosine() -> Schedule {
+    Schedule::Cosine
+}
+fn weight_decay() -> f64 {
+    0.01
+}
+fn beta1() -> f64 {
+    0.9
+}
+fn beta2() -> f64 {
+    0.999
+}
+fn eps() -> f64 {
+    1e-8
+}
+fn clip() -> Option<f64> {
+    Some(1.0)
+}
+fn save_every() -> usize {
+    100
+}
+fn log_every() -> usize {
+    10
+}
+pub(super) fn seed() -> u64 {
+    42
+}
+pub(super) fn cpu() -> String {
+    "cpu".into()
+}
+pub(super) fn f32() -> String {
+    "f32".into()
+}
+
+/// A device and precision that parse and go together (bf16 is for CUDA).
+pub(super) fn check_device(
+    device: &str,
+    precision: &str,
+) -> Result<(DeviceSpec, Precision), String> {
+    let d = DeviceSpec::parse(device)?;
+    let p = Precision::parse(precision)?;
+    d.check_precision(p)?;
+    Ok((d, p))
+}
+
+/// The device a model step runs on: `--device` if given, else its `device:`; refused when this
+/// binary or machine lacks it.
+pub(super) fn resolve_device(
+    ctx: &StepContext,
+    device: &str,
+    precision: &str,
+) -> Result<(DeviceSpec, Precision), StepError> {
+    let (d, p) = check_device(ctx.device.unwrap_or(device), precision).map_err(StepError::new)?;
+    d.check_available().map_err(StepError::new)?;
+    Ok((d, p))
+}

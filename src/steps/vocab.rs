@@ -1,0 +1,165 @@
+//! A model's tokenizer as the model steps use it: the special tokens (from the tokenizer's
+//! own files, names only as a fallback), encoding without framing, each token's span of bases,
+//! and decoding back to a sequence.
+
+use std::path::{Path, PathBuf};
+
+use tokenizers::Tokenizer;
+
+use super::StepError;
+use super::tokenizer::open_tokenizer;
+use crate::train::{self, Row};
+
+/// A tokenizer with the special tokens the models need.
+pub(crate) struct Vocab {
+    pub tokenizer: Tokenizer,
+    /// The `tokenizer.json` file (any name), beside its HF config files.
+    pub path: PathBuf,
+    pub size: usize,
+    pub pad: u32,
+    pub eos: Option<u32>,
+    pub bert: Option<(u32, u32, u32)>, // cls, sep, mask
+    /// Ids of every special (added) token.
+    pub specials: Vec<u32>,
+}
+
+/// Read a tokenizer and its special tokens. The roles (`eos_token`, `pad_token`,
+/// `cls_token`, `sep_token`, `mask_token`, `bos_token`) come from the tokenizer's own
+/// `tokenizer_config.json` or `special_tokens_map.json` beside it, as transformers reads them;
+/// only a role those files do not name is looked up by the usual spellings.
+pub(crate) fn load_vocab(path: &Path) -> Result<Vocab, StepError> {
+    let (path, tokenizer) = open_tokenizer(path)?;
+    let declared = declared_special_tokens(&path)?;
+    let id = |role: &str, names: &[&str]| match declared.get(role) {
+        Some(token) => tokenizer.token_to_id(token),
+        None => names.iter().find_map(|n| tokenizer.token_to_id(n)),
+    };
+    let eos = id("eos_token", &["<|endoftext|>", "</s>", "[EOS]", "[SEP]"]);
+    let pad = id("pad_token", &["[PAD]", "<pad>"]).or(eos).unwrap_or(0);
+    let bert = match (
+        id("cls_token", &["[CLS]", "<s>"]),
+        id("sep_token", &["[SEP]", "</s>"]),
+        id("mask_token", &["[MASK]", "<mask>"]),
+    ) {
+        (Some(c), Some(s), Some(m)) => Some((c, s, m)),
+        _ => None,
+    };
+    let specials = tokenizer
+        .get_added_tokens_decoder()
+        .iter()
+        .filter(|(_, t)| t.special)
+        .map(|(id, _)| *id)
+        .collect();
+    Ok(Vocab {
+        size: tokenizer.get_vocab_size(true),
+        path,
+        tokenizer,
+        pad,
+        eos,
+        bert,
+        specials,
+    })
+}
+
+/// The special tokens a tokenizer's HF files name, by role: `special_tokens_map.json`, then
+/// `tokenizer_config.json` over it (a token is a string or `{"content": …}`).
+fn declared_special_tokens(
+    tokenizer_json: &Path,
+) -> Result<std::collections::BTreeMap<String, String>, StepError> {
+    let dir = tokenizer_json.parent().unwrap_or(Path::new("."));
+    let mut roles = std::collections::BTreeMap::new();
+    for name in ["special_tokens_map.json", "tokenizer_config.json"] {
+        let file = dir.join(name);
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            continue;
+        };
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            StepError::new(format!(
+                "{}: not valid JSON ({e}); fix or delete it",
+                file.display()
+            ))
+        })?;
+        for role in [
+            "eos_token",
+            "pad_token",
+            "cls_token",
+            "sep_token",
+            "mask_token",
+            "bos_token",
+        ] {
+            let token = match json.get(role) {
+                Some(serde_json::Value::String(t)) => Some(t.clone()),
+                Some(v) => v.get("content").and_then(|c| c.as_str()).map(String::from),
+                None => None,
+            };
+            if let Some(t) = token {
+                roles.insert(role.to_string(), t);
+            }
+        }
+    }
+    Ok(roles)
+}
+
+/// Tokenize sequences without special tokens, remembering how many bases each token spells.
+pub(crate) fn encode(vocab: &Vocab, seqs: &[String]) -> Result<Vec<Row>, StepError> {
+    Ok(encode_spans(vocab, seqs)?
+        .into_iter()
+        .map(|(row, _)| row)
+        .collect())
+}
+
+/// Each token's `[start, end)` in bases of its sequence (the tokenizer's offsets as character
+/// positions; empty for a token that spells no base, such as `[CLS]`).
+pub(crate) type Spans = Vec<(usize, usize)>;
+
+/// [`encode`], with each token's span of the sequence (what per-base labels are aligned by).
+pub(crate) fn encode_spans(vocab: &Vocab, seqs: &[String]) -> Result<Vec<(Row, Spans)>, StepError> {
+    use rayon::prelude::*;
+    seqs.par_iter()
+        .map(|s| {
+            let enc = vocab
+                .tokenizer
+                .encode(s.as_str(), false)
+                .map_err(|e| StepError::new(format!("tokenizing: {e}")))?;
+            // Offsets are in bytes; a sequence of ASCII letters has one byte per base.
+            let char_at = |byte: usize| {
+                if s.is_ascii() {
+                    byte
+                } else {
+                    s[..byte.min(s.len())].chars().count()
+                }
+            };
+            let spans: Spans = enc
+                .get_offsets()
+                .iter()
+                .map(|&(a, b)| (char_at(a), char_at(b)))
+                .collect();
+            let bases = spans
+                .iter()
+                .map(|(a, b)| (b - a).min(u16::MAX as usize) as u16)
+                .collect();
+            let row = Row {
+                ids: enc.get_ids().to_vec(),
+                bases,
+                target: train::Target::None,
+                second: 0,
+            };
+            Ok((row, spans))
+        })
+        .collect()
+}
+
+/// Token ids as text. Tokenizers without a decoder (char, k-mer, unigram) join tokens with
+/// spaces, which a DNA or protein sequence has none of; BPE and WordPiece decode as written,
+/// so prose keeps its spaces.
+pub(crate) fn decode(vocab: &Vocab, ids: &[u32]) -> Result<String, StepError> {
+    let text = vocab
+        .tokenizer
+        .decode(ids, true)
+        .map_err(|e| StepError::new(format!("decoding: {e}")))?;
+    Ok(if vocab.tokenizer.get_decoder().is_some() {
+        text
+    } else {
+        text.split_whitespace().collect()
+    })
+}
