@@ -3,6 +3,7 @@
 mod cache_cmd;
 mod env_cmd;
 mod inspect;
+mod model_cmd;
 mod report_cmd;
 mod run_cmd;
 
@@ -106,6 +107,10 @@ enum Command {
     /// Print the workflow JSON Schema (or write it with --write).
     #[command(after_help = "Example:\n  dnaflow schema --write schemas/workflow.schema.json")]
     Schema(inspect::SchemaArgs),
+    /// Describe a model directory: architecture, head, size, checkpoint files; `--load` builds
+    /// it and reports load time and peak memory.
+    #[command(after_help = "Example:\n  dnaflow model cache/objects/<key>/out/model --load")]
+    Model(model_cmd::ModelArgs),
     /// What this machine offers for training: backends, threads, GPUs, memory, caches, versions.
     #[command(after_help = "Example:\n  dnaflow env --json")]
     Env {
@@ -186,6 +191,7 @@ fn run_cli(cli: Cli) -> ExitCode {
         Command::Cache(c) => cache_cmd::cache(&cli.cache, &c),
         Command::Kinds(a) => inspect::kinds(&a),
         Command::Schema(a) => inspect::schema(&a),
+        Command::Model(a) => model_cmd::model(&a).map_err(Failure::from),
         Command::Env { json } => env_cmd::env(&cli.cache, json),
         Command::StepExec { job } => {
             return crate::exec::isolated::child_main(&job, |job, status| {

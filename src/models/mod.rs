@@ -1,237 +1,36 @@
-//! Models on burn with Hugging Face checkpoints: the architecture table ([`arch`]: GPT-2,
-//! BERT), one backbone per architecture file, task heads apart ([`heads`]), and the model that
-//! joins a backbone to one head ([`model`]).
+//! Models on burn with Hugging Face checkpoints, in layers that only look down:
 //!
-//! A model directory is what `save_pretrained` writes: `config.json`, `model.safetensors` and
-//! the tokenizer files. [`Model::load`] reads one (ours or transformers'), [`Model::save_dir`]
+//! - [`kernels`]: the backend extension trait `FusedOps` (attention as one spec, norms,
+//!   rotary, activations) with flex's CPU kernels;
+//! - [`io`]: the one walk over HF tensor names (`vars`), named host tensors (`weights`) and
+//!   checkpoints as published (`checkpoint`: safetensors, shards, `pytorch_model.bin`);
+//! - [`nn`]: dense layers, self-attention, task heads, the KV cache;
+//! - [`arch`]: the architecture table and one file per architecture (GPT-2, BERT, LLaMA);
+//! - [`model`]: a backbone with one head, loaded from and saved to a model directory.
+//!
+//! A model directory is what `save_pretrained` writes: `config.json`, the weights and the
+//! tokenizer files. [`Model::load`] reads one (ours or transformers'), [`Model::save_dir`]
 //! writes one that `transformers` loads.
 
-use std::path::{Path, PathBuf};
-
-use burn::nn::{Dropout, Linear};
-use burn::prelude::*;
-
 pub mod arch;
-pub mod bert;
-pub mod checkpoint;
-mod cpu_attention;
-mod cpu_kernels;
 pub mod device;
-pub mod fused;
-pub mod gpt2;
-pub mod heads;
-mod kv_cache;
-pub mod llama;
+mod error;
+pub mod io;
+pub mod kernels;
 pub mod model;
-pub mod vars;
-pub mod weights;
+pub mod nn;
 
+pub use arch::bert::{Bert, BertConfig};
+pub use arch::gpt2::{Gpt2, Gpt2Config};
 pub use arch::{ARCHITECTURES, ArchConfig, Architecture, read_config};
-pub use bert::{Bert, BertConfig};
 pub use device::{CUDA_BUILT, DeviceSpec, Precision, WGPU_BUILT};
-use fused::merge_heads;
-pub use fused::{AttentionSpec, FusedOps, LayerNorm, RmsNorm};
-pub use gpt2::{Gpt2, Gpt2Config};
-pub use heads::Task;
-pub use kv_cache::KvCache;
-pub use model::{Model, ModelSpec, read_weights, save_model_dir};
-pub use weights::{LoadReport, Weights};
-
-/// What went wrong reading, building or writing a model.
-#[derive(Debug, thiserror::Error)]
-pub enum ModelError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{0}")]
-    Format(String),
-    #[error("model config: {0}")]
-    Config(String),
-    #[error("{file} does not fit the model config:\n  {problems}")]
-    Weights { file: String, problems: String },
-}
-
-impl ModelError {
-    pub fn io(path: &Path, source: std::io::Error) -> ModelError {
-        ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        }
-    }
-}
-
-/// Largest weights file a saved model directory holds; above it the weights are sharded with
-/// an index, as `save_pretrained` does (its default `max_shard_size` is 5 GB).
-pub const MAX_SHARD_BYTES: u64 = 5_000_000_000;
-
-/// Write a model directory: `config.json`, `model.safetensors`, and the tokenizer: the
-/// `tokenizer` file as `tokenizer.json` plus the tokenizer_config.json and
-/// special_tokens_map.json beside it, when there are.
-pub fn save_dir(
-    dir: &Path,
-    config: &serde_json::Value,
-    weights: &Weights,
-    tokenizer: Option<&Path>,
-    framing: arch::Framing,
-) -> Result<(), ModelError> {
-    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
-    let cfg = dir.join("config.json");
-    let json = serde_json::to_string_pretty(config).expect("json");
-    std::fs::write(&cfg, json).map_err(|e| ModelError::io(&cfg, e))?;
-    weights.save_dir(dir, MAX_SHARD_BYTES)?;
-    if let Some(tok) = tokenizer {
-        write_framed_tokenizer(tok, &dir.join("tokenizer.json"), framing)?;
-        let beside = tok.parent().unwrap_or(Path::new("."));
-        for name in ["tokenizer_config.json", "special_tokens_map.json"] {
-            let src = beside.join(name);
-            if src.exists() {
-                std::fs::copy(&src, dir.join(name)).map_err(|e| ModelError::io(&src, e))?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Copy `tokenizer.json` so that it frames inputs as the model was trained: a model trained
-/// on bare tokens gets no post-processor (a tokenizer trained here carries `[CLS] … [SEP]`), so
-/// `AutoTokenizer.from_pretrained(dir)(seq)` called the default way gives the ids the model saw.
-fn write_framed_tokenizer(
-    src: &Path,
-    dst: &Path,
-    framing: arch::Framing,
-) -> Result<(), ModelError> {
-    let text = std::fs::read_to_string(src).map_err(|e| ModelError::io(src, e))?;
-    let mut json: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| ModelError::Format(format!("{}: not a tokenizer.json: {e}", src.display())))?;
-    if framing == arch::Framing::Bare
-        && let Some(m) = json.as_object_mut()
-    {
-        m.insert("post_processor".into(), serde_json::Value::Null);
-    }
-    let out = serde_json::to_string(&json).expect("json");
-    std::fs::write(dst, out).map_err(|e| ModelError::io(dst, e))
-}
-
-/// Attention score of a position that must not be attended to. Finite (not -inf), because
-/// burn's flex softmax turns a row holding -inf into NaN; exp(-1e9 - max) is 0 all the same.
-pub(crate) const MASKED: f32 = -1e9;
-
-/// `a @ b` in the compute precision (f32 result).
-pub(crate) fn matmul<B: Backend, const D: usize>(
-    a: Tensor<B, D>,
-    b: Tensor<B, D>,
-    precision: Precision,
-) -> Tensor<B, D> {
-    use burn::tensor::FloatDType;
-    let dtype = match precision {
-        Precision::F32 => return a.matmul(b),
-        Precision::Bf16 => FloatDType::BF16,
-        Precision::F16 => FloatDType::F16,
-    };
-    a.cast(dtype).matmul(b.cast(dtype)).cast(FloatDType::F32)
-}
-
-/// Whether attention runs as the one fused node ([`fused::attention`]): it has no dropout on
-/// its weights (none set, or not training) and its products are in f32.
-pub(crate) fn attention_fuses<B: Backend>(
-    dropout: &Dropout,
-    precision: Precision,
-    device: &B::Device,
-) -> bool {
-    precision == Precision::F32 && (dropout.prob == 0.0 || !B::ad_enabled(device))
-}
-
-/// Attention op by op on heads: q [B, H, Tq, dh], k and v [B, Hkv, Tk, dh] (keys and
-/// values may be longer than the queries: a KV cache): the spec's bias, softmax, dropout on the
-/// weights, products in `precision`; the context merged to [B, Tq, H·dh]. What the fused node
-/// does not do.
-pub(crate) fn attention_stepwise<B: FusedOps>(
-    [q, k, v]: [Tensor<B, 4>; 3],
-    padding: Option<Tensor<B, 2>>,
-    spec: &AttentionSpec,
-    dropout: &Dropout,
-    precision: Precision,
-) -> Tensor<B, 3> {
-    let [b, _, tq, _] = q.dims();
-    let tk = k.dims()[2];
-    let (k, v) = (
-        fused::repeat_kv(k, spec.group()),
-        fused::repeat_kv(v, spec.group()),
-    );
-    let mut scores = matmul(q.clone(), k.swap_dims(2, 3), precision) * spec.scale; // [B, H, Tq, Tk]
-    if let Some(bias) = fused::attention_bias(spec, [b, tq, tk], padding, &q.device()) {
-        scores = scores + bias;
-    }
-    let weights = dropout.forward(fused::attention_softmax(scores, 1.0, false));
-    merge_heads(matmul(weights, v, precision))
-}
-
-/// Attention on packed q | k | v [B, T, (H + 2·Hkv)·dh]: the fused node when it can
-/// ([`attention_fuses`], no cache), else op by op, with generation's cache slot when there is
-/// one (the keys and values of earlier positions join this call's, and the slot keeps all).
-pub(crate) fn self_attention<B: FusedOps>(
-    qkv: Tensor<B, 3>,
-    padding: Option<Tensor<B, 2>>,
-    spec: &AttentionSpec,
-    cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
-    dropout: &Dropout,
-    precision: Precision,
-) -> Tensor<B, 3> {
-    if cache.is_none() && attention_fuses::<B>(dropout, precision, &qkv.device()) {
-        return fused::attention(qkv, padding, spec);
-    }
-    let [q, mut k, mut v] = fused::split_qkv(qkv, spec);
-    if let Some(slot) = cache {
-        if let Some((past_k, past_v)) = slot.take() {
-            k = Tensor::cat(vec![past_k, k], 2);
-            v = Tensor::cat(vec![past_v, v], 2);
-        }
-        *slot = Some((k.clone(), v.clone()));
-    }
-    attention_stepwise([q, k, v], padding, spec, dropout, precision)
-}
-
-/// A linear layer on [B, T, d_in] with the product in the compute precision. The batch and
-/// time axes are folded into one, so forward and both gradients are single 2-D GEMMs (a
-/// broadcast batched product would run B small ones and sum B weight gradients).
-pub(crate) fn dense<B: Backend>(
-    l: &Linear<B>,
-    x: Tensor<B, 3>,
-    precision: Precision,
-) -> Tensor<B, 3> {
-    affine(
-        x,
-        l.weight.val(),
-        l.bias.as_ref().map(|b| b.val()),
-        precision,
-    )
-}
-
-/// x·weight + bias on [B, T, d_in] with weight [d_in, d_out], as one 2-D product.
-pub(crate) fn affine<B: Backend>(
-    x: Tensor<B, 3>,
-    weight: Tensor<B, 2>,
-    bias: Option<Tensor<B, 1>>,
-    precision: Precision,
-) -> Tensor<B, 3> {
-    let [b, t, d_in] = x.dims();
-    let y = matmul(x.reshape([b * t, d_in]), weight, precision);
-    let y = match bias {
-        Some(bias) => y + bias.unsqueeze_dim::<2>(0),
-        None => y,
-    };
-    let d_out = y.dims()[1];
-    y.reshape([b, t, d_out])
-}
-
-/// `x + row` for x [N, R, C] and row [R, C], added as [N, R·C] + [1, R·C]: flex runs that
-/// shape with its SIMD shared-row kernel, a [1, R, C] broadcast with its scalar strided one.
-pub(crate) fn add_per_row<B: Backend>(x: Tensor<B, 3>, row: Tensor<B, 2>) -> Tensor<B, 3> {
-    let [n, r, c] = x.dims();
-    (x.reshape([n, r * c]) + row.reshape([1, r * c])).reshape([n, r, c])
-}
+pub use error::ModelError;
+pub use io::weights::{LoadReport, Weights};
+pub use io::{checkpoint, vars, weights};
+pub use kernels::{AttentionSpec, FusedOps, LayerNorm, MASKED, RmsNorm};
+pub use model::{MAX_SHARD_BYTES, Model, ModelSpec, read_weights, save_dir, save_model_dir};
+pub use nn::heads::{self, Task};
+pub use nn::kv_cache::KvCache;
 
 /// Largest |a − b| over two equal-length slices, for tests. A NaN counts as infinitely far:
 /// folding with `f32::max` drops it, and a comparison would then pass on NaN output.
@@ -255,7 +54,9 @@ mod tests {
     use super::*;
     use burn::backend::{Autodiff, Flex};
     use burn::module::AutodiffModule;
+    use burn::prelude::*;
     use burn::tensor::backend::AutodiffBackend;
+    use std::path::{Path, PathBuf};
 
     /// Run `$body` with `$B` the backend and `$dev` the device `DNAFLOW_TEST_DEVICE` names:
     /// flex on the CPU (the default), burn's CUDA backend for `cuda[:N]` and its Vulkan one for
@@ -635,14 +436,14 @@ mod tests {
                         ..base.clone()
                     };
                     let padding = padded.then(|| padding.clone());
-                    let (_, stepwise) = weights::host(attention_stepwise(
-                        fused::split_qkv(qkv.clone(), &spec),
+                    let (_, stepwise) = weights::host(crate::models::nn::attention_stepwise(
+                        kernels::split_qkv(qkv.clone(), &spec),
                         padding.clone(),
                         &spec,
                         &no_dropout,
                         Precision::F32,
                     ));
-                    let (_, fused) = weights::host(fused::attention(qkv.clone(), padding, &spec));
+                    let (_, fused) = weights::host(kernels::attention(qkv.clone(), padding, &spec));
                     worst = worst.max(max_abs_diff(&stepwise, &fused));
                 }
             }

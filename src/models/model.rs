@@ -8,11 +8,14 @@ use std::path::Path;
 use burn::prelude::*;
 use serde_json::{Value, json};
 
-use super::arch::{ArchConfig, Backbone, MeanFold, Tokens, read_config};
-use super::heads::{HeadLayout, Pool, Task, TaskHead};
-use super::vars::{Declared, VarState, Vars, collect};
-use super::weights::{LoadReport, Weights};
-use super::{FusedOps, KvCache, ModelError, Precision};
+use super::arch::{self, ArchConfig, Backbone, MeanFold, Tokens, read_config};
+use super::device::Precision;
+use super::error::ModelError;
+use super::io::vars::{Declared, VarState, Vars, collect};
+use super::io::weights::{LoadReport, Weights};
+use super::kernels::FusedOps;
+use super::nn::heads::{HeadLayout, Pool, Task, TaskHead};
+use super::nn::kv_cache::KvCache;
 use crate::train::Batch;
 
 /// What a model is: its architecture's config and the task its head does.
@@ -336,7 +339,7 @@ pub fn save_model_dir(
 ) -> Result<(), ModelError> {
     scale_regression(spec, &mut weights, Direction::Fold);
     let framing = spec.config.architecture().framing;
-    super::save_dir(dir, &spec.to_hf_json(), &weights, tokenizer, framing)
+    save_dir(dir, &spec.to_hf_json(), &weights, tokenizer, framing)
 }
 
 fn head_pool(spec: &ModelSpec) -> Option<Pool> {
@@ -462,7 +465,59 @@ impl<B: FusedOps> Model<B> {
                 }
             }
         }
-        let ids = names.map(super::weights::param_id).collect();
+        let ids = names.map(super::io::weights::param_id).collect();
         self.map(&mut Freeze(ids))
     }
+}
+
+/// Largest weights file a saved model directory holds; above it the weights are sharded with
+/// an index, as `save_pretrained` does (its default `max_shard_size` is 5 GB).
+pub const MAX_SHARD_BYTES: u64 = 5_000_000_000;
+
+/// Write a model directory: `config.json`, `model.safetensors`, and the tokenizer: the
+/// `tokenizer` file as `tokenizer.json` plus the tokenizer_config.json and
+/// special_tokens_map.json beside it, when there are.
+pub fn save_dir(
+    dir: &Path,
+    config: &serde_json::Value,
+    weights: &Weights,
+    tokenizer: Option<&Path>,
+    framing: arch::Framing,
+) -> Result<(), ModelError> {
+    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+    let cfg = dir.join("config.json");
+    let json = serde_json::to_string_pretty(config).expect("json");
+    std::fs::write(&cfg, json).map_err(|e| ModelError::io(&cfg, e))?;
+    weights.save_dir(dir, MAX_SHARD_BYTES)?;
+    if let Some(tok) = tokenizer {
+        write_framed_tokenizer(tok, &dir.join("tokenizer.json"), framing)?;
+        let beside = tok.parent().unwrap_or(Path::new("."));
+        for name in ["tokenizer_config.json", "special_tokens_map.json"] {
+            let src = beside.join(name);
+            if src.exists() {
+                std::fs::copy(&src, dir.join(name)).map_err(|e| ModelError::io(&src, e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Copy `tokenizer.json` so that it frames inputs as the model was trained: a model trained
+/// on bare tokens gets no post-processor (a tokenizer trained here carries `[CLS] … [SEP]`), so
+/// `AutoTokenizer.from_pretrained(dir)(seq)` called the default way gives the ids the model saw.
+fn write_framed_tokenizer(
+    src: &Path,
+    dst: &Path,
+    framing: arch::Framing,
+) -> Result<(), ModelError> {
+    let text = std::fs::read_to_string(src).map_err(|e| ModelError::io(src, e))?;
+    let mut json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| ModelError::Format(format!("{}: not a tokenizer.json: {e}", src.display())))?;
+    if framing == arch::Framing::Bare
+        && let Some(m) = json.as_object_mut()
+    {
+        m.insert("post_processor".into(), serde_json::Value::Null);
+    }
+    let out = serde_json::to_string(&json).expect("json");
+    std::fs::write(dst, out).map_err(|e| ModelError::io(dst, e))
 }

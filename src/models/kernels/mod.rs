@@ -6,7 +6,7 @@
 //! ten and twenty; scaling and masking the scores two more. On the CPU those passes, not the
 //! matrix products, were most of a training step. [`FusedOps`] is a backend extension: the
 //! defaults compose the backend's own ops (what CUDA runs), flex overrides them with its own
-//! kernels (`cpu_kernels.rs`, `cpu_attention.rs`), and `Autodiff<B>` records one node per
+//! kernels (`cpu.rs`, `cpu_attention.rs`), and `Autodiff<B>` records one node per
 //! call.
 
 use burn::backend::autodiff::Autodiff;
@@ -20,7 +20,13 @@ use burn::tensor::activation::sigmoid;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Shape, TensorMetadata, TensorPrimitive};
 
-use super::MASKED;
+mod cpu;
+mod cpu_attention;
+mod rows;
+
+/// Attention score of a position that must not be attended to. Finite (not -inf), because
+/// burn's flex softmax turns a row holding -inf into NaN; exp(-1e9 - max) is 0 all the same.
+pub const MASKED: f32 = -1e9;
 
 /// sqrt(2/π), GPT-2's GELU constant.
 pub(crate) const SQRT_2_OVER_PI: f64 =
@@ -30,7 +36,7 @@ pub(crate) const GELU_CUBIC: f64 = 0.044715;
 
 /// The ops the models need fast under autodiff, forward and backward. The defaults compose
 /// them from the backend's tensor ops; a backend with its own kernels overrides them (flex:
-/// `cpu_kernels.rs`), and `Autodiff<B>` records each forward as one node whose gradient
+/// `cpu.rs`), and `Autodiff<B>` records each forward as one node whose gradient
 /// calls `B`'s backward.
 pub trait FusedOps: Backend {
     /// Attention weights from scores [.., Tq, Tk]: softmax over the last axis of

@@ -8,12 +8,12 @@ use burn::prelude::*;
 use burn::tensor::IndexingUpdateOp;
 use serde::{Deserialize, Serialize};
 
-use super::fused::gelu;
-use super::vars::{Init, Vars};
-use super::{
-    AttentionSpec, FusedOps, LayerNorm, MASKED, ModelError, Precision, add_per_row, affine, dense,
-    matmul, self_attention,
-};
+use crate::models::device::Precision;
+use crate::models::error::ModelError;
+use crate::models::io::vars::{Init, Vars};
+use crate::models::kernels::gelu;
+use crate::models::kernels::{AttentionSpec, FusedOps, LayerNorm, MASKED};
+use crate::models::nn::{add_per_row, affine, dense, matmul, self_attention};
 
 /// The fields of HF's `BertConfig` that change the computation.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -11,7 +11,7 @@
 
 use rayon::prelude::*;
 
-use super::cpu_kernels::{dot, softmax_row};
+use super::rows::{dot, softmax_row};
 
 /// The shape of one attention call: B sequences of T tokens, H query heads and Hkv key/value
 /// heads of dh values each, packed per token as q | k | v ((H + 2·Hkv)·dh columns).

@@ -11,7 +11,8 @@ use burn::tensor::{DType, Shape, TensorData, TensorMetadata};
 use rayon::prelude::*;
 
 use super::cpu_attention::{self, Heads};
-use super::fused::{
+use super::rows::{dot, exp, softmax_row, sum_of};
+use super::{
     AttentionSpec, FRAC_1_SQRT_2PI, FusedOps, GELU_CUBIC, SQRT_2_OVER_PI, composed_attention,
     composed_attention_backward, composed_gelu, composed_gelu_new, composed_gelu_new_backward,
     composed_layer_norm_backward, composed_rms_norm, composed_rms_norm_backward, composed_rotary,
@@ -494,48 +495,6 @@ fn sigmoid(u: f32) -> f32 {
     1.0 / (1.0 + exp(-u))
 }
 
-/// softmax(scale·row) in place over the first `seen` entries (scale > 0); the rest become 0.
-#[inline(always)]
-pub(crate) fn softmax_row(row: &mut [f32], scale: f32, seen: usize) {
-    let (live, hidden) = row.split_at_mut(seen);
-    let max = live.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) * scale;
-    for v in live.iter_mut() {
-        *v = exp(*v * scale - max);
-    }
-    let inv = 1.0 / sum(live);
-    live.iter_mut().for_each(|v| *v *= inv);
-    hidden.fill(0.0);
-}
-
-/// Lanes of the vectorizable sums: f32 addition does not reassociate on its own, so a plain
-/// `.sum()` stays one scalar chain.
-const LANES: usize = 16;
-
-/// Σ term(i) for i < n, in [`LANES`] partial sums.
-#[inline(always)]
-fn sum_of(n: usize, term: impl Fn(usize) -> f32) -> f32 {
-    let mut acc = [0.0f32; LANES];
-    let body = n / LANES * LANES;
-    for start in (0..body).step_by(LANES) {
-        for (lane, acc) in acc.iter_mut().enumerate() {
-            *acc += term(start + lane);
-        }
-    }
-    acc.iter().sum::<f32>() + (body..n).map(term).sum::<f32>()
-}
-
-/// Σ a·b over two equal-length rows.
-#[inline(always)]
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    sum_of(a.len(), |i| a[i] * b[i])
-}
-
-/// Σ a.
-#[inline(always)]
-fn sum(a: &[f32]) -> f32 {
-    sum_of(a.len(), |i| a[i])
-}
-
 /// One row of layer norm's gradient: the upstream `g` is replaced by dx; gamma's and beta's
 /// are added to the sums.
 #[inline(always)]
@@ -570,28 +529,6 @@ fn rms_reciprocal(x: &[f32], eps: f32) -> f32 {
     1.0 / (ms + eps).sqrt()
 }
 
-/// e^x in straight-line f32 arithmetic, so loops over it vectorize: x = n·ln2 + r with
-/// |r| ≤ ln2/2, e^r by its degree-6 Taylor polynomial (relative error < 3e-7), 2^n built in
-/// the exponent bits. Below -80 it gives exactly 0 and above 80 it saturates at e^80, so
-/// neither a softmax (divided by at most a row's length) nor a sigmoid ever produces a
-/// subnormal: the next matrix product would run many times slower on them.
-#[inline(always)]
-pub(crate) fn exp(x: f32) -> f32 {
-    let flush = x < -80.0;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    const ROUND: f32 = 12_582_912.0; // 1.5·2^23: adding and subtracting it rounds to an integer
-    let x = x.clamp(-80.0, 80.0);
-    let n = (x * core::f32::consts::LOG2_E + ROUND) - ROUND;
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let e = p * f32::from_bits(((n as i32 + 127) as u32) << 23);
-    if flush { 0.0 } else { e }
-}
-
 /// The last axis's length.
 fn last_dim(shape: &Shape) -> usize {
     shape[shape.num_dims() - 1]
@@ -624,7 +561,7 @@ fn tensor(values: Vec<f32>, shape: Shape) -> FlexTensor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::MASKED;
+    use crate::models::kernels::MASKED;
     use burn::prelude::*;
     use burn::tensor::Distribution;
 

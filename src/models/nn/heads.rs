@@ -8,8 +8,10 @@ use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::prelude::*;
 use burn::tensor::activation::tanh;
 
-use super::vars::Vars;
-use super::{FusedOps, Precision, dense};
+use super::super::device::Precision;
+use super::super::io::vars::Vars;
+use super::super::kernels::FusedOps;
+use super::dense;
 
 /// What a model predicts.
 #[derive(Debug, Clone, PartialEq)]

@@ -10,12 +10,13 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::fused::{rotary, swiglu};
-use super::vars::{Init, Vars};
-use super::{
-    AttentionSpec, FusedOps, KvCache, MASKED, ModelError, Precision, RmsNorm, affine, dense,
-    matmul, self_attention,
-};
+use crate::models::device::Precision;
+use crate::models::error::ModelError;
+use crate::models::io::vars::{Init, Vars};
+use crate::models::kernels::{AttentionSpec, FusedOps, MASKED, RmsNorm};
+use crate::models::kernels::{rotary, swiglu};
+use crate::models::nn::kv_cache::KvCache;
+use crate::models::nn::{affine, dense, matmul, self_attention};
 
 /// The fields of HF's `LlamaConfig` that change the computation (others are kept as written).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -13,7 +13,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, Normal};
 
-use super::ModelError;
+use super::super::error::ModelError;
 use super::checkpoint::{self, RawTensor};
 
 /// One tensor on the host, row-major f32.

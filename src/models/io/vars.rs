@@ -15,7 +15,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, Normal};
 
-use super::fused::{LayerNorm, RmsNorm};
+use super::super::kernels::{LayerNorm, RmsNorm};
 use super::weights::{HostTensor, Weights, host, param_id, transpose};
 
 /// How a stored tensor maps onto its parameter.

@@ -7,12 +7,13 @@ use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::fused::gelu_new;
-use super::vars::{Init, Vars};
-use super::{
-    AttentionSpec, FusedOps, KvCache, LayerNorm, ModelError, Precision, add_per_row, dense, matmul,
-    self_attention,
-};
+use crate::models::device::Precision;
+use crate::models::error::ModelError;
+use crate::models::io::vars::{Init, Vars};
+use crate::models::kernels::gelu_new;
+use crate::models::kernels::{AttentionSpec, FusedOps, LayerNorm};
+use crate::models::nn::kv_cache::KvCache;
+use crate::models::nn::{add_per_row, dense, matmul, self_attention};
 
 /// The fields of HF's `GPT2Config` that change the computation (others are kept as written).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -9,12 +9,19 @@
 use burn::prelude::*;
 use serde_json::{Value, json};
 
-use super::bert::{Bert, BertConfig};
-use super::gpt2::{Gpt2, Gpt2Config};
-use super::heads::{HeadLayout, Pool};
-use super::llama::{Llama, LlamaConfig};
-use super::vars::Vars;
-use super::{FusedOps, KvCache, ModelError, Precision};
+pub mod bert;
+pub mod gpt2;
+pub mod llama;
+
+use super::device::Precision;
+use super::error::ModelError;
+use super::io::vars::Vars;
+use super::kernels::FusedOps;
+use super::nn::heads::{HeadLayout, Pool};
+use super::nn::kv_cache::KvCache;
+use bert::{Bert, BertConfig};
+use gpt2::{Gpt2, Gpt2Config};
+use llama::{Llama, LlamaConfig};
 
 /// What the architecture's own language-model head predicts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
