@@ -231,7 +231,16 @@ impl<'w, B: Backend> Vars<'_, 'w, B> {
         let mut at = self.pp(name);
         LayerNorm {
             gamma: at.param("weight", [d], Init::Ones),
-            beta: at.param("bias", [d], Init::Zeros),
+            beta: Some(at.param("bias", [d], Init::Zeros)),
+            eps,
+        }
+    }
+
+    /// A bias-free `nn.LayerNorm(bias=False)` `{name}.weight`: ones.
+    pub fn layer_norm_without_bias(&mut self, name: &str, d: usize, eps: f64) -> LayerNorm<B> {
+        LayerNorm {
+            gamma: self.pp(name).param("weight", [d], Init::Ones),
+            beta: None,
             eps,
         }
     }

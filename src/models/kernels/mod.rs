@@ -906,16 +906,23 @@ pub fn gelu<B: FusedOps, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
 #[derive(Module, Debug)]
 pub struct LayerNorm<B: Backend> {
     pub gamma: Param<Tensor<B, 1>>,
-    pub beta: Param<Tensor<B, 1>>,
+    /// `None` for a bias-free layer norm (ESM C's, `nn.LayerNorm(bias=False)`).
+    pub beta: Option<Param<Tensor<B, 1>>>,
     pub eps: f64,
 }
 
 impl<B: FusedOps> LayerNorm<B> {
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let gamma = self.gamma.val();
+        // A bias-free norm shifts by a constant zero: the same node, no gradient for it.
+        let beta = match &self.beta {
+            Some(beta) => beta.val(),
+            None => gamma.zeros_like(),
+        };
         float(B::fused_layer_norm(
             x.into_primitive().tensor(),
-            self.gamma.val().into_primitive().tensor(),
-            self.beta.val().into_primitive().tensor(),
+            gamma.into_primitive().tensor(),
+            beta.into_primitive().tensor(),
             self.eps,
         ))
     }
@@ -1069,6 +1076,40 @@ mod tests {
         }
     }
 
+    /// A bias-free layer norm: the same node with a constant zero shift, and only the input
+    /// and gamma get gradients.
+    #[test]
+    fn bias_free_layer_norm_matches_composed() {
+        let device = Default::default();
+        let gamma = Tensor::<AB, 1>::from_floats([0.5, -1.0, 2.0, 1.5], &device).require_grad();
+        let x = input([3, 2, 4], 29);
+        let weights = input([3, 2, 4], 30).detach();
+        let ln = LayerNorm {
+            gamma: Param::from_tensor(gamma),
+            beta: None,
+            eps: 1e-5,
+        };
+        let gamma = ln.gamma.val();
+        let fused = ln.forward(x.clone());
+        let mean = x.clone().mean_dim(2);
+        let c = x.clone() - mean;
+        let var = (c.clone() * c.clone()).mean_dim(2);
+        let composed = c / (var + 1e-5).sqrt() * gamma.clone().unsqueeze_dims::<3>(&[0, 1]);
+        close(fused.to_data(), composed.to_data(), "forward");
+        let ga = (fused * weights.clone()).sum().backward();
+        let gb = (composed * weights).sum().backward();
+        close(
+            x.grad(&ga).unwrap().into_data(),
+            x.grad(&gb).unwrap().into_data(),
+            "input gradient",
+        );
+        close(
+            gamma.grad(&ga).unwrap().into_data(),
+            gamma.grad(&gb).unwrap().into_data(),
+            "gamma gradient",
+        );
+    }
+
     /// RMSNorm's node against burn's own ops: value, input and gamma gradients.
     #[test]
     fn rms_norm_matches_composed_with_parameter_gradients() {
@@ -1175,10 +1216,10 @@ mod tests {
         let weights = input([3, 2, 4], 10).detach();
         let ln = LayerNorm {
             gamma: Param::from_tensor(gamma),
-            beta: Param::from_tensor(beta),
+            beta: Some(Param::from_tensor(beta)),
             eps: 1e-5,
         };
-        let (gamma, beta) = (ln.gamma.val(), ln.beta.val());
+        let (gamma, beta) = (ln.gamma.val(), ln.beta.as_ref().unwrap().val());
         let fused = ln.forward(x.clone());
         let composed = {
             let mean = x.clone().mean_dim(2);
