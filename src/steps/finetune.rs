@@ -6,7 +6,7 @@
 //! end with them, and the predictions table has the format of the baselines', so
 //! `eval.classify` / `eval.regress` score both by the same code.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use burn::backend::Autodiff;
 use burn::module::Module;
@@ -28,10 +28,14 @@ use super::training::{self, model_err};
 use super::{InputPath, StepContext, StepError, StepKind, params, plot, write_metrics};
 use crate::models::arch::{Framing, LmKind, MeanFold};
 use crate::models::device::on_device;
-use crate::models::{Model, ModelSpec, Task, Weights, read_weights, save_model_dir};
+use crate::models::{
+    ArchConfig, FusedOps, Model, ModelSpec, Precision, Task, Weights, read_weights, save_model_dir,
+};
 use crate::train::objective::{argmax, classification_scores};
 use crate::train::per_base::{TokenLabel, base_predictions, token_labels};
-use crate::train::{self, Objective, Order, Row, Target, TrainConfig, TrainData, metric_names};
+use crate::train::{
+    self, Batch, Objective, Order, Row, Target, TrainConfig, TrainData, metric_names,
+};
 
 /// What the head predicts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -516,33 +520,83 @@ fn token_targets(
 fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
     let p: FinetuneParams = params(ctx.with).map_err(StepError::new)?;
     let (device, precision) = p.options.resolve_device(ctx)?;
-    let path = |i: &InputPath| ctx.workdir.join(i.path());
     let tokenizer = p.tokenizer.as_ref().or(p.init.as_ref()).expect("checked");
-    let vocab = load_vocab(&path(tokenizer))?;
-
-    // The architecture: the init directory's, or a fresh one.
-    let (mut config, init_spec) = match &p.init {
-        Some(dir) => {
-            let spec = ModelSpec::read(&path(dir)).map_err(model_err)?;
-            (spec.config.clone(), Some(spec))
+    let vocab = load_vocab(&ctx.workdir.join(tokenizer.path()))?;
+    let (config, init) = architecture(ctx, &p, &vocab)?;
+    let inputs = input_framing(&p, &config, &vocab)?;
+    let mut splits = read_splits(ctx, &p, &vocab, &inputs)?;
+    let (task, objective) = targets(&p, &config, &mut splits)?;
+    if let Some(init) = &init {
+        check_init_head(&init.spec.task, head_name(p.task), task.labels(), &init.dir)?;
+    }
+    let spec = ModelSpec { config, task };
+    let plan = training_plan(ctx, &p, &spec, &objective, &splits, &vocab, precision)?;
+    let weights = match &init {
+        Some(init) => read_weights(&init.dir, &spec).map_err(model_err)?,
+        None => spec.init_weights(p.options.seed).map_err(model_err)?,
+    };
+    let frozen: Vec<String> = frozen_names(p.freeze.as_ref(), &spec, &weights)?;
+    if !frozen.is_empty() {
+        writeln!(ctx.log, "frozen: {} tensors", frozen.len())?;
+    }
+    let [train_split, _, test_split] = splits;
+    let run = Run {
+        p: &p,
+        spec: &spec,
+        objective: &objective,
+        vocab: &vocab,
+        frozen: &frozen,
+        precision,
+        lengths: inputs.lengths,
+    };
+    let (tested, mut metrics) = on_device!(device, precision, |dev: B| {
+        train_and_test::<B>(
+            ctx,
+            &run,
+            plan,
+            train_split.rows,
+            weights,
+            &test_split,
+            &dev,
+        )
+    })?;
+    match tested {
+        Tested::Scores(predictions) => {
+            write_predictions(ctx, &p, &objective, &test_split, &predictions, &mut metrics)?
         }
-        // A fresh model takes up to 512 tokens unless `config` says otherwise (BERT's default
-        // position table; a longer row is an error that names it).
+        Tested::Texts(found) => write_answers(ctx, &p, &test_split, &found, &mut metrics)?,
+    }
+    write_metrics(ctx.out, &metrics)
+}
+
+/// The model directory a fine-tuning starts from, with its spec.
+struct Init {
+    dir: PathBuf,
+    spec: ModelSpec,
+}
+
+/// Stage 1, the model: the `init` directory's config (its head checked against the task), or
+/// a fresh one of `arch` (up to 512 positions unless `config` says otherwise); either way
+/// padded with the tokenizer's pad and large enough for its vocabulary.
+fn architecture(
+    ctx: &StepContext,
+    p: &FinetuneParams,
+    vocab: &Vocab,
+) -> Result<(ArchConfig, Option<Init>), StepError> {
+    let (mut config, init) = match &p.init {
+        Some(dir) => {
+            let dir = ctx.workdir.join(dir.path());
+            let spec = ModelSpec::read(&dir).map_err(model_err)?;
+            check_init_head(&spec.task, head_name(p.task), None, &dir)?;
+            (spec.config.clone(), Some(Init { dir, spec }))
+        }
         None => {
             let arch = p.arch.as_ref().expect("checked");
             let mut user = p.config.clone();
             user.entry(arch.row().positions_field).or_insert(512.into());
-            (fresh_config(arch, &user, &vocab, 2)?, None)
+            (fresh_config(arch, &user, vocab, 2)?, None)
         }
     };
-    if let Some(init) = &init_spec {
-        check_init_head(
-            &init.task,
-            head_name(p.task),
-            None,
-            &path(p.init.as_ref().expect("init")),
-        )?;
-    }
     config.set_pad_token_id(vocab.pad);
     if config.vocab_size() < vocab.size {
         return Err(StepError::new(format!(
@@ -551,8 +605,32 @@ fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
             config.vocab_size()
         )));
     }
-    let bert = config.architecture().framing == Framing::ClsSep;
-    if bert && vocab.bert.is_none() {
+    if p.task == TaskKind::Text && config.architecture().lm != LmKind::Causal {
+        return Err(StepError::new(format!(
+            "`task: text` generates text: it needs a causal model (gpt2, llama), not {}",
+            config.name()
+        )));
+    }
+    Ok((config, init))
+}
+
+/// How rows reach the model: framed as the architecture's row says, at most `max_len` tokens.
+struct Inputs {
+    /// `[CLS] … [SEP]` around every row.
+    cls_sep: bool,
+    max_len: usize,
+    lengths: answers::Lengths,
+}
+
+/// Stage 2, the framing: the architecture's, with the special tokens it needs in the
+/// tokenizer, and a `max_length` within the model's positions.
+fn input_framing(
+    p: &FinetuneParams,
+    config: &ArchConfig,
+    vocab: &Vocab,
+) -> Result<Inputs, StepError> {
+    let cls_sep = config.architecture().framing == Framing::ClsSep;
+    if cls_sep && vocab.bert.is_none() {
         return Err(StepError::new(format!(
             "{}: {} frames sequences as [CLS] … [SEP] and masks with [MASK]: the tokenizer needs all three",
             vocab.path.display(),
@@ -566,40 +644,55 @@ fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
             config.max_positions()
         )));
     }
-
-    if p.task == TaskKind::Text && config.architecture().lm != LmKind::Causal {
-        return Err(StepError::new(format!(
-            "`task: text` generates text: it needs a causal model (gpt2), not {}",
-            config.name()
-        )));
-    }
-    let lengths = answers::Lengths {
+    Ok(Inputs {
+        cls_sep,
         max_len,
-        max_new: p.max_new_tokens.unwrap_or(MAX_NEW_TOKENS),
-    };
+        lengths: answers::Lengths {
+            max_len,
+            max_new: p.max_new_tokens.unwrap_or(MAX_NEW_TOKENS),
+        },
+    })
+}
 
-    // The splits, their rows and targets.
+/// Stage 3, the rows: train, valid and test tables tokenized as the task reads them (a pair
+/// joined, a prompt with its answer, or one sequence with its tokens' spans).
+fn read_splits(
+    ctx: &StepContext,
+    p: &FinetuneParams,
+    vocab: &Vocab,
+    inputs: &Inputs,
+) -> Result<[Split; 3], StepError> {
     let read = |i: &InputPath, role: &str| -> Result<Split, StepError> {
-        let table = read_role(&path(i), &p.id, role)?;
-        let (rows, spans) = if p.task == TaskKind::PairCls {
-            let pair = p.pair.as_deref().unwrap_or("pair");
-            let rows = pair_inputs(
-                &vocab,
+        let table = read_role(&ctx.workdir.join(i.path()), &p.id, role)?;
+        let (rows, spans) = match p.task {
+            TaskKind::PairCls => {
+                let pair = p.pair.as_deref().unwrap_or("pair");
+                let rows = pair_inputs(
+                    vocab,
+                    &table,
+                    (&p.sequence, pair),
+                    p.truncate,
+                    inputs.cls_sep,
+                    inputs.max_len,
+                )?;
+                (rows, Vec::new())
+            }
+            TaskKind::Text => {
+                let columns = (p.sequence.as_str(), p.label.as_str());
+                let rows =
+                    answers::answer_rows(vocab, &table, columns, p.truncate, inputs.lengths)?;
+                (rows, Vec::new())
+            }
+            _ => inputs_spans(
+                vocab,
                 &table,
-                (&p.sequence, pair),
+                &p.sequence,
                 p.truncate,
-                bert,
-                max_len,
-            )?;
-            (rows, Vec::new())
-        } else if p.task == TaskKind::Text {
-            let rows =
-                answers::answer_rows(&vocab, &table, (&p.sequence, &p.label), p.truncate, lengths)?;
-            (rows, Vec::new())
-        } else {
-            inputs_spans(&vocab, &table, &p.sequence, p.truncate, bert, max_len)?
-                .into_iter()
-                .unzip()
+                inputs.cls_sep,
+                inputs.max_len,
+            )?
+            .into_iter()
+            .unzip(),
         };
         Ok(Split {
             labels: Vec::new(),
@@ -610,15 +703,28 @@ fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
             spans,
         })
     };
-    let mut train_split = read(&p.train, "training")?;
-    let mut valid_split = read(&p.valid, "validation")?;
-    let mut test_split = read(&p.test, "test")?;
-    let (task, objective) = match p.task {
+    Ok([
+        read(&p.train, "training")?,
+        read(&p.valid, "validation")?,
+        read(&p.test, "test")?,
+    ])
+}
+
+/// Stage 4, the targets: each split's labels read as the task wants them (classes from the
+/// training split, numbers, label sets, answer texts, per-base labels), and the head's task
+/// with the objective that trains it.
+fn targets(
+    p: &FinetuneParams,
+    config: &ArchConfig,
+    splits: &mut [Split; 3],
+) -> Result<(Task, Objective), StepError> {
+    let [train_split, valid_split, test_split] = splits;
+    Ok(match p.task {
         TaskKind::SeqCls | TaskKind::PairCls => {
             let train_labels = train_split.table.labels(&p.label, "label")?;
             let classes = training_classes(&train_split.table, &train_labels, &p.label)?;
             let train_path = train_split.table.path.clone();
-            for split in [&mut train_split, &mut valid_split, &mut test_split] {
+            for split in [&mut *train_split, &mut *valid_split, &mut *test_split] {
                 let labels = split.table.labels(&p.label, "label")?;
                 let idx = class_indices(&split.table, &labels, &classes, &p.label, &train_path)?;
                 for (row, k) in split.rows.iter_mut().zip(idx) {
@@ -635,7 +741,7 @@ fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
             )
         }
         TaskKind::Regression => {
-            for split in [&mut train_split, &mut valid_split, &mut test_split] {
+            for split in [&mut *train_split, &mut *valid_split, &mut *test_split] {
                 let values = split.table.numbers(&p.label, "label")?;
                 for (row, v) in split.rows.iter_mut().zip(&values) {
                     row.target = Target::Value(*v as f32);
@@ -669,7 +775,7 @@ fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
             let train_sets = label_sets(&train_split.table, &p.label, sep)?;
             let labels = training_labels(&train_split.table, &train_sets, &p.label)?;
             let train_path = train_split.table.path.clone();
-            for split in [&mut train_split, &mut valid_split, &mut test_split] {
+            for split in [&mut *train_split, &mut *valid_split, &mut *test_split] {
                 let sets = label_sets(&split.table, &p.label, sep)?;
                 let flags = label_flags(&split.table, &sets, &labels, &p.label, &train_path)?;
                 for (row, f) in split.rows.iter_mut().zip(&flags) {
@@ -698,7 +804,7 @@ fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
             )
         }
         TaskKind::Text => {
-            for split in [&mut train_split, &mut valid_split, &mut test_split] {
+            for split in [&mut *train_split, &mut *valid_split, &mut *test_split] {
                 split.labels = split.table.texts(&p.label, "label", "an answer text")?;
             }
             (Task::Lm, Objective::Clm)
@@ -706,8 +812,8 @@ fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
         TaskKind::TokenCls => {
             let rule = p.token_label.unwrap_or_default();
             let classes = token_targets(
-                [&mut train_split, &mut valid_split, &mut test_split],
-                &p,
+                [&mut *train_split, &mut *valid_split, &mut *test_split],
+                p,
                 rule,
             )?;
             let weights = class_weights(p.class_weights.as_ref(), &classes, &train_split.rows)?;
@@ -718,22 +824,28 @@ fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
                 Objective::TokenCls { classes, weights },
             )
         }
-    };
-    if let (
-        Some(init),
-        Task::SeqCls { labels } | Task::TokenCls { labels } | Task::MultiLabel { labels },
-    ) = (&init_spec, &task)
-    {
-        check_init_head(
-            &init.task,
-            head_name(p.task),
-            Some(labels),
-            &path(p.init.as_ref().expect("init")),
-        )?;
-    }
-    let spec = ModelSpec { config, task };
-    let head_names = spec.head_names();
+    })
+}
 
+/// The loop's configuration and the evaluation batches of a fine-tuning.
+struct Plan {
+    cfg: TrainConfig,
+    order: Order,
+    valid: Vec<Batch>,
+    test: Vec<Batch>,
+}
+
+/// Stage 5, the plan: steps (`epochs` of 3 by default), evaluation once per epoch unless
+/// `eval_every`, the weights selected by `select`, the head's own learning rate.
+fn training_plan(
+    ctx: &mut StepContext,
+    p: &FinetuneParams,
+    spec: &ModelSpec,
+    objective: &Objective,
+    [train_split, valid_split, test_split]: &[Split; 3],
+    vocab: &Vocab,
+    precision: Precision,
+) -> Result<Plan, StepError> {
     let o = &p.options;
     let order = Order::new(train_split.rows.len(), o.batch_size, o.seed, true);
     let per_epoch = order.batches_per_epoch().div_ceil(o.grad_accum);
@@ -745,101 +857,111 @@ fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
     };
     let cfg = TrainConfig {
         keep_best: true,
-        ..o.train_config(steps, eval_every, precision)
-    };
-    let cfg = TrainConfig {
         select: select_metric(&p.select)
             .map_err(StepError::new)?
             .to_string(),
         patience: p.patience,
-        head: head_names.clone(),
+        head: spec.head_names(),
         head_lr: p.head_lr,
-        ..cfg
+        ..o.train_config(steps, eval_every, precision)
     };
-    let valid = train::eval_batches(&valid_split.rows, &objective, vocab.pad, o.batch_size, 0);
-    let test = train::eval_batches(&test_split.rows, &objective, vocab.pad, o.batch_size, 0);
+    let batches =
+        |split: &Split| train::eval_batches(&split.rows, objective, vocab.pad, o.batch_size, 0);
     writeln!(
         ctx.log,
-        "{} {} on {} training, {} validation, {} test rows; {steps} steps; device {device}, \
-         precision {precision}",
+        "{} {} on {} training, {} validation, {} test rows; {steps} steps; precision {precision}",
         spec.class(),
         task_name(p.task),
         train_split.rows.len(),
         valid_split.rows.len(),
         test_split.rows.len()
     )?;
-    let init = match &p.init {
-        Some(dir) => read_weights(&path(dir), &spec).map_err(model_err)?,
-        None => spec.init_weights(o.seed).map_err(model_err)?,
-    };
-    let frozen: Vec<String> = frozen_names(p.freeze.as_ref(), &spec, &init)?;
-    if !frozen.is_empty() {
-        writeln!(ctx.log, "frozen: {} tensors", frozen.len())?;
-    }
-    let mut data = TrainData {
-        rows: train_split.rows,
+    Ok(Plan {
+        cfg,
         order,
-        objective: objective.clone(),
-        pad: vocab.pad,
-        batch_size: o.batch_size,
+        valid: batches(valid_split),
+        test: batches(test_split),
+    })
+}
+
+/// What a fine-tuning holds fixed while it trains and tests.
+struct Run<'a> {
+    p: &'a FinetuneParams,
+    spec: &'a ModelSpec,
+    objective: &'a Objective,
+    vocab: &'a Vocab,
+    frozen: &'a [String],
+    precision: Precision,
+    lengths: answers::Lengths,
+}
+
+/// Stage 6, on the device: train from `weights`, save the selected model directory and the
+/// history, then test the selected weights (scores of the head, or generated answers).
+fn train_and_test<B: FusedOps>(
+    ctx: &mut StepContext,
+    run: &Run,
+    plan: Plan,
+    rows: Vec<Row>,
+    weights: Weights,
+    test_split: &Split,
+    dev: &B::Device,
+) -> Result<(Tested, serde_json::Value), StepError> {
+    let Run {
+        p, spec, objective, ..
+    } = *run;
+    let seed = p.options.seed;
+    let prepare = |m: Model<Autodiff<B>>| {
+        m.freeze(run.frozen.iter().map(String::as_str))
+            .with_precision(run.precision)
     };
-    let seed = o.seed;
-    let (predictions, metrics) = on_device!(device, precision, |dev: B| {
-        let build = |w: Weights| {
-            Model::<Autodiff<B>>::from_weights(&spec, w, seed, &dev).map(|(m, _)| {
-                m.freeze(frozen.iter().map(String::as_str))
-                    .with_precision(precision)
-            })
+    let build = |w: Weights| {
+        Model::<Autodiff<B>>::from_weights(spec, w, seed, dev).map(|(m, _)| prepare(m))
+    };
+    let (model, report) =
+        Model::<Autodiff<B>>::from_weights(spec, weights, seed, dev).map_err(model_err)?;
+    log_report(ctx, &report)?;
+    let model = prepare(model);
+    let parameters = model.num_params();
+    let mut data = TrainData {
+        rows,
+        order: plan.order,
+        objective: objective.clone(),
+        pad: run.vocab.pad,
+        batch_size: p.options.batch_size,
+    };
+    let trained = training::run(ctx, model, &build, &mut data, &plan.valid, &plan.cfg, dev)?;
+    save_model_dir(
+        &ctx.out.join("model"),
+        spec,
+        training::selected(&trained),
+        Some(&run.vocab.path),
+    )
+    .map_err(model_err)?;
+    training::write_history(ctx.out, &trained.state, "loss")?;
+    let mut metrics = training::run_metrics(&trained, parameters);
+    metrics["skipped"] = json!(report.skipped);
+    metrics["fresh"] = json!(report.fresh);
+    metrics["frozen"] = json!(run.frozen.len());
+    let tester = training::selected_model(&trained, spec, dev)?;
+    let tested = if p.task == TaskKind::Text {
+        let e = objective.evaluate(&tester, &plan.test, dev);
+        metrics["test_loss"] = json!(e.loss);
+        metrics["test_bits_per_base"] = json!(e.metric("bits_per_base"));
+        let decoding = answers::Decoding {
+            lengths: run.lengths,
+            sampler: Sampler {
+                temperature: p.temperature.unwrap_or(0.7),
+                top_k: p.top_k.unwrap_or(0),
+                top_p: p.top_p.unwrap_or(1.0),
+            },
+            seed,
         };
-        let (model, report) =
-            Model::<Autodiff<B>>::from_weights(&spec, init, seed, &dev).map_err(model_err)?;
-        log_report(ctx, &report)?;
-        let model = model
-            .freeze(frozen.iter().map(String::as_str))
-            .with_precision(precision);
-        let parameters = model.num_params();
-        let trained = training::run(ctx, model, &build, &mut data, &valid, &cfg, &dev)?;
-        save_model_dir(
-            &ctx.out.join("model"),
-            &spec,
-            training::selected(&trained),
-            Some(&vocab.path),
-        )
-        .map_err(model_err)?;
-        training::write_history(ctx.out, &trained.state, "loss")?;
-        let mut metrics = training::run_metrics(&trained, parameters);
-        metrics["skipped"] = json!(report.skipped);
-        metrics["fresh"] = json!(report.fresh);
-        metrics["frozen"] = json!(frozen.len());
-        let tester = training::selected_model(&trained, &spec, &dev)?;
-        let tested = if p.task == TaskKind::Text {
-            let e = objective.evaluate(&tester, &test, &dev);
-            metrics["test_loss"] = json!(e.loss);
-            metrics["test_bits_per_base"] = json!(e.metric("bits_per_base"));
-            let decoding = answers::Decoding {
-                lengths,
-                sampler: Sampler {
-                    temperature: p.temperature.unwrap_or(0.7),
-                    top_k: p.top_k.unwrap_or(0),
-                    top_p: p.top_p.unwrap_or(1.0),
-                },
-                seed,
-            };
-            let found = answers::answer(ctx, &tester, &vocab, &test_split.rows, &decoding, &dev)?;
-            Tested::Texts(found)
-        } else {
-            Tested::Scores(objective.predict(&tester, &test, &dev))
-        };
-        Ok::<_, StepError>((tested, metrics))
-    })?;
-    let mut metrics = metrics;
-    match predictions {
-        Tested::Scores(predictions) => {
-            write_predictions(ctx, &p, &objective, &test_split, &predictions, &mut metrics)?
-        }
-        Tested::Texts(found) => write_answers(ctx, &p, &test_split, &found, &mut metrics)?,
-    }
-    write_metrics(ctx.out, &metrics)
+        let found = answers::answer(ctx, &tester, run.vocab, &test_split.rows, &decoding, dev)?;
+        Tested::Texts(found)
+    } else {
+        Tested::Scores(objective.predict(&tester, &plan.test, dev))
+    };
+    Ok((tested, metrics))
 }
 
 /// What the test split gave: per-row scores of a head, or generated answers.

@@ -46,6 +46,7 @@ pub struct Declared {
     pub layout: Layout,
 }
 
+#[allow(clippy::large_enum_variant)] // one per walk, never in a collection
 enum Source<'w> {
     /// Take each tensor from a checkpoint; missing and misshapen ones are reported by
     /// [`Weights::finish`].

@@ -42,6 +42,16 @@ impl Task {
         }
     }
 
+    /// The class or label names of a head that has them (seq-cls, token-cls, multi-label).
+    pub fn labels(&self) -> Option<&[String]> {
+        match self {
+            Task::SeqCls { labels } | Task::TokenCls { labels } | Task::MultiLabel { labels } => {
+                Some(labels)
+            }
+            Task::Lm | Task::Regression { .. } => None,
+        }
+    }
+
     /// The name users write (`task:` of model.finetune).
     pub fn name(&self) -> &'static str {
         match self {
