@@ -341,6 +341,66 @@ mod tests {
         assert!(err.contains("multiple of num_key_value_heads (3)"), "{err}");
     }
 
+    /// A LLaMA published as PyTorch pickles, the way many hub repositories ship it: the
+    /// fixture's weights written by `torch.save` as one `pytorch_model.bin` and as two shards
+    /// with `pytorch_model.bin.index.json` (by Python, at test time, when torch is there), read
+    /// here without running the pickle: the same logits as the safetensors original.
+    #[test]
+    fn llama_loads_from_pytorch_bin_files_and_their_shards() {
+        let has_torch = std::process::Command::new("python3")
+            .args(["-c", "import torch, safetensors"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !has_torch {
+            eprintln!("skipping the pytorch_model.bin load: python3 has no torch/safetensors");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let script = r#"
+import json, shutil, sys, torch
+from pathlib import Path
+from safetensors.torch import load_file
+src, out = Path(sys.argv[1]), Path(sys.argv[2])
+state = load_file(src / "model.safetensors")
+for name, shards in (("one", 1), ("sharded", 2)):
+    d = out / name
+    d.mkdir(parents=True)
+    shutil.copy(src / "config.json", d / "config.json")
+    if shards == 1:
+        torch.save(state, d / "pytorch_model.bin")
+        continue
+    names = sorted(state)
+    half = len(names) // 2
+    weight_map = {}
+    for i, part in enumerate((names[:half], names[half:])):
+        file = f"pytorch_model-0000{i + 1}-of-00002.bin"
+        torch.save({n: state[n] for n in part}, d / file)
+        weight_map.update({n: file for n in part})
+    (d / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+"#;
+        let out = std::process::Command::new("python3")
+            .args(["-c", script])
+            .arg(fixture("llama-gqa"))
+            .arg(tmp.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r = Reference::load("llama-gqa");
+        let dev = Default::default();
+        for layout in ["one", "sharded"] {
+            let model = load::<Flex>(&tmp.path().join(layout), &dev);
+            let logits = model
+                .backbone()
+                .lm_logits(&all_real(r.ints::<Flex>("input_ids", &dev)));
+            let diff = r.max_diff("logits", logits);
+            assert!(diff < 1e-4, "{layout}: logits differ by {diff}");
+        }
+    }
+
     /// Generation's KV cache on every causal architecture: the prompt at once, then one token
     /// per step, gives the logits of the full forward at every position.
     #[test]
