@@ -405,7 +405,7 @@ impl<B: FusedOps> Llama<B> {
         mask: Option<Tensor<B, 2, Int>>,
         layer: usize,
     ) -> Tensor<B, 3> {
-        let padding = mask.and_then(padding_bias);
+        let padding = mask.map(padding_bias);
         let n = layer.min(self.layers.len());
         let mut x = self.embed(ids);
         let t = x.dims()[1];
@@ -459,11 +459,10 @@ impl<B: FusedOps> Llama<B> {
     }
 }
 
-/// [`MASKED`] on padding keys, 0 on real ones; `None` when nothing is padding.
-fn padding_bias<B: Backend>(mask: Tensor<B, 2, Int>) -> Option<Tensor<B, 2>> {
-    let padding = mask.equal_elem(0).float();
-    let padded = padding.clone().sum().into_scalar().to_f64() > 0.0;
-    padded.then(|| padding.mul_scalar(MASKED))
+/// [`MASKED`] on padding keys, 0 on real ones (callers pass a mask only when a batch has
+/// padding: the caller knows it on the host, so no device round trip asks).
+fn padding_bias<B: Backend>(mask: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+    mask.equal_elem(0).float().mul_scalar(MASKED)
 }
 
 impl<B: FusedOps> Layer<B> {
