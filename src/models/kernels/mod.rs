@@ -260,6 +260,41 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         )
     }
 
+    fn fused_swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct SwiGlu;
+
+        impl<B: FusedOps> Backward<B, 2> for SwiGlu {
+            type State = (FloatTensor<B>, FloatTensor<B>); // gate, up
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 2>,
+                grads: &mut Gradients,
+                _: &mut Checkpointer,
+            ) {
+                let (gate, up) = ops.state;
+                let g = grads.consume::<B>(&ops.node);
+                let [dgate, dup] = B::fused_swiglu_backward(gate, up, g);
+                let [pgate, pup] = ops.parents;
+                for (parent, grad) in [(pgate, dgate), (pup, dup)] {
+                    if let Some(node) = parent {
+                        grads.register::<B>(node.id, grad);
+                    }
+                }
+            }
+        }
+
+        let nodes = [gate.node.clone(), up.node.clone()];
+        match SwiGlu.prepare::<C>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let state = (gate.primitive.clone(), up.primitive.clone());
+                prep.finish(state, B::fused_swiglu(gate.primitive, up.primitive))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_swiglu(gate.primitive, up.primitive)),
+        }
+    }
+
     fn fused_rms_norm(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
