@@ -159,20 +159,7 @@ mod tests {
         /// `got` [B, T, ..]) where the reference's `attention_mask` is 1: the encoder leaves
         /// padding positions at zero, where HF computes values nothing reads.
         fn max_diff_real<B: Backend>(&self, key: &str, got: Tensor<B, 3>) -> f32 {
-            let rows: Vec<Vec<i64>> =
-                serde_json::from_value(self.json["attention_mask"].clone()).unwrap();
-            let mask: Vec<i64> = rows.concat();
-            let want: Vec<f32> = serde_json::from_value(self.json[key]["values"].clone()).unwrap();
-            let (_, got) = weights::host(got);
-            let width = got.len() / mask.len();
-            mask.iter()
-                .enumerate()
-                .filter(|&(_, &m)| m != 0)
-                .map(|(i, _)| {
-                    let at = i * width..(i + 1) * width;
-                    max_abs_diff(&got[at.clone()], &want[at])
-                })
-                .fold(0.0, f32::max)
+            self.max_diff_masked(key, "attention_mask", got)
         }
     }
 

@@ -104,6 +104,16 @@ fn model_type(v: &Value) -> Option<&str> {
     v.get("model_type").and_then(Value::as_str)
 }
 
+/// A decoder's sequence head: `score`, no bias, on the last non-pad token (the only one that
+/// saw the whole sequence), no dropout before it.
+const SCORE_ON_LAST_TOKEN: HeadLayout = HeadLayout {
+    pool: Some(Pool::LastToken),
+    pooler: None,
+    classifier: "score",
+    bias: false,
+    dropout: false,
+};
+
 /// `classifier` with bias on every token, after dropout (`…ForTokenClassification`).
 const CLASSIFIER_ON_TOKENS: HeadLayout = HeadLayout {
     pool: None,
@@ -120,14 +130,7 @@ static GPT2: Architecture = Architecture {
     seq_cls_class: "GPT2ForSequenceClassification",
     token_cls_class: "GPT2ForTokenClassification",
     lm: LmKind::Causal,
-    // `score`, no bias, on the last non-pad token; no dropout before it.
-    seq_head: HeadLayout {
-        pool: Some(Pool::LastToken),
-        pooler: None,
-        classifier: "score",
-        bias: false,
-        dropout: false,
-    },
+    seq_head: SCORE_ON_LAST_TOKEN,
     token_head: CLASSIFIER_ON_TOKENS,
     default_classifier_dropout: |_| 0.1,
     embeddings: &["transformer.wte.", "transformer.wpe."],
@@ -207,14 +210,7 @@ static LLAMA: Architecture = Architecture {
     seq_cls_class: "LlamaForSequenceClassification",
     token_cls_class: "LlamaForTokenClassification",
     lm: LmKind::Causal,
-    // `score`, no bias, on the last non-pad token.
-    seq_head: HeadLayout {
-        pool: Some(Pool::LastToken),
-        pooler: None,
-        classifier: "score",
-        bias: false,
-        dropout: false,
-    },
+    seq_head: SCORE_ON_LAST_TOKEN,
     // `score` with bias after dropout (transformers' generic token head).
     token_head: HeadLayout {
         pool: None,

@@ -1009,12 +1009,52 @@ mod tests {
         let x = input([2, 5, 16], 7);
         let weights = input([2, 5, 16], 8).detach(); // a non-uniform upstream gradient
         let (a, b) = (fused(x.clone()), composed(x.clone()));
-        close(a.to_data(), b.to_data(), "forward");
-        let ga = (a * weights.clone()).sum().backward();
-        let gb = (b * weights).sum().backward();
-        let (da, db) = (x.grad(&ga).unwrap(), x.grad(&gb).unwrap());
-        assert_eq!(da.dims(), x.dims(), "the gradient has the input's shape");
-        close(da.into_data(), db.into_data(), "gradient");
+        same_values_and_gradients(a, b, weights, &[(&x, "gradient")]);
+    }
+
+    /// The fused and composed outputs agree, and so do the gradients each input in `inputs`
+    /// gets through them, with `weights` as a non-uniform upstream gradient.
+    fn same_values_and_gradients<const D: usize>(
+        fused: Tensor<AB, D>,
+        composed: Tensor<AB, D>,
+        weights: Tensor<AB, D>,
+        inputs: &[(&Tensor<AB, D>, &str)],
+    ) {
+        close(fused.to_data(), composed.to_data(), "forward");
+        let ga = (fused * weights.clone()).sum().backward();
+        let gb = (composed * weights).sum().backward();
+        for (x, what) in inputs {
+            let (da, db) = (x.grad(&ga).unwrap(), x.grad(&gb).unwrap());
+            assert_eq!(
+                da.dims(),
+                x.dims(),
+                "{what}: the gradient has the input's shape"
+            );
+            close(da.into_data(), db.into_data(), what);
+        }
+    }
+
+    /// [`same_values_and_gradients`] for a norm's input and its 1-D gamma.
+    fn same_norm_gradients(
+        fused: Tensor<AB, 3>,
+        composed: Tensor<AB, 3>,
+        weights: Tensor<AB, 3>,
+        x: &Tensor<AB, 3>,
+        gamma: &Tensor<AB, 1>,
+    ) {
+        close(fused.to_data(), composed.to_data(), "forward");
+        let ga = (fused * weights.clone()).sum().backward();
+        let gb = (composed * weights).sum().backward();
+        close(
+            x.grad(&ga).unwrap().into_data(),
+            x.grad(&gb).unwrap().into_data(),
+            "input gradient",
+        );
+        close(
+            gamma.grad(&ga).unwrap().into_data(),
+            gamma.grad(&gb).unwrap().into_data(),
+            "gamma gradient",
+        );
     }
 
     #[test]
@@ -1130,19 +1170,7 @@ mod tests {
         let c = x.clone() - mean;
         let var = (c.clone() * c.clone()).mean_dim(2);
         let composed = c / (var + 1e-5).sqrt() * gamma.clone().unsqueeze_dims::<3>(&[0, 1]);
-        close(fused.to_data(), composed.to_data(), "forward");
-        let ga = (fused * weights.clone()).sum().backward();
-        let gb = (composed * weights).sum().backward();
-        close(
-            x.grad(&ga).unwrap().into_data(),
-            x.grad(&gb).unwrap().into_data(),
-            "input gradient",
-        );
-        close(
-            gamma.grad(&ga).unwrap().into_data(),
-            gamma.grad(&gb).unwrap().into_data(),
-            "gamma gradient",
-        );
+        same_norm_gradients(fused, composed, weights, &x, &gamma);
     }
 
     /// RMSNorm's node against burn's own ops: value, input and gamma gradients.
@@ -1160,19 +1188,7 @@ mod tests {
         let fused = norm.forward(x.clone());
         let composed = x.clone() / ((x.clone() * x.clone()).mean_dim(2) + 1e-6).sqrt()
             * gamma.clone().unsqueeze_dims::<3>(&[0, 1]);
-        close(fused.to_data(), composed.to_data(), "forward");
-        let ga = (fused * weights.clone()).sum().backward();
-        let gb = (composed * weights).sum().backward();
-        close(
-            x.grad(&ga).unwrap().into_data(),
-            x.grad(&gb).unwrap().into_data(),
-            "input gradient",
-        );
-        close(
-            gamma.grad(&ga).unwrap().into_data(),
-            gamma.grad(&gb).unwrap().into_data(),
-            "gamma gradient",
-        );
+        same_norm_gradients(fused, composed, weights, &x, &gamma);
     }
 
     /// The SwiGLU node against burn's silu and product, both gradients.
@@ -1183,16 +1199,12 @@ mod tests {
         let weights = input([2, 5, 16], 33).detach();
         let fused = swiglu(gate.clone(), up.clone());
         let composed = burn::tensor::activation::silu(gate.clone()) * up.clone();
-        close(fused.to_data(), composed.to_data(), "forward");
-        let ga = (fused * weights.clone()).sum().backward();
-        let gb = (composed * weights).sum().backward();
-        for (x, what) in [(&gate, "gate gradient"), (&up, "up gradient")] {
-            close(
-                x.grad(&ga).unwrap().into_data(),
-                x.grad(&gb).unwrap().into_data(),
-                what,
-            );
-        }
+        same_values_and_gradients(
+            fused,
+            composed,
+            weights,
+            &[(&gate, "gate gradient"), (&up, "up gradient")],
+        );
     }
 
     /// The rotary node (its gradient is the rotation by −sin) against burn's own ops on the
@@ -1227,14 +1239,7 @@ mod tests {
                 2,
             )
         };
-        close(fused.to_data(), composed.to_data(), "forward");
-        let ga = (fused * weights.clone()).sum().backward();
-        let gb = (composed * weights).sum().backward();
-        close(
-            x.grad(&ga).unwrap().into_data(),
-            x.grad(&gb).unwrap().into_data(),
-            "gradient",
-        );
+        same_values_and_gradients(fused, composed, weights, &[(&x, "gradient")]);
     }
 
     #[test]
