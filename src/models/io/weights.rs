@@ -7,11 +7,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use burn::module::{Param, ParamId};
+use burn::module::ParamId;
 use burn::prelude::*;
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-use rand_distr::{Distribution, Normal};
 
 use super::super::error::ModelError;
 use super::checkpoint::{self, RawTensor};
@@ -211,31 +208,6 @@ impl Weights {
         self.tensors.extend(other.tensors);
     }
 
-    /// Take `name` with the expected shape as a trainable parameter. A missing or misshapen
-    /// tensor is recorded (reported by [`Weights::finish`]) and replaced by zeros.
-    pub fn param<B: Backend, const D: usize>(
-        &mut self,
-        name: &str,
-        shape: [usize; D],
-        device: &B::Device,
-    ) -> Param<Tensor<B, D>> {
-        let values = self.take(name, &shape);
-        let tensor = Tensor::<B, D>::from_data(TensorData::new(values, shape), device);
-        Param::initialized(param_id(name), tensor.require_grad())
-    }
-
-    /// Take a PyTorch `nn.Linear` weight stored `[out, in]` as a burn `[in, out]` parameter.
-    pub fn param_transposed<B: Backend>(
-        &mut self,
-        name: &str,
-        [d_in, d_out]: [usize; 2],
-        device: &B::Device,
-    ) -> Param<Tensor<B, 2>> {
-        let values = transpose(&self.take(name, &[d_out, d_in]), d_out, d_in);
-        let tensor = Tensor::<B, 2>::from_data(TensorData::new(values, [d_in, d_out]), device);
-        Param::initialized(param_id(name), tensor.require_grad())
-    }
-
     /// The values of `name`, checked against `shape` (a problem is recorded, zeros returned).
     pub(crate) fn take(&mut self, name: &str, shape: &[usize]) -> Vec<f32> {
         self.taken.insert(name.to_string());
@@ -311,19 +283,6 @@ impl Weights {
             problems: problems.join("\n  "),
         })
     }
-
-    /// Store a parameter under its HF name.
-    pub fn put<B: Backend, const D: usize>(&mut self, name: &str, param: &Param<Tensor<B, D>>) {
-        let (shape, values) = host(param.val());
-        self.insert(name, shape, values);
-    }
-
-    /// Store a burn `[in, out]` weight as a PyTorch `nn.Linear` `[out, in]`.
-    pub fn put_transposed<B: Backend>(&mut self, name: &str, param: &Param<Tensor<B, 2>>) {
-        let (shape, values) = host(param.val());
-        let (d_in, d_out) = (shape[0], shape[1]);
-        self.insert(name, vec![d_out, d_in], transpose(&values, d_in, d_out));
-    }
 }
 
 /// Copy a tensor to the host as f32.
@@ -348,37 +307,6 @@ pub(crate) fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
-/// Seeded initializer following Hugging Face's `_init_weights`: normal(0, std) for matrices,
-/// zeros for biases, ones for LayerNorm scales. Host-side, so every backend starts equal.
-pub struct Init {
-    rng: StdRng,
-}
-
-impl Init {
-    pub fn new(seed: u64) -> Init {
-        Init {
-            rng: StdRng::seed_from_u64(seed),
-        }
-    }
-
-    pub fn normal(&mut self, w: &mut Weights, name: &str, shape: Vec<usize>, std: f64) {
-        let n: usize = shape.iter().product();
-        let dist = Normal::new(0.0f32, std as f32).expect("finite std");
-        let values = (0..n).map(|_| dist.sample(&mut self.rng)).collect();
-        w.insert(name, shape, values);
-    }
-
-    pub fn constant(w: &mut Weights, name: &str, len: usize, value: f32) {
-        w.insert(name, vec![len], vec![value; len]);
-    }
-
-    /// LayerNorm `{prefix}.{weight,bias}` (or `.gamma/.beta` style names passed explicitly).
-    pub fn layer_norm(w: &mut Weights, prefix: &str, d: usize) {
-        Init::constant(w, &format!("{prefix}.weight"), d, 1.0);
-        Init::constant(w, &format!("{prefix}.bias"), d, 0.0);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -393,15 +321,13 @@ mod tests {
 
     #[test]
     fn finish_reports_missing_misshapen_and_unused() {
-        type B = burn::backend::Flex;
-        let dev = Default::default();
         let mut w = Weights::new();
         w.insert("a", vec![2], vec![1.0, 2.0]);
         w.insert("b", vec![3], vec![0.0; 3]);
         w.insert("extra", vec![1], vec![0.0]);
-        let _: Param<Tensor<B, 1>> = w.param("a", [2], &dev);
-        let _: Param<Tensor<B, 1>> = w.param("b", [4], &dev);
-        let _: Param<Tensor<B, 1>> = w.param("c", [1], &dev);
+        w.take("a", &[2]);
+        w.take("b", &[4]);
+        w.take("c", &[1]);
         let err = w.finish().unwrap_err().to_string();
         assert!(err.contains("`b` has shape [3]"), "{err}");
         assert!(err.contains("`c` is missing"), "{err}");
