@@ -1,9 +1,9 @@
 //! Every model step kind with every architecture of the table, end to end through the binary:
 //! a tiny model pretrained on real splice rows (GPT-2 and LLaMA causal, BERT masked), then
 //! eval.lm, model.generate (causal), model.embed, and model.finetune for seq-cls, regression,
-//! multi-label, token-cls and (causal) text. Each fine-tuned model directory, called the
-//! default way in transformers (`AutoTokenizer` + `AutoModelFor…`), gives dnaflow's own test
-//! predictions: the saved tokenizer frames inputs as the model was trained (where python3 has
+//! multi-label, token-cls and (causal) text. Each fine-tuned classifier and regressor directory,
+//! called the default way in transformers (`AutoTokenizer` + `AutoModelFor…`), gives dnaflow's
+//! own test predictions (probabilities, values, per-base labels): the saved tokenizer frames inputs as the model was trained (where python3 has
 //! torch and transformers; the rest runs everywhere).
 
 mod common;
@@ -269,14 +269,34 @@ fn every_kind(arch: &str) {
         eprintln!("{arch} {kind}: dnaflow vs AutoTokenizer + AutoModel, max |diff| {diff:.2e}");
         assert!(diff < 1e-4, "{arch} {kind}: transformers differs by {diff}");
     }
-    // The token head loads in transformers and labels every token it is given.
+    // The token head: one character token per base (the char tokenizer), so transformers'
+    // most likely class of each token, framing tokens dropped, spells dnaflow's per-base
+    // prediction.
     let dir = report.out("tokcls").join("model");
-    let tokens = transformers_predictions(&dir, "token-cls", &sequences[..2]);
-    assert!(
-        tokens
+    let cfg: Value = serde_json::from_str(&read(&dir.join("config.json"))).unwrap();
+    let id2label = cfg["id2label"].as_object().unwrap();
+    let df = predictions(&report.out("tokcls").join("predictions.parquet"));
+    let ours: Vec<String> = df
+        .column("prediction")
+        .unwrap()
+        .str()
+        .unwrap()
+        .iter()
+        .map(|v| v.unwrap_or_default().to_string())
+        .collect();
+    let theirs = transformers_predictions(&dir, "token-cls", &sequences);
+    let framed = usize::from(arch == "bert");
+    for (row, (tokens, want)) in theirs.iter().zip(&ours).enumerate() {
+        let tokens = tokens.as_array().unwrap();
+        let spelled: String = tokens[framed..tokens.len() - framed]
             .iter()
-            .all(|t| t.as_array().is_some_and(|a| !a.is_empty()))
-    );
+            .map(|t| id2label[&t.as_u64().unwrap().to_string()].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            &spelled, want,
+            "{arch} token-cls row {row}: transformers vs dnaflow"
+        );
+    }
 }
 
 #[test]
