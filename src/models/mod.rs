@@ -96,6 +96,14 @@ mod tests {
             .join(arch)
     }
 
+    /// Whether python3 imports `modules` (the transformers checks skip, saying so, without).
+    fn python_has(modules: &str) -> bool {
+        std::process::Command::new("python3")
+            .args(["-c", &format!("import {modules}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
     struct Reference {
         json: serde_json::Value,
     }
@@ -334,11 +342,7 @@ mod tests {
     /// here without running the pickle: the same logits as the safetensors original.
     #[test]
     fn llama_loads_from_pytorch_bin_files_and_their_shards() {
-        let has_torch = std::process::Command::new("python3")
-            .args(["-c", "import torch, safetensors"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !has_torch {
+        if !python_has("torch, safetensors") {
             eprintln!("skipping the pytorch_model.bin load: python3 has no torch/safetensors");
             return;
         }
@@ -578,11 +582,7 @@ for name, shards in (("one", 1), ("sharded", 2)):
     }
 
     fn python_reload(dir: &Path, arch: &str) {
-        let has_torch = std::process::Command::new("python3")
-            .args(["-c", "import torch, transformers"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !has_torch {
+        if !python_has("torch, transformers") {
             eprintln!(
                 "skipping the transformers reload of {arch}: python3 has no torch/transformers"
             );
@@ -959,11 +959,7 @@ for name, shards in (("one", 1), ("sharded", 2)):
     /// transformers' logits of each saved head (directory, input ids, our logits, name) on the
     /// fixture's ids, against ours; one Python process for all.
     fn python_check_heads(saved: &[(PathBuf, String, Vec<f32>, String)]) {
-        let has_torch = std::process::Command::new("python3")
-            .args(["-c", "import torch, transformers"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !has_torch {
+        if !python_has("torch, transformers") {
             eprintln!("skipping the transformers check of the task heads: no torch/transformers");
             return;
         }

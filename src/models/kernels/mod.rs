@@ -276,12 +276,11 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                 let (gate, up) = ops.state;
                 let g = grads.consume::<B>(&ops.node);
                 let [dgate, dup] = B::fused_swiglu_backward(gate, up, g);
-                let [pgate, pup] = ops.parents;
-                for (parent, grad) in [(pgate, dgate), (pup, dup)] {
-                    if let Some(node) = parent {
-                        grads.register::<B>(node.id, grad);
-                    }
-                }
+                register::<B, _>(
+                    grads,
+                    ops.parents.map(|p| p.map(|node| node.id)),
+                    [dgate, dup],
+                );
             }
         }
 
@@ -315,12 +314,11 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                 let (x, gamma, eps) = ops.state;
                 let g = grads.consume::<B>(&ops.node);
                 let [dx, dgamma] = B::fused_rms_norm_backward(x, gamma, g, eps);
-                let [px, pgamma] = ops.parents;
-                for (parent, grad) in [(px, dx), (pgamma, dgamma)] {
-                    if let Some(node) = parent {
-                        grads.register::<B>(node.id, grad);
-                    }
-                }
+                register::<B, _>(
+                    grads,
+                    ops.parents.map(|p| p.map(|node| node.id)),
+                    [dx, dgamma],
+                );
             }
         }
 
@@ -366,12 +364,11 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                 let (x, gamma, eps) = ops.state;
                 let g = grads.consume::<B>(&ops.node);
                 let [dx, dgamma, dbeta] = B::fused_layer_norm_backward(x, gamma, g, eps);
-                let [px, pgamma, pbeta] = ops.parents;
-                for (parent, grad) in [(px, dx), (pgamma, dgamma), (pbeta, dbeta)] {
-                    if let Some(node) = parent {
-                        grads.register::<B>(node.id, grad);
-                    }
-                }
+                register::<B, _>(
+                    grads,
+                    ops.parents.map(|p| p.map(|node| node.id)),
+                    [dx, dgamma, dbeta],
+                );
             }
         }
 
@@ -411,6 +408,20 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         unary_node::<B, C, _>(x, B::gelu_and_slope, B::fused_gelu, |slope, g| {
             B::fused_gelu_backward(slope, g)
         })
+    }
+}
+
+/// Hand each tracked parent of a node its gradient (untracked parents, such as a constant
+/// zero shift, get none).
+fn register<B: Backend, const N: usize>(
+    grads: &mut Gradients,
+    parents: [Option<burn::backend::autodiff::NodeId>; N],
+    values: [FloatTensor<B>; N],
+) {
+    for (parent, grad) in parents.into_iter().zip(values) {
+        if let Some(id) = parent {
+            grads.register::<B>(id, grad);
+        }
     }
 }
 
