@@ -188,6 +188,9 @@ pub struct Model<B: Backend> {
     /// Every tensor's HF name, from the walk that built it: what [`Model::to_weights`] saves.
     #[module(skip)]
     declared: std::sync::Arc<Vec<Declared>>,
+    /// The padding id a last-token head skips, read from the config once (not per batch).
+    #[module(skip)]
+    pad: u32,
 }
 
 impl<B: FusedOps> Model<B> {
@@ -221,6 +224,7 @@ impl<B: FusedOps> Model<B> {
                 head,
                 spec: spec.clone(),
                 declared,
+                pad: spec.config.pad_token_id().unwrap_or(0),
             },
             report,
         ))
@@ -257,6 +261,7 @@ impl<B: FusedOps> Model<B> {
             head: self.head.map(|h| h.with_precision(precision)),
             spec: self.spec,
             declared: self.declared,
+            pad: self.pad,
         }
     }
 
@@ -313,7 +318,7 @@ impl<B: FusedOps> Model<B> {
     }
 
     fn pad(&self) -> u32 {
-        self.spec.config.pad_token_id().unwrap_or(0)
+        self.pad
     }
 }
 
