@@ -677,7 +677,7 @@ for name, shards in (("one", 1), ("sharded", 2)):
             cancelled: &cancelled,
             progress: &mut progress,
         };
-        let trained = train::<AB>(model, &build, &mut data, &[], &tc, device, &mut env)
+        let trained = train::<AB>(model, &mut data, &[], &tc, device, &mut env)
             .unwrap_or_else(|e| panic!("{precision} training failed: {e}"));
         let losses: Vec<f64> = trained.state.history.iter().map(|h| h.loss).collect();
         assert_eq!(losses.len(), steps, "{}", String::from_utf8_lossy(&log));

@@ -11,18 +11,21 @@ use serde_json::{Value, json};
 use super::arch::{self, ArchConfig, Backbone, MeanFold, Tokens, read_config};
 use super::device::Precision;
 use super::error::ModelError;
-use super::io::vars::{Declared, VarState, Vars, collect};
+use super::io::adapter::{self, LoraSpec, Targets};
+use super::io::vars::{Declared, Layout, VarState, Vars, collect};
 use super::io::weights::{LoadReport, Weights};
 use super::kernels::FusedOps;
 use super::nn::heads::{HeadLayout, Pool, Task, TaskHead};
 use super::nn::kv_cache::KvCache;
 use crate::train::Batch;
 
-/// What a model is: its architecture's config and the task its head does.
+/// What a model is: its architecture's config, the task its head does, and the LoRA adapter
+/// it trains (when it trains one: the base is then frozen).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelSpec {
     pub config: ArchConfig,
     pub task: Task,
+    pub adapter: Option<LoraSpec>,
 }
 
 impl ModelSpec {
@@ -132,7 +135,11 @@ impl ModelSpec {
                 arch.token_cls_class
             )));
         };
-        Ok(ModelSpec { config, task })
+        Ok(ModelSpec {
+            config,
+            task,
+            adapter: None,
+        })
     }
 
     /// Declare the whole model (backbone, its LM head or the task head) in one walk.
@@ -156,6 +163,17 @@ impl ModelSpec {
                 vars,
             )
         })
+    }
+
+    /// The PEFT task type of this model's head (`CAUSAL_LM`, `SEQ_CLS`, `TOKEN_CLS`; none for a
+    /// masked LM, which PEFT has no type for).
+    pub fn peft_task_type(&self) -> Option<&'static str> {
+        match self.task {
+            Task::Lm if self.config.architecture().lm == arch::LmKind::Causal => Some("CAUSAL_LM"),
+            Task::Lm => None,
+            Task::TokenCls { .. } => Some("TOKEN_CLS"),
+            _ => Some("SEQ_CLS"),
+        }
     }
 
     /// Names of the task head's tensors (none for the LM head).
@@ -205,8 +223,13 @@ impl<B: FusedOps> Model<B> {
     ) -> Result<(Model<B>, LoadReport), ModelError> {
         let arch = spec.config.architecture();
         w.adopt_fresh(spec.init_head(seed ^ 0x4EAD));
-        let mut state = VarState::<B>::load(&mut w, device);
+        let mut state =
+            VarState::<B>::load(&mut w, device).with_adapter(spec.adapter.as_ref(), seed ^ 0x10_4A);
         let (backbone, head) = spec.declare(&mut state.root())?;
+        if let Some(lora) = &spec.adapter {
+            check_targets(lora, state.linears())?;
+        }
+        let started: Vec<String> = state.started().to_vec();
         let declared = std::sync::Arc::new(state.declared());
         // What the walk did not take under a head's prefix belongs to another head.
         let others: Vec<String> = w
@@ -217,17 +240,30 @@ impl<B: FusedOps> Model<B> {
         for name in others {
             w.skip_other_head(&name);
         }
-        let report = w.finish()?;
-        Ok((
-            Model {
-                backbone,
-                head,
-                spec: spec.clone(),
-                declared,
-                pad: spec.config.pad_token_id().unwrap_or(0),
-            },
-            report,
-        ))
+        let mut report = w.finish()?;
+        report.fresh.extend(started);
+        let model = Model {
+            backbone,
+            head,
+            spec: spec.clone(),
+            declared,
+            pad: spec.config.pad_token_id().unwrap_or(0),
+        };
+        // Under an adapter only its pairs and the saved modules train: the base gets no
+        // gradients and no optimizer state.
+        let model = match &spec.adapter {
+            Some(lora) => {
+                let frozen: Vec<String> = model
+                    .declared
+                    .iter()
+                    .filter(|d| !lora.trains(&d.name))
+                    .map(|d| d.name.clone())
+                    .collect();
+                model.freeze(frozen.iter().map(String::as_str))
+            }
+            None => model,
+        };
+        Ok((model, report))
     }
 
     /// Load a model directory (ours or transformers'), under its own head or under `task`.
@@ -237,6 +273,17 @@ impl<B: FusedOps> Model<B> {
         seed: u64,
         device: &B::Device,
     ) -> Result<(Model<B>, LoadReport), ModelError> {
+        if adapter::is_adapter_dir(dir) {
+            let a = adapter::read_adapter_dir(dir)?;
+            let mut spec = ModelSpec::read(&a.base)?;
+            spec.adapter = Some(a.spec);
+            if let Some(task) = task {
+                spec.task = task;
+            }
+            let mut w = read_weights(&a.base, &spec)?;
+            w.extend(a.weights);
+            return Model::from_weights(&spec, w, seed, device);
+        }
         let mut spec = ModelSpec::read(dir)?;
         if let Some(task) = task {
             spec.task = task;
@@ -269,6 +316,164 @@ impl<B: FusedOps> Model<B> {
     /// keep exactly what trains; [`save_model_dir`] folds it).
     pub fn to_weights(&self) -> Weights {
         collect(self, &self.declared)
+    }
+
+    /// The tensors that train: under an adapter its pairs and saved modules only (what a
+    /// checkpoint and the best evaluation keep; the frozen base is never copied), else all.
+    pub fn trained_weights(&self) -> Weights {
+        match &self.spec.adapter {
+            Some(lora) => {
+                let trained: Vec<Declared> = self
+                    .declared
+                    .iter()
+                    .filter(|d| lora.trains(&d.name))
+                    .cloned()
+                    .collect();
+                collect(self, &trained)
+            }
+            None => self.to_weights(),
+        }
+    }
+
+    /// This model with the values of `w` (tensors of [`Model::trained_weights`]: a checkpoint,
+    /// the best evaluation) put in place; each keeps whether it trains. A name the model does
+    /// not declare, or a shape that differs, is an error naming it.
+    pub fn restore(self, mut w: Weights) -> Result<Self, ModelError> {
+        use burn::module::{ModuleMapper, Param, ParamId};
+        let mut problems = Vec::new();
+        let mut values: std::collections::HashMap<ParamId, (Vec<usize>, Vec<f32>)> =
+            std::collections::HashMap::new();
+        for d in self.declared.iter() {
+            let Some(t) = w.remove(&d.name) else {
+                continue;
+            };
+            let (shape, vals) = match d.layout {
+                Layout::AsStored => (t.shape, t.values),
+                Layout::Transposed if t.shape.len() == 2 => {
+                    let (o, i) = (t.shape[0], t.shape[1]);
+                    (vec![i, o], super::io::weights::transpose(&t.values, o, i))
+                }
+                Layout::Transposed => (t.shape, t.values),
+            };
+            values.insert(d.id, (shape, vals));
+        }
+        let unknown: Vec<&str> = w.names().collect();
+        if !unknown.is_empty() {
+            problems.push(format!(
+                "tensor(s) this model does not have: {}",
+                unknown.join(", ")
+            ));
+        }
+        struct Put<'a> {
+            values: std::collections::HashMap<ParamId, (Vec<usize>, Vec<f32>)>,
+            problems: &'a mut Vec<String>,
+        }
+        impl<B: Backend> ModuleMapper<B> for Put<'_> {
+            fn map_float<const D: usize>(
+                &mut self,
+                param: Param<Tensor<B, D>>,
+            ) -> Param<Tensor<B, D>> {
+                let Some((shape, vals)) = self.values.remove(&param.id) else {
+                    return param;
+                };
+                let have = param.val().dims().to_vec();
+                if have != shape {
+                    self.problems
+                        .push(format!("a tensor has shape {shape:?}, the model {have:?}"));
+                    return param;
+                }
+                let device = param.val().device();
+                let id = param.id;
+                let t = Tensor::<B, D>::from_data(TensorData::new(vals, have), &device);
+                param.transform_for_load(t, id)
+            }
+        }
+        let mut put = Put {
+            values,
+            problems: &mut problems,
+        };
+        let model = self.map(&mut put);
+        if !problems.is_empty() {
+            return Err(ModelError::Weights {
+                file: "checkpoint".into(),
+                problems: problems.join("\n  "),
+            });
+        }
+        Ok(model)
+    }
+
+    /// Every tensor with each LoRA pair folded into its layer (W + s·B·A, as PEFT's
+    /// `merge_and_unload`), the pairs dropped: a plain model of the base's shapes.
+    pub fn merged_weights(&self) -> Weights {
+        let mut w = self.to_weights();
+        let Some(lora) = &self.spec.adapter else {
+            return w;
+        };
+        let scale = lora.scale() as f32;
+        let layouts: std::collections::HashMap<&str, Layout> = self
+            .declared
+            .iter()
+            .map(|d| (d.name.as_str(), d.layout))
+            .collect();
+        let pairs: Vec<String> = w
+            .names()
+            .filter_map(|n| n.strip_suffix(".lora_A.weight").map(String::from))
+            .collect();
+        for module in pairs {
+            let a = w.remove(&format!("{module}.lora_A.weight")).expect("listed");
+            let b = w.remove(&format!("{module}.lora_B.weight")).expect("a pair");
+            let name = format!("{module}.weight");
+            let mut weight = w.remove(&name).expect("an adapted layer has a weight");
+            let (r, d_in, d_out) = (a.shape[0], a.shape[1], b.shape[0]);
+            // delta[o][i] = Σ_k B[o][k]·A[k][i]; a Conv1D weight is stored [in, out].
+            let stored_as_is = layouts.get(name.as_str()) == Some(&Layout::AsStored);
+            for o in 0..d_out {
+                for i in 0..d_in {
+                    let mut sum = 0.0f32;
+                    for k in 0..r {
+                        sum += b.values[o * r + k] * a.values[k * d_in + i];
+                    }
+                    let at = if stored_as_is { i * d_out + o } else { o * d_in + i };
+                    weight.values[at] += scale * sum;
+                }
+            }
+            w.insert(&name, weight.shape, weight.values);
+        }
+        w
+    }
+
+    /// Write the adapter as PEFT does (`adapter_config.json`, `adapter_model.safetensors`
+    /// with the pairs and saved modules), for the base model directory `base`, with the
+    /// tokenizer files beside. Without an adapter, the whole model directory.
+    pub fn save_adapter_dir(
+        &self,
+        dir: &Path,
+        base: &Path,
+        tokenizer: Option<&Path>,
+    ) -> Result<(), ModelError> {
+        let Some(lora) = &self.spec.adapter else {
+            return self.save_dir(dir, tokenizer);
+        };
+        // PEFT's flag for layers stored [in, out] (GPT-2's Conv1D).
+        let fan_in_fan_out = self.declared.iter().any(|d| {
+            d.layout == Layout::AsStored
+                && d.name
+                    .strip_suffix(".weight")
+                    .is_some_and(|m| lora.adapts(m))
+        });
+        let config = lora.to_peft_json(
+            &base.display().to_string(),
+            self.spec.peft_task_type(),
+            fan_in_fan_out,
+        );
+        let mut weights = self.trained_weights();
+        scale_regression(&self.spec, &mut weights, Direction::Fold);
+        adapter::write_adapter_dir(dir, &config, &weights)?;
+        if let Some(tok) = tokenizer {
+            let framing = self.spec.config.architecture().framing;
+            copy_tokenizer(tok, dir, framing)?;
+        }
+        Ok(())
     }
 
     /// Next-token logits [B, T, vocab] of `ids` following the positions in `cache`, for
@@ -495,16 +700,52 @@ pub fn save_dir(
     std::fs::write(&cfg, json).map_err(|e| ModelError::io(&cfg, e))?;
     weights.save_dir(dir, MAX_SHARD_BYTES)?;
     if let Some(tok) = tokenizer {
-        write_framed_tokenizer(tok, &dir.join("tokenizer.json"), framing)?;
-        let beside = tok.parent().unwrap_or(Path::new("."));
-        for name in ["tokenizer_config.json", "special_tokens_map.json"] {
-            let src = beside.join(name);
-            if src.exists() {
-                std::fs::copy(&src, dir.join(name)).map_err(|e| ModelError::io(&src, e))?;
-            }
+        copy_tokenizer(tok, dir, framing)?;
+    }
+    Ok(())
+}
+
+/// The `tokenizer` file as `dir/tokenizer.json`, framed as the model was trained, with the
+/// tokenizer_config.json and special_tokens_map.json beside it, when there are.
+fn copy_tokenizer(tok: &Path, dir: &Path, framing: arch::Framing) -> Result<(), ModelError> {
+    write_framed_tokenizer(tok, &dir.join("tokenizer.json"), framing)?;
+    let beside = tok.parent().unwrap_or(Path::new("."));
+    for name in ["tokenizer_config.json", "special_tokens_map.json"] {
+        let src = beside.join(name);
+        if src.exists() {
+            std::fs::copy(&src, dir.join(name)).map_err(|e| ModelError::io(&src, e))?;
         }
     }
     Ok(())
+}
+
+/// Every LoRA target must name a linear layer of the model; one that matches none is an
+/// error listing the layers it could have meant.
+fn check_targets(lora: &LoraSpec, (linears, adapted): (&[String], &[String])) -> Result<(), ModelError> {
+    let mut kinds: Vec<&str> = linears
+        .iter()
+        .map(|m| m.rsplit('.').next().unwrap_or(m))
+        .collect();
+    kinds.sort();
+    kinds.dedup();
+    let unmatched: Vec<String> = match &lora.targets {
+        Targets::Names(names) => names
+            .iter()
+            .filter(|t| !adapted.iter().any(|m| lora.adapts(m) && (m == *t || m.ends_with(&format!(".{t}")))))
+            .cloned()
+            .collect(),
+        Targets::Regex(re) if adapted.is_empty() => vec![re.clone()],
+        Targets::Regex(_) => Vec::new(),
+    };
+    if unmatched.is_empty() {
+        return Ok(());
+    }
+    Err(ModelError::Config(format!(
+        "LoRA `target_modules` {} match(es) no linear layer of this model; its linear layers are: {} \
+         (embeddings and heads are trained in full with `modules_to_save`)",
+        unmatched.iter().map(|t| format!("`{t}`")).collect::<Vec<_>>().join(", "),
+        kinds.join(", ")
+    )))
 }
 
 /// Copy `tokenizer.json` so that it frames inputs as the model was trained: a model trained

@@ -29,7 +29,7 @@ use super::{InputPath, StepContext, StepError, StepKind, params, plot, write_met
 use crate::models::arch::{Framing, LmKind, MeanFold};
 use crate::models::device::on_device;
 use crate::models::{
-    ArchConfig, FusedOps, Model, ModelSpec, Precision, Task, Weights, read_weights, save_model_dir,
+    ArchConfig, FusedOps, Model, ModelSpec, Precision, Task, Weights, read_weights,
 };
 use crate::train::objective::{argmax, classification_scores};
 use crate::train::per_base::{TokenLabel, base_predictions, token_labels};
@@ -196,6 +196,12 @@ pub static FINETUNE: StepKind = StepKind {
         }
         if p.init.is_none() && p.tokenizer.is_none() {
             return Err("a fresh model (no `init`) needs `tokenizer`".into());
+        }
+        if p.options.lora.is_some() && p.init.is_none() {
+            return Err("`lora` adapts an existing model: set `init:` to its directory".into());
+        }
+        if p.options.lora.is_some() && p.freeze.is_some() {
+            return Err("`lora` already freezes the base; leave out `freeze`".into());
         }
         if let Some(v) = p.head_lr
             && !(v > 0.0 && v.is_finite())
@@ -529,7 +535,12 @@ fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
     if let Some(init) = &init {
         check_init_head(&init.spec.task, head_name(p.task), task.labels(), &init.dir)?;
     }
-    let spec = ModelSpec { config, task };
+    let adapter = p.options.lora.as_ref().map(|l| l.spec(task != Task::Lm));
+    let spec = ModelSpec {
+        config,
+        task,
+        adapter,
+    };
     let plan = training_plan(ctx, &p, &spec, &objective, &splits, &vocab, precision)?;
     let weights = match &init {
         Some(init) => read_weights(&init.dir, &spec).map_err(model_err)?,
@@ -914,9 +925,6 @@ fn train_and_test<B: FusedOps>(
         m.freeze(run.frozen.iter().map(String::as_str))
             .with_precision(run.precision)
     };
-    let build = |w: Weights| {
-        Model::<Autodiff<B>>::from_weights(spec, w, seed, dev).map(|(m, _)| prepare(m))
-    };
     let (model, report) =
         Model::<Autodiff<B>>::from_weights(spec, weights, seed, dev).map_err(model_err)?;
     log_report(ctx, &report)?;
@@ -929,20 +937,16 @@ fn train_and_test<B: FusedOps>(
         pad: run.vocab.pad,
         batch_size: p.options.batch_size,
     };
-    let trained = training::run(ctx, model, &build, &mut data, &plan.valid, &plan.cfg, dev)?;
-    save_model_dir(
-        &ctx.out.join("model"),
-        spec,
-        training::selected(&trained),
-        Some(&run.vocab.path),
-    )
-    .map_err(model_err)?;
+    let trained = training::run(ctx, model, &mut data, &plan.valid, &plan.cfg, dev)?;
+    let tester = training::selected(&trained)?;
+    let base = p.init.as_ref().map(|i| i.path());
+    let merge = p.options.lora.as_ref().is_some_and(|l| l.merge);
+    training::save_trained(&tester, &ctx.out.join("model"), base, merge, &run.vocab.path)?;
     training::write_history(ctx.out, &trained.state, "loss")?;
     let mut metrics = training::run_metrics(&trained, parameters);
     metrics["skipped"] = json!(report.skipped);
     metrics["fresh"] = json!(report.fresh);
     metrics["frozen"] = json!(run.frozen.len());
-    let tester = training::selected_model(&trained, spec, dev)?;
     let tested = if p.task == TaskKind::Text {
         let e = objective.evaluate(&tester, &plan.test, dev);
         metrics["test_loss"] = json!(e.loss);

@@ -22,7 +22,7 @@ use crate::models::arch::LmKind;
 use crate::models::arch::{Architecture, FreshSize};
 use crate::models::device::on_device;
 use crate::models::{
-    self, ArchConfig, FusedOps, LoadReport, Model, ModelSpec, Task, Weights, save_model_dir,
+    self, ArchConfig, FusedOps, LoadReport, Model, ModelSpec, Task, Weights,
 };
 use crate::train::{self, Masking, Objective, Order, Row, TrainConfig, TrainData};
 
@@ -138,6 +138,9 @@ pub static PRETRAIN: StepKind = StepKind {
     check: |with| {
         let p = params::<PretrainParams>(with)?;
         p.options.check()?;
+        if p.options.lora.is_some() && p.init.is_none() {
+            return Err("`lora` adapts an existing model: set `init:` to its directory".into());
+        }
         let name = p.arch.row().model_type;
         match (p.arch.row().lm, p.objective) {
             (LmKind::Causal, Some(ObjectiveKind::Mlm)) => {
@@ -283,6 +286,7 @@ fn pretrain(ctx: &mut StepContext) -> Result<(), StepError> {
     let spec = ModelSpec {
         config,
         task: Task::Lm,
+        adapter: o.lora.as_ref().map(|l| l.spec(false)),
     };
     let init = match &p.init {
         Some(dir) => Weights::load_dir(dir.path()).map_err(model_err)?,
@@ -290,23 +294,16 @@ fn pretrain(ctx: &mut StepContext) -> Result<(), StepError> {
     };
     let seed = o.seed;
     on_device!(device, precision, |dev: B| {
-        let build = |w: Weights| {
-            Model::<Autodiff<B>>::from_weights(&spec, w, seed, &dev)
-                .map(|(m, _)| m.with_precision(precision))
-        };
         let (model, report) =
             Model::<Autodiff<B>>::from_weights(&spec, init, seed, &dev).map_err(model_err)?;
         log_report(ctx, &report)?;
         let model = model.with_precision(precision);
         let parameters = model.num_params();
-        let trained = training::run(ctx, model, &build, &mut data, &valid, &cfg, &dev)?;
-        save_model_dir(
-            &ctx.out.join("model"),
-            &spec,
-            training::selected(&trained),
-            Some(&vocab.path),
-        )
-        .map_err(model_err)?;
+        let trained = training::run(ctx, model, &mut data, &valid, &cfg, &dev)?;
+        let best = training::selected(&trained)?;
+        let base = p.init.as_ref().map(|i| i.path());
+        let merge = o.lora.as_ref().is_some_and(|l| l.merge);
+        training::save_trained(&best, &ctx.out.join("model"), base, merge, &vocab.path)?;
         training::write_history(ctx.out, &trained.state, "loss (nats/token)")?;
         write_metrics(ctx.out, &training::run_metrics(&trained, parameters))
     })

@@ -8,6 +8,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::{StepContext, StepError};
+use crate::models::io::adapter::{LoraSpec, Targets};
 use crate::models::{DeviceSpec, Precision};
 use crate::train::optim::AdamWConfig;
 use crate::train::{Schedule, TrainConfig};
@@ -70,6 +71,78 @@ pub(super) struct TrainOptions {
     /// `f32`; `bf16` or `f16` mixed precision on CUDA.
     #[serde(default = "f32")]
     pub precision: String,
+    /// Train a LoRA adapter on the `init` model instead of all its weights (PEFT's LoRA):
+    /// the base stays frozen, with neither gradients nor optimizer state.
+    pub lora: Option<LoraOptions>,
+}
+
+/// LoRA as PEFT's `LoraConfig` takes it; the adapter is saved as PEFT saves one.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LoraOptions {
+    /// Rank of each low-rank pair.
+    #[serde(default = "lora_r")]
+    pub r: usize,
+    /// Scale numerator: the update is (alpha / r)·B·A (alpha / √r with `rslora`).
+    #[serde(default = "lora_alpha")]
+    pub alpha: f64,
+    /// Dropout on each adapted layer's input to its pair.
+    #[serde(default)]
+    pub dropout: f64,
+    /// rsLoRA's scale alpha / √r.
+    #[serde(default)]
+    pub rslora: bool,
+    /// Linear layers to adapt: names matched against the end of each layer's dotted name
+    /// (`[q_proj, v_proj]`), or one regular expression over the whole name.
+    pub target_modules: TargetModules,
+    /// Modules trained in full and saved with the adapter (`embed_tokens`, `lm_head`; a task
+    /// head's `score` / `classifier` always are).
+    #[serde(default)]
+    pub modules_to_save: Vec<String>,
+    /// Save a plain model with the pairs folded in, instead of the adapter.
+    #[serde(default)]
+    pub merge: bool,
+}
+
+/// `target_modules`: a list of names, or one regular expression.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub(super) enum TargetModules {
+    Names(Vec<String>),
+    Regex(String),
+}
+
+impl LoraOptions {
+    /// The adapter these options train; a task head (`head: true`) is trained in full and
+    /// saved, as PEFT does for its sequence and token classification task types.
+    pub fn spec(&self, head: bool) -> LoraSpec {
+        let mut modules_to_save = self.modules_to_save.clone();
+        if head {
+            for m in ["classifier", "score"] {
+                if !modules_to_save.iter().any(|s| s == m) {
+                    modules_to_save.push(m.into());
+                }
+            }
+        }
+        LoraSpec {
+            r: self.r,
+            alpha: self.alpha,
+            dropout: self.dropout,
+            rslora: self.rslora,
+            targets: match &self.target_modules {
+                TargetModules::Names(n) => Targets::Names(n.clone()),
+                TargetModules::Regex(re) => Targets::Regex(re.clone()),
+            },
+            modules_to_save,
+        }
+    }
+}
+
+fn lora_r() -> usize {
+    8
+}
+fn lora_alpha() -> f64 {
+    16.0
 }
 
 impl TrainOptions {
@@ -81,6 +154,9 @@ impl TrainOptions {
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return Err("`lr` must be a positive number".into());
+        }
+        if let Some(lora) = &self.lora {
+            lora.spec(false).check().map_err(|e| format!("`lora`: {e}"))?;
         }
         Ok(())
     }

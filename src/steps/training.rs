@@ -8,14 +8,13 @@ use burn::tensor::backend::AutodiffBackend;
 use serde_json::{Value, json};
 
 use super::{StepContext, StepError, plot};
-use crate::models::{FusedOps, Model, ModelError, ModelSpec, Weights};
+use crate::models::{FusedOps, Model, ModelError, ModelSpec, save_model_dir};
 use crate::train::{self, Batch, Env, TrainConfig, TrainData, Trained};
 
 /// Run the loop with the step's log, checkpoints, cancel flag and a live status line.
 pub(super) fn run<B>(
     ctx: &mut StepContext,
     model: Model<B>,
-    build: &dyn Fn(Weights) -> Result<Model<B>, ModelError>,
     data: &mut TrainData,
     valid: &[Batch],
     cfg: &TrainConfig,
@@ -38,34 +37,47 @@ where
         cancelled: ctx.cancelled,
         progress: &mut progress,
     };
-    train::train(model, build, data, valid, cfg, device, &mut env)
+    train::train(model, data, valid, cfg, device, &mut env)
         .map_err(|e| StepError::new(e.to_string()))
 }
 
-/// The weights the run selected: the best evaluation's when it kept them, else the last.
-pub(super) fn selected<B: AutodiffBackend + FusedOps>(trained: &Trained<Model<B>>) -> Weights {
-    match &trained.best_weights {
-        Some(w) => w.clone(),
-        None => trained.model.to_weights(),
-    }
-}
-
-/// The selected weights as an inference model (no autodiff) for scoring.
-pub(super) fn selected_model<B>(
-    trained: &Trained<Model<B>>,
-    spec: &ModelSpec,
-    device: &B::Device,
-) -> Result<Model<B::InnerBackend>, StepError>
+/// The model the run selected, for saving and scoring (no autodiff): the last step's, with the
+/// best evaluation's tensors put in place when the run kept them.
+pub(super) fn selected<B>(trained: &Trained<Model<B>>) -> Result<Model<B::InnerBackend>, StepError>
 where
     B: AutodiffBackend + FusedOps,
     B::InnerBackend: FusedOps,
 {
+    let model = trained.model.valid();
     match &trained.best_weights {
-        Some(w) => Model::from_weights(spec, w.clone(), 0, device)
-            .map(|m| m.0)
-            .map_err(model_err),
-        None => Ok(trained.model.valid()),
+        Some(w) => model.restore(w.clone()).map_err(model_err),
+        None => Ok(model),
     }
+}
+
+/// Save the trained model as `out`: under an adapter the adapter directory PEFT loads over
+/// `base` (or, with `merge`, the plain model with the pairs folded in), else the model
+/// directory; the tokenizer files beside.
+pub(super) fn save_trained<B: FusedOps>(
+    model: &Model<B>,
+    out: &Path,
+    base: Option<&Path>,
+    merge: bool,
+    tokenizer: &Path,
+) -> Result<(), StepError> {
+    let spec = model.spec();
+    match (&spec.adapter, base) {
+        (Some(_), Some(base)) if !merge => model.save_adapter_dir(out, base, Some(tokenizer)),
+        (Some(_), _) => {
+            let plain = ModelSpec {
+                adapter: None,
+                ..spec.clone()
+            };
+            save_model_dir(out, &plain, model.merged_weights(), Some(tokenizer))
+        }
+        (None, _) => model.save_dir(out, Some(tokenizer)),
+    }
+    .map_err(model_err)
 }
 
 pub(super) fn model_err(e: ModelError) -> StepError {

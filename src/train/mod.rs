@@ -212,12 +212,11 @@ pub enum TrainError {
     Io(#[from] std::io::Error),
 }
 
-/// Train `model` on `data` for its objective; `rebuild` makes a model from weights (to resume
-/// from a checkpoint).
+/// Train `model` on `data` for its objective; a checkpoint in `env.checkpoints` resumes the
+/// run (its tensors put in place with [`Model::restore`]).
 #[allow(clippy::too_many_arguments)]
 pub fn train<B>(
     mut model: Model<B>,
-    rebuild: &dyn Fn(Weights) -> Result<Model<B>, ModelError>,
     data: &mut TrainData,
     valid: &[Batch],
     cfg: &TrainConfig,
@@ -244,7 +243,7 @@ where
     let ckpt = Checkpoints::new(env.checkpoints);
     let mut best_weights = None;
     if let Some((weights, moments, saved)) = ckpt.load()? {
-        model = rebuild(weights)?;
+        model = model.restore(weights)?;
         optim.load_weights(names.iter().map(String::as_str), &moments, device);
         optim.steps = saved.step as u64;
         best_weights = ckpt.best()?;
@@ -373,7 +372,7 @@ where
             if better {
                 state.best = Some(record.clone());
                 if cfg.keep_best {
-                    let w = model.to_weights();
+                    let w = model.trained_weights();
                     ckpt.save_best(&w)?;
                     best_weights = Some(w);
                 }
@@ -475,7 +474,7 @@ impl Checkpoints {
         let tmp = self.dir.join("checkpoint.tmp");
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp)?;
-        let weights = model.to_weights();
+        let weights = model.trained_weights();
         weights.save(&tmp.join("model.safetensors"))?;
         optim
             .to_weights(names.iter().map(String::as_str), &weights)
@@ -658,7 +657,7 @@ mod training_tests {
             cancelled: &AtomicBool::new(false),
             progress: &mut progress,
         };
-        let trained = train(model, &build, &mut data, &valid, tc, &dev, &mut env).unwrap();
+        let trained = train(model, &mut data, &valid, tc, &dev, &mut env).unwrap();
         (trained, String::from_utf8_lossy(&log).into_owned())
     }
 

@@ -3,7 +3,7 @@
 //! embeddings. Tensor names are Hugging Face's. Task heads are in `heads.rs`.
 
 use burn::module::Param;
-use burn::nn::{Dropout, DropoutConfig, Linear};
+use burn::nn::{Dropout, DropoutConfig};
 use burn::prelude::*;
 use burn::tensor::IndexingUpdateOp;
 use serde::{Deserialize, Serialize};
@@ -12,8 +12,8 @@ use crate::models::device::Precision;
 use crate::models::error::ModelError;
 use crate::models::io::vars::{Init, Vars};
 use crate::models::kernels::gelu;
-use crate::models::kernels::{AttentionSpec, FusedOps, LayerNorm, MASKED};
-use crate::models::nn::{add_per_row, affine, dense, matmul, self_attention};
+use crate::models::kernels::{AttentionSpec, Dense, FusedOps, LayerNorm, MASKED};
+use crate::models::nn::{add_per_row, affine, dense, matmul, packed_low_rank, self_attention};
 
 /// The fields of HF's `BertConfig` that change the computation.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -111,7 +111,7 @@ pub struct Bert<B: Backend> {
 #[derive(Module, Debug)]
 pub struct MlmHead<B: Backend> {
     /// `cls.predictions.transform.dense`
-    transform: Linear<B>,
+    transform: Dense<B>,
     transform_ln: LayerNorm<B>,
     /// `cls.predictions.bias` [vocab]
     decoder_bias: Param<Tensor<B, 1>>,
@@ -119,13 +119,13 @@ pub struct MlmHead<B: Backend> {
 
 #[derive(Module, Debug)]
 struct Layer<B: Backend> {
-    query: Linear<B>,
-    key: Linear<B>,
-    value: Linear<B>,
-    attn_out: Linear<B>,
+    query: Dense<B>,
+    key: Dense<B>,
+    value: Dense<B>,
+    attn_out: Dense<B>,
     attn_ln: LayerNorm<B>,
-    intermediate: Linear<B>,
-    output: Linear<B>,
+    intermediate: Dense<B>,
+    output: Dense<B>,
     output_ln: LayerNorm<B>,
     attn_dropout: Dropout,
     dropout: Dropout,
@@ -382,7 +382,11 @@ impl<B: FusedOps> Layer<B> {
         packing: Option<&Packing<B>>,
         p: Precision,
     ) -> Tensor<B, 3> {
-        let qkv = affine(x.clone(), self.qkv_weight(), self.qkv_bias(), p); // q | k | v
+        let mut qkv = affine(x.clone(), self.qkv_weight(), self.qkv_bias(), p); // q | k | v
+        if let Some(delta) = packed_low_rank(&[&self.query, &self.key, &self.value], x.clone(), p)
+        {
+            qkv = qkv + delta;
+        }
         let qkv = match packing {
             Some(packing) => packing.unpack(qkv), // attention needs [B, T, 3d]
             None => qkv,
@@ -402,13 +406,13 @@ impl<B: FusedOps> Layer<B> {
 
     /// query | key | value weights side by side, [d, 3d]: one product gives q | k | v.
     fn qkv_weight(&self) -> Tensor<B, 2> {
-        let w = |l: &Linear<B>| l.weight.val();
+        let w = |l: &Dense<B>| l.weight.val();
         Tensor::cat(vec![w(&self.query), w(&self.key), w(&self.value)], 1)
     }
 
     /// Their biases, [3d].
     fn qkv_bias(&self) -> Option<Tensor<B, 1>> {
-        let b = |l: &Linear<B>| l.bias.as_ref().map(|b| b.val());
+        let b = |l: &Dense<B>| l.bias.as_ref().map(|b| b.val());
         Some(Tensor::cat(
             vec![b(&self.query)?, b(&self.key)?, b(&self.value)?],
             0,

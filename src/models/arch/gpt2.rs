@@ -3,7 +3,7 @@
 //! names are Hugging Face's, declared once in `declare`. Task heads are in `heads.rs`.
 
 use burn::module::Param;
-use burn::nn::{Dropout, DropoutConfig, Linear};
+use burn::nn::{Dropout, DropoutConfig};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -11,7 +11,7 @@ use crate::models::device::Precision;
 use crate::models::error::ModelError;
 use crate::models::io::vars::{Init, Vars};
 use crate::models::kernels::gelu_new;
-use crate::models::kernels::{AttentionSpec, FusedOps, LayerNorm};
+use crate::models::kernels::{AttentionSpec, Dense, FusedOps, LayerNorm};
 use crate::models::nn::kv_cache::KvCache;
 use crate::models::nn::{add_per_row, dense, matmul, self_attention};
 
@@ -118,11 +118,11 @@ pub struct Gpt2<B: Backend> {
 struct Block<B: Backend> {
     ln_1: LayerNorm<B>,
     /// q|k|v fused, [d, 3d] (HF `Conv1D` is already `[in, out]`).
-    c_attn: Linear<B>,
-    attn_proj: Linear<B>,
+    c_attn: Dense<B>,
+    attn_proj: Dense<B>,
     ln_2: LayerNorm<B>,
-    c_fc: Linear<B>,
-    mlp_proj: Linear<B>,
+    c_fc: Dense<B>,
+    mlp_proj: Dense<B>,
     attn_dropout: Dropout,
     resid_dropout: Dropout,
     #[module(skip)]

@@ -5,7 +5,7 @@
 //! `tie_word_embeddings`. Tensor names are Hugging Face's, declared once in `declare`.
 
 use burn::module::Param;
-use burn::nn::{Dropout, DropoutConfig, Linear};
+use burn::nn::{Dropout, DropoutConfig};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -13,10 +13,10 @@ use serde_json::Value;
 use crate::models::device::Precision;
 use crate::models::error::ModelError;
 use crate::models::io::vars::{Init, Vars};
-use crate::models::kernels::{AttentionSpec, FusedOps, MASKED, RmsNorm};
+use crate::models::kernels::{AttentionSpec, Dense, FusedOps, MASKED, RmsNorm};
 use crate::models::kernels::{rotary, swiglu};
 use crate::models::nn::kv_cache::KvCache;
-use crate::models::nn::{affine, dense, matmul, self_attention};
+use crate::models::nn::{affine, dense, matmul, packed_low_rank, self_attention};
 
 /// The fields of HF's `LlamaConfig` that change the computation (others are kept as written).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -283,7 +283,7 @@ pub struct Llama<B: Backend> {
     layers: Vec<Layer<B>>,
     norm: RmsNorm<B>,
     /// `lm_head.weight` as [d, vocab]; `None` when tied to the embeddings or under a task head.
-    lm_head: Option<Linear<B>>,
+    lm_head: Option<Dense<B>>,
     #[module(skip)]
     config: LlamaConfig,
     #[module(skip)]
@@ -295,14 +295,14 @@ pub struct Llama<B: Backend> {
 #[derive(Module, Debug)]
 struct Layer<B: Backend> {
     input_layernorm: RmsNorm<B>,
-    q_proj: Linear<B>,
-    k_proj: Linear<B>,
-    v_proj: Linear<B>,
-    o_proj: Linear<B>,
+    q_proj: Dense<B>,
+    k_proj: Dense<B>,
+    v_proj: Dense<B>,
+    o_proj: Dense<B>,
     post_attention_layernorm: RmsNorm<B>,
-    gate_proj: Linear<B>,
-    up_proj: Linear<B>,
-    down_proj: Linear<B>,
+    gate_proj: Dense<B>,
+    up_proj: Dense<B>,
+    down_proj: Dense<B>,
     attn_dropout: Dropout,
     #[module(skip)]
     spec: AttentionSpec,
@@ -476,12 +476,11 @@ impl<B: FusedOps> Layer<B> {
     ) -> Tensor<B, 3> {
         let spec = &self.spec;
         // q | k | v in one product, then the rotation of the query and key heads.
-        let qkv = affine(
-            self.input_layernorm.forward(x.clone()),
-            self.qkv_weight(),
-            self.qkv_bias(),
-            p,
-        ); // [B, T, (H + 2·Hkv)·dh]
+        let h = self.input_layernorm.forward(x.clone());
+        let mut qkv = affine(h.clone(), self.qkv_weight(), self.qkv_bias(), p); // [B, T, (H + 2·Hkv)·dh]
+        if let Some(delta) = packed_low_rank(&[&self.q_proj, &self.k_proj, &self.v_proj], h, p) {
+            qkv = qkv + delta;
+        }
         let qkv = rotary(qkv, cos.clone(), sin.clone(), spec.heads + spec.kv_heads);
         let ctx = self_attention(qkv, padding, spec, cache, &self.attn_dropout, p); // [B, T, H·dh]
         let x = x + dense(&self.o_proj, ctx, p);
@@ -495,13 +494,13 @@ impl<B: FusedOps> Layer<B> {
 
     /// q_proj | k_proj | v_proj side by side, [d, (H + 2·Hkv)·dh].
     fn qkv_weight(&self) -> Tensor<B, 2> {
-        let w = |l: &Linear<B>| l.weight.val();
+        let w = |l: &Dense<B>| l.weight.val();
         Tensor::cat(vec![w(&self.q_proj), w(&self.k_proj), w(&self.v_proj)], 1)
     }
 
     /// Their biases when `attention_bias`.
     fn qkv_bias(&self) -> Option<Tensor<B, 1>> {
-        let b = |l: &Linear<B>| l.bias.as_ref().map(|b| b.val());
+        let b = |l: &Dense<B>| l.bias.as_ref().map(|b| b.val());
         Some(Tensor::cat(
             vec![b(&self.q_proj)?, b(&self.k_proj)?, b(&self.v_proj)?],
             0,

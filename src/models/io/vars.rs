@@ -9,13 +9,14 @@ use std::collections::HashMap;
 use std::fmt::Display;
 
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
-use burn::nn::Linear;
+use burn::nn::DropoutConfig;
 use burn::prelude::*;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, Normal};
 
-use super::super::kernels::{LayerNorm, RmsNorm};
+use super::super::kernels::{Dense, LayerNorm, LowRank, RmsNorm};
+use super::adapter::LoraSpec;
 use super::weights::{HostTensor, Weights, host, param_id, transpose};
 
 /// How a stored tensor maps onto its parameter.
@@ -36,6 +37,32 @@ pub enum Init {
     NormalPaddingRow(f64, Option<usize>),
     Zeros,
     Ones,
+    /// uniform(-bound, bound): PyTorch's `kaiming_uniform_(a=√5)` is bound 1/√fan_in.
+    Uniform(f64),
+}
+
+/// Values drawn for a fresh tensor of `stored` shape.
+fn draw(init: Init, stored: &[usize], rng: &mut StdRng) -> Vec<f32> {
+    let n: usize = stored.iter().product();
+    match init {
+        Init::Zeros => vec![0.0; n],
+        Init::Ones => vec![1.0; n],
+        Init::Uniform(bound) => {
+            let dist = rand_distr::Uniform::new(-bound as f32, bound as f32).expect("finite bound");
+            (0..n).map(|_| dist.sample(rng)).collect()
+        }
+        Init::Normal(std) | Init::NormalPaddingRow(std, _) => {
+            let dist = Normal::new(0.0f32, std as f32).expect("finite std");
+            let mut v: Vec<f32> = (0..n).map(|_| dist.sample(rng)).collect();
+            if let Init::NormalPaddingRow(_, Some(row)) = init {
+                let width = n / stored[0].max(1);
+                if row < stored[0] {
+                    v[row * width..(row + 1) * width].fill(0.0);
+                }
+            }
+            v
+        }
+    }
 }
 
 /// One parameter the walk met: its HF name, its id (a hash of the name) and its layout.
@@ -61,6 +88,15 @@ pub struct VarState<'w, B: Backend> {
     source: Source<'w>,
     declared: Vec<Declared>,
     device: B::Device,
+    /// The LoRA adapter whose pairs the walk declares beside the layers it targets.
+    adapter: Option<LoraSpec>,
+    /// Seeds tensors that may be new to a checkpoint (LoRA pairs), each from its own name.
+    new_seed: u64,
+    /// Every linear layer met (dotted module names), and those the adapter targets.
+    linears: Vec<String>,
+    adapted: Vec<String>,
+    /// Tensors a load did not find and started fresh (a new adapter's pairs).
+    started: Vec<String>,
 }
 
 impl<'w, B: Backend> VarState<'w, B> {
@@ -70,6 +106,11 @@ impl<'w, B: Backend> VarState<'w, B> {
             source: Source::Load(weights),
             declared: Vec::new(),
             device: device.clone(),
+            adapter: None,
+            new_seed: 0,
+            linears: Vec::new(),
+            adapted: Vec::new(),
+            started: Vec::new(),
         }
     }
 
@@ -82,7 +123,31 @@ impl<'w, B: Backend> VarState<'w, B> {
             },
             declared: Vec::new(),
             device: device.clone(),
+            adapter: None,
+            new_seed: seed,
+            linears: Vec::new(),
+            adapted: Vec::new(),
+            started: Vec::new(),
         }
+    }
+
+    /// Declare `adapter`'s LoRA pairs beside the layers it targets; pairs a load does not
+    /// find start fresh as PEFT starts them (A kaiming-uniform, B zero), each seeded by
+    /// `seed` and its own name, so the base's draws do not move.
+    pub fn with_adapter(mut self, adapter: Option<&LoraSpec>, seed: u64) -> Self {
+        self.adapter = adapter.cloned();
+        self.new_seed = seed;
+        self
+    }
+
+    /// The linear layers the walk met (dotted module names), and those the adapter adapts.
+    pub fn linears(&self) -> (&[String], &[String]) {
+        (&self.linears, &self.adapted)
+    }
+
+    /// Tensors a load did not find and started fresh.
+    pub fn started(&self) -> &[String] {
+        &self.started
     }
 
     /// The root of the names.
@@ -111,26 +176,31 @@ impl<'w, B: Backend> VarState<'w, B> {
         match &mut self.source {
             Source::Load(w) => w.take(name, stored),
             Source::Fresh { rng, made } => {
-                let n: usize = stored.iter().product();
-                let values = match init {
-                    Init::Zeros => vec![0.0; n],
-                    Init::Ones => vec![1.0; n],
-                    Init::Normal(std) | Init::NormalPaddingRow(std, _) => {
-                        let dist = Normal::new(0.0f32, std as f32).expect("finite std");
-                        let mut v: Vec<f32> = (0..n).map(|_| dist.sample(rng)).collect();
-                        if let Init::NormalPaddingRow(_, Some(row)) = init {
-                            let width = n / stored[0].max(1);
-                            if row < stored[0] {
-                                v[row * width..(row + 1) * width].fill(0.0);
-                            }
-                        }
-                        v
-                    }
-                };
+                let values = draw(init, stored, rng);
                 made.insert(name, stored.to_vec(), values.clone());
                 values
             }
         }
+    }
+
+    /// The stored values of a tensor a checkpoint may lack (a LoRA pair): taken when there,
+    /// else drawn from a stream seeded by its name.
+    fn take_new(&mut self, name: &str, stored: &[usize], init: Init) -> Vec<f32> {
+        if let Source::Load(w) = &mut self.source
+            && w.contains(name)
+        {
+            return w.take(name, stored);
+        }
+        let hash = blake3::hash(name.as_bytes());
+        let bytes: [u8; 8] = hash.as_bytes()[..8].try_into().expect("8 bytes");
+        let mut rng = StdRng::seed_from_u64(self.new_seed ^ u64::from_le_bytes(bytes));
+        let values = draw(init, stored, &mut rng);
+        match &mut self.source {
+            Source::Fresh { made, .. } => made.insert(name, stored.to_vec(), values.clone()),
+            Source::Load(w) => w.skip(name),
+        }
+        self.started.push(name.to_string());
+        values
     }
 }
 
@@ -189,6 +259,31 @@ impl<'w, B: Backend> Vars<'_, 'w, B> {
         self.make(name, values, [d_in, d_out], Layout::Transposed)
     }
 
+    /// The LoRA pair of the linear layer at this prefix, when the adapter targets it:
+    /// `lora_A.weight` [r, in] and `lora_B.weight` [out, r], held transposed.
+    fn low_rank(&mut self, d_in: usize, d_out: usize) -> Option<LowRank<B>> {
+        let module = self.prefix.clone();
+        self.state.linears.push(module.clone());
+        let spec = self.state.adapter.clone()?;
+        if !spec.adapts(&module) {
+            return None;
+        }
+        self.state.adapted.push(module);
+        let r = spec.r;
+        let a_name = self.name("lora_A.weight");
+        let a = self.state.take_new(&a_name, &[r, d_in], Init::Uniform(1.0 / (d_in as f64).sqrt()));
+        let a = self.make(a_name, transpose(&a, r, d_in), [d_in, r], Layout::Transposed);
+        let b_name = self.name("lora_B.weight");
+        let b = self.state.take_new(&b_name, &[d_out, r], Init::Zeros);
+        let b = self.make(b_name, transpose(&b, d_out, r), [r, d_out], Layout::Transposed);
+        Some(LowRank {
+            a,
+            b,
+            scale: spec.scale(),
+            dropout: DropoutConfig::new(spec.dropout).init(),
+        })
+    }
+
     fn make<const D: usize>(
         &mut self,
         name: String,
@@ -210,20 +305,22 @@ impl<'w, B: Backend> Vars<'_, 'w, B> {
         d_out: usize,
         bias: bool,
         std: f64,
-    ) -> Linear<B> {
+    ) -> Dense<B> {
         let mut at = self.pp(name);
-        Linear {
+        Dense {
             weight: at.transposed("weight", [d_in, d_out], Init::Normal(std)),
             bias: bias.then(|| at.param("bias", [d_out], Init::Zeros)),
+            lora: at.low_rank(d_in, d_out),
         }
     }
 
     /// GPT-2's `Conv1D` `{name}.weight` [in, out] + `.bias`: normal(0, std), zero bias.
-    pub fn conv1d(&mut self, name: &str, d_in: usize, d_out: usize, std: f64) -> Linear<B> {
+    pub fn conv1d(&mut self, name: &str, d_in: usize, d_out: usize, std: f64) -> Dense<B> {
         let mut at = self.pp(name);
-        Linear {
+        Dense {
             weight: at.param("weight", [d_in, d_out], Init::Normal(std)),
             bias: Some(at.param("bias", [d_out], Init::Zeros)),
+            lora: at.low_rank(d_in, d_out),
         }
     }
 
@@ -307,7 +404,7 @@ mod tests {
         let dev = Default::default();
         #[derive(Module, Debug)]
         struct Tiny<B: Backend> {
-            proj: Linear<B>,
+            proj: Dense<B>,
             norm: RmsNorm<B>,
         }
         let declare = |vars: &mut Vars<Flex>| Tiny {

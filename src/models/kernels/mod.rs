@@ -948,6 +948,25 @@ pub fn gelu<B: FusedOps, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     float(B::fused_gelu(x.into_primitive().tensor()))
 }
 
+/// A linear layer as PyTorch's `nn.Linear` (or GPT-2's `Conv1D`) holds it, weight [in, out],
+/// and, when LoRA adapts it, the low-rank pair beside it: y = x·W + b + s·(drop(x)·A)·B.
+#[derive(Module, Debug)]
+pub struct Dense<B: Backend> {
+    pub weight: Param<Tensor<B, 2>>,
+    pub bias: Option<Param<Tensor<B, 1>>>,
+    pub lora: Option<LowRank<B>>,
+}
+
+/// LoRA's trained pair of one layer: A [in, r] (PEFT's `lora_A.weight` [r, in]) and B [r, out]
+/// (`lora_B.weight` [out, r]), its scale (α/r, or α/√r with rsLoRA) and input dropout.
+#[derive(Module, Debug)]
+pub struct LowRank<B: Backend> {
+    pub a: Param<Tensor<B, 2>>,
+    pub b: Param<Tensor<B, 2>>,
+    pub scale: f64,
+    pub dropout: burn::nn::Dropout,
+}
+
 /// A layer norm over the last axis with HF's `weight`/`bias`, one autodiff node.
 #[derive(Module, Debug)]
 pub struct LayerNorm<B: Backend> {

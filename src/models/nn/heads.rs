@@ -4,13 +4,13 @@
 //! `…ForTokenClassification.classifier` on every position. Regression is a sequence head
 //! with one output (`num_labels: 1`, `problem_type: regression`).
 
-use burn::nn::{Dropout, DropoutConfig, Linear};
+use burn::nn::{Dropout, DropoutConfig};
 use burn::prelude::*;
 use burn::tensor::activation::tanh;
 
 use super::super::device::Precision;
 use super::super::io::vars::Vars;
-use super::super::kernels::FusedOps;
+use super::super::kernels::{Dense, FusedOps};
 use super::dense;
 
 /// What a model predicts.
@@ -90,8 +90,8 @@ pub struct HeadLayout {
 /// A task head: optional pooler, dropout, and the output layer.
 #[derive(Module, Debug)]
 pub struct TaskHead<B: Backend> {
-    pooler: Option<Linear<B>>,
-    classifier: Linear<B>,
+    pooler: Option<Dense<B>>,
+    classifier: Dense<B>,
     dropout: Dropout,
     #[module(skip)]
     layout: HeadLayout,

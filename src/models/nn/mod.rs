@@ -2,11 +2,11 @@
 //! self-attention (the fused node, or op by op with dropout, bf16 or a KV cache), and the task
 //! heads and generation cache (`heads`, `kv_cache`).
 
-use burn::nn::{Dropout, Linear};
+use burn::nn::Dropout;
 use burn::prelude::*;
 
 use super::device::Precision;
-use super::kernels::{self, AttentionSpec, FusedOps, merge_heads};
+use super::kernels::{self, AttentionSpec, Dense, FusedOps, LowRank, merge_heads};
 
 pub mod heads;
 pub mod kv_cache;
@@ -86,20 +86,48 @@ pub(crate) fn self_attention<B: FusedOps>(
     attention_stepwise([q, k, v], padding, spec, dropout, precision)
 }
 
-/// A linear layer on [B, T, d_in] with the product in the compute precision. The batch and
-/// time axes are folded into one, so forward and both gradients are single 2-D GEMMs (a
-/// broadcast batched product would run B small ones and sum B weight gradients).
+/// A linear layer on [B, T, d_in] with the product in the compute precision, plus its LoRA
+/// pair's low-rank update when it has one. The batch and time axes are folded into one, so
+/// forward and both gradients are single 2-D GEMMs (a broadcast batched product would run B
+/// small ones and sum B weight gradients).
 pub(crate) fn dense<B: Backend>(
-    l: &Linear<B>,
+    l: &Dense<B>,
     x: Tensor<B, 3>,
     precision: Precision,
 ) -> Tensor<B, 3> {
-    affine(
-        x,
-        l.weight.val(),
-        l.bias.as_ref().map(|b| b.val()),
-        precision,
-    )
+    let Some(lora) = &l.lora else {
+        return affine(x, l.weight.val(), l.bias.as_ref().map(|b| b.val()), precision);
+    };
+    let delta = low_rank(lora, x.clone(), precision);
+    affine(x, l.weight.val(), l.bias.as_ref().map(|b| b.val()), precision) + delta
+}
+
+/// LoRA's update s·(drop(x)·A)·B on [B, T, d_in]: two thin products, so neither the update
+/// nor its gradient ever forms a full-size weight.
+fn low_rank<B: Backend>(lora: &LowRank<B>, x: Tensor<B, 3>, precision: Precision) -> Tensor<B, 3> {
+    let h = affine(lora.dropout.forward(x), lora.a.val(), None, precision);
+    affine(h, lora.b.val(), None, precision) * lora.scale
+}
+
+/// The LoRA updates of layers whose outputs are packed side by side (attention's q | k | v,
+/// computed as one product), packed the same way; `None` when none of them is adapted.
+pub(crate) fn packed_low_rank<B: Backend>(
+    layers: &[&Dense<B>],
+    x: Tensor<B, 3>,
+    precision: Precision,
+) -> Option<Tensor<B, 3>> {
+    if layers.iter().all(|l| l.lora.is_none()) {
+        return None;
+    }
+    let [b, t, _] = x.dims();
+    let parts = layers
+        .iter()
+        .map(|l| match &l.lora {
+            Some(lora) => low_rank(lora, x.clone(), precision),
+            None => Tensor::zeros([b, t, l.weight.dims()[1]], &x.device()),
+        })
+        .collect();
+    Some(Tensor::cat(parts, 2))
 }
 
 /// x·weight + bias on [B, T, d_in] with weight [d_in, d_out], as one 2-D product.
