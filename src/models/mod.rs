@@ -937,6 +937,8 @@ for name, shards in (("one", 1), ("sharded", 2)):
         python_check_heads(&saved);
     }
 
+    mod lora;
+
     /// The fixture's input ids as a batch (all positions real).
     fn reference_batch(r: &Reference) -> crate::train::Batch {
         let rows: Vec<Vec<i64>> = serde_json::from_value(r.json["input_ids"].clone()).unwrap();

@@ -420,8 +420,12 @@ impl<B: FusedOps> Model<B> {
             .filter_map(|n| n.strip_suffix(".lora_A.weight").map(String::from))
             .collect();
         for module in pairs {
-            let a = w.remove(&format!("{module}.lora_A.weight")).expect("listed");
-            let b = w.remove(&format!("{module}.lora_B.weight")).expect("a pair");
+            let a = w
+                .remove(&format!("{module}.lora_A.weight"))
+                .expect("listed");
+            let b = w
+                .remove(&format!("{module}.lora_B.weight"))
+                .expect("a pair");
             let name = format!("{module}.weight");
             let mut weight = w.remove(&name).expect("an adapted layer has a weight");
             let (r, d_in, d_out) = (a.shape[0], a.shape[1], b.shape[0]);
@@ -433,7 +437,11 @@ impl<B: FusedOps> Model<B> {
                     for k in 0..r {
                         sum += b.values[o * r + k] * a.values[k * d_in + i];
                     }
-                    let at = if stored_as_is { i * d_out + o } else { o * d_in + i };
+                    let at = if stored_as_is {
+                        i * d_out + o
+                    } else {
+                        o * d_in + i
+                    };
                     weight.values[at] += scale * sum;
                 }
             }
@@ -721,7 +729,10 @@ fn copy_tokenizer(tok: &Path, dir: &Path, framing: arch::Framing) -> Result<(), 
 
 /// Every LoRA target must name a linear layer of the model; one that matches none is an
 /// error listing the layers it could have meant.
-fn check_targets(lora: &LoraSpec, (linears, adapted): (&[String], &[String])) -> Result<(), ModelError> {
+fn check_targets(
+    lora: &LoraSpec,
+    (linears, adapted): (&[String], &[String]),
+) -> Result<(), ModelError> {
     let mut kinds: Vec<&str> = linears
         .iter()
         .map(|m| m.rsplit('.').next().unwrap_or(m))
@@ -731,7 +742,11 @@ fn check_targets(lora: &LoraSpec, (linears, adapted): (&[String], &[String])) ->
     let unmatched: Vec<String> = match &lora.targets {
         Targets::Names(names) => names
             .iter()
-            .filter(|t| !adapted.iter().any(|m| lora.adapts(m) && (m == *t || m.ends_with(&format!(".{t}")))))
+            .filter(|t| {
+                !adapted
+                    .iter()
+                    .any(|m| lora.adapts(m) && (m == *t || m.ends_with(&format!(".{t}"))))
+            })
             .cloned()
             .collect(),
         Targets::Regex(re) if adapted.is_empty() => vec![re.clone()],
@@ -743,7 +758,11 @@ fn check_targets(lora: &LoraSpec, (linears, adapted): (&[String], &[String])) ->
     Err(ModelError::Config(format!(
         "LoRA `target_modules` {} match(es) no linear layer of this model; its linear layers are: {} \
          (embeddings and heads are trained in full with `modules_to_save`)",
-        unmatched.iter().map(|t| format!("`{t}`")).collect::<Vec<_>>().join(", "),
+        unmatched
+            .iter()
+            .map(|t| format!("`{t}`"))
+            .collect::<Vec<_>>()
+            .join(", "),
         kinds.join(", ")
     )))
 }

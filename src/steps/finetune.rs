@@ -941,7 +941,13 @@ fn train_and_test<B: FusedOps>(
     let tester = training::selected(&trained)?;
     let base = p.init.as_ref().map(|i| i.path());
     let merge = p.options.lora.as_ref().is_some_and(|l| l.merge);
-    training::save_trained(&tester, &ctx.out.join("model"), base, merge, &run.vocab.path)?;
+    training::save_trained(
+        &tester,
+        &ctx.out.join("model"),
+        base,
+        merge,
+        &run.vocab.path,
+    )?;
     training::write_history(ctx.out, &trained.state, "loss")?;
     let mut metrics = training::run_metrics(&trained, parameters);
     metrics["skipped"] = json!(report.skipped);

@@ -21,9 +21,7 @@ use super::{InputPath, StepContext, StepError, StepKind, params, write_metrics};
 use crate::models::arch::LmKind;
 use crate::models::arch::{Architecture, FreshSize};
 use crate::models::device::on_device;
-use crate::models::{
-    self, ArchConfig, FusedOps, LoadReport, Model, ModelSpec, Task, Weights,
-};
+use crate::models::{self, ArchConfig, FusedOps, LoadReport, Model, ModelSpec, Task, Weights};
 use crate::train::{self, Masking, Objective, Order, Row, TrainConfig, TrainData};
 
 /// An architecture of the models table, by the name `arch:` takes (its HF `model_type`).

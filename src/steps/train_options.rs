@@ -156,7 +156,9 @@ impl TrainOptions {
             return Err("`lr` must be a positive number".into());
         }
         if let Some(lora) = &self.lora {
-            lora.spec(false).check().map_err(|e| format!("`lora`: {e}"))?;
+            lora.spec(false)
+                .check()
+                .map_err(|e| format!("`lora`: {e}"))?;
         }
         Ok(())
     }

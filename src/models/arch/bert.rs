@@ -383,8 +383,7 @@ impl<B: FusedOps> Layer<B> {
         p: Precision,
     ) -> Tensor<B, 3> {
         let mut qkv = affine(x.clone(), self.qkv_weight(), self.qkv_bias(), p); // q | k | v
-        if let Some(delta) = packed_low_rank(&[&self.query, &self.key, &self.value], x.clone(), p)
-        {
+        if let Some(delta) = packed_low_rank(&[&self.query, &self.key, &self.value], x.clone(), p) {
             qkv = qkv + delta;
         }
         let qkv = match packing {

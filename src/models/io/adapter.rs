@@ -63,7 +63,11 @@ impl LoraSpec {
     /// Whether LoRA adapts the linear layer `module` (its dotted HF name); a module trained in
     /// full (`modules_to_save`) gets no pair, as in PEFT.
     pub fn adapts(&self, module: &str) -> bool {
-        if self.modules_to_save.iter().any(|m| ends_with_module(module, m)) {
+        if self
+            .modules_to_save
+            .iter()
+            .any(|m| ends_with_module(module, m))
+        {
             return false;
         }
         match &self.targets {
@@ -143,9 +147,7 @@ impl LoraSpec {
     /// Read PEFT's `adapter_config.json`; what dnaflow does not compute (DoRA, per-layer ranks,
     /// trained biases, another PEFT method) is an error naming the field.
     pub fn from_peft_json(v: &Value, path: &Path) -> Result<LoraSpec, ModelError> {
-        let bad = |what: String| {
-            ModelError::Format(format!("{}: {what}", path.display()))
-        };
+        let bad = |what: String| ModelError::Format(format!("{}: {what}", path.display()));
         let peft_type = v.get("peft_type").and_then(Value::as_str).unwrap_or("LORA");
         if peft_type != "LORA" {
             return Err(bad(format!(
@@ -166,25 +168,40 @@ impl LoraSpec {
         if let Some(bias) = v.get("bias").and_then(Value::as_str)
             && bias != "none"
         {
-            return Err(bad(format!("`bias: {bias}` is not supported (only `none`)")));
+            return Err(bad(format!(
+                "`bias: {bias}` is not supported (only `none`)"
+            )));
         }
-        let r = v.get("r").and_then(Value::as_u64).ok_or_else(|| bad("`r` is missing".into()))?;
+        let r = v
+            .get("r")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| bad("`r` is missing".into()))?;
         let targets = match v.get("target_modules") {
             Some(Value::String(re)) => Targets::Regex(re.clone()),
             Some(Value::Array(a)) => Targets::Names(
-                a.iter().filter_map(Value::as_str).map(String::from).collect(),
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(String::from)
+                    .collect(),
             ),
             _ => return Err(bad("`target_modules` is missing".into())),
         };
         let modules_to_save = match v.get("modules_to_save") {
-            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(String::from).collect(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect(),
             _ => Vec::new(),
         };
         let spec = LoraSpec {
             r: r as usize,
             alpha: v.get("lora_alpha").and_then(Value::as_f64).unwrap_or(8.0),
             dropout: v.get("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0),
-            rslora: v.get("use_rslora").and_then(Value::as_bool).unwrap_or(false),
+            rslora: v
+                .get("use_rslora")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
             targets,
             modules_to_save,
         };
@@ -311,7 +328,10 @@ mod tests {
     fn peft_config_round_trips_and_refuses_dora() {
         let s = spec(Targets::Regex(".*q_proj".into()));
         let v = s.to_peft_json("/base", Some("CAUSAL_LM"), false);
-        assert_eq!(LoraSpec::from_peft_json(&v, Path::new("a.json")).unwrap(), s);
+        assert_eq!(
+            LoraSpec::from_peft_json(&v, Path::new("a.json")).unwrap(),
+            s
+        );
         let mut dora = v.clone();
         dora["use_dora"] = json!(true);
         let e = LoraSpec::from_peft_json(&dora, Path::new("a.json")).unwrap_err();

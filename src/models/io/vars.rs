@@ -271,11 +271,25 @@ impl<'w, B: Backend> Vars<'_, 'w, B> {
         self.state.adapted.push(module);
         let r = spec.r;
         let a_name = self.name("lora_A.weight");
-        let a = self.state.take_new(&a_name, &[r, d_in], Init::Uniform(1.0 / (d_in as f64).sqrt()));
-        let a = self.make(a_name, transpose(&a, r, d_in), [d_in, r], Layout::Transposed);
+        let a = self.state.take_new(
+            &a_name,
+            &[r, d_in],
+            Init::Uniform(1.0 / (d_in as f64).sqrt()),
+        );
+        let a = self.make(
+            a_name,
+            transpose(&a, r, d_in),
+            [d_in, r],
+            Layout::Transposed,
+        );
         let b_name = self.name("lora_B.weight");
         let b = self.state.take_new(&b_name, &[d_out, r], Init::Zeros);
-        let b = self.make(b_name, transpose(&b, d_out, r), [r, d_out], Layout::Transposed);
+        let b = self.make(
+            b_name,
+            transpose(&b, d_out, r),
+            [r, d_out],
+            Layout::Transposed,
+        );
         Some(LowRank {
             a,
             b,

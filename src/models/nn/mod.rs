@@ -96,10 +96,20 @@ pub(crate) fn dense<B: Backend>(
     precision: Precision,
 ) -> Tensor<B, 3> {
     let Some(lora) = &l.lora else {
-        return affine(x, l.weight.val(), l.bias.as_ref().map(|b| b.val()), precision);
+        return affine(
+            x,
+            l.weight.val(),
+            l.bias.as_ref().map(|b| b.val()),
+            precision,
+        );
     };
     let delta = low_rank(lora, x.clone(), precision);
-    affine(x, l.weight.val(), l.bias.as_ref().map(|b| b.val()), precision) + delta
+    affine(
+        x,
+        l.weight.val(),
+        l.bias.as_ref().map(|b| b.val()),
+        precision,
+    ) + delta
 }
 
 /// LoRA's update s·(drop(x)·A)·B on [B, T, d_in]: two thin products, so neither the update
