@@ -19,6 +19,7 @@ pub mod io;
 pub mod kernels;
 pub mod model;
 pub mod nn;
+pub mod resize;
 
 pub use arch::bert::{Bert, BertConfig};
 pub use arch::gpt2::{Gpt2, Gpt2Config};

@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 
 mod answers;
 mod baseline;
+mod bpe_extend;
 mod data;
 mod embed;
 mod eval;
@@ -23,9 +24,11 @@ mod input;
 mod model;
 pub mod plot;
 mod probe;
+mod resize;
 mod score;
 pub mod table;
 mod tokenizer;
+mod tokenizer_extend;
 mod train_options;
 mod training;
 mod vocab;
@@ -117,7 +120,9 @@ pub static KINDS: &[&StepKind] = &[
     data::STATS,
     &tokenizer::TRAIN,
     &tokenizer::EVAL,
+    &tokenizer_extend::EXTEND,
     &model::PRETRAIN,
+    &resize::RESIZE,
     &eval::LM,
     &generate::GENERATE,
     &finetune::FINETUNE,

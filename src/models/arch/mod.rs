@@ -84,6 +84,8 @@ pub struct Architecture {
     pub default_classifier_dropout: fn(&ArchConfig) -> f64,
     /// Tensor names of the embeddings (frozen with any layer), and the prefix of layer `N`.
     pub embeddings: &'static [&'static str],
+    /// The tensors with one row per token, which grow with the vocabulary.
+    pub vocab_rows: VocabRows,
     pub layer_prefix: &'static str,
     /// Prefixes of every head's tensors, so a load under another head knows what to skip.
     pub head_prefixes: &'static [&'static str],
@@ -95,6 +97,15 @@ pub struct Architecture {
     pub fresh: fn(&FreshSize) -> Value,
     /// The `config.json` field that holds the longest sequence.
     pub positions_field: &'static str,
+}
+
+/// The tensors that have a row per vocabulary token: the input embedding, output weights
+/// [vocab, d] (an untied LM head, tied copies a checkpoint may carry) and output biases [vocab].
+#[derive(Debug)]
+pub struct VocabRows {
+    pub embedding: &'static str,
+    pub outputs: &'static [&'static str],
+    pub biases: &'static [&'static str],
 }
 
 /// Every architecture dnaflow builds.
@@ -134,6 +145,11 @@ static GPT2: Architecture = Architecture {
     token_head: CLASSIFIER_ON_TOKENS,
     default_classifier_dropout: |_| 0.1,
     embeddings: &["transformer.wte.", "transformer.wpe."],
+    vocab_rows: VocabRows {
+        embedding: "transformer.wte.weight",
+        outputs: &["lm_head.weight"],
+        biases: &[],
+    },
     layer_prefix: "transformer.h.",
     head_prefixes: &["lm_head.", "score.", "classifier."],
     regression_mean: MeanFold::NormBias("transformer.ln_f"),
@@ -181,6 +197,11 @@ static BERT: Architecture = Architecture {
         _ => 0.1,
     },
     embeddings: &["bert.embeddings."],
+    vocab_rows: VocabRows {
+        embedding: "bert.embeddings.word_embeddings.weight",
+        outputs: &["cls.predictions.decoder.weight"],
+        biases: &["cls.predictions.bias", "cls.predictions.decoder.bias"],
+    },
     layer_prefix: "bert.encoder.layer.",
     head_prefixes: &["cls.", "bert.pooler.", "classifier."],
     regression_mean: MeanFold::HeadBias,
@@ -221,6 +242,11 @@ static LLAMA: Architecture = Architecture {
     },
     default_classifier_dropout: |_| 0.1,
     embeddings: &["model.embed_tokens."],
+    vocab_rows: VocabRows {
+        embedding: "model.embed_tokens.weight",
+        outputs: &["lm_head.weight"],
+        biases: &[],
+    },
     layer_prefix: "model.layers.",
     head_prefixes: &["lm_head.", "score."],
     regression_mean: MeanFold::Nowhere,
@@ -325,6 +351,15 @@ impl ArchConfig {
         self.field("pad_token_id")
             .and_then(|v| v.as_u64())
             .map(|v| v as u32)
+    }
+
+    /// Set `vocab_size` (the vocabulary grew: [`crate::models::resize`]).
+    pub fn set_vocab_size(&mut self, n: usize) {
+        match self {
+            ArchConfig::Gpt2(c) => c.vocab_size = n,
+            ArchConfig::Bert(c) => c.vocab_size = n,
+            ArchConfig::Llama(c) => c.vocab_size = n,
+        }
     }
 
     /// Set `pad_token_id` (a causal sequence classifier finds the last token by it).
