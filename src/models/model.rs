@@ -318,6 +318,23 @@ impl<B: FusedOps> Model<B> {
         collect(self, &self.declared)
     }
 
+    /// Parameters that train (the rest are frozen: a LoRA base, `freeze`d layers).
+    pub fn trainable_params(&self) -> usize {
+        use burn::module::{ModuleVisitor, Param};
+        struct Count(usize);
+        impl<B: Backend> ModuleVisitor<B> for Count {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+                let t = param.val();
+                if t.is_require_grad() {
+                    self.0 += t.shape().num_elements();
+                }
+            }
+        }
+        let mut count = Count(0);
+        self.visit(&mut count);
+        count.0
+    }
+
     /// The tensors that train: under an adapter its pairs and saved modules only (what a
     /// checkpoint and the best evaluation keep; the frozen base is never copied), else all.
     pub fn trained_weights(&self) -> Weights {

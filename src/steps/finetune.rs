@@ -177,7 +177,7 @@ fn select() -> String {
 
 pub static FINETUNE: StepKind = StepKind {
     name: "model.finetune",
-    version: 2,
+    version: 3,
     summary: "fine-tune a task head (seq-cls, regression, token-cls, pair-cls, multi-label) on a labelled table, from a pretrained model or from scratch; writes the model, predictions (id, label, prediction, prob_<class>; token-cls: id, label, prediction as one character per base) and metrics",
     outputs: &[
         ("model", "model"),

@@ -125,7 +125,7 @@ pub(super) fn mask_probability() -> f64 {
 }
 pub static PRETRAIN: StepKind = StepKind {
     name: "model.pretrain",
-    version: 3,
+    version: 4,
     summary: "train GPT-2 (clm) or BERT (mlm) on DNA; saves a Hugging Face model directory",
     outputs: &[
         ("model", "model"),

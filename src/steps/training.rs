@@ -175,6 +175,7 @@ pub(super) fn run_metrics<B: AutodiffBackend + FusedOps>(
     let mut metrics = json!({
         "arch": trained.model.spec().config.name(),
         "parameters": parameters,
+        "trainable_parameters": trained.model.trainable_params(),
         "steps": state.step,
         "tokens": state.tokens,
         "train_loss": tail.iter().sum::<f64>() / tail.len().max(1) as f64,
