@@ -9,9 +9,11 @@ matrix-product peak measured in the same run with the `gemm` crate burn-flex use
 (`cargo bench --bench gemm_peak`), on a GPU its dense peak (`--peak-tflops`, known for a few
 GPUs).
 
-    python3 benches/train_bench.py [--preset default|4x256|gpt2-small|bert|llama|all] [--pairs 3]
-        [--bin target/release/dnaflow] [--threads 2] [--device cpu|cuda] [--precision f32|bf16]
-        [--torch-compile] [--steps N] [--batch N] [--peak-gflops X | --no-peak] [--avx2]
+    python3 benches/train_bench.py [--preset default|4x256|gpt2-small|bert|llama|llama-lora|all]
+        [--pairs 3] [--bin target/release/dnaflow] [--threads 2] [--device cpu|cuda]
+        [--precision f32|bf16] [--torch-compile] [--steps N] [--batch N]
+        [--peak-gflops X | --no-peak] [--avx2] [--lora] [--init DIR] [--lora-r 8]
+        [--lora-alpha 32] [--lora-dropout 0.05]
 
 Presets (`--n-embd`, `--n-layer`, `--n-head`, `--n-kv-head`, `--d-ff`, `--seq-len`, `--batch`,
 `--steps` override):
@@ -24,6 +26,23 @@ Presets (`--n-embd`, `--n-layer`, `--n-head`, `--n-kv-head`, `--d-ff`, `--seq-le
                 each batch padded to its longest row, as the chapters' BERTs train
     llama       LLaMA 4 × 256, 8 heads, 2 key/value heads (grouped-query), SwiGLU 688, untied
                 LM head, seq 256, batch 16, 30 steps (the GPT-2 presets' packed causal-LM rows)
+    llama-lora  the `llama` preset's shapes, rows, lr, clipping, batch and steps, LoRA-fine-tuned
+                (r 8, alpha 32, dropout 0.05 on q/k/v/o/gate/up/down_proj) and fully fine-tuned,
+                both from the same base weights, on both sides, in the same run (`--lora` on the
+                `llama` preset is the same)
+
+LoRA (`llama-lora`, or `--lora` on a LLaMA preset): transformers writes one fresh base model
+(`LlamaForCausalLM(config).save_pretrained`, safetensors, seed 0, the exact config the `llama`
+side builds) into a temporary directory, or `--init DIR` names one. dnaflow trains
+`model.pretrain` with `init:` that directory and `lora:`; PyTorch loads it with
+`from_pretrained` and wraps it with `peft.get_peft_model(model, LoraConfig(r, lora_alpha,
+lora_dropout, target_modules, task_type="CAUSAL_LM"))`, AdamW over the trainable parameters
+only. Each pair then also fully fine-tunes the same base on both sides (`init:` without
+`lora:`; `from_pretrained` without peft), so the output gives each side's LoRA peak RSS against
+its full fine-tuning peak RSS. Each side's trainable parameter count is printed (dnaflow's
+`trainable_parameters` metric). LoRA's FLOPs per token count the frozen base's forward and its
+activation gradients (2 × forward: frozen weights get no gradient) plus the low-rank pairs'
+forward + backward (3 × theirs).
 
 Each pair runs PyTorch, then dnaflow; each side's tokens/s skips its first optimizer step
 (PyTorch: `--warmup` steps, default 1; dnaflow: its `steady_tokens_per_s` metric), so both are
@@ -51,6 +70,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -70,7 +90,14 @@ PRESETS = {
     # d_ff 688 = 8/3 · 256 rounded up to a multiple of 16 (SwiGLU keeps ~GPT-2's 8·d² MLP).
     "llama": dict(arch="llama", n_embd=256, n_layer=4, n_head=8, n_kv_head=2, d_ff=688,
                   seq_len=256, batch=16, steps=30),
+    # The `llama` preset, LoRA-fine-tuned (and fully fine-tuned) from one base written once.
+    "llama-lora": dict(arch="llama", n_embd=256, n_layer=4, n_head=8, n_kv_head=2, d_ff=688,
+                       seq_len=256, batch=16, steps=30, lora=True),
 }
+
+# LoRA as chapter 4 sets it (PEFT's names): both sides get exactly these.
+LORA = dict(r=8, alpha=32, dropout=0.05,
+            targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
 
 # Dense bf16 peaks (TFLOP/s, without sparsity) of GPUs a run may meet, by name fragment.
 GPU_BF16_PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "L4": 121.0}
@@ -88,8 +115,8 @@ def mixed_rows(seq_len, seed=0):
     return [d for d in docs if len(d) >= 16]
 
 
-def flops_per_token(args, vocab):
-    """Model FLOPs per (real) token, forward + backward."""
+def flops_per_token(args, vocab, lora=False):
+    """Model FLOPs per (real) token, forward + backward (LoRA: see the module's docstring)."""
     d, layers = args.n_embd, args.n_layer
     d_ff = 4 * d
     if args.arch == "llama":
@@ -101,7 +128,16 @@ def flops_per_token(args, vocab):
         kv = args.n_kv_head or h
         t = args.seq_len
         layer = 2 * (2 * d * h * dh + 2 * d * kv * dh + 3 * d * args.d_ff + 2 * t * h * dh)
-        return 3 * (layers * layer + 2 * d * vocab)
+        forward = layers * layer + 2 * d * vocab
+        if not lora:
+            return 3 * forward
+        # A frozen base: its forward and the activation gradients through it (2 × forward),
+        # no weight gradients; each pair x·A·B costs r·(in + out) multiply-adds, trained fully.
+        sides = {"q_proj": (d, h * dh), "k_proj": (d, kv * dh), "v_proj": (d, kv * dh),
+                 "o_proj": (h * dh, d), "gate_proj": (d, args.d_ff), "up_proj": (d, args.d_ff),
+                 "down_proj": (args.d_ff, d)}
+        pairs = layers * 2 * LORA["r"] * sum(sum(sides[m]) for m in LORA["targets"])
+        return 2 * forward + 3 * pairs
     if args.arch == "bert":
         lens = [len(doc) + 2 for doc in mixed_rows(args.seq_len)]
         t = sum(n * n for n in lens) / sum(lens)
@@ -170,7 +206,23 @@ def torch_child(args):
                               bos_token_id=eos, eos_token_id=eos,
                               pad_token_id=tok.token_to_id("[PAD]"), use_cache=False,
                               attn_implementation="sdpa")
-            model = LlamaForCausalLM(cfg)
+            if args.write_base:
+                # The base both sides fine-tune: this exact config, fresh weights, safetensors.
+                LlamaForCausalLM(cfg).save_pretrained(args.write_base)
+                return
+            if args.init:
+                model = LlamaForCausalLM.from_pretrained(args.init, dtype=torch.float32,
+                                                         attn_implementation="sdpa")
+                model.config.use_cache = False
+                model.train()  # from_pretrained returns eval mode; LoRA's dropout trains
+            else:
+                model = LlamaForCausalLM(cfg)
+            if args.lora:
+                from peft import LoraConfig, get_peft_model
+
+                model = get_peft_model(model, LoraConfig(
+                    r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+                    target_modules=LORA["targets"], task_type="CAUSAL_LM"))
         else:
             from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -184,7 +236,9 @@ def torch_child(args):
             return dict(input_ids=rows, labels=rows), rows.numel()
 
     model = model.to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, eps=1e-8, weight_decay=0.01)
+    # Only what trains (all of it, or LoRA's pairs) gets AdamW moments and clipping.
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=1e-3, eps=1e-8, weight_decay=0.01)
     step_fn = model
     if args.torch_compile:
         step_fn = torch.compile(model)
@@ -201,7 +255,7 @@ def torch_child(args):
         with autocast:
             loss = step_fn(**inputs).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         tokens += real
@@ -209,7 +263,9 @@ def torch_child(args):
         torch.cuda.synchronize()
     secs = time.perf_counter() - start
     peak_gpu = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else 0
-    print(json.dumps({"tokens_per_s": tokens / secs, "loss": loss.item(), "gpu_mib": peak_gpu}))
+    print(json.dumps({"tokens_per_s": tokens / secs, "loss": loss.item(), "gpu_mib": peak_gpu,
+                      "trainable": sum(p.numel() for p in trainable),
+                      "parameters": sum(p.numel() for p in model.parameters())}))
 
 
 AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
@@ -231,7 +287,15 @@ def peak_rss_mb(cmd, env=None):
 
 
 def dnaflow(args):
+    """(steady tokens/s, peak RSS MiB, trainable parameters or None) of one dnaflow run."""
     work = Path(tempfile.mkdtemp())
+    try:
+        return dnaflow_in(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def dnaflow_in(args, work):
     wf = work / "bench.yaml"
     if args.arch == "bert":
         train = work / "mixed.txt"
@@ -239,6 +303,9 @@ def dnaflow(args):
         config = (f"{{ hidden_size: {args.n_embd}, num_hidden_layers: {args.n_layer}, "
                   f"num_attention_heads: {args.n_head}, intermediate_size: {4 * args.n_embd}, "
                   "hidden_dropout_prob: 0, attention_probs_dropout_prob: 0 }")
+    elif args.arch == "llama" and args.init:
+        train = CORPUS
+        config = None  # init's config.json
     elif args.arch == "llama":
         train = CORPUS
         config = (f"{{ hidden_size: {args.n_embd}, num_hidden_layers: {args.n_layer}, "
@@ -250,6 +317,13 @@ def dnaflow(args):
         train = CORPUS
         config = (f"{{ n_embd: {args.n_embd}, n_layer: {args.n_layer}, n_head: {args.n_head}, "
                   "resid_pdrop: 0, embd_pdrop: 0, attn_pdrop: 0 }")
+    extra = f"      config: {config}\n" if config else ""
+    if args.init:
+        extra += f"      init: {args.init}\n"
+    if args.lora:
+        extra += (f"      lora: {{ r: {LORA['r']}, alpha: {LORA['alpha']:g}, "
+                  f"dropout: {LORA['dropout']}, target_modules: [{', '.join(LORA['targets'])}], "
+                  "modules_to_save: [] }\n")
     wf.write_text(f"""
 name: train-bench
 steps:
@@ -260,8 +334,7 @@ steps:
       arch: {args.arch}
       tokenizer: {TOKENIZER}
       train: {train}
-      config: {config}
-      seq_len: {args.seq_len}
+{extra}      seq_len: {args.seq_len}
       batch_size: {args.batch}
       steps: {args.steps}
       lr: 0.001
@@ -273,7 +346,8 @@ steps:
     _, rss = peak_rss_mb([args.bin, "run", str(wf), "-q", "--cpus", str(args.threads),
                           "--report", str(work / "report.json")], env)
     metrics = json.loads((work / "report.json").read_text())["steps"][0]["metrics"]
-    return metrics.get("steady_tokens_per_s", metrics["tokens_per_s"]), rss
+    return (metrics.get("steady_tokens_per_s", metrics["tokens_per_s"]), rss,
+            metrics.get("trainable_parameters"))
 
 
 def machine_peak(args):
@@ -305,9 +379,54 @@ def machine_peak(args):
     return best(1), best(args.threads)
 
 
+def child_cmd(name, args):
+    """The PyTorch child for this preset and mode (`args.lora`, `args.init`, `args.write_base`)."""
+    argv, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif a in ("--init", "--write-base"):
+            skip = True
+        elif a not in ("--child", "--lora") and not a.startswith(("--init=", "--write-base=")):
+            argv.append(a)
+    return [sys.executable, __file__, "--child"] + argv + [
+        "--arch", args.arch, "--n-embd", str(args.n_embd), "--n-layer", str(args.n_layer),
+        "--n-head", str(args.n_head), "--seq-len", str(args.seq_len), "--batch", str(args.batch),
+        "--steps", str(args.steps), "--preset", name] + [
+        a for key in ("n_kv_head", "d_ff", "init", "write_base") if getattr(args, key)
+        for a in (f"--{key.replace('_', '-')}", str(getattr(args, key)))] + (
+        ["--lora"] if args.lora else [])
+
+
+def summarise(label, pairs, fpt, peak, unit):
+    """Print the medians and ratios of `pairs` (ours_tps, ours_rss, torch_tps, torch_rss,
+    ours_trainable, torch_trainable); returns them."""
+    med = statistics.median
+    ours_tps, ours_rss, torch_tps, torch_rss = (med([p[k] for p in pairs]) for k in range(4))
+    print(f"{label}:")
+    for who, tps, rss, trainable in (
+            ("  dnaflow (burn):        ", ours_tps, ours_rss, pairs[0][4]),
+            ("  PyTorch + transformers:", torch_tps, torch_rss, pairs[0][5])):
+        gflops = fpt * tps / 1e9
+        frac = f", {100 * gflops / peak:.1f} % {unit}" if peak else ""
+        count = f"  trainable {trainable:,}" if trainable is not None else "  trainable ?"
+        print(f"{who} {tps:10.0f} tokens/s  peak RSS {rss:7.1f} MiB  "
+              f"{gflops:7.1f} GFLOP/s{frac}{count}  (medians)")
+    speed = [p[0] / p[2] for p in pairs]
+    memory = [p[3] / p[1] for p in pairs]
+    print(f"  speed ratio (dnaflow / PyTorch): {med(speed):.2f}x median of pairs "
+          f"(range {min(speed):.2f}-{max(speed):.2f})")
+    print(f"  memory ratio (PyTorch / dnaflow): {med(memory):.2f}x")
+    return dict(ours=ours_tps, torch=torch_tps, speed=med(speed), lo=min(speed), hi=max(speed),
+                memory=med(memory), ours_rss=ours_rss, torch_rss=torch_rss,
+                ours_trainable=pairs[0][4], torch_trainable=pairs[0][5],
+                ours_gflops=fpt * ours_tps / 1e9, torch_gflops=fpt * torch_tps / 1e9)
+
+
 def run_preset(name, args, peak):
+    """One preset: its pairs and summary. With `args.lora`, LoRA and full fine-tuning of one
+    base, alternating within each pair; one result per mode."""
     vocab = len(json.loads(TOKENIZER.read_text())["model"]["vocab"])
-    fpt = flops_per_token(args, vocab)
     shape = (f", {args.n_kv_head or args.n_head} key/value heads, SwiGLU {args.d_ff}"
              if args.arch == "llama" else "")
     print(f"\n== preset {name}: {args.arch.upper()} {args.n_layer} × {args.n_embd}, "
@@ -315,40 +434,62 @@ def run_preset(name, args, peak):
           f"{args.steps} steps, {args.threads} threads, {args.device} {args.precision}"
           f"{', AVX2 only' if args.avx2 else ''}"
           f"{', torch.compile' if args.torch_compile else ''}")
-    print(f"model FLOPs per token (forward + backward): {fpt / 1e6:.2f} MFLOP")
-    child = [sys.executable, __file__, "--child"] + [
-        a for a in sys.argv[1:] if a != "--child"] + [
-        "--arch", args.arch, "--n-embd", str(args.n_embd), "--n-layer", str(args.n_layer),
-        "--n-head", str(args.n_head), "--seq-len", str(args.seq_len), "--batch", str(args.batch),
-        "--steps", str(args.steps), "--preset", name] + [
-        a for key in ("n_kv_head", "d_ff") if getattr(args, key) is not None
-        for a in (f"--{key.replace('_', '-')}", str(getattr(args, key)))]
-    pairs = []
-    for i in range(args.pairs):
-        out, torch_rss = peak_rss_mb(child, dict(os.environ, **(AVX2_ONLY if args.avx2 else {})))
-        torch_tps = json.loads(out.strip().splitlines()[-1])["tokens_per_s"]
-        ours_tps, ours_rss = dnaflow(args)
-        pairs.append((ours_tps, ours_rss, torch_tps, torch_rss))
-        print(f"pair {i + 1}: dnaflow {ours_tps:8.0f} tokens/s {ours_rss:6.1f} MiB | "
-              f"PyTorch {torch_tps:8.0f} tokens/s {torch_rss:6.1f} MiB | "
-              f"speed {ours_tps / torch_tps:.2f}x", flush=True)
-    med = statistics.median
-    ours_tps, ours_rss, torch_tps, torch_rss = (med([p[k] for p in pairs]) for k in range(4))
+    env = dict(os.environ, **(AVX2_ONLY if args.avx2 else {}))
+    base = None
+    if args.lora:
+        if args.arch != "llama":
+            sys.exit("--lora: LLaMA presets only (PEFT target names q/k/v/o/gate/up/down_proj)")
+        if not args.init:
+            base = Path(tempfile.mkdtemp()) / "base"
+            write = argparse.Namespace(**dict(vars(args), lora=False, write_base=str(base)))
+            peak_rss_mb(child_cmd(name, write), env)
+            args = argparse.Namespace(**dict(vars(args), init=str(base)))
+        print(f"LoRA r {LORA['r']}, alpha {LORA['alpha']:g}, dropout {LORA['dropout']} on "
+              f"{', '.join(LORA['targets'])}; both sides fine-tune the base in {args.init}"
+              f"{' (written once by transformers, seed 0)' if base else ''}, "
+              "LoRA and full alternating in each pair")
+        modes = [("LoRA", argparse.Namespace(**dict(vars(args), lora=True))),
+                 ("full", argparse.Namespace(**dict(vars(args), lora=False)))]
+    else:
+        modes = [(None, args)]
+    fpts = {}
+    for mode, margs in modes:
+        fpts[mode] = flops_per_token(margs, vocab, lora=bool(margs.lora))
+        print(f"model FLOPs per token{f' ({mode})' if mode else ''} (forward + backward): "
+              f"{fpts[mode] / 1e6:.2f} MFLOP")
+    pairs = {mode: [] for mode, _ in modes}
+    try:
+        for i in range(args.pairs):
+            line = []
+            for mode, margs in modes:
+                out, torch_rss = peak_rss_mb(child_cmd(name, margs), env)
+                got = json.loads(out.strip().splitlines()[-1])
+                ours_tps, ours_rss, ours_trainable = dnaflow(margs)
+                pairs[mode].append((ours_tps, ours_rss, got["tokens_per_s"], torch_rss,
+                                    ours_trainable, got.get("trainable")))
+                line.append(f"{f'{mode}: ' if mode else ''}dnaflow {ours_tps:8.0f} tokens/s "
+                            f"{ours_rss:6.1f} MiB | PyTorch {got['tokens_per_s']:8.0f} tokens/s "
+                            f"{torch_rss:6.1f} MiB | speed {ours_tps / got['tokens_per_s']:.2f}x")
+            print(f"pair {i + 1}: " + "\n        ".join(line), flush=True)
+    finally:
+        if base:
+            shutil.rmtree(base.parent, ignore_errors=True)
     unit = "of the GPU's dense bf16 peak" if args.device == "cuda" else "of the all-core gemm peak"
-    for who, tps, rss in (("dnaflow (burn):        ", ours_tps, ours_rss),
-                          ("PyTorch + transformers:", torch_tps, torch_rss)):
-        gflops = fpt * tps / 1e9
-        frac = f", {100 * gflops / peak:.1f} % {unit}" if peak else ""
-        print(f"{who} {tps:10.0f} tokens/s  peak RSS {rss:7.1f} MiB  "
-              f"{gflops:7.1f} GFLOP/s{frac}  (medians)")
-    speed = [p[0] / p[2] for p in pairs]
-    memory = [p[3] / p[1] for p in pairs]
-    print(f"speed ratio (dnaflow / PyTorch): {med(speed):.2f}x median of pairs "
-          f"(range {min(speed):.2f}-{max(speed):.2f})")
-    print(f"memory ratio (PyTorch / dnaflow): {med(memory):.2f}x")
-    return dict(preset=name, ours=ours_tps, torch=torch_tps, speed=med(speed),
-                lo=min(speed), hi=max(speed), memory=med(memory),
-                ours_gflops=fpt * ours_tps / 1e9, torch_gflops=fpt * torch_tps / 1e9)
+    results = []
+    for mode, _ in modes:
+        label = {None: "medians", "LoRA": "LoRA fine-tuning",
+                 "full": "full fine-tuning of the same base"}[mode]
+        r = summarise(label, pairs[mode], fpts[mode], peak, unit)
+        results.append(dict(r, preset=name if mode != "full" else f"{name} (full)"))
+    if args.lora:
+        lora, full = results
+        print(f"LoRA peak RSS / full peak RSS: dnaflow {lora['ours_rss']:.1f} / "
+              f"{full['ours_rss']:.1f} MiB = {lora['ours_rss'] / full['ours_rss']:.2f}; "
+              f"PyTorch {lora['torch_rss']:.1f} / {full['torch_rss']:.1f} MiB = "
+              f"{lora['torch_rss'] / full['torch_rss']:.2f}")
+        print(f"LoRA speed target (dnaflow / PyTorch + peft >= 1.5x): "
+              f"{'met' if lora['speed'] >= 1.5 else 'NOT met'} ({lora['speed']:.2f}x)")
+    return results
 
 
 def main():
@@ -373,15 +514,23 @@ def main():
     ap.add_argument("--peak-gflops", type=float, help="the peak to compare with (skips measuring)")
     ap.add_argument("--no-peak", action="store_true", help="skip the gemm peak microbenchmark")
     ap.add_argument("--avx2", action="store_true", help="both sides as on an AVX2-only machine")
+    ap.add_argument("--lora", action="store_true", default=None,
+                    help="LoRA and full fine-tuning of one base (LLaMA; as --preset llama-lora)")
+    ap.add_argument("--init", help="LoRA: the base model directory (default: write a fresh one)")
+    ap.add_argument("--lora-r", type=int, default=LORA["r"], help="LoRA rank (both sides)")
+    ap.add_argument("--lora-alpha", type=float, default=LORA["alpha"])
+    ap.add_argument("--lora-dropout", type=float, default=LORA["dropout"])
+    ap.add_argument("--write-base", help=argparse.SUPPRESS)
     ap.add_argument("--json", help="write the summary here")
     ap.add_argument("--child", action="store_true")
     args = ap.parse_args()
+    LORA.update(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout)
     if args.child:
         return torch_child(args)
     peak_1, peak = machine_peak(args)
     if peak and args.device != "cuda":
-        print(f"machine peak (gemm f32): {peak_1:.1f} GFLOP/s on 1 thread, "
-              f"{peak:.1f} GFLOP/s on {args.threads}")
+        one = f"{peak_1:.1f} GFLOP/s on 1 thread, " if peak_1 else ""
+        print(f"machine peak (gemm f32): {one}{peak:.1f} GFLOP/s on {args.threads}")
     results = []
     for name in PRESETS if args.preset == "all" else [args.preset]:
         run = argparse.Namespace(**vars(args))
@@ -391,7 +540,8 @@ def main():
         if run.arch == "llama":
             run.n_kv_head = run.n_kv_head or run.n_head
             run.d_ff = run.d_ff or -(-8 * run.n_embd // 48) * 16  # 8/3·d up to a multiple of 16
-        results.append(run_preset(name, run, peak))
+        run.lora = bool(run.lora)
+        results.extend(run_preset(name, run, peak))
     if len(results) > 1:
         print("\n| preset | dnaflow tokens/s | PyTorch tokens/s | speed (range) | "
               "memory | dnaflow GFLOP/s | PyTorch GFLOP/s |")

@@ -89,8 +89,12 @@ impl ModelSpec {
     }
 
     /// The spec of a model directory: the head from `architectures` (none: the LM head),
-    /// labels from `id2label`, regression from `problem_type`.
+    /// labels from `id2label`, regression from `problem_type`; of an adapter directory, its
+    /// base's (the adapter merged in is a model of the same shapes).
     pub fn read(dir: &Path) -> Result<ModelSpec, ModelError> {
+        if adapter::is_adapter_dir(dir) {
+            return ModelSpec::read(&adapter::read_adapter_dir(dir)?.base);
+        }
         let (config, json) = read_config(dir)?;
         let arch = config.architecture();
         let class = json
@@ -423,46 +427,14 @@ impl<B: FusedOps> Model<B> {
     /// `merge_and_unload`), the pairs dropped: a plain model of the base's shapes.
     pub fn merged_weights(&self) -> Weights {
         let mut w = self.to_weights();
-        let Some(lora) = &self.spec.adapter else {
-            return w;
-        };
-        let scale = lora.scale() as f32;
-        let layouts: std::collections::HashMap<&str, Layout> = self
-            .declared
-            .iter()
-            .map(|d| (d.name.as_str(), d.layout))
-            .collect();
-        let pairs: Vec<String> = w
-            .names()
-            .filter_map(|n| n.strip_suffix(".lora_A.weight").map(String::from))
-            .collect();
-        for module in pairs {
-            let a = w
-                .remove(&format!("{module}.lora_A.weight"))
-                .expect("listed");
-            let b = w
-                .remove(&format!("{module}.lora_B.weight"))
-                .expect("a pair");
-            let name = format!("{module}.weight");
-            let mut weight = w.remove(&name).expect("an adapted layer has a weight");
-            let (r, d_in, d_out) = (a.shape[0], a.shape[1], b.shape[0]);
-            // delta[o][i] = Σ_k B[o][k]·A[k][i]; a Conv1D weight is stored [in, out].
-            let stored_as_is = layouts.get(name.as_str()) == Some(&Layout::AsStored);
-            for o in 0..d_out {
-                for i in 0..d_in {
-                    let mut sum = 0.0f32;
-                    for k in 0..r {
-                        sum += b.values[o * r + k] * a.values[k * d_in + i];
-                    }
-                    let at = if stored_as_is {
-                        i * d_out + o
-                    } else {
-                        o * d_in + i
-                    };
-                    weight.values[at] += scale * sum;
-                }
-            }
-            w.insert(&name, weight.shape, weight.values);
+        if let Some(lora) = &self.spec.adapter {
+            let stored_as_is: std::collections::HashSet<String> = self
+                .declared
+                .iter()
+                .filter(|d| d.layout == Layout::AsStored)
+                .map(|d| d.name.clone())
+                .collect();
+            merge_pairs(&mut w, lora.scale(), |name| stored_as_is.contains(name));
         }
         w
     }
@@ -552,10 +524,53 @@ impl<B: FusedOps> Model<B> {
     }
 }
 
+/// Fold each LoRA pair of `w` into its layer's weight (W += s·B·A; a layer `stored_as_is`
+/// [in, out], GPT-2's Conv1D, gets the transpose) and drop the pairs.
+fn merge_pairs(w: &mut Weights, scale: f64, stored_as_is: impl Fn(&str) -> bool) {
+    let scale = scale as f32;
+    let pairs: Vec<String> = w
+        .names()
+        .filter_map(|n| n.strip_suffix(".lora_A.weight").map(String::from))
+        .collect();
+    for module in pairs {
+        let a = w
+            .remove(&format!("{module}.lora_A.weight"))
+            .expect("listed");
+        let Some(b) = w.remove(&format!("{module}.lora_B.weight")) else {
+            continue;
+        };
+        let name = format!("{module}.weight");
+        let Some(mut weight) = w.remove(&name) else {
+            continue;
+        };
+        let (r, d_in, d_out) = (a.shape[0], a.shape[1], b.shape[0]);
+        let as_is = stored_as_is(&name);
+        for o in 0..d_out {
+            for i in 0..d_in {
+                let sum: f32 = (0..r)
+                    .map(|k| b.values[o * r + k] * a.values[k * d_in + i])
+                    .sum();
+                let at = if as_is { i * d_out + o } else { o * d_in + i };
+                weight.values[at] += scale * sum;
+            }
+        }
+        w.insert(&name, weight.shape, weight.values);
+    }
+}
+
 /// The weights of a model directory as a model `spec` trains them: a regression head saved in
-/// the target's unit standardised again with the spec's mean and sd.
+/// the target's unit standardised again with the spec's mean and sd. An adapter directory
+/// gives its base's weights with the adapter merged in (PEFT's `merge_and_unload`).
 pub fn read_weights(dir: &Path, spec: &ModelSpec) -> Result<Weights, ModelError> {
-    let mut w = Weights::load_dir(dir)?;
+    let mut w = if adapter::is_adapter_dir(dir) {
+        let a = adapter::read_adapter_dir(dir)?;
+        let mut w = Weights::load_dir(&a.base)?;
+        w.extend(a.weights);
+        merge_pairs(&mut w, a.spec.scale(), |_| a.fan_in_fan_out);
+        w
+    } else {
+        Weights::load_dir(dir)?
+    };
     if let Some(layout) = spec.head_layout()
         && w.contains(&format!("{}.weight", layout.classifier))
     {

@@ -939,7 +939,7 @@ fn train_and_test<B: FusedOps>(
     };
     let trained = training::run(ctx, model, &mut data, &plan.valid, &plan.cfg, dev)?;
     let tester = training::selected(&trained)?;
-    let base = p.init.as_ref().map(|i| i.path());
+    let base = training::adapter_base(p.init.as_ref().map(|i| i.path()));
     let merge = p.options.lora.as_ref().is_some_and(|l| l.merge);
     training::save_trained(
         &tester,

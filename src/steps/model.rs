@@ -21,7 +21,7 @@ use super::{InputPath, StepContext, StepError, StepKind, params, write_metrics};
 use crate::models::arch::LmKind;
 use crate::models::arch::{Architecture, FreshSize};
 use crate::models::device::on_device;
-use crate::models::{self, ArchConfig, FusedOps, LoadReport, Model, ModelSpec, Task, Weights};
+use crate::models::{self, ArchConfig, FusedOps, LoadReport, Model, ModelSpec, Task};
 use crate::train::{self, Masking, Objective, Order, Row, TrainConfig, TrainData};
 
 /// An architecture of the models table, by the name `arch:` takes (its HF `model_type`).
@@ -232,7 +232,7 @@ fn pretrain(ctx: &mut StepContext) -> Result<(), StepError> {
     let (device, precision) = p.options.resolve_device(ctx)?;
     let vocab = load_vocab(p.tokenizer.path())?;
     let config = match &p.init {
-        Some(dir) => models::read_config(dir.path()).map_err(model_err)?.0,
+        Some(dir) => ModelSpec::read(dir.path()).map_err(model_err)?.config,
         None => fresh_config(&p.arch, &p.config, &vocab, p.seq_len)?,
     };
     if config.vocab_size() < vocab.size {
@@ -287,7 +287,7 @@ fn pretrain(ctx: &mut StepContext) -> Result<(), StepError> {
         adapter: o.lora.as_ref().map(|l| l.spec(false)),
     };
     let init = match &p.init {
-        Some(dir) => Weights::load_dir(dir.path()).map_err(model_err)?,
+        Some(dir) => models::read_weights(dir.path(), &spec).map_err(model_err)?,
         None => spec.init_weights(o.seed).map_err(model_err)?,
     };
     let seed = o.seed;
@@ -299,7 +299,7 @@ fn pretrain(ctx: &mut StepContext) -> Result<(), StepError> {
         let parameters = model.num_params();
         let trained = training::run(ctx, model, &mut data, &valid, &cfg, &dev)?;
         let best = training::selected(&trained)?;
-        let base = p.init.as_ref().map(|i| i.path());
+        let base = training::adapter_base(p.init.as_ref().map(|i| i.path()));
         let merge = o.lora.as_ref().is_some_and(|l| l.merge);
         training::save_trained(&best, &ctx.out.join("model"), base, merge, &vocab.path)?;
         training::write_history(ctx.out, &trained.state, "loss (nats/token)")?;

@@ -55,6 +55,13 @@ where
     }
 }
 
+/// The directory an adapter trained from `init` names as its base: `init` itself, unless it is
+/// an adapter directory (loaded merged), which no adapter can name; then none, and the result
+/// is saved merged.
+pub(super) fn adapter_base(init: Option<&Path>) -> Option<&Path> {
+    init.filter(|dir| !crate::models::io::adapter::is_adapter_dir(dir))
+}
+
 /// Save the trained model as `out`: under an adapter the adapter directory PEFT loads over
 /// `base` (or, with `merge`, the plain model with the pairs folded in), else the model
 /// directory; the tokenizer files beside.

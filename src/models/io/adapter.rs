@@ -219,6 +219,8 @@ pub fn is_lora_tensor(name: &str) -> bool {
 /// under the base model's own names.
 pub struct Adapter {
     pub spec: LoraSpec,
+    /// PEFT's flag for bases whose layers are stored [in, out] (GPT-2's Conv1D).
+    pub fan_in_fan_out: bool,
     pub base: PathBuf,
     pub weights: Weights,
 }
@@ -261,6 +263,10 @@ pub fn read_adapter_dir(dir: &Path) -> Result<Adapter, ModelError> {
     }
     Ok(Adapter {
         spec,
+        fan_in_fan_out: v
+            .get("fan_in_fan_out")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
         base,
         weights,
     })

@@ -309,3 +309,23 @@ fn a_target_matching_no_layer_lists_the_layers() {
         "{err}"
     );
 }
+
+/// An adapter directory as a starting point (`init:` of a training step) reads as its base
+/// with the pairs merged in: PEFT's `merge_and_unload` logits, for Linear and Conv1D layers.
+#[test]
+fn an_adapter_directory_reads_as_its_merged_base() {
+    let dev = Default::default();
+    for name in ["llama-gqa-lora", "gpt2-lora"] {
+        let dir = fixture(name);
+        let spec = ModelSpec::read(&dir).unwrap();
+        assert!(spec.adapter.is_none());
+        let w = read_weights(&dir, &spec).unwrap();
+        let plain = Model::<Flex>::from_weights(&spec, w, 0, &dev).unwrap().0;
+        let e = expected(name);
+        let diff = max_abs_diff(&lm_logits(&plain, ids_of(&e)), &flat(&e["merged_logits"]));
+        assert!(
+            diff < 1e-4,
+            "{name}: merged on reading, logits differ by {diff}"
+        );
+    }
+}
