@@ -13,7 +13,7 @@ GPUs).
         [--pairs 3] [--bin target/release/dnaflow] [--threads 2] [--device cpu|cuda]
         [--precision f32|bf16] [--torch-compile] [--steps N] [--batch N]
         [--peak-gflops X | --no-peak] [--avx2] [--lora] [--init DIR] [--lora-r 8]
-        [--lora-alpha 32] [--lora-dropout 0.05]
+        [--lora-alpha 32] [--lora-dropout 0.05] [--wait-idle S]
 
 Presets (`--n-embd`, `--n-layer`, `--n-head`, `--n-kv-head`, `--d-ff`, `--seq-len`, `--batch`,
 `--steps` override):
@@ -63,7 +63,12 @@ For BERT, T² is averaged over the rows (Σn²/Σn), and padding is not counted 
 (`cargo build --release --no-default-features`: no `avx512` feature, so gemm and flex keep
 their AVX2 kernels).
 
-Needs torch and transformers. Not a test: numbers depend on the machine.
+Other work on the machine (a build beside the benchmark on a 2-core machine) skews either side,
+PyTorch's OpenMP threads most: each pair line says how many cores other processes kept busy
+during each side's run (/proc/stat less the run's own CPU time), marked * above 0.1, and
+`--wait-idle S` starts each run only after the CPUs were idle for S seconds.
+
+Needs torch and transformers (and peft for LoRA). Not a test: numbers depend on the machine.
 """
 
 import argparse
@@ -272,22 +277,58 @@ AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
              "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
-def peak_rss_mb(cmd, env=None):
-    """Run `cmd`; its stdout and its own peak RSS (wait4's rusage of that child alone)."""
+def cpu_busy_s():
+    """CPU seconds every process on the machine has used so far (/proc/stat), None off Linux."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields)
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_idle(seconds, limit=900):
+    """Wait until the CPUs have been idle (< 0.15 core busy) for `seconds` in a row, at most
+    `limit` seconds: on a shared machine a build beside the benchmark skews either side."""
+    if not seconds or cpu_busy_s() is None:
+        return
+    start, quiet, before = time.time(), 0, cpu_busy_s()
+    while quiet < seconds and time.time() - start < limit:
+        time.sleep(1)
+        now = cpu_busy_s()
+        quiet, before = (quiet + 1 if now - before < 0.15 else 0), now
+    if quiet < seconds:
+        print(f"(not idle for {seconds} s within {limit} s; measuring anyway)", flush=True)
+
+
+OTHER_LOAD = 0.1  # cores: a run beside more other work than this is flagged
+
+
+def peak_rss_mb(cmd, env=None, idle=0):
+    """Run `cmd` (after `wait_idle(idle)`); its stdout, its own peak RSS (wait4's rusage of that
+    child and its descendants alone) and the cores other processes used meanwhile (all CPU
+    time in /proc/stat less the child's own, over the wall time; None off Linux)."""
+    wait_idle(idle)
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        busy, start = cpu_busy_s(), time.perf_counter()
         child = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
         _, status, usage = os.wait4(child.pid, 0)
+        wall, after = time.perf_counter() - start, cpu_busy_s()
         child.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         text = out.read()
         if child.returncode != 0:
             sys.exit(f"{cmd[0]} failed:\n{text}\n{err.read()}")
-    return text, usage.ru_maxrss / 1024
+    others = None
+    if busy is not None:
+        others = max(0.0, (after - busy - usage.ru_utime - usage.ru_stime) / wall)
+    return text, usage.ru_maxrss / 1024, others
 
 
 def dnaflow(args):
-    """(steady tokens/s, peak RSS MiB, trainable parameters or None) of one dnaflow run."""
+    """(steady tokens/s, peak RSS MiB, trainable parameters or None, other cores busy) of one
+    dnaflow run."""
     work = Path(tempfile.mkdtemp())
     try:
         return dnaflow_in(args, work)
@@ -343,11 +384,11 @@ steps:
       precision: {args.precision}
 """)
     env = dict(os.environ, DNAFLOW_CACHE=str(work / "cache"))
-    _, rss = peak_rss_mb([args.bin, "run", str(wf), "-q", "--cpus", str(args.threads),
-                          "--report", str(work / "report.json")], env)
+    _, rss, others = peak_rss_mb([args.bin, "run", str(wf), "-q", "--cpus", str(args.threads),
+                                  "--report", str(work / "report.json")], env, args.wait_idle)
     metrics = json.loads((work / "report.json").read_text())["steps"][0]["metrics"]
     return (metrics.get("steady_tokens_per_s", metrics["tokens_per_s"]), rss,
-            metrics.get("trainable_parameters"))
+            metrics.get("trainable_parameters"), others)
 
 
 def machine_peak(args):
@@ -400,7 +441,7 @@ def child_cmd(name, args):
 
 def summarise(label, pairs, fpt, peak, unit):
     """Print the medians and ratios of `pairs` (ours_tps, ours_rss, torch_tps, torch_rss,
-    ours_trainable, torch_trainable); returns them."""
+    ours_trainable, torch_trainable, ours_others, torch_others); returns them."""
     med = statistics.median
     ours_tps, ours_rss, torch_tps, torch_rss = (med([p[k] for p in pairs]) for k in range(4))
     print(f"{label}:")
@@ -417,6 +458,11 @@ def summarise(label, pairs, fpt, peak, unit):
     print(f"  speed ratio (dnaflow / PyTorch): {med(speed):.2f}x median of pairs "
           f"(range {min(speed):.2f}-{max(speed):.2f})")
     print(f"  memory ratio (PyTorch / dnaflow): {med(memory):.2f}x")
+    loads = [o for p in pairs for o in p[6:8] if o is not None]
+    if loads:
+        busy = sum(o > OTHER_LOAD for o in loads)
+        print(f"  runs beside other work (> {OTHER_LOAD} core on average, * above): "
+              f"{busy} of {len(loads)} (most: {max(loads):.2f} cores)")
     return dict(ours=ours_tps, torch=torch_tps, speed=med(speed), lo=min(speed), hi=max(speed),
                 memory=med(memory), ours_rss=ours_rss, torch_rss=torch_rss,
                 ours_trainable=pairs[0][4], torch_trainable=pairs[0][5],
@@ -442,7 +488,7 @@ def run_preset(name, args, peak):
         if not args.init:
             base = Path(tempfile.mkdtemp()) / "base"
             write = argparse.Namespace(**dict(vars(args), lora=False, write_base=str(base)))
-            peak_rss_mb(child_cmd(name, write), env)
+            peak_rss_mb(child_cmd(name, write), env)  # not timed
             args = argparse.Namespace(**dict(vars(args), init=str(base)))
         print(f"LoRA r {LORA['r']}, alpha {LORA['alpha']:g}, dropout {LORA['dropout']} on "
               f"{', '.join(LORA['targets'])}; both sides fine-tune the base in {args.init}"
@@ -462,14 +508,21 @@ def run_preset(name, args, peak):
         for i in range(args.pairs):
             line = []
             for mode, margs in modes:
-                out, torch_rss = peak_rss_mb(child_cmd(name, margs), env)
+                out, torch_rss, torch_others = peak_rss_mb(child_cmd(name, margs), env,
+                                                           args.wait_idle)
                 got = json.loads(out.strip().splitlines()[-1])
-                ours_tps, ours_rss, ours_trainable = dnaflow(margs)
+                ours_tps, ours_rss, ours_trainable, ours_others = dnaflow(margs)
                 pairs[mode].append((ours_tps, ours_rss, got["tokens_per_s"], torch_rss,
-                                    ours_trainable, got.get("trainable")))
+                                    ours_trainable, got.get("trainable"), ours_others,
+                                    torch_others))
+                load = ""
+                if ours_others is not None:
+                    flag = " *" if max(ours_others, torch_others) > OTHER_LOAD else ""
+                    load = f" | others {ours_others:.2f} / {torch_others:.2f} cores{flag}"
                 line.append(f"{f'{mode}: ' if mode else ''}dnaflow {ours_tps:8.0f} tokens/s "
                             f"{ours_rss:6.1f} MiB | PyTorch {got['tokens_per_s']:8.0f} tokens/s "
-                            f"{torch_rss:6.1f} MiB | speed {ours_tps / got['tokens_per_s']:.2f}x")
+                            f"{torch_rss:6.1f} MiB | speed {ours_tps / got['tokens_per_s']:.2f}x"
+                            f"{load}")
             print(f"pair {i + 1}: " + "\n        ".join(line), flush=True)
     finally:
         if base:
@@ -521,6 +574,8 @@ def main():
     ap.add_argument("--lora-alpha", type=float, default=LORA["alpha"])
     ap.add_argument("--lora-dropout", type=float, default=LORA["dropout"])
     ap.add_argument("--write-base", help=argparse.SUPPRESS)
+    ap.add_argument("--wait-idle", type=int, default=0, metavar="S",
+                    help="before each run, wait (up to 15 min) until the CPUs were idle S s")
     ap.add_argument("--json", help="write the summary here")
     ap.add_argument("--child", action="store_true")
     args = ap.parse_args()

@@ -486,6 +486,19 @@ impl<B: FusedOps> Model<B> {
         self.backbone.forward_cached(ids, cache)
     }
 
+    /// [`Model::forward_cached`]'s logits of the last position only [B, 1, vocab] (what
+    /// generation samples from).
+    pub fn next_logits(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        cache: &mut KvCache<B>,
+    ) -> Option<Tensor<B, 3>> {
+        if self.head.is_some() {
+            return None;
+        }
+        self.backbone.next_logits(ids, cache)
+    }
+
     /// Write a model directory `transformers` loads (tokenizer files copied beside).
     pub fn save_dir(&self, dir: &Path, tokenizer: Option<&Path>) -> Result<(), ModelError> {
         save_model_dir(dir, &self.spec, self.to_weights(), tokenizer)
@@ -511,6 +524,25 @@ impl<B: FusedOps> Model<B> {
         };
         let [b, t, v] = logits.dims();
         logits.reshape([b * t, v])
+    }
+
+    /// The LM head's logits [labelled, vocab] at a batch's labelled positions only (in
+    /// order), when the model has its LM head and few enough positions are labelled for that
+    /// to pay (an answer after its prompt, masked tokens); `None` otherwise.
+    pub fn lm_logits_labelled(&self, batch: &Batch, device: &B::Device) -> Option<Tensor<B, 2>> {
+        if self.head.is_some() || batch.labelled * 4 > batch.b * batch.t * 3 {
+            return None;
+        }
+        let rows: Vec<i64> = batch
+            .labels
+            .iter()
+            .enumerate()
+            .filter(|&(_, &l)| l != crate::train::batch::IGNORE)
+            .map(|(i, _)| i as i64)
+            .collect();
+        let n = rows.len();
+        let rows = Tensor::from_data(TensorData::new(rows, [n]), device);
+        Some(self.backbone.lm_logits_at(&tokens(batch, device), rows))
     }
 
     /// HF's `hidden_states[layer]` [B, T, d] of a batch (`layer` = the number of layers:

@@ -37,7 +37,9 @@ pub use per_base::{PerBaseScores, brackets_balance, per_base};
 pub use regress::{
     RegressionScores, average_ranks, mae, mse, pearson, r2, regression, rmse, spearman,
 };
-pub use text::{TextScores, exact_match, normalized_words, text_scores, token_f1};
+pub use text::{
+    ChoiceScores, TextScores, choice_scores, exact_match, normalized_words, text_scores, token_f1,
+};
 
 /// Why scores could not be computed: input a caller can fix.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -87,9 +87,89 @@ pub fn text_scores(predictions: &[String], truths: &[String]) -> TextScores {
     }
 }
 
+/// Generated answers scored as classes: the classes are the distinct true answers, an answer
+/// counts only when it is exactly one of them (whitespace around it aside: no substring or
+/// normalised credit), and one that is none of them is wrong and counted as invalid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChoiceScores {
+    /// Share of rows answered with their own class.
+    pub accuracy: f64,
+    /// Mean over the classes of each class's F1.
+    pub f1_macro: f64,
+    /// Share of rows whose answer is none of the classes.
+    pub invalid_rate: f64,
+    /// Each class's F1.
+    pub per_class: std::collections::BTreeMap<String, f64>,
+    /// Per row, whether the answer is its class (for a bootstrap interval).
+    pub correct: Vec<bool>,
+}
+
+/// [`ChoiceScores`] of `predictions` against `truths`, row by row.
+pub fn choice_scores(predictions: &[String], truths: &[String]) -> ChoiceScores {
+    use std::collections::{BTreeMap, BTreeSet};
+    let classes: BTreeSet<&str> = truths.iter().map(|t| t.trim()).collect();
+    let mut tp: BTreeMap<&str, f64> = BTreeMap::new();
+    let mut fp: BTreeMap<&str, f64> = BTreeMap::new();
+    let mut fn_: BTreeMap<&str, f64> = BTreeMap::new();
+    let (mut invalid, mut correct) = (0usize, Vec::with_capacity(truths.len()));
+    for (p, t) in predictions.iter().zip(truths) {
+        let (p, t) = (p.trim(), t.trim());
+        let right = p == t;
+        correct.push(right);
+        if right {
+            *tp.entry(t).or_default() += 1.0;
+            continue;
+        }
+        *fn_.entry(t).or_default() += 1.0;
+        if classes.contains(p) {
+            *fp.entry(p).or_default() += 1.0;
+        } else {
+            invalid += 1;
+        }
+    }
+    let per_class: BTreeMap<String, f64> = classes
+        .iter()
+        .map(|c| {
+            let (tp, fp, fn_) = (
+                tp.get(c).copied().unwrap_or(0.0),
+                fp.get(c).copied().unwrap_or(0.0),
+                fn_.get(c).copied().unwrap_or(0.0),
+            );
+            let d = 2.0 * tp + fp + fn_;
+            (c.to_string(), if d == 0.0 { 0.0 } else { 2.0 * tp / d })
+        })
+        .collect();
+    let n = correct.len().max(1) as f64;
+    ChoiceScores {
+        accuracy: correct.iter().filter(|&&c| c).count() as f64 / n,
+        f1_macro: per_class.values().sum::<f64>() / per_class.len().max(1) as f64,
+        invalid_rate: invalid as f64 / n,
+        per_class,
+        correct,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// "promoterpromoterpromo" is not "promoter": invalid and wrong, never substring credit.
+    #[test]
+    fn choices_count_exact_answers_only() {
+        let truth: Vec<String> = ["promoter", "promoter", "none", "none"]
+            .map(String::from)
+            .to_vec();
+        let pred: Vec<String> = ["promoter", "promoterpromoterpromo", "promoter", " none "]
+            .map(String::from)
+            .to_vec();
+        let s = choice_scores(&pred, &truth);
+        assert_eq!(s.accuracy, 0.5);
+        assert_eq!(s.invalid_rate, 0.25);
+        // promoter: tp 1, fp 1, fn 1 -> 0.5; none: tp 1, fn 1 -> 2/3.
+        assert!((s.per_class["promoter"] - 0.5).abs() < 1e-12);
+        assert!((s.per_class["none"] - 2.0 / 3.0).abs() < 1e-12);
+        assert!((s.f1_macro - (0.5 + 2.0 / 3.0) / 2.0).abs() < 1e-12);
+    }
 
     #[test]
     fn normalisation_as_squad() {

@@ -161,33 +161,55 @@ pub(super) fn answer<B: FusedOps>(
         top_p: 1.0,
     };
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut out = Vec::with_capacity(rows.len());
+    let mut prompts = Vec::with_capacity(rows.len());
     for row in rows {
         let Target::Answer(from) = row.target else {
             return Err(StepError::new("a text row without its answer's start"));
         };
-        let prompt = &row.ids[..from];
-        let mut text = |s: &Sampler| -> Result<(String, bool), StepError> {
-            let mut one = vec![prompt.to_vec()];
-            run.extend(model, &mut one, s, &mut rng, device);
-            let mut new = one[0][from..].to_vec();
-            let ended = match new.iter().position(|&t| t == end) {
-                Some(at) => {
-                    new.truncate(at);
-                    true
-                }
-                None => false,
-            };
-            Ok((decode(vocab, &new)?.trim().to_string(), ended))
-        };
-        let (greedy, ended) = text(&greedy)?;
-        let (sampled, _) = text(sampler)?;
-        out.push(Answer {
-            greedy,
-            sampled,
-            ended,
-        });
+        prompts.push(&row.ids[..from]);
     }
+    // Prompts of one length are answered together, up to 64 at a time (a batch needs equal
+    // lengths: no padding inside a causal prompt); greedy answers are the same as one by one.
+    let mut by_len: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+    for (i, p) in prompts.iter().enumerate() {
+        by_len.entry(p.len()).or_default().push(i);
+    }
+    let mut found: Vec<Option<Answer>> = vec![None; rows.len()];
+    for (len, group) in by_len {
+        for chunk in group.chunks(64) {
+            let mut text = |s: &Sampler| -> Result<Vec<(String, bool)>, StepError> {
+                let mut batch: Vec<Vec<u32>> = chunk.iter().map(|&i| prompts[i].to_vec()).collect();
+                run.extend(model, &mut batch, s, &mut rng, device);
+                batch
+                    .into_iter()
+                    .map(|row| {
+                        let mut new = row[len..].to_vec();
+                        let ended = match new.iter().position(|&t| t == end) {
+                            Some(at) => {
+                                new.truncate(at);
+                                true
+                            }
+                            None => false,
+                        };
+                        Ok((decode(vocab, &new)?.trim().to_string(), ended))
+                    })
+                    .collect()
+            };
+            let greedy = text(&greedy)?;
+            let sampled = text(sampler)?;
+            for ((&i, (greedy, ended)), (sampled, _)) in chunk.iter().zip(greedy).zip(sampled) {
+                found[i] = Some(Answer {
+                    greedy,
+                    sampled,
+                    ended,
+                });
+            }
+        }
+    }
+    let out: Vec<Answer> = found
+        .into_iter()
+        .map(|a| a.expect("every row answered"))
+        .collect();
     Ok(out)
 }
 

@@ -177,7 +177,7 @@ fn select() -> String {
 
 pub static FINETUNE: StepKind = StepKind {
     name: "model.finetune",
-    version: 3,
+    version: 4,
     summary: "fine-tune a task head (seq-cls, regression, token-cls, pair-cls, multi-label) on a labelled table, from a pretrained model or from scratch; writes the model, predictions (id, label, prediction, prob_<class>; token-cls: id, label, prediction as one character per base) and metrics",
     outputs: &[
         ("model", "model"),
@@ -1021,6 +1021,11 @@ fn write_answers(
         Column::new("sampled".into(), sampled),
         Column::new("ended".into(), ended),
     ];
+    let mut columns = columns;
+    // An instruction table's `task` goes with each answer, so it can be scored per task.
+    if let Ok(task) = test.table.df.column("task") {
+        columns.push(task.clone());
+    }
     let mut df = DataFrame::new(found.len(), columns)?;
     write_table(&mut df, &ctx.out.join("predictions.parquet"))
 }

@@ -195,9 +195,8 @@ impl Continuation<'_> {
                 .collect();
             let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [n, t]), dev);
             let logits = model
-                .forward_cached(ids, &mut cache)
-                .expect("generation runs causal language models (checked by the caller)")
-                .narrow(1, t - 1, 1); // [n, 1, V]
+                .next_logits(ids, &mut cache)
+                .expect("generation runs causal language models (checked by the caller)"); // [n, 1, V]
             let (_, host) = models::weights::host(logits);
             let v = host.len() / n;
             for (s, row) in rows.iter_mut().enumerate() {

@@ -117,6 +117,7 @@ pub static KINDS: &[&StepKind] = &[
     data::CONCAT,
     data::PAIRS,
     data::KEYWORDS,
+    data::INSTRUCT,
     data::STATS,
     &tokenizer::TRAIN,
     &tokenizer::EVAL,

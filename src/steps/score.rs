@@ -112,6 +112,14 @@ struct TextParams {
     /// Seed of the bootstrap: same seed, same interval.
     #[serde(default = "seed")]
     seed: u64,
+    /// The answers are classes (instruction tuning's labels): also `accuracy` (exactly one's
+    /// own class, with its bootstrap interval), `f1_macro`, `per_class_f1`, and
+    /// `invalid_rate` (answers that are no class at all, counted wrong).
+    #[serde(default)]
+    choices: bool,
+    /// A column naming each row's task (`data.instruct`'s `task`): with `choices`, the
+    /// scores of each task too, as `<task>_accuracy`, `<task>_f1_macro`, …
+    group: Option<String>,
 }
 
 fn label() -> String {
@@ -231,6 +239,57 @@ fn text(ctx: &mut StepContext) -> Result<(), StepError> {
             m[format!("{prefix}token_f1_ci95")] = json!(ci);
         }
         metrics.extend(m.as_object().expect("object").clone());
+    }
+    if p.choices {
+        let pred = table.texts(
+            &p.prediction,
+            "prediction",
+            "a generated text (empty is fine)",
+        )?;
+        let mut groups: Vec<(String, Vec<usize>)> =
+            vec![(String::new(), (0..truth.len()).collect())];
+        if let Some(g) = &p.group {
+            let names = table.texts(g, "group", "a task name")?;
+            let mut by: std::collections::BTreeMap<String, Vec<usize>> = Default::default();
+            for (i, n) in names.into_iter().enumerate() {
+                by.entry(n).or_default().push(i);
+            }
+            groups.extend(by);
+        }
+        for (name, rows) in groups {
+            let pick = |v: &[String]| rows.iter().map(|&i| v[i].clone()).collect::<Vec<_>>();
+            let s = score::choice_scores(&pick(&pred), &pick(&truth));
+            let prefix = if name.is_empty() {
+                String::new()
+            } else {
+                format!("{name}_")
+            };
+            let hits: Vec<f64> = s.correct.iter().map(|&c| f64::from(u8::from(c))).collect();
+            let ci = interval(&hits, p.bootstrap, p.seed, |rows| {
+                Some(rows.iter().sum::<f64>() / rows.len() as f64)
+            })?;
+            writeln!(
+                ctx.log,
+                "{}{} rows as classes: accuracy {:.4}{}, macro F1 {:.4}, {:.1} % answers no class",
+                if name.is_empty() {
+                    String::new()
+                } else {
+                    format!("{name}: ")
+                },
+                rows.len(),
+                s.accuracy,
+                describe(ci),
+                s.f1_macro,
+                100.0 * s.invalid_rate
+            )?;
+            metrics.insert(format!("{prefix}accuracy"), json!(s.accuracy));
+            if let Some(ci) = ci {
+                metrics.insert(format!("{prefix}accuracy_ci95"), json!(ci));
+            }
+            metrics.insert(format!("{prefix}f1_macro"), json!(s.f1_macro));
+            metrics.insert(format!("{prefix}invalid_rate"), json!(s.invalid_rate));
+            metrics.insert(format!("{prefix}per_class_f1"), json!(s.per_class));
+        }
     }
     metrics.insert("rows".into(), json!(truth.len()));
     write_metrics(ctx.out, &Value::Object(metrics))

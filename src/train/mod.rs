@@ -283,7 +283,7 @@ where
         let mut grads: Option<GradientsParams> = None;
         let mut loss = 0.0;
         for batch in &batches {
-            let sum = objective.loss(model.forward(batch, device), batch, device);
+            let sum = objective.batch_loss(&model, batch, device);
             let scaled = sum * (state.loss_scale / norm_by);
             loss += scaled.clone().into_scalar().elem::<f64>() / state.loss_scale;
             let g = GradientsParams::from_grads(scaled.backward(), &model);

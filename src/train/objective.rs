@@ -181,6 +181,44 @@ impl Objective {
         -(picked * weights).sum()
     }
 
+    /// The summed loss of `batch` under `model`: from the LM head at the labelled positions
+    /// alone when few are labelled ([`Model::lm_logits_labelled`]), else from every row.
+    pub fn batch_loss<B: FusedOps>(
+        &self,
+        model: &Model<B>,
+        batch: &Batch,
+        device: &B::Device,
+    ) -> Tensor<B, 1> {
+        match model.lm_logits_labelled(batch, device) {
+            Some(rows) => self.loss_labelled(rows, batch, device),
+            None => self.loss(model.forward(batch, device), batch, device),
+        }
+    }
+
+    /// [`Objective::loss`] of logits given at the batch's labelled rows only, in order
+    /// ([`Model::lm_logits_labelled`]): the same sum over the same rows.
+    pub fn loss_labelled<B: Backend>(
+        &self,
+        out: Tensor<B, 2>,
+        batch: &Batch,
+        device: &B::Device,
+    ) -> Tensor<B, 1> {
+        let [n, _] = out.dims();
+        let weights = self.row_weights(batch);
+        let (labels, weights): (Vec<i64>, Vec<f32>) = batch
+            .labels
+            .iter()
+            .zip(weights)
+            .filter(|&(&l, _)| l != IGNORE)
+            .map(|(&l, w)| (l, w))
+            .unzip();
+        assert_eq!(labels.len(), n, "one row of logits per labelled position");
+        let weights = Tensor::<B, 1>::from_data(TensorData::new(weights, [n]), device);
+        let labels = Tensor::<B, 2, Int>::from_data(TensorData::new(labels, [n, 1]), device);
+        let picked = log_softmax(out, 1).gather(1, labels).reshape([n]);
+        -(picked * weights).sum()
+    }
+
     /// Per labelled row, in batch order: class probabilities, or the predicted value in the
     /// target's unit. Token heads give one row per labelled token.
     pub fn predict<B: FusedOps>(
@@ -226,8 +264,10 @@ impl Objective {
     ) -> Evaluation {
         let (mut loss, mut norm) = (0.0f64, 0.0f64);
         for batch in batches.iter().filter(|b| b.labelled > 0) {
-            let out = model.forward(batch, device);
-            loss += self.loss(out, batch, device).into_scalar().elem::<f64>();
+            loss += self
+                .batch_loss(model, batch, device)
+                .into_scalar()
+                .elem::<f64>();
             norm += self.normalizer(batch);
         }
         let mean_loss = loss / norm.max(1e-12);

@@ -276,6 +276,11 @@ impl<B: FusedOps> Bert<B> {
     }
 
     /// MLM logits [B, T, vocab] (what `BertForMaskedLM` computes); `None` without the head.
+    /// The MLM head on hidden states [B, T, d] (`None` without one).
+    pub(crate) fn mlm_on(&self, h: Tensor<B, 3>) -> Option<Tensor<B, 3>> {
+        Some(self.mlm.as_ref()?.forward(h, self))
+    }
+
     pub fn mlm_logits(
         &self,
         ids: Tensor<B, 2, Int>,

@@ -251,6 +251,14 @@ impl<B: FusedOps> Gpt2<B> {
         self.logits(self.hidden_from(ids, Some(cache)))
     }
 
+    /// [`Gpt2::forward_cached`]'s logits of the last position only [B, 1, vocab]: what
+    /// generation reads, without the vocabulary-wide head on every prompt position.
+    pub fn next_logits(&self, ids: Tensor<B, 2, Int>, cache: &mut KvCache<B>) -> Tensor<B, 3> {
+        let h = self.hidden_from(ids, Some(cache));
+        let t = h.dims()[1];
+        self.logits(h.narrow(1, t - 1, 1))
+    }
+
     /// The tied LM head on hidden states [B, T, d] → [B, T, vocab].
     pub(crate) fn logits(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, t, d] = h.dims();

@@ -457,6 +457,19 @@ impl<B: FusedOps> Llama<B> {
         }
         self.logits(self.norm.forward(x))
     }
+
+    /// [`Llama::forward_cached`]'s logits of the last position only [B, 1, vocab]: what
+    /// generation reads, without the vocabulary-wide head on every prompt position.
+    pub fn next_logits(&self, ids: Tensor<B, 2, Int>, cache: &mut KvCache<B>) -> Tensor<B, 3> {
+        let start = cache.len();
+        let mut x = self.embed(ids);
+        let t = x.dims()[1];
+        let (cos, sin) = self.rope.tables::<B>(start, t, &x.device());
+        for (l, slot) in self.layers.iter().zip(cache.slots(self.layers.len())) {
+            x = l.forward(x, (&cos, &sin), None, Some(slot), self.precision);
+        }
+        self.logits(self.norm.forward(x.narrow(1, t - 1, 1)))
+    }
 }
 
 /// [`MASKED`] on padding keys, 0 on real ones (callers pass a mask only when a batch has

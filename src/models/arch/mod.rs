@@ -532,6 +532,23 @@ impl<B: FusedOps> Backbone<B> {
         }
     }
 
+    /// The LM head's logits [N, vocab] at the flat positions `rows` (`row * T + position`)
+    /// only: a batch that learns from a few positions (an answer after its prompt, masked
+    /// tokens) pays the vocabulary-wide head for those alone.
+    pub fn lm_logits_at(&self, tokens: &Tokens<B>, rows: Tensor<B, 1, Int>) -> Tensor<B, 2> {
+        let h = self.hidden(tokens, self.layers());
+        let [b, t, d] = h.dims();
+        let n = rows.dims()[0];
+        let h = h.reshape([b * t, d]).select(0, rows).reshape([1, n, d]);
+        let logits = match self {
+            Backbone::Gpt2(m) => m.logits(h),
+            Backbone::Bert(m) => m.mlm_on(h).expect("a masked LM has its MLM head"),
+            Backbone::Llama(m) => m.logits(h),
+        };
+        let v = logits.dims()[2];
+        logits.reshape([n, v])
+    }
+
     /// Next-token logits of `ids` following the positions in `cache` (causal architectures;
     /// `None` for an encoder).
     pub fn forward_cached(
@@ -543,6 +560,19 @@ impl<B: FusedOps> Backbone<B> {
             Backbone::Gpt2(m) => Some(m.forward_cached(ids, cache)),
             Backbone::Bert(_) => None,
             Backbone::Llama(m) => Some(m.forward_cached(ids, cache)),
+        }
+    }
+
+    /// [`Backbone::forward_cached`] of the last position only [B, 1, vocab].
+    pub fn next_logits(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        cache: &mut KvCache<B>,
+    ) -> Option<Tensor<B, 3>> {
+        match self {
+            Backbone::Gpt2(m) => Some(m.next_logits(ids, cache)),
+            Backbone::Bert(_) => None,
+            Backbone::Llama(m) => Some(m.next_logits(ids, cache)),
         }
     }
 }

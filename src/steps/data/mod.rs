@@ -11,6 +11,7 @@ use super::{InputPath, StepContext, StepError, StepKind};
 
 mod concat;
 mod filter;
+mod instruct;
 mod keywords;
 mod load;
 mod pairs;
@@ -30,6 +31,8 @@ pub static FILTER: &StepKind = &filter::KIND;
 pub static SAMPLE: &StepKind = &sample::KIND;
 /// `data.keywords`: multi-label targets from a text column by a keyword rule.
 pub static KEYWORDS: &StepKind = &keywords::KIND;
+/// `data.instruct`: instruction rows (prompt and answer) from a labelled table.
+pub static INSTRUCT: &StepKind = &instruct::KIND;
 /// `data.pairs`: true pairs plus seeded negatives, for pair classification.
 pub static PAIRS: &StepKind = &pairs::KIND;
 /// `data.concat`: several tables stacked, columns unioned.
