@@ -25,6 +25,13 @@ const CASES: &[(&str, &str, &str, &str)] = &[
     ("stats", "data.stats", "input", "stats.csv"),
     ("pairs", "data.pairs", "input", "pairs.json"),
     ("keywords", "data.keywords", "input", "keywords.json"),
+    ("instruct", "data.instruct", "input", "instruct.json"),
+    ("instruct", "data.instruct", "tokenizer", "instruct_tok"),
+    ("extend", "tokenizer.extend", "base", "extend_base"),
+    ("extend", "tokenizer.extend", "train.*", "extend_train.txt"),
+    ("extend", "tokenizer.extend", "heldout.*", "extend_held.txt"),
+    ("resize", "model.resize", "model", "resize_model"),
+    ("resize", "model.resize", "tokenizer", "resize_tok.json"),
     ("tok_train", "tokenizer.train", "input", "tok_train.txt"),
     ("tok_eval", "tokenizer.eval", "tokenizer", "tok_eval.json"),
     ("tok_eval", "tokenizer.eval", "input", "tok_eval.txt"),
@@ -90,6 +97,9 @@ steps:
   concat_one: { uses: data.concat, with: { inputs: concat_one.csv } }
   stats: { uses: data.stats, with: { input: stats.csv } }
   keywords: { uses: data.keywords, with: { input: keywords.json, column: product, labels: { kinase: [kinase] } } }
+  instruct: { uses: data.instruct, with: { input: instruct.json, task: t, instruction: "Which?", answers: { "1": "yes", "0": "no" }, template: chat, tokenizer: instruct_tok } }
+  extend: { uses: tokenizer.extend, with: { base: extend_base, train: [extend_train.txt], new_pieces: 5, min_frequency: 1, heldout: { dna: extend_held.txt } } }
+  resize: { uses: model.resize, with: { model: resize_model, tokenizer: resize_tok.json } }
   pairs: { uses: data.pairs, with: { input: pairs.json, left: dna, right: protein, substitutions: 1, seed: 1 } }
   tok_train: { uses: tokenizer.train, with: { input: tok_train.txt, model: char } }
   tok_eval: { uses: tokenizer.eval, with: { tokenizer: tok_eval.json, input: tok_eval.txt } }
@@ -181,6 +191,7 @@ fn project() -> Project {
         "ft_valid.json",
         "ft_test.json",
         "emb_data.json",
+        "instruct.json",
     ] {
         p.write(f, labelled);
     }
@@ -226,9 +237,24 @@ fn project() -> Project {
         "lm_data.txt",
         "markov_train.txt",
         "markov_test.txt",
+        "extend_train.txt",
+        "extend_held.txt",
     ] {
         p.write(f, SEQS);
     }
+    p.write(
+        "instruct_tok/tokenizer_config.json",
+        r#"{"chat_template": "{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}"}"#,
+    );
+    copy_dir(
+        &Path::new(FIXTURES).join("tokenizers/llama/bytelevel"),
+        &p.path("extend_base"),
+    );
+    std::fs::copy(
+        Path::new(FIXTURES).join("tokenizers/bpe.json"),
+        p.path("resize_tok.json"),
+    )
+    .unwrap();
     for f in [
         "tok_eval.json",
         "pre_tok.json",
@@ -255,7 +281,14 @@ steps:
     );
     let setup = p.run_ok(&["setup.yaml"]);
     let model = setup.out("model").join("model");
-    for dir in ["pre_init", "lm_model", "gen_model", "ft_init", "emb_model"] {
+    for dir in [
+        "pre_init",
+        "lm_model",
+        "gen_model",
+        "ft_init",
+        "emb_model",
+        "resize_model",
+    ] {
         copy_dir(&model, &p.path(dir));
     }
     std::fs::copy(

@@ -329,3 +329,26 @@ fn an_adapter_directory_reads_as_its_merged_base() {
         );
     }
 }
+
+/// An adapter over a base of other shapes is refused naming the tensors that do not fit.
+#[test]
+fn an_adapter_over_a_base_of_other_shapes_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("adapter");
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = fixture("llama-gqa-lora");
+    std::fs::copy(
+        src.join("adapter_model.safetensors"),
+        dir.join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(src.join("adapter_config.json")).unwrap();
+    let mut cfg: Value = serde_json::from_str(&text).unwrap();
+    cfg["base_model_name_or_path"] = fixture("llama3-rope").display().to_string().into();
+    std::fs::write(dir.join("adapter_config.json"), cfg.to_string()).unwrap();
+    let err = Model::<Flex>::load(&dir, None, 0, &Default::default())
+        .err()
+        .expect("a base of other shapes")
+        .to_string();
+    assert!(err.contains("shape") && err.contains("lora_"), "{err}");
+}

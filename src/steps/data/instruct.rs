@@ -296,6 +296,29 @@ mod tests {
         assert_eq!(chat.eos, "</s>");
     }
 
+    /// A template that raises (as LLaMA-2's does for a conversation it does not accept) is
+    /// an error with the template's message; one that does not parse is refused on loading.
+    #[test]
+    fn a_template_that_does_not_render_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |t: &str| {
+            std::fs::write(
+                dir.path().join("tokenizer_config.json"),
+                serde_json::json!({ "chat_template": t }).to_string(),
+            )
+            .unwrap()
+        };
+        write("{{ raise_exception('Conversation roles must alternate') }}");
+        let err = ChatTemplate::load(dir.path())
+            .unwrap()
+            .render("x")
+            .unwrap_err();
+        assert!(err.to_string().contains("roles must alternate"), "{err}");
+        write("{% for m in messages %}");
+        let err = ChatTemplate::load(dir.path()).err().unwrap().message;
+        assert!(err.contains("does not parse"), "{err}");
+    }
+
     #[test]
     fn alpaca_prompts_end_with_the_response_header() {
         let p = alpaca_prompt("Classify.", "ACGT");
