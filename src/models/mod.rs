@@ -940,6 +940,39 @@ for name, shards in (("one", 1), ("sharded", 2)):
 
     mod lora;
 
+    /// The LM head at labelled positions only gives the loss of the head at every position:
+    /// a prompt-masked batch (answers only) and a masked-LM batch, on each architecture.
+    #[test]
+    fn the_loss_from_labelled_positions_alone_is_the_full_loss() {
+        use crate::train::Objective;
+        let dev = Default::default();
+        for arch in ["gpt2", "bert", "llama-gqa"] {
+            let model = load::<Flex>(&fixture(arch), &dev);
+            let mut batch = reference_batch(&Reference::load(arch));
+            let vocab = model.spec().config.vocab_size() as i64;
+            for (i, l) in batch.labels.iter_mut().enumerate() {
+                if i % 5 == 3 {
+                    *l = (i as i64 * 7) % vocab;
+                }
+            }
+            batch.labelled = batch.labels.iter().filter(|&&l| l >= 0).count();
+            let full = Objective::Clm
+                .loss(model.forward(&batch, &dev), &batch, &dev)
+                .into_scalar();
+            let rows = model
+                .lm_logits_labelled(&batch, &dev)
+                .expect("a fifth of the positions labelled");
+            assert_eq!(rows.dims()[0], batch.labelled);
+            let labelled = Objective::Clm
+                .loss_labelled(rows, &batch, &dev)
+                .into_scalar();
+            assert!(
+                (full - labelled).abs() < 1e-4 * full.abs().max(1.0),
+                "{arch}: {full} vs {labelled}"
+            );
+        }
+    }
+
     /// The fixture's input ids as a batch (all positions real).
     fn reference_batch(r: &Reference) -> crate::train::Batch {
         let rows: Vec<Vec<i64>> = serde_json::from_value(r.json["input_ids"].clone()).unwrap();

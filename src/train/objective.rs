@@ -173,12 +173,8 @@ impl Objective {
             };
             return ((y.neg() + 1.0) * out + w * soft).sum();
         }
-        let weights =
-            Tensor::<B, 1>::from_data(TensorData::new(self.row_weights(batch), [n]), device);
         let labels: Vec<i64> = batch.labels.iter().map(|&l| l.max(0)).collect();
-        let labels = Tensor::<B, 2, Int>::from_data(TensorData::new(labels, [n, 1]), device);
-        let picked = log_softmax(out, 1).gather(1, labels).reshape([n]);
-        -(picked * weights).sum()
+        cross_entropy(out, labels, self.row_weights(batch), device)
     }
 
     /// The summed loss of `batch` under `model`: from the LM head at the labelled positions
@@ -213,10 +209,7 @@ impl Objective {
             .map(|(&l, w)| (l, w))
             .unzip();
         assert_eq!(labels.len(), n, "one row of logits per labelled position");
-        let weights = Tensor::<B, 1>::from_data(TensorData::new(weights, [n]), device);
-        let labels = Tensor::<B, 2, Int>::from_data(TensorData::new(labels, [n, 1]), device);
-        let picked = log_softmax(out, 1).gather(1, labels).reshape([n]);
-        -(picked * weights).sum()
+        cross_entropy(out, labels, weights, device)
     }
 
     /// Per labelled row, in batch order: class probabilities, or the predicted value in the
@@ -406,6 +399,20 @@ pub fn argmax(v: &[f64]) -> usize {
         }
     }
     best
+}
+
+/// Σ −weight · log softmax(out)[label] over the rows of `out` [N, classes].
+fn cross_entropy<B: Backend>(
+    out: Tensor<B, 2>,
+    labels: Vec<i64>,
+    weights: Vec<f32>,
+    device: &B::Device,
+) -> Tensor<B, 1> {
+    let n = labels.len();
+    let weights = Tensor::<B, 1>::from_data(TensorData::new(weights, [n]), device);
+    let labels = Tensor::<B, 2, Int>::from_data(TensorData::new(labels, [n, 1]), device);
+    let picked = log_softmax(out, 1).gather(1, labels).reshape([n]);
+    -(picked * weights).sum()
 }
 
 #[cfg(test)]

@@ -448,19 +448,20 @@ impl<B: FusedOps> Llama<B> {
 
     /// Logits for `ids` following the positions in `cache`, which keeps their keys and values.
     pub fn forward_cached(&self, ids: Tensor<B, 2, Int>, cache: &mut KvCache<B>) -> Tensor<B, 3> {
-        let start = cache.len();
-        let mut x = self.embed(ids);
-        let t = x.dims()[1];
-        let (cos, sin) = self.rope.tables::<B>(start, t, &x.device());
-        for (l, slot) in self.layers.iter().zip(cache.slots(self.layers.len())) {
-            x = l.forward(x, (&cos, &sin), None, Some(slot), self.precision);
-        }
-        self.logits(self.norm.forward(x))
+        self.logits(self.norm.forward(self.cached_states(ids, cache)))
     }
 
     /// [`Llama::forward_cached`]'s logits of the last position only [B, 1, vocab]: what
     /// generation reads, without the vocabulary-wide head on every prompt position.
     pub fn next_logits(&self, ids: Tensor<B, 2, Int>, cache: &mut KvCache<B>) -> Tensor<B, 3> {
+        let x = self.cached_states(ids, cache);
+        let t = x.dims()[1];
+        self.logits(self.norm.forward(x.narrow(1, t - 1, 1)))
+    }
+
+    /// The last layer's output (before the final norm) for `ids` after the cache's positions,
+    /// which it extends.
+    fn cached_states(&self, ids: Tensor<B, 2, Int>, cache: &mut KvCache<B>) -> Tensor<B, 3> {
         let start = cache.len();
         let mut x = self.embed(ids);
         let t = x.dims()[1];
@@ -468,7 +469,7 @@ impl<B: FusedOps> Llama<B> {
         for (l, slot) in self.layers.iter().zip(cache.slots(self.layers.len())) {
             x = l.forward(x, (&cos, &sin), None, Some(slot), self.precision);
         }
-        self.logits(self.norm.forward(x.narrow(1, t - 1, 1)))
+        x
     }
 }
 
