@@ -362,7 +362,8 @@ impl<B: FusedOps> Model<B> {
     pub fn restore(self, mut w: Weights) -> Result<Self, ModelError> {
         use burn::module::{ModuleMapper, Param, ParamId};
         let mut problems = Vec::new();
-        let mut values: std::collections::HashMap<ParamId, (Vec<usize>, Vec<f32>)> =
+        type Named = (String, Vec<usize>, Vec<f32>);
+        let mut values: std::collections::HashMap<ParamId, Named> =
             std::collections::HashMap::new();
         for d in self.declared.iter() {
             let Some(t) = w.remove(&d.name) else {
@@ -376,7 +377,7 @@ impl<B: FusedOps> Model<B> {
                 }
                 Layout::Transposed => (t.shape, t.values),
             };
-            values.insert(d.id, (shape, vals));
+            values.insert(d.id, (d.name.clone(), shape, vals));
         }
         let unknown: Vec<&str> = w.names().collect();
         if !unknown.is_empty() {
@@ -386,7 +387,7 @@ impl<B: FusedOps> Model<B> {
             ));
         }
         struct Put<'a> {
-            values: std::collections::HashMap<ParamId, (Vec<usize>, Vec<f32>)>,
+            values: std::collections::HashMap<ParamId, Named>,
             problems: &'a mut Vec<String>,
         }
         impl<B: Backend> ModuleMapper<B> for Put<'_> {
@@ -394,13 +395,13 @@ impl<B: FusedOps> Model<B> {
                 &mut self,
                 param: Param<Tensor<B, D>>,
             ) -> Param<Tensor<B, D>> {
-                let Some((shape, vals)) = self.values.remove(&param.id) else {
+                let Some((name, shape, vals)) = self.values.remove(&param.id) else {
                     return param;
                 };
                 let have = param.val().dims().to_vec();
                 if have != shape {
                     self.problems
-                        .push(format!("a tensor has shape {shape:?}, the model {have:?}"));
+                        .push(format!("`{name}` has shape {shape:?}, the model {have:?}"));
                     return param;
                 }
                 let device = param.val().device();

@@ -939,7 +939,8 @@ fn train_and_test<B: FusedOps>(
     };
     let trained = training::run(ctx, model, &mut data, &plan.valid, &plan.cfg, dev)?;
     let tester = training::selected(&trained)?;
-    let base = training::adapter_base(p.init.as_ref().map(|i| i.path()));
+    let init = p.init.as_ref().map(|i| ctx.workdir.join(i.path()));
+    let base = training::adapter_base(init.as_deref());
     let merge = p.options.lora.as_ref().is_some_and(|l| l.merge);
     training::save_trained(
         &tester,

@@ -73,7 +73,9 @@ pub(super) fn save_trained<B: FusedOps>(
     tokenizer: &Path,
 ) -> Result<(), StepError> {
     let spec = model.spec();
-    match (&spec.adapter, base) {
+    // The adapter names its base by absolute path, so it loads from any directory.
+    let base = base.map(|b| std::fs::canonicalize(b).unwrap_or_else(|_| b.to_path_buf()));
+    match (&spec.adapter, base.as_deref()) {
         (Some(_), Some(base)) if !merge => model.save_adapter_dir(out, base, Some(tokenizer)),
         (Some(_), _) => {
             let plain = ModelSpec {
