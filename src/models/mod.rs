@@ -29,7 +29,10 @@ pub use error::ModelError;
 pub use io::weights::{LoadReport, Weights};
 pub use io::{checkpoint, vars, weights};
 pub use kernels::{AttentionSpec, FusedOps, LayerNorm, MASKED, RmsNorm};
-pub use model::{MAX_SHARD_BYTES, Model, ModelSpec, read_weights, save_dir, save_model_dir};
+pub use model::{
+    MAX_SHARD_BYTES, Model, ModelSpec, copy_tokenizer_configs, read_weights, save_dir,
+    save_model_dir,
+};
 pub use nn::heads::{self, Task};
 pub use nn::kv_cache::KvCache;
 
@@ -610,6 +613,43 @@ for name, shards in (("one", 1), ("sharded", 2)):
         );
     }
 
+    /// The loop settings of the models' training tests: `steps` at a constant `lr` after
+    /// `warmup_steps`, AdamW as PyTorch's with weight decay 0.01, clipping at 1, seed 3, a
+    /// checkpoint every `save_every` steps (0: none).
+    fn test_train_config(
+        steps: usize,
+        lr: f64,
+        warmup_steps: usize,
+        save_every: usize,
+        precision: Precision,
+    ) -> crate::train::TrainConfig {
+        use crate::train::optim::AdamWConfig;
+        crate::train::TrainConfig {
+            steps,
+            grad_accum: 1,
+            lr,
+            warmup_steps,
+            schedule: crate::train::Schedule::Constant,
+            adamw: AdamWConfig {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.01,
+            },
+            clip_norm: Some(1.0),
+            eval_every: 0,
+            save_every,
+            log_every: 1,
+            seed: 3,
+            precision,
+            keep_best: false,
+            select: "loss".into(),
+            patience: None,
+            head: Vec::new(),
+            head_lr: None,
+        }
+    }
+
     /// A few optimizer steps of the fixture-sized GPT-2 on a periodic sequence, on the test
     /// device with matrix products in `precision`: every loss finite and the last ones below
     /// the first; then the trained weights saved, reloaded and giving the same logits.
@@ -618,10 +658,7 @@ for name, shards in (("one", 1), ("sharded", 2)):
         AB: AutodiffBackend + FusedOps,
         AB::InnerBackend: FusedOps,
     {
-        use crate::train::optim::AdamWConfig;
-        use crate::train::{
-            Env, Objective, Order, Progress, Row, Schedule, TrainConfig, TrainData, batch, train,
-        };
+        use crate::train::{Env, Objective, Order, Progress, Row, TrainData, batch, train};
         use std::sync::atomic::AtomicBool;
 
         let spec = ModelSpec::read(&fixture(arch)).unwrap();
@@ -644,30 +681,7 @@ for name, shards in (("one", 1), ("sharded", 2)):
             batch_size: 4,
         };
         let steps = 20;
-        let tc = TrainConfig {
-            steps,
-            grad_accum: 1,
-            lr: 0.02,
-            warmup_steps: 2,
-            schedule: Schedule::Constant,
-            adamw: AdamWConfig {
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-8,
-                weight_decay: 0.01,
-            },
-            clip_norm: Some(1.0),
-            eval_every: 0,
-            save_every: 0,
-            log_every: 1,
-            seed: 3,
-            precision,
-            keep_best: false,
-            select: "loss".into(),
-            patience: None,
-            head: Vec::new(),
-            head_lr: None,
-        };
+        let tc = test_train_config(steps, 0.02, 2, 0, precision);
         let tmp = tempfile::tempdir().unwrap();
         let mut log = Vec::new();
         let mut progress = |_: &Progress| {};

@@ -93,7 +93,7 @@ impl ModelSpec {
     /// base's (the adapter merged in is a model of the same shapes).
     pub fn read(dir: &Path) -> Result<ModelSpec, ModelError> {
         if adapter::is_adapter_dir(dir) {
-            return ModelSpec::read(&adapter::read_adapter_dir(dir)?.base);
+            return ModelSpec::read(&adapter::read_adapter_config(dir)?.base);
         }
         let (config, json) = read_config(dir)?;
         let arch = config.architecture();
@@ -279,12 +279,12 @@ impl<B: FusedOps> Model<B> {
     ) -> Result<(Model<B>, LoadReport), ModelError> {
         if adapter::is_adapter_dir(dir) {
             let a = adapter::read_adapter_dir(dir)?;
-            let mut spec = ModelSpec::read(&a.base)?;
-            spec.adapter = Some(a.spec);
+            let mut spec = ModelSpec::read(&a.config.base)?;
+            spec.adapter = Some(a.config.spec);
             if let Some(task) = task {
                 spec.task = task;
             }
-            let mut w = read_weights(&a.base, &spec)?;
+            let mut w = read_weights(&a.config.base, &spec)?;
             w.extend(a.weights);
             return Model::from_weights(&spec, w, seed, device);
         }
@@ -597,9 +597,9 @@ fn merge_pairs(w: &mut Weights, scale: f64, stored_as_is: impl Fn(&str) -> bool)
 pub fn read_weights(dir: &Path, spec: &ModelSpec) -> Result<Weights, ModelError> {
     let mut w = if adapter::is_adapter_dir(dir) {
         let a = adapter::read_adapter_dir(dir)?;
-        let mut w = Weights::load_dir(&a.base)?;
+        let mut w = Weights::load_dir(&a.config.base)?;
         w.extend(a.weights);
-        merge_pairs(&mut w, a.spec.scale(), |_| a.fan_in_fan_out);
+        merge_pairs(&mut w, a.config.spec.scale(), |_| a.config.fan_in_fan_out);
         w
     } else {
         Weights::load_dir(dir)?
@@ -782,10 +782,16 @@ pub fn save_dir(
 /// tokenizer_config.json and special_tokens_map.json beside it, when there are.
 fn copy_tokenizer(tok: &Path, dir: &Path, framing: arch::Framing) -> Result<(), ModelError> {
     write_framed_tokenizer(tok, &dir.join("tokenizer.json"), framing)?;
-    let beside = tok.parent().unwrap_or(Path::new("."));
+    copy_tokenizer_configs(tok, dir)
+}
+
+/// Copy the tokenizer_config.json and special_tokens_map.json beside the `tokenizer` file
+/// into `dir`, when there are: what `AutoTokenizer` reads besides `tokenizer.json`.
+pub fn copy_tokenizer_configs(tokenizer: &Path, dir: &Path) -> Result<(), ModelError> {
+    let beside = tokenizer.parent().unwrap_or(Path::new("."));
     for name in ["tokenizer_config.json", "special_tokens_map.json"] {
         let src = beside.join(name);
-        if src.exists() {
+        if src.is_file() {
             std::fs::copy(&src, dir.join(name)).map_err(|e| ModelError::io(&src, e))?;
         }
     }

@@ -50,13 +50,8 @@ fn run(ctx: &mut StepContext) -> Result<(), StepError> {
     let framing = spec.config.architecture().framing;
     crate::models::save_dir(&out, &spec.to_hf_json(), &w, None, framing).map_err(model_err)?;
     // The tokenizer as it is: this model was not trained here, so nothing reframes its inputs.
-    let beside = tok_path.parent().unwrap_or(std::path::Path::new("."));
     std::fs::copy(&tok_path, out.join("tokenizer.json"))?;
-    for name in ["tokenizer_config.json", "special_tokens_map.json"] {
-        if beside.join(name).is_file() {
-            std::fs::copy(beside.join(name), out.join(name))?;
-        }
-    }
+    crate::models::copy_tokenizer_configs(&tok_path, &out).map_err(model_err)?;
     writeln!(
         ctx.log,
         "vocabulary {} -> {} rows in {}{}",

@@ -565,12 +565,18 @@ fn kmer_overlap(dir: &Path) -> Option<usize> {
         .then(|| kmer.get("k")?.as_u64().map(|k| k as usize))?
 }
 
+/// The `tokenizer.json` a parameter names: the file itself, or the one in the directory named.
+pub(crate) fn tokenizer_file(path: &Path) -> PathBuf {
+    if path.is_dir() {
+        path.join("tokenizer.json")
+    } else {
+        path.to_path_buf()
+    }
+}
+
 /// A `tokenizer.json` named by its path or by the directory holding it; returns the file's path too.
 pub(crate) fn open_tokenizer(path: &Path) -> Result<(PathBuf, Tokenizer), StepError> {
-    let mut path = path.to_path_buf();
-    if path.is_dir() {
-        path = path.join("tokenizer.json");
-    }
+    let path = tokenizer_file(path);
     let tokenizer = Tokenizer::from_file(&path)
         .map_err(|e| StepError::new(format!("{}: {e}", path.display())))?;
     Ok((path, tokenizer))

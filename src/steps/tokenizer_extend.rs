@@ -5,7 +5,7 @@
 //! ([`super::bpe_extend`]); the metrics say what each held-out set gained or lost.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use schemars::JsonSchema;
@@ -15,7 +15,7 @@ use tokenizers::Tokenizer;
 
 use super::bpe_extend::{ExtendOptions, extend};
 use super::table::for_each_sequence;
-use super::tokenizer::sequence;
+use super::tokenizer::{sequence, tokenizer_file};
 use super::{InputPath, StepContext, StepError, StepKind, params};
 
 /// Parameters of `tokenizer.extend`.
@@ -71,15 +71,6 @@ pub static EXTEND: StepKind = StepKind {
     run,
 };
 
-/// The base's `tokenizer.json` and the folder holding its other files.
-fn base_file(path: &Path) -> PathBuf {
-    if path.is_dir() {
-        path.join("tokenizer.json")
-    } else {
-        path.to_path_buf()
-    }
-}
-
 /// Every text of `path` (a table's `column`, or a `.txt` file's lines), at most `max`.
 fn texts(path: &Path, column: &str, max: usize) -> Result<Vec<String>, StepError> {
     let mut out = Vec::new();
@@ -113,7 +104,7 @@ fn count(tokenizer: &Tokenizer, texts: &[String]) -> Result<(usize, usize), Step
 
 fn run(ctx: &mut StepContext) -> Result<(), StepError> {
     let p: ExtendParams = params(ctx.with).map_err(StepError::new)?;
-    let base_path = base_file(p.base.path());
+    let base_path = tokenizer_file(p.base.path());
     let base_json = std::fs::read_to_string(&base_path)
         .map_err(|e| StepError::new(format!("{}: {e}", base_path.display())))?;
     let mut corpus = Vec::new();
@@ -131,13 +122,8 @@ fn run(ctx: &mut StepContext) -> Result<(), StepError> {
     let seconds = clock.elapsed().as_secs_f64();
     let out = ctx.out.join("tokenizer.json");
     std::fs::write(&out, &ext.tokenizer_json)?;
-    let beside = base_path.parent().unwrap_or(Path::new("."));
-    for name in ["tokenizer_config.json", "special_tokens_map.json"] {
-        let src = beside.join(name);
-        if src.is_file() {
-            std::fs::copy(&src, ctx.out.join(name))?;
-        }
-    }
+    crate::models::copy_tokenizer_configs(&base_path, ctx.out)
+        .map_err(|e| StepError::new(e.to_string()))?;
     writeln!(
         ctx.log,
         "{:?} base {}: {} pieces added from id {} ({} dropped) in {seconds:.1} s",

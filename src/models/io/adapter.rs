@@ -215,13 +215,17 @@ pub fn is_lora_tensor(name: &str) -> bool {
     name.ends_with(".lora_A.weight") || name.ends_with(".lora_B.weight")
 }
 
-/// An adapter directory read: its spec, the base model directory it adapts, and its tensors
-/// under the base model's own names.
-pub struct Adapter {
+/// An adapter directory's config: its spec, and the base model directory it adapts.
+pub struct AdapterConfig {
     pub spec: LoraSpec,
     /// PEFT's flag for bases whose layers are stored [in, out] (GPT-2's Conv1D).
     pub fan_in_fan_out: bool,
     pub base: PathBuf,
+}
+
+/// An adapter directory read: its config, and its tensors under the base model's own names.
+pub struct Adapter {
+    pub config: AdapterConfig,
     pub weights: Weights,
 }
 
@@ -230,10 +234,10 @@ pub fn is_adapter_dir(dir: &Path) -> bool {
     dir.join(ADAPTER_CONFIG).is_file() && !dir.join("config.json").is_file()
 }
 
-/// Read an adapter directory. Its base is `base_model_name_or_path`, a directory (relative
-/// paths from the adapter's own directory); a hub name that is not a directory here is an
-/// error saying what to do.
-pub fn read_adapter_dir(dir: &Path) -> Result<Adapter, ModelError> {
+/// Read an adapter directory's `adapter_config.json`. Its base is `base_model_name_or_path`, a
+/// directory (relative paths from the adapter's own directory); a hub name that is not a
+/// directory here is an error saying what to do.
+pub fn read_adapter_config(dir: &Path) -> Result<AdapterConfig, ModelError> {
     let path = dir.join(ADAPTER_CONFIG);
     let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
     let v: Value = serde_json::from_str(&text)
@@ -253,6 +257,19 @@ pub fn read_adapter_dir(dir: &Path) -> Result<Adapter, ModelError> {
                 path.display()
             ))
         })?;
+    Ok(AdapterConfig {
+        spec,
+        fan_in_fan_out: v
+            .get("fan_in_fan_out")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        base,
+    })
+}
+
+/// Read an adapter directory: its config ([`read_adapter_config`]) and its tensors.
+pub fn read_adapter_dir(dir: &Path) -> Result<Adapter, ModelError> {
+    let config = read_adapter_config(dir)?;
     let stored = Weights::load(&dir.join(ADAPTER_WEIGHTS))?;
     let mut weights = Weights::new();
     let names: Vec<String> = stored.names().map(String::from).collect();
@@ -261,15 +278,7 @@ pub fn read_adapter_dir(dir: &Path) -> Result<Adapter, ModelError> {
         let own = name.strip_prefix(PEFT_PREFIX).unwrap_or(&name);
         weights.insert(own, t.shape, t.values);
     }
-    Ok(Adapter {
-        spec,
-        fan_in_fan_out: v
-            .get("fan_in_fan_out")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
-        base,
-        weights,
-    })
+    Ok(Adapter { config, weights })
 }
 
 /// Write an adapter directory: `adapter_config.json` and the trained tensors (`weights`, under

@@ -9,10 +9,7 @@ use serde_json::Value;
 
 use super::*;
 use crate::models::io::adapter::{LoraSpec, Targets};
-use crate::train::optim::AdamWConfig;
-use crate::train::{
-    Env, Objective, Order, Progress, Row, Schedule, TrainConfig, TrainData, Trained, batch, train,
-};
+use crate::train::{Env, Objective, Order, Progress, Row, TrainData, Trained, batch, train};
 
 type AB = Autodiff<Flex>;
 
@@ -115,30 +112,7 @@ fn train_lora(model: Model<AB>, steps: usize, dir: &Path) -> Trained<Model<AB>> 
         pad: 0,
         batch_size: 4,
     };
-    let tc = TrainConfig {
-        steps,
-        grad_accum: 1,
-        lr: 0.01,
-        warmup_steps: 0,
-        schedule: Schedule::Constant,
-        adamw: AdamWConfig {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.01,
-        },
-        clip_norm: Some(1.0),
-        eval_every: 0,
-        save_every: 3,
-        log_every: 1,
-        seed: 3,
-        precision: Precision::F32,
-        keep_best: false,
-        select: "loss".into(),
-        patience: None,
-        head: Vec::new(),
-        head_lr: None,
-    };
+    let tc = test_train_config(steps, 0.01, 0, 3, Precision::F32);
     let mut log = Vec::new();
     let mut progress = |_: &Progress| {};
     let cancelled = AtomicBool::new(false);
