@@ -32,6 +32,7 @@ mod tokenizer_extend;
 mod train_options;
 mod training;
 mod vocab;
+mod zero_shot;
 
 pub use input::{
     INPUT_MARK, InputPath, Pointer, Seg, input_pointers, pointer_name, strings_at, strings_at_mut,
@@ -130,6 +131,7 @@ pub static KINDS: &[&StepKind] = &[
     &embed::EMBED,
     &probe::PROBE,
     &probe::PROJECT,
+    &zero_shot::SCORE,
     &eval::MARKOV,
     &score::CLASSIFY,
     &score::REGRESS,
@@ -144,7 +146,12 @@ pub static KINDS: &[&StepKind] = &[
 pub fn uses_device(kind: &str) -> bool {
     matches!(
         kind,
-        "model.pretrain" | "eval.lm" | "model.generate" | "model.finetune" | "model.embed"
+        "model.pretrain"
+            | "eval.lm"
+            | "model.generate"
+            | "model.finetune"
+            | "model.embed"
+            | "model.score"
     )
 }
 

@@ -294,3 +294,134 @@ mod tests {
         assert!(svg.starts_with("<svg") && svg.contains("neither") && svg.contains("\n9\n"));
     }
 }
+
+/// A grid of signed values (rows: letters, columns: consecutive positions), for in-silico
+/// mutagenesis: blue above zero, red below, white at zero, scaled by the largest magnitude;
+/// NaN cells (a letter's own position) grey; named regions bracketed above the columns.
+#[derive(Debug, Clone)]
+pub struct Heatmap {
+    pub title: String,
+    pub rows: Vec<String>,
+    /// The coordinate of the first column.
+    pub first_column: i64,
+    /// `values[row][column]`.
+    pub values: Vec<Vec<f64>>,
+    /// (name, first, last) in column coordinates, inclusive.
+    pub marks: Vec<(String, i64, i64)>,
+}
+
+/// Draw `h` as an SVG heat map with a colour key.
+pub fn heatmap(path: &Path, h: &Heatmap) -> Result<(), StepError> {
+    let e = err(path);
+    let columns = h.values.first().map_or(0, Vec::len) as i32;
+    let rows = h.rows.len() as i32;
+    let cell = (1100 / columns.max(1)).clamp(6, 28);
+    let row_h = (360 / rows.max(1)).clamp(10, 28);
+    let (left, top) = (48, 96);
+    let w = (left + columns * cell + 140).max(480);
+    let hgt = top + rows * row_h + 64;
+    let root = SVGBackend::new(path, (w as u32, hgt as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(|x| e(x.to_string()))?;
+    let style = |size: i32, h: HPos, v: VPos| {
+        TextStyle::from(("sans-serif", size).into_font()).pos(Pos::new(h, v))
+    };
+    let text = |t: &str, at: (i32, i32), s: TextStyle| {
+        root.draw(&Text::new(t.to_string(), at, s))
+            .map_err(|x| e(x.to_string()))
+    };
+    text(&h.title, (w / 2, 20), style(20, HPos::Center, VPos::Center))?;
+    let scale = h
+        .values
+        .iter()
+        .flatten()
+        .filter(|v| v.is_finite())
+        .fold(0.0_f64, |m, v| m.max(v.abs()))
+        .max(1e-12);
+    let colour = |v: f64| {
+        if !v.is_finite() {
+            return RGBColor(210, 210, 210);
+        }
+        let s = (v / scale).clamp(-1.0, 1.0);
+        let mix = |full: u8, share: f64| (255.0 - share * (255.0 - full as f64)).round() as u8;
+        if s >= 0.0 {
+            RGBColor(mix(33, s), mix(102, s), mix(172, s))
+        } else {
+            RGBColor(mix(178, -s), mix(24, -s), mix(43, -s))
+        }
+    };
+    for (r, row) in h.values.iter().enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            let (x0, y0) = (left + c as i32 * cell, top + r as i32 * row_h);
+            root.draw(&Rectangle::new(
+                [(x0, y0), (x0 + cell, y0 + row_h)],
+                colour(v).filled(),
+            ))
+            .map_err(|x| e(x.to_string()))?;
+        }
+        let mid = top + r as i32 * row_h + row_h / 2;
+        text(
+            &h.rows[r],
+            (left - 8, mid),
+            style(14, HPos::Right, VPos::Center),
+        )?;
+    }
+    // Position labels under every 5th (or 10th) column.
+    let every = if cell >= 12 { 5 } else { 10 };
+    for c in 0..columns {
+        let pos = h.first_column + c as i64;
+        if pos % every == 0 {
+            let x = left + c * cell + cell / 2;
+            text(
+                &pos.to_string(),
+                (x, top + rows * row_h + 6),
+                style(12, HPos::Center, VPos::Top),
+            )?;
+        }
+    }
+    text(
+        "position",
+        (left + columns * cell / 2, hgt - 14),
+        style(14, HPos::Center, VPos::Center),
+    )?;
+    for (name, a, b) in &h.marks {
+        let c0 = (a - h.first_column).clamp(0, columns as i64) as i32;
+        let c1 = (b - h.first_column + 1).clamp(0, columns as i64) as i32;
+        if c1 <= c0 {
+            continue;
+        }
+        let (x0, x1, y) = (left + c0 * cell, left + c1 * cell, top - 10);
+        root.draw(&PathElement::new(
+            vec![(x0, y + 6), (x0, y), (x1, y), (x1, y + 6)],
+            BLACK.stroke_width(2),
+        ))
+        .map_err(|x| e(x.to_string()))?;
+        text(
+            name,
+            ((x0 + x1) / 2, y - 4),
+            style(13, HPos::Center, VPos::Bottom),
+        )?;
+    }
+    // Colour key: −scale … +scale.
+    let kx = left + columns * cell + 28;
+    let steps = 20;
+    for i in 0..steps {
+        let v = scale * (1.0 - 2.0 * i as f64 / (steps - 1) as f64);
+        let y = top + i * 8;
+        root.draw(&Rectangle::new(
+            [(kx, y), (kx + 16, y + 8)],
+            colour(v).filled(),
+        ))
+        .map_err(|x| e(x.to_string()))?;
+    }
+    text(
+        &format!("{scale:+.3}"),
+        (kx + 20, top),
+        style(12, HPos::Left, VPos::Center),
+    )?;
+    text(
+        &format!("{:+.3}", -scale),
+        (kx + 20, top + steps * 8),
+        style(12, HPos::Left, VPos::Center),
+    )?;
+    root.present().map_err(|x| e(x.to_string()))
+}
