@@ -114,7 +114,7 @@ fn dna_letters() -> String {
 
 pub static SCORE: StepKind = StepKind {
     name: "model.score",
-    version: 1,
+    version: 2,
     summary: "zero-shot scores: sequence log-likelihoods, variant effects (log-likelihood \
               ratios) and in-silico saturation mutagenesis with any language model or classifier",
     outputs: &[("scores", "scores.parquet"), ("plot", "scores.svg")],
@@ -605,45 +605,60 @@ impl<B: FusedOps> Run<'_, B> {
         self.framer.vocab.tokenizer.token_to_id(&letter.to_string())
     }
 
-    /// Variant scores of sequence `framed` (of `seq`) at base `pos` for each of `alts`:
-    /// masked marginals when one token spells that base alone, else (pseudo-)log-likelihood
-    /// ratios of whole mutant sequences. The method used comes back with them.
-    fn variant_scores(
+    /// Scores of single-letter `changes` (position, letter) of one sequence against the
+    /// sequence itself, each with its method: masked marginals where a masked model's
+    /// tokenizer spells the base alone (one query per position reads every letter), else the
+    /// difference of whole-sequence scores (log-likelihood, pseudo-log-likelihood, or the
+    /// classifier's log p of its class). Every forward pass is batched.
+    fn change_scores(
         &self,
         seq: &str,
         framed: &Framed,
-        pos: usize,
-        alts: &[char],
+        changes: &[(usize, char)],
         place: Place,
-    ) -> Result<(Vec<f64>, &'static str), StepError> {
-        let reference = seq.as_bytes()[pos] as char;
+    ) -> Result<Vec<(f64, &'static str)>, StepError> {
+        let mut out = vec![(f64::NAN, ""); changes.len()];
+        let mut whole = Vec::new(); // indices of changes scored by whole sequences
         if let Scorer::Masked { mask } = self.scorer {
-            let token = framed.spans.iter().position(|&s| s == (pos, pos + 1));
-            let ids: Option<Vec<u32>> = std::iter::once(reference)
-                .chain(alts.iter().copied())
-                .map(|c| self.letter_id(c))
-                .collect();
-            if let (Some(at), Some(ids)) = (token, ids)
-                && framed.ids[at] == ids[0]
-            {
-                let lp = &self.masked(
-                    &[Masked {
-                        ids: framed.ids.clone(),
-                        at,
-                        read: ids,
-                    }],
-                    mask,
-                )[0];
-                return Ok((
-                    lp[1..].iter().map(|a| a - lp[0]).collect(),
-                    "masked-marginal",
-                ));
+            // Per position: the token spelling it alone, and the changes there.
+            let mut at: BTreeMap<usize, (usize, Vec<usize>)> = BTreeMap::new();
+            for (k, &(pos, letter)) in changes.iter().enumerate() {
+                let own = self.letter_id(seq.as_bytes()[pos] as char);
+                let token = framed.spans.iter().position(|&s| s == (pos, pos + 1));
+                match (token, own, self.letter_id(letter)) {
+                    (Some(t), Some(own), Some(_)) if framed.ids[t] == own => {
+                        at.entry(pos).or_insert((t, Vec::new())).1.push(k);
+                    }
+                    _ => whole.push(k),
+                }
             }
+            let queries: Vec<Masked> = at
+                .iter()
+                .map(|(&pos, (t, ks))| Masked {
+                    ids: framed.ids.clone(),
+                    at: *t,
+                    read: std::iter::once(seq.as_bytes()[pos] as char)
+                        .chain(ks.iter().map(|&k| changes[k].1))
+                        .map(|c| self.letter_id(c).expect("checked above"))
+                        .collect(),
+                })
+                .collect();
+            for ((_, (_, ks)), lp) in at.iter().zip(self.masked(&queries, mask)) {
+                for (j, &k) in ks.iter().enumerate() {
+                    out[k] = (lp[j + 1] - lp[0], "masked-marginal");
+                }
+            }
+        } else {
+            whole = (0..changes.len()).collect();
+        }
+        if whole.is_empty() {
+            return Ok(out);
         }
         let mut seqs = vec![seq.to_string()];
-        for &a in alts {
+        for &k in &whole {
+            let (pos, letter) = changes[k];
             let mut m = seq.as_bytes().to_vec();
-            m[pos] = a as u8;
+            m[pos] = letter as u8;
             seqs.push(String::from_utf8(m).expect("ASCII"));
         }
         let framed = self.frame_checked(
@@ -652,7 +667,7 @@ impl<B: FusedOps> Run<'_, B> {
             place.column,
             &vec![place.row; seqs.len()],
         )?;
-        let (method, ll) = match self.scorer {
+        let (method, scores) = match self.scorer {
             Scorer::Classifier { class } => {
                 ("class-log-prob", self.class_log_probs(&framed, class))
             }
@@ -671,7 +686,10 @@ impl<B: FusedOps> Run<'_, B> {
                     .collect(),
             ),
         };
-        Ok((ll[1..].iter().map(|x| x - ll[0]).collect(), method))
+        for (j, &k) in whole.iter().enumerate() {
+            out[k] = (scores[j + 1] - scores[0], method);
+        }
+        Ok(out)
     }
 }
 
@@ -784,12 +802,16 @@ fn variants<B: FusedOps>(
             )));
         }
         let framed = run.frame_checked(std::slice::from_ref(seq), table, &p.sequence, &[i])?;
-        let (s, method) =
-            run.variant_scores(seq, &framed[0], at, &[a], Place::of(table, i, &p.sequence))?;
+        let (s, method) = run.change_scores(
+            seq,
+            &framed[0],
+            &[(at, a)],
+            Place::of(table, i, &p.sequence),
+        )?[0];
         pos_out.push(pos as i64);
         ref_out.push(r.to_string());
         alt_out.push(a.to_string());
-        scores.push(s[0]);
+        scores.push(s);
         methods.push(method);
     }
     let df = df!(
@@ -851,28 +873,28 @@ fn mutagenesis<B: FusedOps>(
         }
         width = width.max(w1 - w0);
         let framed = run.frame_checked(std::slice::from_ref(seq), table, &p.sequence, &[i])?;
-        for pos in w0..w1 {
-            let own = seq.as_bytes()[pos] as char;
-            let alts: Vec<char> = letters.iter().copied().filter(|&c| c != own).collect();
-            let (scores, method) = run.variant_scores(
-                seq,
-                &framed[0],
-                pos,
-                &alts,
-                Place::of(table, i, &p.sequence),
-            )?;
-            *methods.entry(method).or_default() += alts.len();
-            for (a, s) in alts.iter().zip(scores) {
-                id_out.push(ids[i].clone());
-                pos_out.push(p.origin + pos as i64);
-                ref_out.push(own.to_string());
-                alt_out.push(a.to_string());
-                delta.push(s);
-                let l = letters.iter().position(|c| c == a).expect("from letters");
-                let cell = cells.entry((pos - w0, l)).or_default();
-                cell.0 += s;
-                cell.1 += 1;
-            }
+        let changes: Vec<(usize, char)> = (w0..w1)
+            .flat_map(|pos| {
+                let own = seq.as_bytes()[pos] as char;
+                letters
+                    .iter()
+                    .filter(move |&&c| c != own)
+                    .map(move |&c| (pos, c))
+            })
+            .collect();
+        let scores =
+            run.change_scores(seq, &framed[0], &changes, Place::of(table, i, &p.sequence))?;
+        for (&(pos, a), (s, method)) in changes.iter().zip(scores) {
+            *methods.entry(method).or_default() += 1;
+            id_out.push(ids[i].clone());
+            pos_out.push(p.origin + pos as i64);
+            ref_out.push((seq.as_bytes()[pos] as char).to_string());
+            alt_out.push(a.to_string());
+            delta.push(s);
+            let l = letters.iter().position(|&c| c == a).expect("from letters");
+            let cell = cells.entry((pos - w0, l)).or_default();
+            cell.0 += s;
+            cell.1 += 1;
         }
     }
     // Mean absolute effect per position (reported coordinate).
@@ -914,7 +936,11 @@ fn mutagenesis<B: FusedOps>(
     let top: Vec<i64> = ranked.iter().take(10).map(|x| x.0).collect();
     let metrics = json!({
         "mode": "mutagenesis",
-        "method": methods.keys().next().copied().unwrap_or(method_name(run.scorer)),
+        "method": methods
+            .iter()
+            .max_by_key(|&(_, &n)| n)
+            .map_or(method_name(run.scorer), |(m, _)| *m),
+        "methods": methods,
         "sequences": seqs.len(),
         "mutants": delta.len(),
         "mean_abs_effect": delta.iter().map(|d| d.abs()).sum::<f64>() / delta.len().max(1) as f64,
