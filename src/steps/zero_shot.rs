@@ -89,6 +89,11 @@ struct ScoreParams {
     /// rest: `{ "-35 box": [-35, -30], "-10 box": [-12, -7] }`.
     #[serde(default)]
     regions: IndexMap<String, [i64; 2]>,
+    /// Cut a sequence longer than the model's positions to the tokens that fit (else it is an
+    /// error naming the row). Variants and mutagenesis never cut: a change must be scored in
+    /// its whole sequence.
+    #[serde(default)]
+    truncate: bool,
     /// Score at most this many sequences or variants (0: all).
     #[serde(default)]
     max_sequences: usize,
@@ -114,7 +119,7 @@ fn dna_letters() -> String {
 
 pub static SCORE: StepKind = StepKind {
     name: "model.score",
-    version: 2,
+    version: 4,
     summary: "zero-shot scores: sequence log-likelihoods, variant effects (log-likelihood \
               ratios) and in-silico saturation mutagenesis with any language model or classifier",
     outputs: &[("scores", "scores.parquet"), ("plot", "scores.svg")],
@@ -141,6 +146,13 @@ pub static SCORE: StepKind = StepKind {
                     "`regions.{name}: [{a}, {b}]`: the first position comes after the last"
                 ));
             }
+        }
+        if p.truncate && p.mode != Mode::Likelihood {
+            return Err(
+                "`truncate` belongs to `mode: likelihood`: a variant is scored in its \
+                        whole sequence"
+                    .into(),
+            );
         }
         if p.mode != Mode::Mutagenesis && (p.window.is_some() || p.class.is_some()) {
             return Err("`window` and `class` belong to `mode: mutagenesis`".into());
@@ -173,6 +185,8 @@ struct Framer<'a> {
     before: Option<u32>,
     after: Option<u32>,
     max_len: usize,
+    /// Cut what does not fit instead of refusing it.
+    truncate: bool,
 }
 
 impl Framer<'_> {
@@ -194,9 +208,14 @@ impl Framer<'_> {
                 if let Some(id) = self.before {
                     special(&mut f, id);
                 }
-                f.ids.extend(row.ids);
-                f.bases.extend(row.bases);
-                f.spans.extend(spans);
+                let keep = if self.truncate {
+                    self.max_len.saturating_sub(self.extra()).min(row.ids.len())
+                } else {
+                    row.ids.len()
+                };
+                f.ids.extend(&row.ids[..keep]);
+                f.bases.extend(&row.bases[..keep]);
+                f.spans.extend(&spans[..keep]);
                 if let Some(id) = self.after {
                     special(&mut f, id);
                 }
@@ -233,7 +252,7 @@ fn score(ctx: &mut StepContext) -> Result<(), StepError> {
     };
     let seqs: Vec<String> = table.texts(&p.sequence, "sequence", "a sequence")?[..n]
         .iter()
-        .map(|s| s.trim().to_ascii_uppercase())
+        .map(|s| s.trim().to_string())
         .collect();
     let ids: Vec<String> = match table.df.column(&p.id) {
         Ok(_) => table.texts(&p.id, "id", "an id")?[..n].to_vec(),
@@ -276,6 +295,7 @@ fn score(ctx: &mut StepContext) -> Result<(), StepError> {
                 None
             },
             max_len: config.max_positions(),
+            truncate: p.truncate && p.mode == Mode::Likelihood,
         };
         let run = Run {
             model: &model,
@@ -431,8 +451,10 @@ struct Masked {
 }
 
 impl<B: FusedOps> Run<'_, B> {
-    /// Log-softmax rows [labelled, vocab] of a batch's labelled positions, in order.
-    fn labelled_log_probs(&self, batch: &Batch) -> (Vec<f32>, usize) {
+    /// Log-probabilities at a batch's labelled positions (in order) of the ids `reads` names
+    /// for each, `k` per position: gathered on the device, so only [labelled, k] numbers come
+    /// back, not a vocabulary-wide row per position.
+    fn labelled_log_probs(&self, batch: &Batch, reads: Vec<i64>, k: usize) -> Vec<f32> {
         let logits = match self.model.lm_logits_labelled(batch, self.dev) {
             Some(l) => l,
             None => {
@@ -445,9 +467,10 @@ impl<B: FusedOps> Run<'_, B> {
                 all.select(0, Tensor::from_data(TensorData::new(rows, [n]), self.dev))
             }
         };
-        let vocab = logits.dims()[1];
-        let (_, host) = crate::models::weights::host(log_softmax(logits, 1));
-        (host, vocab)
+        let n = logits.dims()[0];
+        let reads = Tensor::from_data(TensorData::new(reads, [n, k]), self.dev);
+        let (_, host) = crate::models::weights::host(log_softmax(logits, 1).gather(1, reads));
+        host
     }
 
     /// Each masked query's log-probabilities of its `read` ids, in batches.
@@ -471,14 +494,16 @@ impl<B: FusedOps> Run<'_, B> {
                 .collect();
             let refs: Vec<&Row> = rows.iter().collect();
             let batch = batch::task_batch(&refs, self.pad);
-            let (lp, v) = self.labelled_log_probs(&batch);
-            for (k, q) in chunk.iter().enumerate() {
-                out.push(
-                    q.read
-                        .iter()
-                        .map(|&id| lp[k * v + id as usize] as f64)
-                        .collect(),
-                );
+            // Every query reads as many ids as the longest (repeating its last), so the
+            // gather is one rectangle.
+            let k = chunk.iter().map(|q| q.read.len()).max().unwrap_or(1);
+            let reads: Vec<i64> = chunk
+                .iter()
+                .flat_map(|q| (0..k).map(|j| q.read[j.min(q.read.len() - 1)] as i64))
+                .collect();
+            let lp = self.labelled_log_probs(&batch, reads, k);
+            for (i, q) in chunk.iter().enumerate() {
+                out.push((0..q.read.len()).map(|j| lp[i * k + j] as f64).collect());
             }
         }
         out
@@ -503,7 +528,13 @@ impl<B: FusedOps> Run<'_, B> {
                         .collect();
                     let refs: Vec<&Row> = rows.iter().collect();
                     let batch = batch::clm_batch(&refs, self.pad);
-                    let (lp, v) = self.labelled_log_probs(&batch);
+                    let labels: Vec<i64> = batch
+                        .labels
+                        .iter()
+                        .copied()
+                        .filter(|&l| l != IGNORE)
+                        .collect();
+                    let lp = self.labelled_log_probs(&batch, labels, 1);
                     let mut k = 0;
                     for (i, f) in chunk.iter().enumerate() {
                         let (mut ll, mut bases) = (0.0, 0u64);
@@ -512,7 +543,7 @@ impl<B: FusedOps> Run<'_, B> {
                             if label == IGNORE {
                                 continue;
                             }
-                            ll += lp[k * v + label as usize] as f64;
+                            ll += lp[k] as f64;
                             bases += f.bases[j + 1] as u64;
                             k += 1;
                         }
@@ -625,7 +656,8 @@ impl<B: FusedOps> Run<'_, B> {
             for (k, &(pos, letter)) in changes.iter().enumerate() {
                 let own = self.letter_id(seq.as_bytes()[pos] as char);
                 let token = framed.spans.iter().position(|&s| s == (pos, pos + 1));
-                match (token, own, self.letter_id(letter)) {
+                let alt = in_case_of(letter, seq.as_bytes()[pos] as char);
+                match (token, own, self.letter_id(alt)) {
                     (Some(t), Some(own), Some(_)) if framed.ids[t] == own => {
                         at.entry(pos).or_insert((t, Vec::new())).1.push(k);
                     }
@@ -638,7 +670,10 @@ impl<B: FusedOps> Run<'_, B> {
                     ids: framed.ids.clone(),
                     at: *t,
                     read: std::iter::once(seq.as_bytes()[pos] as char)
-                        .chain(ks.iter().map(|&k| changes[k].1))
+                        .chain(
+                            ks.iter()
+                                .map(|&k| in_case_of(changes[k].1, seq.as_bytes()[pos] as char)),
+                        )
                         .map(|c| self.letter_id(c).expect("checked above"))
                         .collect(),
                 })
@@ -658,7 +693,7 @@ impl<B: FusedOps> Run<'_, B> {
         for &k in &whole {
             let (pos, letter) = changes[k];
             let mut m = seq.as_bytes().to_vec();
-            m[pos] = letter as u8;
+            m[pos] = in_case_of(letter, m[pos] as char) as u8;
             seqs.push(String::from_utf8(m).expect("ASCII"));
         }
         let framed = self.frame_checked(
@@ -695,6 +730,16 @@ impl<B: FusedOps> Run<'_, B> {
 
 const LN2: f64 = std::f64::consts::LN_2;
 
+/// `letter` in the case of `like` (a change to a soft-masked, lower-case base stays lower
+/// case, as the tokenizer saw the sequence).
+fn in_case_of(letter: char, like: char) -> char {
+    if like.is_ascii_lowercase() {
+        letter.to_ascii_lowercase()
+    } else {
+        letter.to_ascii_uppercase()
+    }
+}
+
 /// `likelihood`: per sequence its log-likelihood, tokens, bases and bits per base.
 fn likelihoods<B: FusedOps>(
     run: &Run<B>,
@@ -723,8 +768,14 @@ fn likelihoods<B: FusedOps>(
         .framer
         .before
         .and_then(|id| run.framer.vocab.tokenizer.id_to_token(id));
+    let cut = framed
+        .iter()
+        .zip(seqs)
+        .filter(|(f, s)| f.spans.iter().map(|x| x.1).max().unwrap_or(0) < s.len())
+        .count();
     let metrics = json!({
         "mode": "likelihood",
+        "truncated": cut,
         "method": method_name(run.scorer),
         // The token a causal model reads before the sequence (none scores the first token
         // unconditioned); `[CLS]` for a masked one.
@@ -794,7 +845,7 @@ fn variants<B: FusedOps>(
         let r = letter(table, i, &p.reference, &refs[i])?;
         let a = letter(table, i, &p.alt, &alts[i])?;
         let found = seq.as_bytes()[at] as char;
-        if found != r {
+        if found.to_ascii_uppercase() != r {
             return Err(StepError::new(format!(
                 "{}: the reference is `{r}` but the sequence has `{found}` at position {pos}; \
                  check that positions are 1-based and the sequence is the reference",
@@ -875,7 +926,7 @@ fn mutagenesis<B: FusedOps>(
         let framed = run.frame_checked(std::slice::from_ref(seq), table, &p.sequence, &[i])?;
         let changes: Vec<(usize, char)> = (w0..w1)
             .flat_map(|pos| {
-                let own = seq.as_bytes()[pos] as char;
+                let own = (seq.as_bytes()[pos] as char).to_ascii_uppercase();
                 letters
                     .iter()
                     .filter(move |&&c| c != own)
@@ -888,7 +939,11 @@ fn mutagenesis<B: FusedOps>(
             *methods.entry(method).or_default() += 1;
             id_out.push(ids[i].clone());
             pos_out.push(p.origin + pos as i64);
-            ref_out.push((seq.as_bytes()[pos] as char).to_string());
+            ref_out.push(
+                (seq.as_bytes()[pos] as char)
+                    .to_ascii_uppercase()
+                    .to_string(),
+            );
             alt_out.push(a.to_string());
             delta.push(s);
             let l = letters.iter().position(|&c| c == a).expect("from letters");
