@@ -210,3 +210,33 @@ fn reasons_look_past_a_targeted_run() {
     assert!(t.contains("joined  upstream `word` changed"), "{t}");
     assert!(!t.contains("new step"), "{t}");
 }
+
+/// A parameter may hold a step's output, so a profile or `--set` swaps it for a file of the
+/// user's (as the chapter 5 workflows swap a pretrained model for a downloaded checkpoint).
+#[test]
+fn a_parameter_holding_a_step_output_is_an_edge_and_can_be_swapped() {
+    let p = Project::new();
+    p.write("a.csv", "id,sequence\nx,ACGTACGTAC\ny,GGGGCCCC\n")
+        .write("b.csv", "id,sequence\nz,TTTTTTTTTTTTTTTTTTTTTTTT\n")
+        .write(
+            "wf.yaml",
+            r#"
+name: indirect
+params:
+  table: "${{ steps.load.table }}"
+steps:
+  load:
+    uses: data.load
+    with: { path: a.csv }
+  stats:
+    uses: data.stats
+    with: { input: "${{ params.table }}", k: 2 }
+"#,
+        );
+    let r = p.run_ok(&["wf.yaml", "stats"]);
+    assert_eq!(r.with_status("ran"), names(&["load", "stats"]));
+    assert_eq!(r.step("stats")["metrics"]["sequences"], 2, "{:?}", r.0);
+    let r = p.run_ok(&["wf.yaml", "stats", "--set", "table=b.csv"]);
+    assert_eq!(r.with_status("ran"), names(&["stats"]), "load is no longer upstream");
+    assert_eq!(r.step("stats")["metrics"]["sequences"], 1);
+}

@@ -958,7 +958,20 @@ impl<'a> Resolver<'a> {
                 };
                 // A string that is one parameter or matrix value keeps that value's type.
                 if let [Piece::Expr(e @ (Expr::Param(_) | Expr::Matrix(_)))] = pieces.as_slice() {
-                    return self.scalar_expr(scope, e, node.span).map(Param::Value);
+                    let value = self.scalar_expr(scope, e, node.span)?;
+                    // A parameter may hold a step's output (`model: "${{ steps.bert.model }}"`),
+                    // so a profile or `--set` can swap it for a checkpoint directory; it is
+                    // read once, as if written here.
+                    if let (Expr::Param(_), Value::String(text)) = (e, &value)
+                        && text.contains("${{")
+                    {
+                        let t = self.template(scope, text, node.span, true)?;
+                        return Some(match t.0.as_slice() {
+                            [Part::Text(text)] => Param::Value(Value::String(text.clone())),
+                            _ => Param::Template(t),
+                        });
+                    }
+                    return Some(Param::Value(value));
                 }
                 let t = self.template(scope, s, node.span, true)?;
                 match t.0.as_slice() {
