@@ -953,6 +953,7 @@ for name, shards in (("one", 1), ("sharded", 2)):
     }
 
     mod lora;
+    mod shapes;
 
     /// The LM head at labelled positions only gives the loss of the head at every position:
     /// a prompt-masked batch (answers only) and a masked-LM batch, on each architecture.
