@@ -5,7 +5,8 @@
 //! - [`io`]: the one walk over HF tensor names (`vars`), named host tensors (`weights`) and
 //!   checkpoints as published (`checkpoint`: safetensors, shards, `pytorch_model.bin`);
 //! - [`nn`]: dense layers, self-attention, task heads, the KV cache;
-//! - [`arch`]: the architecture table and one file per architecture (GPT-2, BERT, LLaMA);
+//! - [`arch`]: the architecture table and one file per architecture (GPT-2, BERT, LLaMA,
+//!   DNABERT-2, ESM C);
 //! - [`model`]: a backbone with one head, loaded from and saved to a model directory.
 //!
 //! A model directory is what `save_pretrained` writes: `config.json`, the weights and the
@@ -323,14 +324,91 @@ mod tests {
         })
     }
 
-    /// The reference's ids, token types and mask, padded.
+    /// The reference's ids, token types (zeros when it has none) and mask, padded.
     fn padded_tokens<B: Backend>(r: &Reference, device: &B::Device) -> arch::Tokens<B> {
+        let ids = r.ints::<B>("input_ids", device);
         arch::Tokens {
-            ids: r.ints::<B>("input_ids", device),
-            types: r.ints::<B>("token_type_ids", device),
+            types: match r.json.get("token_type_ids") {
+                Some(_) => r.ints::<B>("token_type_ids", device),
+                None => ids.zeros_like(),
+            },
             mask: r.ints::<B>("attention_mask", device),
+            ids,
             padded: true,
         }
+    }
+
+    /// Every `hidden_states` entry and the logits of a fixture against its reference, on the
+    /// real positions of its padded batch: (worst hidden state, logits).
+    fn padded_forward_diffs<B: FusedOps>(
+        r: &Reference,
+        model: &Model<B>,
+        device: &B::Device,
+    ) -> (f32, f32) {
+        let tokens = padded_tokens::<B>(r, device);
+        let states = r.json["hidden_states"].as_array().unwrap().clone();
+        assert_eq!(states.len(), model.layers() + 1);
+        let mut worst = 0.0f32;
+        for (layer, want) in states.iter().enumerate() {
+            let got = model.backbone().hidden(&tokens, layer);
+            worst = worst.max(r.max_diff_of_masked(want, "attention_mask", got));
+        }
+        let logits = r.max_diff_real("logits", model.backbone().lm_logits(&tokens));
+        (worst, logits)
+    }
+
+    /// The ids the fixture's `tokenizer.json` gives its reference sequences are the reference's
+    /// (before padding).
+    fn tokenizer_gives_the_reference_ids(arch: &str, r: &Reference) {
+        let tok = tokenizers::Tokenizer::from_file(fixture(arch).join("tokenizer.json")).unwrap();
+        let ids: Vec<Vec<i64>> = serde_json::from_value(r.json["input_ids"].clone()).unwrap();
+        for (seq, row) in r.json["sequences"].as_array().unwrap().iter().zip(&ids) {
+            let got = tok.encode(seq.as_str().unwrap(), true).unwrap();
+            let got: Vec<i64> = got.get_ids().iter().map(|&i| i as i64).collect();
+            assert_eq!(got, row[..got.len()], "{arch}: {seq}");
+        }
+    }
+
+    /// ESM C against the `esm` package's own `ESMC` (its PyTorch attention path) on a
+    /// right-padded batch: the package's tokenizer ids, every hidden state (the last after the
+    /// final norm) and the sequence logits on the real positions (the package computes
+    /// padding positions as attending to padding only; nothing reads them).
+    #[test]
+    fn esmc_matches_the_esm_package() {
+        on_test_device!(|device: B| {
+            let r = Reference::load("esmc");
+            let model = load::<B>(&fixture("esmc"), &device);
+            assert_eq!(model.spec().config.name(), "esmc");
+            assert_eq!(model.spec().task, Task::Lm);
+            tokenizer_gives_the_reference_ids("esmc", &r);
+            let (worst, logits) = padded_forward_diffs(&r, &model, &device);
+            figure(
+                "esmc forward vs the esm package, max |diff|",
+                format!("hidden states {worst:.2e}, logits {logits:.2e}"),
+            );
+            let tol = tolerance(1e-4);
+            assert!(worst < tol, "a hidden state differs by {worst}");
+            assert!(logits < tol, "logits differ by {logits}");
+        })
+    }
+
+    /// An ESM C saved here reads back as ESM C with the same spec and logits.
+    #[test]
+    fn a_saved_esmc_reloads_with_the_same_logits() {
+        let dev = Default::default();
+        let tmp = tempfile::tempdir().unwrap();
+        let r = Reference::load("esmc");
+        let model = load::<Flex>(&fixture("esmc"), &dev);
+        model.save_dir(&tmp.path().join("esmc"), None).unwrap();
+        let (config, json) = read_config(&tmp.path().join("esmc")).unwrap();
+        assert_eq!(
+            (config.name(), &json["model_type"]),
+            ("esmc", &"esmc".into())
+        );
+        let reloaded = load::<Flex>(&tmp.path().join("esmc"), &dev);
+        assert_eq!(reloaded.spec(), model.spec());
+        let (_, logits) = padded_forward_diffs(&r, &reloaded, &dev);
+        assert!(logits < 1e-4, "reloaded logits differ by {logits}");
     }
 
     /// DNABERT-2 against `make_dnabert2.py`'s torch implementation of its published PyTorch
@@ -349,23 +427,9 @@ mod tests {
             };
             let slopes: Vec<f32> = serde_json::from_value(r.json["alibi_slopes"].clone()).unwrap();
             assert_eq!(arch::dnabert2::alibi_slopes(12), slopes);
-            let tok = tokenizers::Tokenizer::from_file(fixture("dnabert2").join("tokenizer.json"))
-                .unwrap();
-            let ids: Vec<Vec<i64>> = serde_json::from_value(r.json["input_ids"].clone()).unwrap();
-            for (seq, row) in r.json["sequences"].as_array().unwrap().iter().zip(&ids) {
-                let got = tok.encode(seq.as_str().unwrap(), true).unwrap();
-                let got: Vec<i64> = got.get_ids().iter().map(|&i| i as i64).collect();
-                assert_eq!(got, row[..got.len()], "{seq}");
-            }
-            let tokens = padded_tokens::<B>(&r, &device);
-            let states = r.json["hidden_states"].as_array().unwrap().clone();
-            assert_eq!(states.len(), m.layers() + 1);
-            let mut worst = 0.0f32;
-            for (layer, want) in states.iter().enumerate() {
-                let got = model.backbone().hidden(&tokens, layer);
-                worst = worst.max(r.max_diff_of_masked(want, "attention_mask", got));
-            }
-            let logits = r.max_diff_real("logits", model.backbone().lm_logits(&tokens));
+            tokenizer_gives_the_reference_ids("dnabert2", &r);
+            assert_eq!(m.layers(), 2);
+            let (worst, logits) = padded_forward_diffs(&r, &model, &device);
             figure(
                 "dnabert2 forward vs its published PyTorch path, max |diff|",
                 format!("hidden states {worst:.2e}, logits {logits:.2e}"),
@@ -908,7 +972,14 @@ for name, shards in (("one", 1), ("sharded", 2)):
     /// CPU only: fresh weights are made on the host; this checks their names round-trip.
     #[test]
     fn fresh_models_build_from_their_own_init() {
-        for arch in ["gpt2", "bert", "llama-gqa", "llama-tied", "dnabert2"] {
+        for arch in [
+            "gpt2",
+            "bert",
+            "llama-gqa",
+            "llama-tied",
+            "dnabert2",
+            "esmc",
+        ] {
             let spec = ModelSpec::read(&fixture(arch)).unwrap();
             let w = spec.init_weights(7).unwrap();
             let names: Vec<String> = w.names().map(String::from).collect();
@@ -1088,7 +1159,7 @@ for name, shards in (("one", 1), ("sharded", 2)):
     fn the_loss_from_labelled_positions_alone_is_the_full_loss() {
         use crate::train::Objective;
         let dev = Default::default();
-        for arch in ["gpt2", "bert", "llama-gqa", "dnabert2"] {
+        for arch in ["gpt2", "bert", "llama-gqa", "dnabert2", "esmc"] {
             let model = load::<Flex>(&fixture(arch), &dev);
             let mut batch = reference_batch(&Reference::load(arch));
             let vocab = model.spec().config.vocab_size() as i64;

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 pub mod bert;
 pub mod dnabert2;
+pub mod esmc;
 pub mod gpt2;
 pub mod llama;
 
@@ -22,6 +23,7 @@ use super::nn::heads::{HeadLayout, Pool};
 use super::nn::kv_cache::KvCache;
 use bert::{Bert, BertConfig};
 use dnabert2::{DnaBert2, DnaBert2Config};
+use esmc::{Esmc, EsmcConfig};
 use gpt2::{Gpt2, Gpt2Config};
 use llama::{Llama, LlamaConfig};
 
@@ -112,7 +114,7 @@ pub struct VocabRows {
 }
 
 /// Every architecture dnaflow builds.
-pub static ARCHITECTURES: &[&Architecture] = &[&GPT2, &BERT, &LLAMA, &DNABERT2];
+pub static ARCHITECTURES: &[&Architecture] = &[&GPT2, &BERT, &LLAMA, &DNABERT2, &ESMC];
 
 fn model_type(v: &Value) -> Option<&str> {
     v.get("model_type").and_then(Value::as_str)
@@ -314,6 +316,46 @@ static DNABERT2: Architecture = Architecture {
     positions_field: "max_position_embeddings",
 };
 
+/// ESM C (the `esm` package's `ESMC`): its own names, dnaflow's `config.json`. No HF classes
+/// exist; the head classes are dnaflow's names in the HF pattern.
+static ESMC: Architecture = Architecture {
+    model_type: "esmc",
+    recognise: |v| Ok(model_type(v) == Some("esmc")),
+    lm_class: "ESMC",
+    seq_cls_class: "ESMCForSequenceClassification",
+    token_cls_class: "ESMCForTokenClassification",
+    lm: LmKind::Masked,
+    // `classifier` on the <cls> token's final state, after dropout (no pooler).
+    seq_head: HeadLayout {
+        pool: Some(Pool::FirstToken),
+        pooler: None,
+        classifier: "classifier",
+        bias: true,
+        dropout: true,
+    },
+    token_head: CLASSIFIER_ON_TOKENS,
+    default_classifier_dropout: |_| 0.1,
+    embeddings: &["embed."],
+    vocab_rows: VocabRows {
+        embedding: "embed.weight",
+        outputs: &["sequence_head.3.weight"],
+        biases: &["sequence_head.3.bias"],
+    },
+    layer_prefix: "transformer.blocks.",
+    head_prefixes: &["sequence_head.", "classifier."],
+    regression_mean: MeanFold::HeadBias,
+    framing: Framing::ClsSep,
+    parse: |v| serde_json::from_value(v).map(ArchConfig::Esmc),
+    fresh: |s| {
+        json!({
+            "d_model": 128, "n_heads": 4, "n_layers": 4,
+            "max_position_embeddings": s.positions, "pad_token_id": s.pad,
+            "eos_token_id": s.eos,
+        })
+    },
+    positions_field: "max_position_embeddings",
+};
+
 /// The row named `model_type`.
 pub fn architecture(model_type: &str) -> Option<&'static Architecture> {
     ARCHITECTURES
@@ -334,6 +376,7 @@ pub enum ArchConfig {
     Bert(BertConfig),
     Llama(LlamaConfig),
     DnaBert2(DnaBert2Config),
+    Esmc(EsmcConfig),
 }
 
 impl ArchConfig {
@@ -349,6 +392,7 @@ impl ArchConfig {
             ArchConfig::Bert(_) => "bert",
             ArchConfig::Llama(_) => "llama",
             ArchConfig::DnaBert2(_) => "dnabert2",
+            ArchConfig::Esmc(_) => "esmc",
         }
     }
 
@@ -359,6 +403,7 @@ impl ArchConfig {
             ArchConfig::Bert(c) => c.to_hf_json(),
             ArchConfig::Llama(c) => c.to_hf_json(),
             ArchConfig::DnaBert2(c) => c.to_hf_json(),
+            ArchConfig::Esmc(c) => c.to_hf_json(),
         }
     }
 
@@ -390,6 +435,7 @@ impl ArchConfig {
             ArchConfig::Bert(c) => c.hidden_size,
             ArchConfig::Llama(c) => c.hidden_size,
             ArchConfig::DnaBert2(c) => c.hidden_size,
+            ArchConfig::Esmc(c) => c.d_model,
         }
     }
 
@@ -399,6 +445,7 @@ impl ArchConfig {
             ArchConfig::Bert(c) => c.num_hidden_layers,
             ArchConfig::Llama(c) => c.num_hidden_layers,
             ArchConfig::DnaBert2(c) => c.num_hidden_layers,
+            ArchConfig::Esmc(c) => c.n_layers,
         }
     }
 
@@ -415,6 +462,7 @@ impl ArchConfig {
             ArchConfig::Bert(c) => c.vocab_size = n,
             ArchConfig::Llama(c) => c.vocab_size = n,
             ArchConfig::DnaBert2(c) => c.vocab_size = n,
+            ArchConfig::Esmc(c) => c.vocab_size = n,
         }
     }
 
@@ -425,6 +473,7 @@ impl ArchConfig {
             ArchConfig::Bert(c) => c.pad_token_id = Some(pad),
             ArchConfig::Llama(c) => c.pad_token_id = Some(pad),
             ArchConfig::DnaBert2(c) => c.pad_token_id = Some(pad),
+            ArchConfig::Esmc(c) => c.pad_token_id = Some(pad),
         }
     }
 
@@ -523,6 +572,7 @@ pub enum Backbone<B: Backend> {
     Bert(Bert<B>),
     Llama(Llama<B>),
     DnaBert2(DnaBert2<B>),
+    Esmc(Esmc<B>),
 }
 
 impl<B: FusedOps> Backbone<B> {
@@ -537,6 +587,7 @@ impl<B: FusedOps> Backbone<B> {
             ArchConfig::Bert(c) => Backbone::Bert(Bert::declare(c, vars, lm_head)?),
             ArchConfig::Llama(c) => Backbone::Llama(Llama::declare(c, vars, lm_head)?),
             ArchConfig::DnaBert2(c) => Backbone::DnaBert2(DnaBert2::declare(c, vars, lm_head)?),
+            ArchConfig::Esmc(c) => Backbone::Esmc(Esmc::declare(c, vars, lm_head)?),
         })
     }
 
@@ -546,6 +597,7 @@ impl<B: FusedOps> Backbone<B> {
             Backbone::Bert(m) => Backbone::Bert(m.with_precision(precision)),
             Backbone::Llama(m) => Backbone::Llama(m.with_precision(precision)),
             Backbone::DnaBert2(m) => Backbone::DnaBert2(m.with_precision(precision)),
+            Backbone::Esmc(m) => Backbone::Esmc(m.with_precision(precision)),
         }
     }
 
@@ -556,6 +608,7 @@ impl<B: FusedOps> Backbone<B> {
             Backbone::Bert(m) => m.layers(),
             Backbone::Llama(m) => m.layers(),
             Backbone::DnaBert2(m) => m.layers(),
+            Backbone::Esmc(m) => m.layers(),
         }
     }
 
@@ -581,6 +634,11 @@ impl<B: FusedOps> Backbone<B> {
                 tokens.mask.clone(),
                 layer,
             ),
+            Backbone::Esmc(m) => m.hidden_at(
+                tokens.ids.clone(),
+                tokens.padded.then(|| tokens.mask.clone()),
+                layer,
+            ),
         }
     }
 
@@ -599,6 +657,9 @@ impl<B: FusedOps> Backbone<B> {
             Backbone::DnaBert2(m) => m
                 .mlm_on(self.hidden(tokens, m.layers()))
                 .expect("a masked LM has its MLM head"),
+            Backbone::Esmc(m) => m
+                .logits(self.hidden(tokens, m.layers()))
+                .expect("a masked LM has its sequence head"),
         }
     }
 
@@ -615,6 +676,7 @@ impl<B: FusedOps> Backbone<B> {
             Backbone::Bert(m) => m.mlm_on(h).expect("a masked LM has its MLM head"),
             Backbone::Llama(m) => m.logits(h),
             Backbone::DnaBert2(m) => m.mlm_on(h).expect("a masked LM has its MLM head"),
+            Backbone::Esmc(m) => m.logits(h).expect("a masked LM has its sequence head"),
         };
         let v = logits.dims()[2];
         logits.reshape([n, v])
@@ -629,7 +691,7 @@ impl<B: FusedOps> Backbone<B> {
     ) -> Option<Tensor<B, 3>> {
         match self {
             Backbone::Gpt2(m) => Some(m.forward_cached(ids, cache)),
-            Backbone::Bert(_) | Backbone::DnaBert2(_) => None,
+            Backbone::Bert(_) | Backbone::DnaBert2(_) | Backbone::Esmc(_) => None,
             Backbone::Llama(m) => Some(m.forward_cached(ids, cache)),
         }
     }
@@ -642,7 +704,7 @@ impl<B: FusedOps> Backbone<B> {
     ) -> Option<Tensor<B, 3>> {
         match self {
             Backbone::Gpt2(m) => Some(m.next_logits(ids, cache)),
-            Backbone::Bert(_) | Backbone::DnaBert2(_) => None,
+            Backbone::Bert(_) | Backbone::DnaBert2(_) | Backbone::Esmc(_) => None,
             Backbone::Llama(m) => Some(m.next_logits(ids, cache)),
         }
     }
