@@ -1,6 +1,6 @@
 //! Every model step kind with every architecture of the table, end to end through the binary:
-//! a tiny model pretrained on real splice rows (GPT-2 and LLaMA causal, BERT and DNABERT-2
-//! masked), then eval.lm, model.generate (causal), model.embed, eval.probe on the embeddings,
+//! a tiny model pretrained on real splice rows (GPT-2 and LLaMA causal, BERT, DNABERT-2 and
+//! ESM C masked), then eval.lm, model.generate (causal), model.embed, eval.probe on the embeddings,
 //! and model.finetune for seq-cls, regression,
 //! multi-label, token-cls and (causal) text. Each fine-tuned classifier and regressor directory,
 //! called the default way in transformers (`AutoTokenizer` + `AutoModelFor…`), gives dnaflow's
@@ -56,6 +56,7 @@ fn config(arch: &str) -> &'static str {
         "dnabert2" => {
             "{ hidden_size: 24, num_hidden_layers: 1, num_attention_heads: 6, intermediate_size: 16, max_position_embeddings: 64 }"
         }
+        "esmc" => "{ d_model: 16, n_heads: 2, n_layers: 1, max_position_embeddings: 64 }",
         _ => {
             "{ hidden_size: 16, intermediate_size: 32, num_hidden_layers: 1, num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 64 }"
         }
@@ -64,7 +65,7 @@ fn config(arch: &str) -> &'static str {
 
 /// Whether the architecture is an encoder trained by masked LM.
 fn masked(arch: &str) -> bool {
-    matches!(arch, "bert" | "dnabert2")
+    matches!(arch, "bert" | "dnabert2" | "esmc")
 }
 
 fn project(arch: &str) -> Project {
@@ -238,6 +239,7 @@ fn every_kind(arch: &str) {
     let prefix = match arch {
         "gpt2" => "GPT2",
         "bert" | "dnabert2" => "Bert",
+        "esmc" => "ESMC",
         _ => "Llama",
     };
     assert!(class("lm").starts_with(prefix), "{}", class("lm"));
@@ -261,6 +263,10 @@ fn every_kind(arch: &str) {
             assert_eq!(cfg["model_type"], "bert", "{step}");
             assert!(cfg["auto_map"]["AutoModel"].is_string(), "{step}: {cfg}");
         }
+        return;
+    }
+    if arch == "esmc" {
+        // ESM C has no transformers classes (the `esm` package's own `ESMC` only).
         return;
     }
     if !has_torch() {
@@ -344,4 +350,9 @@ fn every_kind_runs_with_llama() {
 #[test]
 fn every_kind_runs_with_dnabert2() {
     every_kind("dnabert2");
+}
+
+#[test]
+fn every_kind_runs_with_esmc() {
+    every_kind("esmc");
 }
