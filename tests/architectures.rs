@@ -356,3 +356,36 @@ fn every_kind_runs_with_dnabert2() {
 fn every_kind_runs_with_esmc() {
     every_kind("esmc");
 }
+
+/// ESM C with its own published tokenizer (`<cls> … <eos>`, no separator token; its special
+/// tokens named in special_tokens_map.json): model.embed and eval.lm on protein sequences.
+#[test]
+fn esmc_runs_with_the_esm_tokenizer() {
+    let p = Project::new();
+    p.write(
+        "prot.csv",
+        "id,sequence,label\np1,MKTAYIAKQRQISFVKSHFSRQ,a\np2,MLSDEDFKAVG,b\n\
+         p3,MKKLLPTAAAGLLLLAAQPAMA,a\np4,MSDNGPQNQRNAPRITFGGP,b\n",
+    );
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/models/esmc");
+    p.write(
+        "wf.yaml",
+        &format!(
+            r#"
+name: esmc-tokenizer
+steps:
+  emb:
+    uses: model.embed
+    with: {{ model: {model}, data: prot.csv }}
+  ppl:
+    uses: eval.lm
+    with: {{ model: {model}, data: prot.csv }}
+"#
+        ),
+    );
+    let report = p.run_ok(&["wf.yaml"]);
+    let emb: Value = serde_json::from_str(&read(&report.out("emb").join("metrics.json"))).unwrap();
+    assert_eq!(emb["dimension"], 32, "{emb}");
+    let ppl: Value = serde_json::from_str(&read(&report.out("ppl").join("metrics.json"))).unwrap();
+    assert!(ppl["loss"].as_f64().unwrap().is_finite(), "{ppl}");
+}
