@@ -1,6 +1,7 @@
 //! Every model step kind with every architecture of the table, end to end through the binary:
-//! a tiny model pretrained on real splice rows (GPT-2 and LLaMA causal, BERT masked), then
-//! eval.lm, model.generate (causal), model.embed, and model.finetune for seq-cls, regression,
+//! a tiny model pretrained on real splice rows (GPT-2 and LLaMA causal, BERT, DNABERT-2 and
+//! ESM C masked), then eval.lm, model.generate (causal), model.embed, eval.probe on the embeddings,
+//! and model.finetune for seq-cls, regression,
 //! multi-label, token-cls and (causal) text. Each fine-tuned classifier and regressor directory,
 //! called the default way in transformers (`AutoTokenizer` + `AutoModelFor…`), gives dnaflow's
 //! own test predictions (probabilities, values, per-base labels): the saved tokenizer frames inputs as the model was trained (where python3 has
@@ -51,10 +52,20 @@ fn config(arch: &str) -> &'static str {
         "bert" => {
             "{ hidden_size: 16, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 32, max_position_embeddings: 64 }"
         }
+        // 6 heads: ALiBi slopes by MosaicBERT's rule for a head count that is no power of 2.
+        "dnabert2" => {
+            "{ hidden_size: 24, num_hidden_layers: 1, num_attention_heads: 6, intermediate_size: 16, max_position_embeddings: 64 }"
+        }
+        "esmc" => "{ d_model: 16, n_heads: 2, n_layers: 1, max_position_embeddings: 64 }",
         _ => {
             "{ hidden_size: 16, intermediate_size: 32, num_hidden_layers: 1, num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 64 }"
         }
     }
+}
+
+/// Whether the architecture is an encoder trained by masked LM.
+fn masked(arch: &str) -> bool {
+    matches!(arch, "bert" | "dnabert2" | "esmc")
 }
 
 fn project(arch: &str) -> Project {
@@ -62,7 +73,7 @@ fn project(arch: &str) -> Project {
     p.write("train.csv", &table(0..120));
     p.write("valid.csv", &table(120..160));
     p.write("test.csv", &table(2000..2030));
-    let causal = arch != "bert";
+    let causal = !masked(arch);
     let mut wf = format!(
         r#"
 name: every-kind-{arch}
@@ -87,6 +98,9 @@ steps:
   emb:
     uses: model.embed
     with: {{ model: "${{{{ steps.lm.model }}}}", data: test.csv }}
+  probe:
+    uses: eval.probe
+    with: {{ embeddings: "${{{{ steps.emb.embeddings }}}}", folds: 2 }}
 "#,
         config = config(arch)
     );
@@ -224,7 +238,8 @@ fn every_kind(arch: &str) {
     };
     let prefix = match arch {
         "gpt2" => "GPT2",
-        "bert" => "Bert",
+        "bert" | "dnabert2" => "Bert",
+        "esmc" => "ESMC",
         _ => "Llama",
     };
     assert!(class("lm").starts_with(prefix), "{}", class("lm"));
@@ -232,9 +247,27 @@ fn every_kind(arch: &str) {
     assert_eq!(class("tokcls"), format!("{prefix}ForTokenClassification"));
     let ppl: Value = serde_json::from_str(&read(&report.out("ppl").join("metrics.json"))).unwrap();
     assert!(ppl["bits_per_base"].as_f64().unwrap().is_finite(), "{ppl}");
-    if arch != "bert" {
+    let probe: Value =
+        serde_json::from_str(&read(&report.out("probe").join("metrics.json"))).unwrap();
+    assert!(probe["accuracy"].is_number(), "{probe}");
+    if !masked(arch) {
         let samples = read(&report.out("gen").join("samples.jsonl"));
         assert_eq!(samples.lines().count(), 2, "{samples}");
+    }
+    if arch == "dnabert2" {
+        // Saved as DNABERT-2 publishes itself: `bert` with its code named in `auto_map`,
+        // which transformers runs only with that code (`trust_remote_code`), not here.
+        for step in ["lm", "cls", "tokcls"] {
+            let cfg: Value =
+                serde_json::from_str(&read(&report.out(step).join("model/config.json"))).unwrap();
+            assert_eq!(cfg["model_type"], "bert", "{step}");
+            assert!(cfg["auto_map"]["AutoModel"].is_string(), "{step}: {cfg}");
+        }
+        return;
+    }
+    if arch == "esmc" {
+        // ESM C has no transformers classes (the `esm` package's own `ESMC` only).
+        return;
     }
     if !has_torch() {
         eprintln!("skipping the transformers half for {arch}: python3 has no torch/transformers");
@@ -285,7 +318,7 @@ fn every_kind(arch: &str) {
         .map(|v| v.unwrap_or_default().to_string())
         .collect();
     let theirs = transformers_predictions(&dir, "token-cls", &sequences);
-    let framed = usize::from(arch == "bert");
+    let framed = usize::from(masked(arch));
     for (row, (tokens, want)) in theirs.iter().zip(&ours).enumerate() {
         let tokens = tokens.as_array().unwrap();
         let spelled: String = tokens[framed..tokens.len() - framed]
@@ -312,4 +345,47 @@ fn every_kind_runs_with_bert() {
 #[test]
 fn every_kind_runs_with_llama() {
     every_kind("llama");
+}
+
+#[test]
+fn every_kind_runs_with_dnabert2() {
+    every_kind("dnabert2");
+}
+
+#[test]
+fn every_kind_runs_with_esmc() {
+    every_kind("esmc");
+}
+
+/// ESM C with its own published tokenizer (`<cls> … <eos>`, no separator token; its special
+/// tokens named in special_tokens_map.json): model.embed and eval.lm on protein sequences.
+#[test]
+fn esmc_runs_with_the_esm_tokenizer() {
+    let p = Project::new();
+    p.write(
+        "prot.csv",
+        "id,sequence,label\np1,MKTAYIAKQRQISFVKSHFSRQ,a\np2,MLSDEDFKAVG,b\n\
+         p3,MKKLLPTAAAGLLLLAAQPAMA,a\np4,MSDNGPQNQRNAPRITFGGP,b\n",
+    );
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/models/esmc");
+    p.write(
+        "wf.yaml",
+        &format!(
+            r#"
+name: esmc-tokenizer
+steps:
+  emb:
+    uses: model.embed
+    with: {{ model: {model}, data: prot.csv }}
+  ppl:
+    uses: eval.lm
+    with: {{ model: {model}, data: prot.csv }}
+"#
+        ),
+    );
+    let report = p.run_ok(&["wf.yaml"]);
+    let emb: Value = serde_json::from_str(&read(&report.out("emb").join("metrics.json"))).unwrap();
+    assert_eq!(emb["dimension"], 32, "{emb}");
+    let ppl: Value = serde_json::from_str(&read(&report.out("ppl").join("metrics.json"))).unwrap();
+    assert!(ppl["loss"].as_f64().unwrap().is_finite(), "{ppl}");
 }

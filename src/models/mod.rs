@@ -5,7 +5,8 @@
 //! - [`io`]: the one walk over HF tensor names (`vars`), named host tensors (`weights`) and
 //!   checkpoints as published (`checkpoint`: safetensors, shards, `pytorch_model.bin`);
 //! - [`nn`]: dense layers, self-attention, task heads, the KV cache;
-//! - [`arch`]: the architecture table and one file per architecture (GPT-2, BERT, LLaMA);
+//! - [`arch`]: the architecture table and one file per architecture (GPT-2, BERT, LLaMA,
+//!   DNABERT-2, ESM C);
 //! - [`model`]: a backbone with one head, loaded from and saved to a model directory.
 //!
 //! A model directory is what `save_pretrained` writes: `config.json`, the weights and the
@@ -152,10 +153,22 @@ mod tests {
 
         /// [`Reference::max_diff`] over the positions where the mask under `mask` is 1.
         fn max_diff_masked<B: Backend>(&self, key: &str, mask: &str, got: Tensor<B, 3>) -> f32 {
+            self.max_diff_of_masked(&self.json[key], mask, got)
+        }
+
+        /// [`Reference::max_diff_of`] over the positions where the mask under `mask` is 1.
+        fn max_diff_of_masked<B: Backend>(
+            &self,
+            want: &serde_json::Value,
+            mask: &str,
+            got: Tensor<B, 3>,
+        ) -> f32 {
             let rows: Vec<Vec<i64>> = serde_json::from_value(self.json[mask].clone()).unwrap();
             let mask: Vec<i64> = rows.concat();
-            let want: Vec<f32> = serde_json::from_value(self.json[key]["values"].clone()).unwrap();
-            let (_, got) = weights::host(got);
+            let shape: Vec<usize> = serde_json::from_value(want["shape"].clone()).unwrap();
+            let want: Vec<f32> = serde_json::from_value(want["values"].clone()).unwrap();
+            let (got_shape, got) = weights::host(got);
+            assert_eq!(got_shape, shape, "shape");
             let width = got.len() / mask.len();
             mask.iter()
                 .enumerate()
@@ -309,6 +322,185 @@ mod tests {
                 }
             }
         })
+    }
+
+    /// The reference's ids, token types (zeros when it has none) and mask, padded.
+    fn padded_tokens<B: Backend>(r: &Reference, device: &B::Device) -> arch::Tokens<B> {
+        let ids = r.ints::<B>("input_ids", device);
+        arch::Tokens {
+            types: match r.json.get("token_type_ids") {
+                Some(_) => r.ints::<B>("token_type_ids", device),
+                None => ids.zeros_like(),
+            },
+            mask: r.ints::<B>("attention_mask", device),
+            ids,
+            padded: true,
+        }
+    }
+
+    /// Every `hidden_states` entry and the logits of a fixture against its reference, on the
+    /// real positions of its padded batch: (worst hidden state, logits).
+    fn padded_forward_diffs<B: FusedOps>(
+        r: &Reference,
+        model: &Model<B>,
+        device: &B::Device,
+    ) -> (f32, f32) {
+        let tokens = padded_tokens::<B>(r, device);
+        let states = r.json["hidden_states"].as_array().unwrap().clone();
+        assert_eq!(states.len(), model.layers() + 1);
+        let mut worst = 0.0f32;
+        for (layer, want) in states.iter().enumerate() {
+            let got = model.backbone().hidden(&tokens, layer);
+            worst = worst.max(r.max_diff_of_masked(want, "attention_mask", got));
+        }
+        let logits = r.max_diff_real("logits", model.backbone().lm_logits(&tokens));
+        (worst, logits)
+    }
+
+    /// The ids the fixture's `tokenizer.json` gives its reference sequences are the reference's
+    /// (before padding).
+    fn tokenizer_gives_the_reference_ids(arch: &str, r: &Reference) {
+        let tok = tokenizers::Tokenizer::from_file(fixture(arch).join("tokenizer.json")).unwrap();
+        let ids: Vec<Vec<i64>> = serde_json::from_value(r.json["input_ids"].clone()).unwrap();
+        for (seq, row) in r.json["sequences"].as_array().unwrap().iter().zip(&ids) {
+            let got = tok.encode(seq.as_str().unwrap(), true).unwrap();
+            let got: Vec<i64> = got.get_ids().iter().map(|&i| i as i64).collect();
+            assert_eq!(got, row[..got.len()], "{arch}: {seq}");
+        }
+    }
+
+    /// ESM C against the `esm` package's own `ESMC` (its PyTorch attention path) on a
+    /// right-padded batch: the package's tokenizer ids, every hidden state (the last after the
+    /// final norm) and the sequence logits on the real positions (the package computes
+    /// padding positions as attending to padding only; nothing reads them).
+    #[test]
+    fn esmc_matches_the_esm_package() {
+        on_test_device!(|device: B| {
+            let r = Reference::load("esmc");
+            let model = load::<B>(&fixture("esmc"), &device);
+            assert_eq!(model.spec().config.name(), "esmc");
+            assert_eq!(model.spec().task, Task::Lm);
+            tokenizer_gives_the_reference_ids("esmc", &r);
+            let (worst, logits) = padded_forward_diffs(&r, &model, &device);
+            figure(
+                "esmc forward vs the esm package, max |diff|",
+                format!("hidden states {worst:.2e}, logits {logits:.2e}"),
+            );
+            let tol = tolerance(1e-4);
+            assert!(worst < tol, "a hidden state differs by {worst}");
+            assert!(logits < tol, "logits differ by {logits}");
+        })
+    }
+
+    /// An ESM C saved here reads back as ESM C with the same spec and logits.
+    #[test]
+    fn a_saved_esmc_reloads_with_the_same_logits() {
+        let dev = Default::default();
+        let tmp = tempfile::tempdir().unwrap();
+        let r = Reference::load("esmc");
+        let model = load::<Flex>(&fixture("esmc"), &dev);
+        model.save_dir(&tmp.path().join("esmc"), None).unwrap();
+        let (config, json) = read_config(&tmp.path().join("esmc")).unwrap();
+        assert_eq!(
+            (config.name(), &json["model_type"]),
+            ("esmc", &"esmc".into())
+        );
+        let reloaded = load::<Flex>(&tmp.path().join("esmc"), &dev);
+        assert_eq!(reloaded.spec(), model.spec());
+        let (_, logits) = padded_forward_diffs(&r, &reloaded, &dev);
+        assert!(logits < 1e-4, "reloaded logits differ by {logits}");
+    }
+
+    /// DNABERT-2 against `make_dnabert2.py`'s torch implementation of its published PyTorch
+    /// path (ALiBi with 12 heads, GEGLU, unpadding), on a right-padded batch with token types:
+    /// the fixture's tokenizer gives its ids, the slopes are MosaicBERT's, every hidden state
+    /// and the logits match on the real positions (the reference encoder zeroes padding).
+    #[test]
+    fn dnabert2_matches_its_published_pytorch_path() {
+        on_test_device!(|device: B| {
+            let r = Reference::load("dnabert2");
+            let model = load::<B>(&fixture("dnabert2"), &device);
+            assert_eq!(model.spec().config.name(), "dnabert2");
+            assert_eq!(model.spec().task, Task::Lm);
+            let arch::Backbone::DnaBert2(m) = model.backbone() else {
+                panic!("dnabert2")
+            };
+            let slopes: Vec<f32> = serde_json::from_value(r.json["alibi_slopes"].clone()).unwrap();
+            assert_eq!(arch::dnabert2::alibi_slopes(12), slopes);
+            tokenizer_gives_the_reference_ids("dnabert2", &r);
+            assert_eq!(m.layers(), 2);
+            let (worst, logits) = padded_forward_diffs(&r, &model, &device);
+            figure(
+                "dnabert2 forward vs its published PyTorch path, max |diff|",
+                format!("hidden states {worst:.2e}, logits {logits:.2e}"),
+            );
+            let tol = tolerance(1e-4);
+            assert!(worst < tol, "a hidden state differs by {worst}");
+            assert!(logits < tol, "logits differ by {logits}");
+        })
+    }
+
+    /// A DNABERT-2 saved here is DNABERT-2's layout again (`bert` with its `auto_map`), reloads
+    /// here with the same logits, and (where python3 has torch) loads strictly into the fixture
+    /// script's implementation of its code with the same logits.
+    #[test]
+    fn a_saved_dnabert2_reloads_here_and_in_its_reference() {
+        let dev = Default::default();
+        let tmp = tempfile::tempdir().unwrap();
+        let r = Reference::load("dnabert2");
+        let model = load::<Flex>(&fixture("dnabert2"), &dev);
+        let dir = tmp.path().join("dnabert2");
+        model.save_dir(&dir, None).unwrap();
+        let (config, json) = read_config(&dir).unwrap();
+        assert_eq!(config.name(), "dnabert2");
+        assert_eq!(json["model_type"], "bert");
+        assert_eq!(json["auto_map"]["AutoModel"], "bert_layers.BertModel");
+        assert_eq!(ModelSpec::read(&dir).unwrap(), *model.spec());
+        let reloaded = load::<Flex>(&dir, &dev);
+        let tokens = padded_tokens::<Flex>(&r, &dev);
+        let diff = r.max_diff_real("logits", reloaded.backbone().lm_logits(&tokens));
+        assert!(diff < 1e-4, "reloaded logits differ by {diff}");
+        if !python_has("torch, safetensors") {
+            eprintln!("skipping the reference reload of dnabert2: python3 has no torch");
+            return;
+        }
+        let out = std::process::Command::new("python3")
+            .arg(fixture("make_dnabert2.py"))
+            .arg("check")
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let diff: f32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        figure(
+            "dnabert2 saved here, reloaded in its reference, max |logit diff|",
+            format!("{diff:.2e}"),
+        );
+        assert!(diff < 1e-4, "the reference's logits differ by {diff}");
+    }
+
+    /// A config with DNABERT-2's `auto_map` is DNABERT-2; the plain BERT fixture is still BERT;
+    /// a `bert` whose `auto_map` names other code is an error saying so.
+    #[test]
+    fn configs_with_dnabert2s_auto_map_are_dnabert2_and_plain_bert_stays_bert() {
+        let tmp = tempfile::tempdir().unwrap();
+        let read = |json: &serde_json::Value| {
+            std::fs::write(tmp.path().join("config.json"), json.to_string()).unwrap();
+            read_config(tmp.path()).map(|(c, _)| c.name())
+        };
+        let text = std::fs::read_to_string(fixture("dnabert2").join("config.json")).unwrap();
+        let mut dnabert2: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(read(&dnabert2).unwrap(), "dnabert2");
+        let text = std::fs::read_to_string(fixture("bert").join("config.json")).unwrap();
+        let bert: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(read(&bert).unwrap(), "bert");
+        dnabert2["auto_map"] = serde_json::json!({"AutoModel": "modeling_other.OtherModel"});
+        let err = read(&dnabert2).unwrap_err().to_string();
+        assert!(err.contains("not Hugging Face's BERT"), "{err}");
     }
 
     /// An unsupported `rope_scaling`, and heads that do not group, are errors naming the field.
@@ -780,7 +972,14 @@ for name, shards in (("one", 1), ("sharded", 2)):
     /// CPU only: fresh weights are made on the host; this checks their names round-trip.
     #[test]
     fn fresh_models_build_from_their_own_init() {
-        for arch in ["gpt2", "bert", "llama-gqa", "llama-tied"] {
+        for arch in [
+            "gpt2",
+            "bert",
+            "llama-gqa",
+            "llama-tied",
+            "dnabert2",
+            "esmc",
+        ] {
             let spec = ModelSpec::read(&fixture(arch)).unwrap();
             let w = spec.init_weights(7).unwrap();
             let names: Vec<String> = w.names().map(String::from).collect();
@@ -961,7 +1160,7 @@ for name, shards in (("one", 1), ("sharded", 2)):
     fn the_loss_from_labelled_positions_alone_is_the_full_loss() {
         use crate::train::Objective;
         let dev = Default::default();
-        for arch in ["gpt2", "bert", "llama-gqa"] {
+        for arch in ["gpt2", "bert", "llama-gqa", "dnabert2", "esmc"] {
             let model = load::<Flex>(&fixture(arch), &dev);
             let mut batch = reference_batch(&Reference::load(arch));
             let vocab = model.spec().config.vocab_size() as i64;

@@ -36,9 +36,10 @@ pub(crate) fn load_vocab(path: &Path) -> Result<Vocab, StepError> {
     };
     let eos = id("eos_token", &["<|endoftext|>", "</s>", "[EOS]", "[SEP]"]);
     let pad = id("pad_token", &["[PAD]", "<pad>"]).or(eos).unwrap_or(0);
+    // A tokenizer that names no separator ends a sequence with its eos (ESM's `<cls> … <eos>`).
     let bert = match (
         id("cls_token", &["[CLS]", "<s>"]),
-        id("sep_token", &["[SEP]", "</s>"]),
+        id("sep_token", &["[SEP]", "</s>"]).or(eos),
         id("mask_token", &["[MASK]", "<mask>"]),
     ) {
         (Some(c), Some(s), Some(m)) => Some((c, s, m)),

@@ -187,7 +187,11 @@ impl<B: FusedOps> Bert<B> {
                 }
             })
             .collect();
-        let mlm = lm_head.then(|| MlmHead::declare(config, &mut vars.pp("cls.predictions")));
+        let mlm = lm_head.then(|| {
+            let mut head = vars.pp("cls.predictions");
+            head.skip("decoder.bias"); // a tied copy of `cls.predictions.bias`
+            MlmHead::declare(&mut head, d, config.vocab_size, eps, std, "bias")
+        });
         Ok(Bert {
             word_embeddings,
             position_embeddings,
@@ -275,49 +279,59 @@ impl<B: FusedOps> Bert<B> {
         self.layers.len()
     }
 
-    /// MLM logits [B, T, vocab] (what `BertForMaskedLM` computes); `None` without the head.
     /// The MLM head on hidden states [B, T, d] (`None` without one).
     pub(crate) fn mlm_on(&self, h: Tensor<B, 3>) -> Option<Tensor<B, 3>> {
-        Some(self.mlm.as_ref()?.forward(h, self))
+        let head = self.mlm.as_ref()?;
+        Some(head.forward(h, self.word_embeddings.val(), self.precision))
     }
 
+    /// MLM logits [B, T, vocab] (what `BertForMaskedLM` computes); `None` without the head.
     pub fn mlm_logits(
         &self,
         ids: Tensor<B, 2, Int>,
         types: Tensor<B, 2, Int>,
         mask: Tensor<B, 2, Int>,
     ) -> Option<Tensor<B, 3>> {
-        let head = self.mlm.as_ref()?;
-        Some(head.forward(self.hidden(ids, types, mask), self))
+        self.mlm_on(self.hidden(ids, types, mask))
     }
 }
 
 impl<B: FusedOps> MlmHead<B> {
-    /// Declare `cls.predictions.*` (the decoder weight is the word embeddings: tied copies
-    /// some checkpoints carry are skipped).
-    fn declare(config: &BertConfig, vars: &mut Vars<B>) -> MlmHead<B> {
-        let d = config.hidden_size;
+    /// Declare a BERT-style MLM head under `vars` (`cls.predictions`): `transform.dense`,
+    /// `transform.LayerNorm` (eps `eps`) and the decoder's output bias named `bias` [vocab]
+    /// (BERT's `bias`, DNABERT-2's `decoder.bias`). The decoder weight is the word embeddings:
+    /// a tied copy a checkpoint carries is skipped.
+    pub(crate) fn declare(
+        vars: &mut Vars<B>,
+        d: usize,
+        vocab: usize,
+        eps: f64,
+        std: f64,
+        bias: &str,
+    ) -> MlmHead<B> {
         vars.skip("decoder.weight");
-        vars.skip("decoder.bias");
         MlmHead {
-            transform: vars.linear("transform.dense", d, d, true, config.initializer_range),
-            transform_ln: vars.layer_norm("transform.LayerNorm", d, config.layer_norm_eps),
-            decoder_bias: vars.param("bias", [config.vocab_size], Init::Zeros),
+            transform: vars.linear("transform.dense", d, d, true, std),
+            transform_ln: vars.layer_norm("transform.LayerNorm", d, eps),
+            decoder_bias: vars.param(bias, [vocab], Init::Zeros),
         }
     }
 
-    /// Vocabulary logits [B, T, vocab] from encoder states [B, T, d].
-    pub fn forward(&self, h: Tensor<B, 3>, bert: &Bert<B>) -> Tensor<B, 3> {
+    /// Vocabulary logits [B, T, vocab] from encoder states [B, T, d], the decoder being the
+    /// word `embeddings` [vocab, d].
+    pub(crate) fn forward(
+        &self,
+        h: Tensor<B, 3>,
+        embeddings: Tensor<B, 2>,
+        precision: Precision,
+    ) -> Tensor<B, 3> {
         let [b, t, d] = h.dims();
         let h = self
             .transform_ln
-            .forward(gelu(dense(&self.transform, h, bert.precision)));
-        let vocab = bert.config.vocab_size;
-        let logits = matmul(
-            h.reshape([b * t, d]),
-            bert.word_embeddings.val().transpose(),
-            bert.precision,
-        ) + self.decoder_bias.val().unsqueeze_dim::<2>(0); // [B*T, vocab]
+            .forward(gelu(dense(&self.transform, h, precision)));
+        let vocab = embeddings.dims()[0];
+        let logits = matmul(h.reshape([b * t, d]), embeddings.transpose(), precision)
+            + self.decoder_bias.val().unsqueeze_dim::<2>(0); // [B*T, vocab]
         logits.reshape([b, t, vocab])
     }
 }
@@ -327,7 +341,7 @@ impl<B: FusedOps> MlmHead<B> {
 /// batch's [B, T] layout. With rows of mixed lengths padded to the longest, as masked LM and
 /// fine-tuning batches are, a third or more of [B, T] is padding. Padding positions come back
 /// as zeros; nothing reads them (losses, pooling and probes skip them by the mask).
-struct Packing<B: Backend> {
+pub(crate) struct Packing<B: Backend> {
     /// Row-major positions b·T + t of the real tokens, in order.
     real: Tensor<B, 1, Int>,
     b: usize,
@@ -336,7 +350,7 @@ struct Packing<B: Backend> {
 
 impl<B: Backend> Packing<B> {
     /// None when no position is padding: then packing would only copy.
-    fn of(mask: &Tensor<B, 2, Int>) -> Option<Packing<B>> {
+    pub(crate) fn of(mask: &Tensor<B, 2, Int>) -> Option<Packing<B>> {
         let [b, t] = mask.dims();
         let host = mask.to_data().convert::<i64>();
         let values = host.as_slice::<i64>().expect("i64 after convert");
@@ -356,7 +370,7 @@ impl<B: Backend> Packing<B> {
     }
 
     /// [B, T, c] → [1, N, c]: the real tokens' rows.
-    fn pack(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    pub(crate) fn pack(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let c = x.dims()[2];
         let n = self.real.dims()[0];
         x.reshape([self.b * self.t, c])
@@ -365,7 +379,7 @@ impl<B: Backend> Packing<B> {
     }
 
     /// [1, N, c] → [B, T, c], padding positions zero.
-    fn unpack(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    pub(crate) fn unpack(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [_, n, c] = x.dims();
         Tensor::zeros([self.b * self.t, c], &x.device())
             .select_assign(

@@ -228,9 +228,20 @@ impl Rope {
         })
     }
 
+    /// Unscaled frequencies 1/θ^(2i/dim) of heads of `dim` values (rotate-half): what ESM's
+    /// `RotaryEmbedding` and LLaMA without `rope_scaling` use.
+    pub(crate) fn plain(theta: f64, dim: usize) -> Rope {
+        Rope {
+            inv_freq: base_frequencies(theta, dim),
+            dynamic: None,
+            theta,
+            dim,
+        }
+    }
+
     /// cos and sin [T, dh] of positions `start..start + t` (rotate-half layout: the
     /// frequencies twice), as f32 the way transformers computes them.
-    fn tables<B: Backend>(
+    pub(crate) fn tables<B: Backend>(
         &self,
         start: usize,
         t: usize,

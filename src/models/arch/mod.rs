@@ -10,6 +10,8 @@ use burn::prelude::*;
 use serde_json::{Value, json};
 
 pub mod bert;
+pub mod dnabert2;
+pub mod esmc;
 pub mod gpt2;
 pub mod llama;
 
@@ -20,6 +22,8 @@ use super::kernels::FusedOps;
 use super::nn::heads::{HeadLayout, Pool};
 use super::nn::kv_cache::KvCache;
 use bert::{Bert, BertConfig};
+use dnabert2::{DnaBert2, DnaBert2Config};
+use esmc::{Esmc, EsmcConfig};
 use gpt2::{Gpt2, Gpt2Config};
 use llama::{Llama, LlamaConfig};
 
@@ -66,7 +70,8 @@ pub struct FreshSize {
 /// One row of the table.
 #[derive(Debug)]
 pub struct Architecture {
-    /// HF `model_type`, and the name `arch:` takes in a workflow.
+    /// The name `arch:` takes in a workflow: HF's `model_type`, unless the row's config says
+    /// another architecture's (DNABERT-2's says `bert`; its row is `dnabert2`).
     pub model_type: &'static str,
     /// Whether a `config.json` is this architecture's, or an error saying what it is instead
     /// (DNABERT-2 says `bert` but is not BERT).
@@ -109,7 +114,7 @@ pub struct VocabRows {
 }
 
 /// Every architecture dnaflow builds.
-pub static ARCHITECTURES: &[&Architecture] = &[&GPT2, &BERT, &LLAMA];
+pub static ARCHITECTURES: &[&Architecture] = &[&GPT2, &BERT, &LLAMA, &DNABERT2, &ESMC];
 
 fn model_type(v: &Value) -> Option<&str> {
     v.get("model_type").and_then(Value::as_str)
@@ -170,11 +175,15 @@ static BERT: Architecture = Architecture {
         if model_type(v) != Some("bert") {
             return Ok(false);
         }
-        // DNABERT-2 ships `model_type: bert` with its own code named in `auto_map`.
+        // DNABERT-2 ships `model_type: bert` with its own code named in `auto_map`: its row.
+        if dnabert2::is_dnabert2(v) {
+            return Ok(false);
+        }
         if let Some(map) = v.get("auto_map") {
             return Err(format!(
                 "this is not Hugging Face's BERT: its `auto_map` ({map}) names custom model \
-                 code (DNABERT-2 does this), which dnaflow does not build yet"
+                 code that dnaflow does not build (DNABERT-2's `bert_layers` is the `dnabert2` \
+                 architecture)"
             ));
         }
         Ok(true)
@@ -264,6 +273,89 @@ static LLAMA: Architecture = Architecture {
     positions_field: "max_position_embeddings",
 };
 
+/// DNABERT-2: MosaicBERT's encoder (ALiBi, fused `Wqkv`, GEGLU) under BERT's names and
+/// classes; its `config.json` says `bert` and names `bert_layers` in `auto_map`.
+static DNABERT2: Architecture = Architecture {
+    model_type: "dnabert2",
+    recognise: |v| Ok(dnabert2::is_dnabert2(v)),
+    lm_class: "BertForMaskedLM",
+    seq_cls_class: "BertForSequenceClassification",
+    token_cls_class: "BertForTokenClassification",
+    lm: LmKind::Masked,
+    // `bert_layers.BertForSequenceClassification`: tanh pooler on [CLS], dropout, `classifier`.
+    seq_head: HeadLayout {
+        pool: Some(Pool::FirstToken),
+        pooler: Some("bert.pooler.dense"),
+        classifier: "classifier",
+        bias: true,
+        dropout: true,
+    },
+    token_head: CLASSIFIER_ON_TOKENS,
+    default_classifier_dropout: |c| match c {
+        ArchConfig::DnaBert2(c) => c.hidden_dropout_prob,
+        _ => 0.1,
+    },
+    embeddings: &["bert.embeddings."],
+    vocab_rows: VocabRows {
+        embedding: "bert.embeddings.word_embeddings.weight",
+        outputs: &["cls.predictions.decoder.weight"],
+        biases: &["cls.predictions.decoder.bias"],
+    },
+    layer_prefix: "bert.encoder.layer.",
+    head_prefixes: &["cls.", "bert.pooler.", "classifier."],
+    regression_mean: MeanFold::HeadBias,
+    framing: Framing::ClsSep,
+    parse: |v| serde_json::from_value(v).map(ArchConfig::DnaBert2),
+    fresh: |s| {
+        json!({
+            "hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
+            "intermediate_size": 256, "max_position_embeddings": s.positions,
+            "pad_token_id": s.pad,
+        })
+    },
+    positions_field: "max_position_embeddings",
+};
+
+/// ESM C (the `esm` package's `ESMC`): its own names, dnaflow's `config.json`. No HF classes
+/// exist; the head classes are dnaflow's names in the HF pattern.
+static ESMC: Architecture = Architecture {
+    model_type: "esmc",
+    recognise: |v| Ok(model_type(v) == Some("esmc")),
+    lm_class: "ESMC",
+    seq_cls_class: "ESMCForSequenceClassification",
+    token_cls_class: "ESMCForTokenClassification",
+    lm: LmKind::Masked,
+    // `classifier` on the <cls> token's final state, after dropout (no pooler).
+    seq_head: HeadLayout {
+        pool: Some(Pool::FirstToken),
+        pooler: None,
+        classifier: "classifier",
+        bias: true,
+        dropout: true,
+    },
+    token_head: CLASSIFIER_ON_TOKENS,
+    default_classifier_dropout: |_| 0.1,
+    embeddings: &["embed."],
+    vocab_rows: VocabRows {
+        embedding: "embed.weight",
+        outputs: &["sequence_head.3.weight"],
+        biases: &["sequence_head.3.bias"],
+    },
+    layer_prefix: "transformer.blocks.",
+    head_prefixes: &["sequence_head.", "classifier."],
+    regression_mean: MeanFold::HeadBias,
+    framing: Framing::ClsSep,
+    parse: |v| serde_json::from_value(v).map(ArchConfig::Esmc),
+    fresh: |s| {
+        json!({
+            "d_model": 128, "n_heads": 4, "n_layers": 4,
+            "max_position_embeddings": s.positions, "pad_token_id": s.pad,
+            "eos_token_id": s.eos,
+        })
+    },
+    positions_field: "max_position_embeddings",
+};
+
 /// The row named `model_type`.
 pub fn architecture(model_type: &str) -> Option<&'static Architecture> {
     ARCHITECTURES
@@ -283,6 +375,8 @@ pub enum ArchConfig {
     Gpt2(Gpt2Config),
     Bert(BertConfig),
     Llama(LlamaConfig),
+    DnaBert2(DnaBert2Config),
+    Esmc(EsmcConfig),
 }
 
 impl ArchConfig {
@@ -297,6 +391,8 @@ impl ArchConfig {
             ArchConfig::Gpt2(_) => "gpt2",
             ArchConfig::Bert(_) => "bert",
             ArchConfig::Llama(_) => "llama",
+            ArchConfig::DnaBert2(_) => "dnabert2",
+            ArchConfig::Esmc(_) => "esmc",
         }
     }
 
@@ -306,6 +402,8 @@ impl ArchConfig {
             ArchConfig::Gpt2(c) => c.to_hf_json(),
             ArchConfig::Bert(c) => c.to_hf_json(),
             ArchConfig::Llama(c) => c.to_hf_json(),
+            ArchConfig::DnaBert2(c) => c.to_hf_json(),
+            ArchConfig::Esmc(c) => c.to_hf_json(),
         }
     }
 
@@ -336,6 +434,8 @@ impl ArchConfig {
             ArchConfig::Gpt2(c) => c.n_embd,
             ArchConfig::Bert(c) => c.hidden_size,
             ArchConfig::Llama(c) => c.hidden_size,
+            ArchConfig::DnaBert2(c) => c.hidden_size,
+            ArchConfig::Esmc(c) => c.d_model,
         }
     }
 
@@ -344,6 +444,8 @@ impl ArchConfig {
             ArchConfig::Gpt2(c) => c.n_layer,
             ArchConfig::Bert(c) => c.num_hidden_layers,
             ArchConfig::Llama(c) => c.num_hidden_layers,
+            ArchConfig::DnaBert2(c) => c.num_hidden_layers,
+            ArchConfig::Esmc(c) => c.n_layers,
         }
     }
 
@@ -359,6 +461,8 @@ impl ArchConfig {
             ArchConfig::Gpt2(c) => c.vocab_size = n,
             ArchConfig::Bert(c) => c.vocab_size = n,
             ArchConfig::Llama(c) => c.vocab_size = n,
+            ArchConfig::DnaBert2(c) => c.vocab_size = n,
+            ArchConfig::Esmc(c) => c.vocab_size = n,
         }
     }
 
@@ -368,6 +472,8 @@ impl ArchConfig {
             ArchConfig::Gpt2(c) => c.pad_token_id = Some(pad),
             ArchConfig::Bert(c) => c.pad_token_id = Some(pad),
             ArchConfig::Llama(c) => c.pad_token_id = Some(pad),
+            ArchConfig::DnaBert2(c) => c.pad_token_id = Some(pad),
+            ArchConfig::Esmc(c) => c.pad_token_id = Some(pad),
         }
     }
 
@@ -465,6 +571,8 @@ pub enum Backbone<B: Backend> {
     Gpt2(Gpt2<B>),
     Bert(Bert<B>),
     Llama(Llama<B>),
+    DnaBert2(DnaBert2<B>),
+    Esmc(Esmc<B>),
 }
 
 impl<B: FusedOps> Backbone<B> {
@@ -478,6 +586,8 @@ impl<B: FusedOps> Backbone<B> {
             ArchConfig::Gpt2(c) => Backbone::Gpt2(Gpt2::declare(c, vars)?),
             ArchConfig::Bert(c) => Backbone::Bert(Bert::declare(c, vars, lm_head)?),
             ArchConfig::Llama(c) => Backbone::Llama(Llama::declare(c, vars, lm_head)?),
+            ArchConfig::DnaBert2(c) => Backbone::DnaBert2(DnaBert2::declare(c, vars, lm_head)?),
+            ArchConfig::Esmc(c) => Backbone::Esmc(Esmc::declare(c, vars, lm_head)?),
         })
     }
 
@@ -486,6 +596,8 @@ impl<B: FusedOps> Backbone<B> {
             Backbone::Gpt2(m) => Backbone::Gpt2(m.with_precision(precision)),
             Backbone::Bert(m) => Backbone::Bert(m.with_precision(precision)),
             Backbone::Llama(m) => Backbone::Llama(m.with_precision(precision)),
+            Backbone::DnaBert2(m) => Backbone::DnaBert2(m.with_precision(precision)),
+            Backbone::Esmc(m) => Backbone::Esmc(m.with_precision(precision)),
         }
     }
 
@@ -495,6 +607,8 @@ impl<B: FusedOps> Backbone<B> {
             Backbone::Gpt2(m) => m.layers(),
             Backbone::Bert(m) => m.layers(),
             Backbone::Llama(m) => m.layers(),
+            Backbone::DnaBert2(m) => m.layers(),
+            Backbone::Esmc(m) => m.layers(),
         }
     }
 
@@ -514,6 +628,17 @@ impl<B: FusedOps> Backbone<B> {
                 tokens.padded.then(|| tokens.mask.clone()),
                 layer,
             ),
+            Backbone::DnaBert2(m) => m.hidden_at(
+                tokens.ids.clone(),
+                tokens.types.clone(),
+                tokens.mask.clone(),
+                layer,
+            ),
+            Backbone::Esmc(m) => m.hidden_at(
+                tokens.ids.clone(),
+                tokens.padded.then(|| tokens.mask.clone()),
+                layer,
+            ),
         }
     }
 
@@ -529,6 +654,12 @@ impl<B: FusedOps> Backbone<B> {
                 )
                 .expect("a masked LM has its MLM head"),
             Backbone::Llama(m) => m.logits(self.hidden(tokens, m.layers())),
+            Backbone::DnaBert2(m) => m
+                .mlm_on(self.hidden(tokens, m.layers()))
+                .expect("a masked LM has its MLM head"),
+            Backbone::Esmc(m) => m
+                .logits(self.hidden(tokens, m.layers()))
+                .expect("a masked LM has its sequence head"),
         }
     }
 
@@ -544,6 +675,8 @@ impl<B: FusedOps> Backbone<B> {
             Backbone::Gpt2(m) => m.logits(h),
             Backbone::Bert(m) => m.mlm_on(h).expect("a masked LM has its MLM head"),
             Backbone::Llama(m) => m.logits(h),
+            Backbone::DnaBert2(m) => m.mlm_on(h).expect("a masked LM has its MLM head"),
+            Backbone::Esmc(m) => m.logits(h).expect("a masked LM has its sequence head"),
         };
         let v = logits.dims()[2];
         logits.reshape([n, v])
@@ -558,7 +691,7 @@ impl<B: FusedOps> Backbone<B> {
     ) -> Option<Tensor<B, 3>> {
         match self {
             Backbone::Gpt2(m) => Some(m.forward_cached(ids, cache)),
-            Backbone::Bert(_) => None,
+            Backbone::Bert(_) | Backbone::DnaBert2(_) | Backbone::Esmc(_) => None,
             Backbone::Llama(m) => Some(m.forward_cached(ids, cache)),
         }
     }
@@ -571,7 +704,7 @@ impl<B: FusedOps> Backbone<B> {
     ) -> Option<Tensor<B, 3>> {
         match self {
             Backbone::Gpt2(m) => Some(m.next_logits(ids, cache)),
-            Backbone::Bert(_) => None,
+            Backbone::Bert(_) | Backbone::DnaBert2(_) | Backbone::Esmc(_) => None,
             Backbone::Llama(m) => Some(m.next_logits(ids, cache)),
         }
     }
