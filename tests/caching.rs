@@ -237,6 +237,10 @@ steps:
     assert_eq!(r.with_status("ran"), names(&["load", "stats"]));
     assert_eq!(r.step("stats")["metrics"]["sequences"], 2, "{:?}", r.0);
     let r = p.run_ok(&["wf.yaml", "stats", "--set", "table=b.csv"]);
-    assert_eq!(r.with_status("ran"), names(&["stats"]), "load is no longer upstream");
+    assert_eq!(
+        r.with_status("ran"),
+        names(&["stats"]),
+        "load is no longer upstream"
+    );
     assert_eq!(r.step("stats")["metrics"]["sequences"], 1);
 }
