@@ -377,6 +377,18 @@ fn inputs_spans(
     bert: bool,
     max_len: usize,
 ) -> Result<Vec<(Row, Spans)>, StepError> {
+    let framing = match (bert, vocab.bert) {
+        (false, _) => None,
+        (true, Some((cls, sep, _))) => Some((cls, sep)),
+        (true, None) => {
+            return Err(StepError::new(format!(
+                "{}: the model frames each sequence with a start and an end token ([CLS] … \
+                 [SEP], or <cls> … <eos>), which this tokenizer does not name; give the \
+                 model's own tokenizer (`tokenizer:`)",
+                vocab.path.display()
+            )));
+        }
+    };
     let seqs = table.texts(sequence, "sequence", "a sequence")?;
     let mut rows = encode_spans(vocab, &seqs)?;
     let extra = if bert { 2 } else { 0 };
@@ -396,8 +408,7 @@ fn inputs_spans(
             row.bases.truncate(max_len - extra);
             spans.truncate(max_len - extra);
         }
-        if bert {
-            let (cls, sep, _) = vocab.bert.expect("checked before");
+        if let Some((cls, sep)) = framing {
             row.ids.insert(0, cls);
             row.bases.insert(0, 0);
             spans.insert(0, (0, 0));
