@@ -38,7 +38,7 @@ pub(crate) fn load_vocab(path: &Path) -> Result<Vocab, StepError> {
     let pad = id("pad_token", &["[PAD]", "<pad>"]).or(eos).unwrap_or(0);
     let bert = match (
         id("cls_token", &["[CLS]", "<s>"]),
-        id("sep_token", &["[SEP]", "</s>"]),
+        id("sep_token", &["[SEP]", "</s>", "<eos>"]),
         id("mask_token", &["[MASK]", "<mask>"]),
     ) {
         (Some(c), Some(s), Some(m)) => Some((c, s, m)),

@@ -327,7 +327,7 @@ impl<B: FusedOps> MlmHead<B> {
 /// batch's [B, T] layout. With rows of mixed lengths padded to the longest, as masked LM and
 /// fine-tuning batches are, a third or more of [B, T] is padding. Padding positions come back
 /// as zeros; nothing reads them (losses, pooling and probes skip them by the mask).
-struct Packing<B: Backend> {
+pub(crate) struct Packing<B: Backend> {
     /// Row-major positions b·T + t of the real tokens, in order.
     real: Tensor<B, 1, Int>,
     b: usize,
@@ -336,7 +336,7 @@ struct Packing<B: Backend> {
 
 impl<B: Backend> Packing<B> {
     /// None when no position is padding: then packing would only copy.
-    fn of(mask: &Tensor<B, 2, Int>) -> Option<Packing<B>> {
+    pub(crate) fn of(mask: &Tensor<B, 2, Int>) -> Option<Packing<B>> {
         let [b, t] = mask.dims();
         let host = mask.to_data().convert::<i64>();
         let values = host.as_slice::<i64>().expect("i64 after convert");
@@ -356,7 +356,7 @@ impl<B: Backend> Packing<B> {
     }
 
     /// [B, T, c] → [1, N, c]: the real tokens' rows.
-    fn pack(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    pub(crate) fn pack(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let c = x.dims()[2];
         let n = self.real.dims()[0];
         x.reshape([self.b * self.t, c])
@@ -365,7 +365,7 @@ impl<B: Backend> Packing<B> {
     }
 
     /// [1, N, c] → [B, T, c], padding positions zero.
-    fn unpack(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    pub(crate) fn unpack(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [_, n, c] = x.dims();
         Tensor::zeros([self.b * self.t, c], &x.device())
             .select_assign(

@@ -228,9 +228,19 @@ impl Rope {
         })
     }
 
+    /// Unscaled frequencies 1/θ^(2i/dh) over head width `dim` (ESM-2's and LucaOne's rotary).
+    pub(crate) fn plain(theta: f64, dim: usize) -> Rope {
+        Rope {
+            inv_freq: base_frequencies(theta, dim),
+            dynamic: None,
+            theta,
+            dim,
+        }
+    }
+
     /// cos and sin [T, dh] of positions `start..start + t` (rotate-half layout: the
     /// frequencies twice), as f32 the way transformers computes them.
-    fn tables<B: Backend>(
+    pub(crate) fn tables<B: Backend>(
         &self,
         start: usize,
         t: usize,

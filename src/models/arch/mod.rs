@@ -10,6 +10,7 @@ use burn::prelude::*;
 use serde_json::{Value, json};
 
 pub mod bert;
+pub mod esm;
 pub mod gpt2;
 pub mod llama;
 
@@ -20,6 +21,7 @@ use super::kernels::FusedOps;
 use super::nn::heads::{HeadLayout, Pool};
 use super::nn::kv_cache::KvCache;
 use bert::{Bert, BertConfig};
+use esm::{Esm, EsmConfig};
 use gpt2::{Gpt2, Gpt2Config};
 use llama::{Llama, LlamaConfig};
 
@@ -61,6 +63,8 @@ pub struct FreshSize {
     pub positions: usize,
     pub pad: Option<u32>,
     pub eos: Option<u32>,
+    /// The tokenizer's mask token, when it has one (ESM's `token_dropout` zeroes its rows).
+    pub mask: Option<u32>,
 }
 
 /// One row of the table.
@@ -97,7 +101,13 @@ pub struct Architecture {
     pub fresh: fn(&FreshSize) -> Value,
     /// The `config.json` field that holds the longest sequence.
     pub positions_field: &'static str,
+    /// Builds a `tokenizer.json` from the tokenizer files a model directory ships instead of
+    /// one (ESM's `vocab.txt`); `None` when the architecture's checkpoints carry one.
+    pub tokenizer_from_files: Option<TokenizerFromFiles>,
 }
+
+/// A `tokenizer.json` built from a model directory's own tokenizer files (`None`: not there).
+pub type TokenizerFromFiles = fn(&std::path::Path) -> Result<Option<Value>, ModelError>;
 
 /// The tensors that have a row per vocabulary token: the input embedding, output weights
 /// [vocab, d] (an untied LM head, tied copies a checkpoint may carry) and output biases [vocab].
@@ -109,7 +119,7 @@ pub struct VocabRows {
 }
 
 /// Every architecture dnaflow builds.
-pub static ARCHITECTURES: &[&Architecture] = &[&GPT2, &BERT, &LLAMA];
+pub static ARCHITECTURES: &[&Architecture] = &[&GPT2, &BERT, &LLAMA, &ESM];
 
 fn model_type(v: &Value) -> Option<&str> {
     v.get("model_type").and_then(Value::as_str)
@@ -162,6 +172,7 @@ static GPT2: Architecture = Architecture {
         })
     },
     positions_field: "n_positions",
+    tokenizer_from_files: None,
 };
 
 static BERT: Architecture = Architecture {
@@ -215,6 +226,7 @@ static BERT: Architecture = Architecture {
         })
     },
     positions_field: "max_position_embeddings",
+    tokenizer_from_files: None,
 };
 
 static LLAMA: Architecture = Architecture {
@@ -262,6 +274,52 @@ static LLAMA: Architecture = Architecture {
         })
     },
     positions_field: "max_position_embeddings",
+    tokenizer_from_files: None,
+};
+
+static ESM: Architecture = Architecture {
+    model_type: "esm",
+    recognise: |v| Ok(model_type(v) == Some("esm")),
+    lm_class: "EsmForMaskedLM",
+    seq_cls_class: "EsmForSequenceClassification",
+    token_cls_class: "EsmForTokenClassification",
+    lm: LmKind::Masked,
+    // `EsmClassificationHead` on <cls>: dense + tanh, dropout, `out_proj` (it also drops out
+    // before the dense layer, which only training sees).
+    seq_head: HeadLayout {
+        pool: Some(Pool::FirstToken),
+        pooler: Some("classifier.dense"),
+        classifier: "classifier.out_proj",
+        bias: true,
+        dropout: true,
+    },
+    token_head: CLASSIFIER_ON_TOKENS,
+    default_classifier_dropout: |c| match c {
+        ArchConfig::Esm(c) => c.hidden_dropout_prob,
+        _ => 0.1,
+    },
+    embeddings: &["esm.embeddings."],
+    vocab_rows: VocabRows {
+        embedding: "esm.embeddings.word_embeddings.weight",
+        outputs: &["lm_head.decoder.weight"],
+        biases: &["lm_head.bias"],
+    },
+    layer_prefix: "esm.encoder.layer.",
+    head_prefixes: &["lm_head.", "classifier."],
+    regression_mean: MeanFold::HeadBias,
+    framing: Framing::ClsSep,
+    parse: |v| serde_json::from_value(v).map(ArchConfig::Esm),
+    fresh: |s| {
+        json!({
+            "hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
+            "intermediate_size": 512, "max_position_embeddings": s.positions,
+            "position_embedding_type": "rotary", "layer_norm_eps": 1e-5,
+            "emb_layer_norm_before": false, "token_dropout": s.mask.is_some(),
+            "mask_token_id": s.mask, "pad_token_id": s.pad, "eos_token_id": s.eos,
+        })
+    },
+    positions_field: "max_position_embeddings",
+    tokenizer_from_files: Some(esm::tokenizer_from_vocab_txt),
 };
 
 /// The row named `model_type`.
@@ -283,6 +341,7 @@ pub enum ArchConfig {
     Gpt2(Gpt2Config),
     Bert(BertConfig),
     Llama(LlamaConfig),
+    Esm(EsmConfig),
 }
 
 impl ArchConfig {
@@ -297,6 +356,7 @@ impl ArchConfig {
             ArchConfig::Gpt2(_) => "gpt2",
             ArchConfig::Bert(_) => "bert",
             ArchConfig::Llama(_) => "llama",
+            ArchConfig::Esm(_) => "esm",
         }
     }
 
@@ -306,6 +366,7 @@ impl ArchConfig {
             ArchConfig::Gpt2(c) => c.to_hf_json(),
             ArchConfig::Bert(c) => c.to_hf_json(),
             ArchConfig::Llama(c) => c.to_hf_json(),
+            ArchConfig::Esm(c) => c.to_hf_json(),
         }
     }
 
@@ -336,6 +397,7 @@ impl ArchConfig {
             ArchConfig::Gpt2(c) => c.n_embd,
             ArchConfig::Bert(c) => c.hidden_size,
             ArchConfig::Llama(c) => c.hidden_size,
+            ArchConfig::Esm(c) => c.hidden_size,
         }
     }
 
@@ -344,6 +406,7 @@ impl ArchConfig {
             ArchConfig::Gpt2(c) => c.n_layer,
             ArchConfig::Bert(c) => c.num_hidden_layers,
             ArchConfig::Llama(c) => c.num_hidden_layers,
+            ArchConfig::Esm(c) => c.num_hidden_layers,
         }
     }
 
@@ -359,6 +422,7 @@ impl ArchConfig {
             ArchConfig::Gpt2(c) => c.vocab_size = n,
             ArchConfig::Bert(c) => c.vocab_size = n,
             ArchConfig::Llama(c) => c.vocab_size = n,
+            ArchConfig::Esm(c) => c.vocab_size = n,
         }
     }
 
@@ -368,6 +432,7 @@ impl ArchConfig {
             ArchConfig::Gpt2(c) => c.pad_token_id = Some(pad),
             ArchConfig::Bert(c) => c.pad_token_id = Some(pad),
             ArchConfig::Llama(c) => c.pad_token_id = Some(pad),
+            ArchConfig::Esm(c) => c.pad_token_id = Some(pad),
         }
     }
 
@@ -447,6 +512,25 @@ pub fn read_config(dir: &std::path::Path) -> Result<(ArchConfig, Value), ModelEr
     Ok((config, value))
 }
 
+/// The text of the `tokenizer.json` at `path`; when there is none and its directory is a model
+/// directory whose tokenizer ships as other files (ESM's `vocab.txt`), the one its row builds.
+pub fn read_tokenizer_json(path: &std::path::Path) -> Result<String, ModelError> {
+    let missing = match std::fs::read_to_string(path) {
+        Ok(text) => return Ok(text),
+        Err(e) => e,
+    };
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    if path.file_name().is_some_and(|n| n == "tokenizer.json")
+        && dir.join("config.json").is_file()
+        && let Ok((config, _)) = read_config(dir)
+        && let Some(build) = config.architecture().tokenizer_from_files
+        && let Some(json) = build(dir)?
+    {
+        return Ok(json.to_string());
+    }
+    Err(ModelError::io(path, missing))
+}
+
 /// Token ids, token types and the padding mask of a batch, on the device.
 pub struct Tokens<B: Backend> {
     pub ids: Tensor<B, 2, Int>,
@@ -465,6 +549,7 @@ pub enum Backbone<B: Backend> {
     Gpt2(Gpt2<B>),
     Bert(Bert<B>),
     Llama(Llama<B>),
+    Esm(Esm<B>),
 }
 
 impl<B: FusedOps> Backbone<B> {
@@ -478,6 +563,7 @@ impl<B: FusedOps> Backbone<B> {
             ArchConfig::Gpt2(c) => Backbone::Gpt2(Gpt2::declare(c, vars)?),
             ArchConfig::Bert(c) => Backbone::Bert(Bert::declare(c, vars, lm_head)?),
             ArchConfig::Llama(c) => Backbone::Llama(Llama::declare(c, vars, lm_head)?),
+            ArchConfig::Esm(c) => Backbone::Esm(Esm::declare(c, vars, lm_head)?),
         })
     }
 
@@ -486,6 +572,7 @@ impl<B: FusedOps> Backbone<B> {
             Backbone::Gpt2(m) => Backbone::Gpt2(m.with_precision(precision)),
             Backbone::Bert(m) => Backbone::Bert(m.with_precision(precision)),
             Backbone::Llama(m) => Backbone::Llama(m.with_precision(precision)),
+            Backbone::Esm(m) => Backbone::Esm(m.with_precision(precision)),
         }
     }
 
@@ -495,6 +582,7 @@ impl<B: FusedOps> Backbone<B> {
             Backbone::Gpt2(m) => m.layers(),
             Backbone::Bert(m) => m.layers(),
             Backbone::Llama(m) => m.layers(),
+            Backbone::Esm(m) => m.layers(),
         }
     }
 
@@ -514,6 +602,7 @@ impl<B: FusedOps> Backbone<B> {
                 tokens.padded.then(|| tokens.mask.clone()),
                 layer,
             ),
+            Backbone::Esm(m) => m.hidden_at(tokens.ids.clone(), tokens.mask.clone(), layer),
         }
     }
 
@@ -529,6 +618,9 @@ impl<B: FusedOps> Backbone<B> {
                 )
                 .expect("a masked LM has its MLM head"),
             Backbone::Llama(m) => m.logits(self.hidden(tokens, m.layers())),
+            Backbone::Esm(m) => m
+                .mlm_logits(tokens.ids.clone(), tokens.mask.clone())
+                .expect("a masked LM has its MLM head"),
         }
     }
 
@@ -544,6 +636,7 @@ impl<B: FusedOps> Backbone<B> {
             Backbone::Gpt2(m) => m.logits(h),
             Backbone::Bert(m) => m.mlm_on(h).expect("a masked LM has its MLM head"),
             Backbone::Llama(m) => m.logits(h),
+            Backbone::Esm(m) => m.mlm_on(h).expect("a masked LM has its MLM head"),
         };
         let v = logits.dims()[2];
         logits.reshape([n, v])
@@ -558,7 +651,7 @@ impl<B: FusedOps> Backbone<B> {
     ) -> Option<Tensor<B, 3>> {
         match self {
             Backbone::Gpt2(m) => Some(m.forward_cached(ids, cache)),
-            Backbone::Bert(_) => None,
+            Backbone::Bert(_) | Backbone::Esm(_) => None,
             Backbone::Llama(m) => Some(m.forward_cached(ids, cache)),
         }
     }
@@ -571,7 +664,7 @@ impl<B: FusedOps> Backbone<B> {
     ) -> Option<Tensor<B, 3>> {
         match self {
             Backbone::Gpt2(m) => Some(m.next_logits(ids, cache)),
-            Backbone::Bert(_) => None,
+            Backbone::Bert(_) | Backbone::Esm(_) => None,
             Backbone::Llama(m) => Some(m.next_logits(ids, cache)),
         }
     }

@@ -365,6 +365,18 @@ impl<'w, B: Backend> Vars<'_, 'w, B> {
         }
     }
 
+    /// A tensor a checkpoint may store under another name `stored` (transformers 5.25 saves
+    /// ESM's layer norms as `gamma` / `beta`): loaded as `name` when only `stored` is there.
+    pub fn alias(&mut self, stored: &str, name: &str) {
+        let (stored, name) = (self.name(stored), self.name(name));
+        if let Source::Load(w) = &mut self.state.source
+            && !w.contains(&name)
+            && let Some(t) = w.remove(&stored)
+        {
+            w.insert(&name, t.shape, t.values);
+        }
+    }
+
     /// A tensor a checkpoint may carry that the model does not use (buffers, tied copies).
     pub fn skip(&mut self, name: &str) {
         let name = self.name(name);
