@@ -1,6 +1,6 @@
 //! Every model step kind with every architecture of the table, end to end through the binary:
-//! a tiny model pretrained on real splice rows (GPT-2 and LLaMA causal, BERT masked), then
-//! eval.lm, model.generate (causal), model.embed, and model.finetune for seq-cls, regression,
+//! a tiny model pretrained on real splice rows (GPT-2 and LLaMA causal, BERT and ESM-2 masked),
+//! then eval.lm, model.generate (causal), model.embed and eval.probe, and model.finetune for seq-cls, regression,
 //! multi-label, token-cls and (causal) text. Each fine-tuned classifier and regressor directory,
 //! called the default way in transformers (`AutoTokenizer` + `AutoModelFor…`), gives dnaflow's
 //! own test predictions (probabilities, values, per-base labels): the saved tokenizer frames inputs as the model was trained (where python3 has
@@ -51,6 +51,9 @@ fn config(arch: &str) -> &'static str {
         "bert" => {
             "{ hidden_size: 16, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 32, max_position_embeddings: 64 }"
         }
+        "esm" => {
+            "{ hidden_size: 16, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 32, max_position_embeddings: 64 }"
+        }
         _ => {
             "{ hidden_size: 16, intermediate_size: 32, num_hidden_layers: 1, num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 64 }"
         }
@@ -62,7 +65,7 @@ fn project(arch: &str) -> Project {
     p.write("train.csv", &table(0..120));
     p.write("valid.csv", &table(120..160));
     p.write("test.csv", &table(2000..2030));
-    let causal = arch != "bert";
+    let causal = !masked(arch);
     let mut wf = format!(
         r#"
 name: every-kind-{arch}
@@ -87,6 +90,9 @@ steps:
   emb:
     uses: model.embed
     with: {{ model: "${{{{ steps.lm.model }}}}", data: test.csv }}
+  probe:
+    uses: eval.probe
+    with: {{ embeddings: "${{{{ steps.emb.embeddings }}}}", folds: 3 }}
 "#,
         config = config(arch)
     );
@@ -137,6 +143,12 @@ steps:
     }
     p.write("wf.yaml", &wf);
     p
+}
+
+/// The masked-LM architectures (pseudo-perplexity, `[CLS] … [SEP]`-style framing, no
+/// generation).
+fn masked(arch: &str) -> bool {
+    matches!(arch, "bert" | "esm")
 }
 
 fn has_torch() -> bool {
@@ -225,6 +237,7 @@ fn every_kind(arch: &str) {
     let prefix = match arch {
         "gpt2" => "GPT2",
         "bert" => "Bert",
+        "esm" => "Esm",
         _ => "Llama",
     };
     assert!(class("lm").starts_with(prefix), "{}", class("lm"));
@@ -232,7 +245,10 @@ fn every_kind(arch: &str) {
     assert_eq!(class("tokcls"), format!("{prefix}ForTokenClassification"));
     let ppl: Value = serde_json::from_str(&read(&report.out("ppl").join("metrics.json"))).unwrap();
     assert!(ppl["bits_per_base"].as_f64().unwrap().is_finite(), "{ppl}");
-    if arch != "bert" {
+    let probe: Value =
+        serde_json::from_str(&read(&report.out("probe").join("metrics.json"))).unwrap();
+    assert!(probe.to_string().contains("accuracy"), "{probe}");
+    if !masked(arch) {
         let samples = read(&report.out("gen").join("samples.jsonl"));
         assert_eq!(samples.lines().count(), 2, "{samples}");
     }
@@ -285,7 +301,7 @@ fn every_kind(arch: &str) {
         .map(|v| v.unwrap_or_default().to_string())
         .collect();
     let theirs = transformers_predictions(&dir, "token-cls", &sequences);
-    let framed = usize::from(arch == "bert");
+    let framed = usize::from(masked(arch));
     for (row, (tokens, want)) in theirs.iter().zip(&ours).enumerate() {
         let tokens = tokens.as_array().unwrap();
         let spelled: String = tokens[framed..tokens.len() - framed]
@@ -312,4 +328,9 @@ fn every_kind_runs_with_bert() {
 #[test]
 fn every_kind_runs_with_llama() {
     every_kind("llama");
+}
+
+#[test]
+fn every_kind_runs_with_esm() {
+    every_kind("esm");
 }
