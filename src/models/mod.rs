@@ -598,6 +598,106 @@ for name, shards in (("one", 1), ("sharded", 2)):
         })
     }
 
+    /// LucaOne against the `lucaone` package's `LucaGPLMForMaskedLM`: every hidden state and
+    /// the logits on a nucleotide row (token type 0) beside a protein row (type 1), all real
+    /// and right-padded (padding positions are zeros here, so they are not compared).
+    #[test]
+    fn lucaone_matches_its_package() {
+        on_test_device!(|device: B| {
+            let r = Reference::load("lucaone");
+            let model = load::<B>(&fixture("lucaone"), &device);
+            let arch::Backbone::LucaOne(luca) = model.backbone() else {
+                panic!("lucaone")
+            };
+            let tol = tolerance(1e-4);
+            for prefix in ["", "padded_"] {
+                let key = |k: &str| format!("{prefix}{k}");
+                let ids = r.ints::<B>(&key("input_ids"), &device);
+                let types = r.ints::<B>(&key("token_type_ids"), &device);
+                let mask_key = key("attention_mask");
+                let mask = if prefix.is_empty() {
+                    ids.ones_like()
+                } else {
+                    r.ints::<B>(&mask_key, &device)
+                };
+                let mut json = r.json.clone();
+                let rows: Vec<Vec<i64>> = serde_json::from_value(
+                    weights::host(mask.clone().float())
+                        .1
+                        .chunks(ids.dims()[1])
+                        .map(|c| c.iter().map(|&v| v as i64).collect::<Vec<_>>())
+                        .collect::<Vec<_>>()
+                        .into(),
+                )
+                .unwrap();
+                json["_mask"] = serde_json::json!(rows);
+                let states = r.json[key("hidden_states")].as_array().unwrap().clone();
+                assert_eq!(states.len(), luca.layers() + 1);
+                let mut worst = 0.0f32;
+                for (layer, want) in states.iter().enumerate() {
+                    json["_want"] = want.clone();
+                    let got = luca.hidden_at(ids.clone(), types.clone(), mask.clone(), layer);
+                    let r = Reference { json: json.clone() };
+                    worst = worst.max(r.max_diff_masked("_want", "_mask", got));
+                }
+                let logits = luca.mlm_logits(ids, types, mask).unwrap();
+                json["_want"] = r.json[key("logits")].clone();
+                let logits = Reference { json }.max_diff_masked("_want", "_mask", logits);
+                figure(
+                    &format!("lucaone {prefix}forward vs the lucaone package, max |diff|"),
+                    format!("hidden states {worst:.2e}, logits {logits:.2e}"),
+                );
+                assert!(
+                    worst < tol,
+                    "lucaone {prefix}: a hidden state differs by {worst}"
+                );
+                assert!(logits < tol, "lucaone {prefix}: logits differ by {logits}");
+            }
+        })
+    }
+
+    /// LucaOne saved here loads in the `lucaone` package with the same logits (nucleotide and
+    /// protein rows, padded and not), when python3 has it.
+    #[test]
+    fn lucaone_saved_here_reloads_in_its_package() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dev = Default::default();
+        let model = load::<Flex>(&fixture("lucaone"), &dev);
+        let dir = tmp.path().join("lucaone");
+        model.save_dir(&dir, None).unwrap();
+        assert_eq!(ModelSpec::read(&dir).unwrap(), *model.spec());
+        let r = Reference::load("lucaone");
+        let reloaded = load::<Flex>(&dir, &dev);
+        let tokens = arch::Tokens {
+            ids: r.ints::<Flex>("input_ids", &dev),
+            types: r.ints::<Flex>("token_type_ids", &dev),
+            mask: r.ints::<Flex>("input_ids", &dev).ones_like(),
+            padded: false,
+        };
+        let diff = r.max_diff("logits", reloaded.backbone().lm_logits(&tokens));
+        assert!(diff < 1e-4, "{diff}");
+        if !python_has("torch, transformers, lucaone") {
+            eprintln!("skipping the lucaone reload: python3 has no torch/transformers/lucaone");
+            return;
+        }
+        let out = std::process::Command::new("python3")
+            .arg(fixture("make_lucaone.py"))
+            .args(["check", &dir.display().to_string()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let diff: f32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        figure(
+            "lucaone saved here, reloaded in the lucaone package (CPU), max |logit diff|",
+            format!("{diff:.2e}"),
+        );
+        assert!(diff < 1e-4, "the lucaone package's logits differ by {diff}");
+    }
+
     /// A config.json whose architecture no row builds is an error naming every row.
     #[test]
     fn an_unknown_architecture_lists_the_rows() {
@@ -879,7 +979,7 @@ for name, shards in (("one", 1), ("sharded", 2)):
     /// CPU only: fresh weights are made on the host; this checks their names round-trip.
     #[test]
     fn fresh_models_build_from_their_own_init() {
-        for arch in ["gpt2", "bert", "llama-gqa", "llama-tied", "esm"] {
+        for arch in ["gpt2", "bert", "llama-gqa", "llama-tied", "esm", "lucaone"] {
             let spec = ModelSpec::read(&fixture(arch)).unwrap();
             let w = spec.init_weights(7).unwrap();
             let names: Vec<String> = w.names().map(String::from).collect();

@@ -13,6 +13,7 @@ pub mod bert;
 pub mod esm;
 pub mod gpt2;
 pub mod llama;
+pub mod lucaone;
 
 use super::device::Precision;
 use super::error::ModelError;
@@ -24,6 +25,7 @@ use bert::{Bert, BertConfig};
 use esm::{Esm, EsmConfig};
 use gpt2::{Gpt2, Gpt2Config};
 use llama::{Llama, LlamaConfig};
+use lucaone::{LucaOne, LucaOneConfig};
 
 /// What the architecture's own language-model head predicts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +121,7 @@ pub struct VocabRows {
 }
 
 /// Every architecture dnaflow builds.
-pub static ARCHITECTURES: &[&Architecture] = &[&GPT2, &BERT, &LLAMA, &ESM];
+pub static ARCHITECTURES: &[&Architecture] = &[&GPT2, &BERT, &LLAMA, &ESM, &LUCAONE];
 
 fn model_type(v: &Value) -> Option<&str> {
     v.get("model_type").and_then(Value::as_str)
@@ -322,6 +324,49 @@ static ESM: Architecture = Architecture {
     tokenizer_from_files: Some(esm::tokenizer_from_vocab_txt),
 };
 
+static LUCAONE: Architecture = Architecture {
+    model_type: "lucaone",
+    recognise: |v| Ok(model_type(v) == Some("lucaone")),
+    lm_class: "LucaGPLMForMaskedLM",
+    seq_cls_class: "LucaGPLMForSequenceClassification",
+    token_cls_class: "LucaGPLMForTokenClassification",
+    lm: LmKind::Masked,
+    // `classifier_pooling_type: cls` (the one pooling built here): [CLS], dropout, `classifier`.
+    seq_head: HeadLayout {
+        pool: Some(Pool::FirstToken),
+        pooler: None,
+        classifier: "classifier",
+        bias: true,
+        dropout: true,
+    },
+    // The package drops the [CLS] and [SEP] rows of its output; the others are these.
+    token_head: CLASSIFIER_ON_TOKENS,
+    default_classifier_dropout: |c| match c {
+        ArchConfig::LucaOne(c) => c.classifier_dropout_prob,
+        _ => 0.1,
+    },
+    embeddings: &["lucaone.embeddings."],
+    vocab_rows: VocabRows {
+        embedding: "lucaone.embeddings.embed_tokens.weight",
+        outputs: &["lm_head.decoder.weight"],
+        biases: &["lm_head.bias"],
+    },
+    layer_prefix: "lucaone.encoder.layers.",
+    head_prefixes: &["lm_head.", "classifier.", "pooler."],
+    regression_mean: MeanFold::HeadBias,
+    framing: Framing::ClsSep,
+    parse: |v| serde_json::from_value(v).map(ArchConfig::LucaOne),
+    fresh: |s| {
+        json!({
+            "hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
+            "max_position_embeddings": s.positions, "pad_token_id": s.pad,
+            "mask_token_id": s.mask,
+        })
+    },
+    positions_field: "max_position_embeddings",
+    tokenizer_from_files: Some(lucaone::tokenizer_for_model_dir),
+};
+
 /// The row named `model_type`.
 pub fn architecture(model_type: &str) -> Option<&'static Architecture> {
     ARCHITECTURES
@@ -342,6 +387,7 @@ pub enum ArchConfig {
     Bert(BertConfig),
     Llama(LlamaConfig),
     Esm(EsmConfig),
+    LucaOne(LucaOneConfig),
 }
 
 impl ArchConfig {
@@ -357,6 +403,7 @@ impl ArchConfig {
             ArchConfig::Bert(_) => "bert",
             ArchConfig::Llama(_) => "llama",
             ArchConfig::Esm(_) => "esm",
+            ArchConfig::LucaOne(_) => "lucaone",
         }
     }
 
@@ -367,6 +414,7 @@ impl ArchConfig {
             ArchConfig::Bert(c) => c.to_hf_json(),
             ArchConfig::Llama(c) => c.to_hf_json(),
             ArchConfig::Esm(c) => c.to_hf_json(),
+            ArchConfig::LucaOne(c) => c.to_hf_json(),
         }
     }
 
@@ -398,6 +446,7 @@ impl ArchConfig {
             ArchConfig::Bert(c) => c.hidden_size,
             ArchConfig::Llama(c) => c.hidden_size,
             ArchConfig::Esm(c) => c.hidden_size,
+            ArchConfig::LucaOne(c) => c.hidden_size,
         }
     }
 
@@ -407,6 +456,7 @@ impl ArchConfig {
             ArchConfig::Bert(c) => c.num_hidden_layers,
             ArchConfig::Llama(c) => c.num_hidden_layers,
             ArchConfig::Esm(c) => c.num_hidden_layers,
+            ArchConfig::LucaOne(c) => c.num_hidden_layers,
         }
     }
 
@@ -423,6 +473,7 @@ impl ArchConfig {
             ArchConfig::Bert(c) => c.vocab_size = n,
             ArchConfig::Llama(c) => c.vocab_size = n,
             ArchConfig::Esm(c) => c.vocab_size = n,
+            ArchConfig::LucaOne(c) => c.vocab_size = n,
         }
     }
 
@@ -433,6 +484,7 @@ impl ArchConfig {
             ArchConfig::Bert(c) => c.pad_token_id = Some(pad),
             ArchConfig::Llama(c) => c.pad_token_id = Some(pad),
             ArchConfig::Esm(c) => c.pad_token_id = Some(pad),
+            ArchConfig::LucaOne(c) => c.pad_token_id = Some(pad),
         }
     }
 
@@ -550,6 +602,7 @@ pub enum Backbone<B: Backend> {
     Bert(Bert<B>),
     Llama(Llama<B>),
     Esm(Esm<B>),
+    LucaOne(LucaOne<B>),
 }
 
 impl<B: FusedOps> Backbone<B> {
@@ -564,6 +617,7 @@ impl<B: FusedOps> Backbone<B> {
             ArchConfig::Bert(c) => Backbone::Bert(Bert::declare(c, vars, lm_head)?),
             ArchConfig::Llama(c) => Backbone::Llama(Llama::declare(c, vars, lm_head)?),
             ArchConfig::Esm(c) => Backbone::Esm(Esm::declare(c, vars, lm_head)?),
+            ArchConfig::LucaOne(c) => Backbone::LucaOne(LucaOne::declare(c, vars, lm_head)?),
         })
     }
 
@@ -573,6 +627,7 @@ impl<B: FusedOps> Backbone<B> {
             Backbone::Bert(m) => Backbone::Bert(m.with_precision(precision)),
             Backbone::Llama(m) => Backbone::Llama(m.with_precision(precision)),
             Backbone::Esm(m) => Backbone::Esm(m.with_precision(precision)),
+            Backbone::LucaOne(m) => Backbone::LucaOne(m.with_precision(precision)),
         }
     }
 
@@ -583,6 +638,7 @@ impl<B: FusedOps> Backbone<B> {
             Backbone::Bert(m) => m.layers(),
             Backbone::Llama(m) => m.layers(),
             Backbone::Esm(m) => m.layers(),
+            Backbone::LucaOne(m) => m.layers(),
         }
     }
 
@@ -603,6 +659,12 @@ impl<B: FusedOps> Backbone<B> {
                 layer,
             ),
             Backbone::Esm(m) => m.hidden_at(tokens.ids.clone(), tokens.mask.clone(), layer),
+            Backbone::LucaOne(m) => m.hidden_at(
+                tokens.ids.clone(),
+                tokens.types.clone(),
+                tokens.mask.clone(),
+                layer,
+            ),
         }
     }
 
@@ -621,6 +683,13 @@ impl<B: FusedOps> Backbone<B> {
             Backbone::Esm(m) => m
                 .mlm_logits(tokens.ids.clone(), tokens.mask.clone())
                 .expect("a masked LM has its MLM head"),
+            Backbone::LucaOne(m) => m
+                .mlm_logits(
+                    tokens.ids.clone(),
+                    tokens.types.clone(),
+                    tokens.mask.clone(),
+                )
+                .expect("a masked LM has its MLM head"),
         }
     }
 
@@ -637,6 +706,7 @@ impl<B: FusedOps> Backbone<B> {
             Backbone::Bert(m) => m.mlm_on(h).expect("a masked LM has its MLM head"),
             Backbone::Llama(m) => m.logits(h),
             Backbone::Esm(m) => m.mlm_on(h).expect("a masked LM has its MLM head"),
+            Backbone::LucaOne(m) => m.mlm_on(h).expect("a masked LM has its MLM head"),
         };
         let v = logits.dims()[2];
         logits.reshape([n, v])
@@ -651,7 +721,7 @@ impl<B: FusedOps> Backbone<B> {
     ) -> Option<Tensor<B, 3>> {
         match self {
             Backbone::Gpt2(m) => Some(m.forward_cached(ids, cache)),
-            Backbone::Bert(_) | Backbone::Esm(_) => None,
+            Backbone::Bert(_) | Backbone::Esm(_) | Backbone::LucaOne(_) => None,
             Backbone::Llama(m) => Some(m.forward_cached(ids, cache)),
         }
     }
@@ -664,7 +734,7 @@ impl<B: FusedOps> Backbone<B> {
     ) -> Option<Tensor<B, 3>> {
         match self {
             Backbone::Gpt2(m) => Some(m.next_logits(ids, cache)),
-            Backbone::Bert(_) | Backbone::Esm(_) => None,
+            Backbone::Bert(_) | Backbone::Esm(_) | Backbone::LucaOne(_) => None,
             Backbone::Llama(m) => Some(m.next_logits(ids, cache)),
         }
     }
