@@ -1,5 +1,5 @@
 //! Every model step kind with every architecture of the table, end to end through the binary:
-//! a tiny model pretrained on real splice rows (GPT-2 and LLaMA causal, BERT and ESM-2 masked),
+//! a tiny model pretrained on real splice rows (GPT-2 and LLaMA causal, BERT, ESM-2 and LucaOne masked),
 //! then eval.lm, model.generate (causal), model.embed and eval.probe, and model.finetune for seq-cls, regression,
 //! multi-label, token-cls and (causal) text. Each fine-tuned classifier and regressor directory,
 //! called the default way in transformers (`AutoTokenizer` + `AutoModelFor…`), gives dnaflow's
@@ -53,6 +53,9 @@ fn config(arch: &str) -> &'static str {
         }
         "esm" => {
             "{ hidden_size: 16, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 32, max_position_embeddings: 64 }"
+        }
+        "lucaone" => {
+            "{ hidden_size: 16, num_hidden_layers: 1, num_attention_heads: 2, max_position_embeddings: 64 }"
         }
         _ => {
             "{ hidden_size: 16, intermediate_size: 32, num_hidden_layers: 1, num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 64 }"
@@ -148,7 +151,7 @@ steps:
 /// The masked-LM architectures (pseudo-perplexity, `[CLS] … [SEP]`-style framing, no
 /// generation).
 fn masked(arch: &str) -> bool {
-    matches!(arch, "bert" | "esm")
+    matches!(arch, "bert" | "esm" | "lucaone")
 }
 
 fn has_torch() -> bool {
@@ -238,6 +241,7 @@ fn every_kind(arch: &str) {
         "gpt2" => "GPT2",
         "bert" => "Bert",
         "esm" => "Esm",
+        "lucaone" => "LucaGPLM",
         _ => "Llama",
     };
     assert!(class("lm").starts_with(prefix), "{}", class("lm"));
@@ -251,6 +255,13 @@ fn every_kind(arch: &str) {
     if !masked(arch) {
         let samples = read(&report.out("gen").join("samples.jsonl"));
         assert_eq!(samples.lines().count(), 2, "{samples}");
+    }
+    if arch == "lucaone" {
+        // The lucaone package's task classes need `task_level` / `task_type` per head, which
+        // dnaflow does not write yet, and its masked LM needs a patch under transformers 5.25
+        // (see tests/fixtures/models/make_lucaone.py): the models layer checks it instead.
+        eprintln!("skipping the transformers half for lucaone: its task classes are not loaded");
+        return;
     }
     if !has_torch() {
         eprintln!("skipping the transformers half for {arch}: python3 has no torch/transformers");
@@ -333,4 +344,9 @@ fn every_kind_runs_with_llama() {
 #[test]
 fn every_kind_runs_with_esm() {
     every_kind("esm");
+}
+
+#[test]
+fn every_kind_runs_with_lucaone() {
+    every_kind("lucaone");
 }
