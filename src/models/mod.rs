@@ -5,7 +5,8 @@
 //! - [`io`]: the one walk over HF tensor names (`vars`), named host tensors (`weights`) and
 //!   checkpoints as published (`checkpoint`: safetensors, shards, `pytorch_model.bin`);
 //! - [`nn`]: dense layers, self-attention, task heads, the KV cache;
-//! - [`arch`]: the architecture table and one file per architecture (GPT-2, BERT, LLaMA);
+//! - [`arch`]: the architecture table and one file per architecture (GPT-2, BERT, LLaMA,
+//!   ESM-2, LucaOne);
 //! - [`model`]: a backbone with one head, loaded from and saved to a model directory.
 //!
 //! A model directory is what `save_pretrained` writes: `config.json`, the weights and the
