@@ -2,6 +2,8 @@
 //! a tiny model pretrained on real splice rows (GPT-2 and LLaMA causal, BERT, DNABERT-2 and
 //! ESM C masked), then eval.lm, model.generate (causal), model.embed, eval.probe on the embeddings,
 //! and model.finetune for seq-cls, regression,
+//! a tiny model pretrained on real splice rows (GPT-2 and LLaMA causal, BERT, ESM-2 and LucaOne masked),
+//! then eval.lm, model.generate (causal), model.embed and eval.probe, and model.finetune for seq-cls, regression,
 //! multi-label, token-cls and (causal) text. Each fine-tuned classifier and regressor directory,
 //! called the default way in transformers (`AutoTokenizer` + `AutoModelFor…`), gives dnaflow's
 //! own test predictions (probabilities, values, per-base labels): the saved tokenizer frames inputs as the model was trained (where python3 has
@@ -57,6 +59,12 @@ fn config(arch: &str) -> &'static str {
             "{ hidden_size: 24, num_hidden_layers: 1, num_attention_heads: 6, intermediate_size: 16, max_position_embeddings: 64 }"
         }
         "esmc" => "{ d_model: 16, n_heads: 2, n_layers: 1, max_position_embeddings: 64 }",
+        "esm" => {
+            "{ hidden_size: 16, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 32, max_position_embeddings: 64 }"
+        }
+        "lucaone" => {
+            "{ hidden_size: 16, num_hidden_layers: 1, num_attention_heads: 2, max_position_embeddings: 64 }"
+        }
         _ => {
             "{ hidden_size: 16, intermediate_size: 32, num_hidden_layers: 1, num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 64 }"
         }
@@ -65,7 +73,7 @@ fn config(arch: &str) -> &'static str {
 
 /// Whether the architecture is an encoder trained by masked LM.
 fn masked(arch: &str) -> bool {
-    matches!(arch, "bert" | "dnabert2" | "esmc")
+    matches!(arch, "bert" | "dnabert2" | "esmc" | "esm" | "lucaone")
 }
 
 fn project(arch: &str) -> Project {
@@ -101,6 +109,7 @@ steps:
   probe:
     uses: eval.probe
     with: {{ embeddings: "${{{{ steps.emb.embeddings }}}}", folds: 2 }}
+    with: {{ embeddings: "${{{{ steps.emb.embeddings }}}}", folds: 3 }}
 "#,
         config = config(arch)
     );
@@ -240,6 +249,8 @@ fn every_kind(arch: &str) {
         "gpt2" => "GPT2",
         "bert" | "dnabert2" => "Bert",
         "esmc" => "ESMC",
+        "esm" => "Esm",
+        "lucaone" => "LucaGPLM",
         _ => "Llama",
     };
     assert!(class("lm").starts_with(prefix), "{}", class("lm"));
@@ -250,6 +261,7 @@ fn every_kind(arch: &str) {
     let probe: Value =
         serde_json::from_str(&read(&report.out("probe").join("metrics.json"))).unwrap();
     assert!(probe["accuracy"].is_number(), "{probe}");
+    assert!(probe.to_string().contains("accuracy"), "{probe}");
     if !masked(arch) {
         let samples = read(&report.out("gen").join("samples.jsonl"));
         assert_eq!(samples.lines().count(), 2, "{samples}");
@@ -267,6 +279,13 @@ fn every_kind(arch: &str) {
     }
     if arch == "esmc" {
         // ESM C has no transformers classes (the `esm` package's own `ESMC` only).
+        return;
+    }
+    if arch == "lucaone" {
+        // The lucaone package's task classes need `task_level` / `task_type` per head, which
+        // dnaflow does not write yet, and its masked LM needs a patch under transformers 5.25
+        // (see tests/fixtures/models/make_lucaone.py): the models layer checks it instead.
+        eprintln!("skipping the transformers half for lucaone: its task classes are not loaded");
         return;
     }
     if !has_torch() {
@@ -388,4 +407,14 @@ steps:
     assert_eq!(emb["dimension"], 32, "{emb}");
     let ppl: Value = serde_json::from_str(&read(&report.out("ppl").join("metrics.json"))).unwrap();
     assert!(ppl["loss"].as_f64().unwrap().is_finite(), "{ppl}");
+}
+
+#[test]
+fn every_kind_runs_with_esm() {
+    every_kind("esm");
+}
+
+#[test]
+fn every_kind_runs_with_lucaone() {
+    every_kind("lucaone");
 }

@@ -6,7 +6,7 @@
 //!   checkpoints as published (`checkpoint`: safetensors, shards, `pytorch_model.bin`);
 //! - [`nn`]: dense layers, self-attention, task heads, the KV cache;
 //! - [`arch`]: the architecture table and one file per architecture (GPT-2, BERT, LLaMA,
-//!   DNABERT-2, ESM C);
+//!   DNABERT-2, ESM C, ESM-2, LucaOne);
 //! - [`model`]: a backbone with one head, loaded from and saved to a model directory.
 //!
 //! A model directory is what `save_pretrained` writes: `config.json`, the weights and the
@@ -24,7 +24,7 @@ pub mod resize;
 
 pub use arch::bert::{Bert, BertConfig};
 pub use arch::gpt2::{Gpt2, Gpt2Config};
-pub use arch::{ARCHITECTURES, ArchConfig, Architecture, read_config};
+pub use arch::{ARCHITECTURES, ArchConfig, Architecture, read_config, read_tokenizer_json};
 pub use device::{CUDA_BUILT, DeviceSpec, Precision, WGPU_BUILT};
 pub use error::ModelError;
 pub use io::weights::{LoadReport, Weights};
@@ -730,15 +730,210 @@ for name, shards in (("one", 1), ("sharded", 2)):
         })
     }
 
+    /// ESM-2 against transformers' `EsmForMaskedLM`: every hidden state and the logits, on a
+    /// batch with a `<mask>` in one row (token_dropout scales the rows differently) and on a
+    /// right-padded batch (padding positions are zeros here, so they are not compared).
+    #[test]
+    fn esm_matches_transformers() {
+        on_test_device!(|device: B| {
+            let r = Reference::load("esm");
+            let model = load::<B>(&fixture("esm"), &device);
+            let arch::Backbone::Esm(esm) = model.backbone() else {
+                panic!("esm")
+            };
+            let tol = tolerance(1e-4);
+            for (prefix, ids, mask) in [
+                ("", "input_ids", None),
+                ("padded_", "padded_input_ids", Some("padded_attention_mask")),
+            ] {
+                let ids = r.ints::<B>(ids, &device);
+                let mask_ids = match mask {
+                    Some(key) => r.ints::<B>(key, &device),
+                    None => ids.ones_like(),
+                };
+                let states = r.json[format!("{prefix}hidden_states")]
+                    .as_array()
+                    .unwrap()
+                    .clone();
+                assert_eq!(states.len(), esm.layers() + 1);
+                let mut worst = 0.0f32;
+                for (layer, want) in states.iter().enumerate() {
+                    let got = esm.hidden_at(ids.clone(), mask_ids.clone(), layer);
+                    let diff = match mask {
+                        Some(key) => {
+                            let rows: Vec<Vec<i64>> =
+                                serde_json::from_value(r.json[key].clone()).unwrap();
+                            let mut json = r.json.clone();
+                            json["_want"] = want.clone();
+                            json["_mask"] = serde_json::json!(rows);
+                            Reference { json }.max_diff_masked("_want", "_mask", got)
+                        }
+                        None => r.max_diff_of(want, got),
+                    };
+                    worst = worst.max(diff);
+                }
+                let logits = esm.mlm_logits(ids, mask_ids).unwrap();
+                let logits = match mask {
+                    Some(key) => r.max_diff_masked(&format!("{prefix}logits"), key, logits),
+                    None => r.max_diff("logits", logits),
+                };
+                figure(
+                    &format!("esm {prefix}forward vs transformers, max |diff|"),
+                    format!("hidden states {worst:.2e}, logits {logits:.2e}"),
+                );
+                assert!(
+                    worst < tol,
+                    "esm {prefix}: a hidden state differs by {worst}"
+                );
+                assert!(logits < tol, "esm {prefix}: logits differ by {logits}");
+            }
+        })
+    }
+
+    /// LucaOne against the `lucaone` package's `LucaGPLMForMaskedLM`: every hidden state and
+    /// the logits on a nucleotide row (token type 0) beside a protein row (type 1), all real
+    /// and right-padded (padding positions are zeros here, so they are not compared).
+    #[test]
+    fn lucaone_matches_its_package() {
+        on_test_device!(|device: B| {
+            let r = Reference::load("lucaone");
+            let model = load::<B>(&fixture("lucaone"), &device);
+            let arch::Backbone::LucaOne(luca) = model.backbone() else {
+                panic!("lucaone")
+            };
+            let tol = tolerance(1e-4);
+            for prefix in ["", "padded_"] {
+                let key = |k: &str| format!("{prefix}{k}");
+                let ids = r.ints::<B>(&key("input_ids"), &device);
+                let types = r.ints::<B>(&key("token_type_ids"), &device);
+                let mask_key = key("attention_mask");
+                let mask = if prefix.is_empty() {
+                    ids.ones_like()
+                } else {
+                    r.ints::<B>(&mask_key, &device)
+                };
+                let mut json = r.json.clone();
+                let rows: Vec<Vec<i64>> = serde_json::from_value(
+                    weights::host(mask.clone().float())
+                        .1
+                        .chunks(ids.dims()[1])
+                        .map(|c| c.iter().map(|&v| v as i64).collect::<Vec<_>>())
+                        .collect::<Vec<_>>()
+                        .into(),
+                )
+                .unwrap();
+                json["_mask"] = serde_json::json!(rows);
+                let states = r.json[key("hidden_states")].as_array().unwrap().clone();
+                assert_eq!(states.len(), luca.layers() + 1);
+                let mut worst = 0.0f32;
+                for (layer, want) in states.iter().enumerate() {
+                    json["_want"] = want.clone();
+                    let got = luca.hidden_at(ids.clone(), types.clone(), mask.clone(), layer);
+                    let r = Reference { json: json.clone() };
+                    worst = worst.max(r.max_diff_masked("_want", "_mask", got));
+                }
+                let logits = luca.mlm_logits(ids, types, mask).unwrap();
+                json["_want"] = r.json[key("logits")].clone();
+                let logits = Reference { json }.max_diff_masked("_want", "_mask", logits);
+                figure(
+                    &format!("lucaone {prefix}forward vs the lucaone package, max |diff|"),
+                    format!("hidden states {worst:.2e}, logits {logits:.2e}"),
+                );
+                assert!(
+                    worst < tol,
+                    "lucaone {prefix}: a hidden state differs by {worst}"
+                );
+                assert!(logits < tol, "lucaone {prefix}: logits differ by {logits}");
+            }
+        })
+    }
+
+    /// LucaOne saved here loads in the `lucaone` package with the same logits (nucleotide and
+    /// protein rows, padded and not), when python3 has it.
+    #[test]
+    fn lucaone_saved_here_reloads_in_its_package() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dev = Default::default();
+        let model = load::<Flex>(&fixture("lucaone"), &dev);
+        let dir = tmp.path().join("lucaone");
+        model.save_dir(&dir, None).unwrap();
+        assert_eq!(ModelSpec::read(&dir).unwrap(), *model.spec());
+        let r = Reference::load("lucaone");
+        let reloaded = load::<Flex>(&dir, &dev);
+        let tokens = arch::Tokens {
+            ids: r.ints::<Flex>("input_ids", &dev),
+            types: r.ints::<Flex>("token_type_ids", &dev),
+            mask: r.ints::<Flex>("input_ids", &dev).ones_like(),
+            padded: false,
+        };
+        let diff = r.max_diff("logits", reloaded.backbone().lm_logits(&tokens));
+        assert!(diff < 1e-4, "{diff}");
+        if !python_has("torch, transformers, lucaone") {
+            eprintln!("skipping the lucaone reload: python3 has no torch/transformers/lucaone");
+            return;
+        }
+        let out = std::process::Command::new("python3")
+            .arg(fixture("make_lucaone.py"))
+            .args(["check", &dir.display().to_string()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let diff: f32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        figure(
+            "lucaone saved here, reloaded in the lucaone package (CPU), max |logit diff|",
+            format!("{diff:.2e}"),
+        );
+        assert!(diff < 1e-4, "the lucaone package's logits differ by {diff}");
+    }
+
+    /// A config.json whose architecture no row builds is an error naming every row.
+    #[test]
+    fn an_unknown_architecture_lists_the_rows() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(
+            tmp.path().join("config.json"),
+            r#"{"model_type": "t5", "architectures": ["T5ForConditionalGeneration"]}"#,
+        )
+        .unwrap();
+        let err = read_config(tmp.path()).unwrap_err().to_string();
+        assert!(err.contains("config.json"), "{err}");
+        for row in ARCHITECTURES {
+            assert!(
+                err.contains(row.model_type),
+                "{err} lacks {}",
+                row.model_type
+            );
+        }
+    }
+
     /// Save what we loaded, reload it here, and (when torch is installed) in transformers.
     #[test]
     fn saved_models_reload_with_the_same_logits() {
         on_test_device!(|device: B| {
             let tmp = tempfile::tempdir().unwrap();
-            for arch in ["gpt2", "bert", "llama-gqa", "llama-tied", "llama3-rope"] {
+            for arch in [
+                "gpt2",
+                "bert",
+                "llama-gqa",
+                "llama-tied",
+                "llama3-rope",
+                "esm",
+            ] {
                 let dir = tmp.path().join(arch);
                 let model = load::<B>(&fixture(arch), &device);
-                model.save_dir(&dir, None).unwrap();
+                // ESM's fixture ships vocab.txt, no tokenizer.json: its row builds one, saved
+                // beside a copy of vocab.txt and tokenizer_config.json.
+                let tokenizer = (arch == "esm").then(|| fixture(arch).join("tokenizer.json"));
+                model.save_dir(&dir, tokenizer.as_deref()).unwrap();
+                if arch == "esm" {
+                    for file in ["tokenizer.json", "vocab.txt", "tokenizer_config.json"] {
+                        assert!(dir.join(file).is_file(), "{file}");
+                    }
+                }
                 assert_eq!(ModelSpec::read(&dir).unwrap(), *model.spec());
                 let r = Reference::load(arch);
                 let diff = match arch {
@@ -784,11 +979,15 @@ for name, shards in (("one", 1), ("sharded", 2)):
             );
             return;
         }
-        let out = std::process::Command::new("python3")
-            .arg(fixture("make_reference.py").with_file_name("make_reference.py"))
-            .args(["check", &dir.display().to_string(), arch])
-            .output()
-            .unwrap();
+        let mut cmd = std::process::Command::new("python3");
+        if arch == "esm" {
+            cmd.arg(fixture("make_esm.py"))
+                .args(["check", &dir.display().to_string()]);
+        } else {
+            cmd.arg(fixture("make_reference.py"))
+                .args(["check", &dir.display().to_string(), arch]);
+        }
+        let out = cmd.output().unwrap();
         assert!(
             out.status.success(),
             "{}",
@@ -979,6 +1178,8 @@ for name, shards in (("one", 1), ("sharded", 2)):
             "llama-tied",
             "dnabert2",
             "esmc",
+            "esm",
+            "lucaone",
         ] {
             let spec = ModelSpec::read(&fixture(arch)).unwrap();
             let w = spec.init_weights(7).unwrap();
@@ -1115,6 +1316,25 @@ for name, shards in (("one", 1), ("sharded", 2)):
             ),
             // LLaMA's head learns y / sd uncentred (its mean has nowhere to fold).
             ("llama-gqa", Task::Regression { mean: 0.0, sd: 8.0 }),
+            (
+                "esm",
+                Task::SeqCls {
+                    labels: labels.clone(),
+                },
+            ),
+            (
+                "esm",
+                Task::TokenCls {
+                    labels: labels.clone(),
+                },
+            ),
+            (
+                "esm",
+                Task::Regression {
+                    mean: -20.0,
+                    sd: 8.0,
+                },
+            ),
         ] {
             let r = Reference::load(arch);
             let mut spec = ModelSpec::read(&fixture(arch)).unwrap();
@@ -1160,7 +1380,7 @@ for name, shards in (("one", 1), ("sharded", 2)):
     fn the_loss_from_labelled_positions_alone_is_the_full_loss() {
         use crate::train::Objective;
         let dev = Default::default();
-        for arch in ["gpt2", "bert", "llama-gqa", "dnabert2", "esmc"] {
+        for arch in ["gpt2", "bert", "llama-gqa", "dnabert2", "esmc", "esm"] {
             let model = load::<Flex>(&fixture(arch), &dev);
             let mut batch = reference_batch(&Reference::load(arch));
             let vocab = model.spec().config.vocab_size() as i64;

@@ -785,11 +785,16 @@ fn copy_tokenizer(tok: &Path, dir: &Path, framing: arch::Framing) -> Result<(), 
     copy_tokenizer_configs(tok, dir)
 }
 
-/// Copy the tokenizer_config.json and special_tokens_map.json beside the `tokenizer` file
-/// into `dir`, when there are: what `AutoTokenizer` reads besides `tokenizer.json`.
+/// Copy the tokenizer_config.json, special_tokens_map.json and vocab.txt (ESM's vocabulary)
+/// beside the `tokenizer` file into `dir`, when there are: what `AutoTokenizer` reads besides
+/// `tokenizer.json`.
 pub fn copy_tokenizer_configs(tokenizer: &Path, dir: &Path) -> Result<(), ModelError> {
     let beside = tokenizer.parent().unwrap_or(Path::new("."));
-    for name in ["tokenizer_config.json", "special_tokens_map.json"] {
+    for name in [
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "vocab.txt",
+    ] {
         let src = beside.join(name);
         if src.is_file() {
             std::fs::copy(&src, dir.join(name)).map_err(|e| ModelError::io(&src, e))?;
@@ -846,7 +851,7 @@ fn write_framed_tokenizer(
     dst: &Path,
     framing: arch::Framing,
 ) -> Result<(), ModelError> {
-    let text = std::fs::read_to_string(src).map_err(|e| ModelError::io(src, e))?;
+    let text = arch::read_tokenizer_json(src)?;
     let mut json: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| ModelError::Format(format!("{}: not a tokenizer.json: {e}", src.display())))?;
     if framing == arch::Framing::Bare

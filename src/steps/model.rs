@@ -215,6 +215,7 @@ pub(super) fn fresh_config(
         positions: seq_len.max(16),
         pad: Some(vocab.pad),
         eos: vocab.eos,
+        mask: vocab.bert.map(|(_, _, mask)| mask),
     };
     let cfg = ArchConfig::fresh(arch.row().model_type, &size, user)
         .map_err(|e| StepError::new(format!("`config`: {e}")))?;

@@ -576,8 +576,13 @@ pub(crate) fn tokenizer_file(path: &Path) -> PathBuf {
 
 /// A `tokenizer.json` named by its path or by the directory holding it; returns the file's path too.
 pub(crate) fn open_tokenizer(path: &Path) -> Result<(PathBuf, Tokenizer), StepError> {
+    use std::str::FromStr;
     let path = tokenizer_file(path);
-    let tokenizer = Tokenizer::from_file(&path)
+    // A model directory may ship its tokenizer as other files (ESM's vocab.txt): its row
+    // builds the tokenizer.json.
+    let text =
+        crate::models::read_tokenizer_json(&path).map_err(|e| StepError::new(e.to_string()))?;
+    let tokenizer = Tokenizer::from_str(&text)
         .map_err(|e| StepError::new(format!("{}: {e}", path.display())))?;
     Ok((path, tokenizer))
 }

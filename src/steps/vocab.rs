@@ -39,7 +39,7 @@ pub(crate) fn load_vocab(path: &Path) -> Result<Vocab, StepError> {
     // A tokenizer that names no separator ends a sequence with its eos (ESM's `<cls> … <eos>`).
     let bert = match (
         id("cls_token", &["[CLS]", "<s>"]),
-        id("sep_token", &["[SEP]", "</s>"]).or(eos),
+        id("sep_token", &["[SEP]", "</s>", "<eos>"]).or(eos),
         id("mask_token", &["[MASK]", "<mask>"]),
     ) {
         (Some(c), Some(s), Some(m)) => Some((c, s, m)),
@@ -163,4 +163,25 @@ pub(crate) fn decode(vocab: &Vocab, ids: &[u32]) -> Result<String, StepError> {
     } else {
         text.split_whitespace().collect()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A model directory that ships its tokenizer as a vocab.txt (ESM-2's, as the hub has it)
+    /// reads as the tokenizer.json its architecture builds, with the special tokens its
+    /// tokenizer_config.json names (`<eos>` standing in for the separator it has none of).
+    #[test]
+    fn a_model_directory_with_a_vocab_txt_reads_as_its_built_tokenizer() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/esm");
+        assert!(!dir.join("tokenizer.json").exists());
+        let vocab = load_vocab(&dir).unwrap();
+        assert_eq!(vocab.size, 33);
+        assert_eq!(vocab.pad, 1);
+        assert_eq!(vocab.eos, Some(2));
+        assert_eq!(vocab.bert, Some((0, 2, 32)));
+        let rows = encode(&vocab, &["MKT<mask>A".to_string()]).unwrap();
+        assert_eq!(rows[0].ids, vec![20, 15, 11, 32, 5]);
+    }
 }

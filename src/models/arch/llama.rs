@@ -239,6 +239,11 @@ impl Rope {
         }
     }
 
+    /// The frequencies as f32, what a checkpoint's `inv_freq` buffer holds.
+    pub(crate) fn inv_freq(&self) -> Vec<f32> {
+        self.inv_freq.iter().map(|&f| f as f32).collect()
+    }
+
     /// cos and sin [T, dh] of positions `start..start + t` (rotate-half layout: the
     /// frequencies twice), as f32 the way transformers computes them.
     pub(crate) fn tables<B: Backend>(

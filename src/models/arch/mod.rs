@@ -11,9 +11,11 @@ use serde_json::{Value, json};
 
 pub mod bert;
 pub mod dnabert2;
+pub mod esm;
 pub mod esmc;
 pub mod gpt2;
 pub mod llama;
+pub mod lucaone;
 
 use super::device::Precision;
 use super::error::ModelError;
@@ -23,9 +25,11 @@ use super::nn::heads::{HeadLayout, Pool};
 use super::nn::kv_cache::KvCache;
 use bert::{Bert, BertConfig};
 use dnabert2::{DnaBert2, DnaBert2Config};
+use esm::{Esm, EsmConfig};
 use esmc::{Esmc, EsmcConfig};
 use gpt2::{Gpt2, Gpt2Config};
 use llama::{Llama, LlamaConfig};
+use lucaone::{LucaOne, LucaOneConfig};
 
 /// What the architecture's own language-model head predicts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +69,8 @@ pub struct FreshSize {
     pub positions: usize,
     pub pad: Option<u32>,
     pub eos: Option<u32>,
+    /// The tokenizer's mask token, when it has one (ESM's `token_dropout` zeroes its rows).
+    pub mask: Option<u32>,
 }
 
 /// One row of the table.
@@ -102,7 +108,13 @@ pub struct Architecture {
     pub fresh: fn(&FreshSize) -> Value,
     /// The `config.json` field that holds the longest sequence.
     pub positions_field: &'static str,
+    /// Builds a `tokenizer.json` from the tokenizer files a model directory ships instead of
+    /// one (ESM's `vocab.txt`); `None` when the architecture's checkpoints carry one.
+    pub tokenizer_from_files: Option<TokenizerFromFiles>,
 }
+
+/// A `tokenizer.json` built from a model directory's own tokenizer files (`None`: not there).
+pub type TokenizerFromFiles = fn(&std::path::Path) -> Result<Option<Value>, ModelError>;
 
 /// The tensors that have a row per vocabulary token: the input embedding, output weights
 /// [vocab, d] (an untied LM head, tied copies a checkpoint may carry) and output biases [vocab].
@@ -114,7 +126,8 @@ pub struct VocabRows {
 }
 
 /// Every architecture dnaflow builds.
-pub static ARCHITECTURES: &[&Architecture] = &[&GPT2, &BERT, &LLAMA, &DNABERT2, &ESMC];
+pub static ARCHITECTURES: &[&Architecture] =
+    &[&GPT2, &BERT, &LLAMA, &DNABERT2, &ESMC, &ESM, &LUCAONE];
 
 fn model_type(v: &Value) -> Option<&str> {
     v.get("model_type").and_then(Value::as_str)
@@ -167,6 +180,7 @@ static GPT2: Architecture = Architecture {
         })
     },
     positions_field: "n_positions",
+    tokenizer_from_files: None,
 };
 
 static BERT: Architecture = Architecture {
@@ -224,6 +238,7 @@ static BERT: Architecture = Architecture {
         })
     },
     positions_field: "max_position_embeddings",
+    tokenizer_from_files: None,
 };
 
 static LLAMA: Architecture = Architecture {
@@ -271,6 +286,95 @@ static LLAMA: Architecture = Architecture {
         })
     },
     positions_field: "max_position_embeddings",
+    tokenizer_from_files: None,
+};
+
+static ESM: Architecture = Architecture {
+    model_type: "esm",
+    recognise: |v| Ok(model_type(v) == Some("esm")),
+    lm_class: "EsmForMaskedLM",
+    seq_cls_class: "EsmForSequenceClassification",
+    token_cls_class: "EsmForTokenClassification",
+    lm: LmKind::Masked,
+    // `EsmClassificationHead` on <cls>: dense + tanh, dropout, `out_proj` (it also drops out
+    // before the dense layer, which only training sees).
+    seq_head: HeadLayout {
+        pool: Some(Pool::FirstToken),
+        pooler: Some("classifier.dense"),
+        classifier: "classifier.out_proj",
+        bias: true,
+        dropout: true,
+    },
+    token_head: CLASSIFIER_ON_TOKENS,
+    default_classifier_dropout: |c| match c {
+        ArchConfig::Esm(c) => c.hidden_dropout_prob,
+        _ => 0.1,
+    },
+    embeddings: &["esm.embeddings."],
+    vocab_rows: VocabRows {
+        embedding: "esm.embeddings.word_embeddings.weight",
+        outputs: &["lm_head.decoder.weight"],
+        biases: &["lm_head.bias"],
+    },
+    layer_prefix: "esm.encoder.layer.",
+    head_prefixes: &["lm_head.", "classifier."],
+    regression_mean: MeanFold::HeadBias,
+    framing: Framing::ClsSep,
+    parse: |v| serde_json::from_value(v).map(ArchConfig::Esm),
+    fresh: |s| {
+        json!({
+            "hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
+            "intermediate_size": 512, "max_position_embeddings": s.positions,
+            "position_embedding_type": "rotary", "layer_norm_eps": 1e-5,
+            "emb_layer_norm_before": false, "token_dropout": s.mask.is_some(),
+            "mask_token_id": s.mask, "pad_token_id": s.pad, "eos_token_id": s.eos,
+        })
+    },
+    positions_field: "max_position_embeddings",
+    tokenizer_from_files: Some(esm::tokenizer_from_vocab_txt),
+};
+
+static LUCAONE: Architecture = Architecture {
+    model_type: "lucaone",
+    recognise: |v| Ok(model_type(v) == Some("lucaone")),
+    lm_class: "LucaGPLMForMaskedLM",
+    seq_cls_class: "LucaGPLMForSequenceClassification",
+    token_cls_class: "LucaGPLMForTokenClassification",
+    lm: LmKind::Masked,
+    // `classifier_pooling_type: cls` (the one pooling built here): [CLS], dropout, `classifier`.
+    seq_head: HeadLayout {
+        pool: Some(Pool::FirstToken),
+        pooler: None,
+        classifier: "classifier",
+        bias: true,
+        dropout: true,
+    },
+    // The package drops the [CLS] and [SEP] rows of its output; the others are these.
+    token_head: CLASSIFIER_ON_TOKENS,
+    default_classifier_dropout: |c| match c {
+        ArchConfig::LucaOne(c) => c.classifier_dropout_prob,
+        _ => 0.1,
+    },
+    embeddings: &["lucaone.embeddings."],
+    vocab_rows: VocabRows {
+        embedding: "lucaone.embeddings.embed_tokens.weight",
+        outputs: &["lm_head.decoder.weight"],
+        biases: &["lm_head.bias"],
+    },
+    layer_prefix: "lucaone.encoder.layers.",
+    head_prefixes: &["lm_head.", "classifier.", "pooler."],
+    regression_mean: MeanFold::HeadBias,
+    framing: Framing::ClsSep,
+    parse: |v| serde_json::from_value(v).map(ArchConfig::LucaOne),
+    fresh: |s| {
+        json!({
+            "hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
+            "max_position_embeddings": s.positions, "pad_token_id": s.pad,
+            "mask_token_id": s.mask,
+        })
+    },
+    positions_field: "max_position_embeddings",
+    tokenizer_from_files: Some(lucaone::tokenizer_for_model_dir),
 };
 
 /// DNABERT-2: MosaicBERT's encoder (ALiBi, fused `Wqkv`, GEGLU) under BERT's names and
@@ -314,6 +418,7 @@ static DNABERT2: Architecture = Architecture {
         })
     },
     positions_field: "max_position_embeddings",
+    tokenizer_from_files: None,
 };
 
 /// ESM C (the `esm` package's `ESMC`): its own names, dnaflow's `config.json`. No HF classes
@@ -354,6 +459,7 @@ static ESMC: Architecture = Architecture {
         })
     },
     positions_field: "max_position_embeddings",
+    tokenizer_from_files: None,
 };
 
 /// The row named `model_type`.
@@ -377,6 +483,8 @@ pub enum ArchConfig {
     Llama(LlamaConfig),
     DnaBert2(DnaBert2Config),
     Esmc(EsmcConfig),
+    Esm(EsmConfig),
+    LucaOne(LucaOneConfig),
 }
 
 impl ArchConfig {
@@ -393,6 +501,8 @@ impl ArchConfig {
             ArchConfig::Llama(_) => "llama",
             ArchConfig::DnaBert2(_) => "dnabert2",
             ArchConfig::Esmc(_) => "esmc",
+            ArchConfig::Esm(_) => "esm",
+            ArchConfig::LucaOne(_) => "lucaone",
         }
     }
 
@@ -404,6 +514,8 @@ impl ArchConfig {
             ArchConfig::Llama(c) => c.to_hf_json(),
             ArchConfig::DnaBert2(c) => c.to_hf_json(),
             ArchConfig::Esmc(c) => c.to_hf_json(),
+            ArchConfig::Esm(c) => c.to_hf_json(),
+            ArchConfig::LucaOne(c) => c.to_hf_json(),
         }
     }
 
@@ -436,6 +548,8 @@ impl ArchConfig {
             ArchConfig::Llama(c) => c.hidden_size,
             ArchConfig::DnaBert2(c) => c.hidden_size,
             ArchConfig::Esmc(c) => c.d_model,
+            ArchConfig::Esm(c) => c.hidden_size,
+            ArchConfig::LucaOne(c) => c.hidden_size,
         }
     }
 
@@ -446,6 +560,8 @@ impl ArchConfig {
             ArchConfig::Llama(c) => c.num_hidden_layers,
             ArchConfig::DnaBert2(c) => c.num_hidden_layers,
             ArchConfig::Esmc(c) => c.n_layers,
+            ArchConfig::Esm(c) => c.num_hidden_layers,
+            ArchConfig::LucaOne(c) => c.num_hidden_layers,
         }
     }
 
@@ -463,6 +579,8 @@ impl ArchConfig {
             ArchConfig::Llama(c) => c.vocab_size = n,
             ArchConfig::DnaBert2(c) => c.vocab_size = n,
             ArchConfig::Esmc(c) => c.vocab_size = n,
+            ArchConfig::Esm(c) => c.vocab_size = n,
+            ArchConfig::LucaOne(c) => c.vocab_size = n,
         }
     }
 
@@ -474,6 +592,8 @@ impl ArchConfig {
             ArchConfig::Llama(c) => c.pad_token_id = Some(pad),
             ArchConfig::DnaBert2(c) => c.pad_token_id = Some(pad),
             ArchConfig::Esmc(c) => c.pad_token_id = Some(pad),
+            ArchConfig::Esm(c) => c.pad_token_id = Some(pad),
+            ArchConfig::LucaOne(c) => c.pad_token_id = Some(pad),
         }
     }
 
@@ -553,6 +673,25 @@ pub fn read_config(dir: &std::path::Path) -> Result<(ArchConfig, Value), ModelEr
     Ok((config, value))
 }
 
+/// The text of the `tokenizer.json` at `path`; when there is none and its directory is a model
+/// directory whose tokenizer ships as other files (ESM's `vocab.txt`), the one its row builds.
+pub fn read_tokenizer_json(path: &std::path::Path) -> Result<String, ModelError> {
+    let missing = match std::fs::read_to_string(path) {
+        Ok(text) => return Ok(text),
+        Err(e) => e,
+    };
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    if path.file_name().is_some_and(|n| n == "tokenizer.json")
+        && dir.join("config.json").is_file()
+        && let Ok((config, _)) = read_config(dir)
+        && let Some(build) = config.architecture().tokenizer_from_files
+        && let Some(json) = build(dir)?
+    {
+        return Ok(json.to_string());
+    }
+    Err(ModelError::io(path, missing))
+}
+
 /// Token ids, token types and the padding mask of a batch, on the device.
 pub struct Tokens<B: Backend> {
     pub ids: Tensor<B, 2, Int>,
@@ -573,6 +712,8 @@ pub enum Backbone<B: Backend> {
     Llama(Llama<B>),
     DnaBert2(DnaBert2<B>),
     Esmc(Esmc<B>),
+    Esm(Esm<B>),
+    LucaOne(LucaOne<B>),
 }
 
 impl<B: FusedOps> Backbone<B> {
@@ -588,6 +729,8 @@ impl<B: FusedOps> Backbone<B> {
             ArchConfig::Llama(c) => Backbone::Llama(Llama::declare(c, vars, lm_head)?),
             ArchConfig::DnaBert2(c) => Backbone::DnaBert2(DnaBert2::declare(c, vars, lm_head)?),
             ArchConfig::Esmc(c) => Backbone::Esmc(Esmc::declare(c, vars, lm_head)?),
+            ArchConfig::Esm(c) => Backbone::Esm(Esm::declare(c, vars, lm_head)?),
+            ArchConfig::LucaOne(c) => Backbone::LucaOne(LucaOne::declare(c, vars, lm_head)?),
         })
     }
 
@@ -598,6 +741,8 @@ impl<B: FusedOps> Backbone<B> {
             Backbone::Llama(m) => Backbone::Llama(m.with_precision(precision)),
             Backbone::DnaBert2(m) => Backbone::DnaBert2(m.with_precision(precision)),
             Backbone::Esmc(m) => Backbone::Esmc(m.with_precision(precision)),
+            Backbone::Esm(m) => Backbone::Esm(m.with_precision(precision)),
+            Backbone::LucaOne(m) => Backbone::LucaOne(m.with_precision(precision)),
         }
     }
 
@@ -609,6 +754,8 @@ impl<B: FusedOps> Backbone<B> {
             Backbone::Llama(m) => m.layers(),
             Backbone::DnaBert2(m) => m.layers(),
             Backbone::Esmc(m) => m.layers(),
+            Backbone::Esm(m) => m.layers(),
+            Backbone::LucaOne(m) => m.layers(),
         }
     }
 
@@ -629,6 +776,13 @@ impl<B: FusedOps> Backbone<B> {
                 layer,
             ),
             Backbone::DnaBert2(m) => m.hidden_at(
+                tokens.ids.clone(),
+                tokens.types.clone(),
+                tokens.mask.clone(),
+                layer,
+            ),
+            Backbone::Esm(m) => m.hidden_at(tokens.ids.clone(), tokens.mask.clone(), layer),
+            Backbone::LucaOne(m) => m.hidden_at(
                 tokens.ids.clone(),
                 tokens.types.clone(),
                 tokens.mask.clone(),
@@ -660,6 +814,16 @@ impl<B: FusedOps> Backbone<B> {
             Backbone::Esmc(m) => m
                 .logits(self.hidden(tokens, m.layers()))
                 .expect("a masked LM has its sequence head"),
+            Backbone::Esm(m) => m
+                .mlm_logits(tokens.ids.clone(), tokens.mask.clone())
+                .expect("a masked LM has its MLM head"),
+            Backbone::LucaOne(m) => m
+                .mlm_logits(
+                    tokens.ids.clone(),
+                    tokens.types.clone(),
+                    tokens.mask.clone(),
+                )
+                .expect("a masked LM has its MLM head"),
         }
     }
 
@@ -677,6 +841,8 @@ impl<B: FusedOps> Backbone<B> {
             Backbone::Llama(m) => m.logits(h),
             Backbone::DnaBert2(m) => m.mlm_on(h).expect("a masked LM has its MLM head"),
             Backbone::Esmc(m) => m.logits(h).expect("a masked LM has its sequence head"),
+            Backbone::Esm(m) => m.mlm_on(h).expect("a masked LM has its MLM head"),
+            Backbone::LucaOne(m) => m.mlm_on(h).expect("a masked LM has its MLM head"),
         };
         let v = logits.dims()[2];
         logits.reshape([n, v])
@@ -691,7 +857,11 @@ impl<B: FusedOps> Backbone<B> {
     ) -> Option<Tensor<B, 3>> {
         match self {
             Backbone::Gpt2(m) => Some(m.forward_cached(ids, cache)),
-            Backbone::Bert(_) | Backbone::DnaBert2(_) | Backbone::Esmc(_) => None,
+            Backbone::Bert(_)
+            | Backbone::DnaBert2(_)
+            | Backbone::Esmc(_)
+            | Backbone::Esm(_)
+            | Backbone::LucaOne(_) => None,
             Backbone::Llama(m) => Some(m.forward_cached(ids, cache)),
         }
     }
@@ -704,7 +874,11 @@ impl<B: FusedOps> Backbone<B> {
     ) -> Option<Tensor<B, 3>> {
         match self {
             Backbone::Gpt2(m) => Some(m.next_logits(ids, cache)),
-            Backbone::Bert(_) | Backbone::DnaBert2(_) | Backbone::Esmc(_) => None,
+            Backbone::Bert(_)
+            | Backbone::DnaBert2(_)
+            | Backbone::Esmc(_)
+            | Backbone::Esm(_)
+            | Backbone::LucaOne(_) => None,
             Backbone::Llama(m) => Some(m.next_logits(ids, cache)),
         }
     }

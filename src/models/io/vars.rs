@@ -365,6 +365,32 @@ impl<'w, B: Backend> Vars<'_, 'w, B> {
         }
     }
 
+    /// A tensor a checkpoint may store under another name `stored` (transformers 5.25 saves
+    /// ESM's layer norms as `gamma` / `beta`): loaded as `name` when only `stored` is there.
+    pub fn alias(&mut self, stored: &str, name: &str) {
+        let (stored, name) = (self.name(stored), self.name(name));
+        if let Source::Load(w) = &mut self.state.source
+            && !w.contains(&name)
+            && let Some(t) = w.remove(&stored)
+        {
+            w.insert(&name, t.shape, t.values);
+        }
+    }
+
+    /// A constant buffer the checkpoint format carries and its own code needs saved (LucaOne's
+    /// rotary `inv_freq`, which the package leaves uninitialised when a checkpoint lacks it):
+    /// always `values` (what a checkpoint holds is skipped), saved, never trained.
+    pub fn constant(&mut self, name: &str, values: Vec<f32>) -> Param<Tensor<B, 1>> {
+        let name = self.name(name);
+        let n = values.len();
+        match &mut self.state.source {
+            Source::Load(w) => w.skip(&name),
+            Source::Fresh { made, .. } => made.insert(&name, vec![n], values.clone()),
+        }
+        self.make(name, values, [n], Layout::AsStored)
+            .set_require_grad(false)
+    }
+
     /// A tensor a checkpoint may carry that the model does not use (buffers, tied copies).
     pub fn skip(&mut self, name: &str) {
         let name = self.name(name);
