@@ -15,7 +15,7 @@
 //!   parameter names are checked); the block's other lines are not run.
 //!
 //! An unmarked shell block runs line by line, each line a `dnaflow` command (`cargo run [FLAGS]
-//! --` is read as `dnaflow`), in a scratch directory per page that links the repository's `data/`,
+//! --` is read as `dnaflow`) or a look at what it wrote (`cat`, `ls`, `head`), in a scratch directory per page that links the repository's `data/`,
 //! `workflows/`, `schemas/` and `scripts/`, with its own cache. A line that is not a dnaflow
 //! command fails the test: mark the block. A console block's commands are its `$ ` lines.
 
@@ -308,7 +308,8 @@ fn every_yaml_block_validates_and_every_shell_block_runs_or_says_why_not() {
                     }
                     None => {
                         for cmd in commands(&b) {
-                            if !cmd.starts_with("dnaflow ") {
+                            let first = cmd.split_whitespace().next().unwrap_or("");
+                            if !matches!(first, "dnaflow" | "cat" | "ls" | "head") {
                                 problems.push(format!(
                                     "{at}: `{cmd}` is not a dnaflow command: run it here or \
                                      mark the block `<!-- not run: why -->`"
