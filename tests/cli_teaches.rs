@@ -218,3 +218,48 @@ fn publish_copies_named_outputs_out_of_the_cache_after_success() {
         text(&into)
     );
 }
+
+#[test]
+fn validate_refuses_a_device_this_binary_was_built_without() {
+    let p = Project::new();
+    p.write(
+        "wf.yaml",
+        "params: { device: cpu }\nsteps:\n  lm:\n    uses: eval.lm\n    with: { model: m, data: d.txt, device: \"${{ params.device }}\" }\n",
+    );
+    p.write("m/config.json", "{}").write("d.txt", "ACGT\n");
+    assert!(p.dnaflow(&["validate", "wf.yaml"]).status.success());
+    let env: serde_json::Value =
+        serde_json::from_slice(&p.dnaflow(&["env", "--json"]).stdout).expect("env JSON");
+    let has_cuda = env["backends"]
+        .as_array()
+        .is_some_and(|b| b.iter().any(|x| x == "cuda"));
+    for args in [
+        vec!["validate", "wf.yaml", "--set", "device=cuda"],
+        vec!["validate", "wf.yaml", "--device", "cuda:1"],
+    ] {
+        let out = p.dnaflow(&args);
+        if has_cuda {
+            assert!(out.status.success(), "{args:?}: {}", text(&out));
+        } else {
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+            assert!(
+                text(&out).contains("built without CUDA") && text(&out).contains("--features cuda"),
+                "{}",
+                text(&out)
+            );
+        }
+    }
+}
+
+#[test]
+fn one_parameter_sets_the_number_of_foreach_copies() {
+    let p = Project::new();
+    p.write(
+        "wf.yaml",
+        "params: { folds: 3 }\nsteps:\n  fold:\n    foreach: { k: \"${{ params.folds }}\" }\n    run: echo ${{ matrix.k }}\n",
+    );
+    let out = p.dnaflow(&["plan", "wf.yaml", "--set", "folds=5"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let t = String::from_utf8_lossy(&out.stdout);
+    assert!(t.contains("fold[k=4]") && !t.contains("fold[k=5]"), "{t}");
+}

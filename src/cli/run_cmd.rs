@@ -429,6 +429,48 @@ fn explain(
     }
 }
 
+/// Model steps whose `device:` (or `--device`) this binary cannot use: built without CUDA or
+/// wgpu. What the machine has (a GPU, a driver) is checked when the step runs.
+fn devices_this_binary_lacks(wf: &Workflow) -> Vec<crate::diag::Diagnostic> {
+    use crate::models::{CUDA_BUILT, DeviceSpec, WGPU_BUILT};
+    use crate::workflow::{Action, Part};
+    let mut out = Vec::new();
+    for step in &wf.steps {
+        let Action::Uses { with, .. } = &step.action else {
+            continue;
+        };
+        let rendered = with.render(&mut |p| match p {
+            Part::Text(t) | Part::Param { text: t, .. } => vec![t.clone()],
+            Part::Out | Part::Output { .. } => vec!["/upstream".into()],
+        });
+        let Some(written) = rendered.get("device").and_then(|d| d.as_str()) else {
+            continue;
+        };
+        let device = wf.device.as_deref().unwrap_or(written);
+        let (needs, built, feature) = match DeviceSpec::parse(device) {
+            Ok(DeviceSpec::Cuda(_)) => ("CUDA", CUDA_BUILT, "cuda"),
+            Ok(DeviceSpec::Wgpu) => ("wgpu (Vulkan)", WGPU_BUILT, "wgpu"),
+            _ => continue,
+        };
+        if !built {
+            out.push(
+                crate::diag::Diagnostic::file(
+                    &wf.source.path,
+                    format!(
+                        "step `{}` runs on `device: {device}`, but this dnaflow was built without {needs}",
+                        step.name
+                    ),
+                )
+                .with_help(format!(
+                    "build with `cargo install --path . --features {feature}` (docs/gpu.md), or \
+                     check it for this machine with `--device cpu`"
+                )),
+            );
+        }
+    }
+    out
+}
+
 pub fn validate(args: &ValidateArgs) -> Result<(), Failure> {
     let mut problems = Vec::new();
     for file in &args.files {
@@ -439,12 +481,18 @@ pub fn validate(args: &ValidateArgs) -> Result<(), Failure> {
             device: args.device.clone(),
         };
         match load(&wf_args, &[]) {
-            Ok((wf, _, _)) => println!(
-                "ok: {} ({}): {} steps",
-                file.display(),
-                wf.name,
-                wf.steps.len()
-            ),
+            Ok((wf, _, _)) => {
+                let unusable = devices_this_binary_lacks(&wf);
+                if unusable.is_empty() {
+                    println!(
+                        "ok: {} ({}): {} steps",
+                        file.display(),
+                        wf.name,
+                        wf.steps.len()
+                    );
+                }
+                problems.extend(unusable);
+            }
             Err(Failure::Workflow(ds)) => problems.extend(ds),
             Err(other) => return Err(other),
         }

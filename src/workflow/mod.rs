@@ -679,7 +679,8 @@ impl<'a> Resolver<'a> {
         rows
     }
 
-    /// A list written inline, or a `${{ params.NAME }}` holding one.
+    /// A list written inline, or a `${{ params.NAME }}` holding one; a whole number N (written
+    /// or from a parameter) counts 0 … N-1, so one parameter (`folds`) sets the copies.
     fn list_value(&mut self, node: &Located<Node>) -> Option<Vec<Value>> {
         let value = match &node.value {
             Node::String(s) => match template::parse(s) {
@@ -702,6 +703,10 @@ impl<'a> Resolver<'a> {
             other => other.to_json(),
         };
         match value {
+            Value::Number(n) if n.as_u64().is_some_and(|n| n > 0) => {
+                let n = n.as_u64().unwrap_or(0);
+                Some((0..n).map(Value::from).collect())
+            }
             Value::Array(items) => {
                 if let Some(bad) = items.iter().find(|v| v.is_object() || v.is_array()) {
                     self.error(
@@ -715,7 +720,7 @@ impl<'a> Resolver<'a> {
             other => {
                 self.error(
                     node.span,
-                    format!("foreach values must be a list, found {other}"),
+                    format!("foreach values must be a list (or a count), found {other}"),
                 );
                 None
             }
@@ -1416,6 +1421,25 @@ fn set_mismatch(current: &Value, new: &Value) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_foreach_count_makes_that_many_copies() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wf.yaml");
+        std::fs::write(
+            &path,
+            "params: { folds: 3 }\nsteps:\n  s:\n    foreach: { fold: \"${{ params.folds }}\" }\n    run: echo ${{ matrix.fold }}\n",
+        )
+        .expect("write");
+        let opts = super::LoadOptions {
+            profile: None,
+            sets: vec![("folds".into(), "2".into())],
+            device: None,
+        };
+        let wf = super::load(&path, &opts).expect("loads");
+        let names: Vec<&str> = wf.steps.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["s[fold=0]", "s[fold=1]"]);
+    }
+
     #[test]
     fn a_set_value_keeps_the_parameters_type() {
         use serde_json::json;
