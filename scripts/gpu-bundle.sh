@@ -19,7 +19,7 @@
 #              in backtraces)
 #   --tar      also write DIR.tar.xz (DIR.tar.gz without xz); gpu-check.sh --bundle takes
 #              either the directory or the archive
-# See docs/gpu.md.
+# See docs/development.md (Checking dnaflow on a GPU).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -114,7 +114,7 @@ for d in workflows data benches; do
     run cp -R "$d" "$OUT_DIR/$d"
 done
 run cp scripts/gpu-check.sh "$OUT_DIR/gpu-check.sh"
-run cp docs/gpu.md "$OUT_DIR/GPU.md"
+run cp docs/development.md "$OUT_DIR/GPU.md"
 chmod +x "$OUT_DIR/gpu-check.sh" "$OUT_DIR/bin/dnaflow" "$OUT_DIR/test-bin/"*
 find "$OUT_DIR" -name __pycache__ -type d -prune -exec rm -rf {} +
 

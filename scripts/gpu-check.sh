@@ -33,7 +33,7 @@
 #   --device   cuda (default) or cuda:N
 #   --budget   total seconds for all parts (default 300)
 #   --parts    a comma-separated subset, to rerun one part
-# See docs/gpu.md.
+# See docs/development.md (Checking dnaflow on a GPU).
 set -uo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -207,7 +207,7 @@ write_results() {
         elif [ "$failed" -eq 0 ]; then
             echo "All ${#P_NAME[@]} parts passed."
         else
-            echo "$failed of ${#P_NAME[@]} parts did not pass; see their sections and docs/gpu.md."
+            echo "$failed of ${#P_NAME[@]} parts did not pass; see their sections and docs/development.md."
         fi
         echo
         cat "$SECTIONS"

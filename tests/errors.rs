@@ -157,7 +157,7 @@ const CASES: &[(&str, &str, &str, &str)] = &[
     ),
     (
         "foreach not a list",
-        "steps:\n  a:\n    foreach: { k: 3 }\n    run: echo\n",
+        "steps:\n  a:\n    foreach: { k: abc }\n    run: echo\n",
         "wf.yaml:3:19",
         "must be a list",
     ),

@@ -4,7 +4,7 @@
 //!
 //! With `DNAFLOW_TEST_DEVICE` set (cpu, cuda, cuda:N) the model steps run there, passed to
 //! `dnaflow` as `--device`, so the same test binary checks the CUDA backend on a GPU machine
-//! (scripts/gpu-check.sh, docs/gpu.md); unset, they keep their `device:` (cpu). The
+//! (scripts/gpu-check.sh, docs/development.md); unset, they keep their `device:` (cpu). The
 //! absent-device test names its own devices.
 
 mod common;

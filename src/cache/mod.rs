@@ -104,6 +104,13 @@ impl Cache {
         Ok(Cache { root })
     }
 
+    /// The cache at `root` as it is, creating nothing (a dry run reads it; a missing cache is
+    /// an empty one).
+    pub fn at(root: &Path) -> Result<Cache, CacheError> {
+        let root = std::path::absolute(root).map_err(io(root))?;
+        Ok(Cache { root })
+    }
+
     pub fn objects(&self) -> PathBuf {
         self.root.join("objects")
     }

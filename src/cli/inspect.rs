@@ -10,14 +10,13 @@ use crate::cache::runs::{self, RunRecord};
 use crate::exec::{Decision, Plan};
 use crate::graph::Dag;
 use crate::metrics;
-use crate::steps;
 use crate::workflow::{self, LoadOptions};
 
 #[derive(clap::Args, Debug)]
 pub struct DagArgs {
     #[command(flatten)]
     wf: WorkflowArgs,
-    /// text, dot (Graphviz) or mermaid
+    /// Output format: `dot` for Graphviz, `mermaid` for Markdown pages.
     #[arg(long, default_value = "text", value_parser = ["text", "dot", "mermaid"])]
     format: String,
 }
@@ -28,22 +27,20 @@ pub enum MetricsCommand {
     Show {
         /// Default: the newest run in the cache.
         run: Option<String>,
+        /// Print as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Compare the metrics of two runs, metric by metric.
     Diff {
+        /// The earlier run: a run id (or prefix), a workflow name, or a report file.
         a: String,
+        /// The later run, named the same ways.
         b: String,
+        /// Print as JSON.
         #[arg(long)]
         json: bool,
     },
-}
-
-#[derive(clap::Args, Debug)]
-pub struct KindsArgs {
-    /// Describe this kind (parameters as JSON Schema).
-    name: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -61,7 +58,7 @@ pub fn dag(cache_dir: &Path, args: &DagArgs) -> Result<(), Failure> {
     };
     let wf = workflow::load(&args.wf.file, &opts)?;
     let dag = Dag::new(&wf).map_err(Failure::Workflow)?;
-    let cache = Cache::open(cache_dir)
+    let cache = Cache::at(cache_dir)
         .with_context(|| format!("cannot open the cache at {}", cache_dir.display()))?;
     let plan = Plan::new(&wf, dag, &[], &cache).map_err(|e| anyhow!("{e}"))?;
     let cached = |i: usize| plan.decisions[i] == Decision::Cached;
@@ -231,43 +228,6 @@ pub fn metrics(cache_dir: &Path, cmd: &MetricsCommand) -> Result<(), Failure> {
                     delta
                 );
             }
-        }
-    }
-    Ok(())
-}
-
-pub fn kinds(args: &KindsArgs) -> Result<(), Failure> {
-    match &args.name {
-        None => {
-            for k in steps::KINDS {
-                println!("{:<16} {}", k.name, k.summary);
-            }
-        }
-        Some(name) => {
-            let k = steps::find(name).ok_or_else(|| {
-                let hint = crate::diag::did_you_mean(name, steps::KINDS.iter().map(|k| k.name))
-                    .map(|m| format!("; did you mean `{m}`?"))
-                    .unwrap_or_default();
-                anyhow!("no step kind `{name}`{hint}")
-            })?;
-            println!("{} (version {}): {}", k.name, k.version, k.summary);
-            if !k.outputs.is_empty() {
-                println!("outputs:");
-                for (n, p) in k.outputs {
-                    println!("  {n:<12} {p}");
-                }
-            }
-            let mut generator = schemars::generate::SchemaSettings::draft07().into_generator();
-            let schema = (k.schema)(&mut generator);
-            let mut value = schema.to_value();
-            let defs = generator.take_definitions(true);
-            if !defs.is_empty() {
-                value["definitions"] = serde_json::Value::Object(defs);
-            }
-            println!(
-                "parameters (`with:`), as JSON Schema:\n{}",
-                serde_json::to_string_pretty(&value).expect("json")
-            );
         }
     }
     Ok(())

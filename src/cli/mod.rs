@@ -3,7 +3,9 @@
 mod cache_cmd;
 mod env_cmd;
 mod inspect;
+mod kinds_cmd;
 mod model_cmd;
+mod out_cmd;
 mod report_cmd;
 mod run_cmd;
 
@@ -17,7 +19,13 @@ use crate::diag::{self, Diagnostic, Diagnostics};
 /// dnaflow: run gene-sequence language-model workflows (the DNAGPT2 tutorial) from YAML,
 /// caching every step so reruns only redo what changed.
 #[derive(Parser, Debug)]
-#[command(name = "dnaflow", version, propagate_version = true)]
+#[command(
+    name = "dnaflow",
+    version,
+    propagate_version = true,
+    after_help = TOP_HELP,
+    after_long_help = TOP_HELP
+)]
 pub struct Cli {
     /// Cache directory (objects, run records, logs).
     #[arg(long, global = true, env = "DNAFLOW_CACHE", default_value = "cache")]
@@ -28,6 +36,23 @@ pub struct Cli {
     #[command(subcommand)]
     command: Command,
 }
+
+/// The end of `dnaflow --help`: a first session, where the docs are, and the exit codes.
+const TOP_HELP: &str = "\
+Examples:
+  dnaflow run workflows/ch1-data.yaml              # chapter 1: the data, in a second
+  dnaflow check workflows/ch2-2-gpt2.yaml          # train a DNA GPT-2, fail if it loses to a Markov chain
+  dnaflow plan workflows/ch2-2-gpt2.yaml --set steps=1500   # what would run, and why
+  dnaflow out workflows/ch2-2-gpt2.yaml gpt2.model # where the trained model is
+
+Docs: README.md (start there), docs/glossary.md, docs/ch*.md (one page per chapter).
+
+Exit codes:
+  0  success
+  1  a step failed, an `expect:` bound failed (check), the run outlasted `budget:`
+     (--within-budget), or another error (message on stderr)
+  2  a problem in a workflow file (each shown as file:line:column), or bad command-line usage
+  130  interrupted (Ctrl-C); the run record says which steps finished";
 
 /// Options that choose what a workflow means (shared by run, plan, check, …).
 #[derive(clap::Args, Debug, Clone)]
@@ -66,7 +91,7 @@ enum Command {
     /// Run (or reuse) a workflow, then fail if any `expect:` bound is not met.
     #[command(after_help = "Example (CI gate):\n  dnaflow check workflows/ch2-2-gpt2.yaml")]
     Check(run_cmd::RunArgs),
-    /// Dry run: which steps would run, which are cached, and why.
+    /// Dry run: which steps would run, which are cached, and why (writes nothing).
     #[command(after_help = "Example:\n  dnaflow plan wf.yaml --set vocab=2048")]
     Plan(run_cmd::PlanArgs),
     /// Explain a step: every field that changed since the last run, old → new.
@@ -101,9 +126,17 @@ enum Command {
         after_help = "Examples:\n  dnaflow cache ls\n  dnaflow cache gc --max-size 20G --max-age 30d\n  dnaflow cache verify"
     )]
     Cache(cache_cmd::CacheCommand),
-    /// List built-in step kinds, or describe one.
-    #[command(after_help = "Example:\n  dnaflow kinds file.write")]
-    Kinds(inspect::KindsArgs),
+    /// List built-in step kinds, or describe one: outputs and a table of its parameters.
+    #[command(
+        after_help = "Examples:\n  dnaflow kinds\n  dnaflow kinds model.finetune\n  dnaflow kinds model.finetune --json"
+    )]
+    Kinds(kinds_cmd::KindsArgs),
+    /// Print the path of a step's output in the cache (the step must have run with the
+    /// workflow's current parameters).
+    #[command(
+        after_help = "Examples:\n  dnaflow out workflows/ch2-2-gpt2.yaml gpt2.model\n  dnaflow out workflows/ch2-2-gpt2.yaml test.metrics\n  dnaflow out workflows/ch2-1-tokenizer.yaml 'tokenizer[model=bpe]'"
+    )]
+    Out(out_cmd::OutArgs),
     /// Print the workflow JSON Schema (or write it with --write).
     #[command(after_help = "Example:\n  dnaflow schema --write schemas/workflow.schema.json")]
     Schema(inspect::SchemaArgs),
@@ -130,7 +163,7 @@ enum Command {
         after_help = "Example:\n  dnaflow completions bash > ~/.local/share/bash-completion/completions/dnaflow"
     )]
     Completions {
-        /// bash, zsh, fish, elvish or powershell
+        /// The shell to write completions for.
         shell: clap_complete::Shell,
     },
 }
@@ -189,7 +222,8 @@ fn run_cli(cli: Cli) -> ExitCode {
         Command::Report(a) => report_cmd::report(&cli.cache, &a),
         Command::Serve(a) => report_cmd::serve(&cli.cache, &a),
         Command::Cache(c) => cache_cmd::cache(&cli.cache, &c),
-        Command::Kinds(a) => inspect::kinds(&a),
+        Command::Kinds(a) => kinds_cmd::kinds(&a),
+        Command::Out(a) => out_cmd::out(&cli.cache, &a),
         Command::Schema(a) => inspect::schema(&a),
         Command::Model(a) => model_cmd::model(&a).map_err(Failure::from),
         Command::Env { json } => env_cmd::env(&cli.cache, json),
@@ -208,6 +242,12 @@ fn run_cli(cli: Cli) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Workflow(ds)) => {
+            // One problem shared by a step's foreach copies is shown once.
+            let mut shown = std::collections::HashSet::new();
+            let ds: Vec<&Diagnostic> = ds
+                .iter()
+                .filter(|d| shown.insert(diag::render(d)))
+                .collect();
             for d in &ds {
                 eprintln!("{}", diag::render(d));
             }

@@ -47,8 +47,7 @@ pub struct RunArgs {
     /// crash isolation: a panic or an out-of-memory kill takes the whole run down).
     #[arg(long)]
     in_process: bool,
-    /// Where steps without their own `executor:` run: `local` or `slurm` (over the workflow's
-    /// `executor:`).
+    /// Where steps without their own `executor:` run (over the workflow's `executor:`).
     #[arg(long, value_parser = ["local", "slurm"])]
     executor: Option<String>,
     /// Cluster settings for `executor: slurm`: a YAML file with `partition`, `account`, `qos`,
@@ -81,14 +80,29 @@ pub struct ValidateArgs {
     /// Workflow YAML files.
     #[arg(required = true)]
     files: Vec<PathBuf>,
+    /// Check with this profile's parameter values applied.
     #[arg(long)]
     profile: Option<String>,
+    /// Check with a parameter overridden: `--set vocab=4096` (repeatable; after --profile).
     #[arg(long = "set", value_name = "KEY=VALUE", value_parser = super::parse_set)]
     sets: Vec<(String, String)>,
+    /// Check with every model step on this device (cpu, cuda, cuda:N, auto).
+    #[arg(long, value_parser = super::parse_device)]
+    device: Option<String>,
+}
+
+/// The cache as it is, for commands that only read it (nothing is created).
+pub(super) fn read_cache(dir: &Path) -> Result<Cache, Failure> {
+    Cache::at(dir)
+        .with_context(|| format!("cannot read the cache at {}", dir.display()))
+        .map_err(Failure::Other)
 }
 
 /// Load, check the graph, and resolve targets.
-fn load(args: &WorkflowArgs, targets: &[String]) -> Result<(Workflow, Dag, Vec<usize>), Failure> {
+pub(super) fn load(
+    args: &WorkflowArgs,
+    targets: &[String],
+) -> Result<(Workflow, Dag, Vec<usize>), Failure> {
     let opts = LoadOptions {
         profile: args.profile.clone(),
         sets: args.sets.clone(),
@@ -293,7 +307,8 @@ fn print_expectations(record: &RunRecord, all: bool) -> bool {
 
 pub fn plan_cmd(cache_dir: &Path, args: &PlanArgs) -> Result<(), Failure> {
     let (wf, dag, targets) = load(&args.wf, &args.steps)?;
-    let cache = open_cache(cache_dir)?;
+    // A dry run writes nothing: no cache folders (a missing cache plans as an empty one).
+    let cache = read_cache(cache_dir)?;
     let plan = plan(&wf, dag, &targets, &cache)?;
     if args.json {
         let steps: Vec<serde_json::Value> = plan
@@ -352,7 +367,7 @@ pub fn plan_cmd(cache_dir: &Path, args: &PlanArgs) -> Result<(), Failure> {
 pub fn why(cache_dir: &Path, args: &WhyArgs) -> Result<(), Failure> {
     let (wf, dag, _) = load(&args.wf, &[])?;
     let targets = wf.select(&args.step).map_err(anyhow::Error::msg)?;
-    let cache = open_cache(cache_dir)?;
+    let cache = read_cache(cache_dir)?;
     let plan = plan(&wf, dag, &targets, &cache)?;
     let mut seen = std::collections::HashSet::new();
     for &i in &targets {
@@ -414,6 +429,48 @@ fn explain(
     }
 }
 
+/// Model steps whose `device:` (or `--device`) this binary cannot use: built without CUDA or
+/// wgpu. What the machine has (a GPU, a driver) is checked when the step runs.
+fn devices_this_binary_lacks(wf: &Workflow) -> Vec<crate::diag::Diagnostic> {
+    use crate::models::{CUDA_BUILT, DeviceSpec, WGPU_BUILT};
+    use crate::workflow::{Action, Part};
+    let mut out = Vec::new();
+    for step in &wf.steps {
+        let Action::Uses { with, .. } = &step.action else {
+            continue;
+        };
+        let rendered = with.render(&mut |p| match p {
+            Part::Text(t) | Part::Param { text: t, .. } => vec![t.clone()],
+            Part::Out | Part::Output { .. } => vec!["/upstream".into()],
+        });
+        let Some(written) = rendered.get("device").and_then(|d| d.as_str()) else {
+            continue;
+        };
+        let device = wf.device.as_deref().unwrap_or(written);
+        let (needs, built, feature) = match DeviceSpec::parse(device) {
+            Ok(DeviceSpec::Cuda(_)) => ("CUDA", CUDA_BUILT, "cuda"),
+            Ok(DeviceSpec::Wgpu) => ("wgpu (Vulkan)", WGPU_BUILT, "wgpu"),
+            _ => continue,
+        };
+        if !built {
+            out.push(
+                crate::diag::Diagnostic::file(
+                    &wf.source.path,
+                    format!(
+                        "step `{}` runs on `device: {device}`, but this dnaflow was built without {needs}",
+                        step.name
+                    ),
+                )
+                .with_help(format!(
+                    "build with `cargo install --path . --features {feature}` (docs/gpu.md), or \
+                     check it for this machine with `--device cpu`"
+                )),
+            );
+        }
+    }
+    out
+}
+
 pub fn validate(args: &ValidateArgs) -> Result<(), Failure> {
     let mut problems = Vec::new();
     for file in &args.files {
@@ -421,15 +478,21 @@ pub fn validate(args: &ValidateArgs) -> Result<(), Failure> {
             file: file.clone(),
             profile: args.profile.clone(),
             sets: args.sets.clone(),
-            device: None,
+            device: args.device.clone(),
         };
         match load(&wf_args, &[]) {
-            Ok((wf, _, _)) => println!(
-                "ok: {} ({}): {} steps",
-                file.display(),
-                wf.name,
-                wf.steps.len()
-            ),
+            Ok((wf, _, _)) => {
+                let unusable = devices_this_binary_lacks(&wf);
+                if unusable.is_empty() {
+                    println!(
+                        "ok: {} ({}): {} steps",
+                        file.display(),
+                        wf.name,
+                        wf.steps.len()
+                    );
+                }
+                problems.extend(unusable);
+            }
             Err(Failure::Workflow(ds)) => problems.extend(ds),
             Err(other) => return Err(other),
         }

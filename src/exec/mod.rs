@@ -4,6 +4,7 @@
 pub mod isolated;
 pub mod plan;
 pub mod progress;
+pub mod publish;
 pub mod shell;
 pub mod slurm;
 
@@ -105,6 +106,38 @@ struct Exec<'a> {
     bars: std::sync::Mutex<std::collections::HashMap<usize, indicatif::ProgressBar>>,
 }
 
+/// Copy a finished step's `publish:` outputs out of the cache; a failure to publish fails the
+/// step, with the reason.
+fn publish_outputs(
+    wf: &Workflow,
+    cache: &Cache,
+    key: &str,
+    i: usize,
+    mut rec: StepRecord,
+    progress: &progress::Progress,
+) -> StepRecord {
+    let step = &wf.steps[i];
+    if step.publish.is_empty() || !matches!(rec.status, StepStatus::Ran | StepStatus::Cached) {
+        return rec;
+    }
+    match publish::publish(wf, cache, key, step) {
+        Ok(done) => {
+            for (output, dest) in done {
+                progress.note(&format!(
+                    "  published {}.{output} → {}",
+                    step.name,
+                    dest.display()
+                ));
+            }
+        }
+        Err(e) => {
+            rec.status = StepStatus::Failed;
+            rec.error = Some(e);
+        }
+    }
+    rec
+}
+
 /// Run the plan; always writes a run record, also after failures and interrupts.
 pub fn run(plan: &Plan, cache: &Cache, opts: &RunOptions) -> Result<RunRecord, ExecError> {
     let wf = plan.wf;
@@ -148,7 +181,14 @@ pub fn run(plan: &Plan, cache: &Cache, opts: &RunOptions) -> Result<RunRecord, E
     for &i in &plan.order {
         if plan.decisions[i] == Decision::Cached {
             let rec = cached_record(plan, cache, i, "cached");
-            progress.finished(i, &wf.steps[i].name, rec.status, 0.0, &rec.reason);
+            let rec = publish_outputs(wf, cache, &plan.keys[i], i, rec, &progress);
+            progress.finished(
+                i,
+                &wf.steps[i].name,
+                rec.status,
+                0.0,
+                rec.error.as_deref().unwrap_or(&rec.reason),
+            );
             records[i] = Some(with_expectations(&wf.steps[i], rec));
         }
     }
@@ -290,7 +330,15 @@ pub fn run(plan: &Plan, cache: &Cache, opts: &RunOptions) -> Result<RunRecord, E
                 break;
             }
             snapshot(&records, &launched);
-            let Ok(done) = rx.recv() else { break };
+            // In a log, the running steps' status lines at a steady interval.
+            let done = loop {
+                match rx.recv_timeout(progress::tick_interval()) {
+                    Ok(done) => break Some(done),
+                    Err(mpsc::RecvTimeoutError::Timeout) => progress.tick(),
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break None,
+                }
+            };
+            let Some(done) = done else { break };
             running -= 1;
             let step = &wf.steps[done.index];
             if !exec.remote(done.index) {
@@ -299,7 +347,15 @@ pub fn run(plan: &Plan, cache: &Cache, opts: &RunOptions) -> Result<RunRecord, E
             }
             free_gpus.extend(done.gpus);
             free_gpus.sort_unstable();
-            let rec = with_expectations(step, done.record);
+            let rec = publish_outputs(
+                wf,
+                cache,
+                &plan.keys[done.index],
+                done.index,
+                done.record,
+                &progress,
+            );
+            let rec = with_expectations(step, rec);
             progress.finished(
                 done.index,
                 &step.name,

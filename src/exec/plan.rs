@@ -67,7 +67,10 @@ impl<'w> Plan<'w> {
             keys[i] = recipe.key();
             recipes[i] = Some(recipe);
         }
-        if let Err(e) = stat.save(&cache.stat_cache_path()) {
+        // A cache that does not exist yet stays so: planning creates nothing.
+        if cache.objects().is_dir()
+            && let Err(e) = stat.save(&cache.stat_cache_path())
+        {
             tracing::warn!("could not save the stat cache: {e}");
         }
 

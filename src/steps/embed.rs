@@ -50,18 +50,22 @@ struct EmbedParams {
     /// counts from the last (-1, the default, is the last layer).
     #[serde(default = "last_layer")]
     layer: i64,
+    /// Column holding the sequences.
     #[serde(default = "super::table::sequence_column")]
     sequence: String,
     /// Kept in the output when the table has it.
     #[serde(default = "super::table::label_column")]
     label: String,
+    /// Column holding the row ids.
     #[serde(default = "super::table::id_column")]
     id: String,
     /// Cut sequences longer than the model's positions (else an error naming the row).
     #[serde(default)]
     truncate: bool,
+    /// Sequences per forward pass.
     #[serde(default = "batch_size")]
     batch_size: usize,
+    /// `cpu`, `cuda`, `cuda:N` or `auto`.
     #[serde(default = "cpu")]
     device: String,
 }

@@ -22,12 +22,14 @@ struct LmParams {
     model: InputPath,
     /// Held-out sequences: a table or a `.txt` file.
     data: InputPath,
+    /// Column holding the sequences, for table inputs.
     #[serde(default = "sequence")]
     column: String,
     /// Tokenizer, when the model directory has none.
     tokenizer: Option<InputPath>,
     /// Tokens per row (default: the model's position table, at most 512).
     seq_len: Option<usize>,
+    /// Rows per forward pass.
     #[serde(default = "batch_size")]
     batch_size: usize,
     /// Evaluate at most this many sequences (0: all).
@@ -36,11 +38,13 @@ struct LmParams {
     /// Masked LM: share of tokens masked (fixed by `seed`, so scores repeat).
     #[serde(default = "mask_probability")]
     mask_probability: f64,
+    /// Seeds which tokens a masked LM hides.
     #[serde(default = "seed")]
     seed: u64,
     /// `metrics.json` of an `eval.markov` step, or of another model's `eval.lm` on the same
     /// data: reported beside ours, with the gain in bits/base (positive: ours is better).
     baseline: Option<InputPath>,
+    /// `cpu`, `cuda`, `cuda:N` or `auto`.
     #[serde(default = "cpu")]
     device: String,
 }
@@ -131,6 +135,7 @@ struct MarkovParams {
     train: InputPath,
     /// Held-out sequences to score.
     test: InputPath,
+    /// Column holding the sequences, for table inputs.
     #[serde(default = "sequence")]
     column: String,
     /// Context length k (bases before the predicted one), 0–12.

@@ -121,20 +121,24 @@ struct FinetuneParams {
     valid: InputPath,
     /// Test table: scored once, at the end, with the selected weights.
     test: InputPath,
+    /// Column holding the sequences.
     #[serde(default = "super::table::sequence_column")]
     sequence: String,
     /// `pair-cls`: the column of each pair's second sequence (default `pair`, as data.pairs
     /// writes it).
     pair: Option<String>,
+    /// Column holding the labels (classes, numbers, per-base strings, or `;`-joined label sets).
     #[serde(default = "super::table::label_column")]
     label: String,
     /// `multi-label`: what separates a row's labels in the label column (default `;`).
     label_separator: Option<String>,
+    /// Column holding the row ids (kept in the predictions).
     #[serde(default = "super::table::id_column")]
     id: String,
     /// Longest input in tokens (default: the model's positions); a longer row is an error
     /// unless `truncate: true` (which cuts a pair's longer side first).
     max_length: Option<usize>,
+    /// Cut rows longer than `max_length` instead of stopping with an error.
     #[serde(default)]
     truncate: bool,
     /// `token-cls`: the label a token spelling several bases learns, `majority` (default: the

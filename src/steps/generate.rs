@@ -26,6 +26,7 @@ struct GenerateParams {
     /// Samples per prompt.
     #[serde(default = "one")]
     samples: usize,
+    /// Tokens to write after each prompt (fewer when a sample stops at end-of-text).
     #[serde(default = "max_new_tokens")]
     max_new_tokens: usize,
     /// 0 = greedy.
@@ -37,11 +38,13 @@ struct GenerateParams {
     /// Keep the smallest set of tokens whose probability reaches p (1 = all).
     #[serde(default = "top_p")]
     top_p: f64,
+    /// Seeds the sampling (same seed, same samples).
     #[serde(default = "seed")]
     seed: u64,
     /// Stop a sample at the end-of-text token.
     #[serde(default = "yes")]
     stop_at_eos: bool,
+    /// `cpu`, `cuda`, `cuda:N` or `auto`.
     #[serde(default = "cpu")]
     device: String,
 }

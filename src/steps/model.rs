@@ -89,6 +89,7 @@ struct PretrainParams {
     train: InputPath,
     /// Validation sequences, evaluated every `eval_every` steps; the best weights are kept.
     valid: Option<InputPath>,
+    /// Column holding the sequences, for table inputs.
     #[serde(default = "sequence")]
     column: String,
     /// Continue from this model directory (HF layout) instead of fresh weights.
@@ -104,6 +105,7 @@ struct PretrainParams {
     /// Keep the weights of the best validation loss rather than the last step.
     #[serde(default = "yes")]
     keep_best: bool,
+    /// Masked LM: share of tokens chosen for masking (BERT: 0.15).
     #[serde(default = "mask_probability")]
     mask_probability: f64,
     /// Read at most this many sequences per split (0: all).

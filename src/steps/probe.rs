@@ -32,6 +32,7 @@ struct ProbeParams {
     /// Folds of the cross-validation (stratified by label, seeded).
     #[serde(default = "five")]
     folds: usize,
+    /// Seeds the folds of the cross-validation.
     #[serde(default = "seed")]
     seed: u64,
     /// L2 penalty (scikit-learn's `1 / C`).
@@ -40,10 +41,13 @@ struct ProbeParams {
     /// Scale every dimension to zero mean and unit variance on the fitting rows.
     #[serde(default = "yes")]
     standardize: bool,
+    /// Most L-BFGS iterations of the logistic regression.
     #[serde(default = "max_iter")]
     max_iter: usize,
+    /// Column holding the labels.
     #[serde(default = "super::table::label_column")]
     label: String,
+    /// Column holding the row ids.
     #[serde(default = "super::table::id_column")]
     id: String,
 }
@@ -307,6 +311,7 @@ struct ProjectParams {
     /// Colour points by this column (absent: one colour).
     #[serde(default = "super::table::label_column")]
     label: String,
+    /// Column holding the row ids.
     #[serde(default = "super::table::id_column")]
     id: String,
     /// Plot title.

@@ -65,7 +65,9 @@ struct ClassifyParams {
 struct By {
     /// The table holding the column, one row per prediction id.
     table: InputPath,
+    /// The column to break the scores down by.
     column: String,
+    /// Column holding the prediction ids in that table.
     #[serde(default = "super::table::id_column")]
     id: String,
 }

@@ -113,6 +113,7 @@ struct EvalParams {
     tokenizer: InputPath,
     /// Held-out sequences: a table or a `.txt` file.
     input: InputPath,
+    /// Column holding the sequences, for table inputs.
     #[serde(default = "sequence")]
     column: String,
     /// Evaluate at most this many sequences (0: all).

@@ -74,6 +74,8 @@ pub struct Step {
     pub executor: Option<syntax::ExecutorName>,
     pub env: IndexMap<String, Template>,
     pub expect: Vec<(Located<String>, Expectation)>,
+    /// `publish:`: output name → destination (relative to the workdir), copied after success.
+    pub publish: Vec<(String, Template)>,
 }
 
 /// A step's named outputs: name → path inside its output directory.
@@ -514,6 +516,19 @@ impl<'a> Resolver<'a> {
             let value = serde_saphyr::from_str::<Node>(raw)
                 .map(|n| n.to_json())
                 .unwrap_or_else(|_| Value::String(raw.clone()));
+            if let Some(wanted) = set_mismatch(&self.params[k], &value) {
+                self.errors.push(
+                    Diagnostic::file(
+                        &self.source.path,
+                        format!("--set {k}={raw}: parameter `{k}` takes {wanted}, not `{raw}`"),
+                    )
+                    .with_help(format!(
+                        "its value here is {}; e.g. `--set {k}={}`",
+                        self.params[k], self.params[k]
+                    )),
+                );
+                continue;
+            }
             self.params.insert(k.clone(), value);
         }
     }
@@ -664,7 +679,8 @@ impl<'a> Resolver<'a> {
         rows
     }
 
-    /// A list written inline, or a `${{ params.NAME }}` holding one.
+    /// A list written inline, or a `${{ params.NAME }}` holding one; a whole number N (written
+    /// or from a parameter) counts 0 … N-1, so one parameter (`folds`) sets the copies.
     fn list_value(&mut self, node: &Located<Node>) -> Option<Vec<Value>> {
         let value = match &node.value {
             Node::String(s) => match template::parse(s) {
@@ -687,6 +703,10 @@ impl<'a> Resolver<'a> {
             other => other.to_json(),
         };
         match value {
+            Value::Number(n) if n.as_u64().is_some_and(|n| n > 0) => {
+                let n = n.as_u64().unwrap_or(0);
+                Some((0..n).map(Value::from).collect())
+            }
             Value::Array(items) => {
                 if let Some(bad) = items.iter().find(|v| v.is_object() || v.is_array()) {
                     self.error(
@@ -700,7 +720,7 @@ impl<'a> Resolver<'a> {
             other => {
                 self.error(
                     node.span,
-                    format!("foreach values must be a list, found {other}"),
+                    format!("foreach values must be a list (or a count), found {other}"),
                 );
                 None
             }
@@ -854,6 +874,31 @@ impl<'a> Resolver<'a> {
                 Action::Uses { with, .. } => with.deps(&mut deps),
             }
         }
+        let mut publish = Vec::new();
+        for (k, v) in &def.publish {
+            if !inst.outputs.contains_key(&k.value) {
+                let names: Vec<&str> = inst.outputs.keys().map(String::as_str).collect();
+                self.error(
+                    k.span,
+                    format!(
+                        "`publish:` names `{}`, which is not an output of this step",
+                        k.value
+                    ),
+                )
+                .help = Some(format!("its outputs: {}", names.join(", ")));
+                continue;
+            }
+            if let Some(t) = self.template_with(&scope, &v.value, v.span, false, false) {
+                if t.0
+                    .iter()
+                    .any(|p| matches!(p, Part::Out | Part::Output { .. }))
+                {
+                    self.error(v.span, "a `publish:` destination may use `${{ params.… }}` and `${{ matrix.… }}` only");
+                    continue;
+                }
+                publish.push((k.value.clone(), t));
+            }
+        }
         let mut env = IndexMap::new();
         for (k, v) in &def.env {
             if !valid_env_name(&k.value) {
@@ -912,6 +957,7 @@ impl<'a> Resolver<'a> {
             executor: def.executor,
             env,
             expect,
+            publish,
         })
     }
 
@@ -1365,8 +1411,64 @@ pub fn parse_mem_mb(s: &str) -> Option<u64> {
     (n >= 0.0).then(|| (n * factor).ceil() as u64)
 }
 
+/// What a `--set` value must be when its type differs from the parameter's value in the file
+/// (after the profile): a number stays a number (an integer may become a fraction), a list a
+/// list; text takes anything.
+fn set_mismatch(current: &Value, new: &Value) -> Option<&'static str> {
+    let wanted = match current {
+        Value::Number(_) => "a number",
+        Value::Bool(_) => "true or false",
+        Value::Array(_) => "a list, e.g. [1, 2]",
+        Value::Object(_) => "a map, e.g. {a: 1}",
+        Value::String(_) | Value::Null => return None,
+    };
+    let fits = matches!(
+        (current, new),
+        (Value::Number(_), Value::Number(_))
+            | (Value::Bool(_), Value::Bool(_))
+            | (Value::Array(_), Value::Array(_))
+            | (Value::Object(_), Value::Object(_))
+    );
+    (!fits).then_some(wanted)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_foreach_count_makes_that_many_copies() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wf.yaml");
+        std::fs::write(
+            &path,
+            "params: { folds: 3 }\nsteps:\n  s:\n    foreach: { fold: \"${{ params.folds }}\" }\n    run: echo ${{ matrix.fold }}\n",
+        )
+        .expect("write");
+        let opts = super::LoadOptions {
+            profile: None,
+            sets: vec![("folds".into(), "2".into())],
+            device: None,
+        };
+        let wf = super::load(&path, &opts).expect("loads");
+        let names: Vec<&str> = wf.steps.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["s[fold=0]", "s[fold=1]"]);
+    }
+
+    #[test]
+    fn a_set_value_keeps_the_parameters_type() {
+        use serde_json::json;
+        assert_eq!(
+            super::set_mismatch(&json!(0.002), &json!("abc")),
+            Some("a number")
+        );
+        assert_eq!(super::set_mismatch(&json!(0), &json!(0.5)), None);
+        assert_eq!(super::set_mismatch(&json!("char"), &json!(3)), None);
+        assert_eq!(
+            super::set_mismatch(&json!([1, 2]), &json!(5)),
+            Some("a list, e.g. [1, 2]")
+        );
+        assert_eq!(super::set_mismatch(&json!(true), &json!(false)), None);
+    }
+
     use super::*;
 
     #[test]

@@ -70,6 +70,13 @@ pub struct StepDef {
     /// Steps that must finish first, when no `${{ steps.… }}` reference says so already.
     #[serde(default)]
     pub needs: Vec<Located<String>>,
+    /// Named outputs copied to folders of your choosing once the step has succeeded (or was
+    /// found in the cache), as Nextflow's `publishDir`: `{ model: results/gpt2 }`. Paths are
+    /// relative to the workdir and may use `${{ params.… }}` and `${{ matrix.… }}`; never inside
+    /// the cache. Copies, not links (editing them cannot change the cache); not part of the
+    /// step's key.
+    #[serde(default)]
+    pub publish: IndexMap<Located<String>, Located<String>>,
     /// What the step occupies while it runs; the scheduler never over-commits them.
     pub resources: Option<Resources>,
     /// How many times to retry the step when it fails.

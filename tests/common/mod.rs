@@ -95,7 +95,7 @@ impl Project {
 }
 
 /// The `dnaflow` binary under test: `DNAFLOW_BIN` when set and not empty (test binaries
-/// carried to another machine, where cargo's compile-time path does not exist: docs/gpu.md),
+/// carried to another machine, where cargo's compile-time path does not exist: docs/development.md),
 /// else the one cargo built beside these tests.
 pub fn dnaflow_bin() -> PathBuf {
     match std::env::var_os("DNAFLOW_BIN") {

@@ -19,11 +19,13 @@ struct NearestParams {
     train: InputPath,
     /// The table to answer.
     test: InputPath,
+    /// Column holding the sequences.
     #[serde(default = "super::super::table::sequence_column")]
     sequence: String,
     /// The column copied from the nearest training row (a product text, a label).
     #[serde(default = "super::super::table::label_column")]
     label: String,
+    /// Column holding the row ids.
     #[serde(default = "super::super::table::id_column")]
     id: String,
     /// k-mer length of the profiles (default as baseline.classify: 3 for DNA, 1 for protein).

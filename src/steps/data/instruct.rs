@@ -48,8 +48,10 @@ struct InstructParams {
     /// always fits (0: all).
     #[serde(default)]
     max_input: usize,
+    /// Column holding the sequences the instructions ask about.
     #[serde(default = "crate::steps::tokenizer::sequence")]
     column: String,
+    /// Column holding the labels the answers stand for.
     #[serde(default = "crate::steps::table::label_column")]
     label: String,
 }

@@ -30,6 +30,7 @@ struct KeywordsParams {
     /// The output column: the row's labels, sorted, joined by `separator` (empty: none).
     #[serde(default = "crate::steps::table::label_column")]
     output: String,
+    /// What joins a row's labels in the output column.
     #[serde(default = "semicolon")]
     separator: String,
 }

@@ -62,6 +62,7 @@ struct PairsParams {
     /// Characters changed in a `substituted` negative.
     #[serde(default = "three")]
     substitutions: usize,
+    /// Seeds which negatives are drawn (same seed, same pairs).
     #[serde(default)]
     seed: u64,
     /// Column of row ids: pairs are named `<id>`, `<id>~other`, `<id>~substituted`, and the
