@@ -1,4 +1,5 @@
-//! A run as one self-contained HTML page: the DAG coloured by status, every step's time,
+//! A run as one self-contained HTML page: the results first (every scored model and baseline
+//! side by side per test set, with intervals, bars and `expect:` outcomes), the DAG coloured by status, every step's time,
 //! reason and key (and log tail when it failed), every metric with its `expect:` bound and a
 //! diff against a baseline run, the plots the steps wrote (embedded), the parameters, the
 //! machine and the version. No script, stylesheet or image is fetched from anywhere: the page
@@ -57,7 +58,8 @@ th{background:#f4f5fa}td.num{text-align:right;font-variant-numeric:tabular-nums}
 pre{background:#f6f6f9;padding:8px;overflow:auto;max-height:320px;font-size:12px}
 .plot img{max-width:100%;border:1px solid #dde;background:#fff}.plot{margin:10px 0}
 .missing{color:#c0392b}.muted{color:#666}nav a{margin-right:10px}
-.dagbox{overflow-x:auto;max-width:100%}svg.dag text{font:12px system-ui,sans-serif;fill:#fff}svg.dag path{fill:none;stroke:#9aa;stroke-width:1.2}
+.dagbox{max-width:100%}svg.dag{max-width:100%;height:auto}
+table.results td.bar{width:40%}.bar div{background:#5b7db1;height:12px;border-radius:2px}svg.dag text{font:12px system-ui,sans-serif;fill:#fff}svg.dag path{fill:none;stroke:#9aa;stroke-width:1.2}
 "#;
 
 /// The whole page.
@@ -95,6 +97,7 @@ pub fn render(run: &RunRecord, opts: &Options) -> String {
     if !run.running.is_empty() {
         let _ = write!(h, "<p>Running now: {}</p>", escape(&run.running.join(", ")));
     }
+    results(&mut h, run);
     dag(&mut h, run);
     steps_table(&mut h, run, opts);
     metrics_table(&mut h, run, opts.vs);
@@ -105,6 +108,128 @@ pub fn render(run: &RunRecord, opts: &Options) -> String {
     }
     h.push_str("</body></html>\n");
     h
+}
+
+/// Headline metrics, in the order they are shown, and whether higher is better: classification
+/// (eval.classify), regression (eval.regress), language models (eval.lm), text (eval.text).
+const HEADLINES: &[(&str, bool)] = &[
+    ("accuracy", true),
+    ("mcc", true),
+    ("f1_macro", true),
+    ("rmse", false),
+    ("pearson", true),
+    ("bits_per_base", false),
+    ("token_f1", true),
+];
+
+/// The answer first: for each test set (the steps that scored the same number of rows with
+/// the same headline metrics), every model and baseline side by side with its headline
+/// metrics, the bootstrap interval of the first, a bar, and its `expect:` outcomes.
+fn results(h: &mut String, run: &RunRecord) {
+    type Row<'a> = (&'a str, Vec<(&'static str, f64)>, Option<(f64, f64)>);
+    let mut groups: indexmap::IndexMap<(Vec<&'static str>, String), Vec<Row>> = Default::default();
+    for s in &run.steps {
+        let m = &s.metrics;
+        let found: Vec<(&'static str, f64)> = HEADLINES
+            .iter()
+            .filter_map(|(name, _)| m.get(*name).and_then(Value::as_f64).map(|v| (*name, v)))
+            .collect();
+        let Some((first, _)) = found.first() else {
+            continue;
+        };
+        let ci = m
+            .get(format!("{first}_ci95"))
+            .and_then(Value::as_array)
+            .and_then(|a| Some((a.first()?.as_f64()?, a.get(1)?.as_f64()?)));
+        let size = ["rows", "sequences"]
+            .iter()
+            .find_map(|k| {
+                m.get(*k)
+                    .and_then(Value::as_u64)
+                    .map(|n| format!("{n} {k}"))
+            })
+            .unwrap_or_default();
+        let names = found.iter().map(|(n, _)| *n).collect();
+        groups
+            .entry((names, size))
+            .or_default()
+            .push((s.name.as_str(), found, ci));
+    }
+    if groups.is_empty() {
+        return;
+    }
+    h.push_str("<h2>Results</h2><div id=\"results\">");
+    for ((names, size), rows) in &groups {
+        let head = names[0];
+        let higher = HEADLINES.iter().any(|(n, up)| *n == head && *up);
+        let top = rows
+            .iter()
+            .map(|r| r.1[0].1.abs())
+            .fold(0.0f64, f64::max)
+            .max(f64::MIN_POSITIVE);
+        let _ = write!(
+            h,
+            "<p><b>Test set{}</b>: {} ({} is better)</p><table class=\"results\"><tr><th>scored by</th>",
+            if size.is_empty() {
+                String::new()
+            } else {
+                format!(" of {size}")
+            },
+            names.join(", "),
+            if higher { "higher" } else { "lower" }
+        );
+        for n in names {
+            let _ = write!(h, "<th>{}</th>", escape(n));
+        }
+        h.push_str("<th>95 % interval</th><th></th><th>expect</th></tr>");
+        for (step, values, ci) in rows {
+            let after = run
+                .step(step)
+                .and_then(|s| s.after.first())
+                .map(|a| format!(" <span class=\"muted\">({})</span>", escape(a)))
+                .unwrap_or_default();
+            let _ = write!(
+                h,
+                "<tr data-step=\"{}\"><td>{}{after}</td>",
+                escape(step),
+                escape(step)
+            );
+            for (n, v) in values {
+                let _ = write!(
+                    h,
+                    "<td class=\"num\" data-metric=\"{}/{n}\" data-value=\"{v}\">{:.4}</td>",
+                    escape(step),
+                    v
+                );
+            }
+            let interval = ci.map_or(String::new(), |(lo, hi)| format!("{lo:.4} – {hi:.4}"));
+            let width = (values[0].1.abs() / top * 100.0).clamp(0.0, 100.0);
+            let expects: Vec<String> = run
+                .step(step)
+                .map(|s| {
+                    s.expect
+                        .iter()
+                        .map(|e| {
+                            format!(
+                                "<span class=\"{}\">{} {} {}</span>",
+                                if e.ok { "ok" } else { "bad" },
+                                if e.ok { "✓" } else { "✗" },
+                                escape(&e.metric),
+                                escape(&e.bound)
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let _ = write!(
+                h,
+                "<td class=\"num\">{interval}</td><td class=\"bar\"><div style=\"width:{width:.1}%\"></div></td><td>{}</td></tr>",
+                expects.join(" ")
+            );
+        }
+        h.push_str("</table>");
+    }
+    h.push_str("</div>");
 }
 
 fn run_class(status: &str) -> &'static str {
