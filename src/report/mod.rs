@@ -300,16 +300,32 @@ fn dag(h: &mut String, run: &RunRecord) {
         }
         return;
     }
-    let index: HashMap<&str, usize> = nodes.iter().enumerate().map(|(i, n)| (n.0, i)).collect();
+    // `foreach` copies (`name[fold=3]`) share one box: the graph stays as wide as the
+    // workflow, however many copies a matrix makes.
+    let nodes = group_copies(&nodes);
+    let index: HashMap<&str, usize> = nodes
+        .iter()
+        .enumerate()
+        .flat_map(|(i, n)| n.members.iter().map(move |m| (m.as_str(), i)))
+        .collect();
     let mut depth = vec![0usize; nodes.len()];
-    // Records list steps in plan order (upstream first), so one pass settles every depth.
-    for i in 0..nodes.len() {
-        for up in nodes[i].2 {
-            if let Some(&u) = index.get(up.as_str())
-                && u < i
-            {
-                depth[i] = depth[i].max(depth[u] + 1);
+    // Longest path from a source; copies merged into one box may come in any order, so relax
+    // until nothing moves (at most one pass per node).
+    for _ in 0..nodes.len() {
+        let mut moved = false;
+        for i in 0..nodes.len() {
+            for up in &nodes[i].after {
+                if let Some(&u) = index.get(up.as_str())
+                    && u != i
+                    && depth[i] < depth[u] + 1
+                {
+                    depth[i] = depth[u] + 1;
+                    moved = true;
+                }
             }
+        }
+        if !moved {
+            break;
         }
     }
     let (w, hgt, gx, gy) = (180.0, 26.0, 30.0, 10.0);
@@ -345,8 +361,14 @@ fn dag(h: &mut String, run: &RunRecord) {
          aria-label=\"step graph\">"
     );
     for (i, n) in nodes.iter().enumerate() {
-        for up in n.2 {
-            if let Some(&u) = index.get(up.as_str()) {
+        let ups: std::collections::BTreeSet<usize> = n
+            .after
+            .iter()
+            .filter_map(|up| index.get(up.as_str()).copied())
+            .filter(|&u| u != i)
+            .collect();
+        for u in ups {
+            {
                 let ((x1, y1), (x2, y2)) = (pos(u), pos(i));
                 let (x1, y1, y2) = (x1 + w, y1 + hgt / 2.0, y2 + hgt / 2.0);
                 let mid = (x1 + x2) / 2.0;
@@ -364,17 +386,31 @@ fn dag(h: &mut String, run: &RunRecord) {
         "running" => "#d48806",
         _ => "#9aa0a6",
     };
-    for (i, (name, status, _)) in nodes.iter().enumerate() {
+    for (i, n) in nodes.iter().enumerate() {
+        let (name, status) = (n.name.as_str(), n.status);
         let (x, y) = pos(i);
-        let label = box_label(name, 22);
+        let label = if n.members.len() > 1 {
+            format!("{} ×{}", box_label(name, 17), n.members.len())
+        } else {
+            box_label(name, 22)
+        };
+        let title = if n.members.len() > 1 {
+            format!(
+                "{name}: {} copies ({status}): {}",
+                n.members.len(),
+                n.members.join(", ")
+            )
+        } else {
+            format!("{name} ({status})")
+        };
         let _ = write!(
             h,
             "<a href=\"#{}\"><g class=\"node {status}\" data-step=\"{}\" data-status=\"{status}\">\
-             <title>{} ({status})</title><rect x=\"{x}\" y=\"{y}\" width=\"{w}\" height=\"{hgt}\" \
+             <title>{}</title><rect x=\"{x}\" y=\"{y}\" width=\"{w}\" height=\"{hgt}\" \
              rx=\"5\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{}</text></g></a>",
-            anchor(i),
+            anchor(n.first),
             escape(name),
-            escape(name),
+            escape(&title),
             colour(status),
             x + 8.0,
             y + 17.0,
@@ -382,6 +418,66 @@ fn dag(h: &mut String, run: &RunRecord) {
         );
     }
     h.push_str("</svg></div>");
+}
+
+/// One box of the DAG: a step, or every `foreach` copy of one (`members`).
+struct DagNode {
+    name: String,
+    /// Index of its first step among the run's steps (the steps table's anchor).
+    first: usize,
+    status: &'static str,
+    members: Vec<String>,
+    after: Vec<String>,
+}
+
+/// Steps as DAG boxes, the copies of a `foreach` step (`name[k=v]`) merged into one box named
+/// after the step, whose status is the worst of theirs (failed, running, ran, cached, skipped).
+fn group_copies(nodes: &[(&str, &'static str, &[String])]) -> Vec<DagNode> {
+    let rank = |s: &str| match s {
+        "failed" => 4,
+        "running" => 3,
+        "ran" => 2,
+        "cached" => 1,
+        _ => 0,
+    };
+    let mut out: Vec<DagNode> = Vec::new();
+    let mut by_base: HashMap<String, usize> = HashMap::new();
+    for (k, (name, status, after)) in nodes.iter().enumerate() {
+        let base = match name.split_once('[') {
+            Some((b, rest)) if rest.ends_with(']') => b.to_string(),
+            _ => name.to_string(),
+        };
+        let copy = base.len() < name.len();
+        match by_base.get(&base).copied().filter(|_| copy) {
+            Some(i) => {
+                let n = &mut out[i];
+                n.members.push(name.to_string());
+                n.after.extend(after.iter().cloned());
+                if rank(status) > rank(n.status) {
+                    n.status = status;
+                }
+            }
+            None => {
+                if copy {
+                    by_base.insert(base.clone(), out.len());
+                }
+                out.push(DagNode {
+                    name: if copy { base } else { name.to_string() },
+                    first: k,
+                    status,
+                    members: vec![name.to_string()],
+                    after: after.to_vec(),
+                });
+            }
+        }
+    }
+    // A lone copy keeps its own name (and its box its `data-step`).
+    for n in &mut out {
+        if n.members.len() == 1 {
+            n.name = n.members[0].clone();
+        }
+    }
+    out
 }
 
 /// A step's name cut to `max` characters for its box, keeping a `foreach` copy's values
@@ -826,6 +922,33 @@ fn live_script(h: &mut String, url: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn foreach_copies_share_one_dag_box() {
+        let none: Vec<String> = Vec::new();
+        let a = vec!["a".to_string()];
+        let bs = vec![
+            "b[k=1]".to_string(),
+            "b[k=2]".to_string(),
+            "b[k=3]".to_string(),
+        ];
+        let nodes: Vec<(&str, &'static str, &[String])> = vec![
+            ("a", "ran", &none),
+            ("b[k=1]", "cached", &a),
+            ("b[k=2]", "failed", &a),
+            ("b[k=3]", "ran", &a),
+            ("c", "ran", &bs),
+            ("d[x=1]", "ran", &a),
+        ];
+        let g = group_copies(&nodes);
+        let names: Vec<&str> = g.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c", "d[x=1]"]);
+        assert_eq!(
+            (g[1].members.len(), g[1].status, g[1].first),
+            (3, "failed", 1)
+        );
+        assert_eq!(g[2].first, 4);
+    }
 
     #[test]
     fn box_labels_keep_the_copy_they_name() {
