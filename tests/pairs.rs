@@ -159,7 +159,7 @@ fn gene_protein_pairs_train_score_and_split_by_gene() {
     // The k-mer baseline reads both sides: 16 DNA 2-mers and 20 amino acids.
     let k = metrics(&r, "kmer");
     assert_eq!(k["features"]["dimension"], 36, "{k}");
-    assert_eq!(k["features"]["pair"]["kind"], "amino-acid kmer", "{k}");
+    assert_eq!(k["features"]["pair"]["kind"], "protein-kmer", "{k}");
     let model: Value = serde_json::from_str(&read(&r.out("kmer").join("model.json"))).unwrap();
     assert!(model["features"]["mean"]["pair:W"].is_number(), "{model}");
 

@@ -102,7 +102,7 @@ fn a_run_becomes_one_self_contained_page() {
     let p = project();
     let (first, _) = p.run(&["wf.yaml", "-k"]);
     assert!(!first.status.success(), "`broken` fails the run");
-    let (second, _) = p.run(&["wf.yaml", "-k", "--set", "steps=14"]);
+    let (second, record) = p.run(&["wf.yaml", "-k", "--set", "steps=14"]);
     assert!(!second.status.success());
     let page = p.path("report.html");
     let out = p.dnaflow(&["report", "wf.yaml", "-o", page.to_str().unwrap()]);
@@ -140,6 +140,19 @@ fn a_run_becomes_one_self_contained_page() {
     assert!(!html.contains("src=\"http") && !html.contains("href=\"http"));
     assert!(html.contains("<td>steps</td><td>14</td>"), "parameters");
     assert!(html.contains("cpu_threads"), "machine");
+    // The result leads the page: the language model's bits per base, as the record has it.
+    let bpb = record.step("test")["metrics"]["bits_per_base"].clone();
+    let results = html.find("id=\"results\"").expect("a results section");
+    assert!(
+        results < html.find("<h2>Steps</h2>").unwrap(),
+        "results come first"
+    );
+    assert!(
+        html.contains(&format!(
+            "data-metric=\"test/bits_per_base\" data-value=\"{bpb}\""
+        )),
+        "{bpb}"
+    );
 
     let expect = json!({
         "steps": {"promoters": "cached", "tok": "cached", "tok_eval": "cached", "gpt2": "ran",
@@ -148,6 +161,7 @@ fn a_run_becomes_one_self_contained_page() {
         "expect": {"pass": 1, "fail": 1},
         "min_images": 2,
         "text": ["tried <script>alert(\"x\")</script> & failed"],
+        "results": {"test/bits_per_base": bpb},
     });
     if let Some(summary) = browser_check(
         page.to_str().unwrap(),

@@ -5,6 +5,7 @@ mod env_cmd;
 mod inspect;
 mod kinds_cmd;
 mod model_cmd;
+mod new_cmd;
 mod out_cmd;
 mod report_cmd;
 mod run_cmd;
@@ -97,6 +98,10 @@ enum Command {
     /// Explain a step: every field that changed since the last run, old → new.
     #[command(after_help = "Example:\n  dnaflow why wf.yaml train")]
     Why(run_cmd::WhyArgs),
+    /// Write a commented workflow for your own labelled table: split, baselines, fine-tuned
+    /// and from-scratch models, scores.
+    #[command(after_help = new_cmd::AFTER_HELP)]
+    New(new_cmd::NewArgs),
     /// Check a workflow without running anything.
     #[command(after_help = "Example:\n  dnaflow validate workflows/*.yaml")]
     Validate(run_cmd::ValidateArgs),
@@ -217,6 +222,7 @@ fn run_cli(cli: Cli) -> ExitCode {
         Command::Plan(a) => run_cmd::plan_cmd(&cli.cache, &a),
         Command::Why(a) => run_cmd::why(&cli.cache, &a),
         Command::Validate(a) => run_cmd::validate(&a),
+        Command::New(a) => new_cmd::new(&a),
         Command::Dag(a) => inspect::dag(&cli.cache, &a),
         Command::Metrics(m) => inspect::metrics(&cli.cache, &m),
         Command::Report(a) => report_cmd::report(&cli.cache, &a),

@@ -590,7 +590,7 @@ impl Exec<'_> {
                     return rec;
                 }
                 Err(e) => {
-                    let msg = e.message().to_string();
+                    let msg = self.name_outputs(e.message());
                     tracing::warn!(step = %step.name, attempt, of = attempts, "attempt failed: {msg}");
                     // A step that failed on its input fails the same way again.
                     retry = matches!(e, AttemptError::Transient(_));
@@ -603,6 +603,38 @@ impl Exec<'_> {
         }
         rec.log_tail = log_tail(&err_path).or_else(|| log_tail(&out_path));
         fail(rec, last_error)
+    }
+
+    /// `msg` with every path of a step's output in the cache written as the user knows it,
+    /// `steps.NAME.OUTPUT`, so an error about rows of an upstream table names the step that
+    /// made it rather than only `cache/objects/<key>/out/…`.
+    fn name_outputs(&self, msg: &str) -> String {
+        let mut known: Vec<(String, String)> = Vec::new();
+        for (j, step) in self.wf.steps.iter().enumerate() {
+            let Some(key) = self.keys.get(j) else {
+                continue;
+            };
+            let dir = self.cache.out_dir(key);
+            for (name, rel) in step.outputs.iter() {
+                if !matches!(name.as_str(), "out" | "metrics") {
+                    let path = dir.join(rel).display().to_string();
+                    known.push((path, format!("`steps.{}.{name}`", step.name)));
+                }
+            }
+            known.push((
+                dir.display().to_string(),
+                format!("the output of `steps.{}`", step.name),
+            ));
+        }
+        // Longest first: a file's path before its directory's.
+        known.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
+        let mut msg = msg.to_string();
+        for (path, name) in &known {
+            if msg.contains(path.as_str()) {
+                msg = msg.replace(path.as_str(), name);
+            }
+        }
+        msg
     }
 
     /// The Slurm job of one attempt of step `i`.

@@ -1,4 +1,5 @@
-//! A run as one self-contained HTML page: the DAG coloured by status, every step's time,
+//! A run as one self-contained HTML page: the results first (every scored model and baseline
+//! side by side per test set, with intervals, bars and `expect:` outcomes), the DAG coloured by status, every step's time,
 //! reason and key (and log tail when it failed), every metric with its `expect:` bound and a
 //! diff against a baseline run, the plots the steps wrote (embedded), the parameters, the
 //! machine and the version. No script, stylesheet or image is fetched from anywhere: the page
@@ -57,7 +58,8 @@ th{background:#f4f5fa}td.num{text-align:right;font-variant-numeric:tabular-nums}
 pre{background:#f6f6f9;padding:8px;overflow:auto;max-height:320px;font-size:12px}
 .plot img{max-width:100%;border:1px solid #dde;background:#fff}.plot{margin:10px 0}
 .missing{color:#c0392b}.muted{color:#666}nav a{margin-right:10px}
-.dagbox{overflow-x:auto;max-width:100%}svg.dag text{font:12px system-ui,sans-serif;fill:#fff}svg.dag path{fill:none;stroke:#9aa;stroke-width:1.2}
+.dagbox{max-width:100%}svg.dag{max-width:100%;height:auto}
+table.results td.bar{width:40%}.bar div{background:#5b7db1;height:12px;border-radius:2px}svg.dag text{font:12px system-ui,sans-serif;fill:#fff}svg.dag path{fill:none;stroke:#9aa;stroke-width:1.2}
 "#;
 
 /// The whole page.
@@ -95,6 +97,7 @@ pub fn render(run: &RunRecord, opts: &Options) -> String {
     if !run.running.is_empty() {
         let _ = write!(h, "<p>Running now: {}</p>", escape(&run.running.join(", ")));
     }
+    results(&mut h, run);
     dag(&mut h, run);
     steps_table(&mut h, run, opts);
     metrics_table(&mut h, run, opts.vs);
@@ -105,6 +108,128 @@ pub fn render(run: &RunRecord, opts: &Options) -> String {
     }
     h.push_str("</body></html>\n");
     h
+}
+
+/// Headline metrics, in the order they are shown, and whether higher is better: classification
+/// (eval.classify), regression (eval.regress), language models (eval.lm), text (eval.text).
+const HEADLINES: &[(&str, bool)] = &[
+    ("accuracy", true),
+    ("mcc", true),
+    ("f1_macro", true),
+    ("rmse", false),
+    ("pearson", true),
+    ("bits_per_base", false),
+    ("token_f1", true),
+];
+
+/// The answer first: for each test set (the steps that scored the same number of rows with
+/// the same headline metrics), every model and baseline side by side with its headline
+/// metrics, the bootstrap interval of the first, a bar, and its `expect:` outcomes.
+fn results(h: &mut String, run: &RunRecord) {
+    type Row<'a> = (&'a str, Vec<(&'static str, f64)>, Option<(f64, f64)>);
+    let mut groups: indexmap::IndexMap<(Vec<&'static str>, String), Vec<Row>> = Default::default();
+    for s in &run.steps {
+        let m = &s.metrics;
+        let found: Vec<(&'static str, f64)> = HEADLINES
+            .iter()
+            .filter_map(|(name, _)| m.get(*name).and_then(Value::as_f64).map(|v| (*name, v)))
+            .collect();
+        let Some((first, _)) = found.first() else {
+            continue;
+        };
+        let ci = m
+            .get(format!("{first}_ci95"))
+            .and_then(Value::as_array)
+            .and_then(|a| Some((a.first()?.as_f64()?, a.get(1)?.as_f64()?)));
+        let size = ["rows", "sequences"]
+            .iter()
+            .find_map(|k| {
+                m.get(*k)
+                    .and_then(Value::as_u64)
+                    .map(|n| format!("{n} {k}"))
+            })
+            .unwrap_or_default();
+        let names = found.iter().map(|(n, _)| *n).collect();
+        groups
+            .entry((names, size))
+            .or_default()
+            .push((s.name.as_str(), found, ci));
+    }
+    if groups.is_empty() {
+        return;
+    }
+    h.push_str("<h2>Results</h2><div id=\"results\">");
+    for ((names, size), rows) in &groups {
+        let head = names[0];
+        let higher = HEADLINES.iter().any(|(n, up)| *n == head && *up);
+        let top = rows
+            .iter()
+            .map(|r| r.1[0].1.abs())
+            .fold(0.0f64, f64::max)
+            .max(f64::MIN_POSITIVE);
+        let _ = write!(
+            h,
+            "<p><b>Test set{}</b>: {} ({} is better)</p><table class=\"results\"><tr><th>scored by</th>",
+            if size.is_empty() {
+                String::new()
+            } else {
+                format!(" of {size}")
+            },
+            names.join(", "),
+            if higher { "higher" } else { "lower" }
+        );
+        for n in names {
+            let _ = write!(h, "<th>{}</th>", escape(n));
+        }
+        h.push_str("<th>95 % interval</th><th></th><th>expect</th></tr>");
+        for (step, values, ci) in rows {
+            let after = run
+                .step(step)
+                .and_then(|s| s.after.first())
+                .map(|a| format!(" <span class=\"muted\">({})</span>", escape(a)))
+                .unwrap_or_default();
+            let _ = write!(
+                h,
+                "<tr data-step=\"{}\"><td>{}{after}</td>",
+                escape(step),
+                escape(step)
+            );
+            for (n, v) in values {
+                let _ = write!(
+                    h,
+                    "<td class=\"num\" data-metric=\"{}/{n}\" data-value=\"{v}\">{:.4}</td>",
+                    escape(step),
+                    v
+                );
+            }
+            let interval = ci.map_or(String::new(), |(lo, hi)| format!("{lo:.4} – {hi:.4}"));
+            let width = (values[0].1.abs() / top * 100.0).clamp(0.0, 100.0);
+            let expects: Vec<String> = run
+                .step(step)
+                .map(|s| {
+                    s.expect
+                        .iter()
+                        .map(|e| {
+                            format!(
+                                "<span class=\"{}\">{} {} {}</span>",
+                                if e.ok { "ok" } else { "bad" },
+                                if e.ok { "✓" } else { "✗" },
+                                escape(&e.metric),
+                                escape(&e.bound)
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let _ = write!(
+                h,
+                "<td class=\"num\">{interval}</td><td class=\"bar\"><div style=\"width:{width:.1}%\"></div></td><td>{}</td></tr>",
+                expects.join(" ")
+            );
+        }
+        h.push_str("</table>");
+    }
+    h.push_str("</div>");
 }
 
 fn run_class(status: &str) -> &'static str {
@@ -175,16 +300,32 @@ fn dag(h: &mut String, run: &RunRecord) {
         }
         return;
     }
-    let index: HashMap<&str, usize> = nodes.iter().enumerate().map(|(i, n)| (n.0, i)).collect();
+    // `foreach` copies (`name[fold=3]`) share one box: the graph stays as wide as the
+    // workflow, however many copies a matrix makes.
+    let nodes = group_copies(&nodes);
+    let index: HashMap<&str, usize> = nodes
+        .iter()
+        .enumerate()
+        .flat_map(|(i, n)| n.members.iter().map(move |m| (m.as_str(), i)))
+        .collect();
     let mut depth = vec![0usize; nodes.len()];
-    // Records list steps in plan order (upstream first), so one pass settles every depth.
-    for i in 0..nodes.len() {
-        for up in nodes[i].2 {
-            if let Some(&u) = index.get(up.as_str())
-                && u < i
-            {
-                depth[i] = depth[i].max(depth[u] + 1);
+    // Longest path from a source; copies merged into one box may come in any order, so relax
+    // until nothing moves (at most one pass per node).
+    for _ in 0..nodes.len() {
+        let mut moved = false;
+        for i in 0..nodes.len() {
+            for up in &nodes[i].after {
+                if let Some(&u) = index.get(up.as_str())
+                    && u != i
+                    && depth[i] < depth[u] + 1
+                {
+                    depth[i] = depth[u] + 1;
+                    moved = true;
+                }
             }
+        }
+        if !moved {
+            break;
         }
     }
     let (w, hgt, gx, gy) = (180.0, 26.0, 30.0, 10.0);
@@ -220,8 +361,14 @@ fn dag(h: &mut String, run: &RunRecord) {
          aria-label=\"step graph\">"
     );
     for (i, n) in nodes.iter().enumerate() {
-        for up in n.2 {
-            if let Some(&u) = index.get(up.as_str()) {
+        let ups: std::collections::BTreeSet<usize> = n
+            .after
+            .iter()
+            .filter_map(|up| index.get(up.as_str()).copied())
+            .filter(|&u| u != i)
+            .collect();
+        for u in ups {
+            {
                 let ((x1, y1), (x2, y2)) = (pos(u), pos(i));
                 let (x1, y1, y2) = (x1 + w, y1 + hgt / 2.0, y2 + hgt / 2.0);
                 let mid = (x1 + x2) / 2.0;
@@ -239,17 +386,31 @@ fn dag(h: &mut String, run: &RunRecord) {
         "running" => "#d48806",
         _ => "#9aa0a6",
     };
-    for (i, (name, status, _)) in nodes.iter().enumerate() {
+    for (i, n) in nodes.iter().enumerate() {
+        let (name, status) = (n.name.as_str(), n.status);
         let (x, y) = pos(i);
-        let label = box_label(name, 22);
+        let label = if n.members.len() > 1 {
+            format!("{} ×{}", box_label(name, 17), n.members.len())
+        } else {
+            box_label(name, 22)
+        };
+        let title = if n.members.len() > 1 {
+            format!(
+                "{name}: {} copies ({status}): {}",
+                n.members.len(),
+                n.members.join(", ")
+            )
+        } else {
+            format!("{name} ({status})")
+        };
         let _ = write!(
             h,
             "<a href=\"#{}\"><g class=\"node {status}\" data-step=\"{}\" data-status=\"{status}\">\
-             <title>{} ({status})</title><rect x=\"{x}\" y=\"{y}\" width=\"{w}\" height=\"{hgt}\" \
+             <title>{}</title><rect x=\"{x}\" y=\"{y}\" width=\"{w}\" height=\"{hgt}\" \
              rx=\"5\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{}</text></g></a>",
-            anchor(i),
+            anchor(n.first),
             escape(name),
-            escape(name),
+            escape(&title),
             colour(status),
             x + 8.0,
             y + 17.0,
@@ -257,6 +418,66 @@ fn dag(h: &mut String, run: &RunRecord) {
         );
     }
     h.push_str("</svg></div>");
+}
+
+/// One box of the DAG: a step, or every `foreach` copy of one (`members`).
+struct DagNode {
+    name: String,
+    /// Index of its first step among the run's steps (the steps table's anchor).
+    first: usize,
+    status: &'static str,
+    members: Vec<String>,
+    after: Vec<String>,
+}
+
+/// Steps as DAG boxes, the copies of a `foreach` step (`name[k=v]`) merged into one box named
+/// after the step, whose status is the worst of theirs (failed, running, ran, cached, skipped).
+fn group_copies(nodes: &[(&str, &'static str, &[String])]) -> Vec<DagNode> {
+    let rank = |s: &str| match s {
+        "failed" => 4,
+        "running" => 3,
+        "ran" => 2,
+        "cached" => 1,
+        _ => 0,
+    };
+    let mut out: Vec<DagNode> = Vec::new();
+    let mut by_base: HashMap<String, usize> = HashMap::new();
+    for (k, (name, status, after)) in nodes.iter().enumerate() {
+        let base = match name.split_once('[') {
+            Some((b, rest)) if rest.ends_with(']') => b.to_string(),
+            _ => name.to_string(),
+        };
+        let copy = base.len() < name.len();
+        match by_base.get(&base).copied().filter(|_| copy) {
+            Some(i) => {
+                let n = &mut out[i];
+                n.members.push(name.to_string());
+                n.after.extend(after.iter().cloned());
+                if rank(status) > rank(n.status) {
+                    n.status = status;
+                }
+            }
+            None => {
+                if copy {
+                    by_base.insert(base.clone(), out.len());
+                }
+                out.push(DagNode {
+                    name: if copy { base } else { name.to_string() },
+                    first: k,
+                    status,
+                    members: vec![name.to_string()],
+                    after: after.to_vec(),
+                });
+            }
+        }
+    }
+    // A lone copy keeps its own name (and its box its `data-step`).
+    for n in &mut out {
+        if n.members.len() == 1 {
+            n.name = n.members[0].clone();
+        }
+    }
+    out
 }
 
 /// A step's name cut to `max` characters for its box, keeping a `foreach` copy's values
@@ -701,6 +922,33 @@ fn live_script(h: &mut String, url: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn foreach_copies_share_one_dag_box() {
+        let none: Vec<String> = Vec::new();
+        let a = vec!["a".to_string()];
+        let bs = vec![
+            "b[k=1]".to_string(),
+            "b[k=2]".to_string(),
+            "b[k=3]".to_string(),
+        ];
+        let nodes: Vec<(&str, &'static str, &[String])> = vec![
+            ("a", "ran", &none),
+            ("b[k=1]", "cached", &a),
+            ("b[k=2]", "failed", &a),
+            ("b[k=3]", "ran", &a),
+            ("c", "ran", &bs),
+            ("d[x=1]", "ran", &a),
+        ];
+        let g = group_copies(&nodes);
+        let names: Vec<&str> = g.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c", "d[x=1]"]);
+        assert_eq!(
+            (g[1].members.len(), g[1].status, g[1].first),
+            (3, "failed", 1)
+        );
+        assert_eq!(g[2].first, 4);
+    }
 
     #[test]
     fn box_labels_keep_the_copy_they_name() {

@@ -79,7 +79,7 @@ pub(super) const EMB: &str = "emb_";
 
 pub static EMBED: StepKind = StepKind {
     name: "model.embed",
-    version: 1,
+    version: 2,
     summary: "pooled hidden states (mean, first, last, max; any layer) of a model for a table's sequences → parquet with id, label and emb_0 … emb_{d-1}",
     outputs: &[("embeddings", "embeddings.parquet")],
     schema: |g| g.subschema_for::<EmbedParams>(),
@@ -109,6 +109,7 @@ fn embed(ctx: &mut StepContext) -> Result<(), StepError> {
     let (dim, layer, vectors, seconds) = on_device!(device, Precision::F32, |dev: B| {
         let model = load_model::<B>(&dir, &dev)?;
         let config = &model.spec().config;
+        vocab.check_fits(config.vocab_size(), &dir)?;
         let bert = config.architecture().framing == crate::models::arch::Framing::ClsSep;
         let layers = model.layers() as i64;
         let layer = if p.layer < 0 {

@@ -9,6 +9,7 @@ use super::model::{encode, load_model, load_vocab, mask_probability, objective_f
 use super::table::for_each_sequence;
 use super::tokenizer::{read_sequences, sequence};
 use super::train_options::{batch_size, cpu, resolve_device, seed};
+use super::vocab::check_unknown;
 use super::{InputPath, StepContext, StepError, StepKind, params, write_metrics};
 use crate::models::device::on_device;
 use crate::models::{DeviceSpec, Precision};
@@ -51,7 +52,7 @@ struct LmParams {
 
 pub static LM: StepKind = StepKind {
     name: "eval.lm",
-    version: 2,
+    version: 3,
     summary: "loss, perplexity and bits per base of a GPT-2/BERT model on held-out sequences",
     outputs: &[],
     schema: |g| g.subschema_for::<LmParams>(),
@@ -60,6 +61,13 @@ pub static LM: StepKind = StepKind {
         DeviceSpec::parse(&p.device)?;
         if p.batch_size == 0 {
             return Err("`batch_size` must be at least 1".into());
+        }
+        if !(p.mask_probability > 0.0 && p.mask_probability < 1.0) {
+            return Err(format!(
+                "`mask_probability` must be between 0 and 1 (the share of tokens a masked LM \
+                 hides), not {}",
+                p.mask_probability
+            ));
         }
         Ok(())
     },
@@ -73,9 +81,15 @@ fn eval_lm(ctx: &mut StepContext) -> Result<(), StepError> {
     let vocab = load_vocab(p.tokenizer.as_ref().unwrap_or(&p.model).path())?;
     let seqs = read_sequences(p.data.path(), &p.column, p.max_sequences)?;
     let docs = encode(&vocab, &seqs)?;
+    let ids: Vec<&[u32]> = docs.iter().map(|r| r.ids.as_slice()).collect();
+    let data = p.data.path().display().to_string();
+    let unk = check_unknown(&vocab, &seqs, &ids, &|i| {
+        format!("{data}: sequence {}", i + 1)
+    })?;
     let eval = on_device!(device, Precision::F32, |dev: B| {
         let model = load_model::<B>(&dir, &dev)?;
         let config = &model.spec().config;
+        vocab.check_fits(config.vocab_size(), &dir)?;
         if model.spec().task != crate::models::Task::Lm {
             return Err(StepError::new(format!(
                 "{}: eval.lm scores a language model; this one has a {} head (score its \
@@ -112,6 +126,8 @@ fn eval_lm(ctx: &mut StepContext) -> Result<(), StepError> {
         "tokens": tokens,
         "bases": bases,
         "sequences": seqs.len(),
+        // Share of the tokens the tokenizer did not know (`[UNK]`).
+        "unk_rate": unk,
     });
     if let Some(path) = &p.baseline {
         let base = crate::metrics::read(path.path()).map_err(StepError::new)?;

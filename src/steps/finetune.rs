@@ -23,10 +23,12 @@ use super::table::{
     LocatedTable, base_classes, class_indices, label_characters, label_flags, label_sets,
     label_strings, read_role, training_classes, training_labels, write_table,
 };
+use super::tokenizer::fold_case;
 use super::train_options::TrainOptions;
 use super::training::{self, model_err};
+use super::vocab::{check_unknown, unk_rate};
 use super::{InputPath, StepContext, StepError, StepKind, params, plot, write_metrics};
-use crate::models::arch::{Framing, LmKind, MeanFold};
+use crate::models::arch::{Framing, LmKind, MeanFold, check_config_fields};
 use crate::models::device::on_device;
 use crate::models::{
     ArchConfig, FusedOps, Model, ModelSpec, Precision, Task, Weights, read_weights,
@@ -181,7 +183,7 @@ fn select() -> String {
 
 pub static FINETUNE: StepKind = StepKind {
     name: "model.finetune",
-    version: 4,
+    version: 5,
     summary: "fine-tune a task head (seq-cls, regression, token-cls, pair-cls, multi-label) on a labelled table, from a pretrained model or from scratch; writes the model, predictions (id, label, prediction, prob_<class>; token-cls: id, label, prediction as one character per base) and metrics",
     outputs: &[
         ("model", "model"),
@@ -200,6 +202,10 @@ pub static FINETUNE: StepKind = StepKind {
         }
         if p.init.is_none() && p.tokenizer.is_none() {
             return Err("a fresh model (no `init`) needs `tokenizer`".into());
+        }
+        if let (None, Some(arch)) = (&p.init, &p.arch) {
+            check_config_fields(arch.row().model_type, &p.config)
+                .map_err(|e| format!("`config`: {e}"))?;
         }
         if p.options.lora.is_some() && p.init.is_none() {
             return Err("`lora` adapts an existing model: set `init:` to its directory".into());
@@ -393,8 +399,14 @@ fn inputs_spans(
             )));
         }
     };
-    let seqs = table.texts(sequence, "sequence", "a sequence")?;
+    let seqs: Vec<String> = table
+        .texts(sequence, "sequence", "a sequence")?
+        .iter()
+        .map(|s| fold_case(s))
+        .collect();
     let mut rows = encode_spans(vocab, &seqs)?;
+    let ids: Vec<&[u32]> = rows.iter().map(|(r, _)| r.ids.as_slice()).collect();
+    check_unknown(vocab, &seqs, &ids, &|i| table.at(i, sequence))?;
     let extra = if bert { 2 } else { 0 };
     for (i, (row, spans)) in rows.iter_mut().enumerate() {
         if row.ids.len() + extra > max_len {
@@ -624,13 +636,11 @@ fn architecture(
         }
     };
     config.set_pad_token_id(vocab.pad);
-    if config.vocab_size() < vocab.size {
-        return Err(StepError::new(format!(
-            "the tokenizer has {} tokens but the model only {}",
-            vocab.size,
-            config.vocab_size()
-        )));
-    }
+    let model_dir = init
+        .as_ref()
+        .map(|i| i.dir.clone())
+        .unwrap_or_else(|| PathBuf::from("the fresh model"));
+    vocab.check_fits(config.vocab_size(), &model_dir)?;
     if p.task == TaskKind::Text && config.architecture().lm != LmKind::Causal {
         return Err(StepError::new(format!(
             "`task: text` generates text: it needs a causal model (gpt2, llama), not {}",
@@ -945,6 +955,8 @@ fn train_and_test<B: FusedOps>(
     log_report(ctx, &report)?;
     let model = prepare(model);
     let parameters = model.num_params();
+    let ids: Vec<&[u32]> = rows.iter().map(|r| r.ids.as_slice()).collect();
+    let unk = unk_rate(run.vocab, &ids);
     let mut data = TrainData {
         rows,
         order: plan.order,
@@ -969,6 +981,8 @@ fn train_and_test<B: FusedOps>(
     metrics["skipped"] = json!(report.skipped);
     metrics["fresh"] = json!(report.fresh);
     metrics["frozen"] = json!(run.frozen.len());
+    // Share of the training tokens the tokenizer did not know (`[UNK]`).
+    metrics["unk_rate"] = json!(unk);
     let tested = if p.task == TaskKind::Text {
         let e = objective.evaluate(&tester, &plan.test, dev);
         metrics["test_loss"] = json!(e.loss);

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::model::load_model;
+use super::tokenizer::fold_case;
 use super::train_options::{cpu, resolve_device, seed};
 use super::vocab::{decode, load_vocab};
 use super::{InputPath, StepContext, StepError, StepKind, params, write_metrics};
@@ -72,7 +73,7 @@ fn top_p() -> f64 {
 
 pub static GENERATE: StepKind = StepKind {
     name: "model.generate",
-    version: 3,
+    version: 4,
     summary: "sample DNA from a GPT-2 model (temperature, top-k, top-p, seed, end-of-text)",
     outputs: &[("samples", "samples.jsonl")],
     schema: |g| g.subschema_for::<GenerateParams>(),
@@ -85,8 +86,16 @@ pub static GENERATE: StepKind = StepKind {
         if !(p.top_p > 0.0 && p.top_p <= 1.0) {
             return Err("`top_p` must be in (0, 1]".into());
         }
-        if p.samples == 0 || p.prompts.is_empty() {
-            return Err("`samples` must be at least 1 and `prompts` not empty".into());
+        if p.samples == 0 {
+            return Err("`samples` must be at least 1".into());
+        }
+        if p.prompts.is_empty() {
+            return Err(
+                "`prompts` must not be empty (an empty string starts from end-of-text)".into(),
+            );
+        }
+        if p.max_new_tokens == 0 {
+            return Err("`max_new_tokens` must be at least 1 (0 would write empty samples)".into());
         }
         Ok(())
     },
@@ -243,12 +252,24 @@ fn generate(ctx: &mut StepContext) -> Result<(), StepError> {
                 loaded.spec().class()
             )));
         }
+        vocab.check_fits(config.vocab_size(), &dir)?;
         let model = &loaded;
         let window = config.max_positions();
         for prompt in &p.prompts {
+            // Case as the sequences the model trained on: soft-masked `atg` is `ATG`.
+            let folded = fold_case(prompt);
+            let unknown = vocab.unknown_chars(&folded)?;
+            if !unknown.is_empty() {
+                return Err(StepError::new(format!(
+                    "`prompts`: `{prompt}` has letters the model's tokenizer {} does not know: \
+                     `{}`; write prompts in the alphabet the model was trained on",
+                    vocab.path.display(),
+                    unknown.iter().collect::<String>()
+                )));
+            }
             let enc = vocab
                 .tokenizer
-                .encode(prompt.as_str(), false)
+                .encode(folded.as_str(), false)
                 .map_err(|e| StepError::new(format!("tokenizing the prompt: {e}")))?;
             let mut start: Vec<u32> = enc.get_ids().to_vec();
             if start.is_empty() {

@@ -153,6 +153,10 @@ pub static PRETRAIN: StepKind = StepKind {
             }
             _ => {}
         }
+        if p.init.is_none() {
+            models::arch::check_config_fields(name, &p.config)
+                .map_err(|e| format!("`config`: {e}"))?;
+        }
         if p.seq_len < 2 {
             return Err("`seq_len` must be at least 2".into());
         }
@@ -205,15 +209,28 @@ pub(crate) fn objective_for(
 }
 
 /// HF config for a fresh model: the row's defaults, then the user's fields, vocabulary from
-/// the tokenizer.
+/// the tokenizer (a `vocab_size` of the user's may only make room for more tokens).
 pub(super) fn fresh_config(
     arch: &Arch,
     user: &serde_json::Map<String, serde_json::Value>,
     vocab: &Vocab,
     seq_len: usize,
 ) -> Result<ArchConfig, StepError> {
+    let vocab_size = match user.get("vocab_size") {
+        None => vocab.size,
+        Some(v) => match v.as_u64() {
+            Some(n) if n as usize >= vocab.size => n as usize,
+            _ => {
+                return Err(StepError::new(format!(
+                    "`config.vocab_size` {v} is smaller than the tokenizer's {} tokens; leave it \
+                     out (a fresh model takes the tokenizer's size) or make it at least that",
+                    vocab.size
+                )));
+            }
+        },
+    };
     let size = FreshSize {
-        vocab_size: vocab.size,
+        vocab_size,
         positions: seq_len.max(16),
         pad: Some(vocab.pad),
         eos: vocab.eos,
@@ -238,13 +255,12 @@ fn pretrain(ctx: &mut StepContext) -> Result<(), StepError> {
         Some(dir) => ModelSpec::read(dir.path()).map_err(model_err)?.config,
         None => fresh_config(&p.arch, &p.config, &vocab, p.seq_len)?,
     };
-    if config.vocab_size() < vocab.size {
-        return Err(StepError::new(format!(
-            "the tokenizer has {} tokens but the model only {}",
-            vocab.size,
-            config.vocab_size()
-        )));
-    }
+    let model_dir = p
+        .init
+        .as_ref()
+        .map(|i| i.path())
+        .unwrap_or(Path::new("the fresh model"));
+    vocab.check_fits(config.vocab_size(), model_dir)?;
     let objective = objective_for(&config, &vocab, p.mask_probability)?;
     let load = |path: &InputPath| -> Result<Vec<Row>, StepError> {
         let seqs = read_sequences(path.path(), &p.column, p.max_sequences)?;

@@ -205,6 +205,104 @@ pub fn for_each_sequence(
     })
 }
 
+/// What a sequence table knows beyond its columns, kept in its parquet file's key-value
+/// metadata (under [`META_KEY`]) so every data kind hands it on and consumers read it: the
+/// alphabet of its sequences and where its rows came from.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TableMeta {
+    /// The alphabet of the sequences (`dna`, `rna`, `protein`, `any`, `text`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alphabet: Option<String>,
+    /// How the alphabet was decided: `declared` (a step's `alphabet:`) or `detected` (from the
+    /// letters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alphabet_from: Option<String>,
+    /// Letters that are ambiguity codes or outside the alphabet, counted where it was decided.
+    #[serde(default)]
+    pub ambiguous: u64,
+    /// The user's file the rows came from (what errors about rows name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+/// The parquet metadata key of [`TableMeta`].
+pub const META_KEY: &str = "dnaflow.table";
+
+impl TableMeta {
+    /// The metadata of a parquet table; empty for other files and tables dnaflow did not write.
+    pub fn read(path: &Path) -> TableMeta {
+        if ext(path) != "parquet" {
+            return TableMeta::default();
+        }
+        let Ok(file) = File::open(path) else {
+            return TableMeta::default();
+        };
+        let mut reader = ParquetReader::new(file);
+        let Ok(meta) = reader.get_metadata() else {
+            return TableMeta::default();
+        };
+        meta.key_value_metadata()
+            .iter()
+            .flatten()
+            .find(|kv| kv.key == META_KEY)
+            .and_then(|kv| kv.value.as_deref())
+            .and_then(|v| serde_json::from_str(v).ok())
+            .unwrap_or_default()
+    }
+
+    /// What a data kind's output table carries from its input `path`: the input's metadata,
+    /// and the input itself as the rows' source when it names none (a user's own table).
+    pub fn carried(path: &Path) -> TableMeta {
+        let mut meta = TableMeta::read(path);
+        if meta.source.is_none() {
+            meta.source = Some(path.display().to_string());
+        }
+        meta
+    }
+
+    /// What a table stacked from `paths` carries: every source, the alphabet they agree on.
+    pub fn stacked<'a>(paths: impl IntoIterator<Item = &'a Path>) -> TableMeta {
+        let metas: Vec<TableMeta> = paths.into_iter().map(TableMeta::carried).collect();
+        let mut sources: Vec<String> = Vec::new();
+        for s in metas.iter().filter_map(|m| m.source.clone()) {
+            if !sources.contains(&s) {
+                sources.push(s);
+            }
+        }
+        let agreed = |f: fn(&TableMeta) -> &Option<String>| {
+            let first = metas.first().and_then(|m| f(m).clone());
+            metas
+                .iter()
+                .all(|m| *f(m) == first)
+                .then_some(first)
+                .flatten()
+        };
+        TableMeta {
+            alphabet: agreed(|m| &m.alphabet),
+            alphabet_from: agreed(|m| &m.alphabet_from),
+            ambiguous: metas.iter().map(|m| m.ambiguous).sum(),
+            source: (!sources.is_empty()).then(|| sources.join(", ")),
+        }
+    }
+
+    /// The rows' origin for messages: ` (rows from FILE)` when known, else empty.
+    pub fn origin(&self) -> String {
+        match &self.source {
+            Some(s) => format!(" (rows from {s})"),
+            None => String::new(),
+        }
+    }
+
+    fn key_value(&self) -> Option<polars::io::parquet::write::KeyValueMetadata> {
+        (*self != TableMeta::default()).then(|| {
+            polars::io::parquet::write::KeyValueMetadata::from_static(vec![(
+                META_KEY.to_string(),
+                serde_json::to_string(self).expect("metadata serializes"),
+            )])
+        })
+    }
+}
+
 /// Writes a parquet table batch by batch.
 pub struct TableWriter {
     writer: polars::io::parquet::write::BatchedWriter<File>,
@@ -213,10 +311,20 @@ pub struct TableWriter {
 
 impl TableWriter {
     pub fn create(path: &Path, schema: &Schema) -> Result<TableWriter, StepError> {
+        TableWriter::create_with(path, schema, &TableMeta::default())
+    }
+
+    /// [`TableWriter::create`], the table carrying `meta`.
+    pub fn create_with(
+        path: &Path,
+        schema: &Schema,
+        meta: &TableMeta,
+    ) -> Result<TableWriter, StepError> {
         let file =
             File::create(path).map_err(|e| StepError::new(format!("{}: {e}", path.display())))?;
         let writer = ParquetWriter::new(file)
             .with_row_group_size(Some(BATCH_ROWS))
+            .with_key_value_metadata(meta.key_value())
             .batched(schema)?;
         Ok(TableWriter { writer, rows: 0 })
     }
@@ -235,10 +343,20 @@ impl TableWriter {
 
 /// Write a whole table.
 pub fn write_table(df: &mut DataFrame, path: &Path) -> Result<(), StepError> {
+    write_table_with(df, path, &TableMeta::default())
+}
+
+/// Write a whole table carrying `meta`.
+pub fn write_table_with(
+    df: &mut DataFrame,
+    path: &Path,
+    meta: &TableMeta,
+) -> Result<(), StepError> {
     let file =
         File::create(path).map_err(|e| StepError::new(format!("{}: {e}", path.display())))?;
     ParquetWriter::new(file)
         .with_row_group_size(Some(BATCH_ROWS))
+        .with_key_value_metadata(meta.key_value())
         .finish(df)?;
     Ok(())
 }
@@ -254,6 +372,8 @@ pub struct LocatedTable {
     header_lines: Option<usize>,
     /// The column whose value names a row in errors, when the table has it.
     id_column: String,
+    /// Where its rows came from (a table a data kind wrote), for errors.
+    pub meta: TableMeta,
 }
 
 impl LocatedTable {
@@ -273,6 +393,7 @@ impl LocatedTable {
             df,
             header_lines,
             id_column: id_column.to_string(),
+            meta: TableMeta::read(path),
         })
     }
 
@@ -292,7 +413,8 @@ impl LocatedTable {
         })
     }
 
-    /// `file: row N (line L, id X), column `c``: where a value sits.
+    /// `file (rows from SOURCE): row N (line L, id X), column `c``: where a value sits, and
+    /// the user's file its rows came from when a data kind made the table.
     pub fn at(&self, i: usize, column: &str) -> String {
         let mut place = Vec::new();
         if let Some(h) = self.header_lines {
@@ -311,8 +433,9 @@ impl LocatedTable {
             format!(" ({})", place.join(", "))
         };
         format!(
-            "{}: row {}{place}, column `{column}`",
+            "{}{}: row {}{place}, column `{column}`",
             self.path.display(),
+            self.meta.origin(),
             i + 1
         )
     }
@@ -341,6 +464,11 @@ impl LocatedTable {
             .iter()
             .enumerate()
             .map(|(i, v)| match v.map(str::trim) {
+                Some(s) if missing_value(s) => Err(StepError::new(format!(
+                    "{}: `{s}` marks a missing value, not a class; every row needs a {param} \
+                     (fix the row, or drop unlabelled rows with data.filter)",
+                    self.at(i, name)
+                ))),
                 Some(s) if !s.is_empty() => Ok(class_label(s)),
                 _ => Err(StepError::new(format!(
                     "{}: empty; every row needs a {param} (drop unlabelled rows with data.filter)",
@@ -616,6 +744,14 @@ pub fn base_classes(
         .collect()
 }
 
+/// Whether a cell spells a missing value as pandas and R write one (`NaN`, `NA`, `null`, …):
+/// such a label is no class.
+pub fn missing_value(s: &str) -> bool {
+    ["nan", "na", "n/a", "null", "none", "<na>"]
+        .iter()
+        .any(|m| s.eq_ignore_ascii_case(m))
+}
+
 /// One spelling per class: `1`, `1.0` and ` 1 ` are the class `1`, so true labels, predictions
 /// and `prob_1` columns agree whatever wrote them (a text, float or integer column).
 pub fn class_label(s: &str) -> String {
@@ -663,6 +799,20 @@ mod tests {
         assert_eq!(ragged_row(b"a,b\r\n1,2\r\n\n", b','), None);
         assert_eq!(ragged_row(b"a\tb\n1\t2", b'\t'), None);
         assert_eq!(ragged_row(b"a\tb\n1", b'\t'), Some((2, 1, 2)));
+    }
+
+    #[test]
+    fn missing_labels_are_no_class() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("t.csv");
+        std::fs::write(&path, "id,sequence,label\na,ACGT,+\nb,ACGA,NaN\n").unwrap();
+        let t = LocatedTable::read(&path, "id").unwrap();
+        let e = t.labels("label", "label").unwrap_err().message;
+        assert!(
+            e.contains("row 2 (line 3, id `b`)") && e.contains("`NaN`"),
+            "{e}"
+        );
+        assert!(!missing_value("+") && missing_value("nan") && missing_value("N/A"));
     }
 
     #[test]

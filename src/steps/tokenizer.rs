@@ -100,6 +100,30 @@ pub static TRAIN: StepKind = StepKind {
                 p.k
             ));
         }
+        let specials = p
+            .special_tokens
+            .as_ref()
+            .map_or(if p.model == ModelKind::Bpe { 1 } else { 5 }, Vec::len);
+        // Byte-level BPE starts from the 256 bytes: a smaller target learns no merge.
+        let least = match p.model {
+            ModelKind::Bpe => 256 + specials + 1,
+            ModelKind::Wordpiece | ModelKind::Unigram => specials + 1,
+            ModelKind::Char | ModelKind::Kmer => 0,
+        };
+        if p.vocab_size < least {
+            return Err(format!(
+                "`vocab_size` {} leaves no room to learn tokens: a {} tokenizer needs more than \
+                 {} ({}); raise it (the tutorial uses 4096 or more)",
+                p.vocab_size,
+                format!("{:?}", p.model).to_lowercase(),
+                least - 1,
+                if p.model == ModelKind::Bpe {
+                    "its 256 byte tokens and the special tokens"
+                } else {
+                    "its special tokens"
+                }
+            ));
+        }
         Ok(())
     },
     run: train,
@@ -371,6 +395,14 @@ fn train(ctx: &mut StepContext) -> Result<(), StepError> {
         )?;
     }
     let tokenizer = canonical(tokenizer, p.model)?;
+    let got = tokenizer.get_vocab_size(true);
+    if matches!(p.model, ModelKind::Wordpiece | ModelKind::Unigram) && got > p.vocab_size {
+        return Err(StepError::new(format!(
+            "`vocab_size` {} is smaller than the {got} tokens the special tokens and the \
+             sequences' letters alone need; set `vocab_size` above {got}",
+            p.vocab_size
+        )));
+    }
     let path = ctx.out.join("tokenizer.json");
     tokenizer.save(&path, true).map_err(tk)?;
     write_hf_configs(ctx.out, &specials, p.model, &p)?;

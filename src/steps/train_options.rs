@@ -149,8 +149,14 @@ impl TrainOptions {
     /// What `dnaflow validate` can refuse before anything runs.
     pub fn check(&self) -> Result<(), String> {
         check_device(&self.device, &self.precision)?;
-        if self.batch_size == 0 || self.grad_accum == 0 || self.epochs == Some(0) {
-            return Err("`batch_size`, `grad_accum` and `epochs` must be at least 1".into());
+        for (field, value) in [
+            ("batch_size", Some(self.batch_size)),
+            ("grad_accum", Some(self.grad_accum)),
+            ("epochs", self.epochs),
+        ] {
+            if value == Some(0) {
+                return Err(format!("`{field}` must be at least 1"));
+            }
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return Err("`lr` must be a positive number".into());

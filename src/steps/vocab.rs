@@ -21,6 +21,8 @@ pub(crate) struct Vocab {
     pub bert: Option<(u32, u32, u32)>, // cls, sep, mask
     /// Ids of every special (added) token.
     pub specials: Vec<u32>,
+    /// The token that stands for what the vocabulary lacks (`[UNK]`, `<unk>`), if any.
+    pub unk: Option<u32>,
 }
 
 /// Read a tokenizer and its special tokens. The roles (`eos_token`, `pad_token`,
@@ -45,6 +47,7 @@ pub(crate) fn load_vocab(path: &Path) -> Result<Vocab, StepError> {
         (Some(c), Some(s), Some(m)) => Some((c, s, m)),
         _ => None,
     };
+    let unk = id("unk_token", &["[UNK]", "<unk>"]);
     let specials = tokenizer
         .get_added_tokens_decoder()
         .iter()
@@ -59,7 +62,107 @@ pub(crate) fn load_vocab(path: &Path) -> Result<Vocab, StepError> {
         eos,
         bert,
         specials,
+        unk,
     })
+}
+
+impl Vocab {
+    /// That the model's embedding has a row for every token of this tokenizer: a larger
+    /// tokenizer would index past it. `model` names the model directory in the error.
+    pub(crate) fn check_fits(&self, model_vocab: usize, model: &Path) -> Result<(), StepError> {
+        if self.size > model_vocab {
+            return Err(StepError::new(format!(
+                "{}: the tokenizer {} has {} tokens but the model only {model_vocab}; use the \
+                 tokenizer the model was trained with (`tokenizer:`), or grow the model with \
+                 model.resize",
+                model.display(),
+                self.path.display(),
+                self.size
+            )));
+        }
+        Ok(())
+    }
+
+    /// The characters of `text` no known token covers: mapped to the unknown token, or
+    /// dropped by the tokenizer. Empty when the vocabulary spells all of it.
+    pub(crate) fn unknown_chars(&self, text: &str) -> Result<Vec<char>, StepError> {
+        let enc = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| StepError::new(format!("tokenizing: {e}")))?;
+        let mut covered = vec![false; text.len()];
+        for (id, &(a, b)) in enc.get_ids().iter().zip(enc.get_offsets()) {
+            if Some(*id) != self.unk {
+                for c in covered.iter_mut().take(b.min(text.len())).skip(a) {
+                    *c = true;
+                }
+            }
+        }
+        let mut unknown = Vec::new();
+        for (i, ch) in text.char_indices() {
+            if !ch.is_whitespace() && !covered[i] && !unknown.contains(&ch) {
+                unknown.push(ch);
+            }
+        }
+        Ok(unknown)
+    }
+}
+
+/// Share of the tokens of `rows` (each row's ids) that are the unknown token (0 when the
+/// tokenizer has none).
+pub(crate) fn unk_rate(vocab: &Vocab, rows: &[&[u32]]) -> f64 {
+    let Some(unk) = vocab.unk else {
+        return 0.0;
+    };
+    let (mut n, mut u) = (0usize, 0usize);
+    for ids in rows {
+        n += ids.len();
+        u += ids.iter().filter(|&&i| i == unk).count();
+    }
+    u as f64 / n.max(1) as f64
+}
+
+/// Above this share of unknown tokens a model's scores mean little: the steps that score or
+/// train on sequences stop, naming the rows, unless the user allows it.
+pub(crate) const MAX_UNK_RATE: f64 = 0.05;
+
+/// The share of unknown tokens of `rows` (encoded from `seqs`); more than [`MAX_UNK_RATE`] is
+/// an error naming the first rows with unknown letters (`at` names row `i`), the letters, and
+/// what to do.
+pub(crate) fn check_unknown(
+    vocab: &Vocab,
+    seqs: &[String],
+    rows: &[&[u32]],
+    at: &dyn Fn(usize) -> String,
+) -> Result<f64, StepError> {
+    let rate = unk_rate(vocab, rows);
+    if rate <= MAX_UNK_RATE {
+        return Ok(rate);
+    }
+    let mut examples = Vec::new();
+    for (i, s) in seqs.iter().enumerate() {
+        let letters = vocab.unknown_chars(s)?;
+        if !letters.is_empty() {
+            examples.push(format!(
+                "{}: `{}`",
+                at(i),
+                letters.iter().take(8).collect::<String>()
+            ));
+        }
+        if examples.len() == 3 {
+            break;
+        }
+    }
+    Err(StepError::new(format!(
+        "{:.1} % of the tokens are unknown to the tokenizer {} (more than {} % means the scores \
+         would measure `[UNK]`s); the first rows and their unknown letters: {}. Is this the \
+         model's alphabet (a protein table given to a DNA model)? Drop such rows with \
+         data.filter `alphabet:`, or train a tokenizer on this data",
+        rate * 100.0,
+        vocab.path.display(),
+        MAX_UNK_RATE * 100.0,
+        examples.join("; ")
+    )))
 }
 
 /// The special tokens a tokenizer's HF files name, by role: `special_tokens_map.json`, then

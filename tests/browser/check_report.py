@@ -5,7 +5,8 @@
 
 PAGE is a report file or a `dnaflow serve` URL. EXPECT.json holds
 `{"steps": {name: status}, "metrics": [step/metric, ...], "expect": {"pass": n, "fail": n},
-"text": [strings the page must show]}`. Checked: every step present with its status (in the
+"text": [strings the page must show], "results": {step/metric: value}}`. Also checked: no
+sideways scrolling at 1280 px, and the results section above the fold with the record's numbers. Checked: every step present with its status (in the
 table and the DAG), every metric row, the expect results, every image decoded with a non-zero
 size, no console error, and no request but the page itself (and, live, its own origin). With
 --live the page must change from a running step to its end without being reloaded.
@@ -109,6 +110,28 @@ def main():
                 problems.append(f"image `{i['alt']}` did not decode ({i['w']}x{i['h']})")
         if want.get("min_images", 0) > len(images):
             problems.append(f"{len(images)} images, expected at least {want['min_images']}")
+        # The page fits 1280 px: nothing scrolls sideways.
+        wide = page.evaluate(
+            "Math.max(document.documentElement.scrollWidth - window.innerWidth, "
+            "...Array.from(document.querySelectorAll('.dagbox, #results, #metrics'))"
+            ".map(e => e.scrollWidth - e.clientWidth))")
+        if wide > 0:
+            problems.append(f"the page scrolls sideways by {wide} px at 1280 px")
+        # The results lead: above the fold, with the run record's numbers.
+        results = want.get("results", {})
+        if results:
+            top = page.evaluate(
+                "(() => { const r = document.querySelector('#results'); "
+                "return r ? r.getBoundingClientRect().top : null })()")
+            if top is None or top >= 900:
+                problems.append(f"the results section is not above the fold (top {top})")
+            shown = dict(page.eval_on_selector_all(
+                "#results td[data-metric]", "ts => ts.map(t => [t.dataset.metric, t.dataset.value])"))
+            for m, v in results.items():
+                if m not in shown:
+                    problems.append(f"result `{m}` not in the results section")
+                elif abs(float(shown[m]) - float(v)) > 1e-12 * max(1.0, abs(float(v))):
+                    problems.append(f"result `{m}`: page says {shown[m]}, the run record {v}")
         body = page.inner_text("body")
         for t in want.get("text", []):
             if t not in body:

@@ -632,6 +632,7 @@ impl ArchConfig {
     ) -> Result<ArchConfig, String> {
         let row = architecture(arch)
             .ok_or_else(|| format!("no architecture `{arch}` ({})", names().join(", ")))?;
+        check_config_fields(arch, user)?;
         let mut base = (row.fresh)(size);
         let m = base.as_object_mut().expect("object");
         for (k, v) in user {
@@ -641,6 +642,59 @@ impl ArchConfig {
         m.insert("model_type".into(), arch.into());
         (row.parse)(base).map_err(|e| e.to_string())
     }
+}
+
+/// The `config.json` fields a fresh model of `arch` reads: what a workflow's `config:` may set.
+pub fn config_fields(arch: &str) -> Vec<String> {
+    let Some(row) = architecture(arch) else {
+        return Vec::new();
+    };
+    let size = FreshSize {
+        vocab_size: 8,
+        positions: 16,
+        pad: Some(0),
+        eos: Some(1),
+        mask: Some(2),
+    };
+    let mut base = (row.fresh)(&size);
+    if let Some(m) = base.as_object_mut() {
+        m.insert("vocab_size".into(), size.vocab_size.into());
+        m.insert("model_type".into(), arch.into());
+    }
+    let mut fields: Vec<String> = (row.parse)(base)
+        .map(|c| c.to_hf_json())
+        .ok()
+        .and_then(|v| v.as_object().map(|m| m.keys().cloned().collect()))
+        .unwrap_or_default();
+    fields.push("classifier_dropout".into());
+    fields.retain(|f| f != "model_type");
+    fields.sort();
+    fields.dedup();
+    fields
+}
+
+/// An error naming the first field of `user` that `arch`'s config does not have (a typo such
+/// as `n_layers` would otherwise be dropped and the default trained).
+pub fn check_config_fields(
+    arch: &str,
+    user: &serde_json::Map<String, Value>,
+) -> Result<(), String> {
+    let fields = config_fields(arch);
+    if fields.is_empty() {
+        return Ok(());
+    }
+    for key in user.keys() {
+        if !fields.contains(key) {
+            let hint = crate::diag::did_you_mean(key, fields.iter().map(String::as_str))
+                .map(|f| format!("did you mean `{f}`? "))
+                .unwrap_or_default();
+            return Err(format!(
+                "`{key}` is not a field of a {arch} config; {hint}its fields are: {}",
+                fields.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Read `config.json` of a model directory; the row is the one that recognises it.

@@ -33,7 +33,10 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::table::{LocatedTable, class_indices, read_role, training_classes, write_table};
+use super::data::{Alphabet, Decided, check_rows, decide_alphabet, detect_alphabet};
+use super::table::{
+    LocatedTable, TableMeta, class_indices, read_role, training_classes, write_table,
+};
 
 /// A table a baseline reads, rows located for errors.
 type Table = LocatedTable;
@@ -65,6 +68,10 @@ struct LogisticParams {
     /// `onehot` (position-aware) or `kmer` (composition).
     #[serde(default)]
     features: FeatureKind,
+    /// The sequences' alphabet (`dna`, `rna`, `protein`); default: the table's own (what
+    /// data.load recorded), else decided from the letters. Nucleotides get one-hot or DNA
+    /// k-mers, protein amino-acid k-mers.
+    alphabet: Option<Alphabet>,
     /// k-mer length for `features: kmer` (1–6).
     k: Option<usize>,
     /// Scale every feature to zero mean and unit variance on the training rows (sklearn's
@@ -112,6 +119,10 @@ struct RidgeParams {
     /// `onehot` (position-aware) or `kmer` (composition).
     #[serde(default)]
     features: FeatureKind,
+    /// The sequences' alphabet (`dna`, `rna`, `protein`); default: the table's own (what
+    /// data.load recorded), else decided from the letters. Nucleotides get one-hot or DNA
+    /// k-mers, protein amino-acid k-mers.
+    alphabet: Option<Alphabet>,
     /// k-mer length for `features: kmer` (1–6).
     k: Option<usize>,
     /// Scale every feature to zero mean and unit variance on the training rows (sklearn's
@@ -154,7 +165,7 @@ const OUTPUTS: &[(&str, &str)] = &[
 
 pub static CLASSIFY: StepKind = StepKind {
     name: "baseline.classify",
-    version: 1,
+    version: 2,
     summary: "L2 logistic regression on one-hot or k-mer features, fitted on `train`, predicting `test` (outputs `predictions`: id, label, prediction, prob_<class>; `model`)",
     outputs: OUTPUTS,
     schema: |g| g.subschema_for::<LogisticParams>(),
@@ -182,7 +193,7 @@ pub static CLASSIFY: StepKind = StepKind {
 
 pub static REGRESS: StepKind = StepKind {
     name: "baseline.regress",
-    version: 1,
+    version: 2,
     summary: "ridge regression on one-hot or k-mer features, fitted on `train`, predicting `test` (outputs `predictions`: id, label, prediction; `model`)",
     outputs: OUTPUTS,
     schema: |g| g.subschema_for::<RidgeParams>(),
@@ -257,14 +268,28 @@ const MAX_RESIDUE_K: usize = 3;
 impl Features {
     /// The featuriser for `kind`, sized on the training sequences: k-mers of their alphabet;
     /// one-hot only for nucleotides.
-    fn fit(kind: FeatureKind, k: Option<usize>, train: &[String]) -> Result<Features, String> {
+    fn fit(
+        kind: FeatureKind,
+        k: Option<usize>,
+        alphabet: Decided,
+        train: &[String],
+    ) -> Result<Features, String> {
+        let a = alphabet.alphabet;
+        if !matches!(a, Alphabet::Dna | Alphabet::Rna | Alphabet::Protein) {
+            return Err(format!(
+                "the sequences' alphabet is `{}` ({}): a baseline featurises nucleotides or \
+                 protein; set `alphabet:` if they are one of those",
+                a.name(),
+                alphabet.from
+            ));
+        }
         match kind {
-            FeatureKind::Kmer => Features::fit_kmer(k, "k", train),
-            FeatureKind::Onehot if !is_dna(train) => Err(
-                "`features: onehot` reads A/C/G/T/N; these sequences are protein: use \
-                 `features: kmer` (amino-acid k-mers)"
-                    .to_string(),
-            ),
+            FeatureKind::Kmer => Features::fit_kmer(k, "k", a.is_nucleotide()),
+            FeatureKind::Onehot if !a.is_nucleotide() => Err(format!(
+                "`features: onehot` reads A/C/G/T/N; these sequences are protein ({}): use \
+                 `features: kmer` (amino-acid k-mers), or set `alphabet: dna` if they are not",
+                alphabet.from
+            )),
             FeatureKind::Onehot => Ok(Features::Onehot {
                 width: train.iter().map(String::len).max().unwrap_or(0),
             }),
@@ -278,22 +303,23 @@ impl Features {
         pair_k: Option<usize>,
         seqs: &[String],
     ) -> Result<Features, String> {
-        let k = if is_dna(seqs) { pair_k.or(k) } else { pair_k };
-        Features::fit_kmer(k, "pair_k", seqs)
+        let dna = is_dna(seqs);
+        let k = if dna { pair_k.or(k) } else { pair_k };
+        Features::fit_kmer(k, "pair_k", dna)
     }
 
-    /// k-mer features of `seqs`: DNA k-mers (default k 3) when the training sequences are
-    /// nucleotides ([`is_dna`]), else amino-acid k-mers (default k 1, at most 3). `param` names
-    /// k in messages.
-    fn fit_kmer(k: Option<usize>, param: &str, seqs: &[String]) -> Result<Features, String> {
-        if is_dna(seqs) {
+    /// k-mer features: DNA k-mers (default k 3) for nucleotides, else amino-acid k-mers
+    /// (default k 1, at most 3). `param` names k in messages.
+    fn fit_kmer(k: Option<usize>, param: &str, nucleotide: bool) -> Result<Features, String> {
+        if nucleotide {
             return Ok(Features::Kmer { k: k.unwrap_or(3) });
         }
         let k = k.unwrap_or(1);
         if k > MAX_RESIDUE_K {
             return Err(format!(
                 "`{param}: {k}`: these sequences are protein, whose k-mers go up to \
-                 {MAX_RESIDUE_K} (20^{MAX_RESIDUE_K} features)"
+                 {MAX_RESIDUE_K} (20^{MAX_RESIDUE_K} features); set `alphabet: dna` if they \
+                 are nucleotides"
             ));
         }
         Ok(Features::Residues { k })
@@ -336,10 +362,10 @@ impl Features {
                 json!({ "kind": "onehot", "positions": width, "dimension": self.dimension() })
             }
             Features::Kmer { k } => {
-                json!({ "kind": "kmer", "k": k, "dimension": self.dimension() })
+                json!({ "kind": "dna-kmer", "k": k, "dimension": self.dimension() })
             }
             Features::Residues { k } => {
-                json!({ "kind": "amino-acid kmer", "k": k, "dimension": self.dimension() })
+                json!({ "kind": "protein-kmer", "k": k, "dimension": self.dimension() })
             }
         }
     }
@@ -416,6 +442,8 @@ fn count_words(
 /// The features plus the standardisation fitted on the training rows, if asked for.
 struct Design {
     features: Features,
+    /// The training sequences' alphabet, which chose the features.
+    alphabet: Decided,
     /// The features of a pair's second side, appended.
     pair: Option<Features>,
     scaler: Option<Standardizer>,
@@ -431,14 +459,13 @@ struct Sides {
 impl Design {
     /// Fit on the training sequences; returns their (standardised) matrix too.
     fn fit(
-        kind: FeatureKind,
-        k: Option<usize>,
-        pair_k: Option<usize>,
+        (kind, k, pair_k): (FeatureKind, Option<usize>, Option<usize>),
+        alphabet: Decided,
         standardize: bool,
         seqs: &Sides,
         file: &Path,
     ) -> Result<(Design, Matrix), StepError> {
-        let features = Features::fit(kind, k, &seqs.first)
+        let features = Features::fit(kind, k, alphabet, &seqs.first)
             .map_err(|e| StepError::new(format!("{}: {e}", file.display())))?;
         let pair = match &seqs.pair {
             Some(p) => Some(
@@ -449,6 +476,7 @@ impl Design {
         };
         let mut design = Design {
             features,
+            alphabet,
             pair,
             scaler: None,
         };
@@ -500,6 +528,9 @@ impl Design {
 
     fn describe(&self) -> Value {
         let mut v = self.features.describe();
+        v["alphabet"] = json!(self.alphabet.alphabet.name());
+        v["alphabet_from"] = json!(self.alphabet.from);
+        v["ambiguous_letters"] = json!(self.alphabet.ambiguous);
         if let Some(p) = self.pair {
             v["pair"] = p.describe();
             v["dimension"] = json!(self.dimension());
@@ -527,13 +558,26 @@ impl Design {
     }
 }
 
-/// Whether the sequences are nucleotides: no letter outside the IUPAC nucleotide codes (a
-/// protein has E, F, I, L, P or Q somewhere; DNA tables may hold ambiguity codes such as R, S).
+/// Whether the sequences are nucleotides by their composition ([`detect_alphabet`]): a stray
+/// letter or ambiguity code does not make DNA protein.
 fn is_dna(seqs: &[String]) -> bool {
-    !seqs.iter().any(|s| {
-        s.bytes()
-            .any(|b| b"EFIJLOPQXZ*".contains(&b.to_ascii_uppercase()))
-    })
+    detect_alphabet(seqs.iter().map(String::as_str))
+        .0
+        .is_nucleotide()
+}
+
+/// The training table's alphabet ([`decide_alphabet`]: the step's `alphabet:`, the table's
+/// metadata, its letters); rows that disagree with it are an error naming them.
+fn training_alphabet(
+    explicit: Option<Alphabet>,
+    table: &Table,
+    column: &str,
+    seqs: &[String],
+) -> Result<Decided, StepError> {
+    let meta = TableMeta::read(&table.path);
+    let decided = decide_alphabet(explicit, &meta, seqs);
+    check_rows(decided, seqs, &|i| table.at(i, column))?;
+    Ok(decided)
 }
 
 /// A, C, G, T (or U) as 0–3, either case; anything else is `None` (N).
@@ -714,10 +758,10 @@ fn classify(ctx: &mut StepContext) -> Result<(), StepError> {
         &p.label,
         &inputs.train.path,
     )?;
+    let alphabet = training_alphabet(p.alphabet, &inputs.train, &p.sequence, &train_seqs.first)?;
     let (design, x_train) = Design::fit(
-        p.features,
-        p.k,
-        p.pair_k,
+        (p.features, p.k, p.pair_k),
+        alphabet,
         p.standardize,
         &train_seqs,
         &inputs.train.path,
@@ -851,8 +895,14 @@ fn classify_multi(
         label_flags(t, &label_sets(t, &p.label, sep)?, &labels, &p.label, path)
     };
     let y_train = flags(&inputs.train)?;
-    let (design, x_train) =
-        Design::fit(p.features, p.k, p.pair_k, p.standardize, &train_seqs, path)?;
+    let alphabet = training_alphabet(p.alphabet, &inputs.train, &p.sequence, &train_seqs.first)?;
+    let (design, x_train) = Design::fit(
+        (p.features, p.k, p.pair_k),
+        alphabet,
+        p.standardize,
+        &train_seqs,
+        path,
+    )?;
     // One model per label; a label every training row has (or none) is a constant.
     let mut models = Vec::with_capacity(labels.len());
     for (k, label) in labels.iter().enumerate() {
@@ -976,10 +1026,10 @@ fn regress(ctx: &mut StepContext) -> Result<(), StepError> {
     let inputs = read_inputs(ctx, &p.train, &p.test, p.valid.as_ref(), &p.id)?;
     let train_seqs = sequences(&inputs.train, &cols)?;
     let y_train = targets(&inputs.train, &cols)?;
+    let alphabet = training_alphabet(p.alphabet, &inputs.train, &p.sequence, &train_seqs.first)?;
     let (design, x_train) = Design::fit(
-        p.features,
-        p.k,
-        None,
+        (p.features, p.k, None),
+        alphabet,
         p.standardize,
         &train_seqs,
         &inputs.train.path,
@@ -1122,8 +1172,15 @@ mod tests {
             let train = strings(&c["train"]);
             let test = strings(&c["test"]);
             let one = |first: Vec<String>| Sides { first, pair: None };
-            let (design, x) =
-                Design::fit(kind, k, None, standardize, &one(train), Path::new("t")).unwrap();
+            let alphabet = decide_alphabet(None, &TableMeta::default(), &train);
+            let (design, x) = Design::fit(
+                (kind, k, None),
+                alphabet,
+                standardize,
+                &one(train),
+                Path::new("t"),
+            )
+            .unwrap();
             let xt = design.matrix(&one(test), Path::new("test")).unwrap();
             let labels = strings(&c["labels"]);
             let classes = crate::score::sorted_classes(labels.iter().map(String::as_str));
@@ -1180,10 +1237,10 @@ mod tests {
             first: vec!["ACGTAC".into(), "GGGGGG".into()],
             pair: Some(proteins.to_vec()),
         };
+        let alphabet = decide_alphabet(None, &TableMeta::default(), &sides.first);
         let (design, x) = Design::fit(
-            FeatureKind::Kmer,
-            Some(1),
-            None,
+            (FeatureKind::Kmer, Some(1), None),
+            alphabet,
             false,
             &sides,
             Path::new("t"),

@@ -35,7 +35,7 @@ struct NearestParams {
 /// The `baseline.nearest` kind.
 pub static NEAREST: StepKind = StepKind {
     name: "baseline.nearest",
-    version: 1,
+    version: 2,
     summary: "copy the label or text of the training row whose k-mer profile is nearest (cosine) to each test row (output `predictions`: id, label, prediction, neighbour, similarity)",
     outputs: &[("predictions", "predictions.parquet")],
     schema: |g| g.subschema_for::<NearestParams>(),
@@ -100,7 +100,8 @@ fn nearest(ctx: &mut StepContext) -> Result<(), StepError> {
     }
     let answers = train.texts(&p.label, "label", "the text to copy")?;
     let train_ids = train.texts(&p.id, "id", "an id")?;
-    let features = Features::fit(FeatureKind::Kmer, p.k, &train_seqs)
+    let alphabet = super::training_alphabet(None, &train, &p.sequence, &train_seqs)?;
+    let features = Features::fit(FeatureKind::Kmer, p.k, alphabet, &train_seqs)
         .map_err(|e| StepError::new(format!("{}: {e}", train.path.display())))?;
     let mut reference = features.matrix(&train_seqs, &train.path)?;
     let mut queries = features.matrix(&test_seqs, &test.path)?;

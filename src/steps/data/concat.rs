@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::{params_of, resolve};
 use crate::steps::table;
-use crate::steps::table::{TABLE_FILE, TableWriter, for_each_batch};
+use crate::steps::table::{TABLE_FILE, TableMeta, TableWriter, for_each_batch};
 use crate::steps::write_metrics;
 use crate::steps::{InputPath, StepContext, StepError, StepKind, params};
 
@@ -47,7 +47,7 @@ struct ConcatParams {
 /// The `data.concat` kind.
 pub static KIND: StepKind = StepKind {
     name: "data.concat",
-    version: 1,
+    version: 2,
     summary: "stack tables, union their columns, optional `source` column (output `table`)",
     outputs: &[("table", TABLE_FILE)],
     schema: |g| g.subschema_for::<ConcatParams>(),
@@ -151,7 +151,11 @@ fn run(ctx: &mut StepContext) -> Result<(), StepError> {
         schemas.push(s);
     }
     let schema = union_schema(schemas.iter());
-    let mut writer = TableWriter::create(&ctx.out.join(TABLE_FILE), &schema)?;
+    let mut writer = TableWriter::create_with(
+        &ctx.out.join(TABLE_FILE),
+        &schema,
+        &TableMeta::stacked(paths.iter().map(PathBuf::as_path)),
+    )?;
     let mut per_source = serde_json::Map::new();
     for (k, path) in paths.iter().enumerate() {
         let before = writer.rows;

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::{Alphabet, params_of, resolve};
 use crate::steps::table;
-use crate::steps::table::{TABLE_FILE, TableWriter, for_each_batch, write_table};
+use crate::steps::table::{TABLE_FILE, TableMeta, TableWriter, for_each_batch, write_table_with};
 use crate::steps::write_metrics;
 use crate::steps::{InputPath, StepContext, StepError, StepKind, params};
 
@@ -46,7 +46,7 @@ fn default_column() -> String {
 /// The `data.filter` kind.
 pub static KIND: StepKind = StepKind {
     name: "data.filter",
-    version: 1,
+    version: 2,
     summary: "keep rows by length, N fraction, alphabet and `where` column values (output `table`)",
     outputs: &[("table", TABLE_FILE)],
     schema: |g| g.subschema_for::<FilterParams>(),
@@ -112,6 +112,7 @@ fn run(ctx: &mut StepContext) -> Result<(), StepError> {
     let p: FilterParams = params_of(ctx)?;
     check(&p).map_err(StepError::new)?;
     let path = resolve(ctx, &p.input);
+    let meta = TableMeta::carried(&path);
     let out = ctx.out.join(TABLE_FILE);
     let mut writer: Option<TableWriter> = None;
     let mut dropped: BTreeMap<&'static str, usize> = BTreeMap::new();
@@ -142,7 +143,7 @@ fn run(ctx: &mut StepContext) -> Result<(), StepError> {
         let mask = BooleanChunked::from_slice("keep".into(), &keep);
         let kept = df.filter(&mask)?;
         if writer.is_none() {
-            writer = Some(TableWriter::create(&out, kept.schema())?);
+            writer = Some(TableWriter::create_with(&out, kept.schema(), &meta)?);
         }
         writer.as_mut().expect("created above").write(&kept)
     })?;
@@ -151,7 +152,7 @@ fn run(ctx: &mut StepContext) -> Result<(), StepError> {
         None => {
             // No rows at all: an empty table with the input's columns.
             let mut empty = table::read_table(&path)?.clear();
-            write_table(&mut empty, &out)?;
+            write_table_with(&mut empty, &out, &meta)?;
             0
         }
     };

@@ -12,7 +12,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::{column_as_strings, params_of, resolve, row_id, text_column};
-use crate::steps::table::{TABLE_FILE, read_table, write_table};
+use crate::steps::table::{TABLE_FILE, TableMeta, read_table, write_table_with};
 use crate::steps::{InputPath, StepContext, StepError, StepKind, params, write_metrics};
 
 /// How a prompt is written around the instruction and its input.
@@ -63,7 +63,7 @@ fn alpaca() -> Template {
 /// The `data.instruct` kind.
 pub static KIND: StepKind = StepKind {
     name: "data.instruct",
-    version: 1,
+    version: 2,
     summary: "instruction rows from a labelled table: prompt (Alpaca or the tokenizer's chat template) and the answer each label stands for (output `table`: id, sequence = prompt, label = answer, task, class, and the table's other columns)",
     outputs: &[("table", TABLE_FILE)],
     schema: |g| g.subschema_for::<InstructParams>(),
@@ -182,6 +182,7 @@ fn run(ctx: &mut StepContext) -> Result<(), StepError> {
     let p: InstructParams = params_of(ctx)?;
     check(&p).map_err(StepError::new)?;
     let path = resolve(ctx, &p.input);
+    let meta = TableMeta::carried(&path);
     let df = read_table(&path)?;
     let seqs = text_column(&df, &p.column, &path, "column")?;
     let labels = column_as_strings(&df, &p.label, &path, "label")?;
@@ -260,7 +261,7 @@ fn run(ctx: &mut StepContext) -> Result<(), StepError> {
     ] {
         out.with_column(c)?;
     }
-    write_table(&mut out, &ctx.out.join(TABLE_FILE))?;
+    write_table_with(&mut out, &ctx.out.join(TABLE_FILE), &meta)?;
     writeln!(
         ctx.log,
         "{n} instructions for `{}` ({:?} template); {cut} inputs cut to {} characters",

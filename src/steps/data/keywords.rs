@@ -10,7 +10,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::{params_of, resolve, take_rows, text_column};
-use crate::steps::table::{TABLE_FILE, read_table, write_table};
+use crate::steps::table::{TABLE_FILE, TableMeta, read_table, write_table_with};
 use crate::steps::{InputPath, StepContext, StepError, StepKind, params, write_metrics};
 
 /// Parameters of `data.keywords`.
@@ -42,7 +42,7 @@ fn semicolon() -> String {
 /// The `data.keywords` kind.
 pub static KIND: StepKind = StepKind {
     name: "data.keywords",
-    version: 1,
+    version: 2,
     summary: "multi-label targets from a text column by a keyword rule: each label's words, case-insensitive; rows matching `exclude` dropped (output `table` with the labels `;`-joined in `output`)",
     outputs: &[("table", TABLE_FILE)],
     schema: |g| g.subschema_for::<KeywordsParams>(),
@@ -90,6 +90,7 @@ fn run(ctx: &mut StepContext) -> Result<(), StepError> {
     let p: KeywordsParams = params_of(ctx)?;
     check(&p).map_err(StepError::new)?;
     let path = resolve(ctx, &p.input);
+    let meta = TableMeta::carried(&path);
     let df = read_table(&path)?;
     let texts: Vec<String> = text_column(&df, &p.column, &path, "column")?
         .iter()
@@ -110,7 +111,7 @@ fn run(ctx: &mut StepContext) -> Result<(), StepError> {
         out.drop_in_place(&p.output)?;
     }
     out.with_column(Column::new(p.output.as_str().into(), joined))?;
-    write_table(&mut out, &ctx.out.join(TABLE_FILE))?;
+    write_table_with(&mut out, &ctx.out.join(TABLE_FILE), &meta)?;
     let mut counts = serde_json::Map::new();
     for label in p.labels.keys() {
         let n = sets.iter().filter(|s| s.contains(&label.as_str())).count();

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::{Alphabet, params_of, resolve};
 use crate::steps::table;
-use crate::steps::table::{BATCH_ROWS, TABLE_FILE, TableWriter, write_table};
+use crate::steps::table::{BATCH_ROWS, TABLE_FILE, TableMeta, TableWriter, write_table_with};
 use crate::steps::write_metrics;
 use crate::steps::{InputPath, StepContext, StepError, StepKind, params};
 
@@ -82,9 +82,15 @@ struct LoadParams {
     /// Also add the reverse complement of each record (or window), id suffixed `/rc`.
     #[serde(default)]
     reverse_complement: bool,
-    /// Allowed characters (input is uppercased first, except for `text`).
+    /// Allowed characters (input is uppercased first, except for `text`). Default: `dna` for
+    /// FASTA, FASTQ and lines; for tables, detected from the letters of the sequence column
+    /// (most letters A/C/G/T/U/N: dna or rna; ambiguity codes are counted, not decisive).
     #[serde(default)]
-    alphabet: Alphabet,
+    alphabet: Option<Alphabet>,
+    /// The alphabet records are checked against: `alphabet`, or the one detected.
+    #[serde(skip)]
+    #[schemars(skip)]
+    effective: Alphabet,
     /// What to do with characters outside the alphabet.
     #[serde(default)]
     on_invalid: OnInvalid,
@@ -100,7 +106,7 @@ fn default_column() -> String {
 /// The `data.load` kind.
 pub static KIND: StepKind = StepKind {
     name: "data.load",
-    version: 1,
+    version: 2,
     summary: "load FASTA/FASTQ/lines/CSV/TSV/parquet/JSONL or a Hugging Face dataset dir into a sequence table (output `table`)",
     outputs: &[("table", TABLE_FILE)],
     schema: |g| g.subschema_for::<LoadParams>(),
@@ -121,10 +127,11 @@ fn check(p: &LoadParams) -> Result<(), String> {
     if p.keep_tail && p.window.is_none() {
         return Err("`keep_tail` needs `window`".into());
     }
-    if p.reverse_complement && !matches!(p.alphabet, Alphabet::Dna | Alphabet::Rna) {
+    let alphabet = p.alphabet.unwrap_or_default();
+    if p.reverse_complement && p.alphabet.is_some() && !alphabet.is_nucleotide() {
         return Err(format!(
             "`reverse_complement` needs `alphabet: dna` or `rna`, not `{}`",
-            p.alphabet.name()
+            alphabet.name()
         ));
     }
     if p.split.is_some() && !matches!(p.format, Format::Auto | Format::Hf) {
@@ -151,6 +158,8 @@ struct Counts {
     masked_records: usize,
     masked_chars: u64,
     too_short: usize,
+    /// Letters kept that are not the alphabet's plain ones (`N`, ambiguity codes, `X`).
+    ambiguous: u64,
 }
 
 /// Where a record came from, for messages.
@@ -187,7 +196,7 @@ impl Processor<'_> {
     fn record(&mut self, origin: &Origin, seq: &mut [u8], emit: Emit<'_>) -> Result<(), StepError> {
         self.counts.records += 1;
         let p = self.p;
-        if p.alphabet.folds_case() {
+        if p.effective.folds_case() {
             seq.make_ascii_uppercase();
         }
         if seq.is_empty() {
@@ -200,7 +209,7 @@ impl Processor<'_> {
                 origin.describe()
             )));
         }
-        if let Some(pos) = seq.iter().position(|&b| !p.alphabet.allows(b)) {
+        if let Some(pos) = seq.iter().position(|&b| !p.effective.allows(b)) {
             match p.on_invalid {
                 OnInvalid::Error => {
                     return Err(StepError::new(format!(
@@ -208,8 +217,8 @@ impl Processor<'_> {
                         origin.describe(),
                         pos + 1,
                         show_char(seq, pos),
-                        p.alphabet.name(),
-                        p.alphabet.describe()
+                        p.effective.name(),
+                        p.effective.describe()
                     )));
                 }
                 OnInvalid::Skip => {
@@ -217,10 +226,10 @@ impl Processor<'_> {
                     return Ok(());
                 }
                 OnInvalid::Mask => {
-                    let mask = p.alphabet.mask();
+                    let mask = p.effective.mask();
                     let mut n = 0;
                     for b in seq[pos..].iter_mut() {
-                        if !p.alphabet.allows(*b) {
+                        if !p.effective.allows(*b) {
                             *b = mask;
                             n += 1;
                         }
@@ -234,6 +243,10 @@ impl Processor<'_> {
             self.counts.too_short += 1;
             return Ok(());
         }
+        self.counts.ambiguous += seq
+            .iter()
+            .filter(|b| b.is_ascii_alphabetic() && !p.effective.plain(b.to_ascii_uppercase()))
+            .count() as u64;
         match p.window {
             None => self.row(origin.id.to_string(), seq, emit),
             Some(w) => {
@@ -253,7 +266,7 @@ impl Processor<'_> {
         c.min_len = Some(c.min_len.map_or(seq.len(), |m| m.min(seq.len())));
         c.max_len = c.max_len.max(seq.len());
         if self.p.reverse_complement {
-            let rc = reverse_complement(seq, self.p.alphabet);
+            let rc = reverse_complement(seq, self.p.effective);
             let rc_id = format!("{id}/rc");
             emit(id, seq)?;
             emit(rc_id, &rc)
@@ -503,8 +516,9 @@ fn detect(path: &Path, format: Format) -> Result<Format, StepError> {
 }
 
 fn run(ctx: &mut StepContext) -> Result<(), StepError> {
-    let p: LoadParams = params_of(ctx)?;
+    let mut p: LoadParams = params_of(ctx)?;
     check(&p).map_err(StepError::new)?;
+    p.effective = p.alphabet.unwrap_or_default();
     let path = resolve(ctx, &p.path);
     if !path.exists() {
         return Err(StepError::new(format!(
@@ -514,22 +528,42 @@ fn run(ctx: &mut StepContext) -> Result<(), StepError> {
     }
     let format = detect(&path, p.format)?;
     let out = ctx.out.join(TABLE_FILE);
+    let mut meta = TableMeta {
+        source: Some(path.display().to_string()),
+        alphabet_from: Some(
+            if p.alphabet.is_some() {
+                "declared"
+            } else {
+                "default"
+            }
+            .into(),
+        ),
+        ..TableMeta::default()
+    };
+    let streamed = matches!(format, Format::Fasta | Format::Fastq | Format::Lines);
+    let df = match format {
+        _ if streamed => None,
+        Format::Hf => Some(read_dataset_dir(&path, p.split.as_deref(), ctx)?),
+        _ => Some(read_with_format(&path, format)?),
+    };
+    if let (Some(df), None) = (&df, p.alphabet) {
+        // A table names no alphabet: its letters decide.
+        let seqs = super::text_column(df, &p.column, &path, "column")?;
+        let (alphabet, _) = super::detect_alphabet(seqs.iter().flatten());
+        p.effective = alphabet;
+        meta.alphabet_from = Some("detected".into());
+    }
+    meta.alphabet = Some(p.effective.name().into());
     let mut proc = Processor {
         p: &p,
         counts: Counts::default(),
     };
-    match format {
-        Format::Fasta | Format::Fastq | Format::Lines => {
-            stream(&path, format, &mut proc, &out, ctx)?;
-        }
-        _ => {
-            let df = if format == Format::Hf {
-                read_dataset_dir(&path, p.split.as_deref(), ctx)?
-            } else {
-                read_with_format(&path, format)?
-            };
+    match df {
+        None => stream(&path, format, &mut proc, &out, ctx, &meta)?,
+        Some(df) => {
             let mut table = process_table(&df, &path, &mut proc)?;
-            write_table(&mut table, &out)?;
+            meta.ambiguous = proc.counts.ambiguous;
+            write_table_with(&mut table, &out, &meta)?;
         }
     }
     let c = &proc.counts;
@@ -541,6 +575,28 @@ fn run(ctx: &mut StepContext) -> Result<(), StepError> {
         c.rows,
         c.bases
     )?;
+    if c.records == 0 {
+        return Err(StepError::new(format!(
+            "{}: no sequences in it (read as {}: {}); check `path:` and `format:`",
+            path.display(),
+            format_name(format),
+            match format {
+                Format::Fasta => "an empty file, or no line starting with `>`",
+                Format::Fastq => "an empty file, or no record starting with `@`",
+                _ => "an empty file or a table without rows",
+            }
+        )));
+    }
+    if c.rows == 0 {
+        return Err(StepError::new(format!(
+            "{}: every one of its {} records was dropped ({} skipped for invalid characters, {} \
+             shorter than `min_length`); loosen `on_invalid:`, `alphabet:` or `min_length:`",
+            path.display(),
+            c.records,
+            c.skipped,
+            c.too_short
+        )));
+    }
     let mean = if c.rows > 0 {
         c.bases as f64 / c.rows as f64
     } else {
@@ -559,8 +615,26 @@ fn run(ctx: &mut StepContext) -> Result<(), StepError> {
             "too_short": c.too_short,
             "masked_records": c.masked_records,
             "masked_chars": c.masked_chars,
+            "alphabet": p.effective.name(),
+            "alphabet_from": meta.alphabet_from,
+            "ambiguous_letters": c.ambiguous,
         }),
     )
+}
+
+/// The YAML spelling of a format, for messages.
+fn format_name(format: Format) -> &'static str {
+    match format {
+        Format::Auto => "auto",
+        Format::Fasta => "fasta",
+        Format::Fastq => "fastq",
+        Format::Lines => "lines",
+        Format::Csv => "csv",
+        Format::Tsv => "tsv",
+        Format::Parquet => "parquet",
+        Format::Jsonl => "jsonl",
+        Format::Hf => "hf",
+    }
 }
 
 /// FASTA / FASTQ / lines → parquet, batch by batch.
@@ -570,12 +644,13 @@ fn stream(
     proc: &mut Processor,
     out: &Path,
     ctx: &mut StepContext,
+    meta: &TableMeta,
 ) -> Result<(), StepError> {
     let schema = Schema::from_iter([
         Field::new("id".into(), DataType::String),
         Field::new("sequence".into(), DataType::String),
     ]);
-    let mut writer = TableWriter::create(out, &schema)?;
+    let mut writer = TableWriter::create_with(out, &schema, meta)?;
     let mut ids: Vec<String> = Vec::new();
     let mut seqs: Vec<String> = Vec::new();
     let mut pending_bytes = 0usize;
@@ -926,7 +1001,9 @@ mod tests {
         v.as_object_mut()
             .unwrap()
             .extend(extra.as_object().unwrap().clone());
-        serde_json::from_value(v).unwrap()
+        let mut p: LoadParams = serde_json::from_value(v).unwrap();
+        p.effective = p.alphabet.unwrap_or_default();
+        p
     }
 
     #[test]

@@ -108,6 +108,173 @@ impl Alphabet {
     }
 }
 
+/// A table's alphabet as a consumer decided it: from its own `alphabet:`, the table's
+/// metadata (what data.load recorded), or the letters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decided {
+    pub alphabet: Alphabet,
+    /// `declared` (the step's `alphabet:`), `table` (the table's metadata) or `detected`.
+    pub from: &'static str,
+    /// Letters outside the alphabet's plain letters (nucleotides: not A/C/G/T/U, so `N` and
+    /// the IUPAC ambiguity codes; protein: not one of the 20 amino acids).
+    pub ambiguous: u64,
+}
+
+impl Alphabet {
+    /// By its YAML spelling.
+    pub fn from_name(name: &str) -> Option<Alphabet> {
+        [
+            Alphabet::Dna,
+            Alphabet::Rna,
+            Alphabet::Protein,
+            Alphabet::Any,
+            Alphabet::Text,
+        ]
+        .into_iter()
+        .find(|a| a.name() == name)
+    }
+
+    /// Whether it is DNA or RNA.
+    pub fn is_nucleotide(self) -> bool {
+        matches!(self, Alphabet::Dna | Alphabet::Rna)
+    }
+
+    /// Whether an (uppercase) letter is one of the alphabet's plain letters (no ambiguity code).
+    pub(crate) fn plain(self, b: u8) -> bool {
+        match self {
+            Alphabet::Dna | Alphabet::Rna => matches!(b, b'A' | b'C' | b'G' | b'T' | b'U'),
+            Alphabet::Protein => b"ACDEFGHIKLMNPQRSTVWY".contains(&b),
+            Alphabet::Any | Alphabet::Text => true,
+        }
+    }
+}
+
+/// Nucleotide letters (`N` included) in a text: (nucleotide letters, letters).
+fn nucleotide_share(s: &str) -> (u64, u64) {
+    let (mut nuc, mut letters) = (0, 0);
+    for b in s.bytes() {
+        let b = b.to_ascii_uppercase();
+        if b.is_ascii_alphabetic() {
+            letters += 1;
+            nuc += u64::from(matches!(b, b'A' | b'C' | b'G' | b'T' | b'U' | b'N'));
+        }
+    }
+    (nuc, letters)
+}
+
+/// The alphabet of sequences from their composition: most letters (90 %) A/C/G/T/U/N is
+/// nucleotide (RNA when U outnumbers T), and the ambiguity codes and stray letters among them
+/// are counted, not decisive; spaces or punctuation make text; anything else is protein.
+pub fn detect_alphabet<'a>(seqs: impl IntoIterator<Item = &'a str>) -> (Alphabet, u64) {
+    let (mut nuc, mut letters, mut t, mut u, mut other, mut chars) = (0u64, 0u64, 0, 0, 0, 0u64);
+    let mut counts = [0u64; 256];
+    for s in seqs {
+        let (n, l) = nucleotide_share(s);
+        nuc += n;
+        letters += l;
+        for b in s.bytes() {
+            let b = b.to_ascii_uppercase();
+            counts[b as usize] += 1;
+            chars += 1;
+            t += u64::from(b == b'T');
+            u += u64::from(b == b'U');
+            other += u64::from(!b.is_ascii_alphabetic() && b != b'*' && b != b'-');
+        }
+    }
+    let alphabet = if other * 20 > chars {
+        Alphabet::Text
+    } else if letters > 0 && nuc * 10 >= letters * 9 {
+        if u > t { Alphabet::Rna } else { Alphabet::Dna }
+    } else {
+        Alphabet::Protein
+    };
+    let ambiguous = (0..=255u8)
+        .filter(|b| b.is_ascii_alphabetic() && !alphabet.plain(*b))
+        .map(|b| counts[b as usize])
+        .sum();
+    (alphabet, ambiguous)
+}
+
+/// Decide the alphabet of `seqs`: the step's `explicit` one wins, then the table's metadata,
+/// then the letters ([`detect_alphabet`]). Ambiguous letters are counted whichever decides.
+pub fn decide_alphabet(
+    explicit: Option<Alphabet>,
+    meta: &crate::steps::table::TableMeta,
+    seqs: &[String],
+) -> Decided {
+    let (detected, _) = detect_alphabet(seqs.iter().map(String::as_str));
+    let (alphabet, from) = match (
+        explicit,
+        meta.alphabet.as_deref().and_then(Alphabet::from_name),
+    ) {
+        (Some(a), _) => (a, "declared"),
+        (None, Some(a)) => (a, "table"),
+        (None, None) => (detected, "detected"),
+    };
+    let ambiguous = seqs
+        .iter()
+        .flat_map(|s| s.bytes())
+        .map(|b| b.to_ascii_uppercase())
+        .filter(|b| b.is_ascii_alphabetic() && !alphabet.plain(*b))
+        .count() as u64;
+    Decided {
+        alphabet,
+        from,
+        ambiguous,
+    }
+}
+
+/// Rows that disagree with a nucleotide table's alphabet (a protein among DNA: fewer than half
+/// its letters nucleotides) are an error listing the first of them with their other letters
+/// (`at` names row `i`), and how to settle it. Other alphabets pass.
+pub fn check_rows(
+    decided: Decided,
+    seqs: &[String],
+    at: &dyn Fn(usize) -> String,
+) -> Result<(), StepError> {
+    if !decided.alphabet.is_nucleotide() {
+        return Ok(());
+    }
+    let foreign: Vec<usize> = seqs
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| {
+            let (nuc, letters) = nucleotide_share(s);
+            letters > 0 && nuc * 2 < letters
+        })
+        .map(|(i, _)| i)
+        .collect();
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<String> = foreign
+        .iter()
+        .take(3)
+        .map(|&i| {
+            let mut letters: Vec<char> = seqs[i]
+                .bytes()
+                .map(|b| b.to_ascii_uppercase())
+                .filter(|b| b.is_ascii_alphabetic() && !decided.alphabet.allows(*b))
+                .map(char::from)
+                .collect();
+            letters.sort_unstable();
+            letters.dedup();
+            format!("{} (`{}`)", at(i), letters.into_iter().collect::<String>())
+        })
+        .collect();
+    Err(StepError::new(format!(
+        "{} of {} rows are not {} (the table's alphabet, {}): {}{}; drop them (data.filter \
+         `alphabet: {}`), or set `alphabet:` on this step if the table is something else",
+        foreign.len(),
+        seqs.len(),
+        decided.alphabet.name(),
+        decided.from,
+        shown.join("; "),
+        if foreign.len() > 3 { "; …" } else { "" },
+        decided.alphabet.name()
+    )))
+}
+
 /// A path parameter made absolute against the workdir (upstream references already are).
 pub fn resolve(ctx: &StepContext, path: &InputPath) -> PathBuf {
     ctx.workdir.join(path.path())
@@ -289,6 +456,38 @@ pub fn class_counts(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn alphabets_from_composition() {
+        // 0.3 % ambiguity codes and an X: still RNA, the odd letters counted.
+        let mut rna = "ACGUACGUAC".repeat(100);
+        rna.push_str("RYX");
+        assert_eq!(detect_alphabet([rna.as_str()]), (Alphabet::Rna, 3));
+        assert_eq!(detect_alphabet(["ACGTNNACGT"]), (Alphabet::Dna, 2));
+        assert_eq!(detect_alphabet(["MKLVWRQEDS"]).0, Alphabet::Protein);
+        assert_eq!(detect_alphabet(["And God said, Let"]).0, Alphabet::Text);
+        let meta = crate::steps::table::TableMeta {
+            alphabet: Some("protein".into()),
+            ..Default::default()
+        };
+        let seqs = vec!["ACGT".to_string()];
+        assert_eq!(
+            decide_alphabet(None, &meta, &seqs).alphabet,
+            Alphabet::Protein
+        );
+        let d = decide_alphabet(Some(Alphabet::Dna), &meta, &seqs);
+        assert_eq!((d.alphabet, d.from), (Alphabet::Dna, "declared"));
+        let mut rows: Vec<String> = vec!["ACGTACGTACGTACGTACGT".to_string(); 20];
+        rows[1] = "MKLVWEEQ".into();
+        let d = decide_alphabet(None, &Default::default(), &rows);
+        let e = check_rows(d, &rows, &|i| format!("row {}", i + 1)).unwrap_err();
+        assert!(
+            e.message.contains("1 of 20 rows are not dna"),
+            "{}",
+            e.message
+        );
+        assert!(e.message.contains("row 2 (`EKLMQVW`)"), "{}", e.message);
+    }
 
     #[test]
     fn apportion_sums_exactly() {

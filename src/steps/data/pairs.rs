@@ -8,7 +8,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::{Rng, params_of, resolve, text_column};
-use crate::steps::table::{TABLE_FILE, write_table};
+use crate::steps::table::{TABLE_FILE, TableMeta, write_table_with};
 use crate::steps::{InputPath, StepContext, StepError, StepKind, params, write_metrics};
 use polars::prelude::*;
 
@@ -84,7 +84,7 @@ fn one() -> usize {
 /// The `data.pairs` kind.
 pub static KIND: StepKind = StepKind {
     name: "data.pairs",
-    version: 1,
+    version: 2,
     summary: "pair-classification table from true pairs: each row's pair (`match`) plus seeded negatives (`other`: another row's partner; `substituted`: its own partner with a few characters changed); columns id, group, sequence, pair, label, kind (output `table`)",
     outputs: &[("table", TABLE_FILE)],
     schema: |g| g.subschema_for::<PairsParams>(),
@@ -270,6 +270,7 @@ fn run(ctx: &mut StepContext) -> Result<(), StepError> {
     let p: PairsParams = params_of(ctx)?;
     check(&p).map_err(StepError::new)?;
     let path = resolve(ctx, &p.input);
+    let meta = TableMeta::carried(&path);
     let df = crate::steps::table::read_table(&path)?;
     let ids = super::column_as_strings(&df, &p.id, &path, "id")?;
     let left = text_column(&df, &p.left, &path, "left")?;
@@ -324,7 +325,7 @@ fn run(ctx: &mut StepContext) -> Result<(), StepError> {
             col("kind", &|x| x.kind),
         ],
     )?;
-    write_table(&mut out, &ctx.out.join(TABLE_FILE))?;
+    write_table_with(&mut out, &ctx.out.join(TABLE_FILE), &meta)?;
     let count = |k: &str| pairs.iter().filter(|x| x.kind == k).count();
     writeln!(
         ctx.log,

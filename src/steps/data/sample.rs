@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use super::{Rng, apportion, column_as_strings, groups, params_of, resolve};
 use crate::steps::table;
-use crate::steps::table::{TABLE_FILE, write_table};
+use crate::steps::table::{TABLE_FILE, TableMeta, write_table_with};
 use crate::steps::write_metrics;
 use crate::steps::{InputPath, StepContext, StepError, StepKind, params};
 
@@ -33,7 +33,7 @@ struct SampleParams {
 /// The `data.sample` kind.
 pub static KIND: StepKind = StepKind {
     name: "data.sample",
-    version: 1,
+    version: 2,
     summary: "random subset of rows by `n` or `fraction`, seeded, optionally stratified (output `table`)",
     outputs: &[("table", TABLE_FILE)],
     schema: |g| g.subschema_for::<SampleParams>(),
@@ -71,6 +71,7 @@ fn run(ctx: &mut StepContext) -> Result<(), StepError> {
     let p: SampleParams = params_of(ctx)?;
     check(&p).map_err(StepError::new)?;
     let path = resolve(ctx, &p.input);
+    let meta = TableMeta::carried(&path);
     let df = table::read_table(&path)?;
     let rows = df.height();
     let target = match (p.n, p.fraction) {
@@ -92,7 +93,7 @@ fn run(ctx: &mut StepContext) -> Result<(), StepError> {
     };
     let idx = pick(rows, classes.as_deref(), target, p.seed);
     let mut t = super::take_rows(&df, &idx)?;
-    write_table(&mut t, &ctx.out.join(TABLE_FILE))?;
+    write_table_with(&mut t, &ctx.out.join(TABLE_FILE), &meta)?;
     writeln!(ctx.log, "sampled {} of {rows} rows", idx.len())?;
     let mut m = serde_json::json!({ "rows": idx.len(), "input_rows": rows });
     if let Some(c) = &classes {

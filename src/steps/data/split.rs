@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use super::{Rng, apportion, class_counts, column_as_strings, groups, params_of, resolve};
 use crate::steps::table;
-use crate::steps::table::write_table;
+use crate::steps::table::{TableMeta, write_table_with};
 use crate::steps::{InputPath, StepContext, StepError, StepKind, params};
 
 /// Parameters of `data.split`.
@@ -46,7 +46,7 @@ struct SplitParams {
 /// The `data.split` kind.
 pub static KIND: StepKind = StepKind {
     name: "data.split",
-    version: 1,
+    version: 2,
     summary: "split a table into train/valid/test by ratios, an existing column or k-fold (outputs `train`, `valid`, `test`)",
     outputs: &[
         ("train", "train.parquet"),
@@ -201,6 +201,7 @@ fn run(ctx: &mut StepContext) -> Result<(), StepError> {
     let p: SplitParams = params_of(ctx)?;
     check(&p).map_err(StepError::new)?;
     let path = resolve(ctx, &p.input);
+    let meta = TableMeta::carried(&path);
     let df = table::read_table(&path)?;
     let n = df.height();
     let file = path.display().to_string();
@@ -273,7 +274,11 @@ fn run(ctx: &mut StepContext) -> Result<(), StepError> {
     let mut per_class = serde_json::Map::new();
     for (k, rows) in parts.iter().enumerate() {
         let mut t = super::take_rows(&df, rows)?;
-        write_table(&mut t, &ctx.out.join(format!("{}.parquet", names[k])))?;
+        write_table_with(
+            &mut t,
+            &ctx.out.join(format!("{}.parquet", names[k])),
+            &meta,
+        )?;
         writeln!(ctx.log, "{}: {} rows", names[k], rows.len())?;
         metrics.insert(names[k].into(), rows.len().into());
         if let Some(c) = &classes {
