@@ -90,8 +90,8 @@ struct ScoreParams {
     #[serde(default)]
     regions: IndexMap<String, [i64; 2]>,
     /// Cut a sequence longer than the model's positions to the tokens that fit (else it is an
-    /// error naming the row). Variants and mutagenesis never cut: a change must be scored in
-    /// its whole sequence.
+    /// error naming the row): `likelihood` scores the tokens kept; `mutagenesis` scans a
+    /// window within them (a protein's first residues). Variants never cut.
     #[serde(default)]
     truncate: bool,
     /// Score at most this many sequences or variants (0: all).
@@ -119,7 +119,7 @@ fn dna_letters() -> String {
 
 pub static SCORE: StepKind = StepKind {
     name: "model.score",
-    version: 4,
+    version: 5,
     summary: "zero-shot scores: sequence log-likelihoods, variant effects (log-likelihood \
               ratios) and in-silico saturation mutagenesis with any language model or classifier",
     outputs: &[("scores", "scores.parquet"), ("plot", "scores.svg")],
@@ -147,10 +147,10 @@ pub static SCORE: StepKind = StepKind {
                 ));
             }
         }
-        if p.truncate && p.mode != Mode::Likelihood {
+        if p.truncate && p.mode == Mode::Variants {
             return Err(
-                "`truncate` belongs to `mode: likelihood`: a variant is scored in its \
-                        whole sequence"
+                "`truncate` does not apply to `mode: variants`: a variant is scored \
+                        in its whole sequence"
                     .into(),
             );
         }
@@ -295,7 +295,7 @@ fn score(ctx: &mut StepContext) -> Result<(), StepError> {
                 None
             },
             max_len: config.max_positions(),
-            truncate: p.truncate && p.mode == Mode::Likelihood,
+            truncate: p.truncate,
         };
         let run = Run {
             model: &model,
@@ -924,6 +924,14 @@ fn mutagenesis<B: FusedOps>(
         }
         width = width.max(w1 - w0);
         let framed = run.frame_checked(std::slice::from_ref(seq), table, &p.sequence, &[i])?;
+        let read = framed[0].spans.iter().map(|s| s.1).max().unwrap_or(0);
+        if w1 > read {
+            return Err(StepError::new(format!(
+                "{}: `window: [{w0}, {w1}]` runs past the {read} bases the model reads of this \
+                 sequence (`truncate` cut the rest); scan a window within them",
+                table.at(i, &p.sequence)
+            )));
+        }
         let changes: Vec<(usize, char)> = (w0..w1)
             .flat_map(|pos| {
                 let own = (seq.as_bytes()[pos] as char).to_ascii_uppercase();
