@@ -109,7 +109,6 @@ steps:
   probe:
     uses: eval.probe
     with: {{ embeddings: "${{{{ steps.emb.embeddings }}}}", folds: 2 }}
-    with: {{ embeddings: "${{{{ steps.emb.embeddings }}}}", folds: 3 }}
 "#,
         config = config(arch)
     );

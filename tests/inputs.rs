@@ -74,6 +74,9 @@ const CASES: &[(&str, &str, &str, &str)] = &[
     ("embed", "model.embed", "model", "emb_model"),
     ("embed", "model.embed", "data", "emb_data.json"),
     ("embed", "model.embed", "tokenizer", "emb_tok.json"),
+    ("score", "model.score", "model", "score_model"),
+    ("score", "model.score", "data", "score_data.csv"),
+    ("score", "model.score", "tokenizer", "score_tok.json"),
     ("probe", "eval.probe", "embeddings", "probe_fit.json"),
     ("probe", "eval.probe", "test", "probe_test.json"),
     (
@@ -130,6 +133,7 @@ steps:
     uses: model.finetune
     with: { task: seq-cls, init: ft_init, tokenizer: ft_tok.json, train: ft_train.json, valid: ft_valid.json, test: ft_test.json, steps: 2, batch_size: 2 }
   embed: { uses: model.embed, with: { model: emb_model, data: emb_data.json, tokenizer: emb_tok.json } }
+  score: { uses: model.score, with: { model: score_model, mode: likelihood, data: score_data.csv, tokenizer: score_tok.json } }
   probe: { uses: eval.probe, with: { embeddings: probe_fit.json, test: probe_test.json, pair_embeddings: probe_pair_fit.json, pair_test: probe_pair_test.json } }
   project: { uses: eval.project, with: { embeddings: project.json } }
 "#;
@@ -162,7 +166,9 @@ fn project() -> Project {
     ] {
         p.write(f, table);
     }
-    p.write("concat_one.csv", table).write("stats.csv", table);
+    p.write("concat_one.csv", table)
+        .write("stats.csv", table)
+        .write("score_data.csv", table);
     p.write("load.fa", ">a\nACGTACGTTAGC\n>b\nGGCATTACAGTA\n");
     // Predictions: the edit appends a row `r9,GATTACAGATTACA` (two new classes) to the CSV, and
     // rewrites the JSON table without changing its values, so both stay scoreable.
@@ -261,6 +267,7 @@ fn project() -> Project {
         "lm_tok.json",
         "ft_tok.json",
         "emb_tok.json",
+        "score_tok.json",
     ] {
         std::fs::copy(&char_tok, p.path(f)).unwrap();
     }
@@ -288,6 +295,7 @@ steps:
         "ft_init",
         "emb_model",
         "resize_model",
+        "score_model",
     ] {
         copy_dir(&model, &p.path(dir));
     }

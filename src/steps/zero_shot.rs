@@ -100,6 +100,7 @@ struct ScoreParams {
     /// Rows per forward pass.
     #[serde(default = "batch_size")]
     batch_size: usize,
+    /// `cpu`, `cuda`, `cuda:N` or `auto`.
     #[serde(default = "cpu")]
     device: String,
 }
