@@ -17,7 +17,7 @@ Both sides embed the same sequences: the last hidden state, mean-pooled over eac
 tokens. dnaflow's time is the `model.embed` step's own (load, tokenize, forward, pool, write
 the table) from its run record; PyTorch's is the same work inside its process (model load to
 pooled vectors), torch's import excluded. Peak memory is each process's own peak RSS
-(`os.wait4`). Threads: both use every core. The binary is `$DNAFLOW_BIN`, else
+(GNU time's `%M`; `apt-get install time` where it is missing). Threads: both use every core. The binary is `$DNAFLOW_BIN`, else
 target/release/dnaflow, else target/debug/dnaflow. Prints sequences/s, the speed ratio
 (dnaflow over PyTorch) per pair and its range, and the memory ratio (PyTorch over dnaflow).
 """
@@ -177,14 +177,15 @@ def torch_child(args):
 
 
 def peak_of(cmd):
-    """Run `cmd` under wait4 to read its peak RSS (MiB) and stdout."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out = proc.stdout.read()
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"{' '.join(map(str, cmd))} failed:\n{err[-3000:]}")
-    return out, usage.ru_maxrss / 1024
+    """Run `cmd`; its stdout and its peak RSS in MiB, as GNU time reports it. (Not `os.wait4`
+    here: a child forked from this process, which holds torch, keeps this process's RSS as its
+    high-water mark across exec.)"""
+    proc = subprocess.run(["/usr/bin/time", "-f", "MAXRSS_KB %M", *map(str, cmd)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(map(str, cmd))} failed:\n{proc.stderr[-3000:]}")
+    kb = [l for l in proc.stderr.splitlines() if l.startswith("MAXRSS_KB ")][-1].split()[1]
+    return proc.stdout, int(kb) / 1024
 
 
 def preset(name, p, pairs):
