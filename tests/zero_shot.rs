@@ -348,3 +348,47 @@ fn a_variant_whose_reference_disagrees_with_its_sequence_is_named() {
         "{text}"
     );
 }
+
+/// A sequence longer than the model's positions: `truncate` scans a window within what the
+/// model reads, and a window past it is an error naming the row.
+#[test]
+fn mutagenesis_of_a_long_sequence_scans_within_what_the_model_reads() {
+    let p = Project::new();
+    let rows = splice(0..40);
+    let mut csv = String::from("id,sequence,label\n");
+    for (id, s, l) in &rows {
+        csv.push_str(&format!("{id},{s},{l}\n"));
+    }
+    p.write("train.csv", &csv);
+    // 120 bases: more than the 64 positions of the models.
+    p.write(
+        "long.csv",
+        &format!("id,sequence\nlong1,{}{}\n", rows[0].1, rows[1].1),
+    );
+    let scan = |name: &str, window: &str| {
+        format!(
+            "  {name}:\n    uses: model.score\n    with: {{ model: \"${{{{ steps.bert.model }}}}\", mode: mutagenesis, data: long.csv, truncate: true, window: {window} }}\n"
+        )
+    };
+    p.write(
+        "wf.yaml",
+        &format!(
+            "name: long-scan\nsteps:{MODELS}{}{}",
+            scan("head", "[0, 10]"),
+            scan("past", "[60, 70]")
+        ),
+    );
+    let r = p.run_ok(&["wf.yaml", "head"]);
+    let t = table(&r.out("head").join("scores.parquet"));
+    assert_eq!(t.height(), 10 * 3);
+    assert_eq!(strings(&t, "id")[0], "long1");
+    let out = p.dnaflow(&["run", "wf.yaml", "past"]);
+    let text = common::text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("long.csv")
+            && text.contains("id `long1`")
+            && text.contains("runs past the 62 bases"),
+        "{text}"
+    );
+}
