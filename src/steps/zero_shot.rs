@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 
 use super::model::{Vocab, encode_spans, load_model, load_vocab};
 use super::table::{LocatedTable, class_label, id_column, read_role, sequence_column, write_table};
+use super::tokenizer::fold_case;
 use super::train_options::{batch_size, cpu, resolve_device};
 use super::{InputPath, StepContext, StepError, StepKind, params, plot, write_metrics};
 use crate::models::arch::{Framing, LmKind};
@@ -120,7 +121,7 @@ fn dna_letters() -> String {
 
 pub static SCORE: StepKind = StepKind {
     name: "model.score",
-    version: 5,
+    version: 6,
     summary: "zero-shot scores: sequence log-likelihoods, variant effects (log-likelihood \
               ratios) and in-silico saturation mutagenesis with any language model or classifier",
     outputs: &[("scores", "scores.parquet"), ("plot", "scores.svg")],
@@ -253,7 +254,7 @@ fn score(ctx: &mut StepContext) -> Result<(), StepError> {
     };
     let seqs: Vec<String> = table.texts(&p.sequence, "sequence", "a sequence")?[..n]
         .iter()
-        .map(|s| s.trim().to_string())
+        .map(|s| fold_case(s.trim()))
         .collect();
     let ids: Vec<String> = match table.df.column(&p.id) {
         Ok(_) => table.texts(&p.id, "id", "an id")?[..n].to_vec(),
