@@ -405,11 +405,12 @@ fn dag(h: &mut String, run: &RunRecord) {
         };
         let _ = write!(
             h,
-            "<a href=\"#{}\"><g class=\"node {status}\" data-step=\"{}\" data-status=\"{status}\">\
-             <title>{}</title><rect x=\"{x}\" y=\"{y}\" width=\"{w}\" height=\"{hgt}\" \
+            "<a href=\"#{}\"><g class=\"node {status}\" data-step=\"{}\" data-steps=\"{}\" \
+             data-status=\"{status}\"><title>{}</title><rect x=\"{x}\" y=\"{y}\" width=\"{w}\" height=\"{hgt}\" \
              rx=\"5\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{}</text></g></a>",
             anchor(n.first),
             escape(name),
+            escape(&n.members.join(" ")),
             escape(&title),
             colour(status),
             x + 8.0,

@@ -92,7 +92,10 @@ def main():
             got = row.get_attribute("data-status")
             if got != status:
                 problems.append(f"step `{name}`: status `{got}`, expected `{status}`")
-            node = page.locator(f'svg.dag g.node[data-step="{name}"]')
+            # A foreach copy is drawn in its group's box, which lists it in `data-steps`.
+            node = page.locator(
+                f'svg.dag g.node[data-step="{name}"], svg.dag g.node[data-steps~="{name}"]'
+            )
             if node.count() != 1 or node.get_attribute("data-status") != status:
                 problems.append(f"step `{name}`: not drawn in the DAG as `{status}`")
         rows = set(page.eval_on_selector_all("#metrics tr[data-metric]", "rs => rs.map(r => r.dataset.metric)"))
