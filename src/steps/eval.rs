@@ -53,7 +53,7 @@ struct LmParams {
 pub static LM: StepKind = StepKind {
     name: "eval.lm",
     version: 3,
-    summary: "loss, perplexity and bits per base of a GPT-2/BERT model on held-out sequences",
+    summary: "loss, perplexity and bits per base of any language model (pseudo-perplexity for masked ones) on held-out sequences",
     outputs: &[],
     schema: |g| g.subschema_for::<LmParams>(),
     check: |with| {

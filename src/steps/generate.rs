@@ -74,7 +74,7 @@ fn top_p() -> f64 {
 pub static GENERATE: StepKind = StepKind {
     name: "model.generate",
     version: 4,
-    summary: "sample DNA from a GPT-2 model (temperature, top-k, top-p, seed, end-of-text)",
+    summary: "sample sequences or text from a causal model (GPT-2, LLaMA) (temperature, top-k, top-p, seed, end-of-text)",
     outputs: &[("samples", "samples.jsonl")],
     schema: |g| g.subschema_for::<GenerateParams>(),
     check: |with| {

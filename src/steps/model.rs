@@ -128,7 +128,7 @@ pub(super) fn mask_probability() -> f64 {
 pub static PRETRAIN: StepKind = StepKind {
     name: "model.pretrain",
     version: 4,
-    summary: "train GPT-2 (clm) or BERT (mlm) on DNA; saves a Hugging Face model directory",
+    summary: "train any architecture of the table (causal or masked LM), from scratch or on from `init`; saves a Hugging Face model directory",
     outputs: &[
         ("model", "model"),
         ("history", "history.csv"),
