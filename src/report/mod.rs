@@ -122,6 +122,10 @@ const HEADLINES: &[(&str, bool)] = &[
     ("token_f1", true),
 ];
 
+/// A step's row of the results: its name, headline values, and the bootstrap interval of the
+/// first.
+type Scored<'a> = (&'a str, Vec<(&'static str, f64)>, Option<(f64, f64)>);
+
 /// One test set of the results: the steps that scored it with the same headline metrics.
 struct TestSet<'a> {
     /// The headline metrics its steps report, in [`HEADLINES`] order.
@@ -131,7 +135,7 @@ struct TestSet<'a> {
     /// Its size as the first step gives it (`146 rows`), for the heading.
     size: String,
     /// Each step's name, headline values and the bootstrap interval of the first.
-    rows: Vec<(&'a str, Vec<(&'static str, f64)>, Option<(f64, f64)>)>,
+    rows: Vec<Scored<'a>>,
 }
 
 /// The steps with headline metrics, grouped by the test table they scored: its identity, which
