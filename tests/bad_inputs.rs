@@ -194,12 +194,24 @@ fn protein_rows_for_a_dna_model_are_stopped_and_unk_rate_is_reported() {
             "name: unk\nsteps:\n  e:\n    uses: eval.lm\n    with: {{ model: {model}, data: {data} }}\n"
         )
     };
+    // Protein for a DNA model: its alphabet is one the tokenizer cannot spell.
     fails(
         &p,
         &eval("protein.txt"),
         &[
+            "protein.txt: the table's alphabet is protein (detected)",
+            "its tokenizer",
+            "spells only `ACGT`, without `DEFHIKLMNPQRSVWY`",
+        ],
+    );
+    // DNA the tokenizer spells, but mostly of a letter it lacks: the unknown tokens are named.
+    p.write("n.txt", "NNNNNNNNAC\nNNNNNNNNGT\n");
+    fails(
+        &p,
+        &eval("n.txt"),
+        &[
             "% of the tokens are unknown",
-            "protein.txt: sequence 1: `MKLVWRQE`",
+            "n.txt: sequence 1: `N`",
             "data.filter",
         ],
     );
@@ -418,4 +430,107 @@ fn a_row_error_three_steps_downstream_names_the_step_the_file_and_the_id() {
         !error.is_empty() && !error.contains("cache/objects"),
         "{out}"
     );
+}
+
+/// The consumers of a table read the alphabet it records: a tokenizer is trained for it (an RNA
+/// table's k-mers and characters are of U) and records it, and a model whose tokenizer was
+/// trained on DNA refuses a protein table before training — even a byte-level BPE, which
+/// would otherwise read proteins as bytes, with no unknown token to warn.
+#[test]
+fn consumers_use_the_tables_recorded_alphabet() {
+    let p = Project::new();
+    p.write("rna.tsv", &rna_table());
+    let mut proteins = String::from("id,sequence,label\n");
+    for i in 0..8 {
+        let s = ["MKLVWEEQRSTLLK", "DDFFGHHIIKPPQY"][i % 2];
+        proteins.push_str(&format!("p{i},{s},{}\n", i % 2));
+    }
+    p.write("proteins.csv", &proteins);
+    p.write(
+        "dna.txt",
+        &["ACGTACGGATTACAGG", "GGCCAATTGGCATGCA", "TTAGGCATCGATCGAA"].join("\n"),
+    );
+    let model = "{ arch: gpt2, tokenizer: \"${{ steps.dna_bpe.tokenizer }}\", config: { n_embd: 8, n_layer: 1, n_head: 1 }";
+    let wf = format!(
+        r#"name: alphabets
+steps:
+  rna:
+    uses: data.load
+    with: {{ path: rna.tsv, on_invalid: mask }}
+  rna_kmers:
+    uses: tokenizer.train
+    with: {{ input: "${{{{ steps.rna.table }}}}", model: kmer, k: 2 }}
+  rna_chars:
+    uses: tokenizer.train
+    with: {{ input: "${{{{ steps.rna.table }}}}", model: char }}
+  dna_bpe:
+    uses: tokenizer.train
+    with: {{ input: dna.txt, model: bpe, vocab_size: 270, min_frequency: 1 }}
+  proteins:
+    uses: data.load
+    with: {{ path: proteins.csv }}
+  dna_lm:
+    uses: model.pretrain
+    with: {model}, train: dna.txt, seq_len: 16, batch_size: 2, steps: 2 }}
+  protein_lm:
+    uses: model.pretrain
+    with: {model}, train: "${{{{ steps.proteins.table }}}}", seq_len: 16, steps: 2 }}
+  protein_cls:
+    uses: model.finetune
+    with: {model}, task: seq-cls, train: "${{{{ steps.proteins.table }}}}", valid: "${{{{ steps.proteins.table }}}}", test: "${{{{ steps.proteins.table }}}}", epochs: 1 }}
+"#
+    );
+    p.write("wf.yaml", &wf);
+    let (out, r) = p.run(&["wf.yaml", "-k"]);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(
+        !t.contains("panicked") && !t.contains("internal error"),
+        "{t}"
+    );
+    // The tokenizers: trained for the table's alphabet, which they record.
+    for (step, alphabet, from) in [
+        ("rna_kmers", "rna", "table"),
+        ("rna_chars", "rna", "table"),
+        ("dna_bpe", "dna", "detected"),
+    ] {
+        let m = &r.step(step)["metrics"];
+        assert_eq!(m["alphabet"], alphabet, "{step}: {m}");
+        assert_eq!(m["alphabet_from"], from, "{step}: {m}");
+        let config = read(&r.out(step).join("tokenizer_config.json"));
+        assert!(
+            config.contains(&format!("\"dnaflow_alphabet\": \"{alphabet}\"")),
+            "{step}: {config}"
+        );
+    }
+    let kmers = read(&r.out("rna_kmers").join("tokenizer.json"));
+    assert!(
+        kmers.contains("\"UU\"") && !kmers.contains("\"TT\""),
+        "{kmers}"
+    );
+    let chars = read(&r.out("rna_chars").join("tokenizer.json"));
+    assert!(
+        chars.contains("\"U\"") && !chars.contains("\"T\""),
+        "{chars}"
+    );
+    // DNA for the DNA model: trained, the alphabet in its metrics.
+    assert_eq!(r.step("dna_lm")["status"], "ran", "{t}");
+    assert_eq!(r.step("dna_lm")["metrics"]["alphabet"], "dna");
+    // Proteins for it: refused before training, naming the user's file, the table's alphabet
+    // and the model's.
+    for step in ["protein_lm", "protein_cls"] {
+        assert_eq!(r.step(step)["status"], "failed", "{step}: {t}");
+        let error = r.step(step)["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        for words in [
+            "proteins.csv",
+            "the table's alphabet is protein (table)",
+            "a dna tokenizer",
+            "without `DEFHIKLMPQRSVWY`",
+        ] {
+            assert!(error.contains(words), "{step}: want `{words}`: {error}");
+        }
+    }
 }

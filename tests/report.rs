@@ -287,3 +287,57 @@ steps:
         println!("{summary}");
     }
 }
+
+/// The results group scores by the test table they were computed on: two baselines of one
+/// test table side by side, a third on another table of the same size and metrics apart.
+#[test]
+fn results_group_by_the_test_table_not_by_its_size() {
+    let p = Project::new();
+    let table = |prefix: &str, rows: usize, shift: usize| {
+        let mut t = String::from("id,sequence,label\n");
+        for i in 0..rows {
+            let class = (i + shift) % 2;
+            let s = ["ACGTACGTAAGG", "TTGCATGCAACC"][class];
+            let s = format!("{}{}", &s[(i + shift) % 3..], &s[..(i + shift) % 3]);
+            t.push_str(&format!("{prefix}{i},{s},{}\n", ["a", "b"][class]));
+        }
+        t
+    };
+    p.write("train.csv", &table("t", 16, 0));
+    p.write("test_a.csv", &table("a", 6, 0));
+    p.write("test_b.csv", &table("b", 6, 1));
+    let baseline = |name: &str, test: &str, features: &str| {
+        format!(
+            "  {name}:\n    uses: baseline.classify\n    with: {{ train: train.csv, test: {test}, features: {features} }}\n  score_{name}:\n    uses: eval.classify\n    with: {{ predictions: \"${{{{ steps.{name}.predictions }}}}\", bootstrap: 0 }}\n"
+        )
+    };
+    p.write(
+        "wf.yaml",
+        &format!(
+            "name: two-tables\nsteps:\n{}{}{}",
+            baseline("onehot_a", "test_a.csv", "onehot"),
+            baseline("onehot_b", "test_b.csv", "onehot"),
+            baseline("kmer_a", "test_a.csv", "kmer, k: 2"),
+        ),
+    );
+    let r = p.run_ok(&["wf.yaml"]);
+    let id = |step: &str| r.step(step)["metrics"]["test_table"].clone();
+    assert_eq!(r.step("score_onehot_a")["metrics"]["rows"], 6);
+    assert_eq!(r.step("score_onehot_b")["metrics"]["rows"], 6);
+    assert_eq!(id("score_onehot_a"), id("score_kmer_a"));
+    assert_ne!(id("score_onehot_a"), id("score_onehot_b"));
+    let page = p.path("r.html");
+    let out = p.dnaflow(&["report", "wf.yaml", "-o", page.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let html = read(&page);
+    let tables: Vec<&str> = html.split("<table class=\"results\"").skip(1).collect();
+    let set_of = |step: &str| {
+        tables
+            .iter()
+            .position(|t| t.contains(&format!("data-step=\"{step}\"")))
+            .unwrap_or_else(|| panic!("{step} not in the results: {html}"))
+    };
+    assert_eq!(tables.len(), 2, "{html}");
+    assert_eq!(set_of("score_onehot_a"), set_of("score_kmer_a"));
+    assert_ne!(set_of("score_onehot_a"), set_of("score_onehot_b"));
+}

@@ -122,12 +122,28 @@ const HEADLINES: &[(&str, bool)] = &[
     ("token_f1", true),
 ];
 
-/// The answer first: for each test set (the steps that scored the same number of rows with
-/// the same headline metrics), every model and baseline side by side with its headline
-/// metrics, the bootstrap interval of the first, a bar, and its `expect:` outcomes.
-fn results(h: &mut String, run: &RunRecord) {
-    type Row<'a> = (&'a str, Vec<(&'static str, f64)>, Option<(f64, f64)>);
-    let mut groups: indexmap::IndexMap<(Vec<&'static str>, String), Vec<Row>> = Default::default();
+/// A step's row of the results: its name, headline values, and the bootstrap interval of the
+/// first.
+type Scored<'a> = (&'a str, Vec<(&'static str, f64)>, Option<(f64, f64)>);
+
+/// One test set of the results: the steps that scored it with the same headline metrics.
+struct TestSet<'a> {
+    /// The headline metrics its steps report, in [`HEADLINES`] order.
+    names: Vec<&'static str>,
+    /// The identity of the test table (`test_table` in the scoring steps' metrics).
+    table: Option<&'a str>,
+    /// Its size as the first step gives it (`146 rows`), for the heading.
+    size: String,
+    /// Each step's name, headline values and the bootstrap interval of the first.
+    rows: Vec<Scored<'a>>,
+}
+
+/// The steps with headline metrics, grouped by the test table they scored: its identity, which
+/// every scoring kind records (`test_table`: the table's content hash, which predictions and
+/// embeddings carry from the table they were made of), and the headline metrics reported.
+/// Records from before that identity group by row count, as they did.
+fn test_sets(run: &RunRecord) -> Vec<TestSet<'_>> {
+    let mut groups: indexmap::IndexMap<(Vec<&'static str>, String), TestSet> = Default::default();
     for s in &run.steps {
         let m = &s.metrics;
         let found: Vec<(&'static str, f64)> = HEADLINES
@@ -149,17 +165,37 @@ fn results(h: &mut String, run: &RunRecord) {
                     .map(|n| format!("{n} {k}"))
             })
             .unwrap_or_default();
-        let names = found.iter().map(|(n, _)| *n).collect();
+        let table = m.get("test_table").and_then(Value::as_str);
+        let names: Vec<&'static str> = found.iter().map(|(n, _)| *n).collect();
+        let key = match table {
+            Some(t) => format!("table {t}"),
+            None => format!("size {size}"),
+        };
         groups
-            .entry((names, size))
-            .or_default()
+            .entry((names.clone(), key))
+            .or_insert_with(|| TestSet {
+                names,
+                table,
+                size,
+                rows: Vec::new(),
+            })
+            .rows
             .push((s.name.as_str(), found, ci));
     }
+    groups.into_values().collect()
+}
+
+/// The answer first: for each test set ([`test_sets`]), every model and baseline side by side
+/// with its headline metrics, the bootstrap interval of the first, a bar, and its `expect:`
+/// outcomes.
+fn results(h: &mut String, run: &RunRecord) {
+    let groups = test_sets(run);
     if groups.is_empty() {
         return;
     }
     h.push_str("<h2>Results</h2><div id=\"results\">");
-    for ((names, size), rows) in &groups {
+    for set in &groups {
+        let (names, size, rows) = (&set.names, &set.size, &set.rows);
         let head = names[0];
         let higher = HEADLINES.iter().any(|(n, up)| *n == head && *up);
         let top = rows
@@ -169,16 +205,26 @@ fn results(h: &mut String, run: &RunRecord) {
             .max(f64::MIN_POSITIVE);
         let _ = write!(
             h,
-            "<p><b>Test set{}</b>: {} ({} is better)</p><table class=\"results\"><tr><th>scored by</th>",
+            "<p><b>Test set{}</b>{}: {} ({} is better)</p><table class=\"results\"{}>\
+             <tr><th>scored by</th>",
             if size.is_empty() {
                 String::new()
             } else {
                 format!(" of {size}")
             },
+            set.table
+                .map(|t| format!(
+                    " <span class=\"muted\">(table <code>{}</code>)</span>",
+                    escape(t)
+                ))
+                .unwrap_or_default(),
             names.join(", "),
-            if higher { "higher" } else { "lower" }
+            if higher { "higher" } else { "lower" },
+            set.table
+                .map(|t| format!(" data-test-table=\"{}\"", escape(t)))
+                .unwrap_or_default()
         );
-        for n in names {
+        for n in names.iter() {
             let _ = write!(h, "<th>{}</th>", escape(n));
         }
         h.push_str("<th>95 % interval</th><th></th><th>expect</th></tr>");
@@ -992,5 +1038,62 @@ mod tests {
         assert!(matches!(read_plot(&bad), Plot::Unreadable(w) if w.contains("not a readable")));
         assert!(matches!(read_plot(&empty), Plot::Unreadable(w) if w == "is empty"));
         assert_eq!(plot_files(dir.path()).len(), 3);
+    }
+
+    /// A record whose steps report `metrics`, by name.
+    fn record(steps: &[(&str, Value)]) -> RunRecord {
+        serde_json::from_value(serde_json::json!({
+            "run_id": "r", "workflow": "w", "file": "w.yaml", "profile": null, "params": {},
+            "started": "now", "seconds": 1.0, "status": "ok", "dnaflow_version": "0",
+            "steps": steps.iter().map(|(name, m)| serde_json::json!({
+                "name": name, "key": "k", "status": "ran", "reason": "", "seconds": 1.0,
+                "out": null, "metrics": m, "attempts": 1,
+            })).collect::<Vec<_>>(),
+        }))
+        .unwrap()
+    }
+
+    /// Scores group by the test table they were computed on, not by their size and metrics:
+    /// two tables of 20 rows are two test sets; two models of one table share one.
+    #[test]
+    fn scores_group_by_their_test_table() {
+        let scored = |table: &str, accuracy: f64| serde_json::json!({"accuracy": accuracy, "mcc": 0.1, "rows": 20, "test_table": table});
+        let run = record(&[
+            ("model_a", scored("aaaa", 0.8)),
+            ("onehot_b", scored("bbbb", 0.7)),
+            ("kmer_a", scored("aaaa", 0.6)),
+            (
+                "lm",
+                serde_json::json!({"bits_per_base": 1.9, "sequences": 20, "test_table": "aaaa"}),
+            ),
+        ]);
+        let sets = test_sets(&run);
+        let steps: Vec<(Option<&str>, Vec<&str>)> = sets
+            .iter()
+            .map(|s| (s.table, s.rows.iter().map(|r| r.0).collect()))
+            .collect();
+        assert_eq!(
+            steps,
+            vec![
+                (Some("aaaa"), vec!["model_a", "kmer_a"]),
+                (Some("bbbb"), vec!["onehot_b"]),
+                (Some("aaaa"), vec!["lm"]),
+            ]
+        );
+        let html = render(&run, &Options::default());
+        assert!(html.contains("data-test-table=\"bbbb\""), "{html}");
+        // A record from before the identity groups by size, as it did.
+        let old = record(&[
+            ("a", serde_json::json!({"accuracy": 0.8, "rows": 20})),
+            ("b", serde_json::json!({"accuracy": 0.7, "rows": 20})),
+            ("c", serde_json::json!({"accuracy": 0.7, "rows": 30})),
+        ]);
+        assert_eq!(
+            test_sets(&old)
+                .iter()
+                .map(|s| s.rows.len())
+                .collect::<Vec<_>>(),
+            vec![2, 1]
+        );
     }
 }

@@ -11,8 +11,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::finetune::inputs;
-use super::model::{load_model, load_vocab};
-use super::table::{read_role, write_table};
+use super::model::{load_model, load_vocab, table_alphabet};
+use super::table::{TableMeta, read_role, write_table_with};
 use super::train_options::{batch_size, cpu, resolve_device};
 use super::{InputPath, StepContext, StepError, StepKind, params, write_metrics};
 use crate::models::device::on_device;
@@ -79,7 +79,7 @@ pub(super) const EMB: &str = "emb_";
 
 pub static EMBED: StepKind = StepKind {
     name: "model.embed",
-    version: 2,
+    version: 3,
     summary: "pooled hidden states (mean, first, last, max; any layer) of a model for a table's sequences → parquet with id, label and emb_0 … emb_{d-1}",
     outputs: &[("embeddings", "embeddings.parquet")],
     schema: |g| g.subschema_for::<EmbedParams>(),
@@ -101,6 +101,7 @@ fn embed(ctx: &mut StepContext) -> Result<(), StepError> {
     let dir = path(&p.model);
     let vocab = load_vocab(&path(p.tokenizer.as_ref().unwrap_or(&p.model)))?;
     let table = read_role(&path(&p.data), &p.id, "data")?;
+    let alphabet = table_alphabet(&vocab, &table, &p.sequence, &dir)?;
     let ids = table.texts(&p.id, "id", "an id")?;
     let labels = match table.df.column(&p.label) {
         Ok(_) => Some(table.labels(&p.label, "label")?),
@@ -158,24 +159,30 @@ fn embed(ctx: &mut StepContext) -> Result<(), StepError> {
         columns.push(Column::new(format!("{EMB}{k}").into(), col));
     }
     let mut df = DataFrame::new(vectors.len(), columns)?;
-    write_table(&mut df, &ctx.out.join("embeddings.parquet"))?;
+    // One vector per row of the table: the table's alphabet, source and identity go with them.
+    let meta = TableMeta {
+        alphabet: Some(alphabet.alphabet.name().into()),
+        alphabet_from: Some(alphabet.from.into()),
+        ambiguous: alphabet.ambiguous,
+        ..TableMeta::rows_of(&table.path)?
+    };
+    write_table_with(&mut df, &ctx.out.join("embeddings.parquet"), &meta)?;
     writeln!(
         ctx.log,
         "{} sequences → {dim}-wide vectors ({:?} of layer {layer}) in {seconds:.2} s",
         vectors.len(),
         p.pool
     )?;
-    write_metrics(
-        ctx.out,
-        &json!({
-            "sequences": vectors.len(),
-            "dimension": dim,
-            "layer": layer,
-            "pool": format!("{:?}", p.pool).to_lowercase(),
-            "seconds": seconds,
-            "sequences_per_s": vectors.len() as f64 / seconds.max(1e-9),
-        }),
-    )
+    let mut metrics = json!({
+        "sequences": vectors.len(),
+        "dimension": dim,
+        "layer": layer,
+        "pool": format!("{:?}", p.pool).to_lowercase(),
+        "seconds": seconds,
+        "sequences_per_s": vectors.len() as f64 / seconds.max(1e-9),
+    });
+    super::merge(&mut metrics, alphabet.metrics());
+    write_metrics(ctx.out, &metrics)
 }
 
 /// One vector from a row's hidden states (`at(j)`: position j's) and its padding mask.

@@ -5,8 +5,10 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::model::{encode, load_model, load_vocab, mask_probability, objective_for, rows_for};
-use super::table::for_each_sequence;
+use super::model::{
+    encode, load_model, load_vocab, mask_probability, objective_for, read_alphabet, rows_for,
+};
+use super::table::{for_each_sequence, table_identity};
 use super::tokenizer::{read_sequences, sequence};
 use super::train_options::{batch_size, cpu, resolve_device, seed};
 use super::vocab::check_unknown;
@@ -52,7 +54,7 @@ struct LmParams {
 
 pub static LM: StepKind = StepKind {
     name: "eval.lm",
-    version: 3,
+    version: 4,
     summary: "loss, perplexity and bits per base of any language model (pseudo-perplexity for masked ones) on held-out sequences",
     outputs: &[],
     schema: |g| g.subschema_for::<LmParams>(),
@@ -80,6 +82,7 @@ fn eval_lm(ctx: &mut StepContext) -> Result<(), StepError> {
     let dir = p.model.path().to_path_buf();
     let vocab = load_vocab(p.tokenizer.as_ref().unwrap_or(&p.model).path())?;
     let seqs = read_sequences(p.data.path(), &p.column, p.max_sequences)?;
+    let alphabet = read_alphabet(&vocab, p.data.path(), &seqs, &dir)?;
     let docs = encode(&vocab, &seqs)?;
     let ids: Vec<&[u32]> = docs.iter().map(|r| r.ids.as_slice()).collect();
     let data = p.data.path().display().to_string();
@@ -128,7 +131,10 @@ fn eval_lm(ctx: &mut StepContext) -> Result<(), StepError> {
         "sequences": seqs.len(),
         // Share of the tokens the tokenizer did not know (`[UNK]`).
         "unk_rate": unk,
+        // The table scored, so the report shows this score beside the others of that table.
+        "test_table": table_identity(p.data.path())?,
     });
+    super::merge(&mut metrics, alphabet.metrics());
     if let Some(path) = &p.baseline {
         let base = crate::metrics::read(path.path()).map_err(StepError::new)?;
         let Some(b) = base.get("bits_per_base").and_then(|v| v.as_f64()) else {
@@ -171,7 +177,7 @@ fn alpha() -> f64 {
 
 pub static MARKOV: StepKind = StepKind {
     name: "eval.markov",
-    version: 1,
+    version: 2,
     summary: "bits per base of an order-k Markov chain on held-out DNA: the baseline to beat",
     outputs: &[],
     schema: |g| g.subschema_for::<MarkovParams>(),
@@ -291,6 +297,7 @@ fn markov(ctx: &mut StepContext) -> Result<(), StepError> {
         &json!({
             "order": p.order,
             "bits_per_base": bpb,
+            "test_table": table_identity(p.test.path())?,
             "bases": scored,
             "train_bases": train_bases,
             "by_order": by_order,

@@ -16,12 +16,13 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::answers;
+use super::data::Decided;
 use super::model::{
-    Arch, Sampler, Spans, Vocab, encode_spans, fresh_config, load_vocab, log_report,
+    Arch, Sampler, Spans, Vocab, encode_spans, fresh_config, load_vocab, log_report, table_alphabet,
 };
 use super::table::{
-    LocatedTable, base_classes, class_indices, label_characters, label_flags, label_sets,
-    label_strings, read_role, training_classes, training_labels, write_table,
+    LocatedTable, TableMeta, base_classes, class_indices, label_characters, label_flags,
+    label_sets, label_strings, read_role, training_classes, training_labels, write_table_with,
 };
 use super::tokenizer::fold_case;
 use super::train_options::TrainOptions;
@@ -183,7 +184,7 @@ fn select() -> String {
 
 pub static FINETUNE: StepKind = StepKind {
     name: "model.finetune",
-    version: 5,
+    version: 6,
     summary: "fine-tune a task head (seq-cls, regression, token-cls, pair-cls, multi-label) on a labelled table, from a pretrained model or from scratch; writes the model, predictions (id, label, prediction, prob_<class>; token-cls: id, label, prediction as one character per base) and metrics",
     outputs: &[
         ("model", "model"),
@@ -358,6 +359,8 @@ struct Split {
     flags: Vec<Vec<bool>>,
     /// Regression targets (empty for classes).
     values: Vec<f64>,
+    /// The alphabet of its sequences (none for text: prompts and answers).
+    alphabet: Option<Decided>,
 }
 
 /// The tables' sequences as model inputs: BERT's `[CLS] … [SEP]`, GPT-2's tokens as they are;
@@ -578,6 +581,7 @@ fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
         writeln!(ctx.log, "frozen: {} tensors", frozen.len())?;
     }
     let [train_split, _, test_split] = splits;
+    let alphabet = train_split.alphabet;
     let run = Run {
         p: &p,
         spec: &spec,
@@ -603,6 +607,9 @@ fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
             write_predictions(ctx, &p, &objective, &test_split, &predictions, &mut metrics)?
         }
         Tested::Texts(found) => write_answers(ctx, &p, &test_split, &found, &mut metrics)?,
+    }
+    if let Some(a) = alphabet {
+        super::merge(&mut metrics, a.metrics());
     }
     write_metrics(ctx.out, &metrics)
 }
@@ -698,8 +705,18 @@ fn read_splits(
     vocab: &Vocab,
     inputs: &Inputs,
 ) -> Result<[Split; 3], StepError> {
+    let model = p
+        .init
+        .as_ref()
+        .map(|i| ctx.workdir.join(i.path()))
+        .unwrap_or_else(|| PathBuf::from("the fresh model"));
     let read = |i: &InputPath, role: &str| -> Result<Split, StepError> {
         let table = read_role(&ctx.workdir.join(i.path()), &p.id, role)?;
+        // Sequences in an alphabet the tokenizer spells, before any training.
+        let alphabet = match p.task {
+            TaskKind::Text => None,
+            _ => Some(table_alphabet(vocab, &table, &p.sequence, &model)?),
+        };
         let (rows, spans) = match p.task {
             TaskKind::PairCls => {
                 let pair = p.pair.as_deref().unwrap_or("pair");
@@ -737,6 +754,7 @@ fn read_splits(
             table,
             rows,
             spans,
+            alphabet,
         })
     };
     Ok([
@@ -1057,7 +1075,9 @@ fn write_answers(
         columns.push(task.clone());
     }
     let mut df = DataFrame::new(found.len(), columns)?;
-    write_table(&mut df, &ctx.out.join("predictions.parquet"))
+    // The predictions are the test table's rows: they carry its identity (and source).
+    let meta = TableMeta::rows_of(&test.table.path)?;
+    write_table_with(&mut df, &ctx.out.join("predictions.parquet"), &meta)
 }
 
 /// A model directory whose head does another task, or the same with other classes, is
@@ -1345,7 +1365,9 @@ fn write_predictions(
         }
     }
     let mut df = DataFrame::new(test.rows.len(), columns)?;
-    write_table(&mut df, &ctx.out.join("predictions.parquet"))
+    // The predictions are the test table's rows: they carry its identity (and source).
+    let meta = TableMeta::rows_of(&test.table.path)?;
+    write_table_with(&mut df, &ctx.out.join("predictions.parquet"), &meta)
 }
 
 #[cfg(test)]

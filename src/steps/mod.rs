@@ -165,6 +165,14 @@ pub fn write_metrics(out: &Path, metrics: &serde_json::Value) -> Result<(), Step
     write_json(&out.join("metrics.json"), metrics)
 }
 
+/// Add the fields of the object `more` to the object `metrics` (a kind's metrics and a shared
+/// part, such as the alphabet a table was read in).
+pub fn merge(metrics: &mut serde_json::Value, more: serde_json::Value) {
+    if let (Some(m), serde_json::Value::Object(more)) = (metrics.as_object_mut(), more) {
+        m.extend(more);
+    }
+}
+
 /// Write `value` as pretty JSON to `path` (metrics, a fitted model's `model.json`).
 pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), StepError> {
     let json = serde_json::to_vec_pretty(value).map_err(|e| StepError::new(e.to_string()))?;

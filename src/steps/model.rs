@@ -12,7 +12,9 @@ use burn::prelude::*;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use super::data::{Decided, check_rows, reading_alphabet};
 pub(crate) use super::generate::Sampler;
+use super::table::{LocatedTable, TableMeta};
 use super::tokenizer::{read_sequences, sequence};
 use super::train_options::TrainOptions;
 use super::training::{self, model_err};
@@ -127,7 +129,7 @@ pub(super) fn mask_probability() -> f64 {
 }
 pub static PRETRAIN: StepKind = StepKind {
     name: "model.pretrain",
-    version: 4,
+    version: 5,
     summary: "train any architecture of the table (causal or masked LM), from scratch or on from `init`; saves a Hugging Face model directory",
     outputs: &[
         ("model", "model"),
@@ -262,14 +264,16 @@ fn pretrain(ctx: &mut StepContext) -> Result<(), StepError> {
         .unwrap_or(Path::new("the fresh model"));
     vocab.check_fits(config.vocab_size(), model_dir)?;
     let objective = objective_for(&config, &vocab, p.mask_probability)?;
-    let load = |path: &InputPath| -> Result<Vec<Row>, StepError> {
+    // Each table's alphabet is one the tokenizer spells, before anything trains.
+    let load = |path: &InputPath| -> Result<(Vec<Row>, Decided), StepError> {
         let seqs = read_sequences(path.path(), &p.column, p.max_sequences)?;
+        let decided = read_alphabet(&vocab, path.path(), &seqs, model_dir)?;
         let docs = encode(&vocab, &seqs)?;
-        Ok(rows_for(&vocab, &docs, &objective, p.seq_len))
+        Ok((rows_for(&vocab, &docs, &objective, p.seq_len), decided))
     };
-    let rows = load(&p.train)?;
+    let (rows, alphabet) = load(&p.train)?;
     let valid_rows = match &p.valid {
-        Some(v) => load(v)?,
+        Some(v) => load(v)?.0,
         None => Vec::new(),
     };
     writeln!(
@@ -322,8 +326,42 @@ fn pretrain(ctx: &mut StepContext) -> Result<(), StepError> {
         let merge = o.lora.as_ref().is_some_and(|l| l.merge);
         training::save_trained(&best, &ctx.out.join("model"), base, merge, &vocab.path)?;
         training::write_history(ctx.out, &trained.state, "loss (nats/token)")?;
-        write_metrics(ctx.out, &training::run_metrics(&trained, parameters))
+        let mut metrics = training::run_metrics(&trained, parameters);
+        super::merge(&mut metrics, alphabet.metrics());
+        write_metrics(ctx.out, &metrics)
     })
+}
+
+/// [`read_alphabet`] of a table's `column`, its rows named by line and id.
+pub(super) fn table_alphabet(
+    vocab: &Vocab,
+    table: &LocatedTable,
+    column: &str,
+    model: &Path,
+) -> Result<Decided, StepError> {
+    let seqs = table.texts(column, "sequence", "a sequence")?;
+    let decided = reading_alphabet(&table.meta, &seqs);
+    check_rows(decided, &seqs, &|i| table.at(i, column))?;
+    let name = format!("{}{}", table.path.display(), table.meta.origin());
+    vocab.check_alphabet(decided, &name, model)?;
+    Ok(decided)
+}
+
+/// The alphabet of the sequences `seqs` read from `path` (its metadata's, else their letters'),
+/// checked: rows that disagree with it, or letters the model's tokenizer cannot spell, are an
+/// error naming the table (and the user's file it came from) and the model.
+pub(super) fn read_alphabet(
+    vocab: &Vocab,
+    path: &Path,
+    seqs: &[String],
+    model: &Path,
+) -> Result<Decided, StepError> {
+    let meta = TableMeta::read(path);
+    let name = format!("{}{}", path.display(), meta.origin());
+    let decided = reading_alphabet(&meta, seqs);
+    check_rows(decided, seqs, &|i| format!("{name}: sequence {}", i + 1))?;
+    vocab.check_alphabet(decided, &name, model)?;
+    Ok(decided)
 }
 
 /// Say in the log which tensors a load skipped (another head's) and started fresh (this one's).

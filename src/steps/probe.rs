@@ -10,7 +10,10 @@ use serde_json::json;
 
 use super::data::fold_of;
 use super::embed::EMB;
-use super::table::{LocatedTable, class_indices, read_role, training_classes, write_table};
+use super::table::{
+    LocatedTable, TableMeta, class_indices, read_role, table_identity, training_classes,
+    write_table, write_table_with,
+};
 use super::{InputPath, StepContext, StepError, StepKind, params, plot, write_metrics};
 use crate::linear::{Lbfgs, Logistic, Matrix, Standardizer, argmax_rows};
 use crate::train::objective::classification_scores;
@@ -70,7 +73,7 @@ fn max_iter() -> usize {
 
 pub static PROBE: StepKind = StepKind {
     name: "eval.probe",
-    version: 2,
+    version: 3,
     summary: "logistic-regression probe on embeddings: scored on a test table or by seeded stratified k-fold (outputs `predictions`: id, label, prediction, prob_<class>)",
     outputs: &[("predictions", "predictions.parquet")],
     schema: |g| g.subschema_for::<ProbeParams>(),
@@ -191,6 +194,7 @@ fn probe(ctx: &mut StepContext) -> Result<(), StepError> {
     let p: ProbeParams = params(ctx.with).map_err(StepError::new)?;
     let path = |i: &InputPath| ctx.workdir.join(i.path());
     let fit = read_role(&path(&p.embeddings), &p.id, "embeddings")?;
+    let embedded = fit.meta.clone();
     let labels = fit.labels(&p.label, "label")?;
     let classes = training_classes(&fit, &labels, &p.label)?;
     let y = class_indices(&fit, &labels, &classes, &p.label, &fit.path)?;
@@ -267,14 +271,23 @@ fn probe(ctx: &mut StepContext) -> Result<(), StepError> {
         columns.push(Column::new(format!("prob_{class}").into(), col));
     }
     let mut df = DataFrame::new(rows.len(), columns)?;
-    write_table(&mut df, &ctx.out.join("predictions.parquet"))?;
+    let meta = TableMeta::rows_of(&scored.path)?;
+    write_table_with(&mut df, &ctx.out.join("predictions.parquet"), &meta)?;
     let mut metrics = json!({
         "dimension": x.cols,
         "classes": classes,
         "l2": p.l2,
         "standardize": p.standardize,
         "pairs": p.pair_embeddings.is_some(),
+        // The table scored (model.embed's vectors carry their table's identity), so the
+        // report shows this probe beside the other scores of that table.
+        "test_table": table_identity(&scored.path)?,
     });
+    // The alphabet of the sequences embedded, as model.embed recorded it.
+    if let Some(a) = &embedded.alphabet {
+        metrics["alphabet"] = json!(a);
+        metrics["alphabet_from"] = json!(embedded.alphabet_from);
+    }
     for (k, v) in &scores {
         metrics[k] = json!(v);
     }

@@ -159,7 +159,7 @@ fn check_common(label: &str, prediction: &str, bootstrap: usize) -> Result<(), S
 
 pub static CLASSIFY: StepKind = StepKind {
     name: "eval.classify",
-    version: 1,
+    version: 2,
     summary: "accuracy (with a bootstrap 95 % interval), balanced accuracy, precision/recall/F1, MCC, AUROC, AUPRC and a confusion matrix of a predictions table",
     outputs: &[("confusion", "confusion.svg")],
     schema: |g| g.subschema_for::<ClassifyParams>(),
@@ -176,7 +176,7 @@ pub static CLASSIFY: StepKind = StepKind {
 
 pub static REGRESS: StepKind = StepKind {
     name: "eval.regress",
-    version: 1,
+    version: 2,
     summary: "MSE, RMSE (with a bootstrap 95 % interval), MAE, Pearson, Spearman and R² of a predictions table",
     outputs: &[],
     schema: |g| g.subschema_for::<RegressParams>(),
@@ -189,7 +189,7 @@ pub static REGRESS: StepKind = StepKind {
 
 pub static TEXT: StepKind = StepKind {
     name: "eval.text",
-    version: 1,
+    version: 2,
     summary: "exact match and token F1 (SQuAD's normalisation, with a bootstrap 95 % interval) of generated texts against the real ones",
     outputs: &[],
     schema: |g| g.subschema_for::<TextParams>(),
@@ -294,6 +294,7 @@ fn text(ctx: &mut StepContext) -> Result<(), StepError> {
         }
     }
     metrics.insert("rows".into(), json!(truth.len()));
+    metrics.insert("test_table".into(), json!(test_table(&table, &p.label)?));
     write_metrics(ctx.out, &Value::Object(metrics))
 }
 
@@ -317,6 +318,7 @@ fn classify(ctx: &mut StepContext) -> Result<(), StepError> {
         Some(rows.iter().filter(|&&c| c).count() as f64 / rows.len() as f64)
     })?;
     add_interval(&mut metrics, "accuracy", ci, p.bootstrap, p.seed);
+    metrics["test_table"] = json!(test_table(&table, &p.label)?);
     if let Some(by) = &p.by {
         let groups = accuracy_by(ctx, &table, by, &correct)?;
         metrics[format!("accuracy_by_{}", by.column)] = groups;
@@ -407,6 +409,7 @@ fn regress(ctx: &mut StepContext) -> Result<(), StepError> {
         Some(score::rmse(&t, &p))
     })?;
     add_interval(&mut metrics, "rmse", ci, p.bootstrap, p.seed);
+    metrics["test_table"] = json!(test_table(&table, &p.label)?);
     writeln!(
         ctx.log,
         "{}: {} rows: RMSE {:.4}{}, MAE {:.4}, Pearson {}, Spearman {}, R² {}",
@@ -469,6 +472,30 @@ fn read_predictions(path: &Path) -> Result<LocatedTable, StepError> {
         )));
     }
     Ok(table)
+}
+
+/// The identity of the test table the predictions are of: the one their maker recorded
+/// (dnaflow's models, baselines and probes write it), else a hash of their ids and true
+/// labels, in id order (a table another tool wrote). The report groups scores by it.
+fn test_table(table: &LocatedTable, label: &str) -> Result<String, StepError> {
+    if let Some(id) = &table.meta.rows_of {
+        return Ok(id.clone());
+    }
+    let truth = table.texts(label, "label", "a label")?;
+    let ids = match table.df.column("id") {
+        Ok(_) => table.texts("id", "id", "an id")?,
+        Err(_) => (1..=truth.len()).map(|i| i.to_string()).collect(),
+    };
+    let mut rows: Vec<(String, String)> = ids.into_iter().zip(truth).collect();
+    rows.sort();
+    let mut hasher = blake3::Hasher::new();
+    for (id, truth) in &rows {
+        for field in [id, truth] {
+            hasher.update(&(field.len() as u64).to_le_bytes());
+            hasher.update(field.as_bytes());
+        }
+    }
+    Ok(hasher.finalize().to_hex()[..16].to_string())
 }
 
 /// A scoring error, named by the file it came from.
@@ -557,5 +584,27 @@ mod tests {
             e.contains("no column `truth`; the columns are: label, prediction"),
             "{e}"
         );
+    }
+
+    /// Predictions carry the identity of the table they are of; a table without it (another
+    /// tool's) is known by its ids and true labels, whatever the order of its rows.
+    #[test]
+    fn predictions_know_their_test_table() {
+        let d = tempfile::tempdir().unwrap();
+        let csv = |name: &str, text: &str| {
+            let path = d.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            read_predictions(&path).unwrap()
+        };
+        let a = csv("a.csv", "id,label,prediction\nr1,x,x\nr2,y,x\n");
+        let a_again = csv("b.csv", "id,label,prediction\nr2,y,y\nr1,x,y\n");
+        let other = csv("c.csv", "id,label,prediction\nr3,x,x\nr4,y,x\n");
+        let id = test_table(&a, "label").unwrap();
+        assert_eq!(id.len(), 16);
+        assert_eq!(test_table(&a_again, "label").unwrap(), id);
+        assert_ne!(test_table(&other, "label").unwrap(), id);
+        let mut recorded = csv("d.csv", "id,label,prediction\nr3,x,x\n");
+        recorded.meta.rows_of = Some("0123456789abcdef".into());
+        assert_eq!(test_table(&recorded, "label").unwrap(), "0123456789abcdef");
     }
 }

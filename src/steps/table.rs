@@ -223,6 +223,22 @@ pub struct TableMeta {
     /// The user's file the rows came from (what errors about rows name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// For a table made row for row from another (embeddings, predictions): that table's
+    /// [`table_identity`], so scores on one test table are known to be on one test table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows_of: Option<String>,
+}
+
+/// The identity of a table's rows: the one it records (`rows_of`, a table made row for row
+/// from another), else the blake3 of its bytes (16 hex digits), so one cached table, read by
+/// any step, has one identity.
+pub fn table_identity(path: &Path) -> Result<String, StepError> {
+    if let Some(id) = TableMeta::read(path).rows_of {
+        return Ok(id);
+    }
+    let bytes =
+        std::fs::read(path).map_err(|e| StepError::new(format!("{}: {e}", path.display())))?;
+    Ok(blake3::hash(&bytes).to_hex()[..16].to_string())
 }
 
 /// The parquet metadata key of [`TableMeta`].
@@ -257,7 +273,18 @@ impl TableMeta {
         if meta.source.is_none() {
             meta.source = Some(path.display().to_string());
         }
+        // A data kind makes other rows: they are no longer the rows of the table named.
+        meta.rows_of = None;
         meta
+    }
+
+    /// What a table made row for row from `path` carries (model.embed's embeddings, the
+    /// predictions of a test table): its alphabet and source, and `path`'s identity.
+    pub fn rows_of(path: &Path) -> Result<TableMeta, StepError> {
+        Ok(TableMeta {
+            rows_of: Some(table_identity(path)?),
+            ..TableMeta::carried(path)
+        })
     }
 
     /// What a table stacked from `paths` carries: every source, the alphabet they agree on.
@@ -282,6 +309,7 @@ impl TableMeta {
             alphabet_from: agreed(|m| &m.alphabet_from),
             ambiguous: metas.iter().map(|m| m.ambiguous).sum(),
             source: (!sources.is_empty()).then(|| sources.join(", ")),
+            rows_of: None,
         }
     }
 

@@ -21,7 +21,8 @@ use tokenizers::{
     PreTokenizerWrapper, Tokenizer, TokenizerBuilder, TokenizerImpl, Trainer,
 };
 
-use super::table::for_each_sequence;
+use super::data::{Alphabet, Decided, check_rows, reading_alphabet};
+use super::table::{TableMeta, for_each_sequence};
 use super::{InputPath, StepContext, StepError, StepKind, params, plot};
 
 /// Tokenizer models for DNA.
@@ -88,7 +89,7 @@ fn k() -> usize {
 
 pub static TRAIN: StepKind = StepKind {
     name: "tokenizer.train",
-    version: 2,
+    version: 3,
     summary: "train a DNA tokenizer (bpe, wordpiece, unigram, char, kmer) into tokenizer.json",
     outputs: &[("tokenizer", "tokenizer.json")],
     schema: |g| g.subschema_for::<TrainParams>(),
@@ -285,15 +286,19 @@ fn train(ctx: &mut StepContext) -> Result<(), StepError> {
         seqs.extend(read_sequences(p.input.path(), column, p.max_sequences)?);
     }
     let bases: usize = seqs.iter().map(String::len).sum();
+    let decided = training_alphabet(&p, &seqs)?;
     let specials = p.special_tokens.clone().unwrap_or_else(|| match p.model {
         ModelKind::Bpe => vec!["<|endoftext|>".to_string()],
         _ => bert_specials(),
     });
     writeln!(
         ctx.log,
-        "training {:?} on {} sequences, {bases} bases",
+        "training {:?} on {} sequences, {bases} bases; alphabet {} ({}, {} ambiguous letters)",
         p.model,
-        seqs.len()
+        seqs.len(),
+        decided.alphabet.name(),
+        decided.from,
+        decided.ambiguous
     )?;
     // Train with the threads the scheduler granted, not the whole machine. Unigram's EM sums
     // floats per thread chunk, so it trains on one thread: its result must not depend on `cpus`.
@@ -312,7 +317,12 @@ fn train(ctx: &mut StepContext) -> Result<(), StepError> {
             ModelKind::Bpe => bpe_tokenizer(&seqs, p.vocab_size, p.min_frequency, &specials)?,
             ModelKind::Char => {
                 // A BPE with room for nothing but the alphabet learns no merges: one token per base.
-                let alphabet: HashSet<char> = seqs.iter().flat_map(|s| s.chars()).collect();
+                // Every letter of the table's alphabet has a token, seen in training or not.
+                let alphabet: HashSet<char> = seqs
+                    .iter()
+                    .flat_map(|s| s.chars())
+                    .chain(decided.alphabet.letters().chars())
+                    .collect();
                 let builder = Builder::<BPE>::new()
                     .with_model(
                         BPE::builder()
@@ -384,7 +394,7 @@ fn train(ctx: &mut StepContext) -> Result<(), StepError> {
                 t.with_post_processor(template);
                 t.into()
             }
-            ModelKind::Kmer => kmer_tokenizer(p.k, &specials)?,
+            ModelKind::Kmer => kmer_tokenizer(p.k, kmer_bases(decided)?, &specials)?,
         })
     })?;
     if unigram_retries > 0 {
@@ -405,16 +415,59 @@ fn train(ctx: &mut StepContext) -> Result<(), StepError> {
     }
     let path = ctx.out.join("tokenizer.json");
     tokenizer.save(&path, true).map_err(tk)?;
-    write_hf_configs(ctx.out, &specials, p.model, &p)?;
-    let metrics = json!({
+    let recorded = match p.model {
+        ModelKind::Kmer => kmer_alphabet(decided),
+        _ => decided.alphabet,
+    };
+    write_hf_configs(ctx.out, &specials, p.model, &p, recorded)?;
+    let mut metrics = json!({
         "model": format!("{:?}", p.model).to_lowercase(),
         "vocab_size": tokenizer.get_vocab_size(true),
         "sequences": seqs.len(),
         "bases": bases,
         "seconds": (clock.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
     });
+    super::merge(&mut metrics, decided.metrics());
     super::write_metrics(ctx.out, &metrics)?;
     Ok(())
+}
+
+/// The training table's alphabet ([`reading_alphabet`]: what its metadata records, else its
+/// letters, `any` for a corpus of several); rows that disagree with a recorded one are an
+/// error naming them.
+fn training_alphabet(p: &TrainParams, seqs: &[String]) -> Result<Decided, StepError> {
+    let path = p.input.path();
+    let meta = TableMeta::read(path);
+    let decided = reading_alphabet(&meta, seqs);
+    check_rows(decided, seqs, &|i| {
+        format!("{}{}: sequence {}", path.display(), meta.origin(), i + 1)
+    })?;
+    Ok(decided)
+}
+
+/// The alphabet of a k-mer vocabulary: RNA's k-mers for an RNA table, DNA's otherwise (text
+/// already cut into k-mers is DNA's).
+fn kmer_alphabet(decided: Decided) -> Alphabet {
+    match decided.alphabet {
+        Alphabet::Rna => Alphabet::Rna,
+        _ => Alphabet::Dna,
+    }
+}
+
+/// The four bases a k-mer vocabulary is made of; a protein table is an error (20^k k-mers).
+fn kmer_bases(decided: Decided) -> Result<&'static [u8; 4], StepError> {
+    if decided.alphabet == Alphabet::Protein {
+        return Err(StepError::new(format!(
+            "the sequences are protein ({}): kmer tokenizers are nucleotide k-mers; use `model: \
+             char` or `bpe` for proteins, or declare the table's alphabet (data.load `alphabet:`) \
+             if it is DNA or RNA",
+            decided.from
+        )));
+    }
+    Ok(match kmer_alphabet(decided) {
+        Alphabet::Rna => b"ACGU",
+        _ => b"ACGT",
+    })
 }
 
 /// The same tokenizer whatever order the trainer's (randomly seeded) hash maps were walked in.
@@ -478,9 +531,10 @@ fn canonical(tokenizer: Tokenizer, model: ModelKind) -> Result<Tokenizer, StepEr
 /// window, and fixed, so the limit does not depend on the training data.
 const MAX_WORD: usize = 1_000_000_000;
 
-/// Every k-mer over ACGT in lexical order after the specials; raw sequences are cut into
-/// consecutive k-mers, and text already split into (overlapping) k-mers by spaces is kept.
-fn kmer_tokenizer(k: usize, specials: &[String]) -> Result<Tokenizer, StepError> {
+/// Every k-mer over the four `bases` (ACGT, or ACGU for RNA) in lexical order after the
+/// specials; raw sequences are cut into consecutive k-mers, and text already split into
+/// (overlapping) k-mers by spaces is kept.
+fn kmer_tokenizer(k: usize, bases: &[u8; 4], specials: &[String]) -> Result<Tokenizer, StepError> {
     let mut vocab = serde_json::Map::new();
     for s in specials {
         vocab.insert(s.clone(), json!(vocab.len()));
@@ -488,7 +542,7 @@ fn kmer_tokenizer(k: usize, specials: &[String]) -> Result<Tokenizer, StepError>
     for i in 0..4usize.pow(k as u32) {
         let kmer: String = (0..k)
             .rev()
-            .map(|j| b"ACGT"[(i >> (2 * j)) & 3] as char)
+            .map(|j| bases[(i >> (2 * j)) & 3] as char)
             .collect();
         vocab.insert(kmer, json!(vocab.len()));
     }
@@ -538,6 +592,7 @@ fn write_hf_configs(
     specials: &[String],
     model: ModelKind,
     p: &TrainParams,
+    alphabet: Alphabet,
 ) -> Result<(), StepError> {
     let find = |needle: &str| specials.iter().find(|s| s.contains(needle)).cloned();
     let mut map = BTreeMap::new();
@@ -564,6 +619,8 @@ fn write_hf_configs(
     for (role, token) in &map {
         config[*role] = json!(token);
     }
+    // Not read by transformers; tells the model kinds what the tokenizer was trained for.
+    config[super::vocab::ALPHABET_KEY] = json!(alphabet.name());
     if model == ModelKind::Kmer {
         // Not read by transformers; tells dnaflow (and readers) how sequences were split.
         config["dnaflow_kmer"] = json!({ "k": p.k, "overlap": p.overlap });
@@ -719,7 +776,7 @@ mod tests {
 
     #[test]
     fn kmer_vocab_has_every_kmer_and_splits_raw_and_presplit_text() {
-        let t = kmer_tokenizer(2, &bert_specials()).unwrap();
+        let t = kmer_tokenizer(2, b"ACGT", &bert_specials()).unwrap();
         assert_eq!(t.get_vocab_size(true), 5 + 16);
         assert_eq!(t.token_to_id("AA"), Some(5));
         assert_eq!(t.token_to_id("TT"), Some(20));
@@ -733,5 +790,24 @@ mod tests {
             t.encode("ANGT", false).unwrap().get_tokens(),
             &["[UNK]", "GT"]
         );
+    }
+
+    /// An RNA table's k-mers are of A, C, G and U; a protein table has no k-mer vocabulary;
+    /// text already cut into k-mers keeps DNA's.
+    #[test]
+    fn a_kmer_vocabulary_is_made_of_the_tables_bases() {
+        let decided = |alphabet| Decided {
+            alphabet,
+            from: "table",
+            ambiguous: 0,
+        };
+        let rna = kmer_bases(decided(Alphabet::Rna)).unwrap();
+        let t = kmer_tokenizer(2, rna, &bert_specials()).unwrap();
+        assert_eq!(t.token_to_id("UU"), Some(20));
+        assert_eq!(t.token_to_id("TT"), None);
+        let err = kmer_bases(decided(Alphabet::Protein)).unwrap_err();
+        assert!(err.to_string().contains("nucleotide k-mers"), "{err}");
+        assert_eq!(kmer_bases(decided(Alphabet::Text)).unwrap(), b"ACGT");
+        assert_eq!(kmer_alphabet(decided(Alphabet::Text)), Alphabet::Dna);
     }
 }

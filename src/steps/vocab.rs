@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use tokenizers::Tokenizer;
 
 use super::StepError;
+use super::data::{Alphabet, Decided};
 use super::tokenizer::open_tokenizer;
 use crate::train::{self, Row};
 
@@ -23,6 +24,9 @@ pub(crate) struct Vocab {
     pub specials: Vec<u32>,
     /// The token that stands for what the vocabulary lacks (`[UNK]`, `<unk>`), if any.
     pub unk: Option<u32>,
+    /// The alphabet it was trained for, as tokenizer.train records it in the
+    /// tokenizer_config.json beside it (`dnaflow_alphabet`); `None` for tokenizers made elsewhere.
+    pub alphabet: Option<Alphabet>,
 }
 
 /// Read a tokenizer and its special tokens. The roles (`eos_token`, `pad_token`,
@@ -56,6 +60,7 @@ pub(crate) fn load_vocab(path: &Path) -> Result<Vocab, StepError> {
         .collect();
     Ok(Vocab {
         size: tokenizer.get_vocab_size(true),
+        alphabet: recorded_alphabet(&path),
         path,
         tokenizer,
         pad,
@@ -81,6 +86,66 @@ impl Vocab {
             )));
         }
         Ok(())
+    }
+
+    /// That this tokenizer spells every letter of a table's alphabet (`decided`): a letter its
+    /// recorded alphabet lacks, or that it encodes as the unknown token (or drops), is an error
+    /// before anything runs, naming the table (`table`), its alphabet, the model (`model`) and
+    /// the model's alphabet. A byte-level tokenizer encodes any letter, so what it was trained
+    /// for is what tells a DNA model given proteins.
+    pub(crate) fn check_alphabet(
+        &self,
+        decided: Decided,
+        table: &str,
+        model: &Path,
+    ) -> Result<(), StepError> {
+        let mut missing = String::new();
+        for c in decided.alphabet.letters().chars() {
+            let untrained = self.alphabet.is_some_and(|a| !a.allows(c as u8));
+            if untrained || !self.spells(c)? {
+                missing.push(c);
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let theirs = match self.alphabet {
+            Some(a) => format!("a {} tokenizer ({})", a.name(), self.path.display()),
+            None => format!(
+                "its tokenizer {} spells only `{}`",
+                self.path.display(),
+                self.spelled_letters()?
+            ),
+        };
+        Err(StepError::new(format!(
+            "{table}: the table's alphabet is {} ({}), which the model {} cannot read: {theirs}, \
+             without `{missing}`; give this table to a model trained on {} sequences (or train \
+             a tokenizer and model on it), or, if the table is not {}, declare its alphabet \
+             (data.load `alphabet:`)",
+            decided.alphabet.name(),
+            decided.from,
+            model.display(),
+            decided.alphabet.name(),
+            decided.alphabet.name(),
+        )))
+    }
+
+    /// Whether a run of the letter `c` encodes to known tokens: 840 of them, a multiple of every
+    /// k-mer length, so a k-mer vocabulary is asked for whole k-mers.
+    fn spells(&self, c: char) -> Result<bool, StepError> {
+        let run: String = std::iter::repeat_n(c, 840).collect();
+        Ok(self.unknown_chars(&run)?.is_empty())
+    }
+
+    /// The capital letters (and `*`) the tokenizer spells, for messages.
+    fn spelled_letters(&self) -> Result<String, StepError> {
+        let mut spelled = String::new();
+        for c in ('A'..='Z').chain(['*']) {
+            if self.spells(c)? {
+                spelled.push(c);
+            }
+        }
+        Ok(spelled)
     }
 
     /// The characters of `text` no known token covers: mapped to the unknown token, or
@@ -164,6 +229,19 @@ pub(crate) fn check_unknown(
         examples.join("; ")
     )))
 }
+
+/// The alphabet tokenizer.train recorded (`dnaflow_alphabet`) in the tokenizer_config.json
+/// beside `tokenizer_json`, which model directories carry with their tokenizer.
+fn recorded_alphabet(tokenizer_json: &Path) -> Option<Alphabet> {
+    let dir = tokenizer_json.parent().unwrap_or(Path::new("."));
+    let text = std::fs::read_to_string(dir.join("tokenizer_config.json")).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    Alphabet::from_name(json.get(ALPHABET_KEY)?.as_str()?)
+}
+
+/// The tokenizer_config.json key where tokenizer.train records the alphabet it was trained for
+/// (transformers ignores it).
+pub(crate) const ALPHABET_KEY: &str = "dnaflow_alphabet";
 
 /// The special tokens a tokenizer's HF files name, by role: `special_tokens_map.json`, then
 /// `tokenizer_config.json` over it (a token is a string or `{"content": …}`).
@@ -286,5 +364,77 @@ mod tests {
         assert_eq!(vocab.bert, Some((0, 2, 32)));
         let rows = encode(&vocab, &["MKT<mask>A".to_string()]).unwrap();
         assert_eq!(rows[0].ids, vec![20, 15, 11, 32, 5]);
+    }
+
+    fn decided(alphabet: Alphabet) -> Decided {
+        Decided {
+            alphabet,
+            from: "table",
+            ambiguous: 0,
+        }
+    }
+
+    /// A DNA tokenizer reads a DNA table; given proteins it names the table, its alphabet, the
+    /// model and the letters the tokenizer spells, before any training.
+    #[test]
+    fn a_tokenizer_must_spell_the_tables_alphabet() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizers");
+        let model = Path::new("models/dna");
+        for name in ["char.json", "kmer.json", "wordpiece.json", "unigram.json"] {
+            let vocab = load_vocab(&fixtures.join(name)).unwrap();
+            assert_eq!(vocab.alphabet, None, "{name}");
+            vocab
+                .check_alphabet(decided(Alphabet::Dna), "t.parquet", model)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let err = vocab
+                .check_alphabet(
+                    decided(Alphabet::Protein),
+                    "t.parquet (rows from p.tsv)",
+                    model,
+                )
+                .unwrap_err()
+                .to_string();
+            for part in [
+                "t.parquet (rows from p.tsv)",
+                "alphabet is protein (table)",
+                "models/dna",
+                "without `DEFHIKLM",
+            ] {
+                assert!(err.contains(part), "{name}: {part} not in: {err}");
+            }
+        }
+        let err = load_vocab(&fixtures.join("char.json"))
+            .unwrap()
+            .check_alphabet(decided(Alphabet::Rna), "t", model)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("spells only `ACGT`") && err.contains("without `U`"),
+            "{err}"
+        );
+    }
+
+    /// A byte-level BPE encodes any letter: the alphabet it was trained for (recorded by
+    /// tokenizer.train) is what refuses a protein table.
+    #[test]
+    fn a_byte_level_tokenizer_is_held_to_its_recorded_alphabet() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizers");
+        let mut vocab = load_vocab(&fixtures.join("bpe.json")).unwrap();
+        let model = Path::new("m");
+        vocab
+            .check_alphabet(decided(Alphabet::Protein), "t", model)
+            .unwrap();
+        vocab.alphabet = Some(Alphabet::Dna);
+        vocab
+            .check_alphabet(decided(Alphabet::Dna), "t", model)
+            .unwrap();
+        let err = vocab
+            .check_alphabet(decided(Alphabet::Protein), "t", model)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("a dna tokenizer"), "{err}");
+        vocab
+            .check_alphabet(decided(Alphabet::Text), "t", model)
+            .unwrap();
     }
 }

@@ -23,7 +23,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::model::{Vocab, encode_spans, load_model, load_vocab};
-use super::table::{LocatedTable, class_label, id_column, read_role, sequence_column, write_table};
+use super::table::{
+    LocatedTable, class_label, id_column, read_role, sequence_column, table_identity, write_table,
+};
 use super::tokenizer::fold_case;
 use super::train_options::{batch_size, cpu, resolve_device};
 use super::{InputPath, StepContext, StepError, StepKind, params, plot, write_metrics};
@@ -121,7 +123,7 @@ fn dna_letters() -> String {
 
 pub static SCORE: StepKind = StepKind {
     name: "model.score",
-    version: 6,
+    version: 7,
     summary: "zero-shot scores: sequence log-likelihoods, variant effects (log-likelihood \
               ratios) and in-silico saturation mutagenesis with any language model or classifier",
     outputs: &[("scores", "scores.parquet"), ("plot", "scores.svg")],
@@ -314,10 +316,13 @@ fn score(ctx: &mut StepContext) -> Result<(), StepError> {
         }
     })?;
     let Scored {
-        mut table,
-        metrics,
+        table: scores,
+        mut metrics,
         plot,
     } = scored;
+    // The table scored, so the report shows this score beside the others of that table.
+    metrics["test_table"] = json!(table_identity(&table.path)?);
+    let mut table = scores;
     write_table(&mut table, &ctx.out.join("scores.parquet"))?;
     let svg = ctx.out.join("scores.svg");
     match plot {

@@ -35,7 +35,7 @@ use serde_json::{Value, json};
 
 use super::data::{Alphabet, Decided, check_rows, decide_alphabet, detect_alphabet};
 use super::table::{
-    LocatedTable, TableMeta, class_indices, read_role, training_classes, write_table,
+    LocatedTable, TableMeta, class_indices, read_role, training_classes, write_table_with,
 };
 
 /// A table a baseline reads, rows located for errors.
@@ -165,7 +165,7 @@ const OUTPUTS: &[(&str, &str)] = &[
 
 pub static CLASSIFY: StepKind = StepKind {
     name: "baseline.classify",
-    version: 2,
+    version: 3,
     summary: "L2 logistic regression on one-hot or k-mer features, fitted on `train`, predicting `test` (outputs `predictions`: id, label, prediction, prob_<class>; `model`)",
     outputs: OUTPUTS,
     schema: |g| g.subschema_for::<LogisticParams>(),
@@ -193,7 +193,7 @@ pub static CLASSIFY: StepKind = StepKind {
 
 pub static REGRESS: StepKind = StepKind {
     name: "baseline.regress",
-    version: 2,
+    version: 3,
     summary: "ridge regression on one-hot or k-mer features, fitted on `train`, predicting `test` (outputs `predictions`: id, label, prediction; `model`)",
     outputs: OUTPUTS,
     schema: |g| g.subschema_for::<RidgeParams>(),
@@ -558,6 +558,16 @@ impl Design {
     }
 }
 
+/// Write a baseline's predictions of the `test` table, carrying its identity and source (so
+/// the report puts them beside the other scores of that table).
+fn write_predictions(df: &mut DataFrame, test: &Path, out: &Path) -> Result<(), StepError> {
+    write_table_with(
+        df,
+        &out.join("predictions.parquet"),
+        &TableMeta::rows_of(test)?,
+    )
+}
+
 /// Whether the sequences are nucleotides by their composition ([`detect_alphabet`]): a stray
 /// letter or ambiguity code does not make DNA protein.
 fn is_dna(seqs: &[String]) -> bool {
@@ -832,7 +842,7 @@ fn classify(ctx: &mut StepContext) -> Result<(), StepError> {
         columns.push(Column::new(format!("prob_{class}").into(), col));
     }
     let mut df = DataFrame::new(probs.rows, columns)?;
-    write_table(&mut df, &ctx.out.join("predictions.parquet"))?;
+    write_predictions(&mut df, &inputs.test.path, ctx.out)?;
 
     let names = design.names();
     let coef: serde_json::Map<String, Value> = (0..model.coef.rows)
@@ -992,7 +1002,7 @@ fn classify_multi(
         columns.push(Column::new(format!("prob_{label}").into(), col));
     }
     let mut df = DataFrame::new(test_probs.len(), columns)?;
-    write_table(&mut df, &ctx.out.join("predictions.parquet"))?;
+    write_predictions(&mut df, &inputs.test.path, ctx.out)?;
     let names = design.names();
     let per_label: serde_json::Map<String, Value> = labels
         .iter()
@@ -1075,7 +1085,7 @@ fn regress(ctx: &mut StepContext) -> Result<(), StepError> {
             Column::new("prediction".into(), pred),
         ],
     )?;
-    write_table(&mut df, &ctx.out.join("predictions.parquet"))?;
+    write_predictions(&mut df, &inputs.test.path, ctx.out)?;
     let settings = json!({ "type": "ridge", "alpha": p.alpha });
     let weights: serde_json::Map<String, Value> = features
         .names()

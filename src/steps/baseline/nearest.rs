@@ -7,7 +7,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{FeatureKind, Features, Table, read_role, write_table};
+use super::{FeatureKind, Features, Table, read_role};
 use crate::linear::Matrix;
 use crate::steps::{InputPath, StepContext, StepError, StepKind, params, write_metrics};
 
@@ -35,7 +35,7 @@ struct NearestParams {
 /// The `baseline.nearest` kind.
 pub static NEAREST: StepKind = StepKind {
     name: "baseline.nearest",
-    version: 2,
+    version: 3,
     summary: "copy the label or text of the training row whose k-mer profile is nearest (cosine) to each test row (output `predictions`: id, label, prediction, neighbour, similarity)",
     outputs: &[("predictions", "predictions.parquet")],
     schema: |g| g.subschema_for::<NearestParams>(),
@@ -122,7 +122,7 @@ fn nearest(ctx: &mut StepContext) -> Result<(), StepError> {
             Column::new("similarity".into(), &similarity),
         ],
     )?;
-    write_table(&mut df, &ctx.out.join("predictions.parquet"))?;
+    super::write_predictions(&mut df, &test.path, ctx.out)?;
     let mean = similarity.iter().sum::<f64>() / similarity.len().max(1) as f64;
     writeln!(
         ctx.log,

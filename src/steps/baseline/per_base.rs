@@ -17,9 +17,7 @@ use super::{
     base_code, check_penalty, fit_logistic, logistic_settings, max_iter, one, read_inputs,
 };
 use crate::linear::{Matrix, argmax_rows};
-use crate::steps::table::{
-    LocatedTable, base_classes, label_characters, label_strings, write_table,
-};
+use crate::steps::table::{LocatedTable, base_classes, label_characters, label_strings};
 use crate::steps::{
     InputPath, StepContext, StepError, StepKind, params, score::report_per_base, write_json,
     write_metrics,
@@ -66,7 +64,7 @@ const MAX_VALUES: usize = 1 << 26;
 
 pub static PER_BASE: StepKind = StepKind {
     name: "baseline.per-base",
-    version: 1,
+    version: 2,
     summary: "L2 logistic regression per base on a one-hot window of the bases around it, for per-base labels (one character per base); writes `predictions` (id, label, prediction as label strings) and `model`",
     outputs: &[
         ("predictions", "predictions.parquet"),
@@ -225,7 +223,7 @@ fn per_base(ctx: &mut StepContext) -> Result<(), StepError> {
             Column::new("prediction".into(), &pred),
         ],
     )?;
-    write_table(&mut df, &ctx.out.join("predictions.parquet"))?;
+    super::write_predictions(&mut df, &inputs.test.path, ctx.out)?;
 
     let settings = logistic_settings(&model, p.l2, p.max_iter);
     let offsets: Vec<String> = (0..2 * p.window + 1)

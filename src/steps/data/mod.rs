@@ -113,7 +113,8 @@ impl Alphabet {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decided {
     pub alphabet: Alphabet,
-    /// `declared` (the step's `alphabet:`), `table` (the table's metadata) or `detected`.
+    /// `declared` (the step's `alphabet:`), `table` (the table's metadata), `detected`, or
+    /// `mixed` (detected rows of several alphabets, read as `any`: [`reading_alphabet`]).
     pub from: &'static str,
     /// Letters outside the alphabet's plain letters (nucleotides: not A/C/G/T/U, so `N` and
     /// the IUPAC ambiguity codes; protein: not one of the 20 amino acids).
@@ -132,6 +133,17 @@ impl Alphabet {
         ]
         .into_iter()
         .find(|a| a.name() == name)
+    }
+
+    /// The letters a model of this alphabet must spell (no ambiguity codes): `ACGT`, `ACGU`,
+    /// the 20 amino acids; none for `any` and `text`, which any tokenizer may meet.
+    pub fn letters(self) -> &'static str {
+        match self {
+            Alphabet::Dna => "ACGT",
+            Alphabet::Rna => "ACGU",
+            Alphabet::Protein => "ACDEFGHIKLMNPQRSTVWY",
+            Alphabet::Any | Alphabet::Text => "",
+        }
     }
 
     /// Whether it is DNA or RNA.
@@ -221,6 +233,33 @@ pub fn decide_alphabet(
         alphabet,
         from,
         ambiguous,
+    }
+}
+
+/// The alphabet a tokenizer or model reads a table in: the table's metadata, else its letters
+/// ([`decide_alphabet`]); where the letters decide and rows disagree with them (one corpus of
+/// DNA, protein and prose, as chapter 2.5 trains one tokenizer and one model on), `any`, from
+/// `mixed`: every letter is then the table's own.
+pub fn reading_alphabet(meta: &crate::steps::table::TableMeta, seqs: &[String]) -> Decided {
+    let decided = decide_alphabet(None, meta, seqs);
+    if decided.from == "detected" && check_rows(decided, seqs, &|_| String::new()).is_err() {
+        return Decided {
+            alphabet: Alphabet::Any,
+            from: "mixed",
+            ..decided
+        };
+    }
+    decided
+}
+
+impl Decided {
+    /// The alphabet and how it was decided, as metrics show it (beside the step's others).
+    pub fn metrics(self) -> serde_json::Value {
+        serde_json::json!({
+            "alphabet": self.alphabet.name(),
+            "alphabet_from": self.from,
+            "ambiguous_letters": self.ambiguous,
+        })
     }
 }
 
@@ -510,5 +549,32 @@ mod tests {
         assert_ne!(a, c);
         a.sort();
         assert_eq!(a, (0..50).collect::<Vec<_>>());
+    }
+
+    /// A consumer reads a table in its recorded alphabet; a corpus whose letters say DNA but
+    /// whose rows are of several alphabets (chapter 2.5's) reads as `any`, not as an error.
+    #[test]
+    fn a_corpus_of_several_alphabets_reads_as_any() {
+        // 200 bases, 10 amino acids, 10 letters of prose: 93 % of the letters nucleotides.
+        let corpus = vec![
+            "ACGTACGTAC".repeat(20),
+            "MKLVWEEQRS".to_string(),
+            "And God said".to_string(),
+        ];
+        let none = crate::steps::table::TableMeta::default();
+        let d = reading_alphabet(&none, &corpus);
+        assert_eq!((d.alphabet, d.from), (Alphabet::Any, "mixed"));
+        assert_eq!(
+            decide_alphabet(None, &none, &corpus).alphabet,
+            Alphabet::Dna
+        );
+        let dna = reading_alphabet(&none, &corpus[..1]);
+        assert_eq!((dna.alphabet, dna.from), (Alphabet::Dna, "detected"));
+        let meta = crate::steps::table::TableMeta {
+            alphabet: Some("dna".into()),
+            ..Default::default()
+        };
+        let recorded = reading_alphabet(&meta, &corpus);
+        assert_eq!((recorded.alphabet, recorded.from), (Alphabet::Dna, "table"));
     }
 }
