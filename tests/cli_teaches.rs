@@ -220,6 +220,83 @@ fn publish_copies_named_outputs_out_of_the_cache_after_success() {
 }
 
 #[test]
+fn a_workflow_publish_copies_the_listed_outputs_once_the_whole_run_has_succeeded() {
+    let p = Project::new();
+    let top =
+        "publish:\n  to: \"results-${{ params.tag }}\"\n  outputs: [steps.shell.greeting, note]\n";
+    p.write(
+        "wf.yaml",
+        &WF.replace("steps:\n", &format!("{top}steps:\n")),
+    );
+    let (out, _) = p.run(&["wf.yaml"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("published shell.greeting"),
+        "{}",
+        text(&out)
+    );
+    // `<to>/<step>/<name in the step's folder>`; a step named alone: its whole folder.
+    assert_eq!(read(&p.path("results-x/shell/hi.txt")), "hi\n");
+    assert!(!p.path("results-x/shell/metrics.json").exists());
+    let note = p.dnaflow(&["out", "wf.yaml", "note"]);
+    let note = std::path::PathBuf::from(String::from_utf8_lossy(&note.stdout).trim());
+    for f in std::fs::read_dir(&note).unwrap() {
+        let name = f.unwrap().file_name();
+        assert!(p.path("results-x/note").join(&name).is_file(), "{name:?}");
+    }
+    // A run of some targets publishes what it ran and names the rest.
+    std::fs::remove_dir_all(p.path("results-x")).unwrap();
+    let (some, _) = p.run(&["wf.yaml", "note"]);
+    assert!(some.status.success(), "{}", text(&some));
+    assert!(p.path("results-x/note").is_dir());
+    assert!(!p.path("results-x/shell").exists());
+    assert!(
+        text(&some).contains("not published (not part of this run): shell.greeting"),
+        "{}",
+        text(&some)
+    );
+
+    // A failed run publishes nothing, and says why the run failed.
+    let failing = WF
+        .replace("steps:\n", &format!("{top}steps:\n"))
+        .replace("run: |\n", "run: |\n      false\n");
+    p.write("fails.yaml", &failing);
+    std::fs::remove_dir_all(p.path("results-x")).unwrap();
+    let (failed, _) = p.run(&["fails.yaml", "--keep-going"]);
+    assert!(!failed.status.success());
+    assert!(!p.path("results-x").exists(), "{}", text(&failed));
+
+    // Names checked before anything runs, at their line; never into the cache.
+    p.write(
+        "bad.yaml",
+        "publish:\n  to: results\n  outputs:\n    - steps.shel.greeting\n    - steps.a.nope\nsteps:\n  a:\n    run: echo hi > ${{ out }}/x.txt\n",
+    );
+    let bad = p.dnaflow(&["validate", "bad.yaml"]);
+    assert_eq!(bad.status.code(), Some(2));
+    let t = text(&bad);
+    assert!(
+        t.contains("bad.yaml:4") && t.contains("no step `shel`"),
+        "{t}"
+    );
+    assert!(
+        t.contains("bad.yaml:5") && t.contains("`a` has no output `nope`"),
+        "{t}"
+    );
+    assert!(t.contains("its outputs: out, metrics"), "{t}");
+    p.write(
+        "into.yaml",
+        "publish: { to: cache/here, outputs: [a] }\nsteps:\n  a:\n    run: echo hi > ${{ out }}/x.txt\n",
+    );
+    let (into, _) = p.run(&["into.yaml"]);
+    assert!(!into.status.success());
+    assert!(
+        text(&into).contains("points into the cache"),
+        "{}",
+        text(&into)
+    );
+}
+
+#[test]
 fn validate_refuses_a_device_this_binary_was_built_without() {
     let p = Project::new();
     p.write(

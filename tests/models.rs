@@ -90,6 +90,9 @@ steps:
   test:
     uses: eval.lm
     with: {{ model: "${{{{ steps.gpt2.model }}}}", data: heldout.txt, seq_len: 32, baseline: "${{{{ steps.markov.metrics }}}}" }}
+  itself:
+    uses: eval.lm
+    with: {{ model: "${{{{ steps.gpt2.model }}}}", data: heldout.txt, seq_len: 32, baseline: "${{{{ steps.test.metrics }}}}" }}
   sample:
     uses: model.generate
     with: {{ model: "${{{{ steps.gpt2.model }}}}", prompts: [ACGT, ""], samples: 2, max_new_tokens: 40, top_k: 3, seed: 1, stop_at_eos: false }}
@@ -126,6 +129,31 @@ fn training_is_deterministic_and_its_model_evaluates_and_generates() {
     let bpb = t["bits_per_base"].as_f64().unwrap();
     assert!(bpb > 0.5 && bpb < 4.0, "{t}");
     assert!(t["gain_bits_per_base"].is_number());
+    // With a bootstrap interval over the 20 held-out sequences, and one on the gain.
+    let within = |v: f64, ci: &Value| {
+        let (lo, hi) = (ci[0].as_f64().unwrap(), ci[1].as_f64().unwrap());
+        lo <= v && v <= hi && lo < hi
+    };
+    assert!(within(bpb, &t["bits_per_base_ci95"]), "{t}");
+    let g = t["gain_bits_per_base"].as_f64().unwrap();
+    assert!(within(g, &t["gain_bits_per_base_ci95"]), "{t}");
+    assert_eq!(t["bootstrap"]["resamples"], 1000, "{t}");
+    // Each sequence's bits and bases, which add up to the point value.
+    let per_seq = read(&ra.out("test").join("per_sequence.tsv"));
+    assert_eq!(per_seq.lines().count(), 1 + 20, "{per_seq}");
+    let (bits, bases) = per_seq.lines().skip(1).fold((0.0, 0.0), |(b, n), l| {
+        let c: Vec<f64> = l.split('\t').map(|x| x.parse().unwrap()).collect();
+        (b + c[2], n + c[1])
+    });
+    assert!((bits / bases - bpb).abs() < 1e-6, "{bits}/{bases} vs {bpb}");
+    assert_eq!(bases, t["bases"].as_f64().unwrap());
+    // The same model against itself: a gain of 0, and an interval of exactly 0.
+    let same = metrics(&a, &ra, "itself");
+    assert_eq!(same["gain_bits_per_base"], 0.0, "{same}");
+    assert_eq!(
+        same["gain_bits_per_base_ci95"],
+        serde_json::json!([0.0, 0.0])
+    );
     // Generation: 2 prompts × 2 samples, only bases come out; 4 + 40 tokens run past the
     // 32-position table, so the KV cache is dropped and the window slides.
     let samples = read(&ra.out("sample").join("samples.jsonl"));

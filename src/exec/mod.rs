@@ -138,6 +138,34 @@ fn publish_outputs(
     rec
 }
 
+/// Copy the workflow's `publish:` outputs once every step of the run has succeeded; says what
+/// went where (and what was not in the run), and whether it worked.
+fn publish_run(plan: &Plan, cache: &Cache, progress: &progress::Progress) -> bool {
+    let mut in_run = vec![false; plan.wf.steps.len()];
+    for &i in &plan.order {
+        in_run[i] = true;
+    }
+    match publish::publish_workflow(plan.wf, cache, &plan.keys, &in_run) {
+        Ok(publish::Published { done, left_out }) => {
+            for (name, dest) in done {
+                progress.note(&format!("published {name} → {}", dest.display()));
+            }
+            if !left_out.is_empty() {
+                progress.note(&format!(
+                    "not published (not part of this run): {}",
+                    left_out.join(", ")
+                ));
+            }
+            true
+        }
+        Err(e) => {
+            // Said even with --quiet: it is why the run failed.
+            eprintln!("error: the workflow's outputs were not published: {e}");
+            false
+        }
+    }
+}
+
 /// Run the plan; always writes a run record, also after failures and interrupts.
 pub fn run(plan: &Plan, cache: &Cache, opts: &RunOptions) -> Result<RunRecord, ExecError> {
     let wf = plan.wf;
@@ -390,7 +418,7 @@ pub fn run(plan: &Plan, cache: &Cache, opts: &RunOptions) -> Result<RunRecord, E
             r
         })
     }));
-    let status = if CANCELLED.load(Ordering::SeqCst) {
+    let mut status = if CANCELLED.load(Ordering::SeqCst) {
         "interrupted"
     } else if steps
         .iter()
@@ -400,6 +428,9 @@ pub fn run(plan: &Plan, cache: &Cache, opts: &RunOptions) -> Result<RunRecord, E
     } else {
         "ok"
     };
+    if status == "ok" && !publish_run(plan, cache, &progress) {
+        status = "failed";
+    }
     let record = record_of(steps, status, Vec::new());
     let path = runs::write(&cache.runs(), &record).map_err(|e| CacheError::Io {
         path: cache.runs(),

@@ -1,13 +1,20 @@
 //! `eval.lm` (loss, perplexity and bits per base of a trained model on held-out sequences) and
-//! `eval.markov` (the order-k Markov chain every DNA language model has to beat).
+//! `eval.markov` (the order-k Markov chain every DNA language model has to beat). Both write
+//! each held-out sequence's bits and bases (`per_sequence.tsv`), so bits per base gets a
+//! bootstrap interval over resampled sequences, and the gain of a model over its baseline one
+//! over the same resampled sequences for both (paired).
+
+use std::path::Path;
 
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
 
 use super::model::{
-    encode, load_model, load_vocab, mask_probability, objective_for, read_alphabet, rows_for,
+    encode, load_model, load_vocab, mask_probability, objective_for, read_alphabet,
+    rows_with_owners,
 };
+use super::score::{MAX_RESAMPLES, add_interval, describe, interval, resamples};
 use super::table::{for_each_sequence, table_identity};
 use super::tokenizer::{read_sequences, sequence};
 use super::train_options::{batch_size, cpu, resolve_device, seed};
@@ -16,6 +23,7 @@ use super::{InputPath, StepContext, StepError, StepKind, params, write_metrics};
 use crate::models::device::on_device;
 use crate::models::{DeviceSpec, Precision};
 use crate::train;
+use crate::train::batch::IGNORE;
 
 /// Parameters of `eval.lm`.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -41,11 +49,17 @@ struct LmParams {
     /// Masked LM: share of tokens masked (fixed by `seed`, so scores repeat).
     #[serde(default = "mask_probability")]
     mask_probability: f64,
-    /// Seeds which tokens a masked LM hides.
+    /// Seeds which tokens a masked LM hides, and the bootstrap's resamples.
     #[serde(default = "seed")]
     seed: u64,
+    /// Resamples of the held-out sequences for the 95 % bootstrap interval of bits per base
+    /// (`bits_per_base_ci95`) and of the gain over `baseline` (`gain_bits_per_base_ci95`, the
+    /// same resampled sequences for both); 0: no interval.
+    #[serde(default = "resamples")]
+    bootstrap: usize,
     /// `metrics.json` of an `eval.markov` step, or of another model's `eval.lm` on the same
-    /// data: reported beside ours, with the gain in bits/base (positive: ours is better).
+    /// data: reported beside ours, with the gain in bits/base (positive: ours is better) and,
+    /// from the `per_sequence.tsv` beside it, the gain's paired bootstrap interval.
     baseline: Option<InputPath>,
     /// `cpu`, `cuda`, `cuda:N` or `auto`.
     #[serde(default = "cpu")]
@@ -54,15 +68,22 @@ struct LmParams {
 
 pub static LM: StepKind = StepKind {
     name: "eval.lm",
-    version: 4,
-    summary: "loss, perplexity and bits per base of any language model (pseudo-perplexity for masked ones) on held-out sequences",
-    outputs: &[],
+    version: 5,
+    summary: "loss, perplexity and bits per base (with a bootstrap 95 % interval, and of the gain over a baseline) of any language model (pseudo-perplexity for masked ones) on held-out sequences",
+    outputs: &[("per_sequence", PER_SEQUENCE)],
     schema: |g| g.subschema_for::<LmParams>(),
     check: |with| {
         let p = params::<LmParams>(with)?;
         DeviceSpec::parse(&p.device)?;
         if p.batch_size == 0 {
             return Err("`batch_size` must be at least 1".into());
+        }
+        if p.bootstrap > MAX_RESAMPLES {
+            return Err(format!(
+                "`bootstrap` is {}; at most {MAX_RESAMPLES} resamples (1000 is plenty for a 95 % \
+                 interval)",
+                p.bootstrap
+            ));
         }
         if !(p.mask_probability > 0.0 && p.mask_probability < 1.0) {
             return Err(format!(
@@ -109,17 +130,45 @@ fn eval_lm(ctx: &mut StepContext) -> Result<(), StepError> {
                 config.max_positions()
             )));
         }
-        let rows = rows_for(&vocab, &docs, &objective, seq_len);
+        let (rows, owners) = rows_with_owners(&vocab, &docs, &objective, seq_len);
         let batches = train::eval_batches(&rows, &objective, vocab.pad, p.batch_size, p.seed);
-        Ok::<_, StepError>(objective.evaluate(&model, &batches, &dev))
+        // Each labelled token's loss, summed into the held-out sequence it comes from.
+        let mut per_seq = vec![SeqScore::default(); docs.len()];
+        let (mut nats, mut tokens, mut bases) = (0.0f64, 0u64, 0u64);
+        for (i, batch) in batches.iter().enumerate().filter(|(_, b)| b.labelled > 0) {
+            let first = i * p.batch_size;
+            let mut token_nats = objective.token_nats(&model, batch, &dev).into_iter();
+            for (at, _) in batch
+                .labels
+                .iter()
+                .enumerate()
+                .filter(|&(_, &l)| l != IGNORE)
+            {
+                let (r, j) = (first + at / batch.t, at % batch.t);
+                let token = objective.scored_token(j);
+                let n = token_nats.next().expect("one loss per labelled position");
+                let b = rows[r].bases[token];
+                let seq = &mut per_seq[owners[r][token] as usize];
+                seq.bits += n / std::f64::consts::LN_2;
+                seq.bases += b as f64;
+                nats += n;
+            }
+            tokens += batch.labelled as u64;
+            bases += batch.label_bases;
+        }
+        Ok::<_, StepError>((train::lm_evaluation(nats, tokens, bases), per_seq))
     })?;
+    let (eval, per_seq) = eval;
     let (tokens, bases) = (eval.metric("tokens") as u64, eval.metric("bases") as u64);
     let bits_per_base = eval.metric("bits_per_base");
+    let ci = interval(&per_seq, p.bootstrap, p.seed, pooled)?;
     writeln!(
         ctx.log,
-        "{tokens} tokens, {bases} bases: loss {:.4}, bits/base {bits_per_base:.4}",
-        eval.loss
+        "{tokens} tokens, {bases} bases: loss {:.4}, bits/base {bits_per_base:.4}{}",
+        eval.loss,
+        describe(ci)
     )?;
+    write_per_sequence(ctx.out, &per_seq)?;
     let mut metrics = json!({
         "loss": eval.loss,
         "perplexity": eval.metric("perplexity"),
@@ -135,6 +184,7 @@ fn eval_lm(ctx: &mut StepContext) -> Result<(), StepError> {
         "test_table": table_identity(p.data.path())?,
     });
     super::merge(&mut metrics, alphabet.metrics());
+    add_interval(&mut metrics, "bits_per_base", ci, p.bootstrap, p.seed);
     if let Some(path) = &p.baseline {
         let base = crate::metrics::read(path.path()).map_err(StepError::new)?;
         let Some(b) = base.get("bits_per_base").and_then(|v| v.as_f64()) else {
@@ -145,8 +195,110 @@ fn eval_lm(ctx: &mut StepContext) -> Result<(), StepError> {
         };
         metrics["baseline_bits_per_base"] = b.into();
         metrics["gain_bits_per_base"] = (b - bits_per_base).into();
+        if p.bootstrap > 0 {
+            match paired_with_baseline(path.path(), &per_seq)? {
+                Ok(pairs) => {
+                    let gain_ci = interval(&pairs, p.bootstrap, p.seed, gain)?;
+                    writeln!(
+                        ctx.log,
+                        "gain over the baseline: {:+.4} bits/base{}",
+                        b - bits_per_base,
+                        describe(gain_ci)
+                    )?;
+                    metrics["gain_bits_per_base_ci95"] = json!(gain_ci);
+                }
+                Err(why) => writeln!(ctx.log, "no interval on the gain: {why}")?,
+            }
+        }
     }
     write_metrics(ctx.out, &metrics)
+}
+
+/// Where `eval.lm` and `eval.markov` write each held-out sequence's bits and bases.
+const PER_SEQUENCE: &str = "per_sequence.tsv";
+
+/// One held-out sequence's score: the bits a model spent on it and the bases they spelled.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct SeqScore {
+    bits: f64,
+    bases: f64,
+}
+
+/// Bits per base of a sample of sequences: their bits over their bases (pooled, so a long
+/// sequence weighs more), or none without a base.
+fn pooled(rows: &[SeqScore]) -> Option<f64> {
+    let (bits, bases) = rows
+        .iter()
+        .fold((0.0, 0.0), |(b, n), r| (b + r.bits, n + r.bases));
+    (bases > 0.0).then(|| bits / bases)
+}
+
+/// The gain of a model over its baseline on one sample of sequences, (model, baseline) each:
+/// the baseline's bits per base minus the model's (positive: the model is better).
+fn gain(pairs: &[(SeqScore, SeqScore)]) -> Option<f64> {
+    let (ours, base): (Vec<SeqScore>, Vec<SeqScore>) = pairs.iter().copied().unzip();
+    Some(pooled(&base)? - pooled(&ours)?)
+}
+
+/// `per_sequence.tsv`: a header, then per held-out sequence (in the data's order) its number,
+/// bases and bits.
+fn write_per_sequence(out: &Path, rows: &[SeqScore]) -> Result<(), StepError> {
+    let mut text = String::from("sequence\tbases\tbits\n");
+    for (i, r) in rows.iter().enumerate() {
+        text.push_str(&format!("{}\t{}\t{}\n", i + 1, r.bases, r.bits));
+    }
+    let path = out.join(PER_SEQUENCE);
+    std::fs::write(&path, text).map_err(|e| StepError::new(format!("{}: {e}", path.display())))
+}
+
+/// The per-sequence scores beside a baseline's `metrics.json`, or why there are none.
+fn read_per_sequence(metrics: &Path) -> Result<Result<Vec<SeqScore>, String>, StepError> {
+    let path = metrics.with_file_name(PER_SEQUENCE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Err(format!(
+                "{} has no {PER_SEQUENCE} beside it (rerun the baseline with this dnaflow)",
+                metrics.display()
+            )));
+        }
+        Err(e) => return Err(StepError::new(format!("{}: {e}", path.display()))),
+    };
+    let mut rows = Vec::new();
+    for (i, line) in text.lines().enumerate().skip(1) {
+        let cols: Vec<&str> = line.split('\t').collect();
+        let number = |c: usize| cols.get(c).and_then(|v| v.parse::<f64>().ok());
+        let (Some(bases), Some(bits)) = (number(1), number(2)) else {
+            return Err(StepError::new(format!(
+                "{}:{}: expected `sequence<TAB>bases<TAB>bits`, found {line:?}",
+                path.display(),
+                i + 1
+            )));
+        };
+        rows.push(SeqScore { bits, bases });
+    }
+    Ok(Ok(rows))
+}
+
+/// Our per-sequence scores beside the baseline's, sequence by sequence, or why they cannot be
+/// paired (no per-sequence file, or another number of sequences: other data).
+fn paired_with_baseline(
+    baseline: &Path,
+    ours: &[SeqScore],
+) -> Result<Result<Vec<(SeqScore, SeqScore)>, String>, StepError> {
+    let base = match read_per_sequence(baseline)? {
+        Ok(base) => base,
+        Err(why) => return Ok(Err(why)),
+    };
+    if base.len() != ours.len() {
+        return Ok(Err(format!(
+            "the baseline scored {} sequences and this step {} (pairing needs the same held-out \
+             data, all of it: leave `max_sequences` at 0)",
+            base.len(),
+            ours.len()
+        )));
+    }
+    Ok(Ok(ours.iter().copied().zip(base).collect()))
 }
 
 /// Parameters of `eval.markov`.
@@ -179,7 +331,7 @@ pub static MARKOV: StepKind = StepKind {
     name: "eval.markov",
     version: 2,
     summary: "bits per base of an order-k Markov chain on held-out DNA: the baseline to beat",
-    outputs: &[],
+    outputs: &[("per_sequence", PER_SEQUENCE)],
     schema: |g| g.subschema_for::<MarkovParams>(),
     check: |with| {
         let p = params::<MarkovParams>(with)?;
@@ -263,7 +415,9 @@ fn markov(ctx: &mut StepContext) -> Result<(), StepError> {
     // Bits per base at every order, contexts shorter than k (sequence starts) using their own order.
     let mut bits = vec![0.0f64; p.order + 1];
     let mut scored = 0u64;
+    let mut per_seq = Vec::new();
     for_each_sequence(p.test.path(), &p.column, |s| {
+        let (bits_before, scored_before) = (bits[p.order], scored);
         m.walk(s, |contexts, have, x| {
             for (o, total) in bits.iter_mut().enumerate() {
                 let o_eff = o.min(have);
@@ -273,6 +427,10 @@ fn markov(ctx: &mut StepContext) -> Result<(), StepError> {
                 *total -= prob.log2();
             }
             scored += 1;
+        });
+        per_seq.push(SeqScore {
+            bits: bits[p.order] - bits_before,
+            bases: (scored - scored_before) as f64,
         });
     })?;
     if scored == 0 {
@@ -292,6 +450,7 @@ fn markov(ctx: &mut StepContext) -> Result<(), StepError> {
         "order {}: {bpb:.4} bits/base over {scored} held-out bases ({train_bases} training bases)",
         p.order
     )?;
+    write_per_sequence(ctx.out, &per_seq)?;
     write_metrics(
         ctx.out,
         &json!({
@@ -308,6 +467,7 @@ fn markov(ctx: &mut StepContext) -> Result<(), StepError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::score::Interval;
 
     #[test]
     fn order_zero_of_uniform_dna_is_two_bits() {
@@ -328,6 +488,126 @@ mod tests {
         assert_eq!(bits, 0.0);
         let row0 = &m.counts[0][..4];
         assert_eq!(row0, [4, 4, 4, 4]);
+    }
+
+    /// `n` sequences of 100 bases whose bits per base wander around `mean` (a fixed pattern,
+    /// so the test needs no random numbers).
+    fn scores(n: usize, mean: f64) -> Vec<SeqScore> {
+        (0..n)
+            .map(|i| SeqScore {
+                bits: 100.0 * (mean + 0.2 * ((i * 7 % 13) as f64 / 12.0 - 0.5)),
+                bases: 100.0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn bits_per_base_interval_holds_the_point_and_narrows_with_more_sequences() {
+        let few = scores(26, 1.9);
+        let many = scores(26 * 16, 1.9);
+        let point = pooled(&few).unwrap();
+        let a = interval(&few, 1000, 42, pooled).unwrap().unwrap();
+        let b = interval(&many, 1000, 42, pooled).unwrap().unwrap();
+        assert!(a.lo() < point && point < a.hi(), "{a:?} around {point}");
+        let point = pooled(&many).unwrap();
+        assert!(b.lo() < point && point < b.hi(), "{b:?} around {point}");
+        // 16 times the sequences: about a quarter of the width.
+        let ratio = (b.hi() - b.lo()) / (a.hi() - a.lo());
+        assert!((0.15..0.4).contains(&ratio), "{ratio}");
+        assert_eq!(interval(&few, 0, 42, pooled).unwrap(), None);
+        // Pooled: a long sequence weighs more than a short one.
+        let mixed = [
+            SeqScore {
+                bits: 10.0,
+                bases: 10.0,
+            },
+            SeqScore {
+                bits: 300.0,
+                bases: 100.0,
+            },
+        ];
+        assert_eq!(pooled(&mixed), Some(310.0 / 110.0));
+    }
+
+    #[test]
+    fn paired_gain_interval_tells_a_better_model_from_the_same_one() {
+        // The baseline's sequences vary far more than the model's edge over them.
+        let base = scores(40, 1.95);
+        // Better on every sequence by 0.005–0.015 bits/base: 0.01 on average.
+        let better: Vec<SeqScore> = base
+            .iter()
+            .enumerate()
+            .map(|(i, s)| SeqScore {
+                bits: s.bits - (1.0 + ((i * 5 % 7) as f64 / 6.0 - 0.5)),
+                ..*s
+            })
+            .collect();
+        let pairs: Vec<_> = better.iter().copied().zip(base.iter().copied()).collect();
+        let point = gain(&pairs).unwrap();
+        let g = interval(&pairs, 1000, 42, gain).unwrap().unwrap();
+        assert!(
+            0.0 < g.lo() && g.lo() < point && point < g.hi(),
+            "a clear gain: {g:?}"
+        );
+        // Unpaired, the same 0.01 drowns in how much sequences differ.
+        let (ours, theirs) = (
+            interval(&better, 1000, 42, pooled).unwrap().unwrap(),
+            interval(&base, 1000, 43, pooled).unwrap().unwrap(),
+        );
+        assert!(ours.hi() > theirs.lo(), "{ours:?} overlaps {theirs:?}");
+        // The same model against itself: no gain, and 0 inside.
+        let same: Vec<_> = base.iter().copied().zip(base.iter().copied()).collect();
+        assert_eq!(
+            interval(&same, 1000, 42, gain).unwrap(),
+            Some(Interval(0.0, 0.0))
+        );
+        // A model as good on average, better on some sequences and worse on others.
+        let noisy: Vec<_> = base
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let d = if i % 2 == 0 { 3.0 } else { -3.0 };
+                (
+                    SeqScore {
+                        bits: s.bits + d,
+                        ..*s
+                    },
+                    *s,
+                )
+            })
+            .collect();
+        let g = interval(&noisy, 1000, 42, gain).unwrap().unwrap();
+        assert!(g.lo() < 0.0 && 0.0 < g.hi(), "{g:?}");
+    }
+
+    #[test]
+    fn per_sequence_scores_round_trip_and_pair_only_on_the_same_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows = scores(5, 1.5);
+        write_per_sequence(dir.path(), &rows).unwrap();
+        let metrics = dir.path().join("metrics.json");
+        assert_eq!(read_per_sequence(&metrics).unwrap(), Ok(rows.clone()));
+        assert_eq!(
+            paired_with_baseline(&metrics, &rows)
+                .unwrap()
+                .unwrap()
+                .len(),
+            5
+        );
+        let why = paired_with_baseline(&metrics, &rows[..3])
+            .unwrap()
+            .unwrap_err();
+        assert!(why.contains("5 sequences and this step 3"), "{why}");
+        let elsewhere = dir.path().join("other/metrics.json");
+        let why = read_per_sequence(&elsewhere).unwrap().unwrap_err();
+        assert!(why.contains("no per_sequence.tsv"), "{why}");
+        std::fs::write(
+            dir.path().join(PER_SEQUENCE),
+            "sequence\tbases\tbits\n1\tx\t2\n",
+        )
+        .unwrap();
+        let err = read_per_sequence(&metrics).unwrap_err().to_string();
+        assert!(err.contains("per_sequence.tsv:2"), "{err}");
     }
 
     #[test]

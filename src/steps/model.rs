@@ -186,6 +186,22 @@ pub(crate) fn rows_for(
     }
 }
 
+/// [`rows_for`], and per row the held-out sequence (index into `docs`) each token comes from.
+pub(crate) fn rows_with_owners(
+    vocab: &Vocab,
+    docs: &[Row],
+    objective: &Objective,
+    seq_len: usize,
+) -> (Vec<Row>, train::batch::Owners) {
+    match objective {
+        Objective::Mlm(_) => {
+            let (cls, sep, _) = vocab.bert.expect("checked before");
+            train::batch::frame_with_owners(docs, seq_len, cls, sep)
+        }
+        _ => train::batch::pack_with_owners(docs, seq_len, vocab.eos),
+    }
+}
+
 /// The language-model objective of an architecture (its row of the table says which).
 pub(crate) fn objective_for(
     config: &ArchConfig,

@@ -133,7 +133,7 @@ fn prediction() -> String {
 fn prob_prefix() -> String {
     "prob_".into()
 }
-fn resamples() -> usize {
+pub(super) fn resamples() -> usize {
     1000
 }
 fn seed() -> u64 {
@@ -141,7 +141,7 @@ fn seed() -> u64 {
 }
 
 /// At most this many resamples: beyond it the interval no longer moves, only the time.
-const MAX_RESAMPLES: usize = 100_000;
+pub(super) const MAX_RESAMPLES: usize = 100_000;
 
 fn check_common(label: &str, prediction: &str, bootstrap: usize) -> Result<(), String> {
     if label == prediction {
@@ -426,7 +426,7 @@ fn regress(ctx: &mut StepContext) -> Result<(), StepError> {
 }
 
 /// The bootstrap interval of `metric`, or none when `resamples` is 0.
-fn interval<T: Clone>(
+pub(super) fn interval<T: Clone>(
     rows: &[T],
     resamples: usize,
     seed: u64,
@@ -439,7 +439,7 @@ fn interval<T: Clone>(
 }
 
 /// `<name>_ci95: [lo, hi]` beside the headline metric, and how it was drawn.
-fn add_interval(
+pub(super) fn add_interval(
     metrics: &mut Value,
     name: &str,
     ci: Option<Interval>,
@@ -453,7 +453,8 @@ fn add_interval(
     metrics["bootstrap"] = json!({ "metric": name, "resamples": resamples, "seed": seed });
 }
 
-fn describe(ci: Option<Interval>) -> String {
+/// ` (95 % CI lo–hi)` for a log line, or nothing.
+pub(super) fn describe(ci: Option<Interval>) -> String {
     ci.map(|c| format!(" (95 % CI {:.4}–{:.4})", c.lo(), c.hi()))
         .unwrap_or_default()
 }

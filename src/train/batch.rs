@@ -66,34 +66,59 @@ pub struct Batch {
 /// Causal-LM rows: documents joined with `eos` between them and cut into `seq_len` pieces
 /// (GPT-2's packing; no padding at all). The tail shorter than 2 tokens is dropped.
 pub fn pack(docs: &[Row], seq_len: usize, eos: Option<u32>) -> Vec<Row> {
+    pack_tracked(docs, seq_len, eos, false).0
+}
+
+/// [`pack`], and per row the document (index into `docs`) each of its tokens comes from; an
+/// `eos` belongs to the document it ends. Scores per held-out sequence (bootstrap intervals)
+/// sum each token's loss into its document.
+pub fn pack_with_owners(docs: &[Row], seq_len: usize, eos: Option<u32>) -> (Vec<Row>, Owners) {
+    pack_tracked(docs, seq_len, eos, true)
+}
+
+/// Per row, per token: the index of the document the token comes from.
+pub type Owners = Vec<Vec<u32>>;
+
+fn pack_tracked(docs: &[Row], seq_len: usize, eos: Option<u32>, track: bool) -> (Vec<Row>, Owners) {
     let mut rows = Vec::new();
+    let mut owners = Vec::new();
     let mut cur = Row::default();
-    let mut push = |id: u32, bases: u16, cur: &mut Row| {
-        cur.ids.push(id);
-        cur.bases.push(bases);
-        if cur.ids.len() == seq_len {
-            rows.push(std::mem::take(cur));
-        }
-    };
-    for doc in docs {
-        for (&id, &b) in doc.ids.iter().zip(&doc.bases) {
-            push(id, b, &mut cur);
-        }
-        if let Some(e) = eos {
-            push(e, 0, &mut cur);
+    let mut cur_owners = Vec::new();
+    for (d, doc) in docs.iter().enumerate() {
+        let tokens = doc.ids.iter().zip(&doc.bases).map(|(&id, &b)| (id, b));
+        for (id, bases) in tokens.chain(eos.map(|e| (e, 0))) {
+            cur.ids.push(id);
+            cur.bases.push(bases);
+            if track {
+                cur_owners.push(d as u32);
+            }
+            if cur.ids.len() == seq_len {
+                rows.push(std::mem::take(&mut cur));
+                owners.push(std::mem::take(&mut cur_owners));
+            }
         }
     }
     if cur.ids.len() >= 2 {
         rows.push(cur);
+        owners.push(cur_owners);
     }
-    rows
+    if !track {
+        owners.clear();
+    }
+    (rows, owners)
 }
 
 /// Masked-LM rows: `[CLS] doc [SEP]`, documents longer than `max_len` split into pieces.
 pub fn frame(docs: &[Row], max_len: usize, cls: u32, sep: u32) -> Vec<Row> {
+    frame_with_owners(docs, max_len, cls, sep).0
+}
+
+/// [`frame`], and per row the document each token comes from (`[CLS]` and `[SEP]` included).
+pub fn frame_with_owners(docs: &[Row], max_len: usize, cls: u32, sep: u32) -> (Vec<Row>, Owners) {
     let body = max_len.saturating_sub(2).max(1);
     let mut rows = Vec::new();
-    for doc in docs {
+    let mut owners = Vec::new();
+    for (d, doc) in docs.iter().enumerate() {
         for (ids, bases) in doc.ids.chunks(body).zip(doc.bases.chunks(body)) {
             let mut row = Row {
                 ids: Vec::with_capacity(ids.len() + 2),
@@ -107,10 +132,11 @@ pub fn frame(docs: &[Row], max_len: usize, cls: u32, sep: u32) -> Vec<Row> {
             row.bases.extend_from_slice(bases);
             row.ids.push(sep);
             row.bases.push(0);
+            owners.push(vec![d as u32; row.ids.len()]);
             rows.push(row);
         }
     }
-    rows
+    (rows, owners)
 }
 
 /// The order rows are visited in: a fresh seeded permutation per epoch.
@@ -356,6 +382,14 @@ mod tests {
         assert_eq!(b.labels[..3], [6, 7, IGNORE]);
         assert_eq!(b.labelled, 4);
         assert_eq!(b.label_bases, 3 + 3 + 3 + 3);
+        // Each token's document: an eos belongs to the one it ends.
+        let docs = [row(&[5, 6, 7]), row(&[8, 9])];
+        let (same, owners) = pack_with_owners(&docs, 3, Some(1));
+        assert_eq!(same.len(), rows.len());
+        assert_eq!(owners, vec![vec![0, 0, 0], vec![0, 1, 1]]);
+        let (framed, owners) = frame_with_owners(&docs, 4, 2, 3);
+        assert_eq!(framed.len(), 3); // [CLS] 5 6 [SEP], [CLS] 7 [SEP], [CLS] 8 9 [SEP]
+        assert_eq!(owners, vec![vec![0; 4], vec![0; 3], vec![1; 4]]);
     }
 
     #[test]

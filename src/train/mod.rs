@@ -24,7 +24,7 @@ pub mod optim;
 pub mod per_base;
 
 pub use batch::{Batch, Masking, Order, Row, Target};
-pub use objective::{Evaluation, Objective, lower_is_better, metric_names};
+pub use objective::{Evaluation, Objective, lm_evaluation, lower_is_better, metric_names};
 use optim::{AdamW, AdamWConfig};
 
 /// How the learning rate moves after warmup.

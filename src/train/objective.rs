@@ -212,6 +212,51 @@ impl Objective {
         cross_entropy(out, labels, weights, device)
     }
 
+    /// A language model's loss (nats) at each labelled position of `batch`, in row-major order:
+    /// the terms [`Objective::batch_loss`] sums, one by one.
+    pub fn token_nats<B: FusedOps>(
+        &self,
+        model: &Model<B>,
+        batch: &Batch,
+        device: &B::Device,
+    ) -> Vec<f64> {
+        let labelled: Vec<i64> = batch
+            .labels
+            .iter()
+            .copied()
+            .filter(|&l| l != IGNORE)
+            .collect();
+        let (out, labels, every_position) = match model.lm_logits_labelled(batch, device) {
+            Some(rows) => (rows, labelled, false),
+            None => (
+                model.forward(batch, device),
+                batch.labels.iter().map(|&l| l.max(0)).collect(),
+                true,
+            ),
+        };
+        let n = labels.len();
+        let labels = Tensor::<B, 2, Int>::from_data(TensorData::new(labels, [n, 1]), device);
+        let picked = log_softmax(out, 1).gather(1, labels).reshape([n]).neg();
+        let (_, host) = crate::models::weights::host(picked);
+        if !every_position {
+            return host.into_iter().map(f64::from).collect();
+        }
+        host.iter()
+            .zip(&batch.labels)
+            .filter(|&(_, &l)| l != IGNORE)
+            .map(|(&v, _)| v as f64)
+            .collect()
+    }
+
+    /// The token of a row whose prediction a label at position `j` scores: the next one for a
+    /// causal LM, the masked one itself for a masked LM.
+    pub fn scored_token(&self, j: usize) -> usize {
+        match self {
+            Objective::Clm => j + 1,
+            _ => j,
+        }
+    }
+
     /// Per labelled row, in batch order: class probabilities, or the predicted value in the
     /// target's unit. Token heads give one row per labelled token.
     pub fn predict<B: FusedOps>(
@@ -269,14 +314,7 @@ impl Objective {
             Objective::Clm | Objective::Mlm(_) => {
                 let tokens: u64 = batches.iter().map(|b| b.labelled as u64).sum();
                 let bases: u64 = batches.iter().map(|b| b.label_bases).sum();
-                let nats = mean_loss * tokens as f64;
-                metrics.insert("perplexity".into(), mean_loss.exp());
-                metrics.insert(
-                    "bits_per_base".into(),
-                    nats / std::f64::consts::LN_2 / bases.max(1) as f64,
-                );
-                metrics.insert("tokens".into(), tokens as f64);
-                metrics.insert("bases".into(), bases as f64);
+                return lm_evaluation(mean_loss * tokens as f64, tokens, bases);
             }
             Objective::SeqCls { classes, .. } | Objective::TokenCls { classes, .. } => {
                 let probs = self.predict(model, batches, device);
@@ -337,6 +375,22 @@ impl Objective {
             metrics,
         }
     }
+}
+
+/// A language model's evaluation from the nats it spent on `tokens` labelled tokens spelling
+/// `bases` bases: mean loss, perplexity, bits per base (nats / ln 2 / bases).
+pub fn lm_evaluation(nats: f64, tokens: u64, bases: u64) -> Evaluation {
+    let loss = nats / (tokens.max(1) as f64);
+    let metrics = BTreeMap::from([
+        ("perplexity".to_string(), loss.exp()),
+        (
+            "bits_per_base".to_string(),
+            nats / std::f64::consts::LN_2 / bases.max(1) as f64,
+        ),
+        ("tokens".to_string(), tokens as f64),
+        ("bases".to_string(), bases as f64),
+    ]);
+    Evaluation { loss, metrics }
 }
 
 /// Every row's label set (multi-label batches), in batch order.

@@ -48,6 +48,17 @@ pub struct Workflow {
     pub executor: Option<syntax::ExecutorName>,
     /// Steps in file order (expansions of one `foreach` step stay together).
     pub steps: Vec<Step>,
+    /// The workflow's `publish:`, copied once the whole run has succeeded.
+    pub publish: Option<Publish>,
+}
+
+/// The workflow's `publish:`, resolved.
+#[derive(Debug)]
+pub struct Publish {
+    /// Folder, relative to the workdir (parameters filled in).
+    pub to: String,
+    /// Which outputs, in the order written: (index into [`Workflow::steps`], output name).
+    pub outputs: Vec<(usize, String)>,
 }
 
 /// One step after `foreach` expansion.
@@ -428,6 +439,10 @@ impl<'a> Resolver<'a> {
         self.resolve_params(&file);
         let instances = self.expand(&file);
         let steps = self.bind(&instances, &workdir);
+        let publish = file
+            .publish
+            .as_ref()
+            .map(|p| self.resolve_publish(p, &steps));
 
         if !self.errors.is_empty() {
             return Err(Diagnostics(self.errors));
@@ -443,7 +458,84 @@ impl<'a> Resolver<'a> {
             budget,
             executor: file.executor,
             steps,
+            publish,
         })
+    }
+
+    /// The workflow's `publish:`: its folder with parameters filled in, and each listed output
+    /// bound to its step(s); a name that is no step, or an output the step lacks, is an error
+    /// at the line that wrote it.
+    fn resolve_publish(&mut self, p: &syntax::WorkflowPublish, steps: &[Step]) -> Publish {
+        let mut to = String::new();
+        match template::parse(&p.to.value) {
+            Err(e) => {
+                self.error(p.to.span, e);
+            }
+            Ok(pieces) => {
+                for piece in pieces {
+                    match piece {
+                        Piece::Text(t) => to.push_str(&t),
+                        Piece::Expr(Expr::Param(name)) if self.params.contains_key(&name) => {
+                            to.push_str(&value_text(&self.params[&name]));
+                        }
+                        Piece::Expr(_) => {
+                            self.error(
+                                p.to.span,
+                                "the workflow's `publish: { to: … }` may use `${{ params.NAME }}` \
+                                 (a declared parameter) only",
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        if to.trim().is_empty() {
+            self.error(p.to.span, "`publish: { to: … }` is empty").help =
+                Some("name a folder, e.g. `to: results`".into());
+        }
+        let mut outputs = Vec::new();
+        for item in &p.outputs {
+            let written = item.value.trim();
+            let (name, output) = match written.strip_prefix("steps.") {
+                Some(rest) => match rest.rsplit_once('.') {
+                    // `steps.sweep[lr=0.1]`: that dot is the value's.
+                    Some((n, o)) if !o.contains(']') => (n, o),
+                    _ => (rest, "out"),
+                },
+                None => (written, "out"),
+            };
+            let matched: Vec<usize> = (0..steps.len())
+                .filter(|&i| steps[i].name == name || steps[i].base == name)
+                .collect();
+            let Some(&first) = matched.first() else {
+                let hint = crate::diag::did_you_mean(name, steps.iter().map(|s| s.base.as_str()))
+                    .map(|s| format!("did you mean `{s}`? "))
+                    .unwrap_or_default();
+                self.error(
+                    item.span,
+                    format!("`publish:` names `{written}`, but there is no step `{name}`"),
+                )
+                .help = Some(format!(
+                    "{hint}write `steps.STEP.OUTPUT` for one output or a step's name for all of them"
+                ));
+                continue;
+            };
+            if !steps[first].outputs.contains_key(output) {
+                let names: Vec<&str> = steps[first].outputs.keys().map(String::as_str).collect();
+                self.error(
+                    item.span,
+                    format!("`publish:` names `{written}`, but `{name}` has no output `{output}`"),
+                )
+                .help = Some(format!("its outputs: {}", names.join(", ")));
+                continue;
+            }
+            outputs.extend(matched.into_iter().map(|i| (i, output.to_string())));
+        }
+        if p.outputs.is_empty() {
+            self.error(p.to.span, "the workflow's `publish:` lists no `outputs`")
+                .help = Some("e.g. `outputs: [steps.train.model, score]`".into());
+        }
+        Publish { to, outputs }
     }
 
     fn resolve_params(&mut self, file: &WorkflowFile) {

@@ -31,9 +31,27 @@ pub struct WorkflowFile {
     /// Named sets of parameter overrides, chosen with `--profile NAME`.
     #[serde(default)]
     pub profiles: IndexMap<Located<String>, Located<ParamMap>>,
+    /// Outputs copied out of the cache into one folder once the whole run has succeeded (as
+    /// Nextflow's `publishDir`): `{ to: results, outputs: [steps.gpt2.model, test] }` makes
+    /// `results/gpt2/model/` and `results/test/` (a step named alone: its whole output folder).
+    /// Copies, never into the cache, not part of any step's key. A step's own `publish:` copies
+    /// as soon as that step has succeeded.
+    pub publish: Option<WorkflowPublish>,
     /// The steps, by name. Dependencies come from `${{ steps.NAME.… }}` references and `needs`.
     /// Boxed: a workflow may have 100,000 steps, and the map's entries move as it grows.
     pub steps: IndexMap<Located<String>, Located<Box<StepDef>>>,
+}
+
+/// The workflow's `publish:`: which outputs, into which folder.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowPublish {
+    /// Folder the outputs go to, relative to the workdir (may use `${{ params.… }}`); each
+    /// output lands in `<to>/<step>/`, under the name it has in the step's output folder.
+    pub to: Located<String>,
+    /// What to copy: `steps.NAME.OUTPUT` for one output (`steps.gpt2.model`), or a step's name
+    /// for its whole output folder; a `foreach` step's name means every copy of it.
+    pub outputs: Vec<Located<String>>,
 }
 
 /// Where a step runs.
