@@ -329,7 +329,7 @@ fn alpha() -> f64 {
 
 pub static MARKOV: StepKind = StepKind {
     name: "eval.markov",
-    version: 2,
+    version: 3,
     summary: "bits per base of an order-k Markov chain on held-out DNA: the baseline to beat",
     outputs: &[("per_sequence", PER_SEQUENCE)],
     schema: |g| g.subschema_for::<MarkovParams>(),
