@@ -16,7 +16,7 @@ pub(crate) use super::generate::Sampler;
 use super::tokenizer::{read_sequences, sequence};
 use super::train_options::TrainOptions;
 use super::training::{self, model_err};
-pub(crate) use super::vocab::{Spans, Vocab, encode, encode_spans, load_vocab};
+pub(crate) use super::vocab::{Spans, Vocab, encode_spans, encode_table, load_vocab};
 use super::{InputPath, StepContext, StepError, StepKind, params, write_metrics};
 use crate::models::arch::LmKind;
 use crate::models::arch::{Architecture, FreshSize};
@@ -261,10 +261,11 @@ fn pretrain(ctx: &mut StepContext) -> Result<(), StepError> {
         .map(|i| i.path())
         .unwrap_or(Path::new("the fresh model"));
     vocab.check_fits(config.vocab_size(), model_dir)?;
+    let vocab = vocab.for_model(&config)?;
     let objective = objective_for(&config, &vocab, p.mask_probability)?;
     let load = |path: &InputPath| -> Result<Vec<Row>, StepError> {
         let seqs = read_sequences(path.path(), &p.column, p.max_sequences)?;
-        let docs = encode(&vocab, &seqs)?;
+        let docs = encode_table(&vocab, path.path(), &seqs)?;
         Ok(rows_for(&vocab, &docs, &objective, p.seq_len))
     };
     let rows = load(&p.train)?;
@@ -344,6 +345,12 @@ pub(super) fn log_report(ctx: &mut StepContext, report: &LoadReport) -> Result<(
 }
 
 /// Load a model directory (ours or transformers') onto `device` under its own head.
+/// The tokenizer at `tokenizer` as the model directory `model` reads it ([`Vocab::for_model`]).
+pub(crate) fn load_model_vocab(tokenizer: &Path, model: &Path) -> Result<Vocab, StepError> {
+    let spec = ModelSpec::read(model).map_err(model_err)?;
+    load_vocab(tokenizer)?.for_model(&spec.config)
+}
+
 pub(crate) fn load_model<B: FusedOps>(
     dir: &Path,
     device: &B::Device,

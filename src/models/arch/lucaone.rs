@@ -15,6 +15,7 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::SequenceKind;
 use super::bert::Packing;
 use super::llama::Rope;
 use crate::models::device::Precision;
@@ -402,21 +403,11 @@ impl<B: FusedOps> Layer<B> {
     }
 }
 
-/// What a sequence is, for LucaOne's tokenizer: nucleotides are remapped to digits and get
-/// token type 0, protein letters are taken as they are with token type 1.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SeqType {
-    Gene,
-    Protein,
-}
-
-impl SeqType {
-    /// The token type LucaOne gives every position of such a sequence.
-    pub fn token_type(self) -> u32 {
-        match self {
-            SeqType::Gene => 0,
-            SeqType::Protein => 1,
-        }
+/// The token type LucaOne gives every position of such a sequence: 0 nucleotides, 1 protein.
+pub fn token_type(kind: SequenceKind) -> u32 {
+    match kind {
+        SequenceKind::Nucleotide => 0,
+        SequenceKind::Protein => 1,
     }
 }
 
@@ -424,7 +415,7 @@ impl SeqType {
 /// type: one token per character; for nucleotides a normalizer first writes A→1, T/U→2, C→3,
 /// G→4 (either case) and anything else→5, as the package's `gene_seq_replace`; framing
 /// `[CLS] … [SEP]` with every position of the sequence type's token type.
-pub fn tokenizer_json(seq: SeqType) -> Value {
+pub fn tokenizer_json(seq: SequenceKind) -> Value {
     let specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
     let added: Vec<Value> = specials
         .iter()
@@ -443,7 +434,7 @@ pub fn tokenizer_json(seq: SeqType) -> Value {
         .collect();
     let replace = |pattern: &str, content: &str| json!({ "type": "Replace", "pattern": { "Regex": pattern }, "content": content });
     let normalizer = match seq {
-        SeqType::Gene => json!({
+        SequenceKind::Nucleotide => json!({
             "type": "Sequence",
             "normalizers": [
                 replace("[^ACGTUacgtu]", "5"),
@@ -453,9 +444,9 @@ pub fn tokenizer_json(seq: SeqType) -> Value {
                 replace("[Gg]", "4"),
             ]
         }),
-        SeqType::Protein => Value::Null,
+        SequenceKind::Protein => Value::Null,
     };
-    let kind = seq.token_type();
+    let kind = token_type(seq);
     let special = |t: &str, i: usize| json!({ "id": t, "ids": [i], "tokens": [t] });
     json!({
         "version": "1.0",
@@ -493,7 +484,7 @@ pub fn tokenizer_json(seq: SeqType) -> Value {
 /// The nucleotide [`tokenizer_json`], for a LucaOne model directory (the package's tokenizer
 /// files are its own Python class, so any directory gets it).
 pub fn tokenizer_for_model_dir(_dir: &std::path::Path) -> Result<Option<Value>, ModelError> {
-    Ok(Some(tokenizer_json(SeqType::Gene)))
+    Ok(Some(tokenizer_json(SequenceKind::Nucleotide)))
 }
 
 #[cfg(test)]
@@ -514,8 +505,8 @@ mod tests {
         for case in cases {
             let text = case[0].as_str().unwrap();
             let seq = match case[1].as_str().unwrap() {
-                "gene" => SeqType::Gene,
-                _ => SeqType::Protein,
+                "gene" => SequenceKind::Nucleotide,
+                _ => SequenceKind::Protein,
             };
             let tok = tokenizers::Tokenizer::from_str(&tokenizer_json(seq).to_string()).unwrap();
             let enc = tok.encode(text, true).unwrap();
