@@ -426,11 +426,14 @@ fn every_kind_runs_with_lucaone() {
 /// state (`tests/fixtures/models/make_lucaone.py`) within 1e-5.
 #[test]
 fn lucaone_embeds_protein_and_nucleotide_rows_as_its_package() {
-    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/lucaone");
-    let reference: Value =
-        serde_json::from_str(&read(&fixture.join("reference.json"))).unwrap();
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/lucaone");
+    let reference: Value = serde_json::from_str(&read(&fixture.join("reference.json"))).unwrap();
     let p = Project::new();
-    p.write("rows.csv", "id,sequence\ngene,ACGTNACGUT\nprotein,MKTAYJQRSV\n");
+    p.write(
+        "rows.csv",
+        "id,sequence\ngene,ACGTNACGUT\nprotein,MKTAYJQRSV\n",
+    );
     p.write(
         "embed.yaml",
         &format!(
@@ -448,7 +451,11 @@ steps:
         ),
     );
     let report = p.run_ok(&["embed.yaml"]);
-    let last = reference["hidden_states"].as_array().unwrap().last().unwrap();
+    let last = reference["hidden_states"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap();
     let shape: Vec<usize> = serde_json::from_value(last["shape"].clone()).unwrap();
     let (t, d) = (shape[1], shape[2]);
     let values: Vec<f64> = serde_json::from_value(last["values"].clone()).unwrap();

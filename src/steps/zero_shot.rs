@@ -24,10 +24,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::model::{Vocab, load_model, load_model_vocab};
-use super::vocab::encode_table_spans;
 use super::table::{LocatedTable, class_label, id_column, read_role, sequence_column, write_table};
 use super::tokenizer::fold_case;
 use super::train_options::{batch_size, cpu, resolve_device};
+use super::vocab::encode_table_spans;
 use super::{InputPath, StepContext, StepError, StepKind, params, plot, write_metrics};
 use crate::models::arch::{Framing, LmKind};
 use crate::models::device::on_device;

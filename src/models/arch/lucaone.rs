@@ -16,13 +16,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::SequenceKind;
-use super::bert::Packing;
+use super::bert::{LM_HEAD, MlmHead, Packing, attend_unpacked, packed};
 use super::llama::Rope;
 use crate::models::device::Precision;
 use crate::models::error::ModelError;
 use crate::models::io::vars::{Init, Vars};
 use crate::models::kernels::{AttentionSpec, Dense, FusedOps, LayerNorm, MASKED, gelu, rotary};
-use crate::models::nn::{affine, dense, matmul, packed_low_rank, self_attention};
+use crate::models::nn::{affine, dense, packed_low_rank, self_attention};
 
 /// torch's `nn.LayerNorm` default, what every LucaOne LayerNorm uses.
 const EPS: f64 = 1e-5;
@@ -155,21 +155,13 @@ pub struct LucaOne<B: Backend> {
     embed_layer_norm: Option<LayerNorm<B>>,
     layers: Vec<Layer<B>>,
     last_layer_norm: Option<LayerNorm<B>>,
-    lm: Option<LmHead<B>>,
+    lm: Option<MlmHead<B>>,
     #[module(skip)]
     config: LucaOneConfig,
     #[module(skip)]
     rope: Rope,
     #[module(skip)]
     precision: Precision,
-}
-
-/// `lm_head`: dense + GELU + LayerNorm, then the tied decoder and `lm_head.bias`.
-#[derive(Module, Debug)]
-struct LmHead<B: Backend> {
-    dense: Dense<B>,
-    layer_norm: LayerNorm<B>,
-    bias: Param<Tensor<B, 1>>,
 }
 
 #[derive(Module, Debug)]
@@ -241,14 +233,16 @@ impl<B: FusedOps> LucaOne<B> {
         let last_layer_norm = config
             .use_last_layer_norm
             .then(|| luca.layer_norm("encoder.last_layer_norm", d, EPS));
+        // `lm_head`: its decoder tied to the token embeddings.
         let lm = lm_head.then(|| {
-            let mut head = vars.pp("lm_head");
-            head.skip("decoder.weight"); // tied to the token embeddings
-            LmHead {
-                dense: head.linear("dense", d, d, true, std),
-                layer_norm: head.layer_norm("layer_norm", d, EPS),
-                bias: head.param("bias", [config.vocab_size], Init::Zeros),
-            }
+            MlmHead::declare(
+                &mut vars.pp("lm_head"),
+                d,
+                config.vocab_size,
+                EPS,
+                std,
+                LM_HEAD,
+            )
         });
         Ok(LucaOne {
             embed_tokens,
@@ -312,45 +306,24 @@ impl<B: FusedOps> LucaOne<B> {
     ) -> Tensor<B, 3> {
         let n = layer.min(self.layers.len());
         let t = ids.dims()[1];
-        let mut x = self.embed(ids, types);
+        let x = self.embed(ids, types);
         let (cos, sin) = self.rope.tables::<B>(0, t, &x.device());
-        let packing = Packing::of(&mask);
-        let padding = mask.equal_elem(0).float().mul_scalar(MASKED); // [B, T]
-        if let Some(packing) = &packing {
-            x = packing.pack(x);
-        }
-        for l in &self.layers[..n] {
-            x = l.forward(
-                x,
-                padding.clone(),
-                packing.as_ref(),
-                (&cos, &sin),
-                self.precision,
-            );
-        }
-        if n == self.layers.len()
-            && let Some(ln) = &self.last_layer_norm
-        {
-            x = ln.forward(x);
-        }
-        match &packing {
-            Some(packing) => packing.unpack(x),
-            None => x,
-        }
+        let padding = mask.clone().equal_elem(0).float().mul_scalar(MASKED); // [B, T]
+        packed(&mask, x, |mut x, packing| {
+            for l in &self.layers[..n] {
+                x = l.forward(x, padding.clone(), packing, (&cos, &sin), self.precision);
+            }
+            match (n == self.layers.len(), &self.last_layer_norm) {
+                (true, Some(ln)) => ln.forward(x),
+                _ => x,
+            }
+        })
     }
 
     /// The MLM head on hidden states [B, T, d] → logits [B, T, vocab] (`None` without one).
     pub(crate) fn mlm_on(&self, h: Tensor<B, 3>) -> Option<Tensor<B, 3>> {
         let head = self.lm.as_ref()?;
-        let [b, t, d] = h.dims();
-        let p = self.precision;
-        let h = head.layer_norm.forward(gelu(dense(&head.dense, h, p)));
-        let logits = matmul(
-            h.reshape([b * t, d]),
-            self.embed_tokens.val().transpose(),
-            p,
-        ) + head.bias.val().unsqueeze_dim::<2>(0); // [B*T, vocab]
-        Some(logits.reshape([b, t, self.config.vocab_size]))
+        Some(head.forward(h, self.embed_tokens.val(), self.precision))
     }
 
     /// MLM logits [B, T, vocab] (what `LucaGPLMForMaskedLM` computes); `None` without the head.
@@ -387,16 +360,10 @@ impl<B: FusedOps> Layer<B> {
         if let Some(delta) = packed_low_rank(&[q, k, v], h, p) {
             qkv = qkv + delta;
         }
-        let qkv = match packing {
-            Some(packing) => packing.unpack(qkv), // [B, T, 3d]
-            None => qkv,
-        };
-        let qkv = rotary(qkv, cos.clone(), sin.clone(), 2 * self.spec.heads);
-        let ctx = self_attention(qkv, Some(padding), &self.spec, None, &self.attn_dropout, p);
-        let ctx = match packing {
-            Some(packing) => packing.pack(ctx),
-            None => ctx,
-        };
+        let ctx = attend_unpacked(packing, qkv, |qkv| {
+            let qkv = rotary(qkv, cos.clone(), sin.clone(), 2 * self.spec.heads); // [B, T, 3d]
+            self_attention(qkv, Some(padding), &self.spec, None, &self.attn_dropout, p) // [B, T, d]
+        });
         let x = x + dense(&self.out_proj, ctx, p);
         let h = gelu(dense(&self.fc1, self.post_layer_norm.forward(x.clone()), p));
         x + dense(&self.fc2, h, p)

@@ -108,7 +108,11 @@ fn query_blocks(
     causal: bool,
     rows: usize,
 ) -> impl Iterator<Item = (usize, usize, usize)> {
-    let block = if causal { BLOCK } else { rows.clamp(1, t.max(1)) };
+    let block = if causal {
+        BLOCK
+    } else {
+        rows.clamp(1, t.max(1))
+    };
     (0..t).step_by(block).map(move |r0| {
         let m = block.min(t - r0);
         (r0, m, if causal { r0 + m } else { t })
