@@ -377,6 +377,36 @@ pub(crate) fn decode(vocab: &Vocab, ids: &[u32]) -> Result<String, StepError> {
 mod tests {
     use super::*;
 
+    /// A table's rows are what their letters say when it records no alphabet.
+    #[test]
+    fn each_row_of_a_table_without_an_alphabet_is_what_its_letters_say() {
+        let seqs = ["ACGTNACGT", "acguu", "MKTAYIAKQR", "MKTAYJQRSV"].map(String::from);
+        let kinds = sequence_kinds(Path::new("rows.csv"), &seqs);
+        use SequenceKind::{Nucleotide, Protein};
+        assert_eq!(kinds, vec![Nucleotide, Nucleotide, Protein, Protein]);
+    }
+
+    /// LucaOne's own tokenizer (a model directory with none) reads each kind as the package
+    /// does: nucleotides as digits with token type 0, protein letters with token type 1; a
+    /// tokenizer of its own letters gives the types alone.
+    #[test]
+    fn lucaone_reads_each_kind_through_its_own_tokenizer_and_type() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/lucaone");
+        let config = crate::models::ModelSpec::read(&dir).unwrap().config;
+        let vocab = load_vocab(&dir).unwrap().for_model(&config).unwrap();
+        let seqs = ["ACGT", "MKTA"].map(String::from);
+        let rows = encode_table_spans(&vocab, Path::new("rows.csv"), &seqs).unwrap();
+        assert_eq!(rows[0].0.ids, vec![5, 7, 8, 6]); // 1 3 4 2
+        assert_eq!(rows[0].0.token_type, 0);
+        assert_eq!(rows[1].0.ids, vec![26, 21, 17, 11]); // M K T A
+        assert_eq!(rows[1].0.token_type, 1);
+        // Not a model with kinds: every row type 0, one tokenizer.
+        let plain = load_vocab(&dir).unwrap();
+        let rows = encode_table_spans(&plain, Path::new("rows.csv"), &seqs).unwrap();
+        assert_eq!(rows[1].0.ids, vec![9, 9, 6, 5]); // every protein letter but T, A is "other"
+        assert_eq!(rows[1].0.token_type, 0);
+    }
+
     /// A model directory that ships its tokenizer as a vocab.txt (ESM-2's, as the hub has it)
     /// reads as the tokenizer.json its architecture builds, with the special tokens its
     /// tokenizer_config.json names (`<eos>` standing in for the separator it has none of).
