@@ -2,6 +2,7 @@
 shapes, batch and sequences, in the same run, pair by pair (issue 26, point 5).
 
     python3 benches/embed_bench.py [--preset dnabert2|esm2|all] [--pairs 3] [--small]
+    python3 benches/embed_bench.py --long [--layers 2] [--length 10000]
 
 Presets (random weights: what is timed is the arithmetic, not what the weights know):
   dnabert2  DNABERT-2-117M's shape: 12 layers, hidden 768, 12 heads, GEGLU 3072, ALiBi, a
@@ -12,6 +13,14 @@ Presets (random weights: what is timed is the arithmetic, not what the weights k
             ESM-2's 33-token vocabulary; 64 C. trachomatis proteins cut to 254 residues,
             batch 16. PyTorch side: transformers' EsmModel.
 `--small` divides the layers by 6 (a quick check that everything runs).
+`--long`  peak memory of one long sequence instead: a random LucaOne of LucaOne-default's
+          width (hidden 2560, 40 heads, FFN 4 x hidden; `--layers` of its 20, default 2,
+          since activations, not weights, are what grows with length) embeds one E. coli
+          stretch of `--length` bases (default 10,000: 10,002 tokens with [CLS] and [SEP]),
+          against the `lucaone` package's LucaGPLMModel (its SDPA attention) on the same
+          tokens. The model directory (about 0.7 GB at 2 layers) is written to a temporary
+          directory and removed. `$DNAFLOW_BIN_BEFORE`, when set, runs a second binary on
+          the same model (an older build, to compare).
 
 Both sides embed the same sequences: the last hidden state, mean-pooled over each row's real
 tokens. dnaflow's time is the `model.embed` step's own (load, tokenize, forward, pool, write
@@ -120,6 +129,80 @@ def write_esm2(d, p, seqs):
     torch.manual_seed(0)
     EsmForMaskedLM(config).save_pretrained(d)
     tok.save_pretrained(d)
+
+
+LONG = dict(hidden=2560, heads=40, layers=2, length=10000)
+
+
+def write_lucaone(d, p):
+    """A random LucaOne (LucaGPLMForMaskedLM, the package's own class) at `p`'s shape."""
+    import torch
+    from lucaone import LucaGPLMConfig
+
+    sys.path.insert(0, str(FIXTURES))
+    import make_lucaone as ref
+
+    config = LucaGPLMConfig(vocab_size=39, hidden_size=p["hidden"], num_hidden_layers=p["layers"],
+                            num_attention_heads=p["heads"], ffn_dim=4 * p["hidden"],
+                            max_position_embeddings=p["length"] + 2)
+    torch.manual_seed(0)
+    ref.LucaGPLMForMaskedLM(config).save_pretrained(d)
+    (d / "generation_config.json").unlink(missing_ok=True)
+
+
+def lucaone_child(args):
+    """The lucaone package's side of `--long`: one sequence's mean-pooled last hidden state."""
+    import torch
+    from lucaone import LucaGPLMModel, LucaGPLMTokenizer
+
+    torch.set_num_threads(os.cpu_count())
+    d = Path(args.child_dir)
+    seq = [r["sequence"] for r in csv.DictReader(open(d / "seqs.csv"))][0]
+    start = time.perf_counter()
+    model = LucaGPLMModel.from_pretrained(d / "model")
+    model.eval()
+    enc = LucaGPLMTokenizer()(seq, seq_type="gene")
+    with torch.inference_mode():
+        h = model(input_ids=torch.tensor([enc["input_ids"]]),
+                  token_type_ids=torch.tensor([enc["token_type_ids"]])).last_hidden_state
+        h.mean(1)
+    print(json.dumps({"seconds": time.perf_counter() - start, "tokens": h.shape[1]}))
+
+
+def long_case(p):
+    """`--long`: peak RSS of embedding one long sequence, dnaflow against the lucaone package."""
+    work = Path(tempfile.mkdtemp(prefix="embed-bench-long-"))
+    try:
+        (work / "model").mkdir()
+        write_lucaone(work / "model", p)
+        seq = genome_windows(1, p["length"])[0]
+        (work / "seqs.csv").write_text(f"id,sequence\nlong,{seq}\n")
+        (work / "wf.yaml").write_text(
+            "name: embed-bench-long\nsteps:\n  embed:\n    uses: model.embed\n"
+            "    with: { model: model, data: seqs.csv, pool: mean, batch_size: 1 }\n")
+        rows = []
+        sides = [("dnaflow", binary())]
+        if os.environ.get("DNAFLOW_BIN_BEFORE"):
+            sides.append(("dnaflow (before)", os.environ["DNAFLOW_BIN_BEFORE"]))
+        for name, exe in sides:
+            cache = work / "cache"
+            subprocess.run(["rm", "-rf", str(cache)])
+            os.environ["DNAFLOW_CACHE"] = str(cache)
+            report = work / "report.json"
+            _, peak = peak_of([exe, "run", str(work / "wf.yaml"), "-q", "--report", str(report)])
+            step = json.loads(report.read_text())["steps"][0]
+            rows.append((name, step.get("seconds") or step.get("time"), peak))
+        out, peak = peak_of([sys.executable, __file__, "--child", "lucaone", "--child-dir",
+                             str(work)])
+        rows.append(("lucaone package (PyTorch SDPA)", json.loads(out.strip().splitlines()[-1])["seconds"], peak))
+    finally:
+        subprocess.run(["rm", "-rf", str(work)])
+    t = p["length"] + 2
+    print(f"\n| side | seconds | peak MiB |\n|---|---|---|")
+    for name, secs, peak in rows:
+        print(f"| {name} | {secs:.1f} | {peak:.0f} |")
+    print(f"\nOne head's T x T scores at T = {t}: {t * t * 4 / 2**20:.0f} MiB; "
+          f"[1, {p['heads']}, T, T]: {p['heads'] * t * t * 4 / 2**30:.1f} GiB")
 
 
 def torch_child(args):
@@ -236,13 +319,23 @@ def main():
     ap.add_argument("--preset", default="all", choices=[*PRESETS, "all"])
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--small", action="store_true")
+    ap.add_argument("--long", action="store_true")
+    ap.add_argument("--layers", type=int, default=LONG["layers"])
+    ap.add_argument("--length", type=int, default=LONG["length"])
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--child-dir", help=argparse.SUPPRESS)
     ap.add_argument("--child-batch", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child == "lucaone":
+        return lucaone_child(args)
     if args.child:
         return torch_child(args)
     print(f"machine: {os.cpu_count()} cores, {isa()}; binary {binary()}")
+    if args.long:
+        p = dict(LONG, layers=args.layers, length=args.length)
+        print(f"\n== long: LucaOne {p['layers']} layers x {p['hidden']}, {p['heads']} heads, "
+              f"one sequence of {p['length']} bases", flush=True)
+        return long_case(p)
     results = []
     for name in PRESETS if args.preset == "all" else [args.preset]:
         p = dict(PRESETS[name])

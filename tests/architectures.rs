@@ -417,3 +417,63 @@ fn every_kind_runs_with_esm() {
 fn every_kind_runs_with_lucaone() {
     every_kind("lucaone");
 }
+
+/// LucaOne reads a table's nucleotide and protein rows each as its package does (the kind
+/// decided by the row's letters in a table with no recorded alphabet): through `model.embed`
+/// on the package's own tiny model, a directory without a tokenizer.json (so dnaflow builds
+/// LucaOne's tokenizers: nucleotides remapped to digits with token type 0, protein letters
+/// with token type 1), each row's mean and `[CLS]` vectors are the package's last hidden
+/// state (`tests/fixtures/models/make_lucaone.py`) within 1e-5.
+#[test]
+fn lucaone_embeds_protein_and_nucleotide_rows_as_its_package() {
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/lucaone");
+    let reference: Value = serde_json::from_str(&read(&fixture.join("reference.json"))).unwrap();
+    let p = Project::new();
+    p.write(
+        "rows.csv",
+        "id,sequence\ngene,ACGTNACGUT\nprotein,MKTAYJQRSV\n",
+    );
+    p.write(
+        "embed.yaml",
+        &format!(
+            r#"
+name: lucaone-kinds
+steps:
+  mean:
+    uses: model.embed
+    with: {{ model: "{dir}", data: rows.csv, pool: mean }}
+  first:
+    uses: model.embed
+    with: {{ model: "{dir}", data: rows.csv, pool: first }}
+"#,
+            dir = fixture.display()
+        ),
+    );
+    let report = p.run_ok(&["embed.yaml"]);
+    let last = reference["hidden_states"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap();
+    let shape: Vec<usize> = serde_json::from_value(last["shape"].clone()).unwrap();
+    let (t, d) = (shape[1], shape[2]);
+    let values: Vec<f64> = serde_json::from_value(last["values"].clone()).unwrap();
+    let at = |row: usize, pos: usize, k: usize| values[(row * t + pos) * d + k];
+    for (step, pool) in [("mean", "mean"), ("first", "first")] {
+        let df = predictions(&report.out(step).join("embeddings.parquet"));
+        let mut worst = 0.0f64;
+        for row in 0..2 {
+            for k in 0..d {
+                let want = match pool {
+                    "mean" => (0..t).map(|pos| at(row, pos, k)).sum::<f64>() / t as f64,
+                    _ => at(row, 0, k),
+                };
+                let got = floats(&df, &format!("emb_{k}"))[row];
+                worst = worst.max((got - want).abs());
+            }
+        }
+        eprintln!("lucaone {pool} embeddings vs the lucaone package, max |diff| {worst:.2e}");
+        assert!(worst < 1e-5, "{pool}: {worst}");
+    }
+}

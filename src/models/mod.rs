@@ -1062,6 +1062,7 @@ for name, shards in (("one", 1), ("sharded", 2)):
             bases: vec![1; 400],
             target: crate::train::Target::None,
             second: 0,
+            token_type: 0,
         };
         let rows = batch::pack(&[doc], 16, None);
         let mut data = TrainData {

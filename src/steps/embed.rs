@@ -11,8 +11,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::finetune::inputs;
-use super::model::{load_model, load_vocab, table_alphabet};
-use super::table::{TableMeta, read_role, write_table_with};
+use super::model::{load_model, load_model_vocab, table_alphabet};
+use super::table::{TableMeta, read_role, write_table, write_table_with};
 use super::train_options::{batch_size, cpu, resolve_device};
 use super::{InputPath, StepContext, StepError, StepKind, params, write_metrics};
 use crate::models::device::on_device;
@@ -99,7 +99,7 @@ fn embed(ctx: &mut StepContext) -> Result<(), StepError> {
     let (device, _) = resolve_device(ctx, &p.device, "f32")?;
     let path = |i: &InputPath| ctx.workdir.join(i.path());
     let dir = path(&p.model);
-    let vocab = load_vocab(&path(p.tokenizer.as_ref().unwrap_or(&p.model)))?;
+    let vocab = load_model_vocab(&path(p.tokenizer.as_ref().unwrap_or(&p.model)), &dir)?;
     let table = read_role(&path(&p.data), &p.id, "data")?;
     let alphabet = table_alphabet(&vocab, &table, &p.sequence, &dir)?;
     let ids = table.texts(&p.id, "id", "an id")?;

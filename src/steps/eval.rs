@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::model::{
-    encode, load_model, load_vocab, mask_probability, objective_for, read_alphabet,
+    encode_table, load_model, load_model_vocab, mask_probability, objective_for, read_alphabet,
     rows_with_owners,
 };
 use super::score::{MAX_RESAMPLES, add_interval, describe, interval, resamples};
@@ -101,10 +101,10 @@ fn eval_lm(ctx: &mut StepContext) -> Result<(), StepError> {
     let p: LmParams = params(ctx.with).map_err(StepError::new)?;
     let (device, _) = resolve_device(ctx, &p.device, "f32")?;
     let dir = p.model.path().to_path_buf();
-    let vocab = load_vocab(p.tokenizer.as_ref().unwrap_or(&p.model).path())?;
+    let vocab = load_model_vocab(p.tokenizer.as_ref().unwrap_or(&p.model).path(), &dir)?;
     let seqs = read_sequences(p.data.path(), &p.column, p.max_sequences)?;
     let alphabet = read_alphabet(&vocab, p.data.path(), &seqs, &dir)?;
-    let docs = encode(&vocab, &seqs)?;
+    let docs = encode_table(&vocab, p.data.path(), &seqs)?;
     let ids: Vec<&[u32]> = docs.iter().map(|r| r.ids.as_slice()).collect();
     let data = p.data.path().display().to_string();
     let unk = check_unknown(&vocab, &seqs, &ids, &|i| {

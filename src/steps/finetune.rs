@@ -27,7 +27,7 @@ use super::table::{
 use super::tokenizer::fold_case;
 use super::train_options::TrainOptions;
 use super::training::{self, model_err};
-use super::vocab::{check_unknown, unk_rate};
+use super::vocab::{check_unknown, encode_table_spans, unk_rate};
 use super::{InputPath, StepContext, StepError, StepKind, params, plot, write_metrics};
 use crate::models::arch::{Framing, LmKind, MeanFold, check_config_fields};
 use crate::models::device::on_device;
@@ -407,7 +407,7 @@ fn inputs_spans(
         .iter()
         .map(|s| fold_case(s))
         .collect();
-    let mut rows = encode_spans(vocab, &seqs)?;
+    let mut rows = encode_table_spans(vocab, &table.path, &seqs)?;
     let ids: Vec<&[u32]> = rows.iter().map(|(r, _)| r.ids.as_slice()).collect();
     check_unknown(vocab, &seqs, &ids, &|i| table.at(i, sequence))?;
     let extra = if bert { 2 } else { 0 };
@@ -559,6 +559,7 @@ fn finetune(ctx: &mut StepContext) -> Result<(), StepError> {
     let tokenizer = p.tokenizer.as_ref().or(p.init.as_ref()).expect("checked");
     let vocab = load_vocab(&ctx.workdir.join(tokenizer.path()))?;
     let (config, init) = architecture(ctx, &p, &vocab)?;
+    let vocab = vocab.for_model(&config)?;
     let inputs = input_framing(&p, &config, &vocab)?;
     let mut splits = read_splits(ctx, &p, &vocab, &inputs)?;
     let (task, objective) = targets(&p, &config, &mut splits)?;

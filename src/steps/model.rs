@@ -18,7 +18,7 @@ use super::table::{LocatedTable, TableMeta};
 use super::tokenizer::{read_sequences, sequence};
 use super::train_options::TrainOptions;
 use super::training::{self, model_err};
-pub(crate) use super::vocab::{Spans, Vocab, encode, encode_spans, load_vocab};
+pub(crate) use super::vocab::{Spans, Vocab, encode_spans, encode_table, load_vocab};
 use super::{InputPath, StepContext, StepError, StepKind, params, write_metrics};
 use crate::models::arch::LmKind;
 use crate::models::arch::{Architecture, FreshSize};
@@ -279,12 +279,13 @@ fn pretrain(ctx: &mut StepContext) -> Result<(), StepError> {
         .map(|i| i.path())
         .unwrap_or(Path::new("the fresh model"));
     vocab.check_fits(config.vocab_size(), model_dir)?;
+    let vocab = vocab.for_model(&config)?;
     let objective = objective_for(&config, &vocab, p.mask_probability)?;
     // Each table's alphabet is one the tokenizer spells, before anything trains.
     let load = |path: &InputPath| -> Result<(Vec<Row>, Decided), StepError> {
         let seqs = read_sequences(path.path(), &p.column, p.max_sequences)?;
         let decided = read_alphabet(&vocab, path.path(), &seqs, model_dir)?;
-        let docs = encode(&vocab, &seqs)?;
+        let docs = encode_table(&vocab, path.path(), &seqs)?;
         Ok((rows_for(&vocab, &docs, &objective, p.seq_len), decided))
     };
     let (rows, alphabet) = load(&p.train)?;
@@ -398,6 +399,12 @@ pub(super) fn log_report(ctx: &mut StepContext, report: &LoadReport) -> Result<(
 }
 
 /// Load a model directory (ours or transformers') onto `device` under its own head.
+/// The tokenizer at `tokenizer` as the model directory `model` reads it ([`Vocab::for_model`]).
+pub(crate) fn load_model_vocab(tokenizer: &Path, model: &Path) -> Result<Vocab, StepError> {
+    let spec = ModelSpec::read(model).map_err(model_err)?;
+    load_vocab(tokenizer)?.for_model(&spec.config)
+}
+
 pub(crate) fn load_model<B: FusedOps>(
     dir: &Path,
     device: &B::Device,

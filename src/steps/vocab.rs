@@ -7,8 +7,11 @@ use std::path::{Path, PathBuf};
 use tokenizers::Tokenizer;
 
 use super::StepError;
-use super::data::{Alphabet, Decided};
+use super::data::{Alphabet, Decided, detect_alphabet};
+use super::table::TableMeta;
 use super::tokenizer::open_tokenizer;
+use crate::models::ArchConfig;
+use crate::models::arch::SequenceKind;
 use crate::train::{self, Row};
 
 /// A tokenizer with the special tokens the models need.
@@ -27,6 +30,17 @@ pub(crate) struct Vocab {
     /// The alphabet it was trained for, as tokenizer.train records it in the
     /// tokenizer_config.json beside it (`dnaflow_alphabet`); `None` for tokenizers made elsewhere.
     pub alphabet: Option<Alphabet>,
+    /// How the model reads nucleotides and protein apart, when it does ([`Vocab::for_model`]).
+    pub kinds: Option<Kinds>,
+}
+
+/// How a model that reads nucleotides and protein apart reads each (its architecture row's
+/// [`SequenceKinds`](crate::models::arch::SequenceKinds)).
+pub(crate) struct Kinds {
+    token_type: fn(SequenceKind) -> u32,
+    /// The model's own tokenizers for nucleotides and for protein, when the tokenizer given is
+    /// the model's own (the same tokens and ids); `None`: the given one reads both.
+    own: Option<[Tokenizer; 2]>,
 }
 
 /// Read a tokenizer and its special tokens. The roles (`eos_token`, `pad_token`,
@@ -68,10 +82,46 @@ pub(crate) fn load_vocab(path: &Path) -> Result<Vocab, StepError> {
         bert,
         specials,
         unk,
+        kinds: None,
     })
 }
 
 impl Vocab {
+    /// This tokenizer as `config`'s model reads it: where the architecture reads nucleotides
+    /// and protein apart (LucaOne), each sequence gets its kind's token type, and, when this is
+    /// the model's own tokenizer, its kind's own tokenizer (LucaOne's remaps nucleotides to
+    /// digits, so protein must not go through it).
+    pub(crate) fn for_model(mut self, config: &ArchConfig) -> Result<Vocab, StepError> {
+        let Some(kinds) = &config.architecture().sequence_kinds else {
+            return Ok(self);
+        };
+        let build = |kind| {
+            use std::str::FromStr;
+            Tokenizer::from_str(&(kinds.tokenizer)(kind).to_string())
+                .map_err(|e| StepError::new(format!("{}'s own tokenizer: {e}", config.name())))
+        };
+        let nucleotide = build(SequenceKind::Nucleotide)?;
+        let own = (nucleotide.get_vocab(true) == self.tokenizer.get_vocab(true))
+            .then(|| Ok::<_, StepError>([nucleotide, build(SequenceKind::Protein)?]))
+            .transpose()?;
+        self.kinds = Some(Kinds {
+            token_type: kinds.token_type,
+            own,
+        });
+        Ok(self)
+    }
+
+    /// The tokenizer a sequence of `kind` goes through.
+    fn tokenizer_for(&self, kind: SequenceKind) -> &Tokenizer {
+        match self.kinds.as_ref().and_then(|k| k.own.as_ref()) {
+            Some([nucleotide, protein]) => match kind {
+                SequenceKind::Nucleotide => nucleotide,
+                SequenceKind::Protein => protein,
+            },
+            None => &self.tokenizer,
+        }
+    }
+
     /// That the model's embedding has a row for every token of this tokenizer: a larger
     /// tokenizer would index past it. `model` names the model directory in the error.
     pub(crate) fn check_fits(&self, model_vocab: usize, model: &Path) -> Result<(), StepError> {
@@ -282,9 +332,15 @@ fn declared_special_tokens(
     Ok(roles)
 }
 
-/// Tokenize sequences without special tokens, remembering how many bases each token spells.
-pub(crate) fn encode(vocab: &Vocab, seqs: &[String]) -> Result<Vec<Row>, StepError> {
-    Ok(encode_spans(vocab, seqs)?
+/// Tokenize the sequences of the table at `table` without special tokens, remembering how many
+/// bases each token spells; each read as its kind when the model reads nucleotides and
+/// protein apart ([`sequence_kinds`]).
+pub(crate) fn encode_table(
+    vocab: &Vocab,
+    table: &Path,
+    seqs: &[String],
+) -> Result<Vec<Row>, StepError> {
+    Ok(encode_table_spans(vocab, table, seqs)?
         .into_iter()
         .map(|(row, _)| row)
         .collect())
@@ -294,13 +350,60 @@ pub(crate) fn encode(vocab: &Vocab, seqs: &[String]) -> Result<Vec<Row>, StepErr
 /// positions; empty for a token that spells no base, such as `[CLS]`).
 pub(crate) type Spans = Vec<(usize, usize)>;
 
-/// [`encode`], with each token's span of the sequence (what per-base labels are aligned by).
+/// Tokenize sequences without special tokens, with each token's span of the sequence (what
+/// per-base labels are aligned by).
+/// Every sequence is read as a nucleotide one (see [`encode_table_spans`]).
 pub(crate) fn encode_spans(vocab: &Vocab, seqs: &[String]) -> Result<Vec<(Row, Spans)>, StepError> {
+    let kinds = vec![SequenceKind::Nucleotide; seqs.len()];
+    encode_kinds(vocab, seqs, &kinds)
+}
+
+/// [`encode_table`], with each token's span of the sequence.
+pub(crate) fn encode_table_spans(
+    vocab: &Vocab,
+    table: &Path,
+    seqs: &[String],
+) -> Result<Vec<(Row, Spans)>, StepError> {
+    let kinds = match vocab.kinds {
+        Some(_) => sequence_kinds(table, seqs),
+        None => vec![SequenceKind::Nucleotide; seqs.len()],
+    };
+    encode_kinds(vocab, seqs, &kinds)
+}
+
+/// What each sequence of the table at `table` is: the alphabet its metadata records (what
+/// data.load decided for it), else each sequence's own letters (a table that stacks genome
+/// windows and proteins records none).
+pub(crate) fn sequence_kinds(table: &Path, seqs: &[String]) -> Vec<SequenceKind> {
+    let of = |a: Alphabet| match a.is_nucleotide() {
+        true => SequenceKind::Nucleotide,
+        false => SequenceKind::Protein,
+    };
+    match TableMeta::read(table)
+        .alphabet
+        .as_deref()
+        .and_then(Alphabet::from_name)
+    {
+        Some(a @ (Alphabet::Dna | Alphabet::Rna | Alphabet::Protein)) => vec![of(a); seqs.len()],
+        _ => seqs
+            .iter()
+            .map(|s| of(detect_alphabet([s.as_str()]).0))
+            .collect(),
+    }
+}
+
+/// [`encode_spans`] with each sequence read as its kind: its kind's tokenizer and token type.
+fn encode_kinds(
+    vocab: &Vocab,
+    seqs: &[String],
+    kinds: &[SequenceKind],
+) -> Result<Vec<(Row, Spans)>, StepError> {
     use rayon::prelude::*;
     seqs.par_iter()
-        .map(|s| {
+        .zip(kinds)
+        .map(|(s, &kind)| {
             let enc = vocab
-                .tokenizer
+                .tokenizer_for(kind)
                 .encode(s.as_str(), false)
                 .map_err(|e| StepError::new(format!("tokenizing: {e}")))?;
             // Offsets are in bytes; a sequence of ASCII letters has one byte per base.
@@ -325,6 +428,7 @@ pub(crate) fn encode_spans(vocab: &Vocab, seqs: &[String]) -> Result<Vec<(Row, S
                 bases,
                 target: train::Target::None,
                 second: 0,
+                token_type: vocab.kinds.as_ref().map_or(0, |k| (k.token_type)(kind)),
             };
             Ok((row, spans))
         })
@@ -350,6 +454,36 @@ pub(crate) fn decode(vocab: &Vocab, ids: &[u32]) -> Result<String, StepError> {
 mod tests {
     use super::*;
 
+    /// A table's rows are what their letters say when it records no alphabet.
+    #[test]
+    fn each_row_of_a_table_without_an_alphabet_is_what_its_letters_say() {
+        let seqs = ["ACGTNACGT", "acguu", "MKTAYIAKQR", "MKTAYJQRSV"].map(String::from);
+        let kinds = sequence_kinds(Path::new("rows.csv"), &seqs);
+        use SequenceKind::{Nucleotide, Protein};
+        assert_eq!(kinds, vec![Nucleotide, Nucleotide, Protein, Protein]);
+    }
+
+    /// LucaOne's own tokenizer (a model directory with none) reads each kind as the package
+    /// does: nucleotides as digits with token type 0, protein letters with token type 1; a
+    /// tokenizer of its own letters gives the types alone.
+    #[test]
+    fn lucaone_reads_each_kind_through_its_own_tokenizer_and_type() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/lucaone");
+        let config = crate::models::ModelSpec::read(&dir).unwrap().config;
+        let vocab = load_vocab(&dir).unwrap().for_model(&config).unwrap();
+        let seqs = ["ACGT", "MKTA"].map(String::from);
+        let rows = encode_table_spans(&vocab, Path::new("rows.csv"), &seqs).unwrap();
+        assert_eq!(rows[0].0.ids, vec![5, 7, 8, 6]); // 1 3 4 2
+        assert_eq!(rows[0].0.token_type, 0);
+        assert_eq!(rows[1].0.ids, vec![26, 21, 17, 11]); // M K T A
+        assert_eq!(rows[1].0.token_type, 1);
+        // Not a model with kinds: every row type 0, one tokenizer.
+        let plain = load_vocab(&dir).unwrap();
+        let rows = encode_table_spans(&plain, Path::new("rows.csv"), &seqs).unwrap();
+        assert_eq!(rows[1].0.ids, vec![9, 9, 6, 5]); // every protein letter but T, A is "other"
+        assert_eq!(rows[1].0.token_type, 0);
+    }
+
     /// A model directory that ships its tokenizer as a vocab.txt (ESM-2's, as the hub has it)
     /// reads as the tokenizer.json its architecture builds, with the special tokens its
     /// tokenizer_config.json names (`<eos>` standing in for the separator it has none of).
@@ -362,8 +496,8 @@ mod tests {
         assert_eq!(vocab.pad, 1);
         assert_eq!(vocab.eos, Some(2));
         assert_eq!(vocab.bert, Some((0, 2, 32)));
-        let rows = encode(&vocab, &["MKT<mask>A".to_string()]).unwrap();
-        assert_eq!(rows[0].ids, vec![20, 15, 11, 32, 5]);
+        let rows = encode_spans(&vocab, &["MKT<mask>A".to_string()]).unwrap();
+        assert_eq!(rows[0].0.ids, vec![20, 15, 11, 32, 5]);
     }
 
     fn decided(alphabet: Alphabet) -> Decided {

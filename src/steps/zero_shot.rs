@@ -13,6 +13,7 @@
 //!   boxes) against the rest.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
@@ -22,12 +23,13 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::model::{Vocab, encode_spans, load_model, load_vocab};
+use super::model::{Vocab, load_model, load_model_vocab};
 use super::table::{
     LocatedTable, class_label, id_column, read_role, sequence_column, table_identity, write_table,
 };
 use super::tokenizer::fold_case;
 use super::train_options::{batch_size, cpu, resolve_device};
+use super::vocab::encode_table_spans;
 use super::{InputPath, StepContext, StepError, StepKind, params, plot, write_metrics};
 use crate::models::arch::{Framing, LmKind};
 use crate::models::device::on_device;
@@ -178,6 +180,9 @@ enum Scorer {
 /// spells (`(0, 0)` for special tokens).
 struct Framed {
     ids: Vec<u32>,
+    /// The token type of every position (the sequence's kind's, for a model that reads
+    /// nucleotides and protein apart; else 0).
+    token_type: u32,
     bases: Vec<u16>,
     spans: Vec<(usize, usize)>,
 }
@@ -186,6 +191,8 @@ struct Framed {
 /// (its end-of-sequence token, as documents are joined in training), or nothing.
 struct Framer<'a> {
     vocab: &'a Vocab,
+    /// The table the sequences come from (its alphabet says what they are).
+    table: &'a Path,
     before: Option<u32>,
     after: Option<u32>,
     max_len: usize,
@@ -195,12 +202,13 @@ struct Framer<'a> {
 
 impl Framer<'_> {
     fn frame(&self, seqs: &[String]) -> Result<Vec<Framed>, StepError> {
-        let encoded = encode_spans(self.vocab, seqs)?;
+        let encoded = encode_table_spans(self.vocab, self.table, seqs)?;
         Ok(encoded
             .into_iter()
             .map(|(row, spans)| {
                 let mut f = Framed {
                     ids: Vec::with_capacity(row.ids.len() + 2),
+                    token_type: row.token_type,
                     bases: Vec::with_capacity(row.ids.len() + 2),
                     spans: Vec::with_capacity(row.ids.len() + 2),
                 };
@@ -248,7 +256,7 @@ fn score(ctx: &mut StepContext) -> Result<(), StepError> {
     let (device, _) = resolve_device(ctx, &p.device, "f32")?;
     let path = |i: &InputPath| ctx.workdir.join(i.path());
     let dir = path(&p.model);
-    let vocab = load_vocab(&path(p.tokenizer.as_ref().unwrap_or(&p.model)))?;
+    let vocab = load_model_vocab(&path(p.tokenizer.as_ref().unwrap_or(&p.model)), &dir)?;
     let table = read_role(&path(&p.data), &p.id, "data")?;
     let n = match p.max_sequences {
         0 => table.df.height(),
@@ -286,6 +294,7 @@ fn score(ctx: &mut StepContext) -> Result<(), StepError> {
         let cls_sep = config.architecture().framing == Framing::ClsSep;
         let framer = Framer {
             vocab: &vocab,
+            table: &table.path,
             before: if cls_sep {
                 vocab.bert.map(|b| b.0)
             } else if scorer == Scorer::Causal {
@@ -453,6 +462,7 @@ impl<'a> Place<'a> {
 /// `read` there are wanted.
 struct Masked {
     ids: Vec<u32>,
+    token_type: u32,
     at: usize,
     read: Vec<u32>,
 }
@@ -496,6 +506,7 @@ impl<B: FusedOps> Run<'_, B> {
                         ids,
                         target: Target::Tokens(labels),
                         second: 0,
+                        token_type: q.token_type,
                     }
                 })
                 .collect();
@@ -531,6 +542,7 @@ impl<B: FusedOps> Run<'_, B> {
                             bases: f.bases.clone(),
                             target: Target::None,
                             second: 0,
+                            token_type: f.token_type,
                         })
                         .collect();
                     let refs: Vec<&Row> = rows.iter().collect();
@@ -567,6 +579,7 @@ impl<B: FusedOps> Run<'_, B> {
                         if b > a {
                             queries.push(Masked {
                                 ids: f.ids.clone(),
+                                token_type: f.token_type,
                                 at: j,
                                 read: vec![f.ids[j]],
                             });
@@ -596,6 +609,7 @@ impl<B: FusedOps> Run<'_, B> {
                     bases: f.bases.clone(),
                     target: Target::Class(0),
                     second: 0,
+                    token_type: f.token_type,
                 })
                 .collect();
             let refs: Vec<&Row> = rows.iter().collect();
@@ -675,6 +689,7 @@ impl<B: FusedOps> Run<'_, B> {
                 .iter()
                 .map(|(&pos, (t, ks))| Masked {
                     ids: framed.ids.clone(),
+                    token_type: framed.token_type,
                     at: *t,
                     read: std::iter::once(seq.as_bytes()[pos] as char)
                         .chain(

@@ -19,6 +19,9 @@ pub struct Row {
     /// First token of a pair's second sequence: BERT's token type 1 from there on (0: one
     /// sequence, every token type 0).
     pub second: usize,
+    /// Token type of every position before `second` (0 unless the model reads kinds of
+    /// sequence apart: LucaOne's 1 for protein).
+    pub token_type: u32,
 }
 
 /// The label of a row for a task head.
@@ -125,6 +128,7 @@ pub fn frame_with_owners(docs: &[Row], max_len: usize, cls: u32, sep: u32) -> (V
                 bases: Vec::with_capacity(ids.len() + 2),
                 target: Target::None,
                 second: 0,
+                token_type: doc.token_type,
             };
             row.ids.push(cls);
             row.bases.push(0);
@@ -202,9 +206,11 @@ fn padded(rows: &[&Row], pad: u32) -> Batch {
         for (j, &id) in r.ids.iter().enumerate() {
             batch.ids[i * t + j] = id as i64;
             batch.mask[i * t + j] = 1;
-            if r.second > 0 && j >= r.second {
-                batch.types[i * t + j] = 1;
-            }
+            batch.types[i * t + j] = if r.second > 0 && j >= r.second {
+                1
+            } else {
+                r.token_type as i64
+            };
         }
         batch.tokens += r.ids.len();
     }
@@ -331,6 +337,7 @@ mod tests {
             bases: vec![3; ids.len()],
             target: Target::None,
             second: 0,
+            token_type: 0,
         }
     }
 

@@ -669,6 +669,7 @@ mod training_tests {
             bases: vec![1; 400],
             target: Target::None,
             second: 0,
+            token_type: 0,
         };
         let rows = batch::pack(&[doc], 16, None);
         let mut tc = config(60, 0.02);
@@ -697,6 +698,7 @@ mod training_tests {
                     ids,
                     target: Target::Class((i % 2) as u32),
                     second: 0,
+                    token_type: 0,
                 }
             })
             .collect()

@@ -107,15 +107,38 @@ pub struct Bert<B: Backend> {
     precision: Precision,
 }
 
-/// The masked-LM head `cls.predictions`: dense + GELU + LayerNorm, then the tied decoder.
+/// The masked-LM head of BERT (`cls.predictions`), DNABERT-2, ESM and LucaOne (`lm_head`):
+/// dense + GELU + LayerNorm, then the decoder tied to the word embeddings, plus a bias.
 #[derive(Module, Debug)]
 pub struct MlmHead<B: Backend> {
-    /// `cls.predictions.transform.dense`
+    /// `cls.predictions.transform.dense`, `lm_head.dense`
     transform: Dense<B>,
     transform_ln: LayerNorm<B>,
-    /// `cls.predictions.bias` [vocab]
+    /// `cls.predictions.bias`, `lm_head.bias` [vocab]
     decoder_bias: Param<Tensor<B, 1>>,
 }
+
+/// The tensor names of an [`MlmHead`] under its prefix.
+pub(crate) struct MlmNames {
+    pub dense: &'static str,
+    pub layer_norm: &'static str,
+    /// The decoder's output bias [vocab].
+    pub bias: &'static str,
+}
+
+/// BERT's `cls.predictions` names (DNABERT-2's bias is `decoder.bias`).
+pub(crate) const BERT_MLM: MlmNames = MlmNames {
+    dense: "transform.dense",
+    layer_norm: "transform.LayerNorm",
+    bias: "bias",
+};
+
+/// ESM's and LucaOne's `lm_head` names.
+pub(crate) const LM_HEAD: MlmNames = MlmNames {
+    dense: "dense",
+    layer_norm: "layer_norm",
+    bias: "bias",
+};
 
 #[derive(Module, Debug)]
 struct Layer<B: Backend> {
@@ -190,7 +213,7 @@ impl<B: FusedOps> Bert<B> {
         let mlm = lm_head.then(|| {
             let mut head = vars.pp("cls.predictions");
             head.skip("decoder.bias"); // a tied copy of `cls.predictions.bias`
-            MlmHead::declare(&mut head, d, config.vocab_size, eps, std, "bias")
+            MlmHead::declare(&mut head, d, config.vocab_size, eps, std, BERT_MLM)
         });
         Ok(Bert {
             word_embeddings,
@@ -246,21 +269,16 @@ impl<B: FusedOps> Bert<B> {
             .select(0, types.reshape([b * t]))
             .reshape([b, t, d]);
         let pos = self.position_embeddings.val().slice([0..t, 0..d]);
-        let mut x = self
+        let x = self
             .dropout
             .forward(self.embeddings_ln.forward(add_per_row(words + kinds, pos)));
-        let packing = Packing::of(&mask);
-        let padding = mask.equal_elem(0).float().mul_scalar(MASKED); // [B, T]: MASKED on padding keys
-        if let Some(packing) = &packing {
-            x = packing.pack(x);
-        }
-        for layer in &self.layers[..layers] {
-            x = layer.forward(x, padding.clone(), packing.as_ref(), self.precision);
-        }
-        match &packing {
-            Some(packing) => packing.unpack(x),
-            None => x,
-        }
+        let padding = mask.clone().equal_elem(0).float().mul_scalar(MASKED); // [B, T]: MASKED on padding keys
+        packed(&mask, x, |mut x, packing| {
+            for layer in &self.layers[..layers] {
+                x = layer.forward(x, padding.clone(), packing, self.precision);
+            }
+            x
+        })
     }
 
     /// HF's `hidden_states[layer]` [B, T, d]: 0 is the embeddings, N the output of layer N.
@@ -297,23 +315,22 @@ impl<B: FusedOps> Bert<B> {
 }
 
 impl<B: FusedOps> MlmHead<B> {
-    /// Declare a BERT-style MLM head under `vars` (`cls.predictions`): `transform.dense`,
-    /// `transform.LayerNorm` (eps `eps`) and the decoder's output bias named `bias` [vocab]
-    /// (BERT's `bias`, DNABERT-2's `decoder.bias`). The decoder weight is the word embeddings:
-    /// a tied copy a checkpoint carries is skipped.
+    /// Declare an MLM head under `vars` (`cls.predictions`, `lm_head`) by `names`: the dense
+    /// layer, the LayerNorm (eps `eps`) and the decoder's output bias [vocab]. The decoder
+    /// weight is the word embeddings: a tied copy a checkpoint carries is skipped.
     pub(crate) fn declare(
         vars: &mut Vars<B>,
         d: usize,
         vocab: usize,
         eps: f64,
         std: f64,
-        bias: &str,
+        names: MlmNames,
     ) -> MlmHead<B> {
         vars.skip("decoder.weight");
         MlmHead {
-            transform: vars.linear("transform.dense", d, d, true, std),
-            transform_ln: vars.layer_norm("transform.LayerNorm", d, eps),
-            decoder_bias: vars.param(bias, [vocab], Init::Zeros),
+            transform: vars.linear(names.dense, d, d, true, std),
+            transform_ln: vars.layer_norm(names.layer_norm, d, eps),
+            decoder_bias: vars.param(names.bias, [vocab], Init::Zeros),
         }
     }
 
@@ -392,6 +409,33 @@ impl<B: Backend> Packing<B> {
     }
 }
 
+/// `encode` on x [B, T, d]: on its real tokens packed as [1, N, d] when `mask` [B, T] has
+/// padding (padding positions come back as zeros), else on x as it is. `encode` gets the
+/// packing, which attention needs to see the batch's layout ([`attend_unpacked`]).
+pub(crate) fn packed<B: Backend>(
+    mask: &Tensor<B, 2, Int>,
+    x: Tensor<B, 3>,
+    encode: impl FnOnce(Tensor<B, 3>, Option<&Packing<B>>) -> Tensor<B, 3>,
+) -> Tensor<B, 3> {
+    match Packing::of(mask) {
+        Some(packing) => packing.unpack(encode(packing.pack(x), Some(&packing))),
+        None => encode(x, None),
+    }
+}
+
+/// `attend` on the batch's [B, T, ·] layout: `qkv` unpacked before it and its context packed
+/// after, when the layer runs on packed tokens.
+pub(crate) fn attend_unpacked<B: Backend>(
+    packing: Option<&Packing<B>>,
+    qkv: Tensor<B, 3>,
+    attend: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 3>,
+) -> Tensor<B, 3> {
+    match packing {
+        Some(packing) => packing.pack(attend(packing.unpack(qkv))),
+        None => attend(qkv),
+    }
+}
+
 impl<B: FusedOps> Layer<B> {
     /// One encoder layer on x [B, T, d], or on the packed real tokens [1, N, d] when `packing`.
     fn forward(
@@ -405,15 +449,9 @@ impl<B: FusedOps> Layer<B> {
         if let Some(delta) = packed_low_rank(&[&self.query, &self.key, &self.value], x.clone(), p) {
             qkv = qkv + delta;
         }
-        let qkv = match packing {
-            Some(packing) => packing.unpack(qkv), // attention needs [B, T, 3d]
-            None => qkv,
-        };
-        let ctx = self_attention(qkv, Some(padding), &self.spec, None, &self.attn_dropout, p); // [B, T, d]
-        let ctx = match packing {
-            Some(packing) => packing.pack(ctx),
-            None => ctx,
-        };
+        let ctx = attend_unpacked(packing, qkv, |qkv| {
+            self_attention(qkv, Some(padding), &self.spec, None, &self.attn_dropout, p) // [B, T, d]
+        });
         let x = self
             .attn_ln
             .forward(x + self.dropout.forward(dense(&self.attn_out, ctx, p)));

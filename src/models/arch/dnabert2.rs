@@ -13,7 +13,7 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::bert::{MlmHead, Packing};
+use super::bert::{BERT_MLM, MlmHead, MlmNames, Packing, attend_unpacked, packed};
 use crate::models::device::Precision;
 use crate::models::error::ModelError;
 use crate::models::io::vars::{Init, Vars};
@@ -241,7 +241,10 @@ impl<B: FusedOps> DnaBert2<B> {
                 config.vocab_size,
                 1e-12,
                 std,
-                "decoder.bias",
+                MlmNames {
+                    bias: "decoder.bias",
+                    ..BERT_MLM
+                },
             )
         });
         Ok(DnaBert2 {
@@ -293,23 +296,16 @@ impl<B: FusedOps> DnaBert2<B> {
             .select(0, types.reshape([b * t]))
             .reshape([b, t, d]);
         // No position embeddings: ALiBi in every attention.
-        let mut x = self
+        let x = self
             .dropout
             .forward(self.embeddings_ln.forward(words + kinds));
-        let packing = Packing::of(&mask);
-        let padding = packing
-            .as_ref()
-            .map(|_| mask.equal_elem(0).float().mul_scalar(MASKED)); // [B, T]
-        if let Some(packing) = &packing {
-            x = packing.pack(x);
-        }
-        for l in &self.layers[..layer.min(self.layers.len())] {
-            x = l.forward(x, padding.clone(), packing.as_ref(), self.precision);
-        }
-        match &packing {
-            Some(packing) => packing.unpack(x),
-            None => x,
-        }
+        packed(&mask, x, |mut x, packing| {
+            let padding = packing.map(|_| mask.clone().equal_elem(0).float().mul_scalar(MASKED)); // [B, T]
+            for l in &self.layers[..layer.min(self.layers.len())] {
+                x = l.forward(x, padding.clone(), packing, self.precision);
+            }
+            x
+        })
     }
 
     /// The MLM head on hidden states [B, T, d] (`None` without one).
@@ -330,15 +326,9 @@ impl<B: FusedOps> Layer<B> {
         p: Precision,
     ) -> Tensor<B, 3> {
         let qkv = dense(&self.wqkv, x.clone(), p);
-        let qkv = match packing {
-            Some(packing) => packing.unpack(qkv), // attention needs [B, T, 3d]
-            None => qkv,
-        };
-        let ctx = self_attention(qkv, padding, &self.spec, None, &self.attn_dropout, p); // [B, T, d]
-        let ctx = match packing {
-            Some(packing) => packing.pack(ctx),
-            None => ctx,
-        };
+        let ctx = attend_unpacked(packing, qkv, |qkv| {
+            self_attention(qkv, padding, &self.spec, None, &self.attn_dropout, p) // [B, T, d]
+        });
         let x = self
             .attn_ln
             .forward(x + self.dropout.forward(dense(&self.attn_out, ctx, p)));

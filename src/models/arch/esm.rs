@@ -15,13 +15,13 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::bert::Packing;
+use super::bert::{LM_HEAD, MlmHead, Packing, attend_unpacked, packed};
 use super::llama::Rope;
 use crate::models::device::Precision;
 use crate::models::error::ModelError;
 use crate::models::io::vars::{Init, Vars};
 use crate::models::kernels::{AttentionSpec, Dense, FusedOps, LayerNorm, MASKED, gelu, rotary};
-use crate::models::nn::{affine, dense, matmul, packed_low_rank, self_attention};
+use crate::models::nn::{affine, dense, packed_low_rank, self_attention};
 
 /// The mask ratio every ESM training run used (15 % of tokens selected, 80 % of those masked):
 /// `token_dropout` scales embeddings by (1 − this) / (1 − the observed ratio).
@@ -156,22 +156,13 @@ pub struct Esm<B: Backend> {
     /// contact map it predicts from attention weights is not computed.
     contact_regression: Dense<B>,
     /// `lm_head.*`, when this is `EsmForMaskedLM`.
-    lm: Option<LmHead<B>>,
+    lm: Option<MlmHead<B>>,
     #[module(skip)]
     config: EsmConfig,
     #[module(skip)]
     rope: Rope,
     #[module(skip)]
     precision: Precision,
-}
-
-/// `lm_head`: dense + GELU + LayerNorm, then the tied decoder and `lm_head.bias`.
-#[derive(Module, Debug)]
-struct LmHead<B: Backend> {
-    dense: Dense<B>,
-    layer_norm: LayerNorm<B>,
-    /// `lm_head.bias` [vocab]
-    bias: Param<Tensor<B, 1>>,
 }
 
 #[derive(Module, Debug)]
@@ -252,14 +243,16 @@ impl<B: FusedOps> Esm<B> {
         let emb_layer_norm_after = esm.layer_norm("encoder.emb_layer_norm_after", d, eps);
         let contacts = config.num_hidden_layers * config.num_attention_heads;
         let contact_regression = esm.linear("contact_head.regression", contacts, 1, true, std);
+        // `lm_head`: its decoder tied to the word embeddings.
         let lm = lm_head.then(|| {
-            let mut head = vars.pp("lm_head");
-            head.skip("decoder.weight"); // tied to the word embeddings
-            LmHead {
-                dense: head.linear("dense", d, d, true, std),
-                layer_norm: head.layer_norm("layer_norm", d, eps),
-                bias: head.param("bias", [config.vocab_size], Init::Zeros),
-            }
+            MlmHead::declare(
+                &mut vars.pp("lm_head"),
+                d,
+                config.vocab_size,
+                eps,
+                std,
+                LM_HEAD,
+            )
         });
         Ok(Esm {
             word_embeddings,
@@ -330,43 +323,24 @@ impl<B: FusedOps> Esm<B> {
     ) -> Tensor<B, 3> {
         let n = layer.min(self.layers.len());
         let t = ids.dims()[1];
-        let mut x = self.embed(ids, &mask);
+        let x = self.embed(ids, &mask);
         let (cos, sin) = self.rope.tables::<B>(0, t, &x.device());
-        let packing = Packing::of(&mask);
-        let padding = mask.equal_elem(0).float().mul_scalar(MASKED); // [B, T]
-        if let Some(packing) = &packing {
-            x = packing.pack(x);
-        }
-        for l in &self.layers[..n] {
-            x = l.forward(
-                x,
-                padding.clone(),
-                packing.as_ref(),
-                (&cos, &sin),
-                self.precision,
-            );
-        }
-        if n == self.layers.len() {
-            x = self.emb_layer_norm_after.forward(x);
-        }
-        match &packing {
-            Some(packing) => packing.unpack(x),
-            None => x,
-        }
+        let padding = mask.clone().equal_elem(0).float().mul_scalar(MASKED); // [B, T]
+        packed(&mask, x, |mut x, packing| {
+            for l in &self.layers[..n] {
+                x = l.forward(x, padding.clone(), packing, (&cos, &sin), self.precision);
+            }
+            match n == self.layers.len() {
+                true => self.emb_layer_norm_after.forward(x),
+                false => x,
+            }
+        })
     }
 
     /// The MLM head on hidden states [B, T, d] → logits [B, T, vocab] (`None` without one).
     pub(crate) fn mlm_on(&self, h: Tensor<B, 3>) -> Option<Tensor<B, 3>> {
         let head = self.lm.as_ref()?;
-        let [b, t, d] = h.dims();
-        let p = self.precision;
-        let h = head.layer_norm.forward(gelu(dense(&head.dense, h, p)));
-        let logits = matmul(
-            h.reshape([b * t, d]),
-            self.word_embeddings.val().transpose(),
-            p,
-        ) + head.bias.val().unsqueeze_dim::<2>(0); // [B*T, vocab]
-        Some(logits.reshape([b, t, self.config.vocab_size]))
+        Some(head.forward(h, self.word_embeddings.val(), self.precision))
     }
 
     /// MLM logits [B, T, vocab] (what `EsmForMaskedLM` computes); `None` without the head.
@@ -396,16 +370,10 @@ impl<B: FusedOps> Layer<B> {
         if let Some(delta) = packed_low_rank(&[&self.query, &self.key, &self.value], h, p) {
             qkv = qkv + delta;
         }
-        let qkv = match packing {
-            Some(packing) => packing.unpack(qkv), // [B, T, 3d]
-            None => qkv,
-        };
-        let qkv = rotary(qkv, cos.clone(), sin.clone(), 2 * self.spec.heads);
-        let ctx = self_attention(qkv, Some(padding), &self.spec, None, &self.attn_dropout, p); // [B, T, d]
-        let ctx = match packing {
-            Some(packing) => packing.pack(ctx),
-            None => ctx,
-        };
+        let ctx = attend_unpacked(packing, qkv, |qkv| {
+            let qkv = rotary(qkv, cos.clone(), sin.clone(), 2 * self.spec.heads); // [B, T, 3d]
+            self_attention(qkv, Some(padding), &self.spec, None, &self.attn_dropout, p) // [B, T, d]
+        });
         let x = x + self.dropout.forward(dense(&self.attn_out, ctx, p));
         let h = gelu(dense(&self.intermediate, self.mlp_ln.forward(x.clone()), p));
         x + self.dropout.forward(dense(&self.output, h, p))

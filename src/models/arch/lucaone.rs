@@ -15,13 +15,14 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::bert::Packing;
+use super::SequenceKind;
+use super::bert::{LM_HEAD, MlmHead, Packing, attend_unpacked, packed};
 use super::llama::Rope;
 use crate::models::device::Precision;
 use crate::models::error::ModelError;
 use crate::models::io::vars::{Init, Vars};
 use crate::models::kernels::{AttentionSpec, Dense, FusedOps, LayerNorm, MASKED, gelu, rotary};
-use crate::models::nn::{affine, dense, matmul, packed_low_rank, self_attention};
+use crate::models::nn::{affine, dense, packed_low_rank, self_attention};
 
 /// torch's `nn.LayerNorm` default, what every LucaOne LayerNorm uses.
 const EPS: f64 = 1e-5;
@@ -154,21 +155,13 @@ pub struct LucaOne<B: Backend> {
     embed_layer_norm: Option<LayerNorm<B>>,
     layers: Vec<Layer<B>>,
     last_layer_norm: Option<LayerNorm<B>>,
-    lm: Option<LmHead<B>>,
+    lm: Option<MlmHead<B>>,
     #[module(skip)]
     config: LucaOneConfig,
     #[module(skip)]
     rope: Rope,
     #[module(skip)]
     precision: Precision,
-}
-
-/// `lm_head`: dense + GELU + LayerNorm, then the tied decoder and `lm_head.bias`.
-#[derive(Module, Debug)]
-struct LmHead<B: Backend> {
-    dense: Dense<B>,
-    layer_norm: LayerNorm<B>,
-    bias: Param<Tensor<B, 1>>,
 }
 
 #[derive(Module, Debug)]
@@ -240,14 +233,16 @@ impl<B: FusedOps> LucaOne<B> {
         let last_layer_norm = config
             .use_last_layer_norm
             .then(|| luca.layer_norm("encoder.last_layer_norm", d, EPS));
+        // `lm_head`: its decoder tied to the token embeddings.
         let lm = lm_head.then(|| {
-            let mut head = vars.pp("lm_head");
-            head.skip("decoder.weight"); // tied to the token embeddings
-            LmHead {
-                dense: head.linear("dense", d, d, true, std),
-                layer_norm: head.layer_norm("layer_norm", d, EPS),
-                bias: head.param("bias", [config.vocab_size], Init::Zeros),
-            }
+            MlmHead::declare(
+                &mut vars.pp("lm_head"),
+                d,
+                config.vocab_size,
+                EPS,
+                std,
+                LM_HEAD,
+            )
         });
         Ok(LucaOne {
             embed_tokens,
@@ -311,45 +306,24 @@ impl<B: FusedOps> LucaOne<B> {
     ) -> Tensor<B, 3> {
         let n = layer.min(self.layers.len());
         let t = ids.dims()[1];
-        let mut x = self.embed(ids, types);
+        let x = self.embed(ids, types);
         let (cos, sin) = self.rope.tables::<B>(0, t, &x.device());
-        let packing = Packing::of(&mask);
-        let padding = mask.equal_elem(0).float().mul_scalar(MASKED); // [B, T]
-        if let Some(packing) = &packing {
-            x = packing.pack(x);
-        }
-        for l in &self.layers[..n] {
-            x = l.forward(
-                x,
-                padding.clone(),
-                packing.as_ref(),
-                (&cos, &sin),
-                self.precision,
-            );
-        }
-        if n == self.layers.len()
-            && let Some(ln) = &self.last_layer_norm
-        {
-            x = ln.forward(x);
-        }
-        match &packing {
-            Some(packing) => packing.unpack(x),
-            None => x,
-        }
+        let padding = mask.clone().equal_elem(0).float().mul_scalar(MASKED); // [B, T]
+        packed(&mask, x, |mut x, packing| {
+            for l in &self.layers[..n] {
+                x = l.forward(x, padding.clone(), packing, (&cos, &sin), self.precision);
+            }
+            match (n == self.layers.len(), &self.last_layer_norm) {
+                (true, Some(ln)) => ln.forward(x),
+                _ => x,
+            }
+        })
     }
 
     /// The MLM head on hidden states [B, T, d] → logits [B, T, vocab] (`None` without one).
     pub(crate) fn mlm_on(&self, h: Tensor<B, 3>) -> Option<Tensor<B, 3>> {
         let head = self.lm.as_ref()?;
-        let [b, t, d] = h.dims();
-        let p = self.precision;
-        let h = head.layer_norm.forward(gelu(dense(&head.dense, h, p)));
-        let logits = matmul(
-            h.reshape([b * t, d]),
-            self.embed_tokens.val().transpose(),
-            p,
-        ) + head.bias.val().unsqueeze_dim::<2>(0); // [B*T, vocab]
-        Some(logits.reshape([b, t, self.config.vocab_size]))
+        Some(head.forward(h, self.embed_tokens.val(), self.precision))
     }
 
     /// MLM logits [B, T, vocab] (what `LucaGPLMForMaskedLM` computes); `None` without the head.
@@ -386,37 +360,21 @@ impl<B: FusedOps> Layer<B> {
         if let Some(delta) = packed_low_rank(&[q, k, v], h, p) {
             qkv = qkv + delta;
         }
-        let qkv = match packing {
-            Some(packing) => packing.unpack(qkv), // [B, T, 3d]
-            None => qkv,
-        };
-        let qkv = rotary(qkv, cos.clone(), sin.clone(), 2 * self.spec.heads);
-        let ctx = self_attention(qkv, Some(padding), &self.spec, None, &self.attn_dropout, p);
-        let ctx = match packing {
-            Some(packing) => packing.pack(ctx),
-            None => ctx,
-        };
+        let ctx = attend_unpacked(packing, qkv, |qkv| {
+            let qkv = rotary(qkv, cos.clone(), sin.clone(), 2 * self.spec.heads); // [B, T, 3d]
+            self_attention(qkv, Some(padding), &self.spec, None, &self.attn_dropout, p) // [B, T, d]
+        });
         let x = x + dense(&self.out_proj, ctx, p);
         let h = gelu(dense(&self.fc1, self.post_layer_norm.forward(x.clone()), p));
         x + dense(&self.fc2, h, p)
     }
 }
 
-/// What a sequence is, for LucaOne's tokenizer: nucleotides are remapped to digits and get
-/// token type 0, protein letters are taken as they are with token type 1.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SeqType {
-    Gene,
-    Protein,
-}
-
-impl SeqType {
-    /// The token type LucaOne gives every position of such a sequence.
-    pub fn token_type(self) -> u32 {
-        match self {
-            SeqType::Gene => 0,
-            SeqType::Protein => 1,
-        }
+/// The token type LucaOne gives every position of such a sequence: 0 nucleotides, 1 protein.
+pub fn token_type(kind: SequenceKind) -> u32 {
+    match kind {
+        SequenceKind::Nucleotide => 0,
+        SequenceKind::Protein => 1,
     }
 }
 
@@ -424,7 +382,7 @@ impl SeqType {
 /// type: one token per character; for nucleotides a normalizer first writes A→1, T/U→2, C→3,
 /// G→4 (either case) and anything else→5, as the package's `gene_seq_replace`; framing
 /// `[CLS] … [SEP]` with every position of the sequence type's token type.
-pub fn tokenizer_json(seq: SeqType) -> Value {
+pub fn tokenizer_json(seq: SequenceKind) -> Value {
     let specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
     let added: Vec<Value> = specials
         .iter()
@@ -443,7 +401,7 @@ pub fn tokenizer_json(seq: SeqType) -> Value {
         .collect();
     let replace = |pattern: &str, content: &str| json!({ "type": "Replace", "pattern": { "Regex": pattern }, "content": content });
     let normalizer = match seq {
-        SeqType::Gene => json!({
+        SequenceKind::Nucleotide => json!({
             "type": "Sequence",
             "normalizers": [
                 replace("[^ACGTUacgtu]", "5"),
@@ -453,9 +411,9 @@ pub fn tokenizer_json(seq: SeqType) -> Value {
                 replace("[Gg]", "4"),
             ]
         }),
-        SeqType::Protein => Value::Null,
+        SequenceKind::Protein => Value::Null,
     };
-    let kind = seq.token_type();
+    let kind = token_type(seq);
     let special = |t: &str, i: usize| json!({ "id": t, "ids": [i], "tokens": [t] });
     json!({
         "version": "1.0",
@@ -493,7 +451,7 @@ pub fn tokenizer_json(seq: SeqType) -> Value {
 /// The nucleotide [`tokenizer_json`], for a LucaOne model directory (the package's tokenizer
 /// files are its own Python class, so any directory gets it).
 pub fn tokenizer_for_model_dir(_dir: &std::path::Path) -> Result<Option<Value>, ModelError> {
-    Ok(Some(tokenizer_json(SeqType::Gene)))
+    Ok(Some(tokenizer_json(SequenceKind::Nucleotide)))
 }
 
 #[cfg(test)]
@@ -514,8 +472,8 @@ mod tests {
         for case in cases {
             let text = case[0].as_str().unwrap();
             let seq = match case[1].as_str().unwrap() {
-                "gene" => SeqType::Gene,
-                _ => SeqType::Protein,
+                "gene" => SequenceKind::Nucleotide,
+                _ => SequenceKind::Protein,
             };
             let tok = tokenizers::Tokenizer::from_str(&tokenizer_json(seq).to_string()).unwrap();
             let enc = tok.encode(text, true).unwrap();

@@ -50,6 +50,25 @@ pub enum Framing {
     ClsSep,
 }
 
+/// What a sequence is, for a model that reads nucleotides and protein apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SequenceKind {
+    /// DNA or RNA.
+    Nucleotide,
+    /// Amino acids.
+    Protein,
+}
+
+/// How a model that reads several kinds of sequence reads each (LucaOne: nucleotides remapped
+/// to digits with token type 0, protein letters as they are with token type 1).
+#[derive(Debug)]
+pub struct SequenceKinds {
+    /// The token type of every position of such a sequence, its framing included.
+    pub token_type: fn(SequenceKind) -> u32,
+    /// The model's own `tokenizer.json` for such a sequence (all of them share its ids).
+    pub tokenizer: fn(SequenceKind) -> Value,
+}
+
 /// Where a regression head's target mean goes when the model is saved in the target's unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MeanFold {
@@ -111,6 +130,9 @@ pub struct Architecture {
     /// Builds a `tokenizer.json` from the tokenizer files a model directory ships instead of
     /// one (ESM's `vocab.txt`); `None` when the architecture's checkpoints carry one.
     pub tokenizer_from_files: Option<TokenizerFromFiles>,
+    /// How it reads nucleotides and protein, when it reads them apart; `None`: alike, token
+    /// type 0.
+    pub sequence_kinds: Option<SequenceKinds>,
 }
 
 /// A `tokenizer.json` built from a model directory's own tokenizer files (`None`: not there).
@@ -181,6 +203,7 @@ static GPT2: Architecture = Architecture {
     },
     positions_field: "n_positions",
     tokenizer_from_files: None,
+    sequence_kinds: None,
 };
 
 static BERT: Architecture = Architecture {
@@ -239,6 +262,7 @@ static BERT: Architecture = Architecture {
     },
     positions_field: "max_position_embeddings",
     tokenizer_from_files: None,
+    sequence_kinds: None,
 };
 
 static LLAMA: Architecture = Architecture {
@@ -287,6 +311,7 @@ static LLAMA: Architecture = Architecture {
     },
     positions_field: "max_position_embeddings",
     tokenizer_from_files: None,
+    sequence_kinds: None,
 };
 
 static ESM: Architecture = Architecture {
@@ -332,6 +357,7 @@ static ESM: Architecture = Architecture {
     },
     positions_field: "max_position_embeddings",
     tokenizer_from_files: Some(esm::tokenizer_from_vocab_txt),
+    sequence_kinds: None,
 };
 
 static LUCAONE: Architecture = Architecture {
@@ -375,6 +401,10 @@ static LUCAONE: Architecture = Architecture {
     },
     positions_field: "max_position_embeddings",
     tokenizer_from_files: Some(lucaone::tokenizer_for_model_dir),
+    sequence_kinds: Some(SequenceKinds {
+        token_type: lucaone::token_type,
+        tokenizer: lucaone::tokenizer_json,
+    }),
 };
 
 /// DNABERT-2: MosaicBERT's encoder (ALiBi, fused `Wqkv`, GEGLU) under BERT's names and
@@ -419,6 +449,7 @@ static DNABERT2: Architecture = Architecture {
     },
     positions_field: "max_position_embeddings",
     tokenizer_from_files: None,
+    sequence_kinds: None,
 };
 
 /// ESM C (the `esm` package's `ESMC`): its own names, dnaflow's `config.json`. No HF classes
@@ -460,6 +491,7 @@ static ESMC: Architecture = Architecture {
     },
     positions_field: "max_position_embeddings",
     tokenizer_from_files: None,
+    sequence_kinds: None,
 };
 
 /// The row named `model_type`.

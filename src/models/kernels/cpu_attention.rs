@@ -8,6 +8,8 @@
 //! of crossing memory as a [B, H, T, T] tensor several times. The backward does the same with
 //! the kept attention weights: dV = Pᵀ·dO, dP = dO·Vᵀ, dS = scale·P∘(dP − rowsum(P∘dP)),
 //! dQ = dS·K, dK = dSᵀ·Q, written into the q, k and v columns of one gradient like `qkv`.
+//! Without kept weights (inference) a task's scores are one block of queries at a time, so a
+//! long sequence needs [`QUERY_ROWS`]·T scores per thread, never T×T per head.
 
 use rayon::prelude::*;
 
@@ -95,10 +97,22 @@ impl Bias<'_> {
 /// the products skip most of the masked upper triangle (37.5 % of them at T = 128).
 const BLOCK: usize = 32;
 
-/// (first query, queries, keys they see) of each block of queries: one block of all T
-/// queries and keys unless `causal`.
-fn query_blocks(t: usize, causal: bool) -> impl Iterator<Item = (usize, usize, usize)> {
-    let block = if causal { BLOCK } else { t.max(1) };
+/// Queries per block of a non-causal attention that keeps no weights: its scores are this
+/// many rows at a time (a 10 kb sequence's T×T scores would be 400 MB per head and thread).
+const QUERY_ROWS: usize = 256;
+
+/// (first query, queries, keys they see) of each block of queries: blocks of [`BLOCK`] when
+/// `causal`, else of `rows` queries, each seeing every key.
+fn query_blocks(
+    t: usize,
+    causal: bool,
+    rows: usize,
+) -> impl Iterator<Item = (usize, usize, usize)> {
+    let block = if causal {
+        BLOCK
+    } else {
+        rows.clamp(1, t.max(1))
+    };
     (0..t).step_by(block).map(move |r0| {
         let m = block.min(t - r0);
         (r0, m, if causal { r0 + m } else { t })
@@ -159,6 +173,19 @@ pub(crate) fn forward(
     causal: bool,
     keep: bool,
 ) -> (Vec<f32>, Option<Vec<f32>>) {
+    forward_blocks(qkv, bias, s, scale, causal, keep, QUERY_ROWS)
+}
+
+/// [`forward`], without kept weights reading `query_rows` queries at a time (when not causal).
+fn forward_blocks(
+    qkv: &[f32],
+    bias: Bias,
+    s: Heads,
+    scale: f32,
+    causal: bool,
+    keep: bool,
+    query_rows: usize,
+) -> (Vec<f32>, Option<Vec<f32>>) {
     let (t, d, w, dh) = (s.t, s.d(), s.w(), s.dh);
     assert_eq!(qkv.len(), s.b * t * w, "qkv is [B, T, (H + 2·Hkv)·dh]");
     assert!(
@@ -176,13 +203,19 @@ pub(crate) fn forward(
     } else {
         Vec::new()
     };
+    // Kept weights are every query's row; else a block's rows, reused block after block.
+    let rows_per_block = if keep { t } else { query_rows };
+    let scratch = if causal { BLOCK } else { rows_per_block }.clamp(1, t.max(1)) * t;
     let out = Shared(ctx.as_mut_ptr());
     let one = |task: usize, p: &mut [f32]| {
         let q = qkv[s.q_offset(task)..].as_ptr();
         let (k_at, v_at) = s.kv_offsets(task);
         let o = out;
-        for (r0, m, n) in query_blocks(t, causal) {
-            let rows = &mut p[r0 * t..(r0 + m) * t];
+        for (r0, m, n) in query_blocks(t, causal, rows_per_block) {
+            let rows = match keep {
+                true => &mut p[r0 * t..(r0 + m) * t],
+                false => &mut p[..m * t],
+            };
             // SAFETY (both blocks): q, k and v are dh columns of T rows w apart inside qkv
             // (checked length); rows holds m×T; the context block is dh columns of T rows d
             // apart inside ctx, and belongs to this task alone.
@@ -223,7 +256,7 @@ pub(crate) fn forward(
     } else {
         (0..tasks)
             .into_par_iter()
-            .for_each_init(|| vec![0.0f32; t * t], |p, task| one(task, p));
+            .for_each_init(|| vec![0.0f32; scratch], |p, task| one(task, p));
     }
     (ctx, keep.then_some(probs))
 }
@@ -267,7 +300,7 @@ pub(crate) fn backward(
                 let dq = unsafe { o.0.add(s.q_offset(task)) };
                 let (k, dk) = unsafe { (qkv.as_ptr().add(k_at), o.0.add(k_at)) };
                 let (v, dv) = unsafe { (qkv.as_ptr().add(v_at), o.0.add(v_at)) };
-                for (r0, m, n) in query_blocks(t, causal) {
+                for (r0, m, n) in query_blocks(t, causal, t) {
                     let (p, ds) = (&p[r0 * t..(r0 + m) * t], &mut ds[r0 * t..(r0 + m) * t]);
                     let go = unsafe { g.as_ptr().add(s.ctx_offset(task) + r0 * d) };
                     unsafe {
@@ -312,4 +345,45 @@ pub(crate) fn backward(
         },
     );
     dqkv
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reading the queries a block at a time (inference's bounded scratch) gives the context
+    /// of the whole T×T scores at once, with padding, causal or not.
+    #[test]
+    fn query_blocks_give_the_whole_scores_context() {
+        let s = Heads {
+            b: 2,
+            t: 45,
+            n_head: 4,
+            kv_heads: 2,
+            dh: 8,
+        };
+        let qkv: Vec<f32> = (0..s.b * s.t * s.w())
+            .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+            .collect();
+        let mut padding = vec![0.0f32; s.b * s.t];
+        padding[s.t + 40..].iter_mut().for_each(|p| *p = -1e9);
+        let bias = Bias {
+            padding: Some(&padding),
+            alibi: None,
+        };
+        for causal in [false, true] {
+            let (whole, kept) = forward_blocks(&qkv, bias, s, 0.35, causal, true, s.t);
+            assert!(kept.is_some());
+            for rows in [1, 7, 45, 300] {
+                let (blocks, none) = forward_blocks(&qkv, bias, s, 0.35, causal, false, rows);
+                assert!(none.is_none());
+                let worst = whole
+                    .iter()
+                    .zip(&blocks)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0f32, f32::max);
+                assert!(worst <= 1e-6, "causal {causal}, {rows} rows: {worst}");
+            }
+        }
+    }
 }

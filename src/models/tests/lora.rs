@@ -103,6 +103,7 @@ fn train_lora(model: Model<AB>, steps: usize, dir: &Path) -> Trained<Model<AB>> 
         bases: vec![1; 400],
         target: crate::train::Target::None,
         second: 0,
+        token_type: 0,
     };
     let rows = batch::pack(&[doc], 12, None);
     let mut data = TrainData {
