@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::finetune::inputs;
 use super::model::{load_model, load_model_vocab, table_alphabet};
-use super::table::{TableMeta, read_role, write_table, write_table_with};
+use super::table::{TableMeta, read_role, write_table_with};
 use super::train_options::{batch_size, cpu, resolve_device};
 use super::{InputPath, StepContext, StepError, StepKind, params, write_metrics};
 use crate::models::device::on_device;
