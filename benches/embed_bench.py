@@ -192,9 +192,11 @@ def long_case(p):
             _, peak = peak_of([exe, "run", str(work / "wf.yaml"), "-q", "--report", str(report)])
             step = json.loads(report.read_text())["steps"][0]
             rows.append((name, step.get("seconds") or step.get("time"), peak))
+            print(f"  {name}: {rows[-1][1]:.1f} s, peak {peak:.0f} MiB", flush=True)
         out, peak = peak_of([sys.executable, __file__, "--child", "lucaone", "--child-dir",
                              str(work)])
         rows.append(("lucaone package (PyTorch SDPA)", json.loads(out.strip().splitlines()[-1])["seconds"], peak))
+        print(f"  {rows[-1][0]}: {rows[-1][1]:.1f} s, peak {peak:.0f} MiB", flush=True)
     finally:
         subprocess.run(["rm", "-rf", str(work)])
     t = p["length"] + 2

@@ -398,13 +398,17 @@ pub(super) fn log_report(ctx: &mut StepContext, report: &LoadReport) -> Result<(
     Ok(())
 }
 
-/// Load a model directory (ours or transformers') onto `device` under its own head.
-/// The tokenizer at `tokenizer` as the model directory `model` reads it ([`Vocab::for_model`]).
+/// The tokenizer at `tokenizer` as the model directory `model` reads it ([`Vocab::for_model`]);
+/// as it is when `model` has no readable config (loading the model then says what is wrong).
 pub(crate) fn load_model_vocab(tokenizer: &Path, model: &Path) -> Result<Vocab, StepError> {
-    let spec = ModelSpec::read(model).map_err(model_err)?;
-    load_vocab(tokenizer)?.for_model(&spec.config)
+    let vocab = load_vocab(tokenizer)?;
+    match ModelSpec::read(model) {
+        Ok(spec) => vocab.for_model(&spec.config),
+        Err(_) => Ok(vocab),
+    }
 }
 
+/// Load a model directory (ours or transformers') onto `device` under its own head.
 pub(crate) fn load_model<B: FusedOps>(
     dir: &Path,
     device: &B::Device,
