@@ -285,13 +285,19 @@ fn two_ranks_train_what_one_rank_trains() {
     let full = &metrics(&one, &r1, "llama")["rank_state"][0];
     for h in held {
         assert_eq!(h["parameters_mib"], full["parameters_mib"], "{m}");
-        assert!(h["moments_mib"].as_f64() < full["moments_mib"].as_f64(), "{m}");
+        assert!(
+            h["moments_mib"].as_f64() < full["moments_mib"].as_f64(),
+            "{m}"
+        );
     }
 
     let bad = llama_project("      ranks: 3\n");
     let out = bad.dnaflow(&["validate", "wf.yaml"]);
     let t = text(&out);
     assert!(!out.status.success(), "{t}");
-    assert!(t.contains("`batch_size` 4 is not divisible by `ranks` 3"), "{t}");
+    assert!(
+        t.contains("`batch_size` 4 is not divisible by `ranks` 3"),
+        "{t}"
+    );
     assert!(t.contains("wf.yaml"), "{t}");
 }

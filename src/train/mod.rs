@@ -24,6 +24,7 @@ pub mod objective;
 pub mod optim;
 pub mod parallel;
 pub mod per_base;
+pub mod tcp;
 
 pub use batch::{Batch, Masking, Order, Row, Target};
 use collective::{Collective, CollectiveError, Solo};
@@ -314,6 +315,30 @@ where
         }
         run.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })
+}
+
+/// Train as rank `comm.rank()` of `comm.ranks()` ranks that meet through `comm` (each in its
+/// own process, say, over [`tcp::TcpRank`]); every rank calls this with the same model, data
+/// and configuration, and rank 0's result is the run's.
+#[allow(clippy::too_many_arguments)]
+pub fn train_rank<B>(
+    model: Model<B>,
+    data: &TrainData,
+    valid: &[Batch],
+    cfg: &TrainConfig,
+    device: &B::Device,
+    env: &mut Env,
+    comm: &mut dyn Collective,
+) -> Result<Trained<Model<B>>, TrainError>
+where
+    B: AutodiffBackend + FusedOps,
+    B::InnerBackend: FusedOps,
+{
+    let run = run_rank(model, data.source(), valid, cfg, device, env, comm);
+    if let Err(e) = &run {
+        comm.abort(&e.to_string());
+    }
+    run
 }
 
 /// One rank's training loop: every rank runs it, in lockstep through the same collective

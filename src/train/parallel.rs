@@ -439,6 +439,76 @@ mod tests {
         }
     }
 
+    /// Two ranks over TCP on loopback (threads here, processes under Slurm) train what one
+    /// rank trains.
+    #[test]
+    fn tcp_ranks_train_what_one_rank_trains() {
+        use crate::train::tcp::TcpRank;
+        use std::time::Duration;
+        let spec = spec("llama-gqa");
+        let tmp = tempfile::tempdir().unwrap();
+        let one = run(&spec, &config(1, Zero::Off, 6), &tmp.path().join("1"), None).unwrap();
+        let tc = config(2, Zero::Gradients, 6);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let root = listener.local_addr().unwrap().to_string();
+        let listener = std::sync::Mutex::new(Some(listener));
+        let dir = tmp.path().join("tcp");
+        let curves: Vec<Vec<f64>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..2)
+                .map(|rank| {
+                    let (spec, tc, dir, root, listener) = (&spec, &tc, &dir, &root, &listener);
+                    s.spawn(move || {
+                        let wait = Duration::from_secs(10);
+                        let mut comm = match rank {
+                            0 => {
+                                let l = listener.lock().unwrap().take().unwrap();
+                                TcpRank::listen(l, 2, root, wait).unwrap()
+                            }
+                            _ => TcpRank::join(root, 1, 2, wait).unwrap(),
+                        };
+                        let (model, data, valid) = setup(spec);
+                        let cancelled = AtomicBool::new(false);
+                        let (mut log, mut progress) = (std::io::sink(), |_: &Progress| {});
+                        let mut env = Env {
+                            checkpoints: dir,
+                            log: &mut log,
+                            cancelled: &cancelled,
+                            progress: &mut progress,
+                        };
+                        let dev = Default::default();
+                        let t = crate::train::train_rank(
+                            model, &data, &valid, tc, &dev, &mut env, &mut comm,
+                        )
+                        .unwrap();
+                        losses(&t)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for curve in &curves {
+            assert!(gap(&losses(&one), curve) < TOLERANCE, "{curve:?}");
+        }
+    }
+
+    /// A fresh seed-1 model of `spec`, the training rows and the validation batches.
+    fn setup(spec: &ModelSpec) -> (Model<AB>, TrainData, Vec<crate::train::Batch>) {
+        let dev = Default::default();
+        let model = Model::<AB>::from_weights(spec, spec.init_weights(1).unwrap(), 1, &dev)
+            .unwrap()
+            .0;
+        let rows = rows();
+        let valid = eval_batches(&rows[..4], &Objective::Clm, 0, 4, 0);
+        let data = TrainData {
+            order: Order::new(rows.len(), 4, 0, true),
+            rows,
+            objective: Objective::Clm,
+            pad: 0,
+            batch_size: 4,
+        };
+        (model, data, valid)
+    }
+
     /// Train `spec` from seed-1 weights with `tc`, checkpointing in `dir`; the run is cancelled
     /// after step `cancel_at` (then the error comes back).
     fn run(
@@ -448,18 +518,7 @@ mod tests {
         cancel_at: Option<usize>,
     ) -> Result<Trained<Model<AB>>, TrainError> {
         let dev = Default::default();
-        let model = Model::<AB>::from_weights(spec, spec.init_weights(1).unwrap(), 1, &dev)
-            .unwrap()
-            .0;
-        let rows = rows();
-        let valid = eval_batches(&rows[..4], &Objective::Clm, 0, 4, 0);
-        let mut data = TrainData {
-            order: Order::new(rows.len(), 4, 0, true),
-            rows,
-            objective: Objective::Clm,
-            pad: 0,
-            batch_size: 4,
-        };
+        let (model, mut data, valid) = setup(spec);
         let cancelled = AtomicBool::new(false);
         let mut progress = |p: &Progress| {
             if Some(p.step) == cancel_at {
