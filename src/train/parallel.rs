@@ -491,6 +491,76 @@ mod tests {
         }
     }
 
+    /// A sequence classifier (one label per row, padded rows) trains the same on 2 ranks;
+    /// the rows of a batch split into shards whose counts add up to the batch's.
+    #[test]
+    fn a_sequence_classifier_trains_the_same_on_two_ranks() {
+        let labels = vec!["absent".to_string(), "present".to_string()];
+        let mut spec = spec("gpt2");
+        spec.task = Task::SeqCls {
+            labels: labels.clone(),
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let rows: Vec<Row> = (0..24)
+            .map(|i| {
+                let len = rng.random_range(4..10);
+                let mut ids: Vec<u32> = (0..len).map(|_| rng.random_range(1..7)).collect();
+                if i % 2 == 1 {
+                    ids[rng.random_range(0..len)] = 7;
+                }
+                Row {
+                    bases: vec![1; ids.len()],
+                    ids,
+                    target: Target::Class((i % 2) as u32),
+                    second: 0,
+                }
+            })
+            .collect();
+        let objective = Objective::SeqCls {
+            classes: labels,
+            weights: Some(vec![1.0, 2.0]),
+        };
+        let refs: Vec<&Row> = rows[..5].iter().collect();
+        let whole = objective.batch(&refs, 0, 0);
+        let shards: Vec<_> = (0..2).map(|r| whole.shard(r, 2)).collect();
+        assert_eq!(shards.iter().map(|s| s.b).sum::<usize>(), 5);
+        assert_eq!(
+            shards.iter().map(|s| s.labelled).sum::<usize>(),
+            whole.labelled
+        );
+        assert_eq!(shards.iter().map(|s| s.tokens).sum::<usize>(), whole.tokens);
+        assert_eq!(
+            shards.iter().map(|s| s.label_bases).sum::<u64>(),
+            whole.label_bases
+        );
+        let curve = |ranks: usize| {
+            let dev = Default::default();
+            let model = Model::<AB>::from_weights(&spec, spec.init_weights(1).unwrap(), 1, &dev)
+                .unwrap()
+                .0;
+            let mut data = TrainData {
+                order: Order::new(rows.len(), 4, 0, true),
+                rows: rows.clone(),
+                objective: objective.clone(),
+                pad: 0,
+                batch_size: 4,
+            };
+            let tmp = tempfile::tempdir().unwrap();
+            let cancelled = AtomicBool::new(false);
+            let (mut log, mut progress) = (std::io::sink(), |_: &Progress| {});
+            let mut env = Env {
+                checkpoints: tmp.path(),
+                log: &mut log,
+                cancelled: &cancelled,
+                progress: &mut progress,
+            };
+            let tc = config(ranks, Zero::Gradients, 6);
+            losses(&train(model, &mut data, &[], &tc, &dev, &mut env).unwrap())
+        };
+        let (one, two) = (curve(1), curve(2));
+        assert!(gap(&one, &two) < TOLERANCE, "{one:?}\n{two:?}");
+    }
+
     /// A fresh seed-1 model of `spec`, the training rows and the validation batches.
     fn setup(spec: &ModelSpec) -> (Model<AB>, TrainData, Vec<crate::train::Batch>) {
         let dev = Default::default();
