@@ -266,3 +266,66 @@ fn bert_trains_with_masked_lm_and_evaluates() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("objective: clm"));
 }
+
+/// A LLaMA (no dropout) trained by `model.pretrain` with `ranks`/`zero` set by `extra`.
+fn llama_project(extra: &str) -> Project {
+    let p = Project::new();
+    for f in ["corpus.txt", "heldout.txt", "char.json"] {
+        std::fs::copy(fixtures().join("tokenizers").join(f), p.path(f)).unwrap();
+    }
+    p.write(
+        "wf.yaml",
+        &format!(
+            "name: ranks\nsteps:\n  llama:\n    uses: model.pretrain\n    with:\n      \
+             arch: llama\n      tokenizer: char.json\n      train: corpus.txt\n      \
+             valid: heldout.txt\n      config: {{ hidden_size: 16, intermediate_size: 32, \
+             num_hidden_layers: 1, num_attention_heads: 2, num_key_value_heads: 1 }}\n      \
+             seq_len: 32\n      batch_size: 4\n      grad_accum: 2\n      steps: 10\n      \
+             lr: 0.01\n      log_every: 1\n{extra}"
+        ),
+    );
+    p
+}
+
+/// Two ranks with ZeRO-2 train the model one rank trains (losses within a relative 1e-5),
+/// and say what each rank held; a batch the ranks cannot split is refused before any run.
+#[test]
+fn two_ranks_train_what_one_rank_trains() {
+    let one = llama_project("");
+    let r1 = one.run_ok(&["wf.yaml"]);
+    let two = llama_project("      ranks: 2\n      zero: 2\n");
+    let r2 = two.run_ok(&["wf.yaml"]);
+    let losses = |r: &common::Report| -> Vec<f64> {
+        read(&r.out("llama").join("history.csv"))
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
+            .collect()
+    };
+    let (a, b) = (losses(&r1), losses(&r2));
+    assert_eq!(a.len(), 10);
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "{a:?}\n{b:?}");
+    }
+    let m = metrics(&two, &r2, "llama");
+    assert_eq!(m["ranks"], 2, "{m}");
+    let held = m["rank_state"].as_array().unwrap();
+    let full = &metrics(&one, &r1, "llama")["rank_state"][0];
+    for h in held {
+        assert_eq!(h["parameters_mib"], full["parameters_mib"], "{m}");
+        assert!(
+            h["moments_mib"].as_f64() < full["moments_mib"].as_f64(),
+            "{m}"
+        );
+    }
+
+    let bad = llama_project("      ranks: 3\n");
+    let out = bad.dnaflow(&["validate", "wf.yaml"]);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(
+        t.contains("`batch_size` 4 is not divisible by `ranks` 3"),
+        "{t}"
+    );
+    assert!(t.contains("wf.yaml"), "{t}");
+}

@@ -1038,6 +1038,7 @@ for name, shards in (("one", 1), ("sharded", 2)):
             patience: None,
             head: Vec::new(),
             head_lr: None,
+            parallel: Default::default(),
         }
     }
 
@@ -1423,6 +1424,7 @@ for name, shards in (("one", 1), ("sharded", 2)):
             labelled: 0,
             label_bases: 0,
             tokens: ids.len(),
+            row_labels: vec![(0, 0); b],
             ids,
         }
     }

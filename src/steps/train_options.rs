@@ -11,7 +11,7 @@ use super::{StepContext, StepError};
 use crate::models::io::adapter::{LoraSpec, Targets};
 use crate::models::{DeviceSpec, Precision};
 use crate::train::optim::AdamWConfig;
-use crate::train::{Schedule, TrainConfig};
+use crate::train::{Parallel, Schedule, TrainConfig, Zero};
 
 /// Optimizer and loop settings shared by every training kind.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -71,6 +71,14 @@ pub(super) struct TrainOptions {
     /// `f32`; `bf16` or `f16` mixed precision on CUDA.
     #[serde(default = "f32")]
     pub precision: String,
+    /// Data-parallel ranks (threads of the step's process, CPU): each takes batch_size / ranks
+    /// rows of every micro-batch; the result equals one rank's within float rounding.
+    #[serde(default = "one")]
+    pub ranks: usize,
+    /// With `ranks` > 1, ZeRO stage: 0 every rank keeps all optimizer state, 1 each keeps the
+    /// AdamW moments of 1/ranks of the tensors, 2 also only their reduced gradients.
+    #[serde(default)]
+    pub zero: u8,
     /// Train a LoRA adapter on the `init` model instead of all its weights (PEFT's LoRA):
     /// the base stays frozen, with neither gradients nor optimizer state.
     pub lora: Option<LoraOptions>,
@@ -158,6 +166,29 @@ impl TrainOptions {
                 return Err(format!("`{field}` must be at least 1"));
             }
         }
+        if self.ranks == 0 {
+            return Err("`ranks` must be at least 1".into());
+        }
+        if !self.batch_size.is_multiple_of(self.ranks) {
+            return Err(format!(
+                "`batch_size` {} is not divisible by `ranks` {}: each rank takes batch_size / \
+                 ranks rows of every micro-batch; make `batch_size` a multiple of {}",
+                self.batch_size, self.ranks, self.ranks
+            ));
+        }
+        if Zero::from_stage(self.zero).is_none() {
+            return Err(format!(
+                "`zero` {} is not a ZeRO stage dnaflow has: 0, 1 or 2",
+                self.zero
+            ));
+        }
+        if self.ranks > 1 && self.device != "cpu" {
+            return Err(format!(
+                "`ranks` {} runs its ranks as CPU threads; set `device: cpu` (data parallel \
+                 on GPUs is not built yet)",
+                self.ranks
+            ));
+        }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return Err("`lr` must be a positive number".into());
         }
@@ -171,7 +202,15 @@ impl TrainOptions {
 
     /// The device and precision the step runs with (`--device` overrides `device:`).
     pub fn resolve_device(&self, ctx: &StepContext) -> Result<(DeviceSpec, Precision), StepError> {
-        resolve_device(ctx, &self.device, &self.precision)
+        let (d, p) = resolve_device(ctx, &self.device, &self.precision)?;
+        if self.ranks > 1 && d != DeviceSpec::Cpu {
+            return Err(StepError::new(format!(
+                "`ranks` {} runs its ranks as CPU threads, and this run asks for {d}; run it \
+                 on the CPU (data parallel on GPUs is not built yet)",
+                self.ranks
+            )));
+        }
+        Ok((d, p))
     }
 
     /// Optimizer steps: `steps`, else `epochs` (or `default_epochs`) passes of
@@ -213,6 +252,10 @@ impl TrainOptions {
             patience: None,
             head: Vec::new(),
             head_lr: None,
+            parallel: Parallel {
+                ranks: self.ranks,
+                zero: Zero::from_stage(self.zero).unwrap_or_default(),
+            },
         }
     }
 }

@@ -37,8 +37,16 @@ where
         cancelled: ctx.cancelled,
         progress: &mut progress,
     };
-    train::train(model, data, valid, cfg, device, &mut env)
-        .map_err(|e| StepError::new(e.to_string()))
+    let trained = train::train(model, data, valid, cfg, device, &mut env)
+        .map_err(|e| StepError::new(e.to_string()))?;
+    for (rank, held) in trained.rank_state.iter().enumerate() {
+        let [p, g, m] = held.mib();
+        writeln!(
+            ctx.log,
+            "rank {rank} holds: parameters {p:.2} MiB, gradients {g:.2} MiB, moments {m:.2} MiB"
+        )?;
+    }
+    Ok(trained)
 }
 
 /// The model the run selected, for saving and scoring (no autodiff): the last step's, with the
@@ -201,6 +209,16 @@ pub(super) fn run_metrics<B: AutodiffBackend + FusedOps>(
         }
         m.insert("best_step".into(), best.step.into());
     }
+    m.insert("ranks".into(), trained.rank_state.len().into());
+    let held: Vec<Value> = trained
+        .rank_state
+        .iter()
+        .map(|r| {
+            let [p, g, m] = r.mib();
+            json!({"parameters_mib": p, "gradients_mib": g, "moments_mib": m})
+        })
+        .collect();
+    m.insert("rank_state".into(), held.into());
     if let Some(steady) = trained.steady_tokens_per_s {
         m.insert("steady_tokens_per_s".into(), steady.into());
     }

@@ -64,6 +64,47 @@ pub struct Batch {
     pub label_bases: u64,
     /// Real (non-padding) tokens.
     pub tokens: usize,
+    /// Per row: its labelled positions and the bases they spell (what [`Batch::shard`] needs
+    /// to count a shard's `labelled` and `label_bases`).
+    pub row_labels: Vec<(usize, u64)>,
+}
+
+impl Batch {
+    /// Rank `rank`'s contiguous share of the rows (of `ranks`), padded as the whole batch is,
+    /// so the ranks' summed losses equal the whole batch's. A share may be empty.
+    pub fn shard(&self, rank: usize, ranks: usize) -> Batch {
+        let (lo, hi) = (self.b * rank / ranks, self.b * (rank + 1) / ranks);
+        let per_row = |v: usize| v.checked_div(self.b).unwrap_or(0);
+        let cut = |len: usize| (lo * per_row(len), hi * per_row(len));
+        let take_i64 = |v: &[i64]| {
+            let (a, z) = cut(v.len());
+            v[a..z].to_vec()
+        };
+        let (va, vz) = cut(self.values.len());
+        let mask = take_i64(&self.mask);
+        let row_labels = self.row_labels.get(lo..hi).unwrap_or_default().to_vec();
+        Batch {
+            b: hi - lo,
+            t: self.t,
+            ids: take_i64(&self.ids),
+            types: take_i64(&self.types),
+            labels: take_i64(&self.labels),
+            values: self.values[va..vz].to_vec(),
+            labelled: row_labels.iter().map(|r| r.0).sum(),
+            label_bases: row_labels.iter().map(|r| r.1).sum(),
+            tokens: mask.iter().filter(|&&m| m == 1).count(),
+            mask,
+            row_labels,
+        }
+    }
+
+    /// Count one labelled position of row `i` spelling `bases` bases.
+    fn label(&mut self, i: usize, bases: u64) {
+        self.labelled += 1;
+        self.label_bases += bases;
+        self.row_labels[i].0 += 1;
+        self.row_labels[i].1 += bases;
+    }
 }
 
 /// Causal-LM rows: documents joined with `eos` between them and cut into `seq_len` pieces
@@ -144,6 +185,7 @@ pub fn frame_with_owners(docs: &[Row], max_len: usize, cls: u32, sep: u32) -> (V
 }
 
 /// The order rows are visited in: a fresh seeded permutation per epoch.
+#[derive(Debug, Clone)]
 pub struct Order {
     rows: usize,
     batch_size: usize,
@@ -201,6 +243,7 @@ fn padded(rows: &[&Row], pad: u32) -> Batch {
         labelled: 0,
         label_bases: 0,
         tokens: 0,
+        row_labels: vec![(0, 0); b],
     };
     for (i, r) in rows.iter().enumerate() {
         for (j, &id) in r.ids.iter().enumerate() {
@@ -229,8 +272,7 @@ pub fn clm_batch(rows: &[&Row], pad: u32) -> Batch {
         };
         for j in from..r.ids.len().saturating_sub(1) {
             batch.labels[i * t + j] = r.ids[j + 1] as i64;
-            batch.labelled += 1;
-            batch.label_bases += r.bases[j + 1] as u64;
+            batch.label(i, r.bases[j + 1] as u64);
         }
     }
     batch
@@ -261,8 +303,7 @@ pub fn task_batch(rows: &[&Row], pad: u32) -> Batch {
                     }
                     _ => continue,
                 }
-                batch.labelled += 1;
-                batch.label_bases += r.bases.iter().map(|&b| b as u64).sum::<u64>();
+                batch.label(i, r.bases.iter().map(|&b| b as u64).sum::<u64>());
             }
         }
         _ => {
@@ -271,8 +312,7 @@ pub fn task_batch(rows: &[&Row], pad: u32) -> Batch {
                     for (j, &l) in labels.iter().enumerate().take(t) {
                         batch.labels[i * t + j] = l;
                         if l != IGNORE {
-                            batch.labelled += 1;
-                            batch.label_bases += r.bases[j] as u64;
+                            batch.label(i, r.bases[j] as u64);
                         }
                     }
                 }
@@ -314,8 +354,7 @@ pub fn mlm_batch(rows: &[&Row], pad: u32, masking: &Masking, seed: u64) -> Batch
         for j in chosen {
             let at = i * t + j;
             batch.labels[at] = r.ids[j] as i64;
-            batch.labelled += 1;
-            batch.label_bases += r.bases[j] as u64;
+            batch.label(i, r.bases[j] as u64);
             let roll: f64 = rng.random();
             if roll < 0.8 {
                 batch.ids[at] = masking.mask_id as i64;

@@ -19,13 +19,19 @@ use serde::{Deserialize, Serialize};
 use crate::models::{FusedOps, Model, ModelError, Precision, Weights};
 
 pub mod batch;
+pub mod collective;
 pub mod objective;
 pub mod optim;
+pub mod parallel;
 pub mod per_base;
+pub mod tcp;
 
 pub use batch::{Batch, Masking, Order, Row, Target};
+use collective::{Collective, CollectiveError, Solo};
 pub use objective::{Evaluation, Objective, lm_evaluation, lower_is_better, metric_names};
 use optim::{AdamW, AdamWConfig};
+use parallel::Layout;
+pub use parallel::{Parallel, RankState, Zero};
 
 /// How the learning rate moves after warmup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -65,6 +71,8 @@ pub struct TrainConfig {
     /// than the pretrained backbone under it.
     pub head: Vec<String>,
     pub head_lr: Option<f64>,
+    /// Ranks and ZeRO stage (one rank: the single-device loop).
+    pub parallel: Parallel,
 }
 
 impl TrainConfig {
@@ -93,8 +101,28 @@ pub struct TrainData {
 }
 
 impl TrainData {
+    /// What one rank draws its batches from (its own copy of the order, the rows shared).
+    fn source(&self) -> Source<'_> {
+        Source {
+            rows: &self.rows,
+            order: self.order.clone(),
+            objective: self.objective.clone(),
+            pad: self.pad,
+        }
+    }
+}
+
+/// One rank's view of the training data.
+struct Source<'a> {
+    rows: &'a [Row],
+    order: Order,
+    objective: Objective,
+    pad: u32,
+}
+
+impl Source<'_> {
     /// Global batch number `index`.
-    pub fn batch(&mut self, index: usize, seed: u64) -> Batch {
+    fn batch(&mut self, index: usize, seed: u64) -> Batch {
         let idx = self.order.batch(index);
         let rows: Vec<&Row> = idx.iter().map(|&i| &self.rows[i]).collect();
         self.objective.batch(
@@ -170,6 +198,8 @@ pub struct Trained<M> {
     /// first step pays for allocating and first touching every buffer, which a long run does
     /// not notice and a short benchmark would.
     pub steady_tokens_per_s: Option<f64>,
+    /// What each rank held at the end (parameters, gradients, moments), by rank.
+    pub rank_state: Vec<RankState>,
 }
 
 /// Live numbers for a progress display.
@@ -206,6 +236,8 @@ pub enum TrainError {
     Interrupted { step: usize, dir: PathBuf },
     #[error("checkpoint {path}: {message}")]
     Checkpoint { path: PathBuf, message: String },
+    #[error("data-parallel training stopped: {0}")]
+    Ranks(CollectiveError),
     #[error("{0}")]
     Model(#[from] ModelError),
     #[error("{0}")]
@@ -213,10 +245,12 @@ pub enum TrainError {
 }
 
 /// Train `model` on `data` for its objective; a checkpoint in `env.checkpoints` resumes the
-/// run (its tensors put in place with [`Model::restore`]).
+/// run (its tensors put in place with [`Model::restore`]). With `cfg.parallel.ranks` above 1
+/// the ranks run as threads of this process, each on its share of every micro-batch
+/// (`parallel` module); rank 0 logs, evaluates and writes the checkpoints.
 #[allow(clippy::too_many_arguments)]
 pub fn train<B>(
-    mut model: Model<B>,
+    model: Model<B>,
     data: &mut TrainData,
     valid: &[Batch],
     cfg: &TrainConfig,
@@ -227,7 +261,116 @@ where
     B: AutodiffBackend + FusedOps,
     B::InnerBackend: FusedOps,
 {
+    let ranks = cfg.parallel.ranks.max(1);
+    if ranks == 1 {
+        return run_rank(model, data.source(), valid, cfg, device, env, &mut Solo);
+    }
+    let checkpoints = env.checkpoints;
+    let mut group = collective::local_group(ranks).into_iter();
+    let mut root = group.next().expect("ranks >= 2");
+    let data = &*data;
+    std::thread::scope(|s| {
+        let workers: Vec<_> = group
+            .map(|mut comm| {
+                let (model, device) = (parallel::replica(&model), device.clone());
+                s.spawn(move || {
+                    let cancelled = AtomicBool::new(false);
+                    let mut sink = std::io::sink();
+                    let mut progress = |_: &Progress| {};
+                    let mut env = Env {
+                        checkpoints,
+                        log: &mut sink,
+                        cancelled: &cancelled,
+                        progress: &mut progress,
+                    };
+                    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        run_rank(
+                            model,
+                            data.source(),
+                            valid,
+                            cfg,
+                            &device,
+                            &mut env,
+                            &mut comm,
+                        )
+                    }));
+                    match run {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => comm.abort(&e.to_string()),
+                        Err(_) => comm.abort("panicked"),
+                    }
+                })
+            })
+            .collect();
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_rank(model, data.source(), valid, cfg, device, env, &mut root)
+        }));
+        match &run {
+            Ok(Err(e)) => root.abort(&e.to_string()),
+            Err(_) => root.abort("panicked"),
+            Ok(Ok(_)) => {}
+        }
+        for w in workers {
+            let _ = w.join();
+        }
+        run.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// Train as rank `comm.rank()` of `comm.ranks()` ranks that meet through `comm` (each in its
+/// own process, say, over [`tcp::TcpRank`]); every rank calls this with the same model, data
+/// and configuration, and rank 0's result is the run's.
+#[allow(clippy::too_many_arguments)]
+pub fn train_rank<B>(
+    model: Model<B>,
+    data: &TrainData,
+    valid: &[Batch],
+    cfg: &TrainConfig,
+    device: &B::Device,
+    env: &mut Env,
+    comm: &mut dyn Collective,
+) -> Result<Trained<Model<B>>, TrainError>
+where
+    B: AutodiffBackend + FusedOps,
+    B::InnerBackend: FusedOps,
+{
+    let run = run_rank(model, data.source(), valid, cfg, device, env, comm);
+    if let Err(e) = &run {
+        comm.abort(&e.to_string());
+    }
+    run
+}
+
+/// One rank's training loop: every rank runs it, in lockstep through the same collective
+/// calls; alone (`Solo`) it is the single-device loop.
+#[allow(clippy::too_many_arguments)]
+fn run_rank<B>(
+    mut model: Model<B>,
+    mut data: Source,
+    valid: &[Batch],
+    cfg: &TrainConfig,
+    device: &B::Device,
+    env: &mut Env,
+    comm: &mut dyn Collective,
+) -> Result<Trained<Model<B>>, TrainError>
+where
+    B: AutodiffBackend + FusedOps,
+    B::InnerBackend: FusedOps,
+{
+    let (rank, ranks) = (comm.rank(), comm.ranks());
+    let root = rank == 0;
     let names: Vec<String> = model.to_weights().names().map(String::from).collect();
+    let layout = (ranks > 1).then(|| Layout::new(&model, &names, ranks));
+    let zero = if ranks > 1 {
+        cfg.parallel.zero
+    } else {
+        Zero::Off
+    };
+    // The tensors this rank updates and keeps moments for: its own under ZeRO, else all.
+    let updated: Vec<&str> = match (&layout, zero) {
+        (Some(l), Zero::Optimizer | Zero::Gradients) => l.owned_names(rank),
+        _ => names.iter().map(String::as_str).collect(),
+    };
     let mut optim = AdamW::<B>::new(cfg.adamw, names.iter().map(String::as_str));
     if let Some(head_lr) = cfg.head_lr {
         optim.scale_lr(cfg.head.iter().map(String::as_str), head_lr / cfg.lr);
@@ -244,7 +387,7 @@ where
     let mut best_weights = None;
     if let Some((weights, moments, saved)) = ckpt.load()? {
         model = model.restore(weights)?;
-        optim.load_weights(names.iter().map(String::as_str), &moments, device);
+        optim.load_weights(updated.iter().copied(), &moments, device);
         optim.steps = saved.step as u64;
         best_weights = ckpt.best()?;
         state = saved;
@@ -254,24 +397,59 @@ where
             state.step
         )?;
     }
+    if let Some(l) = &layout
+        && root
+    {
+        writeln!(
+            env.log,
+            "{ranks} ranks, ZeRO stage {}: {} trainable tensors, rank shares {}",
+            zero.stage(),
+            l.slots.len(),
+            l.parts
+                .iter()
+                .map(|p| p.len().to_string())
+                .collect::<Vec<_>>()
+                .join(" / ")
+        )?;
+    }
     let resumed_from = state.step;
     let clock = Instant::now();
     let seconds_before = state.seconds;
     let mut window = (Instant::now(), 0u64);
     // (clock, tokens) when this run's first step ended.
     let mut after_first: Option<(Instant, u64)> = None;
+    // Reduced gradient elements this rank kept at its last step.
+    let mut kept_gradients = 0usize;
 
     let objective = data.objective.clone();
     while state.step < cfg.steps && state.stopped_early.is_none() {
         let step = state.step;
-        if env.cancelled.load(Ordering::Relaxed) {
-            ckpt.save(&model, &optim, &names, &state)?;
+        // Rank 0 alone watches the cancel flag; the others learn it from its broadcast.
+        let mut cancel = [if env.cancelled.load(Ordering::Relaxed) {
+            1.0
+        } else {
+            0.0
+        }];
+        comm.broadcast(&mut cancel, 0).map_err(TrainError::Ranks)?;
+        if cancel[0] != 0.0 {
+            save_checkpoint(
+                &ckpt,
+                &model,
+                &optim,
+                &names,
+                &state,
+                layout.as_ref(),
+                zero,
+                comm,
+            )?;
             return Err(TrainError::Interrupted {
                 step,
                 dir: env.checkpoints.to_path_buf(),
             });
         }
         B::seed(device, cfg.seed.wrapping_add(step as u64));
+        // Every rank draws the whole global batch (a pure function of seed and step) and keeps
+        // its share of the rows, so the normalizer is the whole batch's.
         let batches: Vec<Batch> = (0..cfg.grad_accum)
             .map(|k| data.batch(step * cfg.grad_accum + k, cfg.seed))
             .collect();
@@ -280,9 +458,17 @@ where
             .map(|b| objective.normalizer(b))
             .sum::<f64>()
             .max(1e-12);
+        let tokens: u64 = batches.iter().map(|b| b.tokens as u64).sum();
+        state.tokens += tokens;
+        window.1 += tokens;
+        let local: Vec<Batch> = if ranks > 1 {
+            batches.iter().map(|b| b.shard(rank, ranks)).collect()
+        } else {
+            batches
+        };
         let mut grads: Option<GradientsParams> = None;
         let mut loss = 0.0;
-        for batch in &batches {
+        for batch in local.iter().filter(|b| b.b > 0) {
             let sum = objective.batch_loss(&model, batch, device);
             let scaled = sum * (state.loss_scale / norm_by);
             loss += scaled.clone().into_scalar().elem::<f64>() / state.loss_scale;
@@ -291,16 +477,23 @@ where
                 Some(acc) => optim::add_grads(&model, acc, g),
                 None => g,
             });
-            state.tokens += batch.tokens as u64;
-            window.1 += batch.tokens as u64;
         }
-        let mut grads = optim::scale_grads(
-            &model,
-            grads.expect("grad_accum >= 1"),
-            1.0 / state.loss_scale,
-        );
-        let norm = optim::global_norm(&model, &grads);
+        let grads = grads.map(|g| optim::scale_grads(&model, g, 1.0 / state.loss_scale));
         let lr = cfg.lr_at(step);
+        let (reduced, norm) = match &layout {
+            None => {
+                let grads = grads.expect("grad_accum >= 1");
+                let norm = optim::global_norm(&model, &grads);
+                (Reduced::Local(grads), norm)
+            }
+            Some(layout) => {
+                let r = reduce(&model, grads, layout, zero, loss, comm)?;
+                loss = r.loss;
+                let norm = r.norm;
+                kept_gradients = r.values.len();
+                (Reduced::Flat(r), norm)
+            }
+        };
         if !loss.is_finite() || !norm.is_finite() {
             if cfg.precision == Precision::F16 && loss.is_finite() && state.loss_scale > 1.0 {
                 // fp16 overflow in the gradients: skip the step with a smaller scale.
@@ -324,12 +517,38 @@ where
                 kept,
             });
         }
-        if let Some(max) = cfg.clip_norm
-            && norm > max
-        {
-            grads = optim::scale_grads(&model, grads, max / (norm + 1e-6));
-        }
-        model = optim.step(lr, model, grads);
+        let clip = match cfg.clip_norm {
+            Some(max) if norm > max => max / (norm + 1e-6),
+            _ => 1.0,
+        };
+        model = match (reduced, &layout) {
+            (Reduced::Local(grads), _) => {
+                let grads = if clip != 1.0 {
+                    optim::scale_grads(&model, grads, clip)
+                } else {
+                    grads
+                };
+                optim.step(lr, model, grads)
+            }
+            (Reduced::Flat(r), Some(layout)) => {
+                let sharded = zero != Zero::Off;
+                let grads = layout.grads(&model, &r.values, r.base, clip as f32, |i, slot| {
+                    r.present[i] && (!sharded || slot.owner == rank)
+                });
+                let model = optim.step(lr, model, grads);
+                if sharded {
+                    // Each rank updated its own tensors; everyone takes everyone's.
+                    let mut params = vec![0.0f32; layout.total];
+                    layout.flatten_params(&model, rank, &mut params);
+                    comm.all_gather(&mut params, &layout.parts)
+                        .map_err(TrainError::Ranks)?;
+                    layout.set_others(model, rank, &params)
+                } else {
+                    model
+                }
+            }
+            (Reduced::Flat(_), None) => unreachable!("flat gradients come from a layout"),
+        };
         state.step += 1;
         state.history.push(StepRecord {
             step: state.step,
@@ -339,7 +558,7 @@ where
         });
 
         let due = |every: usize| every > 0 && state.step.is_multiple_of(every);
-        if (due(cfg.eval_every) || state.step == cfg.steps) && !valid.is_empty() {
+        if root && (due(cfg.eval_every) || state.step == cfg.steps) && !valid.is_empty() {
             let eval = objective.evaluate(&model.valid(), valid, device);
             let score = eval.metric(&cfg.select);
             writeln!(
@@ -394,6 +613,12 @@ where
                 }
             }
         }
+        if ranks > 1 && !valid.is_empty() {
+            // Early stopping is rank 0's decision (it evaluates); steps count from 1.
+            let mut stop = [state.stopped_early.unwrap_or(0) as f64];
+            comm.broadcast(&mut stop, 0).map_err(TrainError::Ranks)?;
+            state.stopped_early = (stop[0] > 0.0).then_some(stop[0] as usize);
+        }
         state.seconds = seconds_before + clock.elapsed().as_secs_f64();
         if after_first.is_none() {
             after_first = Some((Instant::now(), state.tokens));
@@ -418,19 +643,188 @@ where
             window = (Instant::now(), 0);
         }
         if due(cfg.save_every) && state.step < cfg.steps && state.stopped_early.is_none() {
-            ckpt.save(&model, &optim, &names, &state)?;
+            save_checkpoint(
+                &ckpt,
+                &model,
+                &optim,
+                &names,
+                &state,
+                layout.as_ref(),
+                zero,
+                comm,
+            )?;
         }
     }
     let steady_tokens_per_s = after_first
         .filter(|_| state.step > resumed_from + 1)
         .map(|(at, tokens)| (state.tokens - tokens) as f64 / at.elapsed().as_secs_f64().max(1e-9));
+    // What each rank holds, measured from its own buffers and summed into one table.
+    let gradients = match zero {
+        Zero::Gradients => kept_gradients,
+        _ => model.trainable_params(),
+    };
+    let mut held = vec![0.0; 3 * ranks];
+    held[3 * rank..3 * rank + 3].copy_from_slice(&[
+        model.num_params() as f64,
+        gradients as f64,
+        optim.state_len() as f64,
+    ]);
+    comm.sum(&mut held).map_err(TrainError::Ranks)?;
+    let rank_state = held
+        .chunks(3)
+        .map(|c| RankState {
+            parameters: c[0] as usize,
+            gradients: c[1] as usize,
+            moments: c[2] as usize,
+        })
+        .collect();
     Ok(Trained {
         model,
         state,
         best_weights,
         resumed_from,
         steady_tokens_per_s,
+        rank_state,
     })
+}
+
+/// A step's gradients: the model's own (one rank), or reduced over the ranks in flat form.
+enum Reduced {
+    Local(GradientsParams),
+    Flat(FlatGrads),
+}
+
+/// Gradients summed over the ranks: all of them, or (ZeRO-2) this rank's part.
+struct FlatGrads {
+    /// Starting at buffer offset `base`.
+    values: Vec<f32>,
+    base: usize,
+    /// Per slot: whether any rank had a gradient for it (an unused tensor gets no update, as
+    /// on one device).
+    present: Vec<bool>,
+    /// The step's loss over the whole global batch.
+    loss: f64,
+    /// The global gradient norm.
+    norm: f64,
+}
+
+/// Sum this rank's gradients (and loss) with the others'.
+fn reduce<B>(
+    model: &Model<B>,
+    grads: Option<GradientsParams>,
+    layout: &Layout,
+    zero: Zero,
+    loss: f64,
+    comm: &mut dyn Collective,
+) -> Result<FlatGrads, TrainError>
+where
+    B: AutodiffBackend + FusedOps,
+{
+    let mut flat = vec![0.0f32; layout.total];
+    let mut sums = vec![0.0f64; 1 + layout.slots.len()];
+    sums[0] = loss;
+    if let Some(g) = &grads {
+        layout.flatten_grads(model, g, &mut flat, &mut sums[1..]);
+    }
+    drop(grads);
+    comm.sum(&mut sums).map_err(TrainError::Ranks)?;
+    let rank = comm.rank();
+    let (values, base) = match zero {
+        Zero::Gradients => {
+            let part = layout.parts[rank].clone();
+            let mut mine = vec![0.0f32; part.len()];
+            comm.reduce_scatter(&flat, &layout.parts, &mut mine)
+                .map_err(TrainError::Ranks)?;
+            (mine, part.start)
+        }
+        _ => {
+            comm.all_reduce(&mut flat).map_err(TrainError::Ranks)?;
+            (flat, 0)
+        }
+    };
+    let mut square = [values.iter().map(|&x| x as f64 * x as f64).sum::<f64>()];
+    if zero == Zero::Gradients {
+        comm.sum(&mut square).map_err(TrainError::Ranks)?;
+    }
+    Ok(FlatGrads {
+        values,
+        base,
+        present: sums[1..].iter().map(|&c| c > 0.0).collect(),
+        loss: sums[0],
+        norm: square[0].sqrt(),
+    })
+}
+
+/// Write a checkpoint: rank 0 writes the model and every moment (gathered from their owners
+/// under ZeRO), so the files are those of a one-device run; the other ranks send their moments.
+#[allow(clippy::too_many_arguments)]
+fn save_checkpoint<B>(
+    ckpt: &Checkpoints,
+    model: &Model<B>,
+    optim: &AdamW<B>,
+    names: &[String],
+    state: &TrainState,
+    layout: Option<&Layout>,
+    zero: Zero,
+    comm: &mut dyn Collective,
+) -> Result<(), TrainError>
+where
+    B: AutodiffBackend + FusedOps,
+{
+    let gathered = match layout {
+        Some(layout) if zero != Zero::Off => {
+            let rank = comm.rank();
+            let mut m = vec![0.0f32; layout.total];
+            let mut v = vec![0.0f32; layout.total];
+            let mut has = vec![0.0f64; layout.slots.len()];
+            for (i, slot) in layout.slots.iter().enumerate() {
+                if slot.owner == rank
+                    && let Some((sm, sv)) = optim.moments_of(&slot.name)
+                {
+                    m[slot.range.clone()].copy_from_slice(&sm);
+                    v[slot.range.clone()].copy_from_slice(&sv);
+                    has[i] = 1.0;
+                }
+            }
+            comm.all_gather(&mut m, &layout.parts)
+                .map_err(TrainError::Ranks)?;
+            comm.all_gather(&mut v, &layout.parts)
+                .map_err(TrainError::Ranks)?;
+            comm.sum(&mut has).map_err(TrainError::Ranks)?;
+            Some((m, v, has))
+        }
+        _ => None,
+    };
+    if comm.rank() != 0 {
+        return Ok(());
+    }
+    let weights = model.trained_weights();
+    let moments = match (gathered, layout) {
+        (Some((m, v, has)), Some(layout)) => {
+            let mut w = Weights::new();
+            for (slot, has) in layout.slots.iter().zip(has) {
+                if has > 0.0 {
+                    let shape = weights
+                        .get(&slot.name)
+                        .map(|t| t.shape.clone())
+                        .unwrap_or_default();
+                    w.insert(
+                        &format!("{}.exp_avg", slot.name),
+                        shape.clone(),
+                        m[slot.range.clone()].to_vec(),
+                    );
+                    w.insert(
+                        &format!("{}.exp_avg_sq", slot.name),
+                        shape,
+                        v[slot.range.clone()].to_vec(),
+                    );
+                }
+            }
+            w
+        }
+        _ => optim.to_weights(names.iter().map(String::as_str), &weights),
+    };
+    ckpt.save(&weights, &moments, state)
 }
 
 /// Checkpoint files: `checkpoint/{model,optimizer}.safetensors` + `state.json`, replaced as a
@@ -464,21 +858,17 @@ impl Checkpoints {
             .map(|s| s.step)
     }
 
-    fn save<B: AutodiffBackend + FusedOps>(
+    fn save(
         &self,
-        model: &Model<B>,
-        optim: &AdamW<B>,
-        names: &[String],
+        weights: &Weights,
+        moments: &Weights,
         state: &TrainState,
     ) -> Result<(), TrainError> {
         let tmp = self.dir.join("checkpoint.tmp");
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp)?;
-        let weights = model.trained_weights();
         weights.save(&tmp.join("model.safetensors"))?;
-        optim
-            .to_weights(names.iter().map(String::as_str), &weights)
-            .save(&tmp.join("optimizer.safetensors"))?;
+        moments.save(&tmp.join("optimizer.safetensors"))?;
         let json = serde_json::to_vec(state).expect("state serializes");
         std::fs::write(tmp.join("state.json"), json)?;
         sync_dir(&tmp);
@@ -571,6 +961,7 @@ mod tests {
             patience: None,
             head: Vec::new(),
             head_lr: None,
+            parallel: Parallel::default(),
         }
     }
 
@@ -627,6 +1018,7 @@ mod training_tests {
             patience: None,
             head: Vec::new(),
             head_lr: None,
+            parallel: Parallel::default(),
         }
     }
 

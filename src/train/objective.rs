@@ -493,6 +493,7 @@ mod tests {
             labelled: 2,
             label_bases: 0,
             tokens: 2,
+            row_labels: Vec::new(),
         };
         let labels: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
         let sigma = |x: f64| 1.0 / (1.0 + (-x).exp());

@@ -104,6 +104,20 @@ impl<B: AutodiffBackend> AdamW<B> {
         w
     }
 
+    /// Elements of moment state held (both moments of every tensor that has them).
+    pub fn state_len(&self) -> usize {
+        self.state
+            .values()
+            .map(|s| 2 * s.m.shape().num_elements())
+            .sum()
+    }
+
+    /// The moments of tensor `name` (m, v), flattened, if it has been updated.
+    pub fn moments_of(&self, name: &str) -> Option<(Vec<f32>, Vec<f32>)> {
+        let s = self.state.get(&param_id(name))?;
+        Some((host(s.m.clone()).1, host(s.v.clone()).1))
+    }
+
     /// Restore moments saved by [`AdamW::to_weights`].
     pub fn load_weights<'a>(
         &mut self,
