@@ -405,6 +405,7 @@ mod tests {
                     ids,
                     target: Target::None,
                     second: 0,
+                    token_type: 0,
                 }
             })
             .collect();
@@ -513,6 +514,7 @@ mod tests {
                     ids,
                     target: Target::Class((i % 2) as u32),
                     second: 0,
+                    token_type: 0,
                 }
             })
             .collect();
