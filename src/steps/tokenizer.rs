@@ -25,6 +25,10 @@ use super::data::{Alphabet, Decided, check_rows, reading_alphabet};
 use super::table::{TableMeta, for_each_sequence};
 use super::{InputPath, StepContext, StepError, StepKind, params, plot};
 
+/// The tokenizer_config.json key where tokenizer.train records the alphabet it was trained for
+/// (transformers ignores it).
+pub(crate) const ALPHABET_KEY: &str = "dnaflow_alphabet";
+
 /// Tokenizer models for DNA.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -620,7 +624,7 @@ fn write_hf_configs(
         config[*role] = json!(token);
     }
     // Not read by transformers; tells the model kinds what the tokenizer was trained for.
-    config[super::vocab::ALPHABET_KEY] = json!(alphabet.name());
+    config[ALPHABET_KEY] = json!(alphabet.name());
     if model == ModelKind::Kmer {
         // Not read by transformers; tells dnaflow (and readers) how sequences were split.
         config["dnaflow_kmer"] = json!({ "k": p.k, "overlap": p.overlap });

@@ -9,7 +9,7 @@ use tokenizers::Tokenizer;
 use super::StepError;
 use super::data::{Alphabet, Decided, detect_alphabet};
 use super::table::TableMeta;
-use super::tokenizer::open_tokenizer;
+use super::tokenizer::{ALPHABET_KEY, open_tokenizer};
 use crate::models::ArchConfig;
 use crate::models::arch::SequenceKind;
 use crate::train::{self, Row};
@@ -288,10 +288,6 @@ fn recorded_alphabet(tokenizer_json: &Path) -> Option<Alphabet> {
     let json: serde_json::Value = serde_json::from_str(&text).ok()?;
     Alphabet::from_name(json.get(ALPHABET_KEY)?.as_str()?)
 }
-
-/// The tokenizer_config.json key where tokenizer.train records the alphabet it was trained for
-/// (transformers ignores it).
-pub(crate) const ALPHABET_KEY: &str = "dnaflow_alphabet";
 
 /// The special tokens a tokenizer's HF files name, by role: `special_tokens_map.json`, then
 /// `tokenizer_config.json` over it (a token is a string or `{"content": …}`).
