@@ -469,6 +469,9 @@ steps:
   proteins:
     uses: data.load
     with: {{ path: proteins.csv }}
+  dna_bpe_on_proteins:
+    uses: tokenizer.eval
+    with: {{ tokenizer: "${{{{ steps.dna_bpe.tokenizer }}}}", input: "${{{{ steps.proteins.table }}}}" }}
   dna_lm:
     uses: model.pretrain
     with: {model}, train: dna.txt, seq_len: 16, batch_size: 2, steps: 2 }}
@@ -513,6 +516,11 @@ steps:
         chars.contains("\"U\"") && !chars.contains("\"T\""),
         "{chars}"
     );
+    // Measuring a DNA tokenizer on proteins is a fair question: answered, with both alphabets.
+    let m = &r.step("dna_bpe_on_proteins")["metrics"];
+    assert_eq!(r.step("dna_bpe_on_proteins")["status"], "ran", "{t}");
+    assert_eq!(m["alphabet"], "protein", "{m}");
+    assert_eq!(m["tokenizer_alphabet"], "dna", "{m}");
     // DNA for the DNA model: trained, the alphabet in its metrics.
     assert_eq!(r.step("dna_lm")["status"], "ran", "{t}");
     assert_eq!(r.step("dna_lm")["metrics"]["alphabet"], "dna");

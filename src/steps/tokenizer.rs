@@ -29,6 +29,15 @@ use super::{InputPath, StepContext, StepError, StepKind, params, plot};
 /// (transformers ignores it).
 pub(crate) const ALPHABET_KEY: &str = "dnaflow_alphabet";
 
+/// The alphabet tokenizer.train recorded (`dnaflow_alphabet`) in the tokenizer_config.json
+/// beside `tokenizer_json`, which model directories carry with their tokenizer.
+pub(crate) fn recorded_alphabet(tokenizer_json: &Path) -> Option<Alphabet> {
+    let dir = tokenizer_json.parent().unwrap_or(Path::new("."));
+    let text = std::fs::read_to_string(dir.join("tokenizer_config.json")).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    Alphabet::from_name(json.get(ALPHABET_KEY)?.as_str()?)
+}
+
 /// Tokenizer models for DNA.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -152,7 +161,7 @@ struct EvalParams {
 
 pub static EVAL: StepKind = StepKind {
     name: "tokenizer.eval",
-    version: 1,
+    version: 2,
     summary: "bases per token, fertility (tokens per sequence), vocab usage, unknown rate, token lengths",
     outputs: &[("plot", "token_lengths.svg")],
     schema: |g| g.subschema_for::<EvalParams>(),
@@ -713,10 +722,17 @@ fn eval(ctx: &mut StepContext) -> Result<(), StepError> {
             *lengths.entry(len).or_default() += 1;
         }
     }
+    // The table's alphabet (its metadata's, else its letters'), beside the one the tokenizer
+    // was trained for: a DNA tokenizer measured on protein is a legitimate question (its
+    // unknown rate answers it), so a difference is reported, not refused.
+    let meta = TableMeta::read(p.input.path());
+    let decided = reading_alphabet(&meta, &seqs);
+    let table = format!("{}{}", p.input.path().display(), meta.origin());
+    check_rows(decided, &seqs, &|i| format!("{table}: sequence {}", i + 1))?;
     let vocab = tokenizer.get_vocab_size(true);
     let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
     let round = |x: f64| (x * 1e6).round() / 1e6;
-    let metrics = json!({
+    let mut metrics = json!({
         "sequences": seqs.len(),
         "bases": bases,
         "tokens": tokens,
@@ -727,6 +743,10 @@ fn eval(ctx: &mut StepContext) -> Result<(), StepError> {
         "unk_rate": round(ratio(unk, tokens)),
         "mean_token_length": round(ratio(token_bases, tokens)),
     });
+    super::merge(&mut metrics, decided.metrics());
+    if let Some(trained_for) = recorded_alphabet(&path) {
+        metrics["tokenizer_alphabet"] = json!(trained_for.name());
+    }
     super::write_metrics(ctx.out, &metrics)?;
     let bars: Vec<(String, f64)> = lengths
         .iter()

@@ -9,7 +9,7 @@ use tokenizers::Tokenizer;
 use super::StepError;
 use super::data::{Alphabet, Decided, detect_alphabet};
 use super::table::TableMeta;
-use super::tokenizer::{ALPHABET_KEY, open_tokenizer};
+use super::tokenizer::{open_tokenizer, recorded_alphabet};
 use crate::models::ArchConfig;
 use crate::models::arch::SequenceKind;
 use crate::train::{self, Row};
@@ -278,15 +278,6 @@ pub(crate) fn check_unknown(
         MAX_UNK_RATE * 100.0,
         examples.join("; ")
     )))
-}
-
-/// The alphabet tokenizer.train recorded (`dnaflow_alphabet`) in the tokenizer_config.json
-/// beside `tokenizer_json`, which model directories carry with their tokenizer.
-fn recorded_alphabet(tokenizer_json: &Path) -> Option<Alphabet> {
-    let dir = tokenizer_json.parent().unwrap_or(Path::new("."));
-    let text = std::fs::read_to_string(dir.join("tokenizer_config.json")).ok()?;
-    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
-    Alphabet::from_name(json.get(ALPHABET_KEY)?.as_str()?)
 }
 
 /// The special tokens a tokenizer's HF files name, by role: `special_tokens_map.json`, then
