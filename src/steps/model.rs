@@ -12,9 +12,9 @@ use burn::prelude::*;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::data::{Decided, check_rows, reading_alphabet};
+use super::data::{Decided, check_rows, read_table_alphabet, reading_alphabet};
 pub(crate) use super::generate::Sampler;
-use super::table::{LocatedTable, TableMeta};
+use super::table::LocatedTable;
 use super::tokenizer::{read_sequences, sequence};
 use super::train_options::TrainOptions;
 use super::training::{self, model_err};
@@ -373,10 +373,7 @@ pub(super) fn read_alphabet(
     seqs: &[String],
     model: &Path,
 ) -> Result<Decided, StepError> {
-    let meta = TableMeta::read(path);
-    let name = format!("{}{}", path.display(), meta.origin());
-    let decided = reading_alphabet(&meta, seqs);
-    check_rows(decided, seqs, &|i| format!("{name}: sequence {}", i + 1))?;
+    let (decided, name) = read_table_alphabet(path, seqs)?;
     vocab.check_alphabet(decided, &name, model)?;
     Ok(decided)
 }

@@ -21,7 +21,7 @@ use tokenizers::{
     PreTokenizerWrapper, Tokenizer, TokenizerBuilder, TokenizerImpl, Trainer,
 };
 
-use super::data::{Alphabet, Decided, check_rows, reading_alphabet};
+use super::data::{Alphabet, Decided, check_rows, read_table_alphabet, reading_alphabet};
 use super::table::{TableMeta, for_each_sequence};
 use super::{InputPath, StepContext, StepError, StepKind, params, plot};
 
@@ -695,6 +695,10 @@ fn eval(ctx: &mut StepContext) -> Result<(), StepError> {
     let (path, tokenizer) = open_tokenizer(p.tokenizer.path())?;
     let overlap_k = path.parent().and_then(kmer_overlap);
     let seqs = read_sequences(p.input.path(), &p.column, p.max_sequences)?;
+    // The table's alphabet (its metadata's, else its letters'), beside the one the tokenizer
+    // was trained for: a DNA tokenizer measured on protein is a legitimate question (its
+    // unknown rate answers it), so a difference is reported, not refused.
+    let (decided, _) = read_table_alphabet(p.input.path(), &seqs)?;
     // The unknown token of BERT-style and SentencePiece-style vocabularies; byte-level BPE has none.
     let unk_ids: HashSet<u32> = ["[UNK]", "<unk>"]
         .iter()
@@ -722,13 +726,6 @@ fn eval(ctx: &mut StepContext) -> Result<(), StepError> {
             *lengths.entry(len).or_default() += 1;
         }
     }
-    // The table's alphabet (its metadata's, else its letters'), beside the one the tokenizer
-    // was trained for: a DNA tokenizer measured on protein is a legitimate question (its
-    // unknown rate answers it), so a difference is reported, not refused.
-    let meta = TableMeta::read(p.input.path());
-    let decided = reading_alphabet(&meta, &seqs);
-    let table = format!("{}{}", p.input.path().display(), meta.origin());
-    check_rows(decided, &seqs, &|i| format!("{table}: sequence {}", i + 1))?;
     let vocab = tokenizer.get_vocab_size(true);
     let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
     let round = |x: f64| (x * 1e6).round() / 1e6;

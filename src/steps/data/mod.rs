@@ -252,6 +252,17 @@ pub fn reading_alphabet(meta: &crate::steps::table::TableMeta, seqs: &[String]) 
     decided
 }
 
+/// [`reading_alphabet`] of the sequences `seqs` read from the table at `path`, its rows checked
+/// against it ([`check_rows`]); with the table's name as errors give it (the user's file it
+/// came from included).
+pub fn read_table_alphabet(path: &Path, seqs: &[String]) -> Result<(Decided, String), StepError> {
+    let meta = crate::steps::table::TableMeta::read(path);
+    let name = format!("{}{}", path.display(), meta.origin());
+    let decided = reading_alphabet(&meta, seqs);
+    check_rows(decided, seqs, &|i| format!("{name}: sequence {}", i + 1))?;
+    Ok((decided, name))
+}
+
 impl Decided {
     /// The alphabet and how it was decided, as metrics show it (beside the step's others).
     pub fn metrics(self) -> serde_json::Value {
