@@ -307,6 +307,24 @@ fn two_ranks_train_what_one_rank_trains() {
     for (x, y) in a.iter().zip(&b) {
         assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "{a:?}\n{b:?}");
     }
+    // The same two ranks as processes meeting over TCP (as Slurm tasks or on GPUs).
+    let procs = llama_project("      ranks: 2\n      zero: 2\n      ranks_as: processes\n");
+    let rp = procs.run_ok(&["wf.yaml"]);
+    let c = losses(&rp);
+    assert_eq!(c.len(), 10);
+    for (x, y) in a.iter().zip(&c) {
+        assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "{a:?}\n{c:?}");
+    }
+    assert_eq!(metrics(&procs, &rp, "llama")["ranks"], 2);
+    // Rank 1 left nothing beside rank 0's outputs.
+    let out = rp.out("llama");
+    let mut files: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert!(!files.iter().any(|f| f.contains("rank")), "{files:?}");
+
     let m = metrics(&two, &r2, "llama");
     assert_eq!(m["ranks"], 2, "{m}");
     let held = m["rank_state"].as_array().unwrap();
@@ -328,4 +346,88 @@ fn two_ranks_train_what_one_rank_trains() {
         "{t}"
     );
     assert!(t.contains("wf.yaml"), "{t}");
+
+    // One rank per GPU: more ranks than the step is granted GPUs are refused before a run.
+    let more = llama_project("      ranks: 4\n    resources: { gpus: 2 }\n");
+    let out = more.dnaflow(&["validate", "wf.yaml"]);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("`ranks` 4 is more than the 2 GPU(s)"), "{t}");
+    // Several nodes need Slurm.
+    let nodes = llama_project("      ranks: 2\n    resources: { nodes: 2 }\n");
+    let (out, _) = nodes.run(&["wf.yaml"]);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("spreads its ranks over 2 nodes"), "{t}");
+    assert!(t.contains("executor: slurm"), "{t}");
+}
+
+/// A rank process killed with kill -9 fails the attempt (the other rank stops instead of
+/// waiting), and the retry resumes from the last checkpoint on the same curve an unbroken
+/// run follows.
+#[test]
+fn a_killed_rank_fails_the_attempt_and_the_retry_resumes() {
+    let extra = "      ranks: 2\n      zero: 2\n      ranks_as: processes\n      \
+                 save_every: 20\n      rank_timeout: 30\n    retries: 1\n";
+    let long = |p: &Project| {
+        let wf = read(&p.path("wf.yaml")).replace("steps: 10", "steps: 1500");
+        p.write("wf.yaml", &wf);
+    };
+    let whole = llama_project(extra);
+    long(&whole);
+    let want = whole.run_ok(&["wf.yaml"]);
+
+    let p = llama_project(extra);
+    long(&p);
+    let child = p
+        .cmd(&["run", "wf.yaml", "--report", "report.json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::wait_for_checkpoint(&p, 40);
+    // Rank 1's process: a `step-exec` of this project with RANK=1 in its environment.
+    let rank1 = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            let has =
+                |hay: &[u8], needle: &str| hay.split(|&b| b == 0).any(|w| w == needle.as_bytes());
+            has(&cmd, "step-exec")
+                && has(&env, "RANK=1")
+                && String::from_utf8_lossy(&cmd).contains(&*p.path("").to_string_lossy())
+        })
+        .expect("rank 1's process");
+    // SAFETY: a plain kill(2) of a child process of this test's run.
+    unsafe {
+        libc::kill(rank1, libc::SIGKILL);
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let report: Value = serde_json::from_str(&read(&p.path("report.json"))).unwrap();
+    let step = &report["steps"][0];
+    assert_eq!(step["attempts"], 2, "{step}");
+    // The first attempt's failure names the rank and how it died.
+    assert!(
+        text(&out).contains("rank 1: killed by signal 9"),
+        "{}",
+        text(&out)
+    );
+    let log = read(&p.path(step["stdout"].as_str().unwrap()));
+    assert!(log.contains("resumed from the checkpoint at step"), "{log}");
+    let (a, b) = (
+        read(&want.out("llama").join("history.csv")),
+        read(&p.path(&format!("{}/history.csv", step["out"].as_str().unwrap()))),
+    );
+    assert_eq!(a.lines().count(), b.lines().count());
+    for (x, y) in a.lines().zip(b.lines()).skip(1) {
+        let (x, y): (f64, f64) = (
+            x.split(',').nth(1).unwrap().parse().unwrap(),
+            y.split(',').nth(1).unwrap().parse().unwrap(),
+        );
+        assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "{x} vs {y}");
+    }
 }

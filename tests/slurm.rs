@@ -218,3 +218,100 @@ fn a_local_run_and_a_slurm_run_compute_each_step_once() {
     lines.sort();
     assert_eq!(lines, ["one", "two"], "each step computed once");
 }
+
+/// A LLaMA with `ranks: 2` on Slurm: one job of two `srun` tasks, one per rank, meeting over
+/// TCP on the job's node. Rank 1 killed with kill -9 fails the attempt (rank 0 stops instead
+/// of waiting), the retry resumes from the checkpoint, and the loss curve is the one a single
+/// rank follows locally.
+#[test]
+fn two_ranks_as_tasks_of_one_slurm_job_train_what_one_rank_trains_through_a_killed_rank() {
+    if !slurm_up() {
+        return;
+    }
+    let tokenizers =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizers");
+    let project = |extra: &str| {
+        let p = Project::new();
+        for f in ["corpus.txt", "heldout.txt", "char.json"] {
+            std::fs::copy(tokenizers.join(f), p.path(f)).unwrap();
+        }
+        p.write(
+            "wf.yaml",
+            &format!(
+                "name: ranks\nsteps:\n  llama:\n    retries: 1\n    uses: model.pretrain\n    \
+                 with:\n      arch: llama\n      tokenizer: char.json\n      train: corpus.txt\n      \
+                 valid: heldout.txt\n      config: {{ hidden_size: 16, intermediate_size: 32, \
+                 num_hidden_layers: 1, num_attention_heads: 2, num_key_value_heads: 1 }}\n      \
+                 seq_len: 32\n      batch_size: 4\n      grad_accum: 2\n      steps: 1500\n      \
+                 lr: 0.01\n      save_every: 20\n      rank_timeout: 30\n{extra}"
+            ),
+        );
+        p
+    };
+    let local = project("");
+    let want = local.run_ok(&["wf.yaml"]);
+
+    let p = project("      ranks: 2\n      zero: 2\n");
+    let child = p
+        .cmd(&[
+            "run",
+            "wf.yaml",
+            "--executor",
+            "slurm",
+            "--report",
+            "report.json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::wait_for_checkpoint(&p, 40);
+    let rank1 = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            let has = |hay: &[u8], w: &str| hay.split(|&b| b == 0).any(|x| x == w.as_bytes());
+            has(&cmd, "step-exec")
+                && has(&env, "SLURM_PROCID=1")
+                && String::from_utf8_lossy(&env).contains(&*p.path("").to_string_lossy())
+        })
+        .expect("rank 1's task");
+    // SAFETY: a plain kill(2) of a task this test's run submitted.
+    unsafe {
+        libc::kill(rank1, libc::SIGKILL);
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(p.path("report.json")).unwrap()).unwrap();
+    let step = &r["steps"][0];
+    assert_eq!(step["attempts"], 2, "{step}");
+    // The failed attempt names the lost rank and how srun saw it die.
+    let t = text(&out);
+    assert!(t.contains("rank 1 stopped"), "{t}");
+    assert!(t.contains("srun: ") && t.contains("task 1: Killed"), "{t}");
+    assert_eq!(step["metrics"]["ranks"], 2, "{step}");
+    let log = std::fs::read_to_string(step["stdout"].as_str().unwrap()).unwrap();
+    assert!(log.contains("resumed from the checkpoint at step"), "{log}");
+    let losses = |csv: String| -> Vec<f64> {
+        csv.lines()
+            .skip(1)
+            .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
+            .collect()
+    };
+    let a = losses(std::fs::read_to_string(want.out("llama").join("history.csv")).unwrap());
+    let b = losses(
+        std::fs::read_to_string(
+            std::path::Path::new(step["out"].as_str().unwrap()).join("history.csv"),
+        )
+        .unwrap(),
+    );
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "{x} vs {y}");
+    }
+    assert!(jobs("llama").is_empty());
+}

@@ -234,9 +234,13 @@ fn run_cli(cli: Cli) -> ExitCode {
         Command::Model(a) => model_cmd::model(&a).map_err(Failure::from),
         Command::Env { json } => env_cmd::env(&cli.cache, json),
         Command::StepExec { job } => {
-            return crate::exec::isolated::child_main(&job, |job, status| {
-                let mut log = std::io::stdout();
-                crate::exec::run_in_process(job, &mut log, status)
+            return crate::exec::isolated::child_main(&job, |job, rendezvous, status| {
+                // Rank 0 alone writes the step's log (the ranks share it).
+                let mut log: Box<dyn std::io::Write + Send> = match rendezvous {
+                    Some(r) if r.rank > 0 => Box::new(std::io::sink()),
+                    _ => Box::new(std::io::stdout()),
+                };
+                crate::exec::run_in_process(job, rendezvous, &mut log, status)
             });
         }
         Command::Completions { shell } => {

@@ -41,6 +41,35 @@ pub struct Job {
     pub error: PathBuf,
     /// Where the child writes its latest status line (for the progress display).
     pub status: PathBuf,
+    /// Processes this attempt runs as, one per data-parallel rank (1: one process). Each
+    /// learns its rank from the environment (torchrun's or Slurm's variables).
+    #[serde(default = "one")]
+    pub ranks: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+impl Job {
+    /// The job as rank `rank` runs it: rank 0 writes the step's outputs; every other rank
+    /// gets a scratch directory of its own beside them (removed when it ends) and its own
+    /// error and status files.
+    pub fn for_rank(&self, rank: usize) -> Job {
+        if rank == 0 {
+            return self.clone();
+        }
+        Job {
+            out: self.out.with_file_name(format!("rank-{rank}")),
+            error: self
+                .error
+                .with_file_name(format!("step-error.rank-{rank}.txt")),
+            status: self
+                .status
+                .with_file_name(format!("step-status.rank-{rank}.txt")),
+            ..self.clone()
+        }
+    }
 }
 
 /// How an attempt failed, typed for the retry policy.
@@ -106,6 +135,138 @@ pub fn outcome(
     })
 }
 
+/// How the processes of a data-parallel attempt ended (`ends[r]`: rank r's exit code and
+/// signal; None where unknown, as after a Slurm job): success when every rank succeeded, else
+/// every failed rank's own message. A rank killed or lost makes it worth a retry (it resumes
+/// from the checkpoint); ranks that all failed on their input fail the step.
+pub fn outcome_ranks(
+    job: &Job,
+    job_path: &Path,
+    ends: &[(Option<i32>, Option<i32>)],
+) -> Result<(), AttemptError> {
+    let mut messages = Vec::new();
+    let mut transient = false;
+    for (rank, &(code, signal)) in ends.iter().enumerate() {
+        let mine = job.for_rank(rank);
+        let written = std::fs::read_to_string(&mine.error)
+            .ok()
+            .map(|m| m.trim().to_string())
+            .filter(|m| !m.is_empty());
+        for f in [&mine.error, &mine.status] {
+            let _ = std::fs::remove_file(f);
+        }
+        if rank > 0 {
+            let _ = std::fs::remove_dir_all(&mine.out);
+        }
+        let why = match (code, signal) {
+            (Some(0), _) => continue,
+            (Some(EXIT_INPUT | EXIT_INTERNAL), _) => written.unwrap_or_else(|| "failed".into()),
+            (Some(c), _) => {
+                transient = true;
+                format!(
+                    "exited with status {c}{}",
+                    written.map_or(String::new(), |m| format!(": {m}"))
+                )
+            }
+            (None, Some(sig)) => {
+                transient = true;
+                format!("killed by signal {sig} ({})", signal_name(sig))
+            }
+            (None, None) => match written {
+                Some(m) => m,
+                None => continue,
+            },
+        };
+        messages.push(format!("rank {rank}: {why}"));
+    }
+    let _ = std::fs::remove_file(job_path);
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let message = messages.join("; ");
+    Err(if transient {
+        AttemptError::Transient(message)
+    } else {
+        AttemptError::Input(message)
+    })
+}
+
+/// Run one attempt as `job.ranks` processes on this machine, as torchrun would: each gets
+/// `RANK`, `LOCAL_RANK`, `WORLD_SIZE` and rank 0's loopback address and a free port, and the
+/// GPUs granted (rank r takes the r-th). Output of every rank goes to the step's logs.
+pub fn launch_ranks(
+    bin: &Path,
+    job: &Job,
+    env: &[(String, String)],
+    stdout: File,
+    stderr: File,
+    on_status: &(dyn Fn(&str) + Sync),
+) -> Result<(), AttemptError> {
+    let job_path = write_job(job)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| AttemptError::Transient(format!("no free port on loopback: {e}")))?;
+    let mut cmds = Vec::new();
+    for rank in 0..job.ranks {
+        let (out, err) = (stdout.try_clone(), stderr.try_clone());
+        let (out, err) = match (out, err) {
+            (Ok(o), Ok(e)) => (o, e),
+            (Err(e), _) | (_, Err(e)) => return Err(AttemptError::Transient(e.to_string())),
+        };
+        let mut cmd = Command::new(bin);
+        cmd.arg("step-exec")
+            .arg(&job_path)
+            .current_dir(&job.workdir)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .env_remove("DNAFLOW_CACHE")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("RANK", rank.to_string())
+            .env("LOCAL_RANK", rank.to_string())
+            .env("WORLD_SIZE", job.ranks.to_string())
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string());
+        cmds.push(cmd);
+    }
+    let (finished, until) = std::sync::mpsc::channel::<()>();
+    let ends = std::thread::scope(|scope| {
+        scope.spawn(move || {
+            let mut last = String::new();
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                until.recv_timeout(Duration::from_millis(250))
+            {
+                if let Ok(s) = std::fs::read_to_string(&job.status)
+                    && s != last
+                {
+                    on_status(&s);
+                    last = s;
+                }
+            }
+        });
+        let waiting: Vec<_> = cmds
+            .iter_mut()
+            .map(|cmd| scope.spawn(move || run_in_group(cmd)))
+            .collect();
+        let ends: Vec<_> = waiting
+            .into_iter()
+            .map(|w| w.join().expect("rank waiter"))
+            .collect();
+        drop(finished);
+        ends
+    });
+    use std::os::unix::process::ExitStatusExt;
+    let mut codes = Vec::new();
+    for end in ends {
+        let status = end.map_err(|e| {
+            AttemptError::Transient(format!("cannot start `{}`: {e}", bin.display()))
+        })?;
+        codes.push((status.code(), status.signal()));
+    }
+    outcome_ranks(job, &job_path, &codes)
+}
+
 /// Run one attempt in a child process; `on_status` sees the step's status lines as they come.
 pub fn launch(
     bin: &Path,
@@ -167,7 +328,11 @@ fn signal_name(sig: i32) -> &'static str {
 /// The child's side: run the job with `run` (the in-process runner), report how it ended.
 pub fn child_main(
     job_path: &Path,
-    run: impl FnOnce(&Job, &(dyn Fn(&str) + Sync)) -> Result<(), String>,
+    run: impl FnOnce(
+        &Job,
+        Option<&crate::train::tcp::Rendezvous>,
+        &(dyn Fn(&str) + Sync),
+    ) -> Result<(), String>,
 ) -> ExitCode {
     super::shell::install_interrupt_handler();
     let job: Job = match std::fs::read(job_path)
@@ -180,6 +345,39 @@ pub fn child_main(
             return ExitCode::from(EXIT_INTERNAL as u8);
         }
     };
+    // One of several rank processes: rank 0 runs the job as written, the others in their own
+    // scratch directory (they stop after training; rank 0 writes the outputs).
+    let rendezvous = if job.ranks > 1 {
+        match crate::train::tcp::Rendezvous::from_env(|k| std::env::var(k).ok()) {
+            Ok(Some(rdv)) if rdv.ranks == job.ranks => Some(rdv),
+            found => {
+                let why = match found {
+                    Err(e) => e,
+                    Ok(Some(rdv)) => format!("{} ranks were started", rdv.ranks),
+                    Ok(None) => "none was started (no RANK/WORLD_SIZE or SLURM_PROCID/\
+                                 SLURM_NTASKS in the environment)"
+                        .into(),
+                };
+                let message = format!("the step runs as {} rank processes, but {why}", job.ranks);
+                eprintln!("{message}");
+                let _ = std::fs::write(&job.error, &message);
+                return ExitCode::from(EXIT_INPUT as u8);
+            }
+        }
+    } else {
+        None
+    };
+    let job = match &rendezvous {
+        Some(rdv) => job.for_rank(rdv.rank),
+        None => job,
+    };
+    if rendezvous.as_ref().is_some_and(|r| r.rank > 0)
+        && let Err(e) = std::fs::create_dir_all(&job.out)
+    {
+        let message = format!("{}: {e}", job.out.display());
+        let _ = std::fs::write(&job.error, &message);
+        return ExitCode::from(EXIT_INPUT as u8);
+    }
     let last = std::sync::Mutex::new(Instant::now() - Duration::from_secs(1));
     let status = |msg: &str| {
         if let Ok(mut t) = last.lock()
@@ -189,7 +387,11 @@ pub fn child_main(
             let _ = std::fs::write(&job.status, msg);
         }
     };
-    match run(&job, &status) {
+    let result = run(&job, rendezvous.as_ref(), &status);
+    if rendezvous.as_ref().is_some_and(|r| r.rank > 0) {
+        let _ = std::fs::remove_dir_all(&job.out);
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             let _ = std::fs::write(&job.error, &message);

@@ -485,7 +485,16 @@ fn check_resources(
             continue;
         }
         let need = &step.resources;
-        let problem = if need.gpus as usize > opts.gpus {
+        let problem = if need.nodes > 1 {
+            Some((
+                format!(
+                    "step `{}` spreads its ranks over {} nodes, but this run executes it on \
+                     this machine",
+                    step.name, need.nodes
+                ),
+                "run it with `executor: slurm` (or `--executor slurm`), or remove `nodes`",
+            ))
+        } else if need.gpus as usize > opts.gpus {
             Some((
                 format!(
                     "step `{}` needs {} GPU(s), but {} are available",
@@ -668,6 +677,34 @@ impl Exec<'_> {
         msg
     }
 
+    /// How many processes an attempt of step `i` runs as: its data-parallel ranks when they
+    /// run as processes (on GPUs, across nodes, as Slurm tasks, or asked for), else 1. A
+    /// training step that names no `ranks` gets one per GPU it is granted (gpus × nodes).
+    fn rank_processes(&self, i: usize, kind: &str, with: &mut Value) -> usize {
+        let step = &self.wf.steps[i];
+        let Some((ranks, how)) = crate::steps::rank_request(kind, with) else {
+            return 1;
+        };
+        let (gpus, nodes) = (step.resources.gpus as usize, step.resources.nodes as usize);
+        let ranks = match ranks {
+            Some(r) => r,
+            None if gpus > 0 => {
+                let r = gpus * nodes;
+                if let Some(map) = with.as_object_mut() {
+                    map.insert("ranks".into(), r.into());
+                }
+                r
+            }
+            None => 1,
+        };
+        let processes = match how {
+            crate::steps::RanksAs::Threads => false,
+            crate::steps::RanksAs::Processes => true,
+            crate::steps::RanksAs::Auto => self.remote(i) || gpus > 0 || nodes > 1,
+        };
+        if ranks > 1 && processes { ranks } else { 1 }
+    }
+
     /// The Slurm job of one attempt of step `i`.
     fn job_spec<'a>(
         &'a self,
@@ -688,6 +725,8 @@ impl Exec<'_> {
             cpus: step.resources.cpus,
             mem_mb: step.resources.mem_mb,
             gpus: step.resources.gpus,
+            nodes: step.resources.nodes,
+            tasks: 1,
         }
     }
 
@@ -857,16 +896,30 @@ impl Exec<'_> {
                         bar.set_message(format!("{}  {msg}", step.name));
                     }
                 };
+                let ranks = self.rank_processes(index, kind.name, &mut value);
+                let threads = (cpus / ranks).max(1);
+                if ranks > 1 {
+                    // Each rank process gets its share of the step's threads.
+                    for (k, v) in env.iter_mut() {
+                        if matches!(
+                            k.as_str(),
+                            "DNAFLOW_THREADS" | "OMP_NUM_THREADS" | "RAYON_NUM_THREADS"
+                        ) {
+                            *v = threads.to_string();
+                        }
+                    }
+                }
                 let job = isolated::Job {
                     kind: kind.name.to_string(),
                     with: value,
                     out: out.to_path_buf(),
                     workdir: self.wf.workdir.clone(),
-                    threads: cpus,
+                    threads,
                     checkpoints,
                     device: self.wf.device.clone(),
                     error: out.with_file_name("step-error.txt"),
                     status: out.with_file_name("step-status.txt"),
+                    ranks,
                 };
                 if let (Some(slurm), Some(bin)) = (
                     self.slurm.as_ref().filter(|_| self.remote(index)),
@@ -874,10 +927,28 @@ impl Exec<'_> {
                 ) {
                     drop((stdout, stderr));
                     let job_path = isolated::write_job(&job)?;
-                    let script = slurm::step_exec_script(bin, &job_path, &env);
-                    let end = slurm
-                        .run(&self.job_spec(index, script, out, out_log, err_log))
-                        .map_err(AttemptError::Input)?;
+                    let script = slurm::step_exec_script(bin, &job_path, &env, ranks > 1);
+                    let mut spec = self.job_spec(index, script, out, out_log, err_log);
+                    spec.tasks = ranks as u32;
+                    let end = slurm.run(&spec).map_err(AttemptError::Input)?;
+                    if ranks > 1 {
+                        // Each rank wrote its own error file; srun's status says only that
+                        // one failed.
+                        let unknown = vec![(None, None); ranks];
+                        let told = isolated::outcome_ranks(&job, &job_path, &unknown);
+                        return match (end.state.as_str(), told) {
+                            ("COMPLETED", Ok(())) if end.code == 0 => Ok(()),
+                            ("COMPLETED" | "FAILED", Err(e)) => {
+                                Err(AttemptError::Transient(format!(
+                                    "{}{} (Slurm job {})",
+                                    e.message(),
+                                    srun_errors(err_log),
+                                    end.id
+                                )))
+                            }
+                            _ => Err(job_lost(&end)),
+                        };
+                    }
                     return match end.state.as_str() {
                         "COMPLETED" | "FAILED" if end.signal == 0 => {
                             isolated::outcome(&job, &job_path, Some(end.code), None)
@@ -889,10 +960,18 @@ impl Exec<'_> {
                     };
                 }
                 match self.step_exec {
+                    Some(bin) if ranks > 1 => {
+                        isolated::launch_ranks(bin, &job, &env, stdout, stderr, &status)
+                    }
                     Some(bin) => isolated::launch(bin, &job, &env, stdout, stderr, &status),
+                    None if ranks > 1 => Err(AttemptError::Input(format!(
+                        "step `{}` trains {ranks} ranks as processes, which needs the `dnaflow` \
+                         binary to start them; this run has none (an in-process test run)",
+                        step.name
+                    ))),
                     None => {
                         drop(stderr);
-                        run_in_process(&job, &mut { stdout }, &status).map_err(|e| {
+                        run_in_process(&job, None, &mut { stdout }, &status).map_err(|e| {
                             // In process, a panic is caught like any other failure.
                             AttemptError::Input(e)
                         })
@@ -901,6 +980,18 @@ impl Exec<'_> {
             }
         }
     }
+}
+
+/// What `srun` said of its tasks in the job's error log (`task 1: Killed`), as `; srun: …`:
+/// how a rank process died, which the ranks' own messages cannot say.
+fn srun_errors(err_log: &Path) -> String {
+    let tail = log_tail(err_log).unwrap_or_default();
+    // Only this attempt's lines: after the last attempt marker.
+    let this = tail.rsplit("--- attempt").next().unwrap_or_default();
+    this.lines()
+        .filter_map(|l| l.split_once("srun: error: ").map(|(_, e)| e.trim()))
+        .map(|e| format!("; srun: {e}"))
+        .collect()
 }
 
 /// A Slurm job that did not run to its end (cancelled, timed out, out of memory, its node
@@ -924,6 +1015,7 @@ fn job_lost(end: &slurm::JobEnd) -> AttemptError {
 /// `step-exec` calls this in the step's own process. A panic becomes an internal error.
 pub fn run_in_process(
     job: &isolated::Job,
+    rendezvous: Option<&crate::train::tcp::Rendezvous>,
     log: &mut (dyn std::io::Write + Send),
     status: &(dyn Fn(&str) + Sync),
 ) -> Result<(), String> {
@@ -942,6 +1034,7 @@ pub fn run_in_process(
                 checkpoints: &job.checkpoints,
                 device: job.device.as_deref(),
                 status,
+                rendezvous,
             };
             (kind.run)(&mut ctx)
         };
@@ -957,7 +1050,10 @@ pub fn run_in_process(
     }));
     match result {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(StepError { message })) => Err(message),
+        Ok(Err(StepError {
+            left_to_root: true, ..
+        })) => Ok(()),
+        Ok(Err(StepError { message, .. })) => Err(message),
         Err(panic) => Err(format!(
             "internal error in `{}`: {} (please report this)",
             kind.name,

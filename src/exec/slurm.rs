@@ -79,9 +79,13 @@ pub struct JobSpec<'a> {
     pub workdir: &'a Path,
     pub stdout: &'a Path,
     pub stderr: &'a Path,
+    /// CPUs, memory and GPUs of each node the job takes.
     pub cpus: u32,
     pub mem_mb: u64,
     pub gpus: u32,
+    /// Nodes, and tasks (one per data-parallel rank) dealt evenly over them.
+    pub nodes: u32,
+    pub tasks: u32,
 }
 
 /// How a job ended.
@@ -141,9 +145,18 @@ impl Slurm {
             format!("--output={}", job.stdout.display()),
             format!("--error={}", job.stderr.display()),
             "--open-mode=append".into(),
-            format!("--cpus-per-task={}", job.cpus.max(1)),
-            "--ntasks=1".into(),
         ];
+        let (nodes, tasks) = (job.nodes.max(1), job.tasks.max(1));
+        if tasks > 1 || nodes > 1 {
+            let per_node = tasks.div_ceil(nodes);
+            a.push(format!("--nodes={nodes}"));
+            a.push(format!("--ntasks={tasks}"));
+            a.push(format!("--ntasks-per-node={per_node}"));
+            a.push(format!("--cpus-per-task={}", (job.cpus / per_node).max(1)));
+        } else {
+            a.push(format!("--cpus-per-task={}", job.cpus.max(1)));
+            a.push("--ntasks=1".into());
+        }
         if job.mem_mb > 0 {
             a.push(format!("--mem={}M", job.mem_mb));
         }
@@ -363,9 +376,17 @@ pub fn exports(env: &[(String, String)]) -> String {
 }
 
 /// The script of a built-in step's job: `dnaflow step-exec JOB`.
-pub fn step_exec_script(bin: &Path, job: &Path, env: &[(String, String)]) -> String {
+/// With `ranks`, `srun` starts one task per rank; they meet at the job's first node on a
+/// port drawn from the job id (as torchrun's `MASTER_PORT`), each learning its rank from
+/// `SLURM_PROCID`.
+pub fn step_exec_script(bin: &Path, job: &Path, env: &[(String, String)], ranks: bool) -> String {
+    let launch = if ranks {
+        "export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))\nexec srun "
+    } else {
+        "exec "
+    };
     format!(
-        "{}exec {} step-exec {}",
+        "{}{launch}{} step-exec {}",
         exports(env),
         quote(&bin.display().to_string()),
         quote(&job.display().to_string())
@@ -412,6 +433,8 @@ mod tests {
             cpus: 4,
             mem_mb: 8192,
             gpus: 1,
+            nodes: 1,
+            tasks: 1,
         };
         let a = slurm.sbatch_args(&job, Path::new("/c/tmp/x/job.sh"));
         for want in [
@@ -429,5 +452,31 @@ mod tests {
             assert!(a.contains(&want.to_string()), "{want} in {a:?}");
         }
         assert_eq!(a.last().unwrap(), "/c/tmp/x/job.sh");
+        assert!(a.contains(&"--ntasks=1".to_string()), "{a:?}");
+
+        // Eight ranks over two nodes of 4 GPUs and 32 CPUs: 4 tasks per node, 8 CPUs each.
+        let ranks = JobSpec {
+            cpus: 32,
+            gpus: 4,
+            nodes: 2,
+            tasks: 8,
+            ..job
+        };
+        let a = slurm.sbatch_args(&ranks, Path::new("/c/tmp/x/job.sh"));
+        for want in [
+            "--nodes=2",
+            "--ntasks=8",
+            "--ntasks-per-node=4",
+            "--cpus-per-task=8",
+            "--gres=gpu:4",
+        ] {
+            assert!(a.contains(&want.to_string()), "{want} in {a:?}");
+        }
+        let script = step_exec_script(Path::new("/bin/dnaflow"), Path::new("/j.json"), &[], true);
+        assert!(
+            script.contains("exec srun /bin/dnaflow step-exec /j.json"),
+            "{script}"
+        );
+        assert!(script.contains("MASTER_PORT="), "{script}");
     }
 }

@@ -30,6 +30,7 @@ pub mod table;
 mod tokenizer;
 mod tokenizer_extend;
 mod train_options;
+pub use train_options::{RANKED_KINDS, RanksAs, rank_request};
 mod training;
 mod vocab;
 mod zero_shot;
@@ -59,6 +60,9 @@ pub struct StepContext<'a> {
     pub device: Option<&'a str>,
     /// Show a short live status (progress bar message); cheap to call often.
     pub status: &'a (dyn Fn(&str) + Sync),
+    /// Where this process meets the other ranks of a data-parallel step run as one process
+    /// per rank; None when the step is one process (its ranks, if any, are threads).
+    pub rendezvous: Option<&'a crate::train::tcp::Rendezvous>,
 }
 
 /// Why a step failed, in words the user can act on.
@@ -66,12 +70,24 @@ pub struct StepContext<'a> {
 #[error("{message}")]
 pub struct StepError {
     pub message: String,
+    /// Not a failure: this process is a rank other than 0 of a data-parallel step; its share
+    /// of the training is done, and rank 0 writes the step's outputs.
+    pub left_to_root: bool,
 }
 
 impl StepError {
     pub fn new(message: impl Into<String>) -> StepError {
         StepError {
             message: message.into(),
+            left_to_root: false,
+        }
+    }
+
+    /// Rank `rank` has trained its share; the rest of the step is rank 0's.
+    pub fn left_to_root(rank: usize) -> StepError {
+        StepError {
+            message: format!("rank {rank} trained its share; rank 0 writes the outputs"),
+            left_to_root: true,
         }
     }
 }

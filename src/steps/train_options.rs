@@ -71,10 +71,19 @@ pub(super) struct TrainOptions {
     /// `f32`; `bf16` or `f16` mixed precision on CUDA.
     #[serde(default = "f32")]
     pub precision: String,
-    /// Data-parallel ranks (threads of the step's process, CPU): each takes batch_size / ranks
-    /// rows of every micro-batch; the result equals one rank's within float rounding.
-    #[serde(default = "one")]
-    pub ranks: usize,
+    /// Data-parallel ranks: each takes batch_size / ranks rows of every micro-batch; the result
+    /// equals one rank's within float rounding. Default: 1, or one per GPU the step's
+    /// `resources` grant (gpus × nodes).
+    pub ranks: Option<usize>,
+    /// How the ranks run: `auto` (threads of the step's process on a CPU run of the local
+    /// executor; one process per rank on GPUs, across `nodes` and as Slurm tasks), `threads`
+    /// or `processes` (one `dnaflow step-exec` per rank, meeting over TCP, as torchrun's).
+    #[serde(default)]
+    pub ranks_as: RanksAs,
+    /// Seconds a rank waits for the others (to start, or in one exchange, while rank 0
+    /// evaluates) before the step fails naming the rank it waited for.
+    #[serde(default = "rank_timeout")]
+    pub rank_timeout: f64,
     /// With `ranks` > 1, ZeRO stage: 0 every rank keeps all optimizer state, 1 each keeps the
     /// AdamW moments of 1/ranks of the tensors, 2 also only their reduced gradients.
     #[serde(default)]
@@ -82,6 +91,40 @@ pub(super) struct TrainOptions {
     /// Train a LoRA adapter on the `init` model instead of all its weights (PEFT's LoRA):
     /// the base stays frozen, with neither gradients nor optimizer state.
     pub lora: Option<LoraOptions>,
+}
+
+/// The kinds that flatten [`TrainOptions`], so take `ranks`, `ranks_as` and `rank_timeout`.
+pub const RANKED_KINDS: &[&str] = &["model.pretrain", "model.finetune"];
+
+/// What a step's `with:` asks of the launcher: its ranks (None: as many as GPUs granted) and
+/// how they run. None for a kind that trains no ranks.
+pub fn rank_request(kind: &str, with: &serde_json::Value) -> Option<(Option<usize>, RanksAs)> {
+    if !RANKED_KINDS.contains(&kind) {
+        return None;
+    }
+    let ranks = with
+        .get("ranks")
+        .and_then(serde_json::Value::as_u64)
+        .map(|r| r as usize);
+    let how = with
+        .get("ranks_as")
+        .cloned()
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default();
+    Some((ranks, how))
+}
+
+/// Whether the ranks of a data-parallel step are threads of one process or processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RanksAs {
+    /// Threads on a local CPU run; processes on GPUs, across nodes and on Slurm.
+    #[default]
+    Auto,
+    /// Threads of the step's own process (CPU only; the rows are shared, not copied).
+    Threads,
+    /// One process per rank (`dnaflow step-exec`), meeting over TCP.
+    Processes,
 }
 
 /// LoRA as PEFT's `LoraConfig` takes it; the adapter is saved as PEFT saves one.
@@ -166,15 +209,20 @@ impl TrainOptions {
                 return Err(format!("`{field}` must be at least 1"));
             }
         }
-        if self.ranks == 0 {
+        let ranks = self.ranks.unwrap_or(1);
+        if ranks == 0 {
             return Err("`ranks` must be at least 1".into());
         }
-        if !self.batch_size.is_multiple_of(self.ranks) {
+        if !self.batch_size.is_multiple_of(ranks) {
             return Err(format!(
-                "`batch_size` {} is not divisible by `ranks` {}: each rank takes batch_size / \
-                 ranks rows of every micro-batch; make `batch_size` a multiple of {}",
-                self.batch_size, self.ranks, self.ranks
+                "`batch_size` {} is not divisible by `ranks` {ranks}: each rank takes \
+                 batch_size / ranks rows of every micro-batch; make `batch_size` a multiple of \
+                 {ranks}",
+                self.batch_size
             ));
+        }
+        if !(self.rank_timeout > 0.0 && self.rank_timeout.is_finite()) {
+            return Err("`rank_timeout` must be a positive number of seconds".into());
         }
         if Zero::from_stage(self.zero).is_none() {
             return Err(format!(
@@ -182,11 +230,10 @@ impl TrainOptions {
                 self.zero
             ));
         }
-        if self.ranks > 1 && self.device != "cpu" {
+        if ranks > 1 && self.ranks_as == RanksAs::Threads && self.device != "cpu" {
             return Err(format!(
-                "`ranks` {} runs its ranks as CPU threads; set `device: cpu` (data parallel \
-                 on GPUs is not built yet)",
-                self.ranks
+                "`ranks` {ranks} as threads share one CPU process; set `device: cpu`, or \
+                 `ranks_as: processes` (one process per GPU)"
             ));
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
@@ -200,17 +247,24 @@ impl TrainOptions {
         Ok(())
     }
 
-    /// The device and precision the step runs with (`--device` overrides `device:`).
+    /// The device and precision the step runs with (`--device` overrides `device:`). A rank
+    /// process on a GPU takes the GPU of its local rank (`cuda` → `cuda:LOCAL_RANK`).
     pub fn resolve_device(&self, ctx: &StepContext) -> Result<(DeviceSpec, Precision), StepError> {
         let (d, p) = resolve_device(ctx, &self.device, &self.precision)?;
-        if self.ranks > 1 && d != DeviceSpec::Cpu {
-            return Err(StepError::new(format!(
-                "`ranks` {} runs its ranks as CPU threads, and this run asks for {d}; run it \
-                 on the CPU (data parallel on GPUs is not built yet)",
-                self.ranks
-            )));
+        let ranks = self.ranks.unwrap_or(1);
+        match (ctx.rendezvous, d) {
+            (Some(rdv), DeviceSpec::Cuda(_)) => {
+                let d = DeviceSpec::Cuda(rdv.local);
+                d.check_available().map_err(StepError::new)?;
+                Ok((d, p))
+            }
+            (None, d) if ranks > 1 && d != DeviceSpec::Cpu => Err(StepError::new(format!(
+                "`ranks` {ranks} ran as threads of one process, and this run asks for {d}: \
+                 ranks on GPUs are one process each; give the step `resources: {{ gpus: \
+                 {ranks} }}` (or `ranks_as: processes`)"
+            ))),
+            _ => Ok((d, p)),
         }
-        Ok((d, p))
     }
 
     /// Optimizer steps: `steps`, else `epochs` (or `default_epochs`) passes of
@@ -253,8 +307,9 @@ impl TrainOptions {
             head: Vec::new(),
             head_lr: None,
             parallel: Parallel {
-                ranks: self.ranks,
+                ranks: self.ranks.unwrap_or(1),
                 zero: Zero::from_stage(self.zero).unwrap_or_default(),
+                timeout: std::time::Duration::from_secs_f64(self.rank_timeout),
             },
         }
     }
@@ -265,6 +320,9 @@ pub(super) fn batch_size() -> usize {
 }
 fn one() -> usize {
     1
+}
+fn rank_timeout() -> f64 {
+    600.0
 }
 fn lr() -> f64 {
     5e-4
@@ -324,4 +382,31 @@ pub(super) fn resolve_device(
     let (d, p) = check_device(ctx.device.unwrap_or(device), precision).map_err(StepError::new)?;
     d.check_available().map_err(StepError::new)?;
     Ok((d, p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The launcher reads ranks from exactly the kinds whose parameters hold them.
+    #[test]
+    fn ranked_kinds_are_the_kinds_that_take_ranks() {
+        for kind in super::super::KINDS {
+            let mut generator = schemars::SchemaGenerator::default();
+            let schema = serde_json::to_string(&(kind.schema)(&mut generator)).unwrap();
+            let defs = serde_json::to_string(generator.definitions()).unwrap();
+            assert_eq!(
+                schema.contains("\"ranks_as\"") || defs.contains("\"ranks_as\""),
+                RANKED_KINDS.contains(&kind.name),
+                "{}",
+                kind.name
+            );
+        }
+        let with = serde_json::json!({ "ranks": 4, "ranks_as": "processes" });
+        assert_eq!(
+            rank_request("model.pretrain", &with),
+            Some((Some(4), RanksAs::Processes))
+        );
+        assert_eq!(rank_request("data.load", &with), None);
+    }
 }

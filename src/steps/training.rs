@@ -37,8 +37,25 @@ where
         cancelled: ctx.cancelled,
         progress: &mut progress,
     };
-    let trained = train::train(model, data, valid, cfg, device, &mut env)
-        .map_err(|e| StepError::new(e.to_string()))?;
+    let trained = match ctx.rendezvous {
+        None => train::train(model, data, valid, cfg, device, &mut env),
+        Some(rdv) => {
+            if rdv.ranks != cfg.parallel.ranks {
+                return Err(StepError::new(format!(
+                    "the step trains {} ranks, but {} processes were started for it",
+                    cfg.parallel.ranks, rdv.ranks
+                )));
+            }
+            let mut comm = train::tcp::TcpRank::connect(rdv, cfg.parallel.timeout)
+                .map_err(|e| StepError::new(e.to_string()))?;
+            let trained = train::train_rank(model, data, valid, cfg, device, &mut env, &mut comm);
+            if trained.is_ok() && rdv.rank != 0 {
+                return Err(StepError::left_to_root(rdv.rank));
+            }
+            trained
+        }
+    }
+    .map_err(|e| StepError::new(e.to_string()))?;
     for (rank, held) in trained.rank_state.iter().enumerate() {
         let [p, g, m] = held.mib();
         writeln!(

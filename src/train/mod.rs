@@ -391,11 +391,13 @@ where
         optim.steps = saved.step as u64;
         best_weights = ckpt.best()?;
         state = saved;
-        writeln!(
-            env.log,
-            "resumed from the checkpoint at step {}",
-            state.step
-        )?;
+        if root {
+            writeln!(
+                env.log,
+                "resumed from the checkpoint at step {}",
+                state.step
+            )?;
+        }
     }
     if let Some(l) = &layout
         && root

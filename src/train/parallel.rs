@@ -57,6 +57,8 @@ pub struct Parallel {
     /// Ranks that train together, each on `1/ranks` of every micro-batch's rows.
     pub ranks: usize,
     pub zero: Zero,
+    /// How long a rank in its own process waits for the others before failing.
+    pub timeout: std::time::Duration,
 }
 
 impl Default for Parallel {
@@ -64,6 +66,7 @@ impl Default for Parallel {
         Parallel {
             ranks: 1,
             zero: Zero::Off,
+            timeout: std::time::Duration::from_secs(600),
         }
     }
 }
@@ -436,7 +439,11 @@ mod tests {
             patience: None,
             head: Vec::new(),
             head_lr: None,
-            parallel: Parallel { ranks, zero },
+            parallel: Parallel {
+                ranks,
+                zero,
+                ..Parallel::default()
+            },
         }
     }
 

@@ -19,6 +19,8 @@ pub const DEFAULT_PORT: u16 = 29500;
 pub struct Rendezvous {
     pub rank: usize,
     pub ranks: usize,
+    /// This rank's index on its node (`LOCAL_RANK`, `SLURM_LOCALID`): which GPU it takes.
+    pub local: usize,
     /// `host:port` of rank 0.
     pub root: String,
 }
@@ -45,8 +47,8 @@ impl Rendezvous {
                 .map_err(|_| format!("MASTER_PORT={p:?} is not a port number"))?,
             None => DEFAULT_PORT,
         };
-        let (rank, ranks, host) = match (number("RANK")?, number("WORLD_SIZE")?) {
-            (Some(rank), Some(ranks)) => (rank, ranks, var("MASTER_ADDR")),
+        let (rank, ranks, host, local) = match (number("RANK")?, number("WORLD_SIZE")?) {
+            (Some(rank), Some(ranks)) => (rank, ranks, var("MASTER_ADDR"), number("LOCAL_RANK")?),
             _ => match (number("SLURM_PROCID")?, number("SLURM_NTASKS")?) {
                 (Some(rank), Some(ranks)) => {
                     let host = var("MASTER_ADDR").or_else(|| {
@@ -54,7 +56,7 @@ impl Rendezvous {
                             .or_else(|| var("SLURM_JOB_NODELIST"))
                             .map(|l| first_host(&l))
                     });
-                    (rank, ranks, host)
+                    (rank, ranks, host, number("SLURM_LOCALID")?)
                 }
                 _ => return Ok(None),
             },
@@ -73,6 +75,7 @@ impl Rendezvous {
         Ok(Some(Rendezvous {
             rank,
             ranks,
+            local: local.unwrap_or(rank),
             root: format!("{host}:{port}"),
         }))
     }
@@ -520,12 +523,14 @@ mod tests {
             ("SLURM_PROCID", "3"),
             ("SLURM_NTASKS", "8"),
             ("SLURM_STEP_NODELIST", "gpu[07-08],cpu1"),
+            ("SLURM_LOCALID", "1"),
         ]);
         assert_eq!(
             Rendezvous::from_env(slurm).unwrap(),
             Some(Rendezvous {
                 rank: 3,
                 ranks: 8,
+                local: 1,
                 root: "gpu07:29500".into()
             })
         );

@@ -84,7 +84,7 @@ pub fn form(field: &str) -> Option<(&'static str, &'static str)> {
             "foreach: { fold: [0, 1, 2] }",
         ),
         "resources" => (
-            "`resources` is a map of `cpus`, `gpus` and `mem`",
+            "`resources` is a map of `cpus`, `gpus`, `mem` and `nodes`",
             "resources: { cpus: 4, mem: 8G }",
         ),
         "cpus" => (
@@ -93,6 +93,10 @@ pub fn form(field: &str) -> Option<(&'static str, &'static str)> {
         ),
         "gpus" => ("`gpus` is a whole number of GPUs, 0 or more", "gpus: 1"),
         "mem" => ("`mem` is a memory size like `512M` or `8G`", "mem: 8G"),
+        "nodes" => (
+            "`nodes` is a whole number of nodes a training step's ranks spread over, 1 or more",
+            "nodes: 2",
+        ),
         "retries" => (
             "`retries` is how many times to retry a failed step: a whole number, 0 or more",
             "retries: 2",

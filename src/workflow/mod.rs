@@ -120,6 +120,8 @@ pub struct ResourceNeeds {
     pub cpus: u32,
     pub gpus: u32,
     pub mem_mb: u64,
+    /// Nodes the step's ranks spread over; `cpus`, `gpus` and `mem_mb` are per node.
+    pub nodes: u32,
     pub span: Span,
 }
 
@@ -1013,6 +1015,17 @@ impl<'a> Resolver<'a> {
         deps.dedup();
 
         let resources = self.resources(def, inst.span);
+        match &action {
+            Some(Action::Uses { kind, with }) => self.check_ranks(kind, with, &resources),
+            Some(Action::Run { .. }) if resources.nodes > 1 => {
+                self.error(
+                    resources.span,
+                    "`nodes` spreads the ranks of a training step; a `run:` command runs once",
+                )
+                .help = Some("remove `nodes`, or run the command on each node yourself".into());
+            }
+            _ => {}
+        }
         let mut expect = Vec::new();
         for (metric, e) in &def.expect {
             let ex = &e.value;
@@ -1053,17 +1066,74 @@ impl<'a> Resolver<'a> {
         })
     }
 
-    /// Check `with:` against the kind's typed parameters, references replaced by sample paths.
-    fn check_kind(&mut self, kind: &StepKind, with: &Param, node: &Located<Node>) -> bool {
-        // One sample path per referenced step, so list lengths match what the run will pass.
-        let sample = with.render(&mut |part| match part {
+    /// `with:` with references replaced by sample paths: one per referenced step, so list
+    /// lengths match what the run will pass.
+    fn sample(with: &Param) -> serde_json::Value {
+        with.render(&mut |part| match part {
             Part::Output { steps, output } => steps
                 .iter()
                 .map(|i| format!("/upstream/{i}/{output}"))
                 .collect(),
             Part::Text(t) | Part::Param { text: t, .. } => vec![t.clone()],
             Part::Out => vec!["/upstream/out".to_string()],
-        });
+        })
+    }
+
+    /// A training step's ranks against its resources: one rank per granted GPU at most,
+    /// ranks dealt evenly over `nodes`, and threads only in one process.
+    fn check_ranks(&mut self, kind: &StepKind, with: &Param, res: &ResourceNeeds) {
+        let sample = Self::sample(with);
+        let Some((ranks, how)) = crate::steps::rank_request(kind.name, &sample) else {
+            if res.nodes > 1 {
+                self.error(
+                    res.span,
+                    format!(
+                        "`nodes` spreads the ranks of a training step; `{}` has none",
+                        kind.name
+                    ),
+                )
+                .help = Some(format!(
+                    "only {} train on several nodes",
+                    crate::steps::RANKED_KINDS.join(", ")
+                ));
+            }
+            return;
+        };
+        let (gpus, nodes) = (res.gpus as usize, res.nodes as usize);
+        let ranks = ranks.unwrap_or(if gpus > 0 { gpus * nodes } else { 1 });
+        let problem = if gpus > 0 && ranks > gpus * nodes {
+            Some((
+                format!(
+                    "`ranks` {ranks} is more than the {} GPU(s) the step is granted ({gpus} per \
+                     node × {nodes} node(s)): each rank takes one GPU",
+                    gpus * nodes
+                ),
+                format!(
+                    "lower `ranks`, or raise `resources.gpus` to {}",
+                    ranks.div_ceil(nodes)
+                ),
+            ))
+        } else if !ranks.is_multiple_of(nodes) {
+            Some((
+                format!("`ranks` {ranks} cannot be dealt evenly over {nodes} nodes"),
+                format!("make `ranks` a multiple of {nodes}"),
+            ))
+        } else if how == crate::steps::RanksAs::Threads && (nodes > 1 || gpus > 1) {
+            Some((
+                "`ranks_as: threads` runs every rank in one process, on one node's CPU".into(),
+                "use `ranks_as: processes` (or leave it out) for GPUs and several nodes".into(),
+            ))
+        } else {
+            None
+        };
+        if let Some((msg, help)) = problem {
+            self.error(res.span, msg).help = Some(help);
+        }
+    }
+
+    /// Check `with:` against the kind's typed parameters, references replaced by sample paths.
+    fn check_kind(&mut self, kind: &StepKind, with: &Param, node: &Located<Node>) -> bool {
+        let sample = Self::sample(with);
         match (kind.check)(&sample) {
             Ok(()) => true,
             Err(msg) => {
@@ -1327,9 +1397,13 @@ impl<'a> Resolver<'a> {
             cpus: 1,
             gpus: 0,
             mem_mb: 0,
+            nodes: 1,
             span,
         };
         let Some(res) = &def.resources else { return r };
+        if let Some(n) = &res.nodes {
+            r.nodes = self.count(n, "nodes").unwrap_or(1).max(1) as u32;
+        }
         if let Some(n) = &res.cpus {
             r.cpus = self.count(n, "cpus").unwrap_or(1).max(1) as u32;
         }
@@ -1339,7 +1413,10 @@ impl<'a> Resolver<'a> {
         if let Some(n) = &res.mem {
             r.mem_mb = self.mem(n).unwrap_or(0);
         }
-        if let Some(s) = res.cpus.as_ref().or(res.gpus.as_ref()).or(res.mem.as_ref()) {
+        if let Some(s) = (res.cpus.as_ref().or(res.gpus.as_ref()))
+            .or(res.mem.as_ref())
+            .or(res.nodes.as_ref())
+        {
             r.span = s.span;
         }
         r

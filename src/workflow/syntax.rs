@@ -126,6 +126,10 @@ pub struct Resources {
     /// Memory, e.g. `512M`, `4G` (a plain number means MiB).
     #[schemars(with = "Option<IntOrExpr>")]
     pub mem: Option<Located<Node>>,
+    /// Nodes a data-parallel training step spreads its ranks over (default 1; more needs
+    /// `executor: slurm`). `cpus`, `gpus` and `mem` are then each node's.
+    #[schemars(with = "Option<IntOrExpr>")]
+    pub nodes: Option<Located<Node>>,
 }
 
 /// A count, a size like `4G`, or a `${{ params.NAME }}` expression.
