@@ -430,4 +430,38 @@ fn a_killed_rank_fails_the_attempt_and_the_retry_resumes() {
         );
         assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "{x} vs {y}");
     }
+
+    // The whole run killed, then run again on one rank: it resumes from the two ranks'
+    // checkpoint (the same training on another number of ranks) and ends on the same curve.
+    let q = llama_project(extra);
+    long(&q);
+    let mut child = q
+        .cmd(&["run", "wf.yaml"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let state = common::wait_for_checkpoint(&q, 40);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let at: Value = serde_json::from_str(&read(&state)).unwrap();
+    let wf = read(&q.path("wf.yaml")).replace("      ranks: 2\n", "      ranks: 1\n");
+    q.write("wf.yaml", &wf);
+    let (out, r) = q.run(&["wf.yaml"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let log = read(&p.path(r.step("llama")["stdout"].as_str().unwrap()));
+    let resumed: u64 = log
+        .split("resumed from the checkpoint at step ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("not resumed: {log}"));
+    assert!(resumed >= at["step"].as_u64().unwrap(), "{log}");
+    let c = read(&r.out("llama").join("history.csv"));
+    for (x, y) in a.lines().zip(c.lines()).skip(1) {
+        let (x, y): (f64, f64) = (
+            x.split(',').nth(1).unwrap().parse().unwrap(),
+            y.split(',').nth(1).unwrap().parse().unwrap(),
+        );
+        assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "{x} vs {y}");
+    }
 }

@@ -58,6 +58,20 @@ impl Recipe {
         hasher.finalize().to_hex()[..32].to_string()
     }
 
+    /// The key of the same training run on any number of ranks: the recipe without the
+    /// parameters that say only how its ranks run (`ranks`, `ranks_as`, `rank_timeout`,
+    /// `zero`), which change its result no more than float rounding does. Checkpoints are
+    /// one device's files, so a run's checkpoint serves every member of its family.
+    pub fn rank_family(&self) -> CacheKey {
+        let mut plain = self.clone();
+        if let Some(Value::Object(with)) = plain.with.as_mut() {
+            for k in ["ranks", "ranks_as", "rank_timeout", "zero"] {
+                with.remove(k);
+            }
+        }
+        plain.key()
+    }
+
     /// The canonical JSON encoding: top-level fields sorted, empty ones left out.
     fn write_canonical(&self, w: &mut impl std::io::Write) -> std::io::Result<()> {
         let maps = |m: &BTreeMap<String, String>| (!m.is_empty()).then(|| to_json(m));
@@ -235,6 +249,23 @@ mod tests {
             outputs: BTreeMap::new(),
             context: BTreeMap::new(),
         }
+    }
+
+    /// Ranks and ZeRO stage set a run's key, not its family; what it trains sets both.
+    #[test]
+    fn the_rank_family_ignores_only_how_ranks_run() {
+        let with = |v: Value| Recipe {
+            kind: "model.pretrain".into(),
+            with: Some(v),
+            ..recipe()
+        };
+        let one = with(serde_json::json!({ "lr": 0.01 }));
+        let two = with(serde_json::json!({ "lr": 0.01, "ranks": 2, "zero": 2,
+            "ranks_as": "processes", "rank_timeout": 30 }));
+        let other = with(serde_json::json!({ "lr": 0.02, "ranks": 2 }));
+        assert_ne!(one.key(), two.key());
+        assert_eq!(one.rank_family(), two.rank_family());
+        assert_ne!(one.rank_family(), other.rank_family());
     }
 
     #[test]

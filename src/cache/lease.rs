@@ -91,6 +91,24 @@ impl Lease {
         }
     }
 
+    /// Take the lease at `path` if no live holder has it; None at once otherwise.
+    pub fn try_acquire(path: &Path, stale_after: Duration) -> std::io::Result<Option<Lease>> {
+        match File::options().write(true).create_new(true).open(path) {
+            Ok(mut f) => {
+                writeln!(f, "{} {}", host(), std::process::id())?;
+                Ok(Some(Lease::hold(path.to_path_buf(), f)))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                if is_stale(path, stale_after) {
+                    // Waiting for it takes it over as `acquire` does.
+                    return Lease::acquire(path, stale_after).map(Some);
+                }
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     fn hold(path: PathBuf, file: File) -> Lease {
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let beat = std::thread::spawn(move || {

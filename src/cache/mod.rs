@@ -207,6 +207,58 @@ impl Cache {
         self.root.join("checkpoints").join(key)
     }
 
+    /// Give `key`'s checkpoints to a run of `family` ([`Recipe::rank_family`]): the same
+    /// training on another number of ranks. When `key` has no checkpoint yet and a family
+    /// member that no run is computing left one (it was killed or failed), that checkpoint
+    /// moves to `key`, and its key is returned: the run resumes where the other stopped.
+    /// Call with `key` locked.
+    pub fn adopt_checkpoint(&self, key: &str, family: &str) -> Result<Option<String>, CacheError> {
+        let mine = self.checkpoint_dir(key);
+        std::fs::create_dir_all(&mine).map_err(io(&mine))?;
+        let mark = mine.join("family");
+        std::fs::write(&mark, family).map_err(io(&mark))?;
+        if mine.join("checkpoint").exists() || mine.join("checkpoint.old").exists() {
+            return Ok(None);
+        }
+        let Ok(entries) = std::fs::read_dir(self.root.join("checkpoints")) else {
+            return Ok(None);
+        };
+        for entry in entries.flatten() {
+            let other = entry.file_name().to_string_lossy().into_owned();
+            let dir = entry.path();
+            if other == key
+                || std::fs::read_to_string(dir.join("family")).ok().as_deref() != Some(family)
+            {
+                continue;
+            }
+            let lock = self.root.join("locks").join(format!("{other}.lock"));
+            let Some(_held) =
+                lease::Lease::try_acquire(&lock, lease::STALE_AFTER).map_err(io(&lock))?
+            else {
+                continue; // another run is training it now
+            };
+            let mut moved = false;
+            for name in ["checkpoint", "checkpoint.old"] {
+                if dir.join(name).exists() {
+                    std::fs::rename(dir.join(name), mine.join(name)).map_err(io(&mine))?;
+                    moved = true;
+                }
+            }
+            if moved {
+                // What else the loop kept beside (the best weights) goes with it.
+                for e in std::fs::read_dir(&dir).map_err(io(&dir))?.flatten() {
+                    let name = e.file_name();
+                    if name != "family" && !mine.join(&name).exists() {
+                        let _ = std::fs::rename(e.path(), mine.join(&name));
+                    }
+                }
+                let _ = std::fs::remove_dir_all(&dir);
+                return Ok(Some(other));
+            }
+        }
+        Ok(None)
+    }
+
     /// A fresh staging directory for `key`.
     pub fn stage(&self, key: &str) -> Result<Staging, CacheError> {
         let nanos = SystemTime::now()

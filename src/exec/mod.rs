@@ -601,6 +601,21 @@ impl Exec<'_> {
         {
             return fail(rec, e.to_string());
         }
+        // A training run killed on another number of ranks left a checkpoint under its own
+        // key: this run resumes from it.
+        if let (Action::Uses { kind, .. }, Some(r)) = (&step.action, self.recipe(i))
+            && crate::steps::RANKED_KINDS.contains(&kind.name)
+        {
+            match self.cache.adopt_checkpoint(key, &r.rank_family()) {
+                Ok(Some(from)) => tracing::info!(
+                    step = %step.name,
+                    from = %from,
+                    "resuming from the checkpoint of the same run on another number of ranks"
+                ),
+                Ok(None) => {}
+                Err(e) => return fail(rec, e.to_string()),
+            }
+        }
         let safe = step.name.replace(['/', '\0'], "_");
         let (out_path, err_path) = (
             self.log_dir.join(format!("{safe}.out")),
