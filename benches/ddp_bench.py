@@ -127,9 +127,10 @@ def torch_rank(args):
         dist.barrier()
     secs = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"rank": rank, "world": world, "tokens_per_s": tokens / secs,
-                      "peak_rss_mib": peak, "parameters": params, "loss": loss.item()}),
-          flush=True)
+    # One file per rank: the ranks share stdout, where their lines can interleave.
+    (Path(args.result_dir) / f"rank{rank}.json").write_text(json.dumps(
+        {"rank": rank, "world": world, "tokens_per_s": tokens / secs, "peak_rss_mib": peak,
+         "parameters": params, "loss": loss.item()}))
     if ddp:
         dist.destroy_process_group()
 
@@ -144,17 +145,22 @@ def child_args(args):
 
 def run_torch(args, world, env):
     """(tokens/s, [peak RSS MiB per rank], parameters, other cores busy)."""
-    me = [sys.executable, str(Path(__file__).resolve())] + child_args(args)
-    if world > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={world}"] + me[1:]
-    else:
-        cmd = me
-    env = dict(env, OMP_NUM_THREADS="1")
-    out, _, others = tb.peak_rss_mb(cmd, env, args.wait_idle)
-    ranks = [json.loads(line) for line in out.splitlines() if line.startswith('{"rank"')]
+    results = Path(tempfile.mkdtemp())
+    try:
+        me = [sys.executable, str(Path(__file__).resolve())] + child_args(args) + [
+            "--result-dir", str(results)]
+        if world > 1:
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   f"--nproc_per_node={world}"] + me[1:]
+        else:
+            cmd = me
+        env = dict(env, OMP_NUM_THREADS="1")
+        out, _, others = tb.peak_rss_mb(cmd, env, args.wait_idle)
+        ranks = [json.loads(f.read_text()) for f in sorted(results.glob("rank*.json"))]
+    finally:
+        shutil.rmtree(results, ignore_errors=True)
     if len(ranks) != world:
-        sys.exit(f"PyTorch ({world} process(es)) printed {len(ranks)} results:\n{out}")
+        sys.exit(f"PyTorch ({world} process(es)) wrote {len(ranks)} results:\n{out}")
     ranks.sort(key=lambda r: r["rank"])
     return (min(r["tokens_per_s"] for r in ranks), [r["peak_rss_mib"] for r in ranks],
             ranks[0]["parameters"], others)
@@ -229,6 +235,7 @@ def main():
                     help="before each run, wait (up to 15 min) until the CPUs were idle S s")
     ap.add_argument("--json", help="write every pair and the summary here")
     ap.add_argument("--child", action="store_true")
+    ap.add_argument("--result-dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return torch_rank(args)
