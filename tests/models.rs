@@ -405,6 +405,7 @@ fn ranks_compare_finds_curve_differences_and_zero_splits() {
     let m: Value = serde_json::from_str(&read(&out_dir.join("metrics.json"))).unwrap();
     let f = |k: &str| m.pointer(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
     assert!((f("/max_loss_rel_diff") - 1e-3).abs() < 1e-9, "{m}");
+    assert!((f("/loss_diff_over_tol") - 100.0).abs() < 1e-4, "{m}"); // --tol 1e-5 by default
     assert_eq!(f("/final_loss_rel_diff"), 0.0, "{m}");
     // The first loss less the mean of the last 5.
     assert!((f("/loss_drop") - (2.2 - 8.3 / 5.0)).abs() < 1e-9, "{m}");
@@ -427,6 +428,15 @@ fn ranks_compare_finds_curve_differences_and_zero_splits() {
         "two curves and one difference"
     );
     assert!(svg.contains("2 ranks, ZeRO-2"), "the legend names the runs");
+
+    // In blocks of 3 steps the difference is the blocks' means': 0.0018 / 3 of 2.0.
+    let mut blocks = args(&[("1 rank", &one), ("2 ranks", &two)], &[]);
+    blocks.extend(["--block", "3", "--tol", "1e-3"].map(String::from));
+    assert!(compare(&blocks).status.success());
+    let m: Value = serde_json::from_str(&read(&out_dir.join("metrics.json"))).unwrap();
+    let f = |k: &str| m.pointer(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
+    assert!((f("/max_loss_rel_diff") - 0.0006 / 2.0).abs() < 1e-9, "{m}");
+    assert!((f("/loss_diff_over_tol") - 0.3).abs() < 1e-6, "{m}");
 
     // Curves of other lengths are not compared; nor is a reference on several ranks.
     let short = run("short", &reference[..4], &[(0.5, 1.0), (0.5, 1.0)]);
