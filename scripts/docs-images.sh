@@ -4,8 +4,9 @@
 #   ch2-2-gpt2-loss.svg      the GPT-2's training and validation loss (model.pretrain's `plot`)
 #   ch3-1-splice-confusion.svg  the fine-tuned splice classifier's confusion matrix
 #   ch3-1-splice-loss.svg    its training and validation loss (model.finetune's `plot`)
+#   ch4-2-curves.svg         one and two ranks' loss curves overlaid, and their difference
 #
-# Usage: scripts/docs-images.sh [ch2-2|ch3-1]...   (default: both; each trains models for
+# Usage: scripts/docs-images.sh [ch2-2|ch3-1|ch4-2]...   (default: all three; each trains models for
 # minutes on 2 cores, see docs/run-times.md). Uses the cache in $DNAFLOW_CACHE (default
 # ./cache), so pictures of runs already made come straight from it. $DNAFLOW picks the binary
 # (default: target/debug/dnaflow; build it first with `cargo build`).
@@ -14,7 +15,7 @@ cd "$(dirname "$0")/.."
 dnaflow=${DNAFLOW:-target/debug/dnaflow}
 img=docs/img
 chapters=("$@")
-[ ${#chapters[@]} -gt 0 ] || chapters=(ch2-2 ch3-1)
+[ ${#chapters[@]} -gt 0 ] || chapters=(ch2-2 ch3-1 ch4-2)
 
 # The graph as the report draws it, standalone: its <svg> with the report's styles for it.
 dag_svg() {
@@ -48,8 +49,13 @@ for ch in "${chapters[@]}"; do
         cp "$("$dnaflow" out "$wf" splice_finetuned_score.confusion)" "$img/ch3-1-splice-confusion.svg"
         cp "$("$dnaflow" out "$wf" splice_finetuned.plot)" "$img/ch3-1-splice-loss.svg"
         ;;
+    ch4-2)
+        wf=workflows/ch4-2-distributed.yaml
+        "$dnaflow" run "$wf"
+        cp "$("$dnaflow" out "$wf" compare.plot)" "$img/ch4-2-curves.svg"
+        ;;
     *)
-        echo "unknown chapter $ch (ch2-2 or ch3-1)" >&2
+        echo "unknown chapter $ch (ch2-2, ch3-1 or ch4-2)" >&2
         exit 2
         ;;
     esac

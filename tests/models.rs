@@ -465,3 +465,129 @@ fn a_killed_rank_fails_the_attempt_and_the_retry_resumes() {
         assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "{x} vs {y}");
     }
 }
+
+/// Chapter 4.2's comparison (`scripts/ranks_compare.py`, a shell step of
+/// workflows/ch4-2-distributed.yaml): it finds a loss difference at any step, not only the
+/// last, measures ZeRO's split from each run's `rank_state`, and refuses runs it cannot
+/// compare. Skipped, with the reason printed, where `python3` cannot be started.
+#[test]
+fn ranks_compare_finds_curve_differences_and_zero_splits() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    if std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: no python3");
+        return;
+    }
+    let p = Project::new();
+    // A run folder: history.csv of `losses` (steps from 1) and a rank_state of `ranks` ranks,
+    // each holding the given gradients and moments (MiB).
+    let run = |name: &str, losses: &[f64], ranks: &[(f64, f64)]| -> String {
+        let dir = p.path(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut h = String::from("step,loss,lr,grad_norm\n");
+        for (i, l) in losses.iter().enumerate() {
+            h.push_str(&format!("{},{l},0.001,1.0\n", i + 1));
+        }
+        std::fs::write(dir.join("history.csv"), h).unwrap();
+        let state: Vec<Value> = ranks
+            .iter()
+            .map(|(g, m)| serde_json::json!({"parameters_mib": 1.0, "gradients_mib": g, "moments_mib": m}))
+            .collect();
+        std::fs::write(
+            dir.join("metrics.json"),
+            serde_json::json!({ "rank_state": state }).to_string(),
+        )
+        .unwrap();
+        dir.display().to_string()
+    };
+    let reference = [2.2, 2.0, 1.8, 1.6, 1.5, 1.4];
+    let mut off = reference;
+    off[2] *= 1.0 + 1e-3; // one step apart, the last equal
+    let one = run("one", &reference, &[(1.0, 2.0)]);
+    let two = run("two", &off, &[(0.5, 1.0), (0.5, 1.0)]);
+    let plain = run("plain", &reference[..2], &[(1.0, 2.0), (1.0, 2.0)]);
+    let lumpy = run(
+        "lumpy",
+        &reference[..2],
+        &[(0.25, 0.75), (0.25, 0.5), (0.25, 0.5), (0.25, 0.25)],
+    );
+    let script = root.join("scripts/ranks_compare.py");
+    let compare = |args: &[String]| {
+        std::process::Command::new("python3")
+            .arg(&script)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out_dir = p.path("out");
+    let args = |runs: &[(&str, &str)], memory: &[(&str, &str)]| -> Vec<String> {
+        let mut a = vec!["--out".to_string(), out_dir.display().to_string()];
+        for (label, dir) in runs {
+            a.extend(["--run".into(), format!("{label}={dir}")]);
+        }
+        for (label, dir) in memory {
+            a.extend(["--memory".into(), format!("{label}={dir}")]);
+        }
+        a
+    };
+    let out = compare(&args(
+        &[("1 rank", &one), ("2 ranks, ZeRO-2", &two)],
+        &[("2 ranks, ZeRO-0", &plain), ("4 ranks, ZeRO-2", &lumpy)],
+    ));
+    assert!(out.status.success(), "{}", text(&out));
+    let m: Value = serde_json::from_str(&read(&out_dir.join("metrics.json"))).unwrap();
+    let f = |k: &str| m.pointer(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
+    assert!((f("/max_loss_rel_diff") - 1e-3).abs() < 1e-9, "{m}");
+    assert!((f("/loss_diff_over_tol") - 100.0).abs() < 1e-4, "{m}"); // --tol 1e-5 by default
+    assert_eq!(f("/final_loss_rel_diff"), 0.0, "{m}");
+    // The first loss less the mean of the last 5.
+    assert!((f("/loss_drop") - (2.2 - 8.3 / 5.0)).abs() < 1e-9, "{m}");
+    assert_eq!(f("/moments_total"), 1.0, "{m}");
+    assert_eq!(f("/gradients_balance"), 1.0, "{m}");
+    assert_eq!(f("/2_ranks_zero_0/moments_total"), 2.0, "{m}");
+    assert_eq!(f("/2_ranks_zero_0/gradients_total"), 2.0, "{m}");
+    assert_eq!(f("/4_ranks_zero_2/moments_total"), 1.0, "{m}");
+    assert_eq!(f("/4_ranks_zero_2/moments_balance"), 1.5, "{m}"); // 0.75 of 2 / 4
+    let table = read(&out_dir.join("memory.md"));
+    assert_eq!(table.lines().count(), 2 + 1 + 2 + 2 + 4, "{table}");
+    assert!(
+        table.contains("| 4 ranks, ZeRO-2 | 3 | 1.00 | 0.25 | 0.25 | 0.12 |"),
+        "{table}"
+    );
+    let svg = read(&out_dir.join("curves.svg"));
+    assert_eq!(
+        svg.matches("<polyline").count(),
+        3,
+        "two curves and one difference"
+    );
+    assert!(svg.contains("2 ranks, ZeRO-2"), "the legend names the runs");
+
+    // In blocks of 3 steps the difference is the blocks' means': 0.0018 / 3 of 2.0.
+    let mut blocks = args(&[("1 rank", &one), ("2 ranks", &two)], &[]);
+    blocks.extend(["--block", "3", "--tol", "1e-3"].map(String::from));
+    assert!(compare(&blocks).status.success());
+    let m: Value = serde_json::from_str(&read(&out_dir.join("metrics.json"))).unwrap();
+    let f = |k: &str| m.pointer(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
+    assert!((f("/max_loss_rel_diff") - 0.0006 / 2.0).abs() < 1e-9, "{m}");
+    assert!((f("/loss_diff_over_tol") - 0.3).abs() < 1e-6, "{m}");
+
+    // Curves of other lengths are not compared; nor is a reference on several ranks.
+    let short = run("short", &reference[..4], &[(0.5, 1.0), (0.5, 1.0)]);
+    let out = compare(&args(&[("1 rank", &one), ("2 ranks", &short)], &[]));
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("train both for the same steps"),
+        "{}",
+        text(&out)
+    );
+    let out = compare(&args(&[("2 ranks", &two), ("1 rank", &one)], &[]));
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("give the one-rank run first"),
+        "{}",
+        text(&out)
+    );
+}
