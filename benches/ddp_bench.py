@@ -6,7 +6,8 @@ base; global batch 16, 30 steps, AdamW lr 1e-3, clip 1.0), each pair measures, i
 
 - dnaflow, 1 rank × 1 thread (`model.pretrain`, `resources: { cpus: 1 }`);
 - dnaflow, 2 ranks × 1 thread (`ranks: 2`, `zero: 2` by default, `resources: { cpus: 2 }`:
-  the ranks are 2 threads of one process, each on 8 of the 16 rows of every batch);
+  the ranks are 2 threads of one process, each on 8 of the 16 rows of every batch; with
+  `--ranks-as processes`, 2 processes meeting over TCP on loopback, as DDP's);
 - PyTorch DDP, 2 processes × 1 thread (`python -m torch.distributed.run --nproc_per_node 2`,
   as `torchrun`; gloo backend; `torch.set_num_threads(1)` in each; transformers'
   `LlamaForCausalLM` with the same config, SDPA attention; each rank 8 rows of the same
@@ -29,6 +30,7 @@ first (dnaflow's `steady_tokens_per_s`; PyTorch times from after `--warmup` step
 barrier before the clock starts and stops).
 
     python3 benches/ddp_bench.py [--pairs 3] [--bin target/release/dnaflow] [--zero 2]
+        [--ranks-as threads|processes]
         [--steps 30] [--batch 16] [--no-torch-single] [--avx2] [--wait-idle S] [--json FILE]
 
 `--avx2` limits PyTorch to AVX2 (as train_bench.py) and wants a dnaflow built with
@@ -171,7 +173,8 @@ def run_dnaflow(args, ranks, cpus):
     work = Path(tempfile.mkdtemp())
     try:
         wf = work / "bench.yaml"
-        parallel = f"      ranks: {ranks}\n      zero: {args.zero}\n" if ranks > 1 else ""
+        parallel = (f"      ranks: {ranks}\n      zero: {args.zero}\n"
+                    f"      ranks_as: {args.ranks_as}\n") if ranks > 1 else ""
         wf.write_text(f"""
 name: ddp-bench
 steps:
@@ -228,6 +231,9 @@ def main():
     ap.add_argument("--n-head", type=int, default=PRESET["n_head"])
     ap.add_argument("--n-kv-head", type=int, default=PRESET["n_kv_head"])
     ap.add_argument("--d-ff", type=int, default=PRESET["d_ff"])
+    ap.add_argument("--ranks-as", default="threads", choices=["threads", "processes"],
+                    help="dnaflow's 2 ranks as threads of one process, or one process each "
+                         "meeting over TCP (as DDP's); with processes the RSS is the larger rank's")
     ap.add_argument("--no-torch-single", action="store_true",
                     help="skip PyTorch's 1-process run (its own scaling reference)")
     ap.add_argument("--avx2", action="store_true", help="PyTorch limited to AVX2 (see train_bench)")
@@ -248,7 +254,7 @@ def main():
           f"{os.cpu_count()} cores; dnaflow {args.bin}")
     print(f"LLaMA {args.n_layer} × {args.n_embd}, {args.n_head} heads, {args.n_kv_head} "
           f"key/value heads, SwiGLU {args.d_ff}; seq {args.seq_len}, global batch {args.batch}, "
-          f"{args.steps} steps; dnaflow 2 ranks ZeRO-{args.zero}, PyTorch DDP (gloo)")
+          f"{args.steps} steps; dnaflow 2 ranks ZeRO-{args.zero} as {args.ranks_as}, PyTorch DDP (gloo)")
     pairs = []
     for i in range(args.pairs):
         p = {}
@@ -295,10 +301,15 @@ def main():
           f"(target >= 1.5x: {'met' if med(speed) >= 1.5 else 'NOT met'})")
     ours_rss = med([p["ours2_rss"] for p in pairs])
     torch_rss = med([max(p["torch2_rss"]) for p in pairs])
-    print(f"  peak RSS: dnaflow {ours_rss:.0f} MiB for both ranks (one process; "
-          f"{ours_rss / 2:.0f} per rank); PyTorch DDP {torch_rss:.0f} MiB per rank "
+    # wait4's peak RSS is the largest single process of the run: both thread ranks, or the
+    # larger rank process.
+    per_rank = ours_rss / 2 if args.ranks_as == "threads" else ours_rss
+    where = ("for both ranks (one process" if args.ranks_as == "threads"
+             else "for the larger rank process (one per rank")
+    print(f"  peak RSS: dnaflow {ours_rss:.0f} MiB {where}; "
+          f"{per_rank:.0f} per rank); PyTorch DDP {torch_rss:.0f} MiB per rank "
           f"(the larger of its 2 processes; {2 * torch_rss:.0f} both); "
-          f"per rank PyTorch / dnaflow {torch_rss / (ours_rss / 2):.2f}x")
+          f"per rank PyTorch / dnaflow {torch_rss / per_rank:.2f}x")
     full = pairs[0]["params"] * 4 / 2**20
     print(f"  training state per rank (MiB): PyTorch DDP parameters {full:.2f}, gradients "
           f"{full:.2f}, moments {2 * full:.2f} (every rank all of it)")

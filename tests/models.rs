@@ -386,25 +386,7 @@ fn a_killed_rank_fails_the_attempt_and_the_retry_resumes() {
         .spawn()
         .unwrap();
     common::wait_for_checkpoint(&p, 40);
-    // Rank 1's process: a `step-exec` of this project with RANK=1 in its environment.
-    let rank1 = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .find(|pid| {
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-            let has =
-                |hay: &[u8], needle: &str| hay.split(|&b| b == 0).any(|w| w == needle.as_bytes());
-            has(&cmd, "step-exec")
-                && has(&env, "RANK=1")
-                && String::from_utf8_lossy(&cmd).contains(&*p.path("").to_string_lossy())
-        })
-        .expect("rank 1's process");
-    // SAFETY: a plain kill(2) of a child process of this test's run.
-    unsafe {
-        libc::kill(rank1, libc::SIGKILL);
-    }
+    common::kill_9(common::rank_process(&p, "RANK=1"));
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let report: Value = serde_json::from_str(&read(&p.path("report.json"))).unwrap();

@@ -266,23 +266,7 @@ fn two_ranks_as_tasks_of_one_slurm_job_train_what_one_rank_trains_through_a_kill
         .spawn()
         .unwrap();
     common::wait_for_checkpoint(&p, 40);
-    let rank1 = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .find(|pid| {
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-            let has = |hay: &[u8], w: &str| hay.split(|&b| b == 0).any(|x| x == w.as_bytes());
-            has(&cmd, "step-exec")
-                && has(&env, "SLURM_PROCID=1")
-                && String::from_utf8_lossy(&env).contains(&*p.path("").to_string_lossy())
-        })
-        .expect("rank 1's task");
-    // SAFETY: a plain kill(2) of a task this test's run submitted.
-    unsafe {
-        libc::kill(rank1, libc::SIGKILL);
-    }
+    common::kill_9(common::rank_process(&p, "SLURM_PROCID=1"));
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let r: Value =

@@ -209,27 +209,68 @@ pub fn launch_ranks(
         .map_err(|e| AttemptError::Transient(format!("no free port on loopback: {e}")))?;
     let mut cmds = Vec::new();
     for rank in 0..job.ranks {
-        let (out, err) = (stdout.try_clone(), stderr.try_clone());
-        let (out, err) = match (out, err) {
-            (Ok(o), Ok(e)) => (o, e),
-            (Err(e), _) | (_, Err(e)) => return Err(AttemptError::Transient(e.to_string())),
-        };
-        let mut cmd = Command::new(bin);
-        cmd.arg("step-exec")
-            .arg(&job_path)
-            .current_dir(&job.workdir)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .env_remove("DNAFLOW_CACHE")
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .env("RANK", rank.to_string())
+        let logs = stdout
+            .try_clone()
+            .and_then(|o| Ok((o, stderr.try_clone()?)));
+        let (out, err) = logs.map_err(|e| AttemptError::Transient(e.to_string()))?;
+        let mut cmd = step_exec(bin, job, &job_path, env, out, err);
+        cmd.env("RANK", rank.to_string())
             .env("LOCAL_RANK", rank.to_string())
             .env("WORLD_SIZE", job.ranks.to_string())
             .env("MASTER_ADDR", "127.0.0.1")
             .env("MASTER_PORT", port.to_string());
         cmds.push(cmd);
     }
+    let ends = run_children(bin, job, cmds, on_status)?;
+    outcome_ranks(job, &job_path, &ends)
+}
+
+/// Run one attempt in a child process; `on_status` sees the step's status lines as they come.
+pub fn launch(
+    bin: &Path,
+    job: &Job,
+    env: &[(String, String)],
+    stdout: File,
+    stderr: File,
+    on_status: &(dyn Fn(&str) + Sync),
+) -> Result<(), AttemptError> {
+    let job_path = write_job(job)?;
+    let cmd = step_exec(bin, job, &job_path, env, stdout, stderr);
+    let ends = run_children(bin, job, vec![cmd], on_status)?;
+    let (code, signal) = ends[0];
+    outcome(job, &job_path, code, signal)
+}
+
+/// `bin step-exec JOB` in the workflow's directory, its output into the step's logs.
+fn step_exec(
+    bin: &Path,
+    job: &Job,
+    job_path: &Path,
+    env: &[(String, String)],
+    stdout: File,
+    stderr: File,
+) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.arg("step-exec")
+        .arg(job_path)
+        .current_dir(&job.workdir)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .env_remove("DNAFLOW_CACHE")
+        .envs(env.iter().map(|(k, v)| (k, v)));
+    cmd
+}
+
+/// Run the children until every one has ended: each child's exit code and signal. Rank 0's
+/// status lines reach the progress display; the watcher ends the moment the children do (its
+/// channel closes), so a short step waits for nothing.
+fn run_children(
+    bin: &Path,
+    job: &Job,
+    mut cmds: Vec<Command>,
+    on_status: &(dyn Fn(&str) + Sync),
+) -> Result<Vec<(Option<i32>, Option<i32>)>, AttemptError> {
     let (finished, until) = std::sync::mpsc::channel::<()>();
     let ends = std::thread::scope(|scope| {
         scope.spawn(move || {
@@ -251,66 +292,20 @@ pub fn launch_ranks(
             .collect();
         let ends: Vec<_> = waiting
             .into_iter()
-            .map(|w| w.join().expect("rank waiter"))
+            .map(|w| w.join().expect("child waiter"))
             .collect();
         drop(finished);
         ends
     });
     use std::os::unix::process::ExitStatusExt;
-    let mut codes = Vec::new();
-    for end in ends {
-        let status = end.map_err(|e| {
-            AttemptError::Transient(format!("cannot start `{}`: {e}", bin.display()))
-        })?;
-        codes.push((status.code(), status.signal()));
-    }
-    outcome_ranks(job, &job_path, &codes)
-}
-
-/// Run one attempt in a child process; `on_status` sees the step's status lines as they come.
-pub fn launch(
-    bin: &Path,
-    job: &Job,
-    env: &[(String, String)],
-    stdout: File,
-    stderr: File,
-    on_status: &(dyn Fn(&str) + Sync),
-) -> Result<(), AttemptError> {
-    let job_path = write_job(job)?;
-    let mut cmd = Command::new(bin);
-    cmd.arg("step-exec")
-        .arg(&job_path)
-        .current_dir(&job.workdir)
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
-        .env_remove("DNAFLOW_CACHE")
-        .envs(env.iter().map(|(k, v)| (k, v)));
-    // The child's status lines reach the progress display; the watcher ends the moment the
-    // child does (its channel closes), so a short step waits for nothing.
-    let (finished, until) = std::sync::mpsc::channel::<()>();
-    let status = std::thread::scope(|scope| {
-        scope.spawn(move || {
-            let mut last = String::new();
-            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                until.recv_timeout(Duration::from_millis(250))
-            {
-                if let Ok(s) = std::fs::read_to_string(&job.status)
-                    && s != last
-                {
-                    on_status(&s);
-                    last = s;
-                }
-            }
-        });
-        let status = run_in_group(&mut cmd);
-        drop(finished);
-        status
-    });
-    let status = status
-        .map_err(|e| AttemptError::Transient(format!("cannot start `{}`: {e}", bin.display())))?;
-    use std::os::unix::process::ExitStatusExt;
-    outcome(job, &job_path, status.code(), status.signal())
+    ends.into_iter()
+        .map(|end| {
+            end.map(|status| (status.code(), status.signal()))
+                .map_err(|e| {
+                    AttemptError::Transient(format!("cannot start `{}`: {e}", bin.display()))
+                })
+        })
+        .collect()
 }
 
 /// What a signal usually means for a step.

@@ -180,3 +180,30 @@ pub fn wait_for_checkpoint(p: &Project, min_step: u64) -> PathBuf {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
+
+/// The rank process of `p`'s running data-parallel step whose environment holds `marker`
+/// (`RANK=1`, `SLURM_PROCID=1`): a `dnaflow step-exec` whose job lies in `p`'s cache.
+pub fn rank_process(p: &Project, marker: &str) -> i32 {
+    let words =
+        |pid: i32, what: &str| std::fs::read(format!("/proc/{pid}/{what}")).unwrap_or_default();
+    let has = |hay: &[u8], w: &str| hay.split(|&b| b == 0).any(|x| x == w.as_bytes());
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|&pid| {
+            let (cmd, env) = (words(pid, "cmdline"), words(pid, "environ"));
+            has(&cmd, "step-exec")
+                && has(&env, marker)
+                && String::from_utf8_lossy(&cmd).contains(&*p.cache().to_string_lossy())
+        })
+        .unwrap_or_else(|| panic!("no step-exec process with {marker}"))
+}
+
+/// Kill a process with SIGKILL, as the OOM killer or a lost node would.
+pub fn kill_9(pid: i32) {
+    // SAFETY: a plain kill(2) of a process the calling test started.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+}
