@@ -135,15 +135,14 @@ pub fn outcome(
     })
 }
 
+/// How a child process ended: its exit code, or the signal that killed it (None: unknown).
+pub type ProcessEnd = (Option<i32>, Option<i32>);
+
 /// How the processes of a data-parallel attempt ended (`ends[r]`: rank r's exit code and
 /// signal; None where unknown, as after a Slurm job): success when every rank succeeded, else
 /// every failed rank's own message. A rank killed or lost makes it worth a retry (it resumes
 /// from the checkpoint); ranks that all failed on their input fail the step.
-pub fn outcome_ranks(
-    job: &Job,
-    job_path: &Path,
-    ends: &[(Option<i32>, Option<i32>)],
-) -> Result<(), AttemptError> {
+pub fn outcome_ranks(job: &Job, job_path: &Path, ends: &[ProcessEnd]) -> Result<(), AttemptError> {
     let mut messages = Vec::new();
     let mut transient = false;
     for (rank, &(code, signal)) in ends.iter().enumerate() {
@@ -270,7 +269,7 @@ fn run_children(
     job: &Job,
     mut cmds: Vec<Command>,
     on_status: &(dyn Fn(&str) + Sync),
-) -> Result<Vec<(Option<i32>, Option<i32>)>, AttemptError> {
+) -> Result<Vec<ProcessEnd>, AttemptError> {
     let (finished, until) = std::sync::mpsc::channel::<()>();
     let ends = std::thread::scope(|scope| {
         scope.spawn(move || {
