@@ -271,7 +271,8 @@ def main():
         p["speed"] = p["ours2"] / p["torch2"]
         line = (f"pair {i + 1}: dnaflow 1 rank {p['ours1']:7.0f} tok/s{flag(o1)}\n"
                 f"        dnaflow 2 ranks {p['ours2']:7.0f} tok/s, {p['ours2_rss']:.0f} MiB "
-                f"(one process){flag(o2)}\n"
+                f"({'one process' if args.ranks_as == 'threads' else 'the larger rank process'})"
+                f"{flag(o2)}\n"
                 f"        PyTorch DDP 2 processes {p['torch2']:7.0f} tok/s, "
                 f"{' + '.join(f'{r:.0f}' for r in p['torch2_rss'])} MiB{flag(o3)}\n")
         if "torch1" in p:
