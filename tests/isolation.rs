@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Project, text};
 
@@ -45,39 +45,6 @@ steps:
     p
 }
 
-/// The pid of this project's `dnaflow step-exec` process running `kind`, once it runs.
-fn step_process(p: &Project, kind: &str) -> i32 {
-    let clock = Instant::now();
-    let cache = p.cache().display().to_string();
-    while clock.elapsed() < Duration::from_secs(60) {
-        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
-                continue;
-            };
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if !cmd.contains("step-exec") || !cmd.contains(&cache) {
-                continue;
-            }
-            let job = cmd.split_whitespace().last().unwrap_or_default();
-            if std::fs::read_to_string(job)
-                .is_ok_and(|j| j.contains(&format!("\"kind\": \"{kind}\"")))
-            {
-                return pid;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("no step-exec process for {kind}");
-}
-
-fn kill9(pid: i32) {
-    // SAFETY: a plain syscall on a process this test started (through dnaflow).
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
-}
-
 fn record(p: &Project) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(p.path("report.json")).unwrap()).unwrap()
 }
@@ -99,9 +66,9 @@ fn a_killed_step_fails_alone_and_the_run_goes_on() {
         .cmd(&["run", "wf.yaml", "-k", "--report", report.to_str().unwrap()])
         .spawn()
         .unwrap();
-    let pid = step_process(&p, "model.pretrain");
+    let pid = common::step_process(&p, "model.pretrain", None);
     std::thread::sleep(Duration::from_millis(300));
-    kill9(pid);
+    common::kill9(pid);
     let status = run.wait().unwrap();
     assert!(!status.success(), "a failed step fails the run");
     let r = record(&p);
@@ -127,9 +94,9 @@ fn a_killed_step_is_retried_and_a_bad_input_is_not() {
         .cmd(&["run", "wf.yaml", "--report", report.to_str().unwrap()])
         .spawn()
         .unwrap();
-    let pid = step_process(&p, "model.pretrain");
+    let pid = common::step_process(&p, "model.pretrain", None);
     std::thread::sleep(Duration::from_millis(200));
-    kill9(pid);
+    common::kill9(pid);
     assert!(run.wait().unwrap().success(), "the retry finishes the run");
     let r = record(&p);
     let train = step(&r, "train");

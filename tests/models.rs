@@ -386,7 +386,7 @@ fn a_killed_rank_fails_the_attempt_and_the_retry_resumes() {
         .spawn()
         .unwrap();
     common::wait_for_checkpoint(&p, 40);
-    common::kill_9(common::rank_process(&p, "RANK=1"));
+    common::kill9(common::step_process(&p, "model.pretrain", Some("RANK=1")));
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let report: Value = serde_json::from_str(&read(&p.path("report.json"))).unwrap();

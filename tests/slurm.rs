@@ -266,7 +266,11 @@ fn two_ranks_as_tasks_of_one_slurm_job_train_what_one_rank_trains_through_a_kill
         .spawn()
         .unwrap();
     common::wait_for_checkpoint(&p, 40);
-    common::kill_9(common::rank_process(&p, "SLURM_PROCID=1"));
+    common::kill9(common::step_process(
+        &p,
+        "model.pretrain",
+        Some("SLURM_PROCID=1"),
+    ));
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let r: Value =

@@ -58,15 +58,14 @@ impl Recipe {
         hasher.finalize().to_hex()[..32].to_string()
     }
 
-    /// The key of the same training run on any number of ranks: the recipe without the
-    /// parameters that say only how its ranks run (`ranks`, `ranks_as`, `rank_timeout`,
-    /// `zero`), which change its result no more than float rounding does. Checkpoints are
-    /// one device's files, so a run's checkpoint serves every member of its family.
-    pub fn rank_family(&self) -> CacheKey {
+    /// The key of the same recipe with the `with:` parameters `params` left out: of a family
+    /// of runs that differ only in those (a training run on any number of ranks:
+    /// `steps::RANK_LAUNCH_PARAMS`), for what the family may share (its checkpoints).
+    pub fn key_without(&self, params: &[&str]) -> CacheKey {
         let mut plain = self.clone();
         if let Some(Value::Object(with)) = plain.with.as_mut() {
-            for k in ["ranks", "ranks_as", "rank_timeout", "zero"] {
-                with.remove(k);
+            for k in params {
+                with.remove(*k);
             }
         }
         plain.key()
@@ -251,9 +250,10 @@ mod tests {
         }
     }
 
-    /// Ranks and ZeRO stage set a run's key, not its family; what it trains sets both.
+    /// Parameters left out set a run's key, not its family's; the others set both.
     #[test]
-    fn the_rank_family_ignores_only_how_ranks_run() {
+    fn a_family_key_ignores_only_the_parameters_left_out() {
+        let family = ["ranks", "ranks_as", "rank_timeout", "zero"];
         let with = |v: Value| Recipe {
             kind: "model.pretrain".into(),
             with: Some(v),
@@ -264,8 +264,8 @@ mod tests {
             "ranks_as": "processes", "rank_timeout": 30 }));
         let other = with(serde_json::json!({ "lr": 0.02, "ranks": 2 }));
         assert_ne!(one.key(), two.key());
-        assert_eq!(one.rank_family(), two.rank_family());
-        assert_ne!(one.rank_family(), other.rank_family());
+        assert_eq!(one.key_without(&family), two.key_without(&family));
+        assert_ne!(one.key_without(&family), other.key_without(&family));
     }
 
     #[test]

@@ -207,7 +207,7 @@ impl Cache {
         self.root.join("checkpoints").join(key)
     }
 
-    /// Give `key`'s checkpoints to a run of `family` ([`Recipe::rank_family`]): the same
+    /// Give `key`'s checkpoints to a run of `family` ([`Recipe::key_without`]): the same
     /// training on another number of ranks. When `key` has no checkpoint yet and a family
     /// member that no run is computing left one (it was killed or failed), that checkpoint
     /// moves to `key`, and its key is returned: the run resumes where the other stopped.

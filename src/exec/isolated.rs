@@ -101,48 +101,16 @@ pub fn write_job(job: &Job) -> Result<PathBuf, AttemptError> {
     Ok(job_path)
 }
 
-/// How `step-exec` ended, as an attempt's result; the job's files are removed (nothing of
-/// the attempt stays beside the outputs that get committed).
-pub fn outcome(
-    job: &Job,
-    job_path: &Path,
-    code: Option<i32>,
-    signal: Option<i32>,
-) -> Result<(), AttemptError> {
-    let written = std::fs::read_to_string(&job.error)
-        .ok()
-        .filter(|m| !m.trim().is_empty());
-    for f in [job_path, &job.error, &job.status] {
-        let _ = std::fs::remove_file(f);
-    }
-    Err(match (code, signal) {
-        (Some(0), _) => return Ok(()),
-        (Some(EXIT_INPUT), _) | (Some(EXIT_INTERNAL), _) => {
-            AttemptError::Input(written.unwrap_or_else(|| "the step failed (no message)".into()))
-        }
-        (Some(code), _) => AttemptError::Transient(format!(
-            "the step's process exited with status {code}{}",
-            written.map_or(String::new(), |m| format!(": {m}"))
-        )),
-        (None, Some(sig)) if CANCELLED.load(Ordering::SeqCst) => {
-            AttemptError::Transient(format!("interrupted (signal {sig})"))
-        }
-        (None, Some(sig)) => AttemptError::Transient(format!(
-            "the step's process was killed by signal {sig} ({}); the run went on without it",
-            signal_name(sig)
-        )),
-        _ => AttemptError::Transient("the step's process failed".into()),
-    })
-}
-
 /// How a child process ended: its exit code, or the signal that killed it (None: unknown).
 pub type ProcessEnd = (Option<i32>, Option<i32>);
 
-/// How the processes of a data-parallel attempt ended (`ends[r]`: rank r's exit code and
-/// signal; None where unknown, as after a Slurm job): success when every rank succeeded, else
-/// every failed rank's own message. A rank killed or lost makes it worth a retry (it resumes
-/// from the checkpoint); ranks that all failed on their input fail the step.
-pub fn outcome_ranks(job: &Job, job_path: &Path, ends: &[ProcessEnd]) -> Result<(), AttemptError> {
+/// How the `step-exec` processes of an attempt ended, as its result (`ends[r]`: rank r's; one
+/// end for a step that is one process; an end unknown on both counts, as a Slurm task's, is
+/// told by the error it wrote, if any). Success when every process succeeded; else every
+/// failed one's message, a retry worth it when one was killed, interrupted or exited oddly,
+/// not when all failed on their input. The job's files, and other ranks' scratch
+/// directories, are removed (nothing of the attempt stays beside the outputs committed).
+pub fn outcome(job: &Job, job_path: &Path, ends: &[ProcessEnd]) -> Result<(), AttemptError> {
     let mut messages = Vec::new();
     let mut transient = false;
     for (rank, &(code, signal)) in ends.iter().enumerate() {
@@ -157,26 +125,38 @@ pub fn outcome_ranks(job: &Job, job_path: &Path, ends: &[ProcessEnd]) -> Result<
         if rank > 0 {
             let _ = std::fs::remove_dir_all(&mine.out);
         }
-        let why = match (code, signal) {
+        let (why, input) = match (code, signal) {
             (Some(0), _) => continue,
-            (Some(EXIT_INPUT | EXIT_INTERNAL), _) => written.unwrap_or_else(|| "failed".into()),
-            (Some(c), _) => {
-                transient = true;
+            (Some(EXIT_INPUT | EXIT_INTERNAL), _) => (
+                written.unwrap_or_else(|| "the step failed (no message)".into()),
+                true,
+            ),
+            (Some(c), _) => (
                 format!(
                     "exited with status {c}{}",
                     written.map_or(String::new(), |m| format!(": {m}"))
-                )
+                ),
+                false,
+            ),
+            (None, Some(sig)) if CANCELLED.load(Ordering::SeqCst) => {
+                (format!("interrupted (signal {sig})"), false)
             }
-            (None, Some(sig)) => {
-                transient = true;
-                format!("killed by signal {sig} ({})", signal_name(sig))
-            }
+            (None, Some(sig)) => (
+                format!("killed by signal {sig} ({})", signal_name(sig)),
+                false,
+            ),
             (None, None) => match written {
-                Some(m) => m,
+                Some(m) => (m, true),
                 None => continue,
             },
         };
-        messages.push(format!("rank {rank}: {why}"));
+        transient |= !input;
+        messages.push(match (ends.len(), input) {
+            // One process: its own message as the kind wrote it.
+            (1, true) => why,
+            (1, false) => format!("the step's process: {why}"),
+            _ => format!("rank {rank}: {why}"),
+        });
     }
     let _ = std::fs::remove_file(job_path);
     if messages.is_empty() {
@@ -221,7 +201,7 @@ pub fn launch_ranks(
         cmds.push(cmd);
     }
     let ends = run_children(bin, job, cmds, on_status)?;
-    outcome_ranks(job, &job_path, &ends)
+    outcome(job, &job_path, &ends)
 }
 
 /// Run one attempt in a child process; `on_status` sees the step's status lines as they come.
@@ -236,8 +216,7 @@ pub fn launch(
     let job_path = write_job(job)?;
     let cmd = step_exec(bin, job, &job_path, env, stdout, stderr);
     let ends = run_children(bin, job, vec![cmd], on_status)?;
-    let (code, signal) = ends[0];
-    outcome(job, &job_path, code, signal)
+    outcome(job, &job_path, &ends)
 }
 
 /// `bin step-exec JOB` in the workflow's directory, its output into the step's logs.

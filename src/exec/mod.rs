@@ -606,7 +606,10 @@ impl Exec<'_> {
         if let (Action::Uses { kind, .. }, Some(r)) = (&step.action, self.recipe(i))
             && crate::steps::RANKED_KINDS.contains(&kind.name)
         {
-            match self.cache.adopt_checkpoint(key, &r.rank_family()) {
+            match self
+                .cache
+                .adopt_checkpoint(key, &r.key_without(crate::steps::RANK_LAUNCH_PARAMS))
+            {
                 Ok(Some(from)) => tracing::info!(
                     step = %step.name,
                     from = %from,
@@ -950,7 +953,7 @@ impl Exec<'_> {
                         // Each rank wrote its own error file; srun's status says only that
                         // one failed.
                         let unknown = vec![(None, None); ranks];
-                        let told = isolated::outcome_ranks(&job, &job_path, &unknown);
+                        let told = isolated::outcome(&job, &job_path, &unknown);
                         return match (end.state.as_str(), told) {
                             ("COMPLETED", Ok(())) if end.code == 0 => Ok(()),
                             ("COMPLETED" | "FAILED", Err(e)) => {
@@ -966,10 +969,10 @@ impl Exec<'_> {
                     }
                     return match end.state.as_str() {
                         "COMPLETED" | "FAILED" if end.signal == 0 => {
-                            isolated::outcome(&job, &job_path, Some(end.code), None)
+                            isolated::outcome(&job, &job_path, &[(Some(end.code), None)])
                         }
                         _ => {
-                            let _ = isolated::outcome(&job, &job_path, Some(0), None);
+                            let _ = isolated::outcome(&job, &job_path, &[(Some(0), None)]);
                             Err(job_lost(&end))
                         }
                     };

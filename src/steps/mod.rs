@@ -30,7 +30,7 @@ pub mod table;
 mod tokenizer;
 mod tokenizer_extend;
 mod train_options;
-pub use train_options::{RANKED_KINDS, RanksAs, rank_request};
+pub use train_options::{RANK_LAUNCH_PARAMS, RANKED_KINDS, RanksAs, rank_request};
 mod training;
 mod vocab;
 mod zero_shot;

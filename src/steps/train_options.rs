@@ -96,6 +96,11 @@ pub(super) struct TrainOptions {
 /// The kinds that flatten [`TrainOptions`], so take `ranks`, `ranks_as` and `rank_timeout`.
 pub const RANKED_KINDS: &[&str] = &["model.pretrain", "model.finetune"];
 
+/// The parameters that say how a training run's ranks run, not what it trains (they change
+/// its result no more than float rounding does): runs that differ only in them are one
+/// family, whose checkpoints (one device's files) serve each other.
+pub const RANK_LAUNCH_PARAMS: &[&str] = &["ranks", "ranks_as", "rank_timeout", "zero"];
+
 /// What a step's `with:` asks of the launcher: its ranks (None: as many as GPUs granted) and
 /// how they run. None for a kind that trains no ranks.
 pub fn rank_request(kind: &str, with: &serde_json::Value) -> Option<(Option<usize>, RanksAs)> {

@@ -181,29 +181,43 @@ pub fn wait_for_checkpoint(p: &Project, min_step: u64) -> PathBuf {
     }
 }
 
-/// The rank process of `p`'s running data-parallel step whose environment holds `marker`
-/// (`RANK=1`, `SLURM_PROCID=1`): a `dnaflow step-exec` whose job lies in `p`'s cache.
-pub fn rank_process(p: &Project, marker: &str) -> i32 {
-    let words =
-        |pid: i32, what: &str| std::fs::read(format!("/proc/{pid}/{what}")).unwrap_or_default();
+/// The pid of `p`'s `dnaflow step-exec` process (its job in `p`'s cache) running `kind`, with
+/// `marker` in its environment when given (`RANK=1`, `SLURM_PROCID=1`: one rank of several),
+/// once it runs (waiting at most a minute).
+pub fn step_process(p: &Project, kind: &str, marker: Option<&str>) -> i32 {
+    let clock = std::time::Instant::now();
+    let cache = p.cache().display().to_string();
     let has = |hay: &[u8], w: &str| hay.split(|&b| b == 0).any(|x| x == w.as_bytes());
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .find(|&pid| {
-            let (cmd, env) = (words(pid, "cmdline"), words(pid, "environ"));
-            has(&cmd, "step-exec")
-                && has(&env, marker)
-                && String::from_utf8_lossy(&cmd).contains(&*p.cache().to_string_lossy())
-        })
-        .unwrap_or_else(|| panic!("no step-exec process with {marker}"))
+    while clock.elapsed() < std::time::Duration::from_secs(60) {
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if !cmd.contains("step-exec") || !cmd.contains(&cache) {
+                continue;
+            }
+            let env = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+            if marker.is_some_and(|m| !has(&env, m)) {
+                continue;
+            }
+            let job = cmd.split_whitespace().last().unwrap_or_default();
+            if std::fs::read_to_string(job)
+                .is_ok_and(|j| j.contains(&format!("\"kind\": \"{kind}\"")))
+            {
+                return pid;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("no step-exec process for {kind} with {marker:?}");
 }
 
 /// Kill a process with SIGKILL, as the OOM killer or a lost node would.
-pub fn kill_9(pid: i32) {
-    // SAFETY: a plain kill(2) of a process the calling test started.
-    unsafe {
-        libc::kill(pid, libc::SIGKILL);
-    }
+pub fn kill9(pid: i32) {
+    // SAFETY: a plain syscall on a process this test started (through dnaflow).
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
 }
