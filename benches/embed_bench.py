@@ -26,7 +26,8 @@ Both sides embed the same sequences: the last hidden state, mean-pooled over eac
 tokens. dnaflow's time is the `model.embed` step's own (load, tokenize, forward, pool, write
 the table) from its run record; PyTorch's is the same work inside its process (model load to
 pooled vectors), torch's import excluded. Peak memory is each process's own peak RSS
-(GNU time's `%M`; `apt-get install time` where it is missing). Threads: both use every core. The binary is `$DNAFLOW_BIN`, else
+(GNU time's `%M`; `apt-get install time` where it is missing). Threads: both use every core
+(the step is granted `resources: { cpus: <all> }`; a step without it gets one CPU). The binary is `$DNAFLOW_BIN`, else
 target/release/dnaflow, else target/debug/dnaflow. Prints sequences/s, the speed ratio
 (dnaflow over PyTorch) per pair and its range, and the memory ratio (PyTorch over dnaflow).
 """
@@ -179,7 +180,8 @@ def long_case(p):
         (work / "seqs.csv").write_text(f"id,sequence\nlong,{seq}\n")
         (work / "wf.yaml").write_text(
             "name: embed-bench-long\nsteps:\n  embed:\n    uses: model.embed\n"
-            "    with: { model: model, data: seqs.csv, pool: mean, batch_size: 1 }\n")
+            "    with: { model: model, data: seqs.csv, pool: mean, batch_size: 1 }\n"
+            f"    resources: {{ cpus: {os.cpu_count()} }}\n")
         rows = []
         sides = [("dnaflow", binary())]
         if os.environ.get("DNAFLOW_BIN_BEFORE"):
@@ -284,7 +286,8 @@ def preset(name, p, pairs):
             f.write(f"s{i},{s}\n")
     (work / "wf.yaml").write_text(
         "name: embed-bench\nsteps:\n  embed:\n    uses: model.embed\n"
-        f"    with: {{ model: model, data: seqs.csv, pool: mean, batch_size: {p['batch']} }}\n")
+        f"    with: {{ model: model, data: seqs.csv, pool: mean, batch_size: {p['batch']} }}\n"
+        f"    resources: {{ cpus: {os.cpu_count()} }}\n")
     env_cache = work / "cache"
     rows = []
     for k in range(pairs):

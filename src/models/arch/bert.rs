@@ -12,7 +12,7 @@ use crate::models::device::Precision;
 use crate::models::error::ModelError;
 use crate::models::io::vars::{Init, Vars};
 use crate::models::kernels::gelu;
-use crate::models::kernels::{AttentionSpec, Dense, FusedOps, LayerNorm, MASKED};
+use crate::models::kernels::{self, AttentionSpec, Dense, FusedOps, LayerNorm, MASKED};
 use crate::models::nn::{add_per_row, affine, dense, matmul, packed_low_rank, self_attention};
 
 /// The fields of HF's `BertConfig` that change the computation.
@@ -269,9 +269,10 @@ impl<B: FusedOps> Bert<B> {
             .select(0, types.reshape([b * t]))
             .reshape([b, t, d]);
         let pos = self.position_embeddings.val().slice([0..t, 0..d]);
-        let x = self
-            .dropout
-            .forward(self.embeddings_ln.forward(add_per_row(words + kinds, pos)));
+        let x = kernels::dropout(
+            &self.dropout,
+            self.embeddings_ln.forward(add_per_row(words + kinds, pos)),
+        );
         let padding = mask.clone().equal_elem(0).float().mul_scalar(MASKED); // [B, T]: MASKED on padding keys
         packed(&mask, x, |mut x, packing| {
             for layer in &self.layers[..layers] {
@@ -454,10 +455,10 @@ impl<B: FusedOps> Layer<B> {
         });
         let x = self
             .attn_ln
-            .forward(x + self.dropout.forward(dense(&self.attn_out, ctx, p)));
+            .forward(x + kernels::dropout(&self.dropout, dense(&self.attn_out, ctx, p)));
         let m = gelu(dense(&self.intermediate, x.clone(), p));
         self.output_ln
-            .forward(x + self.dropout.forward(dense(&self.output, m, p)))
+            .forward(x + kernels::dropout(&self.dropout, dense(&self.output, m, p)))
     }
 
     /// query | key | value weights side by side, [d, 3d]: one product gives q | k | v.

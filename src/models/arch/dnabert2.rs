@@ -17,7 +17,7 @@ use super::bert::{BERT_MLM, MlmHead, MlmNames, Packing, attend_unpacked, packed}
 use crate::models::device::Precision;
 use crate::models::error::ModelError;
 use crate::models::io::vars::{Init, Vars};
-use crate::models::kernels::{AttentionSpec, Dense, FusedOps, LayerNorm, MASKED, gelu};
+use crate::models::kernels::{self, AttentionSpec, Dense, FusedOps, Gate, LayerNorm, MASKED, glu};
 use crate::models::nn::{dense, self_attention};
 
 /// The fields of DNABERT-2's `BertConfig` (transformers' plus `alibi_starting_size`) that
@@ -296,9 +296,7 @@ impl<B: FusedOps> DnaBert2<B> {
             .select(0, types.reshape([b * t]))
             .reshape([b, t, d]);
         // No position embeddings: ALiBi in every attention.
-        let x = self
-            .dropout
-            .forward(self.embeddings_ln.forward(words + kinds));
+        let x = kernels::dropout(&self.dropout, self.embeddings_ln.forward(words + kinds));
         packed(&mask, x, |mut x, packing| {
             let padding = packing.map(|_| mask.clone().equal_elem(0).float().mul_scalar(MASKED)); // [B, T]
             for l in &self.layers[..layer.min(self.layers.len())] {
@@ -331,12 +329,11 @@ impl<B: FusedOps> Layer<B> {
         });
         let x = self
             .attn_ln
-            .forward(x + self.dropout.forward(dense(&self.attn_out, ctx, p)));
+            .forward(x + kernels::dropout(&self.dropout, dense(&self.attn_out, ctx, p)));
         let h = dense(&self.gated_layers, x.clone(), p); // [.., 2·inner]
-        let inner = h.dims()[2] / 2;
-        let glu = gelu(h.clone().narrow(2, 0, inner)) * h.narrow(2, inner, inner);
+        let glu = glu(h, Gate::Gelu); // gelu(h[.., :inner]) · h[.., inner:]
         self.mlp_ln
-            .forward(x + dense(&self.wo, self.dropout.forward(glu), p))
+            .forward(x + dense(&self.wo, kernels::dropout(&self.dropout, glu), p))
     }
 }
 

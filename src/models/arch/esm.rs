@@ -20,7 +20,9 @@ use super::llama::Rope;
 use crate::models::device::Precision;
 use crate::models::error::ModelError;
 use crate::models::io::vars::{Init, Vars};
-use crate::models::kernels::{AttentionSpec, Dense, FusedOps, LayerNorm, MASKED, gelu, rotary};
+use crate::models::kernels::{
+    self, AttentionSpec, Dense, FusedOps, LayerNorm, MASKED, gelu, rotary,
+};
 use crate::models::nn::{affine, dense, packed_low_rank, self_attention};
 
 /// The mask ratio every ESM training run used (15 % of tokens selected, 80 % of those masked):
@@ -374,9 +376,9 @@ impl<B: FusedOps> Layer<B> {
             let qkv = rotary(qkv, cos.clone(), sin.clone(), 2 * self.spec.heads); // [B, T, 3d]
             self_attention(qkv, Some(padding), &self.spec, None, &self.attn_dropout, p) // [B, T, d]
         });
-        let x = x + self.dropout.forward(dense(&self.attn_out, ctx, p));
+        let x = x + kernels::dropout(&self.dropout, dense(&self.attn_out, ctx, p));
         let h = gelu(dense(&self.intermediate, self.mlp_ln.forward(x.clone()), p));
-        x + self.dropout.forward(dense(&self.output, h, p))
+        x + kernels::dropout(&self.dropout, dense(&self.output, h, p))
     }
 
     /// query | key | value weights side by side, [d, 3d].

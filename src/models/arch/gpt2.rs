@@ -11,7 +11,7 @@ use crate::models::device::Precision;
 use crate::models::error::ModelError;
 use crate::models::io::vars::{Init, Vars};
 use crate::models::kernels::gelu_new;
-use crate::models::kernels::{AttentionSpec, Dense, FusedOps, LayerNorm};
+use crate::models::kernels::{self, AttentionSpec, Dense, FusedOps, LayerNorm};
 use crate::models::nn::kv_cache::KvCache;
 use crate::models::nn::{add_per_row, dense, matmul, self_attention};
 
@@ -236,7 +236,7 @@ impl<B: FusedOps> Gpt2<B> {
             .select(0, ids.reshape([b * t]))
             .reshape([b, t, d]);
         let pos = self.wpe.val().slice([start..start + t, 0..d]);
-        self.dropout.forward(add_per_row(tok, pos))
+        kernels::dropout(&self.dropout, add_per_row(tok, pos))
     }
 
     /// Next-token logits [B, T, vocab].
@@ -280,8 +280,8 @@ impl<B: FusedOps> Block<B> {
     ) -> Tensor<B, 3> {
         let qkv = dense(&self.c_attn, self.ln_1.forward(x.clone()), p); // [B, T, 3d]: q | k | v
         let ctx = self_attention(qkv, None, &self.spec, cache, &self.attn_dropout, p); // [B, T, d]
-        let x = x + self.resid_dropout.forward(dense(&self.attn_proj, ctx, p));
+        let x = x + kernels::dropout(&self.resid_dropout, dense(&self.attn_proj, ctx, p));
         let m = gelu_new(dense(&self.c_fc, self.ln_2.forward(x.clone()), p));
-        x.clone() + self.resid_dropout.forward(dense(&self.mlp_proj, m, p))
+        x.clone() + kernels::dropout(&self.resid_dropout, dense(&self.mlp_proj, m, p))
     }
 }

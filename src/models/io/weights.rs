@@ -296,14 +296,31 @@ pub fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> (Vec<usize>, Vec<f32
     (shape, values)
 }
 
-/// Row-major `[rows, cols]` → `[cols, rows]`.
+/// Row-major `[rows, cols]` → `[cols, rows]`, tile by tile (each tile's reads and writes stay
+/// in cache; an element-by-element transpose of a model's weights missed it on every read and
+/// was most of loading one), bands of output rows in parallel.
 pub(crate) fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    use rayon::prelude::*;
+    const TILE: usize = 32;
     let mut out = vec![0.0; values.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = values[r * cols + c];
-        }
+    if values.is_empty() {
+        return out;
     }
+    // Output rows c0..c0 + TILE are input columns c0..c0 + TILE.
+    out.par_chunks_mut(TILE * rows)
+        .enumerate()
+        .for_each(|(band, dst)| {
+            let c0 = band * TILE;
+            let width = dst.len() / rows;
+            for r0 in (0..rows).step_by(TILE) {
+                for r in r0..(r0 + TILE).min(rows) {
+                    let src = &values[r * cols + c0..r * cols + c0 + width];
+                    for (c, &v) in src.iter().enumerate() {
+                        dst[c * rows + r] = v;
+                    }
+                }
+            }
+        });
     out
 }
 
@@ -317,6 +334,21 @@ mod tests {
         let t = transpose(&v, 2, 3);
         assert_eq!(t, vec![0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
         assert_eq!(transpose(&t, 3, 2), v);
+        // Shapes that are not multiples of the tile, larger than one, and degenerate.
+        for (rows, cols) in [(70, 45), (33, 100), (1, 77), (64, 1), (0, 5)] {
+            let v: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+            let t = transpose(&v, rows, cols);
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(
+                        t[c * rows + r],
+                        v[r * cols + c],
+                        "[{rows}, {cols}] at ({r}, {c})"
+                    );
+                }
+            }
+            assert_eq!(transpose(&t, cols, rows), v);
+        }
     }
 
     #[test]

@@ -11,12 +11,14 @@ use burn::tensor::{DType, Shape, TensorData, TensorMetadata};
 use rayon::prelude::*;
 
 use super::cpu_attention::{self, Heads};
+use super::dropout;
 use super::rows::{dot, exp, softmax_row, sum_of};
 use super::{
-    AttentionSpec, FRAC_1_SQRT_2PI, FusedOps, GELU_CUBIC, SQRT_2_OVER_PI, composed_attention,
+    AttentionSpec, FRAC_1_SQRT_2PI, FusedOps, GELU_CUBIC, Gate, SQRT_2_OVER_PI, composed_attention,
     composed_attention_backward, composed_gelu, composed_gelu_new, composed_gelu_new_backward,
-    composed_layer_norm_backward, composed_rms_norm, composed_rms_norm_backward, composed_rotary,
-    composed_softmax, composed_softmax_backward, composed_swiglu, composed_swiglu_backward,
+    composed_glu, composed_glu_backward, composed_layer_norm_backward, composed_rms_norm,
+    composed_rms_norm_backward, composed_rotary, composed_softmax, composed_softmax_backward,
+    composed_swiglu, composed_swiglu_backward,
 };
 
 /// Elements per parallel task for element-wise kernels: big enough to amortize scheduling.
@@ -392,6 +394,98 @@ impl FusedOps for Flex {
             (x * cdf, cdf + x * pdf)
         })
     }
+
+    fn fused_glu(h: FloatTensor<Self>, gate: Gate) -> FloatTensor<Self> {
+        if h.dtype() != DType::F32 {
+            return composed_glu::<Flex>(h, gate);
+        }
+        let mut shape = h.shape();
+        let n = last_dim(&shape) / 2;
+        let last = shape.num_dims() - 1;
+        shape[last] = n;
+        let h = h.to_contiguous();
+        let hs = f32s(&h);
+        let mut y = vec![0.0f32; hs.len() / 2];
+        let per = rows_per_task(2 * n);
+        y.par_chunks_mut(per * n)
+            .zip(hs.par_chunks(per * 2 * n))
+            .for_each(|(ys, hs)| {
+                for (y, h) in ys.chunks_mut(n).zip(hs.chunks(2 * n)) {
+                    let (a, b) = h.split_at(n);
+                    match gate {
+                        Gate::Gelu => {
+                            for j in 0..n {
+                                y[j] = a[j] * normal_cdf_and_pdf(a[j]).0 * b[j];
+                            }
+                        }
+                        Gate::Silu => {
+                            for j in 0..n {
+                                y[j] = a[j] * sigmoid(a[j]) * b[j];
+                            }
+                        }
+                    }
+                }
+            });
+        tensor(y, shape)
+    }
+
+    fn fused_glu_backward(
+        h: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        gate: Gate,
+    ) -> FloatTensor<Self> {
+        if h.dtype() != DType::F32 || g.dtype() != DType::F32 {
+            return composed_glu_backward::<Flex>(h, g, gate);
+        }
+        let shape = h.shape();
+        let n = last_dim(&shape) / 2;
+        let (h, g) = (h.to_contiguous(), g.to_contiguous());
+        let (hs, gs) = (f32s(&h), f32s(&g));
+        let mut dh = vec![0.0f32; hs.len()];
+        let per = rows_per_task(2 * n);
+        dh.par_chunks_mut(per * 2 * n)
+            .zip(hs.par_chunks(per * 2 * n).zip(gs.par_chunks(per * n)))
+            .for_each(|(dhs, (hs, gs))| {
+                for ((dh, h), g) in dhs
+                    .chunks_mut(2 * n)
+                    .zip(hs.chunks(2 * n))
+                    .zip(gs.chunks(n))
+                {
+                    let (a, b) = h.split_at(n);
+                    let (da, db) = dh.split_at_mut(n);
+                    match gate {
+                        Gate::Gelu => {
+                            for j in 0..n {
+                                let (cdf, pdf) = normal_cdf_and_pdf(a[j]);
+                                da[j] = g[j] * b[j] * (cdf + a[j] * pdf);
+                                db[j] = g[j] * a[j] * cdf;
+                            }
+                        }
+                        Gate::Silu => {
+                            for j in 0..n {
+                                let s = sigmoid(a[j]);
+                                da[j] = g[j] * b[j] * s * (1.0 + a[j] * (1.0 - s));
+                                db[j] = g[j] * a[j] * s;
+                            }
+                        }
+                    }
+                }
+            });
+        tensor(dh, shape)
+    }
+
+    fn fused_dropout(x: FloatTensor<Self>, prob: f64, seed: u64) -> FloatTensor<Self> {
+        if x.dtype() != DType::F32 {
+            return dropout::composed_dropout::<Flex>(x, prob, seed);
+        }
+        let (drop_below, scale) = (dropout::threshold(prob), (1.0 / (1.0 - prob)) as f32);
+        let mut y = owned(x);
+        y.storage_mut::<f32>()
+            .par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(c, ys)| dropout::apply(ys, c * CHUNK, seed, drop_below, scale));
+        y
+    }
 }
 
 /// Two same-shaped f32 outputs of one element-wise function (an activation and what its
@@ -615,6 +709,52 @@ mod tests {
         let [cdg, cdu] = composed_swiglu_backward::<Flex>(x, up, g);
         assert_close(dg, cdg, "swiglu gate gradient");
         assert_close(du, cdu, "swiglu up gradient");
+    }
+
+    /// The gated linear units (GEGLU, SwiGLU on packed halves) match their composed forms,
+    /// forward and backward, over rows that span several parallel tasks; the same gradient
+    /// as the SwiGLU node on the halves split apart.
+    #[test]
+    fn glu_kernels_match_the_composed_forms() {
+        let h = random([4, 300, 80], 51); // 1,200 rows of 2 · 40
+        let g = random([4, 300, 40], 52);
+        for gate in [Gate::Gelu, Gate::Silu] {
+            assert_close(
+                Flex::fused_glu(h.clone(), gate),
+                composed_glu::<Flex>(h.clone(), gate),
+                &format!("{gate:?} forward"),
+            );
+            assert_close(
+                Flex::fused_glu_backward(h.clone(), g.clone(), gate),
+                composed_glu_backward::<Flex>(h.clone(), g.clone(), gate),
+                &format!("{gate:?} backward"),
+            );
+        }
+        let t = |x: FlexTensor| {
+            Tensor::<Flex, 3>::from_primitive(burn::tensor::TensorPrimitive::Float(x))
+        };
+        let halves = |x: FlexTensor| {
+            let x = t(x);
+            (
+                x.clone().narrow(2, 0, 40).into_primitive().tensor(),
+                x.narrow(2, 40, 40).into_primitive().tensor(),
+            )
+        };
+        let (gate, up) = halves(h.clone());
+        assert_close(
+            Flex::fused_glu(h.clone(), Gate::Silu),
+            Flex::fused_swiglu(gate.clone(), up.clone()),
+            "SwiGLU on packed halves",
+        );
+        let [dgate, dup] = Flex::fused_swiglu_backward(gate, up, g.clone());
+        let packed = Tensor::cat(vec![t(dgate), t(dup)], 2)
+            .into_primitive()
+            .tensor();
+        assert_close(
+            Flex::fused_glu_backward(h, g, Gate::Silu),
+            packed,
+            "SwiGLU gradient",
+        );
     }
 
     /// The kernels and the composed forms (what other backends run) agree.

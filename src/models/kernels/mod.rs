@@ -22,7 +22,10 @@ use burn::tensor::{Shape, TensorMetadata, TensorPrimitive};
 
 mod cpu;
 mod cpu_attention;
+mod dropout;
 mod rows;
+
+pub use dropout::{dropout, seed_dropout};
 
 /// Attention score of a position that must not be attended to. Finite (not -inf), because
 /// burn's flex softmax turns a row holding -inf into NaN; exp(-1e9 - max) is 0 all the same.
@@ -195,6 +198,28 @@ pub trait FusedOps: Backend {
     /// The gradient of [`FusedOps::fused_gelu`]: the upstream gradient times the kept slope.
     fn fused_gelu_backward(slope: FloatTensor<Self>, g: FloatTensor<Self>) -> FloatTensor<Self> {
         Self::float_mul(g, slope)
+    }
+
+    /// A gated linear unit on h [.., 2n] packed as one product gives it: act(h[.., :n]) ·
+    /// h[.., n:] (DNABERT-2's GEGLU with the exact GELU, SwiGLU with SiLU), without splitting h.
+    fn fused_glu(h: FloatTensor<Self>, gate: Gate) -> FloatTensor<Self> {
+        composed_glu::<Self>(h, gate)
+    }
+
+    /// The gradient of [`FusedOps::fused_glu`] for h [.., 2n] from the upstream gradient
+    /// g [.., n].
+    fn fused_glu_backward(
+        h: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        gate: Gate,
+    ) -> FloatTensor<Self> {
+        composed_glu_backward::<Self>(h, g, gate)
+    }
+
+    /// Inverted dropout of `x` with the mask that `seed` draws ([`dropout`]): the same seed
+    /// draws the same mask, so the gradient is this op on the upstream gradient.
+    fn fused_dropout(x: FloatTensor<Self>, prob: f64, seed: u64) -> FloatTensor<Self> {
+        dropout::composed_dropout::<Self>(x, prob, seed)
     }
 }
 
@@ -408,6 +433,26 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         unary_node::<B, C, _>(x, B::gelu_and_slope, B::fused_gelu, |slope, g| {
             B::fused_gelu_backward(slope, g)
         })
+    }
+
+    fn fused_glu(h: FloatTensor<Self>, gate: Gate) -> FloatTensor<Self> {
+        // h is kept: both halves' gradients come from it.
+        unary_node::<B, C, _>(
+            h,
+            |h| (B::fused_glu(h.clone(), gate), (h, gate)),
+            |h| B::fused_glu(h, gate),
+            |(h, gate), g| B::fused_glu_backward(h, g, gate),
+        )
+    }
+
+    fn fused_dropout(x: FloatTensor<Self>, prob: f64, seed: u64) -> FloatTensor<Self> {
+        // Only the seed is kept: the backward draws the forward's mask again.
+        unary_node::<B, C, _>(
+            x,
+            |x| (B::fused_dropout(x, prob, seed), (prob, seed)),
+            |x| B::fused_dropout(x, prob, seed),
+            |(prob, seed), g| B::fused_dropout(g, prob, seed),
+        )
     }
 }
 
@@ -854,6 +899,63 @@ pub(crate) fn composed_gelu<B: Backend>(x: FloatTensor<B>) -> (FloatTensor<B>, F
     (shaped(x * cdf, shape.clone()), shaped(slope, shape))
 }
 
+/// The activation of a gated linear unit's first half ([`FusedOps::fused_glu`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// The exact (erf) GELU: GEGLU, as DNABERT-2's MLP.
+    Gelu,
+    /// SiLU: SwiGLU, as LLaMA's MLP.
+    Silu,
+}
+
+/// The two halves of h [.., 2n] as [rows, n] each.
+fn glu_halves<B: Backend>(h: FloatTensor<B>) -> (Tensor<B, 2>, Tensor<B, 2>, Shape) {
+    let mut shape = h.shape();
+    let h = rows::<B>(h);
+    let n = h.dims()[1] / 2;
+    let last = shape.num_dims() - 1;
+    shape[last] = n;
+    (h.clone().narrow(1, 0, n), h.narrow(1, n, n), shape)
+}
+
+/// act(a)·b and act'(a) for the first half a of a gated linear unit.
+fn glu_gate<B: Backend>(a: Tensor<B, 2>, gate: Gate) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    match gate {
+        Gate::Gelu => {
+            let cdf = ((a.clone() * core::f64::consts::FRAC_1_SQRT_2).erf() + 1.0) * 0.5;
+            let pdf = (a.clone() * a.clone() * -0.5).exp() * FRAC_1_SQRT_2PI;
+            (a.clone() * cdf.clone(), cdf + a * pdf)
+        }
+        Gate::Silu => {
+            let s = sigmoid(a.clone());
+            let slope = s.clone() * (a.clone() * (s.clone().neg() + 1.0) + 1.0);
+            (a * s, slope)
+        }
+    }
+}
+
+/// act(h[.., :n])·h[.., n:].
+pub(crate) fn composed_glu<B: Backend>(h: FloatTensor<B>, gate: Gate) -> FloatTensor<B> {
+    let (a, b, shape) = glu_halves::<B>(h);
+    let (act, _) = glu_gate(a, gate);
+    shaped(act * b, shape)
+}
+
+/// The gated linear unit's gradient: d a = g·b·act'(a), d b = g·act(a), side by side.
+pub(crate) fn composed_glu_backward<B: Backend>(
+    h: FloatTensor<B>,
+    g: FloatTensor<B>,
+    gate: Gate,
+) -> FloatTensor<B> {
+    let shape = h.shape();
+    let (a, b, _) = glu_halves::<B>(h);
+    let g = rows::<B>(g);
+    let (act, slope) = glu_gate(a, gate);
+    let da = g.clone() * b * slope;
+    let db = g * act;
+    shaped(Tensor::cat(vec![da, db], 1), shape)
+}
+
 /// 1/√(2π), the standard normal density at 0.
 pub(crate) const FRAC_1_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
 
@@ -941,6 +1043,11 @@ pub fn swap_heads<B: FusedOps>(x: Tensor<B, 4>) -> Tensor<B, 4> {
 /// GPT-2's `gelu_new`, one autodiff node.
 pub fn gelu_new<B: FusedOps, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     float(B::fused_gelu_new(x.into_primitive().tensor()))
+}
+
+/// A gated linear unit act(h[.., :n])·h[.., n:] on h [.., 2n], one autodiff node.
+pub fn glu<B: FusedOps, const D: usize>(h: Tensor<B, D>, gate: Gate) -> Tensor<B, D> {
+    float(B::fused_glu(h.into_primitive().tensor(), gate))
 }
 
 /// BERT's exact (erf) GELU, one autodiff node.

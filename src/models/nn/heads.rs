@@ -10,7 +10,7 @@ use burn::tensor::activation::tanh;
 
 use super::super::device::Precision;
 use super::super::io::vars::Vars;
-use super::super::kernels::{Dense, FusedOps};
+use super::super::kernels::{self, Dense, FusedOps};
 use super::dense;
 
 /// What a model predicts.
@@ -143,7 +143,7 @@ impl<B: FusedOps> TaskHead<B> {
             None => flat, // [B*T, d]
         };
         let [n, _] = x.dims();
-        let x = self.dropout.forward(x).reshape([1, n, d]);
+        let x = kernels::dropout(&self.dropout, x).reshape([1, n, d]);
         let out = dense(&self.classifier, x, self.precision);
         let k = out.dims()[2];
         out.reshape([n, k])

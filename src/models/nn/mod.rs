@@ -57,7 +57,7 @@ pub(crate) fn attention_stepwise<B: FusedOps>(
     if let Some(bias) = kernels::attention_bias(spec, [b, tq, tk], padding, &q.device()) {
         scores = scores + bias;
     }
-    let weights = dropout.forward(kernels::attention_softmax(scores, 1.0, false));
+    let weights = kernels::dropout(dropout, kernels::attention_softmax(scores, 1.0, false));
     merge_heads(matmul(weights, v, precision))
 }
 
@@ -90,7 +90,7 @@ pub(crate) fn self_attention<B: FusedOps>(
 /// pair's low-rank update when it has one. The batch and time axes are folded into one, so
 /// forward and both gradients are single 2-D GEMMs (a broadcast batched product would run B
 /// small ones and sum B weight gradients).
-pub(crate) fn dense<B: Backend>(
+pub(crate) fn dense<B: FusedOps>(
     l: &Dense<B>,
     x: Tensor<B, 3>,
     precision: Precision,
@@ -114,14 +114,19 @@ pub(crate) fn dense<B: Backend>(
 
 /// LoRA's update s·(drop(x)·A)·B on [B, T, d_in]: two thin products, so neither the update
 /// nor its gradient ever forms a full-size weight.
-fn low_rank<B: Backend>(lora: &LowRank<B>, x: Tensor<B, 3>, precision: Precision) -> Tensor<B, 3> {
-    let h = affine(lora.dropout.forward(x), lora.a.val(), None, precision);
+fn low_rank<B: FusedOps>(lora: &LowRank<B>, x: Tensor<B, 3>, precision: Precision) -> Tensor<B, 3> {
+    let h = affine(
+        kernels::dropout(&lora.dropout, x),
+        lora.a.val(),
+        None,
+        precision,
+    );
     affine(h, lora.b.val(), None, precision) * lora.scale
 }
 
 /// The LoRA updates of layers whose outputs are packed side by side (attention's q | k | v,
 /// computed as one product), packed the same way; `None` when none of them is adapted.
-pub(crate) fn packed_low_rank<B: Backend>(
+pub(crate) fn packed_low_rank<B: FusedOps>(
     layers: &[&Dense<B>],
     x: Tensor<B, 3>,
     precision: Precision,
