@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use super::cpu_attention::{self, Heads};
 use super::dropout;
-use super::rows::{dot, exp, softmax_row, sum_of};
+use super::rows::{dot, exp, simd, softmax_row, sum_of};
 use super::{
     AttentionSpec, FRAC_1_SQRT_2PI, FusedOps, GELU_CUBIC, Gate, SQRT_2_OVER_PI, composed_attention,
     composed_attention_backward, composed_gelu, composed_gelu_new, composed_gelu_new_backward,
@@ -39,11 +39,13 @@ impl FusedOps for Flex {
             .par_chunks_mut(rows * tk)
             .enumerate()
             .for_each(|(task, block)| {
-                for (r, row) in block.chunks_mut(tk).enumerate() {
-                    let query = (task * rows + r) % tq;
-                    let seen = if causal { query + 1 } else { tk };
-                    softmax_row(row, scale as f32, seen);
-                }
+                simd(|| {
+                    for (r, row) in block.chunks_mut(tk).enumerate() {
+                        let query = (task * rows + r) % tq;
+                        let seen = if causal { query + 1 } else { tk };
+                        softmax_row(row, scale as f32, seen);
+                    }
+                })
             });
         out
     }
@@ -65,12 +67,14 @@ impl FusedOps for Flex {
             .par_chunks_mut(rows)
             .zip(f32s(&y).par_chunks(rows))
             .for_each(|(gs, ys)| {
-                for (g, y) in gs.chunks_mut(d).zip(ys.chunks(d)) {
-                    let dot = dot(y, g);
-                    for (g, y) in g.iter_mut().zip(y) {
-                        *g = scale * y * (*g - dot);
+                simd(|| {
+                    for (g, y) in gs.chunks_mut(d).zip(ys.chunks(d)) {
+                        let dot = dot(y, g);
+                        for (g, y) in g.iter_mut().zip(y) {
+                            *g = scale * y * (*g - dot);
+                        }
                     }
-                }
+                })
             });
         out
     }
@@ -132,11 +136,13 @@ impl FusedOps for Flex {
         out.par_chunks_mut(b * d)
             .enumerate()
             .for_each(|(block, out)| {
-                let (i, j) = (block / c, block % c);
-                for (k, row) in out.chunks_mut(d).enumerate() {
-                    let from = ((i * b + k) * c + j) * d;
-                    row.copy_from_slice(&xs[from..from + d]);
-                }
+                simd(|| {
+                    let (i, j) = (block / c, block % c);
+                    for (k, row) in out.chunks_mut(d).enumerate() {
+                        let from = ((i * b + k) * c + j) * d;
+                        row.copy_from_slice(&xs[from..from + d]);
+                    }
+                })
             });
         tensor(out, Shape::new([a, c, b, d]))
     }
@@ -197,10 +203,12 @@ impl FusedOps for Flex {
         y.storage_mut::<f32>()
             .par_chunks_mut(rows_per_task(d) * d)
             .for_each(|rows| {
-                for row in rows.chunks_mut(d) {
-                    let r = rms_reciprocal(row, eps as f32);
-                    row.iter_mut().zip(gammas).for_each(|(v, g)| *v *= r * g);
-                }
+                simd(|| {
+                    for row in rows.chunks_mut(d) {
+                        let r = rms_reciprocal(row, eps as f32);
+                        row.iter_mut().zip(gammas).for_each(|(v, g)| *v *= r * g);
+                    }
+                })
             });
         y
     }
@@ -269,17 +277,19 @@ impl FusedOps for Flex {
             .par_chunks_mut(rows * w)
             .enumerate()
             .for_each(|(task, block)| {
-                for (r, row) in block.chunks_mut(w).enumerate() {
-                    let pos = (task * rows + r) % t;
-                    let (c, s) = (&cs[pos * dh..][..dh], &ss[pos * dh..][..dh]);
-                    for head in row[..heads * dh].chunks_mut(dh) {
-                        for i in 0..half {
-                            let (a, b) = (head[i], head[i + half]);
-                            head[i] = a * c[i] - b * s[i];
-                            head[i + half] = b * c[i + half] + a * s[i + half];
+                simd(|| {
+                    for (r, row) in block.chunks_mut(w).enumerate() {
+                        let pos = (task * rows + r) % t;
+                        let (c, s) = (&cs[pos * dh..][..dh], &ss[pos * dh..][..dh]);
+                        for head in row[..heads * dh].chunks_mut(dh) {
+                            for i in 0..half {
+                                let (a, b) = (head[i], head[i + half]);
+                                head[i] = a * c[i] - b * s[i];
+                                head[i + half] = b * c[i + half] + a * s[i + half];
+                            }
                         }
                     }
-                }
+                })
             });
         y
     }
@@ -295,9 +305,11 @@ impl FusedOps for Flex {
             .par_chunks_mut(CHUNK)
             .zip(ups.par_chunks(CHUNK))
             .for_each(|(ys, ups)| {
-                for (y, &u) in ys.iter_mut().zip(ups) {
-                    *y = *y * sigmoid(*y) * u;
-                }
+                simd(|| {
+                    for (y, &u) in ys.iter_mut().zip(ups) {
+                        *y = *y * sigmoid(*y) * u;
+                    }
+                })
             });
         y
     }
@@ -323,12 +335,14 @@ impl FusedOps for Flex {
                     .zip(dys.par_chunks(CHUNK)),
             )
             .for_each(|((dg, du), ((gs, us), dys))| {
-                for i in 0..gs.len() {
-                    let (x, u, dy) = (gs[i], us[i], dys[i]);
-                    let s = sigmoid(x);
-                    dg[i] = dy * u * s * (1.0 + x * (1.0 - s));
-                    du[i] = dy * x * s;
-                }
+                simd(|| {
+                    for i in 0..gs.len() {
+                        let (x, u, dy) = (gs[i], us[i], dys[i]);
+                        let s = sigmoid(x);
+                        dg[i] = dy * u * s * (1.0 + x * (1.0 - s));
+                        du[i] = dy * x * s;
+                    }
+                })
             });
         [tensor(dgate, shape.clone()), tensor(dup, shape)]
     }
@@ -359,10 +373,12 @@ impl FusedOps for Flex {
             .par_chunks_mut(CHUNK)
             .zip(xs.par_chunks(CHUNK).zip(ss.par_chunks(CHUNK)))
             .for_each(|(gs, (xs, ss))| {
-                for ((g, &x), &s) in gs.iter_mut().zip(xs).zip(ss) {
-                    let du = k * (1.0 + c3 * x * x);
-                    *g *= s + x * s * (1.0 - s) * du;
-                }
+                simd(|| {
+                    for ((g, &x), &s) in gs.iter_mut().zip(xs).zip(ss) {
+                        let du = k * (1.0 + c3 * x * x);
+                        *g *= s + x * s * (1.0 - s) * du;
+                    }
+                })
             });
         out
     }
@@ -378,9 +394,11 @@ impl FusedOps for Flex {
         y.par_chunks_mut(CHUNK)
             .zip(xs.par_chunks(CHUNK))
             .for_each(|(y, xs)| {
-                for (y, &x) in y.iter_mut().zip(xs) {
-                    *y = x * normal_cdf_and_pdf(x).0;
-                }
+                simd(|| {
+                    for (y, &x) in y.iter_mut().zip(xs) {
+                        *y = x * normal_cdf_and_pdf(x).0;
+                    }
+                })
             });
         tensor(y, shape)
     }
@@ -393,6 +411,61 @@ impl FusedOps for Flex {
             let (cdf, pdf) = normal_cdf_and_pdf(x);
             (x * cdf, cdf + x * pdf)
         })
+    }
+
+    fn fused_matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (sa, sb) = (a.shape(), b.shape());
+        if a.dtype() != DType::F32
+            || b.dtype() != DType::F32
+            || sa.num_dims() != 2
+            || sb.num_dims() != 2
+        {
+            return Flex::float_matmul(a, b);
+        }
+        let (m, k, n) = (sa[0], sa[1], sb[1]);
+        assert_eq!(sb[0], k, "matmul: [{m}, {k}] · [{}, {n}]", sb[0]);
+        if m == 0 || n == 0 || k == 0 {
+            return tensor(vec![0.0; m * n], Shape::new([m, n]));
+        }
+        // flex's own product zeroes its output and then copies it whole to realign it (its
+        // byte buffer records alignment 1); gemm writes every element of this one once.
+        let mut out: Vec<f32> = Vec::with_capacity(m * n);
+        let (ar, ac) = strides_2d(&a);
+        let (br, bc) = strides_2d(&b);
+        let (pa, pb) = (first_f32(&a), first_f32(&b));
+        let parallelism = if m * n * k >= 192 * 192 * 192 {
+            gemm::Parallelism::Rayon(0)
+        } else {
+            gemm::Parallelism::None
+        };
+        // SAFETY: `pa`/`pb` with these strides address exactly a's [m, k] and b's [k, n]
+        // elements inside their buffers (flex's layout), `out` has room for m·n, and gemm
+        // without `read_dst` writes every one of them (k > 0) before `set_len`.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                out.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                pa,
+                ac,
+                ar,
+                pb,
+                bc,
+                br,
+                0.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+            out.set_len(m * n);
+        }
+        tensor(out, Shape::new([m, n]))
     }
 
     fn fused_glu(h: FloatTensor<Self>, gate: Gate) -> FloatTensor<Self> {
@@ -410,21 +483,23 @@ impl FusedOps for Flex {
         y.par_chunks_mut(per * n)
             .zip(hs.par_chunks(per * 2 * n))
             .for_each(|(ys, hs)| {
-                for (y, h) in ys.chunks_mut(n).zip(hs.chunks(2 * n)) {
-                    let (a, b) = h.split_at(n);
-                    match gate {
-                        Gate::Gelu => {
-                            for j in 0..n {
-                                y[j] = a[j] * normal_cdf_and_pdf(a[j]).0 * b[j];
+                simd(|| {
+                    for (y, h) in ys.chunks_mut(n).zip(hs.chunks(2 * n)) {
+                        let (a, b) = h.split_at(n);
+                        match gate {
+                            Gate::Gelu => {
+                                for j in 0..n {
+                                    y[j] = a[j] * normal_cdf_and_pdf(a[j]).0 * b[j];
+                                }
                             }
-                        }
-                        Gate::Silu => {
-                            for j in 0..n {
-                                y[j] = a[j] * sigmoid(a[j]) * b[j];
+                            Gate::Silu => {
+                                for j in 0..n {
+                                    y[j] = a[j] * sigmoid(a[j]) * b[j];
+                                }
                             }
                         }
                     }
-                }
+                })
             });
         tensor(y, shape)
     }
@@ -446,30 +521,32 @@ impl FusedOps for Flex {
         dh.par_chunks_mut(per * 2 * n)
             .zip(hs.par_chunks(per * 2 * n).zip(gs.par_chunks(per * n)))
             .for_each(|(dhs, (hs, gs))| {
-                for ((dh, h), g) in dhs
-                    .chunks_mut(2 * n)
-                    .zip(hs.chunks(2 * n))
-                    .zip(gs.chunks(n))
-                {
-                    let (a, b) = h.split_at(n);
-                    let (da, db) = dh.split_at_mut(n);
-                    match gate {
-                        Gate::Gelu => {
-                            for j in 0..n {
-                                let (cdf, pdf) = normal_cdf_and_pdf(a[j]);
-                                da[j] = g[j] * b[j] * (cdf + a[j] * pdf);
-                                db[j] = g[j] * a[j] * cdf;
+                simd(|| {
+                    for ((dh, h), g) in dhs
+                        .chunks_mut(2 * n)
+                        .zip(hs.chunks(2 * n))
+                        .zip(gs.chunks(n))
+                    {
+                        let (a, b) = h.split_at(n);
+                        let (da, db) = dh.split_at_mut(n);
+                        match gate {
+                            Gate::Gelu => {
+                                for j in 0..n {
+                                    let (cdf, pdf) = normal_cdf_and_pdf(a[j]);
+                                    da[j] = g[j] * b[j] * (cdf + a[j] * pdf);
+                                    db[j] = g[j] * a[j] * cdf;
+                                }
                             }
-                        }
-                        Gate::Silu => {
-                            for j in 0..n {
-                                let s = sigmoid(a[j]);
-                                da[j] = g[j] * b[j] * s * (1.0 + a[j] * (1.0 - s));
-                                db[j] = g[j] * a[j] * s;
+                            Gate::Silu => {
+                                for j in 0..n {
+                                    let s = sigmoid(a[j]);
+                                    da[j] = g[j] * b[j] * s * (1.0 + a[j] * (1.0 - s));
+                                    db[j] = g[j] * a[j] * s;
+                                }
                             }
                         }
                     }
-                }
+                })
             });
         tensor(dh, shape)
     }
@@ -483,7 +560,7 @@ impl FusedOps for Flex {
         y.storage_mut::<f32>()
             .par_chunks_mut(CHUNK)
             .enumerate()
-            .for_each(|(c, ys)| dropout::apply(ys, c * CHUNK, seed, drop_below, scale));
+            .for_each(|(c, ys)| simd(|| dropout::apply(ys, c * CHUNK, seed, drop_below, scale)));
         y
     }
 }
@@ -499,9 +576,11 @@ fn map_pair(x: FlexTensor, f: impl Fn(f32) -> (f32, f32) + Sync) -> (FlexTensor,
         .zip(b.par_chunks_mut(CHUNK))
         .zip(xs.par_chunks(CHUNK))
         .for_each(|((a, b), xs)| {
-            for ((a, b), &x) in a.iter_mut().zip(b.iter_mut()).zip(xs) {
-                (*a, *b) = f(x);
-            }
+            simd(|| {
+                for ((a, b), &x) in a.iter_mut().zip(b.iter_mut()).zip(xs) {
+                    (*a, *b) = f(x);
+                }
+            })
         });
     (tensor(a, shape.clone()), tensor(b, shape))
 }
@@ -639,6 +718,19 @@ fn owned(x: FlexTensor) -> FlexTensor {
     let contiguous = x.to_contiguous();
     drop(x);
     contiguous
+}
+
+/// (row, column) strides of a 2-D tensor, in elements.
+fn strides_2d(t: &FlexTensor) -> (isize, isize) {
+    let s = t.layout().strides();
+    (s[0], s[1])
+}
+
+/// A pointer to a tensor's first element (its view may start inside its buffer).
+fn first_f32(t: &FlexTensor) -> *const f32 {
+    let all: &[f32] = t.storage();
+    // SAFETY: flex keeps the view's start offset inside its buffer.
+    unsafe { all.as_ptr().add(t.layout().start_offset()) }
 }
 
 /// The f32 values of a contiguous tensor.

@@ -13,7 +13,7 @@
 
 use rayon::prelude::*;
 
-use super::rows::{dot, softmax_row};
+use super::rows::{dot, simd, softmax_row};
 
 /// The shape of one attention call: B sequences of T tokens, H query heads and Hkv key/value
 /// heads of dh values each, packed per token as q | k | v ((H + 2·Hkv)·dh columns).
@@ -252,11 +252,11 @@ fn forward_blocks(
         probs
             .par_chunks_mut(t * t)
             .enumerate()
-            .for_each(|(task, p)| one(task, p));
+            .for_each(|(task, p)| simd(|| one(task, p)));
     } else {
         (0..tasks)
             .into_par_iter()
-            .for_each_init(|| vec![0.0f32; scratch], |p, task| one(task, p));
+            .for_each_init(|| vec![0.0f32; scratch], |p, task| simd(|| one(task, p)));
     }
     (ctx, keep.then_some(probs))
 }
@@ -286,62 +286,64 @@ pub(crate) fn backward(
     (0..s.b * s.kv_heads).into_par_iter().for_each_init(
         || vec![0.0f32; t * t],
         |ds, kv_task| {
-            let o = out;
-            let (seq, kv) = (kv_task / s.kv_heads, kv_task % s.kv_heads);
-            for head in kv * group..(kv + 1) * group {
-                let task = seq * s.n_head + head;
-                let p = &probs[task * t * t..][..t * t];
-                let (k_at, v_at) = s.kv_offsets(task);
-                // SAFETY (all blocks): as in `forward`; this task's dq columns and its key/value
-                // head's dk and dv columns are its own (one task per key/value head, its query
-                // heads in turn). Keys and values 0..n get every block's share added (dqkv
-                // starts at zero).
-                let q = unsafe { qkv.as_ptr().add(s.q_offset(task)) };
-                let dq = unsafe { o.0.add(s.q_offset(task)) };
-                let (k, dk) = unsafe { (qkv.as_ptr().add(k_at), o.0.add(k_at)) };
-                let (v, dv) = unsafe { (qkv.as_ptr().add(v_at), o.0.add(v_at)) };
-                for (r0, m, n) in query_blocks(t, causal, t) {
-                    let (p, ds) = (&p[r0 * t..(r0 + m) * t], &mut ds[r0 * t..(r0 + m) * t]);
-                    let go = unsafe { g.as_ptr().add(s.ctx_offset(task) + r0 * d) };
-                    unsafe {
-                        product((n, dh, m), (dv, w, true), p.as_ptr(), (1, t), go, (d, 1)); // Pᵀ·dO
-                        product(
-                            (m, n, dh),
-                            (ds.as_mut_ptr(), t, false),
-                            go,
-                            (d, 1),
-                            v,
-                            (1, w),
-                        ); // dO·Vᵀ
-                    }
-                    for (dp, p) in ds.chunks_mut(t).zip(p.chunks(t)) {
-                        let (dp, p) = (&mut dp[..n], &p[..n]);
-                        let rowsum = dot(p, dp);
-                        for (dp, p) in dp.iter_mut().zip(p) {
-                            *dp = scale * p * (*dp - rowsum);
+            simd(|| {
+                let o = out;
+                let (seq, kv) = (kv_task / s.kv_heads, kv_task % s.kv_heads);
+                for head in kv * group..(kv + 1) * group {
+                    let task = seq * s.n_head + head;
+                    let p = &probs[task * t * t..][..t * t];
+                    let (k_at, v_at) = s.kv_offsets(task);
+                    // SAFETY (all blocks): as in `forward`; this task's dq columns and its key/value
+                    // head's dk and dv columns are its own (one task per key/value head, its query
+                    // heads in turn). Keys and values 0..n get every block's share added (dqkv
+                    // starts at zero).
+                    let q = unsafe { qkv.as_ptr().add(s.q_offset(task)) };
+                    let dq = unsafe { o.0.add(s.q_offset(task)) };
+                    let (k, dk) = unsafe { (qkv.as_ptr().add(k_at), o.0.add(k_at)) };
+                    let (v, dv) = unsafe { (qkv.as_ptr().add(v_at), o.0.add(v_at)) };
+                    for (r0, m, n) in query_blocks(t, causal, t) {
+                        let (p, ds) = (&p[r0 * t..(r0 + m) * t], &mut ds[r0 * t..(r0 + m) * t]);
+                        let go = unsafe { g.as_ptr().add(s.ctx_offset(task) + r0 * d) };
+                        unsafe {
+                            product((n, dh, m), (dv, w, true), p.as_ptr(), (1, t), go, (d, 1)); // Pᵀ·dO
+                            product(
+                                (m, n, dh),
+                                (ds.as_mut_ptr(), t, false),
+                                go,
+                                (d, 1),
+                                v,
+                                (1, w),
+                            ); // dO·Vᵀ
+                        }
+                        for (dp, p) in ds.chunks_mut(t).zip(p.chunks(t)) {
+                            let (dp, p) = (&mut dp[..n], &p[..n]);
+                            let rowsum = dot(p, dp);
+                            for (dp, p) in dp.iter_mut().zip(p) {
+                                *dp = scale * p * (*dp - rowsum);
+                            }
+                        }
+                        unsafe {
+                            let (queries, dqueries) = (q.add(r0 * w), dq.add(r0 * w));
+                            product(
+                                (m, dh, n),
+                                (dqueries, w, false),
+                                ds.as_ptr(),
+                                (t, 1),
+                                k,
+                                (w, 1),
+                            ); // dS·K
+                            product(
+                                (n, dh, m),
+                                (dk, w, true),
+                                ds.as_ptr(),
+                                (1, t),
+                                queries,
+                                (w, 1),
+                            ); // dSᵀ·Q
                         }
                     }
-                    unsafe {
-                        let (queries, dqueries) = (q.add(r0 * w), dq.add(r0 * w));
-                        product(
-                            (m, dh, n),
-                            (dqueries, w, false),
-                            ds.as_ptr(),
-                            (t, 1),
-                            k,
-                            (w, 1),
-                        ); // dS·K
-                        product(
-                            (n, dh, m),
-                            (dk, w, true),
-                            ds.as_ptr(),
-                            (1, t),
-                            queries,
-                            (w, 1),
-                        ); // dSᵀ·Q
-                    }
                 }
-            }
+            })
         },
     );
     dqkv

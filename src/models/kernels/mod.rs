@@ -200,6 +200,12 @@ pub trait FusedOps: Backend {
         Self::float_mul(g, slope)
     }
 
+    /// The matrix product a·b of a [m, k] and b [k, n] (either may be a transposed view): a
+    /// dense layer's product and its gradients' products.
+    fn fused_matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::float_matmul(a, b)
+    }
+
     /// A gated linear unit on h [.., 2n] packed as one product gives it: act(h[.., :n]) ·
     /// h[.., n:] (DNABERT-2's GEGLU with the exact GELU, SwiGLU with SiLU), without splitting h.
     fn fused_glu(h: FloatTensor<Self>, gate: Gate) -> FloatTensor<Self> {
@@ -433,6 +439,51 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         unary_node::<B, C, _>(x, B::gelu_and_slope, B::fused_gelu, |slope, g| {
             B::fused_gelu_backward(slope, g)
         })
+    }
+
+    fn fused_matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct MatMul;
+
+        impl<B: FusedOps> Backward<B, 2> for MatMul {
+            // a when b needs its gradient, b when a does.
+            type State = (Option<FloatTensor<B>>, Option<FloatTensor<B>>);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 2>,
+                grads: &mut Gradients,
+                _: &mut Checkpointer,
+            ) {
+                let (a, b) = ops.state;
+                let g = grads.consume::<B>(&ops.node);
+                let [pa, pb] = ops.parents.map(|p| p.map(|node| node.id));
+                // A frozen operand (LoRA's base weights) gets no product at all.
+                if let (Some(id), Some(b)) = (pa, b) {
+                    let da = B::fused_matmul(g.clone(), B::float_swap_dims(b, 0, 1));
+                    grads.register::<B>(id, da);
+                }
+                if let (Some(id), Some(a)) = (pb, a) {
+                    grads.register::<B>(id, B::fused_matmul(B::float_swap_dims(a, 0, 1), g));
+                }
+            }
+        }
+
+        let (a_tracked, b_tracked) = (a.is_tracked(), b.is_tracked());
+        match MatMul
+            .prepare::<C>([a.node.clone(), b.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let state = (
+                    b_tracked.then(|| a.primitive.clone()),
+                    a_tracked.then(|| b.primitive.clone()),
+                );
+                prep.finish(state, B::fused_matmul(a.primitive, b.primitive))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_matmul(a.primitive, b.primitive)),
+        }
     }
 
     fn fused_glu(h: FloatTensor<Self>, gate: Gate) -> FloatTensor<Self> {
@@ -1045,6 +1096,14 @@ pub fn gelu_new<B: FusedOps, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     float(B::fused_gelu_new(x.into_primitive().tensor()))
 }
 
+/// a·b for a [m, k] and b [k, n], one autodiff node ([`FusedOps::fused_matmul`]).
+pub fn matmul2<B: FusedOps>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
+    float(B::fused_matmul(
+        a.into_primitive().tensor(),
+        b.into_primitive().tensor(),
+    ))
+}
+
 /// A gated linear unit act(h[.., :n])·h[.., n:] on h [.., 2n], one autodiff node.
 pub fn glu<B: FusedOps, const D: usize>(h: Tensor<B, D>, gate: Gate) -> Tensor<B, D> {
     float(B::fused_glu(h.into_primitive().tensor(), gate))
@@ -1342,6 +1401,62 @@ mod tests {
             weights,
             &[(&gate, "gate gradient"), (&up, "up gradient")],
         );
+    }
+
+    /// The product node against burn's matmul, forward and both gradients, on contiguous and
+    /// transposed operands, sizes below and above the parallel threshold; a frozen operand
+    /// gets no gradient and the other one still does.
+    #[test]
+    fn matmul_matches_burns_with_views_and_frozen_operands() {
+        let two = |shape: [usize; 2], seed: u64| {
+            input([1, shape[0], shape[1]], seed)
+                .reshape(shape)
+                .detach()
+                .require_grad()
+        };
+        for (m, k, n) in [(7, 5, 3), (300, 200, 250)] {
+            let weights = two([m, n], 63).detach();
+            // Fresh leaves for each comparison: each backward consumes its graph.
+            let (a, b) = (two([m, k], 61), two([k, n], 62));
+            same_values_and_gradients(
+                matmul2(a.clone(), b.clone()),
+                a.clone().matmul(b.clone()),
+                weights.clone(),
+                &[(&a, "a gradient"), (&b, "b gradient")],
+            );
+            // a·bᵀ and aᵀ·b through transposed views.
+            let (a, bt) = (two([m, k], 64), two([n, k], 65));
+            same_values_and_gradients(
+                matmul2(a.clone(), bt.clone().transpose()),
+                a.clone().matmul(bt.clone().transpose()),
+                weights.clone(),
+                &[(&a, "a gradient (b transposed)"), (&bt, "bᵀ gradient")],
+            );
+            let (at, b) = (two([k, m], 66), two([k, n], 67));
+            same_values_and_gradients(
+                matmul2(at.clone().transpose(), b.clone()),
+                at.clone().transpose().matmul(b.clone()),
+                weights.clone(),
+                &[(&at, "aᵀ gradient"), (&b, "b gradient (a transposed)")],
+            );
+            let a = two([m, k], 68);
+            let frozen = Tensor::<AB, 2>::random([k, n], Distribution::Default, &a.device());
+            let ours = (matmul2(a.clone(), frozen.clone()) * weights.clone())
+                .sum()
+                .backward();
+            let theirs = (a.clone().matmul(frozen.clone()) * weights)
+                .sum()
+                .backward();
+            assert!(
+                frozen.grad(&ours).is_none(),
+                "a frozen operand gets no gradient"
+            );
+            close(
+                a.grad(&ours).unwrap().into_data(),
+                a.grad(&theirs).unwrap().into_data(),
+                "a gradient beside a frozen operand",
+            );
+        }
     }
 
     /// The rotary node (its gradient is the rotation by −sin) against burn's own ops on the

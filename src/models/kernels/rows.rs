@@ -1,5 +1,28 @@
-//! Row math the CPU kernels share: a vectorizable `exp`, sums in lanes, and the softmax of
-//! one row of attention scores.
+//! Row math the CPU kernels share: a vectorizable `exp`, sums in lanes, the softmax of one
+//! row of attention scores, and [`simd`], which runs a kernel's loop with the machine's vector
+//! instructions.
+
+/// Run `f` compiled for the widest vector instructions this CPU has (AVX-512 with the
+/// `avx512` feature, else AVX2 + FMA; the baseline SSE2 where neither is present), chosen at
+/// run time. The release binary targets baseline x86-64, so without it every kernel's loop is
+/// 4 lanes wide and a u32 product (dropout's hash) has no vector instruction at all. `f` is a
+/// closure called once, so it is inlined into each version. Results are the same bits on
+/// every version: Rust never fuses a product and a sum on its own, and the sums run in
+/// [`LANES`] fixed partial sums whatever the vector width.
+#[cfg_attr(
+    feature = "avx512",
+    multiversion::multiversion(targets(
+        "x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2+fma",
+        "x86_64+avx2+fma"
+    ))
+)]
+#[cfg_attr(
+    not(feature = "avx512"),
+    multiversion::multiversion(targets("x86_64+avx2+fma"))
+)]
+pub(crate) fn simd<R, F: FnOnce() -> R>(f: F) -> R {
+    f()
+}
 
 /// softmax(scale·row) in place over the first `seen` entries (scale > 0); the rest become 0.
 #[inline(always)]

@@ -11,14 +11,21 @@ use super::kernels::{self, AttentionSpec, Dense, FusedOps, LowRank, merge_heads}
 pub mod heads;
 pub mod kv_cache;
 
-/// `a @ b` in the compute precision (f32 result).
-pub(crate) fn matmul<B: Backend, const D: usize>(
+/// `a @ b` in the compute precision (f32 result); a 2-D product in f32 is the fused node
+/// ([`kernels::matmul2`]).
+pub(crate) fn matmul<B: FusedOps, const D: usize>(
     a: Tensor<B, D>,
     b: Tensor<B, D>,
     precision: Precision,
 ) -> Tensor<B, D> {
     use burn::tensor::FloatDType;
     let dtype = match precision {
+        Precision::F32 if D == 2 => {
+            // Rank 2 already: the same primitives, no reshape (which would copy a transposed
+            // view).
+            let two = |x: Tensor<B, D>| Tensor::<B, 2>::from_primitive(x.into_primitive());
+            return Tensor::from_primitive(kernels::matmul2(two(a), two(b)).into_primitive());
+        }
         Precision::F32 => return a.matmul(b),
         Precision::Bf16 => FloatDType::BF16,
         Precision::F16 => FloatDType::F16,
@@ -146,7 +153,7 @@ pub(crate) fn packed_low_rank<B: FusedOps>(
 }
 
 /// x·weight + bias on [B, T, d_in] with weight [d_in, d_out], as one 2-D product.
-pub(crate) fn affine<B: Backend>(
+pub(crate) fn affine<B: FusedOps>(
     x: Tensor<B, 3>,
     weight: Tensor<B, 2>,
     bias: Option<Tensor<B, 1>>,
