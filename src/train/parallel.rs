@@ -674,6 +674,28 @@ mod tests {
         }
     }
 
+    /// With dropout on, ranks running as threads of one process drop the same elements run
+    /// to run (each rank thread draws its masks from its own stream, seeded by seed, step and
+    /// rank), so their losses repeat exactly; and the masks do change the losses.
+    #[test]
+    fn thread_ranks_with_dropout_repeat_exactly() {
+        let mut dropping = spec("gpt2");
+        if let ArchConfig::Gpt2(c) = &mut dropping.config {
+            (c.resid_pdrop, c.embd_pdrop, c.attn_pdrop) = (0.1, 0.1, 0.1);
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = config(2, Zero::Gradients, 4);
+        let a = run(&dropping, &cfg, &tmp.path().join("a"), None).unwrap();
+        let b = run(&dropping, &cfg, &tmp.path().join("b"), None).unwrap();
+        assert_eq!(
+            losses(&a),
+            losses(&b),
+            "two runs of the same two thread ranks"
+        );
+        let off = run(&spec("gpt2"), &cfg, &tmp.path().join("off"), None).unwrap();
+        assert_ne!(losses(&a), losses(&off), "dropout changes the losses");
+    }
+
     /// Each rank keeps the moments (ZeRO-1) and gradients (ZeRO-2) of about 1/N of the
     /// tensors; the replica is whole everywhere.
     #[test]
