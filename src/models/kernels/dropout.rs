@@ -183,6 +183,27 @@ mod tests {
         assert_eq!(dropout(&none, x.clone()).into_data(), x.into_data());
     }
 
+    /// The composed form (what the GPU backends run) draws the same mask for the same seed,
+    /// so its backward, called with the forward's seed, drops what the forward dropped.
+    #[test]
+    fn the_composed_form_redraws_its_mask_from_the_seed() {
+        let device = Default::default();
+        let x = Tensor::<Flex, 2>::ones([128, 500], &device);
+        let draw = |seed| {
+            let y = composed_dropout::<Flex>(x.clone().into_primitive().tensor(), 0.3, seed);
+            Tensor::<Flex, 2>::from_primitive(burn::tensor::TensorPrimitive::Float(y))
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap()
+        };
+        let (a, again, other) = (draw(5), draw(5), draw(6));
+        assert_eq!(a, again);
+        assert_ne!(a, other);
+        let dropped = a.iter().filter(|v| **v == 0.0).count() as f64 / a.len() as f64;
+        assert!((dropped - 0.3).abs() < 0.01, "dropped {dropped}");
+        assert!(a.iter().all(|v| *v == 0.0 || (*v - 1.0 / 0.7).abs() < 1e-5));
+    }
+
     /// The draws are uniform over u32: each of 16 buckets of the top bits holds its share.
     #[test]
     fn draws_are_uniform() {
