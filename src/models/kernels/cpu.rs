@@ -307,7 +307,7 @@ impl FusedOps for Flex {
             .for_each(|(ys, ups)| {
                 simd(|| {
                     for (y, &u) in ys.iter_mut().zip(ups) {
-                        *y = *y * sigmoid(*y) * u;
+                        *y = activation(Gate::Silu, *y) * u;
                     }
                 })
             });
@@ -396,7 +396,7 @@ impl FusedOps for Flex {
             .for_each(|(y, xs)| {
                 simd(|| {
                     for (y, &x) in y.iter_mut().zip(xs) {
-                        *y = x * normal_cdf_and_pdf(x).0;
+                        *y = activation(Gate::Gelu, x);
                     }
                 })
             });
@@ -407,10 +407,7 @@ impl FusedOps for Flex {
         if x.dtype() != DType::F32 {
             return composed_gelu::<Flex>(x);
         }
-        map_pair(x, |x| {
-            let (cdf, pdf) = normal_cdf_and_pdf(x);
-            (x * cdf, cdf + x * pdf)
-        })
+        map_pair(x, |x| activation_and_slope(Gate::Gelu, x))
     }
 
     fn fused_matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -424,43 +421,29 @@ impl FusedOps for Flex {
         }
         let (m, k, n) = (sa[0], sa[1], sb[1]);
         assert_eq!(sb[0], k, "matmul: [{m}, {k}] · [{}, {n}]", sb[0]);
+        let (Some(a_strides), Some(b_strides)) = (strides_2d(&a), strides_2d(&b)) else {
+            return Flex::float_matmul(a, b); // a view with a negative stride (a flip)
+        };
         if m == 0 || n == 0 || k == 0 {
             return tensor(vec![0.0; m * n], Shape::new([m, n]));
         }
         // flex's own product zeroes its output and then copies it whole to realign it (its
         // byte buffer records alignment 1); gemm writes every element of this one once.
         let mut out: Vec<f32> = Vec::with_capacity(m * n);
-        let (ar, ac) = strides_2d(&a);
-        let (br, bc) = strides_2d(&b);
-        let (pa, pb) = (first_f32(&a), first_f32(&b));
         let parallelism = if m * n * k >= 192 * 192 * 192 {
             gemm::Parallelism::Rayon(0)
         } else {
             gemm::Parallelism::None
         };
-        // SAFETY: `pa`/`pb` with these strides address exactly a's [m, k] and b's [k, n]
+        // SAFETY: the pointers with these strides address exactly a's [m, k] and b's [k, n]
         // elements inside their buffers (flex's layout), `out` has room for m·n, and gemm
-        // without `read_dst` writes every one of them (k > 0) before `set_len`.
+        // without `add` writes every one of them (k > 0) before `set_len`.
         unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                out.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                pa,
-                ac,
-                ar,
-                pb,
-                bc,
-                br,
-                0.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
+            cpu_attention::gemm_product(
+                (m, n, k),
+                (out.as_mut_ptr(), n, false),
+                (first_f32(&a), a_strides),
+                (first_f32(&b), b_strides),
                 parallelism,
             );
             out.set_len(m * n);
@@ -486,17 +469,8 @@ impl FusedOps for Flex {
                 simd(|| {
                     for (y, h) in ys.chunks_mut(n).zip(hs.chunks(2 * n)) {
                         let (a, b) = h.split_at(n);
-                        match gate {
-                            Gate::Gelu => {
-                                for j in 0..n {
-                                    y[j] = a[j] * normal_cdf_and_pdf(a[j]).0 * b[j];
-                                }
-                            }
-                            Gate::Silu => {
-                                for j in 0..n {
-                                    y[j] = a[j] * sigmoid(a[j]) * b[j];
-                                }
-                            }
+                        for j in 0..n {
+                            y[j] = activation(gate, a[j]) * b[j];
                         }
                     }
                 })
@@ -529,21 +503,10 @@ impl FusedOps for Flex {
                     {
                         let (a, b) = h.split_at(n);
                         let (da, db) = dh.split_at_mut(n);
-                        match gate {
-                            Gate::Gelu => {
-                                for j in 0..n {
-                                    let (cdf, pdf) = normal_cdf_and_pdf(a[j]);
-                                    da[j] = g[j] * b[j] * (cdf + a[j] * pdf);
-                                    db[j] = g[j] * a[j] * cdf;
-                                }
-                            }
-                            Gate::Silu => {
-                                for j in 0..n {
-                                    let s = sigmoid(a[j]);
-                                    da[j] = g[j] * b[j] * s * (1.0 + a[j] * (1.0 - s));
-                                    db[j] = g[j] * a[j] * s;
-                                }
-                            }
+                        for j in 0..n {
+                            let (act, slope) = activation_and_slope(gate, a[j]);
+                            da[j] = g[j] * b[j] * slope;
+                            db[j] = g[j] * act;
                         }
                     }
                 })
@@ -583,6 +546,30 @@ fn map_pair(x: FlexTensor, f: impl Fn(f32) -> (f32, f32) + Sync) -> (FlexTensor,
             })
         });
     (tensor(a, shape.clone()), tensor(b, shape))
+}
+
+/// The exact GELU x·Φ(x) or SiLU x·σ(x): BERT's and DNABERT-2's activation, LLaMA's gate.
+#[inline(always)]
+fn activation(gate: Gate, x: f32) -> f32 {
+    match gate {
+        Gate::Gelu => x * normal_cdf_and_pdf(x).0,
+        Gate::Silu => x * sigmoid(x),
+    }
+}
+
+/// [`activation`] and its slope: Φ(x) + x·φ(x) for GELU, σ(x)·(1 + x·(1 − σ(x))) for SiLU.
+#[inline(always)]
+fn activation_and_slope(gate: Gate, x: f32) -> (f32, f32) {
+    match gate {
+        Gate::Gelu => {
+            let (cdf, pdf) = normal_cdf_and_pdf(x);
+            (x * cdf, cdf + x * pdf)
+        }
+        Gate::Silu => {
+            let s = sigmoid(x);
+            (x * s, s * (1.0 + x * (1.0 - s)))
+        }
+    }
 }
 
 /// Φ(x) and φ(x) of the standard normal, in f32 without branches so the loop vectorizes
@@ -720,10 +707,10 @@ fn owned(x: FlexTensor) -> FlexTensor {
     contiguous
 }
 
-/// (row, column) strides of a 2-D tensor, in elements.
-fn strides_2d(t: &FlexTensor) -> (isize, isize) {
+/// (row, column) strides of a 2-D tensor, in elements; `None` when one is negative.
+fn strides_2d(t: &FlexTensor) -> Option<(usize, usize)> {
     let s = t.layout().strides();
-    (s[0], s[1])
+    Some((usize::try_from(s[0]).ok()?, usize::try_from(s[1]).ok()?))
 }
 
 /// A pointer to a tensor's first element (its view may start inside its buffer).

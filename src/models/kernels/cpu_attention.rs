@@ -127,14 +127,35 @@ unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
 /// dst[m×n] = lhs[m×k]·rhs[k×n] (`dst +=` when `add`), each given by its pointer and (row,
-/// column) strides, on the calling thread (the tasks are the parallelism).
+/// column) strides, on the calling thread (the attention tasks are the parallelism).
 unsafe fn product(
+    mnk: (usize, usize, usize),
+    dst: (*mut f32, usize, bool),
+    lhs: *const f32,
+    lhs_strides: (usize, usize),
+    rhs: *const f32,
+    rhs_strides: (usize, usize),
+) {
+    // SAFETY: as the caller's.
+    unsafe {
+        gemm_product(
+            mnk,
+            dst,
+            (lhs, lhs_strides),
+            (rhs, rhs_strides),
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// [`product`] with gemm's own `parallelism`: the one call into gemm the CPU kernels make
+/// (attention's per-head products, dense layers' `FusedOps::fused_matmul`).
+pub(super) unsafe fn gemm_product(
     (m, n, k): (usize, usize, usize),
     (dst, dst_rs, add): (*mut f32, usize, bool),
-    lhs: *const f32,
-    (lhs_rs, lhs_cs): (usize, usize),
-    rhs: *const f32,
-    (rhs_rs, rhs_cs): (usize, usize),
+    (lhs, (lhs_rs, lhs_cs)): (*const f32, (usize, usize)),
+    (rhs, (rhs_rs, rhs_cs)): (*const f32, (usize, usize)),
+    parallelism: gemm::Parallelism,
 ) {
     // SAFETY: the caller's pointers and strides stay inside their buffers.
     unsafe {
@@ -157,7 +178,7 @@ unsafe fn product(
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            parallelism,
         );
     }
 }
