@@ -239,6 +239,9 @@ pub(super) fn run_metrics<B: AutodiffBackend + FusedOps>(
     if let Some(steady) = trained.steady_tokens_per_s {
         m.insert("steady_tokens_per_s".into(), steady.into());
     }
+    if let Some(share) = trained.steady_exchange_share {
+        m.insert("steady_exchange_share".into(), share.into());
+    }
     if let Some(step) = state.stopped_early {
         m.insert("stopped_early".into(), step.into());
     }

@@ -198,6 +198,9 @@ pub struct Trained<M> {
     /// first step pays for allocating and first touching every buffer, which a long run does
     /// not notice and a short benchmark would.
     pub steady_tokens_per_s: Option<f64>,
+    /// Share of the steady time (as `steady_tokens_per_s`) rank 0 spent exchanging gradients
+    /// and parameters with the other ranks (None on one rank): what data parallelism costs.
+    pub steady_exchange_share: Option<f64>,
     /// What each rank held at the end (parameters, gradients, moments), by rank.
     pub rank_state: Vec<RankState>,
 }
@@ -422,6 +425,8 @@ where
     let mut after_first: Option<(Instant, u64)> = None;
     // Reduced gradient elements this rank kept at its last step.
     let mut kept_gradients = 0usize;
+    // Time spent in exchanges with the other ranks since the first step ended.
+    let mut exchanging = std::time::Duration::ZERO;
 
     let objective = data.objective.clone();
     while state.step < cfg.steps && state.stopped_early.is_none() {
@@ -496,7 +501,11 @@ where
                 (Reduced::Local(grads), norm)
             }
             Some(layout) => {
+                let began = Instant::now();
                 let r = reduce(&model, grads, layout, zero, loss, comm)?;
+                if after_first.is_some() {
+                    exchanging += began.elapsed();
+                }
                 loss = r.loss;
                 let norm = r.norm;
                 kept_gradients = r.values.len();
@@ -547,11 +556,16 @@ where
                 let model = optim.step(lr, model, grads);
                 if sharded {
                     // Each rank updated its own tensors; everyone takes everyone's.
+                    let began = Instant::now();
                     let mut params = vec![0.0f32; layout.total];
                     layout.flatten_params(&model, rank, &mut params);
                     comm.all_gather(&mut params, &layout.parts)
                         .map_err(TrainError::Ranks)?;
-                    layout.set_others(model, rank, &params)
+                    let model = layout.set_others(model, rank, &params);
+                    if after_first.is_some() {
+                        exchanging += began.elapsed();
+                    }
+                    model
                 } else {
                     model
                 }
@@ -664,9 +678,13 @@ where
             )?;
         }
     }
-    let steady_tokens_per_s = after_first
+    let steady = after_first
         .filter(|_| state.step > resumed_from + 1)
-        .map(|(at, tokens)| (state.tokens - tokens) as f64 / at.elapsed().as_secs_f64().max(1e-9));
+        .map(|(at, tokens)| (state.tokens - tokens, at.elapsed().as_secs_f64().max(1e-9)));
+    let steady_tokens_per_s = steady.map(|(tokens, seconds)| tokens as f64 / seconds);
+    let steady_exchange_share = steady
+        .filter(|_| layout.is_some())
+        .map(|(_, seconds)| exchanging.as_secs_f64() / seconds);
     // What each rank holds, measured from its own buffers and summed into one table.
     let gradients = match zero {
         Zero::Gradients => kept_gradients,
@@ -693,6 +711,7 @@ where
         best_weights,
         resumed_from,
         steady_tokens_per_s,
+        steady_exchange_share,
         rank_state,
     })
 }

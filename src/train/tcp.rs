@@ -1,15 +1,19 @@
-//! [`Collective`] over TCP, for ranks in separate processes (one Slurm task per rank): every
-//! rank connects to rank 0, which sums in rank order and sends the results back (a star; the
-//! same sums, bit for bit, as the in-process group). Every read and write has a timeout, so a
-//! rank that died or hangs fails the others' call with its rank and address instead of leaving
-//! them waiting. Ranks find rank 0 from Slurm's environment or torchrun's ([`Rendezvous`]).
+//! [`Collective`] over TCP, for ranks in separate processes (one Slurm task per rank). The
+//! ranks meet at rank 0, which hands every rank the others' addresses; then each pair of ranks
+//! holds its own connection (a full mesh, as gloo's). A reduce-scatter sends each part straight
+//! to its owner, which sums the ranks' contributions in rank order (the same sums, bit for bit,
+//! as the in-process group); an all-gather sends each rank's part straight to the others. A
+//! rank sends and receives at once, so every byte crosses the wire once and both directions of
+//! each connection carry data together. Every read and write has a timeout, so a rank that died
+//! or hangs fails the others' call with its rank and address instead of leaving them waiting.
+//! Ranks find rank 0 from Slurm's environment or torchrun's ([`Rendezvous`]).
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use super::collective::{Collective, CollectiveError};
+use super::collective::{Collective, CollectiveError, even_parts};
 
 /// The port rank 0 listens on when the environment names none (torchrun's default).
 pub const DEFAULT_PORT: u16 = 29500;
@@ -95,14 +99,15 @@ pub fn first_host(list: &str) -> String {
     }
 }
 
-/// A rank's endpoint: rank 0 holds a stream to every other rank, the others one to rank 0.
+/// A rank's endpoint: a stream to every other rank.
 pub struct TcpRank {
     rank: usize,
     ranks: usize,
-    /// Rank 0: streams of ranks 1.. (index r - 1). Others: the stream to rank 0.
-    peers: Vec<TcpStream>,
-    /// Rank 0's address (what a failing call names).
-    root: String,
+    /// The stream to each rank (None at this rank's own index).
+    peers: Vec<Option<TcpStream>>,
+    /// `host:port` each rank listens on (rank 0's is the rendezvous address): what a failing
+    /// call names.
+    addrs: Vec<String>,
     timeout: Duration,
 }
 
@@ -120,67 +125,51 @@ impl TcpRank {
         }
     }
 
-    /// Rank 0 on `listener`: wait (at most `timeout`) for ranks 1..`ranks` to connect.
+    /// Rank 0 on `listener`: wait (at most `timeout`) for ranks 1..`ranks` to connect, then
+    /// send each of them the address table (every rank's listening `host:port`).
     pub fn listen(
         listener: TcpListener,
         ranks: usize,
         root: &str,
         timeout: Duration,
     ) -> Result<TcpRank, CollectiveError> {
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| fail(0, e.to_string()))?;
-        let start = Instant::now();
-        let mut slots: Vec<Option<TcpStream>> = (1..ranks).map(|_| None).collect();
-        while slots.iter().any(Option::is_none) {
-            match listener.accept() {
-                Ok((mut stream, _)) => {
-                    stream
-                        .set_nonblocking(false)
-                        .map_err(|e| fail(0, e.to_string()))?;
-                    set_timeouts(&stream, timeout).map_err(|e| fail(0, e.to_string()))?;
-                    let mut who = [0u8; 8];
-                    stream
-                        .read_exact(&mut who)
-                        .map_err(|e| fail(0, format!("a joining rank sent no rank: {e}")))?;
-                    let r = u64::from_le_bytes(who) as usize;
-                    if r == 0 || r >= ranks || slots[r - 1].is_some() {
-                        return Err(fail(0, format!("a peer said it is rank {r} of {ranks}")));
-                    }
-                    slots[r - 1] = Some(stream);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if start.elapsed() > timeout {
-                        let missing: Vec<String> = slots
-                            .iter()
-                            .enumerate()
-                            .filter(|(_, s)| s.is_none())
-                            .map(|(i, _)| (i + 1).to_string())
-                            .collect();
-                        return Err(fail(
-                            0,
-                            format!(
-                                "rank(s) {} did not connect to {root} within {} s",
-                                missing.join(", "),
-                                timeout.as_secs()
-                            ),
-                        ));
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => return Err(fail(0, format!("accepting on {root}: {e}"))),
-            }
+        let joined = accept_ranks(&listener, 0, 1..ranks, root, timeout)?;
+        let mut peers: Vec<Option<TcpStream>> = (0..ranks).map(|_| None).collect();
+        let mut addrs = vec![root.to_string(); ranks];
+        for (r, mut stream) in joined {
+            // The joining rank said the port it listens on; its host is the one it came from.
+            let mut port = [0u8; 8];
+            stream
+                .read_exact(&mut port)
+                .map_err(|e| fail(r, format!("rank {r} sent no port: {e}")))?;
+            let ip = stream
+                .peer_addr()
+                .map_err(|e| fail(r, format!("rank {r}: {e}")))?
+                .ip();
+            addrs[r] = SocketAddr::new(ip, u64::from_le_bytes(port) as u16).to_string();
+            peers[r] = Some(stream);
+        }
+        let table = addrs.join("\n");
+        for (r, stream) in peers.iter_mut().enumerate().skip(1) {
+            let stream = stream.as_mut().expect("every rank joined");
+            let io = |e: std::io::Error| fail(r, format!("rank {r} at {}: {e}", addrs[r]));
+            stream
+                .write_all(&(table.len() as u64).to_le_bytes())
+                .map_err(io)?;
+            stream.write_all(table.as_bytes()).map_err(io)?;
         }
         Ok(TcpRank {
             rank: 0,
             ranks,
-            peers: slots.into_iter().map(|s| s.expect("all joined")).collect(),
-            root: root.to_string(),
+            peers,
+            addrs,
             timeout,
         })
     }
 
-    /// Rank `rank` (≥ 1): connect to rank 0 at `root`, retrying until `timeout`.
+    /// Rank `rank` (≥ 1): listen on a port of its own, connect to rank 0 at `root` (retrying
+    /// until `timeout`), learn the others' addresses, connect to the ranks below it and
+    /// accept the ranks above it.
     pub fn join(
         root: &str,
         rank: usize,
@@ -188,37 +177,43 @@ impl TcpRank {
         timeout: Duration,
     ) -> Result<TcpRank, CollectiveError> {
         let start = Instant::now();
-        let mut stream = loop {
-            let tried = root
-                .to_socket_addrs()
-                .map_err(|e| e.to_string())
-                .and_then(|mut a| a.next().ok_or_else(|| "no address".to_string()))
-                .and_then(|a| {
-                    TcpStream::connect_timeout(&a, Duration::from_secs(1))
-                        .map_err(|e| e.to_string())
-                });
-            match tried {
-                Ok(s) => break s,
-                Err(e) if start.elapsed() > timeout => {
-                    return Err(fail(
-                        rank,
-                        format!(
-                            "could not reach rank 0 at {root} within {} s: {e}",
-                            timeout.as_secs()
-                        ),
-                    ));
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(50)),
-            }
-        };
+        let own = TcpListener::bind("0.0.0.0:0")
+            .map_err(|e| fail(rank, format!("cannot listen on a port of its own: {e}")))?;
+        let port = own
+            .local_addr()
+            .map_err(|e| fail(rank, e.to_string()))?
+            .port();
+        let mut stream = connect_to(root, rank, 0, timeout)?;
         let io = |e: std::io::Error| fail(rank, format!("rank 0 at {root}: {e}"));
-        set_timeouts(&stream, timeout).map_err(io)?;
-        stream.write_all(&(rank as u64).to_le_bytes()).map_err(io)?;
+        stream.write_all(&(port as u64).to_le_bytes()).map_err(io)?;
+        let mut len = [0u8; 8];
+        stream.read_exact(&mut len).map_err(io)?;
+        let mut table = vec![0u8; u64::from_le_bytes(len) as usize];
+        stream.read_exact(&mut table).map_err(io)?;
+        let addrs: Vec<String> = String::from_utf8_lossy(&table)
+            .split('\n')
+            .map(str::to_string)
+            .collect();
+        if addrs.len() != ranks {
+            return Err(fail(
+                rank,
+                format!("rank 0 at {root} listed {} ranks, not {ranks}", addrs.len()),
+            ));
+        }
+        let mut peers: Vec<Option<TcpStream>> = (0..ranks).map(|_| None).collect();
+        peers[0] = Some(stream);
+        for (r, addr) in addrs.iter().enumerate().take(rank).skip(1) {
+            let left = timeout.saturating_sub(start.elapsed());
+            peers[r] = Some(connect_to(addr, rank, r, left)?);
+        }
+        for (r, stream) in accept_ranks(&own, rank, rank + 1..ranks, &addrs[rank], timeout)? {
+            peers[r] = Some(stream);
+        }
         Ok(TcpRank {
             rank,
             ranks,
-            peers: vec![stream],
-            root: root.to_string(),
+            peers,
+            addrs,
             timeout,
         })
     }
@@ -232,74 +227,274 @@ impl TcpRank {
             std::io::ErrorKind::UnexpectedEof => "closed the connection".to_string(),
             _ => e.to_string(),
         };
-        let at = if peer == 0 {
-            format!(" at {}", self.root)
-        } else {
-            String::new()
+        fail(peer, format!("rank {peer} at {} {what}", self.addrs[peer]))
+    }
+
+    fn stream(&self, peer: usize) -> &TcpStream {
+        self.peers[peer]
+            .as_ref()
+            .expect("a stream to every other rank")
+    }
+
+    /// Send each `(rank, values)` of `sends` and fill each `(rank, out)` of `recvs`, at once:
+    /// a thread writes while this one reads, so two ranks sending each other more than a
+    /// socket buffer holds never both wait. Writes go to rank + 1, rank + 2, … and reads come
+    /// from rank − 1, rank − 2, … (mod ranks): whoever a rank waits on is at an earlier turn,
+    /// so no ranks wait on each other in a circle.
+    fn exchange<T: Wire>(
+        &self,
+        mut sends: Vec<(usize, &[T])>,
+        mut recvs: Vec<(usize, &mut [T])>,
+    ) -> Result<(), CollectiveError> {
+        let n = self.ranks;
+        sends.sort_by_key(|(to, _)| (to + n - self.rank) % n);
+        recvs.sort_by_key(|(from, _)| (self.rank + n - from) % n);
+        let write = |sends: Vec<(usize, &[T])>| -> Result<(), CollectiveError> {
+            for (to, values) in sends {
+                let mut s = self.stream(to);
+                s.write_all(&(values.len() as u64).to_le_bytes())
+                    .and_then(|_| s.write_all(bytemuck::cast_slice(values)))
+                    .map_err(|e| self.lost(to, e))?;
+            }
+            Ok(())
         };
-        fail(peer, format!("rank {peer}{at} {what}"))
+        let read = |recvs: Vec<(usize, &mut [T])>| -> Result<(), CollectiveError> {
+            for (from, out) in recvs {
+                let mut s = self.stream(from);
+                let mut len = [0u8; 8];
+                s.read_exact(&mut len).map_err(|e| self.lost(from, e))?;
+                let got = u64::from_le_bytes(len) as usize;
+                if got != out.len() {
+                    return Err(fail(
+                        from,
+                        format!("rank {from} sent {got} values where {} were due", out.len()),
+                    ));
+                }
+                s.read_exact(bytemuck::cast_slice_mut(out))
+                    .map_err(|e| self.lost(from, e))?;
+            }
+            Ok(())
+        };
+        if sends.is_empty() || recvs.is_empty() {
+            write(sends)?;
+            return read(recvs);
+        }
+        std::thread::scope(|scope| {
+            let writer = scope.spawn(|| write(sends));
+            let read = read(recvs);
+            if read.is_err() {
+                // The run fails here: close the streams so a writer stuck on a full buffer
+                // stops now instead of at its timeout.
+                self.shut();
+            }
+            let written = writer.join().unwrap_or_else(|_| {
+                Err(fail(self.rank, "the sending thread panicked".to_string()))
+            });
+            read.and(written)
+        })
     }
 
-    fn send<T: Wire>(&mut self, to: usize, values: &[T]) -> Result<(), CollectiveError> {
-        let i = if self.rank == 0 { to - 1 } else { 0 };
-        let mut bytes = Vec::with_capacity(8 + values.len() * T::SIZE);
-        bytes.extend_from_slice(&(values.len() as u64).to_le_bytes());
-        for v in values {
-            v.put(&mut bytes);
-        }
-        self.peers[i]
-            .write_all(&bytes)
-            .map_err(|e| self.lost(to, e))
+    /// Sum `buf` over the ranks (rank order), every rank getting the sum.
+    fn all_sum<T: Wire>(&mut self, buf: &mut [T]) -> Result<(), CollectiveError> {
+        let parts = even_parts(buf.len(), self.ranks);
+        let mut mine = vec![T::default(); parts[self.rank].len()];
+        self.reduce_parts(buf, &parts, &mut mine)?;
+        buf[parts[self.rank].clone()].copy_from_slice(&mine);
+        self.gather_parts(buf, &parts)
     }
 
-    fn recv<T: Wire>(&mut self, from: usize, out: &mut [T]) -> Result<(), CollectiveError> {
-        let i = if self.rank == 0 { from - 1 } else { 0 };
-        let mut len = [0u8; 8];
-        self.peers[i]
-            .read_exact(&mut len)
-            .map_err(|e| self.lost(from, e))?;
-        let n = u64::from_le_bytes(len) as usize;
-        if n != out.len() {
-            return Err(fail(
-                from,
-                format!("rank {from} sent {n} values where {} were due", out.len()),
-            ));
-        }
-        let mut bytes = vec![0u8; n * T::SIZE];
-        self.peers[i]
-            .read_exact(&mut bytes)
-            .map_err(|e| self.lost(from, e))?;
-        for (o, c) in out.iter_mut().zip(bytes.chunks_exact(T::SIZE)) {
-            *o = T::get(c);
+    /// Each part to its owner, which sums every rank's copy of it in rank order into `out`.
+    fn reduce_parts<T: Wire>(
+        &mut self,
+        buf: &[T],
+        parts: &[Range<usize>],
+        out: &mut [T],
+    ) -> Result<(), CollectiveError> {
+        let me = self.rank;
+        let mut theirs: Vec<Vec<T>> = (0..self.ranks)
+            .map(|r| {
+                if r == me {
+                    Vec::new()
+                } else {
+                    vec![T::default(); parts[me].len()]
+                }
+            })
+            .collect();
+        let sends = (0..self.ranks)
+            .filter(|&r| r != me)
+            .map(|r| (r, &buf[parts[r].clone()]))
+            .collect();
+        let recvs = theirs
+            .iter_mut()
+            .enumerate()
+            .filter(|(r, _)| *r != me)
+            .map(|(r, v)| (r, v.as_mut_slice()))
+            .collect();
+        self.exchange(sends, recvs)?;
+        out.fill(T::default());
+        for (r, values) in theirs.iter().enumerate() {
+            let values = if r == me {
+                &buf[parts[me].clone()]
+            } else {
+                values
+            };
+            T::add(out, values);
         }
         Ok(())
     }
 
-    /// Sum every rank's `values` on rank 0, in rank order (as the in-process group does).
-    fn sum_on_root<T: Wire>(&mut self, values: &[T]) -> Result<Vec<T>, CollectiveError> {
-        let mut sum = vec![T::default(); values.len()];
-        T::add(&mut sum, values);
-        let mut theirs = vec![T::default(); values.len()];
-        for r in 1..self.ranks {
-            self.recv(r, &mut theirs)?;
-            T::add(&mut sum, &theirs);
-        }
-        Ok(sum)
+    /// This rank's part of `buf` to every other rank; theirs into `buf`.
+    fn gather_parts<T: Wire>(
+        &mut self,
+        buf: &mut [T],
+        parts: &[Range<usize>],
+    ) -> Result<(), CollectiveError> {
+        let (mine, others) = split_parts(buf, parts, self.rank)?;
+        let sends = (0..self.ranks)
+            .filter(|&r| r != self.rank)
+            .map(|r| (r, &*mine))
+            .collect();
+        self.exchange(sends, others)
     }
 
-    fn all_sum<T: Wire>(&mut self, values: &mut [T]) -> Result<(), CollectiveError> {
-        if self.rank == 0 {
-            let sum = self.sum_on_root(values)?;
-            for r in 1..self.ranks {
-                self.send(r, &sum)?;
-            }
-            values.copy_from_slice(&sum);
-            Ok(())
-        } else {
-            self.send(0, values)?;
-            self.recv(0, values)
+    /// Close every stream: the peers' next read fails at once.
+    fn shut(&self) {
+        for p in self.peers.iter().flatten() {
+            let _ = p.shutdown(std::net::Shutdown::Both);
         }
     }
+}
+
+/// `buf` cut into this rank's part (read) and every other rank's (written), by rank.
+#[allow(clippy::type_complexity)]
+fn split_parts<'a, T>(
+    buf: &'a mut [T],
+    parts: &[Range<usize>],
+    me: usize,
+) -> Result<(&'a [T], Vec<(usize, &'a mut [T])>), CollectiveError> {
+    let mut order: Vec<usize> = (0..parts.len()).collect();
+    order.sort_by_key(|&r| parts[r].start);
+    let mut rest = buf;
+    let mut at = 0;
+    let mut mine: &[T] = &[];
+    let mut others = Vec::with_capacity(parts.len());
+    for r in order {
+        let part = &parts[r];
+        if part.start < at || part.end > at + rest.len() {
+            return Err(fail(
+                me,
+                format!("rank parts overlap or run past the buffer: {parts:?}"),
+            ));
+        }
+        let tail = std::mem::take(&mut rest);
+        let (_, tail) = tail.split_at_mut(part.start - at);
+        let (this, tail) = tail.split_at_mut(part.len());
+        rest = tail;
+        at = part.end;
+        if r == me {
+            mine = this;
+        } else {
+            others.push((r, this));
+        }
+    }
+    Ok((mine, others))
+}
+
+/// Accept one connection from each rank of `expect`, each of which first sends its rank.
+fn accept_ranks(
+    listener: &TcpListener,
+    rank: usize,
+    expect: Range<usize>,
+    here: &str,
+    timeout: Duration,
+) -> Result<Vec<(usize, TcpStream)>, CollectiveError> {
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| fail(rank, e.to_string()))?;
+    let start = Instant::now();
+    let mut slots: Vec<Option<TcpStream>> = expect.clone().map(|_| None).collect();
+    while slots.iter().any(Option::is_none) {
+        match listener.accept() {
+            Ok((mut stream, _)) => {
+                stream
+                    .set_nonblocking(false)
+                    .map_err(|e| fail(rank, e.to_string()))?;
+                set_timeouts(&stream, timeout).map_err(|e| fail(rank, e.to_string()))?;
+                let mut who = [0u8; 8];
+                stream
+                    .read_exact(&mut who)
+                    .map_err(|e| fail(rank, format!("a joining rank sent no rank: {e}")))?;
+                let r = u64::from_le_bytes(who) as usize;
+                if !expect.contains(&r) || slots[r - expect.start].is_some() {
+                    return Err(fail(
+                        rank,
+                        format!("a peer said it is rank {r} of {}", expect.end),
+                    ));
+                }
+                slots[r - expect.start] = Some(stream);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if start.elapsed() > timeout {
+                    let missing: Vec<String> = slots
+                        .iter()
+                        .zip(expect.clone())
+                        .filter(|(s, _)| s.is_none())
+                        .map(|(_, r)| r.to_string())
+                        .collect();
+                    return Err(fail(
+                        rank,
+                        format!(
+                            "rank(s) {} did not connect to rank {rank} at {here} within {} s",
+                            missing.join(", "),
+                            timeout.as_secs()
+                        ),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(fail(rank, format!("accepting on {here}: {e}"))),
+        }
+    }
+    Ok(expect
+        .zip(slots.into_iter().map(|s| s.expect("all joined")))
+        .collect())
+}
+
+/// Rank `rank`'s stream to rank `peer` at `addr`, retrying until `timeout`; the first bytes
+/// say who is calling.
+fn connect_to(
+    addr: &str,
+    rank: usize,
+    peer: usize,
+    timeout: Duration,
+) -> Result<TcpStream, CollectiveError> {
+    let start = Instant::now();
+    let mut stream = loop {
+        let tried = addr
+            .to_socket_addrs()
+            .map_err(|e| e.to_string())
+            .and_then(|mut a| a.next().ok_or_else(|| "no address".to_string()))
+            .and_then(|a| {
+                TcpStream::connect_timeout(&a, Duration::from_secs(1)).map_err(|e| e.to_string())
+            });
+        match tried {
+            Ok(s) => break s,
+            Err(e) if start.elapsed() > timeout => {
+                return Err(fail(
+                    rank,
+                    format!(
+                        "could not reach rank {peer} at {addr} within {} s: {e}",
+                        timeout.as_secs()
+                    ),
+                ));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    let io = |e: std::io::Error| fail(rank, format!("rank {peer} at {addr}: {e}"));
+    set_timeouts(&stream, timeout).map_err(io)?;
+    stream.write_all(&(rank as u64).to_le_bytes()).map_err(io)?;
+    Ok(stream)
 }
 
 impl Collective for TcpRank {
@@ -321,17 +516,7 @@ impl Collective for TcpRank {
         parts: &[Range<usize>],
         out: &mut [f32],
     ) -> Result<(), CollectiveError> {
-        if self.rank == 0 {
-            let sum = self.sum_on_root(buf)?;
-            for (r, part) in parts.iter().enumerate().skip(1) {
-                self.send(r, &sum[part.clone()])?;
-            }
-            out.copy_from_slice(&sum[parts[0].clone()]);
-            Ok(())
-        } else {
-            self.send(0, buf)?;
-            self.recv(0, out)
-        }
+        self.reduce_parts(buf, parts, out)
     }
 
     fn all_gather(
@@ -339,18 +524,7 @@ impl Collective for TcpRank {
         buf: &mut [f32],
         parts: &[Range<usize>],
     ) -> Result<(), CollectiveError> {
-        if self.rank == 0 {
-            for (r, part) in parts.iter().enumerate().skip(1) {
-                self.recv(r, &mut buf[part.clone()])?;
-            }
-            for r in 1..self.ranks {
-                self.send(r, buf)?;
-            }
-            Ok(())
-        } else {
-            self.send(0, &buf[parts[self.rank].clone()])?;
-            self.recv(0, buf)
-        }
+        self.gather_parts(buf, parts)
     }
 
     fn sum(&mut self, values: &mut [f64]) -> Result<(), CollectiveError> {
@@ -358,33 +532,20 @@ impl Collective for TcpRank {
     }
 
     fn broadcast(&mut self, values: &mut [f64], root: usize) -> Result<(), CollectiveError> {
-        // Through rank 0: the root sends there first when it is another rank.
-        if root != 0 {
-            if self.rank == root {
-                self.send(0, values)?;
-            } else if self.rank == 0 {
-                self.recv(root, values)?;
-            }
-        }
-        if self.rank == 0 {
-            for r in 1..self.ranks {
-                if r != root {
-                    self.send(r, values)?;
-                }
-            }
-            Ok(())
-        } else if self.rank != root {
-            self.recv(0, values)
+        if self.rank == root {
+            let sends = (0..self.ranks)
+                .filter(|&r| r != root)
+                .map(|r| (r, &*values))
+                .collect();
+            self.exchange(sends, Vec::new())
         } else {
-            Ok(())
+            self.exchange(Vec::new(), vec![(root, values)])
         }
     }
 
     fn abort(&mut self, _message: &str) {
         // Closing the streams fails the peers' next read at once (they see this rank gone).
-        for p in &self.peers {
-            let _ = p.shutdown(std::net::Shutdown::Both);
-        }
+        self.shut();
     }
 }
 
@@ -398,22 +559,13 @@ fn set_timeouts(stream: &TcpStream, timeout: Duration) -> std::io::Result<()> {
     stream.set_nodelay(true)
 }
 
-/// A value sent over the wire, little-endian.
-trait Wire: Copy + Default {
-    const SIZE: usize;
-    fn put(&self, out: &mut Vec<u8>);
-    fn get(bytes: &[u8]) -> Self;
+/// A value sent over the wire as its bytes in memory (the ranks of a run share one
+/// architecture; every target dnaflow builds for is little-endian).
+trait Wire: bytemuck::Pod + Default + Send + Sync {
     fn add(sum: &mut [Self], more: &[Self]);
 }
 
 impl Wire for f32 {
-    const SIZE: usize = 4;
-    fn put(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.to_le_bytes());
-    }
-    fn get(bytes: &[u8]) -> f32 {
-        f32::from_le_bytes(bytes.try_into().expect("4 bytes"))
-    }
     fn add(sum: &mut [f32], more: &[f32]) {
         for (s, m) in sum.iter_mut().zip(more) {
             *s += *m;
@@ -422,13 +574,6 @@ impl Wire for f32 {
 }
 
 impl Wire for f64 {
-    const SIZE: usize = 8;
-    fn put(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.to_le_bytes());
-    }
-    fn get(bytes: &[u8]) -> f64 {
-        f64::from_le_bytes(bytes.try_into().expect("8 bytes"))
-    }
     fn add(sum: &mut [f64], more: &[f64]) {
         for (s, m) in sum.iter_mut().zip(more) {
             *s += *m;
@@ -485,6 +630,50 @@ mod tests {
             assert_eq!(gathered, vec![0.0, 1.0, 1.0, 2.0]);
             assert_eq!((flag, s), (7.0, 3.0));
         }
+    }
+
+    /// Buffers far larger than a socket holds, uneven parts, 4 ranks: every rank gets what the
+    /// in-process group gives, bit for bit (the same sums in the same order).
+    #[test]
+    fn large_exchanges_match_the_local_group_bit_for_bit() {
+        use crate::train::collective::local_group;
+        const N: usize = 1 << 20;
+        let parts = vec![0..100_000, 100_000..100_000, 100_000..700_001, 700_001..N];
+        let input = |r: usize| -> Vec<f32> {
+            (0..N)
+                .map(|i| ((i * 7919 + r * 104_729) % 1_000_003) as f32 * 1e-3 - 0.37 * r as f32)
+                .collect()
+        };
+        let run = |mut c: Box<dyn Collective>| {
+            let r = c.rank();
+            let mut all = input(r);
+            c.all_reduce(&mut all).unwrap();
+            let mut mine = vec![0.0; parts[r].len()];
+            c.reduce_scatter(&input(r + 1), &parts, &mut mine).unwrap();
+            let mut gathered = vec![0.0; N];
+            gathered[parts[r].clone()].copy_from_slice(&input(r)[parts[r].clone()]);
+            c.all_gather(&mut gathered, &parts).unwrap();
+            (all, mine, gathered)
+        };
+        let tcp = on_ranks(4, |c| run(Box::new(c)));
+        let local: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = local_group(4)
+                .into_iter()
+                .map(|c| s.spawn(|| run(Box::new(c))))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (r, (t, l)) in tcp.iter().zip(&local).enumerate() {
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert!(bits(&t.0) == bits(&l.0), "all_reduce differs on rank {r}");
+            assert!(
+                bits(&t.1) == bits(&l.1),
+                "reduce_scatter differs on rank {r}"
+            );
+            assert!(bits(&t.2) == bits(&l.2), "all_gather differs on rank {r}");
+        }
+        assert!(tcp[0].2[..100_000] == input(0)[..100_000]);
+        assert!(tcp[3].2[700_001..] == input(3)[700_001..]);
     }
 
     /// A rank that stops fails rank 0's next call, naming it; a rank with nobody to reach
