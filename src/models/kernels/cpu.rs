@@ -4,6 +4,8 @@
 //! element); whole multi-head attention in `cpu_attention.rs`. Other dtypes fall back to the
 //! composed forms.
 
+use std::mem::MaybeUninit;
+
 use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
 use burn::tensor::ops::{FloatTensor, FloatTensorOps};
@@ -325,10 +327,12 @@ impl FusedOps for Flex {
         let shape = gate.shape();
         let (gate, up, g) = (gate.to_contiguous(), up.to_contiguous(), g.to_contiguous());
         let (gs, us, dys) = (f32s(&gate), f32s(&up), f32s(&g));
-        let (mut dgate, mut dup) = (vec![0.0f32; gs.len()], vec![0.0f32; gs.len()]);
-        dgate
+        // Both gradients are written whole below, so they are not zeroed first.
+        let n = gs.len();
+        let (mut dgate, mut dup) = (Vec::<f32>::with_capacity(n), Vec::<f32>::with_capacity(n));
+        dgate.spare_capacity_mut()[..n]
             .par_chunks_mut(CHUNK)
-            .zip(dup.par_chunks_mut(CHUNK))
+            .zip(dup.spare_capacity_mut()[..n].par_chunks_mut(CHUNK))
             .zip(
                 gs.par_chunks(CHUNK)
                     .zip(us.par_chunks(CHUNK))
@@ -339,11 +343,16 @@ impl FusedOps for Flex {
                     for i in 0..gs.len() {
                         let (x, u, dy) = (gs[i], us[i], dys[i]);
                         let s = sigmoid(x);
-                        dg[i] = dy * u * s * (1.0 + x * (1.0 - s));
-                        du[i] = dy * x * s;
+                        dg[i] = MaybeUninit::new(dy * u * s * (1.0 + x * (1.0 - s)));
+                        du[i] = MaybeUninit::new(dy * x * s);
                     }
                 })
             });
+        // SAFETY: the chunks cover 0..n of both, and every value of each chunk was written.
+        unsafe {
+            dgate.set_len(n);
+            dup.set_len(n);
+        }
         [tensor(dgate, shape.clone()), tensor(dup, shape)]
     }
 

@@ -11,6 +11,8 @@
 //! Without kept weights (inference) a task's scores are one block of queries at a time, so a
 //! long sequence needs [`QUERY_ROWS`]·T scores per thread, never T×T per head.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::rows::{dot, simd, softmax_row};
@@ -219,16 +221,14 @@ fn forward_blocks(
     );
     let tasks = s.b * s.n_head;
     let mut ctx = vec![0.0f32; s.b * t * d];
-    let mut probs = if keep {
-        vec![0.0f32; tasks * t * t]
-    } else {
-        Vec::new()
-    };
+    // Kept weights are written whole below (each row's scores, then zeros where the causal
+    // blocks skip keys), so they are not zeroed first: 33 MB a layer at B 16, H 8, T 256.
+    let mut probs: Vec<f32> = Vec::with_capacity(if keep { tasks * t * t } else { 0 });
     // Kept weights are every query's row; else a block's rows, reused block after block.
     let rows_per_block = if keep { t } else { query_rows };
     let scratch = if causal { BLOCK } else { rows_per_block }.clamp(1, t.max(1)) * t;
     let out = Shared(ctx.as_mut_ptr());
-    let one = |task: usize, p: &mut [f32]| {
+    let one = |task: usize, p: &mut [MaybeUninit<f32>]| {
         let q = qkv[s.q_offset(task)..].as_ptr();
         let (k_at, v_at) = s.kv_offsets(task);
         let o = out;
@@ -239,12 +239,13 @@ fn forward_blocks(
             };
             // SAFETY (both blocks): q, k and v are dh columns of T rows w apart inside qkv
             // (checked length); rows holds m×T; the context block is dh columns of T rows d
-            // apart inside ctx, and belongs to this task alone.
+            // apart inside ctx, and belongs to this task alone. gemm writes the m×n scores
+            // without reading them.
             unsafe {
                 let (queries, keys) = (q.add(r0 * w), qkv.as_ptr().add(k_at));
                 product(
                     (m, n, dh),
-                    (rows.as_mut_ptr(), t, false),
+                    (rows.as_mut_ptr().cast(), t, false),
                     queries,
                     (w, 1),
                     keys,
@@ -252,8 +253,12 @@ fn forward_blocks(
                 );
             }
             for (i, row) in rows.chunks_mut(t).enumerate() {
-                bias.add(row, &s, task, r0 + i, scale);
-                softmax_row(row, scale, if causal { r0 + i + 1 } else { t });
+                let (scores, skipped) = row.split_at_mut(n);
+                skipped.fill(MaybeUninit::new(0.0));
+                // SAFETY: the product above wrote all n scores of the row.
+                let scores = unsafe { &mut *(scores as *mut [MaybeUninit<f32>] as *mut [f32]) };
+                bias.add(scores, &s, task, r0 + i, scale);
+                softmax_row(scores, scale, if causal { r0 + i + 1 } else { t });
             }
             unsafe {
                 let dst = o.0.add(s.ctx_offset(task) + r0 * d);
@@ -261,7 +266,7 @@ fn forward_blocks(
                 product(
                     (m, dh, n),
                     (dst, d, false),
-                    rows.as_ptr(),
+                    rows.as_ptr().cast(),
                     (t, 1),
                     v,
                     (w, 1),
@@ -270,14 +275,17 @@ fn forward_blocks(
         }
     };
     if keep {
-        probs
+        probs.spare_capacity_mut()[..tasks * t * t]
             .par_chunks_mut(t * t)
             .enumerate()
             .for_each(|(task, p)| simd(|| one(task, p)));
+        // SAFETY: every task wrote every value of its T×T weights (scores, then zeros).
+        unsafe { probs.set_len(tasks * t * t) };
     } else {
-        (0..tasks)
-            .into_par_iter()
-            .for_each_init(|| vec![0.0f32; scratch], |p, task| simd(|| one(task, p)));
+        (0..tasks).into_par_iter().for_each_init(
+            || vec![MaybeUninit::new(0.0f32); scratch],
+            |p, task| simd(|| one(task, p)),
+        );
     }
     (ctx, keep.then_some(probs))
 }
