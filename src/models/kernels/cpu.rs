@@ -26,6 +26,10 @@ use super::{
 /// Elements per parallel task for element-wise kernels: big enough to amortize scheduling.
 const CHUNK: usize = 1 << 14;
 
+/// Products whose output is fewer columns wide than gemm's widest kernel lanes (f32 on
+/// AVX-512) and at least four times as tall are computed transposed ([`FusedOps::fused_matmul`]).
+const NARROW_COLUMNS: usize = 16;
+
 impl FusedOps for Flex {
     fn fused_softmax(x: FloatTensor<Self>, scale: f64, causal: bool) -> FloatTensor<Self> {
         if x.dtype() != DType::F32 {
@@ -444,18 +448,41 @@ impl FusedOps for Flex {
         } else {
             gemm::Parallelism::None
         };
-        // SAFETY: the pointers with these strides address exactly a's [m, k] and b's [k, n]
-        // elements inside their buffers (flex's layout), `out` has room for m·n, and gemm
-        // without `add` writes every one of them (k > 0) before `set_len`.
-        unsafe {
-            cpu_attention::gemm_product(
-                (m, n, k),
-                (out.as_mut_ptr(), n, false),
+        // gemm's kernels run along the output's contiguous dimension, 16 lanes at a time: an
+        // output a few columns wide (a LoRA adapter's [rows, r]) would keep most lanes masked.
+        // Such a product is computed as its transpose, bᵀ·aᵀ, its long side contiguous, and
+        // transposed back (a few columns: a small copy).
+        let narrow = n < NARROW_COLUMNS && m >= 4 * NARROW_COLUMNS;
+        let ((rows, cols), lhs, rhs) = if narrow {
+            let swap = |(r, c): (usize, usize)| (c, r);
+            (
+                (n, m),
+                (first_f32(&b), swap(b_strides)),
+                (first_f32(&a), swap(a_strides)),
+            )
+        } else {
+            (
+                (m, n),
                 (first_f32(&a), a_strides),
                 (first_f32(&b), b_strides),
+            )
+        };
+        // SAFETY: the pointers with these strides address exactly a's [m, k] and b's [k, n]
+        // elements inside their buffers (flex's layout; swapping a matrix's strides views its
+        // transpose), `out` has room for m·n, and gemm without `add` writes every one of them
+        // (k > 0) before `set_len`.
+        unsafe {
+            cpu_attention::gemm_product(
+                (rows, cols, k),
+                (out.as_mut_ptr(), cols, false),
+                lhs,
+                rhs,
                 parallelism,
             );
             out.set_len(m * n);
+        }
+        if narrow {
+            out = crate::models::io::weights::transpose(&out, n, m);
         }
         tensor(out, Shape::new([m, n]))
     }

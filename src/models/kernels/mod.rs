@@ -1414,7 +1414,8 @@ mod tests {
                 .detach()
                 .require_grad()
         };
-        for (m, k, n) in [(7, 5, 3), (300, 200, 250)] {
+        // The third is a LoRA adapter's shape: a narrow output, computed transposed.
+        for (m, k, n) in [(7, 5, 3), (300, 200, 250), (300, 200, 8)] {
             let weights = two([m, n], 63).detach();
             // Fresh leaves for each comparison: each backward consumes its graph.
             let (a, b) = (two([m, k], 61), two([k, n], 62));

@@ -120,7 +120,9 @@ pub(crate) fn dense<B: FusedOps>(
 }
 
 /// LoRA's update s·(drop(x)·A)·B on [B, T, d_in]: two thin products, so neither the update
-/// nor its gradient ever forms a full-size weight.
+/// nor its gradient ever forms a full-size weight. The scale multiplies B ([r, d_out]) rather
+/// than the update ([B·T, d_out]): a pass over r rows instead of every token's, forward and
+/// backward.
 fn low_rank<B: FusedOps>(lora: &LowRank<B>, x: Tensor<B, 3>, precision: Precision) -> Tensor<B, 3> {
     let h = affine(
         kernels::dropout(&lora.dropout, x),
@@ -128,7 +130,7 @@ fn low_rank<B: FusedOps>(lora: &LowRank<B>, x: Tensor<B, 3>, precision: Precisio
         None,
         precision,
     );
-    affine(h, lora.b.val(), None, precision) * lora.scale
+    affine(h, lora.b.val() * lora.scale, None, precision)
 }
 
 /// The LoRA updates of layers whose outputs are packed side by side (attention's q | k | v,
