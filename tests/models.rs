@@ -315,7 +315,13 @@ fn two_ranks_train_what_one_rank_trains() {
     for (x, y) in a.iter().zip(&c) {
         assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "{a:?}\n{c:?}");
     }
-    assert_eq!(metrics(&procs, &rp, "llama")["ranks"], 2);
+    let mp = metrics(&procs, &rp, "llama");
+    assert_eq!(mp["ranks"], 2, "{mp}");
+    // What the exchange cost: a share of the steady time, reported where there are ranks.
+    let share = mp["steady_exchange_share"].as_f64().unwrap();
+    assert!(share > 0.0 && share < 1.0, "{mp}");
+    let alone = metrics(&one, &r1, "llama");
+    assert!(alone.get("steady_exchange_share").is_none(), "{alone}");
     // Rank 1 left nothing beside rank 0's outputs.
     let out = rp.out("llama");
     let mut files: Vec<String> = std::fs::read_dir(&out)
