@@ -555,12 +555,21 @@ impl FusedOps for Flex {
             return dropout::composed_dropout::<Flex>(x, prob, seed);
         }
         let (drop_below, scale) = (dropout::threshold(prob), (1.0 / (1.0 - prob)) as f32);
-        let mut y = owned(x);
-        y.storage_mut::<f32>()
+        let shape = x.shape();
+        let x = x.to_contiguous();
+        let xs = f32s(&x);
+        let n = xs.len();
+        let mut y = Vec::<f32>::with_capacity(n);
+        y.spare_capacity_mut()[..n]
             .par_chunks_mut(CHUNK)
+            .zip(xs.par_chunks(CHUNK))
             .enumerate()
-            .for_each(|(c, ys)| simd(|| dropout::apply(ys, c * CHUNK, seed, drop_below, scale)));
-        y
+            .for_each(|(c, (ys, xs))| {
+                simd(|| dropout::apply(xs, ys, c * CHUNK, seed, drop_below, scale))
+            });
+        // SAFETY: the chunks cover 0..n and `apply` wrote every value of each.
+        unsafe { y.set_len(n) };
+        tensor(y, shape)
     }
 }
 

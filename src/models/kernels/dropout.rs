@@ -11,6 +11,7 @@
 //! of one process.
 
 use std::cell::Cell;
+use std::mem::MaybeUninit;
 
 use burn::prelude::*;
 use burn::tensor::ops::FloatTensor;
@@ -79,13 +80,22 @@ pub(crate) fn threshold(prob: f64) -> u64 {
     (prob.clamp(0.0, 1.0) * 4_294_967_296.0) as u64
 }
 
-/// Apply the mask of `seed` in place to `values`, whose first element is element `start` of
-/// the tensor: dropped elements become 0, kept ones are scaled by `scale`.
+/// Write `values` with the mask of `seed` applied into `out` (as long), where `values[0]` is
+/// element `start` of the tensor: dropped elements become 0, kept ones are scaled by `scale`.
+/// One pass into a fresh buffer: an input another node still holds (LoRA's x, shared with the
+/// frozen product) would otherwise be copied first and then masked in place.
 #[inline]
-pub(crate) fn apply(values: &mut [f32], start: usize, seed: u64, drop_below: u64, scale: f32) {
-    for (k, v) in values.iter_mut().enumerate() {
+pub(crate) fn apply(
+    values: &[f32],
+    out: &mut [MaybeUninit<f32>],
+    start: usize,
+    seed: u64,
+    drop_below: u64,
+    scale: f32,
+) {
+    for (k, (v, o)) in values.iter().zip(out).enumerate() {
         let keep = draw(seed, (start + k) as u32) as u64 >= drop_below;
-        *v = if keep { *v * scale } else { 0.0 };
+        o.write(if keep { *v * scale } else { 0.0 });
     }
 }
 
