@@ -188,7 +188,16 @@ impl TcpRank {
         stream.write_all(&(port as u64).to_le_bytes()).map_err(io)?;
         let mut len = [0u8; 8];
         stream.read_exact(&mut len).map_err(io)?;
-        let mut table = vec![0u8; u64::from_le_bytes(len) as usize];
+        let len = u64::from_le_bytes(len) as usize;
+        // `ranks` addresses, each a host name (at most 253 bytes) and a port: anything longer
+        // is not a dnaflow rank 0 answering.
+        if len > ranks * 300 {
+            return Err(fail(
+                rank,
+                format!("{root} answered with {len} bytes, not an address table: is it rank 0?"),
+            ));
+        }
+        let mut table = vec![0u8; len];
         stream.read_exact(&mut table).map_err(io)?;
         let addrs: Vec<String> = String::from_utf8_lossy(&table)
             .split('\n')
