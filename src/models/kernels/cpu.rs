@@ -45,13 +45,16 @@ impl FusedOps for Flex {
             .par_chunks_mut(rows * tk)
             .enumerate()
             .for_each(|(task, block)| {
-                simd(|| {
-                    for (r, row) in block.chunks_mut(tk).enumerate() {
-                        let query = (task * rows + r) % tq;
-                        let seen = if causal { query + 1 } else { tk };
-                        softmax_row(row, scale as f32, seen);
-                    }
-                })
+                simd(
+                    #[inline(always)]
+                    || {
+                        for (r, row) in block.chunks_mut(tk).enumerate() {
+                            let query = (task * rows + r) % tq;
+                            let seen = if causal { query + 1 } else { tk };
+                            softmax_row(row, scale as f32, seen);
+                        }
+                    },
+                )
             });
         out
     }
@@ -73,14 +76,17 @@ impl FusedOps for Flex {
             .par_chunks_mut(rows)
             .zip(f32s(&y).par_chunks(rows))
             .for_each(|(gs, ys)| {
-                simd(|| {
-                    for (g, y) in gs.chunks_mut(d).zip(ys.chunks(d)) {
-                        let dot = dot(y, g);
-                        for (g, y) in g.iter_mut().zip(y) {
-                            *g = scale * y * (*g - dot);
+                simd(
+                    #[inline(always)]
+                    || {
+                        for (g, y) in gs.chunks_mut(d).zip(ys.chunks(d)) {
+                            let dot = dot(y, g);
+                            for (g, y) in g.iter_mut().zip(y) {
+                                *g = scale * y * (*g - dot);
+                            }
                         }
-                    }
-                })
+                    },
+                )
             });
         out
     }
@@ -142,13 +148,16 @@ impl FusedOps for Flex {
         out.par_chunks_mut(b * d)
             .enumerate()
             .for_each(|(block, out)| {
-                simd(|| {
-                    let (i, j) = (block / c, block % c);
-                    for (k, row) in out.chunks_mut(d).enumerate() {
-                        let from = ((i * b + k) * c + j) * d;
-                        row.copy_from_slice(&xs[from..from + d]);
-                    }
-                })
+                simd(
+                    #[inline(always)]
+                    || {
+                        let (i, j) = (block / c, block % c);
+                        for (k, row) in out.chunks_mut(d).enumerate() {
+                            let from = ((i * b + k) * c + j) * d;
+                            row.copy_from_slice(&xs[from..from + d]);
+                        }
+                    },
+                )
             });
         tensor(out, Shape::new([a, c, b, d]))
     }
@@ -173,11 +182,23 @@ impl FusedOps for Flex {
             .par_chunks_mut(rows)
             .zip(xs.par_chunks(rows))
             .map(|(gs, xs)| {
-                let (mut dgamma, mut dbeta) = (vec![0.0f32; d], vec![0.0f32; d]);
-                for (g, x) in gs.chunks_mut(d).zip(xs.chunks(d)) {
-                    layer_norm_backward_row(x, gammas, g, eps as f32, &mut dgamma, &mut dbeta);
-                }
-                (dgamma, dbeta)
+                simd(
+                    #[inline(always)]
+                    || {
+                        let (mut dgamma, mut dbeta) = (vec![0.0f32; d], vec![0.0f32; d]);
+                        for (g, x) in gs.chunks_mut(d).zip(xs.chunks(d)) {
+                            layer_norm_backward_row(
+                                x,
+                                gammas,
+                                g,
+                                eps as f32,
+                                &mut dgamma,
+                                &mut dbeta,
+                            );
+                        }
+                        (dgamma, dbeta)
+                    },
+                )
             })
             .reduce(
                 || (vec![0.0f32; d], vec![0.0f32; d]),
@@ -209,12 +230,15 @@ impl FusedOps for Flex {
         y.storage_mut::<f32>()
             .par_chunks_mut(rows_per_task(d) * d)
             .for_each(|rows| {
-                simd(|| {
-                    for row in rows.chunks_mut(d) {
-                        let r = rms_reciprocal(row, eps as f32);
-                        row.iter_mut().zip(gammas).for_each(|(v, g)| *v *= r * g);
-                    }
-                })
+                simd(
+                    #[inline(always)]
+                    || {
+                        for row in rows.chunks_mut(d) {
+                            let r = rms_reciprocal(row, eps as f32);
+                            row.iter_mut().zip(gammas).for_each(|(v, g)| *v *= r * g);
+                        }
+                    },
+                )
             });
         y
     }
@@ -238,18 +262,23 @@ impl FusedOps for Flex {
             .par_chunks_mut(rows)
             .zip(xs.par_chunks(rows))
             .map(|(gs, xs)| {
-                let mut dgamma = vec![0.0f32; d];
-                for (g, x) in gs.chunks_mut(d).zip(xs.chunks(d)) {
-                    let r = rms_reciprocal(x, eps as f32);
-                    // m = mean(g·γ·x̂); dx = r·(g·γ − x̂·m), x̂ = x·r.
-                    let m = sum_of(d, |i| g[i] * gammas[i] * x[i] * r) / d as f32;
-                    for i in 0..d {
-                        let xhat = x[i] * r;
-                        dgamma[i] += g[i] * xhat;
-                        g[i] = r * (g[i] * gammas[i] - xhat * m);
-                    }
-                }
-                dgamma
+                simd(
+                    #[inline(always)]
+                    || {
+                        let mut dgamma = vec![0.0f32; d];
+                        for (g, x) in gs.chunks_mut(d).zip(xs.chunks(d)) {
+                            let r = rms_reciprocal(x, eps as f32);
+                            // m = mean(g·γ·x̂); dx = r·(g·γ − x̂·m), x̂ = x·r.
+                            let m = sum_of(d, |i| g[i] * gammas[i] * x[i] * r) / d as f32;
+                            for i in 0..d {
+                                let xhat = x[i] * r;
+                                dgamma[i] += g[i] * xhat;
+                                g[i] = r * (g[i] * gammas[i] - xhat * m);
+                            }
+                        }
+                        dgamma
+                    },
+                )
             })
             .reduce(
                 || vec![0.0f32; d],
@@ -283,19 +312,22 @@ impl FusedOps for Flex {
             .par_chunks_mut(rows * w)
             .enumerate()
             .for_each(|(task, block)| {
-                simd(|| {
-                    for (r, row) in block.chunks_mut(w).enumerate() {
-                        let pos = (task * rows + r) % t;
-                        let (c, s) = (&cs[pos * dh..][..dh], &ss[pos * dh..][..dh]);
-                        for head in row[..heads * dh].chunks_mut(dh) {
-                            for i in 0..half {
-                                let (a, b) = (head[i], head[i + half]);
-                                head[i] = a * c[i] - b * s[i];
-                                head[i + half] = b * c[i + half] + a * s[i + half];
+                simd(
+                    #[inline(always)]
+                    || {
+                        for (r, row) in block.chunks_mut(w).enumerate() {
+                            let pos = (task * rows + r) % t;
+                            let (c, s) = (&cs[pos * dh..][..dh], &ss[pos * dh..][..dh]);
+                            for head in row[..heads * dh].chunks_mut(dh) {
+                                for i in 0..half {
+                                    let (a, b) = (head[i], head[i + half]);
+                                    head[i] = a * c[i] - b * s[i];
+                                    head[i + half] = b * c[i + half] + a * s[i + half];
+                                }
                             }
                         }
-                    }
-                })
+                    },
+                )
             });
         y
     }
@@ -311,11 +343,14 @@ impl FusedOps for Flex {
             .par_chunks_mut(CHUNK)
             .zip(ups.par_chunks(CHUNK))
             .for_each(|(ys, ups)| {
-                simd(|| {
-                    for (y, &u) in ys.iter_mut().zip(ups) {
-                        *y = activation(Gate::Silu, *y) * u;
-                    }
-                })
+                simd(
+                    #[inline(always)]
+                    || {
+                        for (y, &u) in ys.iter_mut().zip(ups) {
+                            *y = activation(Gate::Silu, *y) * u;
+                        }
+                    },
+                )
             });
         y
     }
@@ -343,14 +378,17 @@ impl FusedOps for Flex {
                     .zip(dys.par_chunks(CHUNK)),
             )
             .for_each(|((dg, du), ((gs, us), dys))| {
-                simd(|| {
-                    for i in 0..gs.len() {
-                        let (x, u, dy) = (gs[i], us[i], dys[i]);
-                        let s = sigmoid(x);
-                        dg[i] = MaybeUninit::new(dy * u * s * (1.0 + x * (1.0 - s)));
-                        du[i] = MaybeUninit::new(dy * x * s);
-                    }
-                })
+                simd(
+                    #[inline(always)]
+                    || {
+                        for i in 0..gs.len() {
+                            let (x, u, dy) = (gs[i], us[i], dys[i]);
+                            let s = sigmoid(x);
+                            dg[i] = MaybeUninit::new(dy * u * s * (1.0 + x * (1.0 - s)));
+                            du[i] = MaybeUninit::new(dy * x * s);
+                        }
+                    },
+                )
             });
         // SAFETY: the chunks cover 0..n of both, and every value of each chunk was written.
         unsafe {
@@ -364,10 +402,14 @@ impl FusedOps for Flex {
         if x.dtype() != DType::F32 {
             return composed_gelu_new::<Flex>(x);
         }
-        map_pair(x, |x| {
-            let sig = sigmoid(gelu_u(x));
-            (x * sig, sig)
-        })
+        map_pair(
+            x,
+            #[inline(always)]
+            |x| {
+                let sig = sigmoid(gelu_u(x));
+                (x * sig, sig)
+            },
+        )
     }
 
     fn fused_gelu_new_backward(
@@ -386,12 +428,15 @@ impl FusedOps for Flex {
             .par_chunks_mut(CHUNK)
             .zip(xs.par_chunks(CHUNK).zip(ss.par_chunks(CHUNK)))
             .for_each(|(gs, (xs, ss))| {
-                simd(|| {
-                    for ((g, &x), &s) in gs.iter_mut().zip(xs).zip(ss) {
-                        let du = k * (1.0 + c3 * x * x);
-                        *g *= s + x * s * (1.0 - s) * du;
-                    }
-                })
+                simd(
+                    #[inline(always)]
+                    || {
+                        for ((g, &x), &s) in gs.iter_mut().zip(xs).zip(ss) {
+                            let du = k * (1.0 + c3 * x * x);
+                            *g *= s + x * s * (1.0 - s) * du;
+                        }
+                    },
+                )
             });
         out
     }
@@ -407,11 +452,14 @@ impl FusedOps for Flex {
         y.par_chunks_mut(CHUNK)
             .zip(xs.par_chunks(CHUNK))
             .for_each(|(y, xs)| {
-                simd(|| {
-                    for (y, &x) in y.iter_mut().zip(xs) {
-                        *y = activation(Gate::Gelu, x);
-                    }
-                })
+                simd(
+                    #[inline(always)]
+                    || {
+                        for (y, &x) in y.iter_mut().zip(xs) {
+                            *y = activation(Gate::Gelu, x);
+                        }
+                    },
+                )
             });
         tensor(y, shape)
     }
@@ -420,7 +468,11 @@ impl FusedOps for Flex {
         if x.dtype() != DType::F32 {
             return composed_gelu::<Flex>(x);
         }
-        map_pair(x, |x| activation_and_slope(Gate::Gelu, x))
+        map_pair(
+            x,
+            #[inline(always)]
+            |x| activation_and_slope(Gate::Gelu, x),
+        )
     }
 
     fn fused_matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -502,14 +554,17 @@ impl FusedOps for Flex {
         y.par_chunks_mut(per * n)
             .zip(hs.par_chunks(per * 2 * n))
             .for_each(|(ys, hs)| {
-                simd(|| {
-                    for (y, h) in ys.chunks_mut(n).zip(hs.chunks(2 * n)) {
-                        let (a, b) = h.split_at(n);
-                        for j in 0..n {
-                            y[j] = activation(gate, a[j]) * b[j];
+                simd(
+                    #[inline(always)]
+                    || {
+                        for (y, h) in ys.chunks_mut(n).zip(hs.chunks(2 * n)) {
+                            let (a, b) = h.split_at(n);
+                            for j in 0..n {
+                                y[j] = activation(gate, a[j]) * b[j];
+                            }
                         }
-                    }
-                })
+                    },
+                )
             });
         tensor(y, shape)
     }
@@ -531,21 +586,24 @@ impl FusedOps for Flex {
         dh.par_chunks_mut(per * 2 * n)
             .zip(hs.par_chunks(per * 2 * n).zip(gs.par_chunks(per * n)))
             .for_each(|(dhs, (hs, gs))| {
-                simd(|| {
-                    for ((dh, h), g) in dhs
-                        .chunks_mut(2 * n)
-                        .zip(hs.chunks(2 * n))
-                        .zip(gs.chunks(n))
-                    {
-                        let (a, b) = h.split_at(n);
-                        let (da, db) = dh.split_at_mut(n);
-                        for j in 0..n {
-                            let (act, slope) = activation_and_slope(gate, a[j]);
-                            da[j] = g[j] * b[j] * slope;
-                            db[j] = g[j] * act;
+                simd(
+                    #[inline(always)]
+                    || {
+                        for ((dh, h), g) in dhs
+                            .chunks_mut(2 * n)
+                            .zip(hs.chunks(2 * n))
+                            .zip(gs.chunks(n))
+                        {
+                            let (a, b) = h.split_at(n);
+                            let (da, db) = dh.split_at_mut(n);
+                            for j in 0..n {
+                                let (act, slope) = activation_and_slope(gate, a[j]);
+                                da[j] = g[j] * b[j] * slope;
+                                db[j] = g[j] * act;
+                            }
                         }
-                    }
-                })
+                    },
+                )
             });
         tensor(dh, shape)
     }
@@ -565,7 +623,10 @@ impl FusedOps for Flex {
             .zip(xs.par_chunks(CHUNK))
             .enumerate()
             .for_each(|(c, (ys, xs))| {
-                simd(|| dropout::apply(xs, ys, c * CHUNK, seed, drop_below, scale))
+                simd(
+                    #[inline(always)]
+                    || dropout::apply(xs, ys, c * CHUNK, seed, drop_below, scale),
+                )
             });
         // SAFETY: the chunks cover 0..n and `apply` wrote every value of each.
         unsafe { y.set_len(n) };
@@ -584,11 +645,14 @@ fn map_pair(x: FlexTensor, f: impl Fn(f32) -> (f32, f32) + Sync) -> (FlexTensor,
         .zip(b.par_chunks_mut(CHUNK))
         .zip(xs.par_chunks(CHUNK))
         .for_each(|((a, b), xs)| {
-            simd(|| {
-                for ((a, b), &x) in a.iter_mut().zip(b.iter_mut()).zip(xs) {
-                    (*a, *b) = f(x);
-                }
-            })
+            simd(
+                #[inline(always)]
+                || {
+                    for ((a, b), &x) in a.iter_mut().zip(b.iter_mut()).zip(xs) {
+                        (*a, *b) = f(x);
+                    }
+                },
+            )
         });
     (tensor(a, shape.clone()), tensor(b, shape))
 }
@@ -729,6 +793,7 @@ fn layer_norm_backward_row(
 }
 
 /// 1/sqrt(mean(x²) + eps) of one row.
+#[inline(always)]
 fn rms_reciprocal(x: &[f32], eps: f32) -> f32 {
     let ms = sum_of(x.len(), |i| x[i] * x[i]) / x.len() as f32;
     1.0 / (ms + eps).sqrt()

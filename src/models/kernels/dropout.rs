@@ -84,7 +84,7 @@ pub(crate) fn threshold(prob: f64) -> u64 {
 /// element `start` of the tensor: dropped elements become 0, kept ones are scaled by `scale`.
 /// One pass into a fresh buffer: an input another node still holds (LoRA's x, shared with the
 /// frozen product) would otherwise be copied first and then masked in place.
-#[inline]
+#[inline(always)]
 pub(crate) fn apply(
     values: &[f32],
     out: &mut [MaybeUninit<f32>],

@@ -5,8 +5,10 @@
 /// Run `f` compiled for the widest vector instructions this CPU has (AVX-512 with the
 /// `avx512` feature, else AVX2 + FMA; the baseline SSE2 where neither is present), chosen at
 /// run time. The release binary targets baseline x86-64, so without it every kernel's loop is
-/// 4 lanes wide and a u32 product (dropout's hash) has no vector instruction at all. `f` is a
-/// closure called once, so it is inlined into each version. Results are the same bits on
+/// 4 lanes wide and a u32 product (dropout's hash) has no vector instruction at all. Callers
+/// pass `#[inline(always)] || { … }`: a closure is otherwise compiled once, as its own baseline
+/// function that each version calls (a profile showed attention's softmax in SSE2 registers),
+/// so the vector versions would run no vector code. Results are the same bits on
 /// every version: Rust never fuses a product and a sum on its own, and the sums run in
 /// [`LANES`] fixed partial sums whatever the vector width.
 #[cfg_attr(
@@ -78,12 +80,18 @@ pub(crate) fn exp(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5·2^23: adding and subtracting it rounds to an integer
     let x = x.clamp(-80.0, 80.0);
-    let n = (x * core::f32::consts::LOG2_E + ROUND) - ROUND;
+    let rounded = x * core::f32::consts::LOG2_E + ROUND;
+    let n = rounded - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let e = p * f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // n sits in the low mantissa bits of `rounded` (1.5·2^23 + n, |n| ≤ 116): taking it from
+    // there, not with `n as i32` (a saturating conversion that does not vectorize), keeps the
+    // loop in vector registers. Adding 127 − 2^22 (the bias, less the 1.5·2^23's mantissa
+    // half) gives the exponent field.
+    let bits = rounded.to_bits().wrapping_add(127u32.wrapping_sub(1 << 22)) << 23;
+    let e = p * f32::from_bits(bits);
     if flush { 0.0 } else { e }
 }
