@@ -25,6 +25,8 @@ fn main() -> std::process::ExitCode {
     if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
         // SAFETY: as above; it applies to the memory mimalloc maps from now on.
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_ALLOW_THP, 0) };
+        // The arena mapped before main was already madvised for huge pages.
+        dnaflow::exec::shell::disable_transparent_huge_pages();
     }
     dnaflow::cli::main()
 }

@@ -119,3 +119,27 @@ fn a_killed_step_is_retried_and_a_bad_input_is_not() {
         text(&out)
     );
 }
+
+/// dnaflow switches transparent huge pages off for itself (2 MiB first-touch zeroing slowed
+/// model loading), but the switch is inherited across exec: a shell step must get what the
+/// user had, not dnaflow's setting.
+#[test]
+fn a_shell_step_gets_the_huge_page_setting_the_user_had() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let Some(mine) = status.lines().find(|l| l.starts_with("THP_enabled:")) else {
+        eprintln!("skipped: this kernel's /proc/self/status has no THP_enabled line");
+        return;
+    };
+    let p = Project::new();
+    p.write(
+        "wf.yaml",
+        "name: thp\nsteps:\n  look:\n    run: grep THP_enabled /proc/self/status > ${{ out }}/thp.txt\n",
+    );
+    let report = p.run_ok(&["wf.yaml"]);
+    let seen = common::read(&report.out("look").join("thp.txt"));
+    assert_eq!(
+        seen.trim(),
+        mine.trim(),
+        "the step's setting is the caller's"
+    );
+}
