@@ -120,26 +120,50 @@ fn a_killed_step_is_retried_and_a_bad_input_is_not() {
     );
 }
 
-/// dnaflow switches transparent huge pages off for itself (2 MiB first-touch zeroing slowed
-/// model loading), but the switch is inherited across exec: a shell step must get what the
-/// user had, not dnaflow's setting.
+/// The huge-page setting this test runs with (`THP_enabled:` of /proc/self/status), where
+/// the kernel reports it.
+fn huge_pages_of(pid: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("THP_enabled:"))?;
+    Some(line.trim().to_string())
+}
+
+/// dnaflow switches transparent huge pages off for its own processes (2 MiB first-touch
+/// zeroing slowed model loading) except while training (fewer TLB misses). The switch is
+/// inherited across exec, so a shell step must get what the user had, not dnaflow's setting.
 #[test]
-fn a_shell_step_gets_the_huge_page_setting_the_user_had() {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let Some(mine) = status.lines().find(|l| l.starts_with("THP_enabled:")) else {
+fn huge_pages_are_on_while_training_and_as_the_user_had_them_in_shell_steps() {
+    let Some(mine) = huge_pages_of("self") else {
         eprintln!("skipped: this kernel's /proc/self/status has no THP_enabled line");
         return;
     };
-    let p = Project::new();
+    let p = project(100_000, 0);
     p.write(
-        "wf.yaml",
+        "thp.yaml",
         "name: thp\nsteps:\n  look:\n    run: grep THP_enabled /proc/self/status > ${{ out }}/thp.txt\n",
     );
-    let report = p.run_ok(&["wf.yaml"]);
+    let report = p.run_ok(&["thp.yaml"]);
     let seen = common::read(&report.out("look").join("thp.txt"));
     assert_eq!(
         seen.trim(),
-        mine.trim(),
-        "the step's setting is the caller's"
+        mine,
+        "the shell step's setting is the caller's"
+    );
+
+    if mine != "THP_enabled:\t1" {
+        return; // the caller has them off: training cannot be told apart
+    }
+    let mut run = p.cmd(&["run", "wf.yaml", "-q"]).spawn().unwrap();
+    let pid = common::step_process(&p, "model.pretrain", None).to_string();
+    // A step process starts with the caller's setting and switches it off first thing: read
+    // it once training has written a checkpoint.
+    common::wait_for_checkpoint(&p, 20);
+    let training = huge_pages_of(&pid);
+    let _ = run.kill();
+    let _ = run.wait();
+    assert_eq!(
+        training.as_deref(),
+        Some(mine.as_str()),
+        "training runs with huge pages"
     );
 }

@@ -13,23 +13,6 @@ pub static CANCELLED: AtomicBool = AtomicBool::new(false);
 /// Process groups of running shell steps.
 static CHILDREN: Mutex<Option<HashSet<i32>>> = Mutex::new(None);
 
-/// Set when [`disable_transparent_huge_pages`] switched them off for this process, so the
-/// children [`run_in_group`] starts get them back.
-static THP_OFF_HERE: AtomicBool = AtomicBool::new(false);
-
-/// Switch transparent huge pages off for this process, the arenas mimalloc mapped before
-/// `main` included (its `allow_thp` option is read when it maps them, so setting it in `main`
-/// came too late: its first 1 GiB arena was madvised for huge pages). The first touch of a
-/// huge page zeroes 2 MiB: loading DNABERT-2's 117 M weights took 0.6 s longer with them.
-/// Steps this process starts get the setting they would have had without dnaflow.
-pub fn disable_transparent_huge_pages() {
-    // SAFETY: a plain prctl on this process; it changes no memory, only later page faults.
-    let previous = unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) };
-    if previous == 0 && unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) } == 0 {
-        THP_OFF_HERE.store(true, Ordering::SeqCst);
-    }
-}
-
 /// First Ctrl-C (or SIGTERM): stop launching, terminate running steps, record what happened.
 /// Second: exit at once (the cache stays consistent: unfinished work lives only in staging).
 pub fn install_interrupt_handler() {
@@ -55,16 +38,13 @@ pub fn install_interrupt_handler() {
 /// and it dies with dnaflow, `kill -9` included) and wait for it.
 pub(crate) fn run_in_group(cmd: &mut Command) -> std::io::Result<std::process::ExitStatus> {
     cmd.process_group(0);
-    let thp_back = THP_OFF_HERE.load(Ordering::SeqCst);
+    let thp_back = super::pages::switched_off();
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             // Die with dnaflow (kill -9 included), so no step outlives the run that owns it.
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            if thp_back {
-                // The switch is inherited across exec: give the step what the user had.
-                libc::prctl(libc::PR_SET_THP_DISABLE, 0, 0, 0, 0);
-            }
+            super::pages::restore_in_child(thp_back);
             Ok(())
         });
     }
