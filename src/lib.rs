@@ -2,7 +2,8 @@
 //!
 //! Layers, top to bottom: [`cli`] → [`workflow`] → [`graph`] → [`cache`] → [`exec`] → [`steps`];
 //! [`report`] reads run records from the [`cache`] beside them;
-//! below the steps, the libraries they call: [`train`], [`models`], [`score`], [`linear`].
+//! below the steps, the libraries they call: [`train`], [`models`], [`score`], [`linear`];
+//! under all of them, [`pages`]: how dnaflow's processes get memory.
 
 pub mod cache;
 pub mod cli;
@@ -13,6 +14,7 @@ pub mod graph;
 pub mod linear;
 pub mod metrics;
 pub mod models;
+pub mod pages;
 /// A run as a self-contained HTML page (`dnaflow report`), and live over HTTP (`dnaflow serve`).
 pub mod report;
 /// Scores of predictions (classification, regression, bootstrap intervals) as sklearn/SciPy define them.

@@ -4,6 +4,6 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    dnaflow::exec::pages::for_this_process();
+    dnaflow::pages::for_this_process();
     dnaflow::cli::main()
 }

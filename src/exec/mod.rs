@@ -2,7 +2,6 @@
 //! committing each step's outputs to the cache and writing the run record.
 
 pub mod isolated;
-pub mod pages;
 pub mod plan;
 pub mod progress;
 pub mod publish;

@@ -38,13 +38,13 @@ pub fn install_interrupt_handler() {
 /// and it dies with dnaflow, `kill -9` included) and wait for it.
 pub(crate) fn run_in_group(cmd: &mut Command) -> std::io::Result<std::process::ExitStatus> {
     cmd.process_group(0);
-    let thp_back = super::pages::switched_off();
+    let thp_back = crate::pages::switched_off();
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             // Die with dnaflow (kill -9 included), so no step outlives the run that owns it.
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            super::pages::restore_in_child(thp_back);
+            crate::pages::restore_in_child(thp_back);
             Ok(())
         });
     }

@@ -360,7 +360,7 @@ where
     B: AutodiffBackend + FusedOps,
     B::InnerBackend: FusedOps,
 {
-    crate::exec::pages::for_training();
+    crate::pages::for_training();
     let (rank, ranks) = (comm.rank(), comm.ranks());
     let root = rank == 0;
     let names: Vec<String> = model.to_weights().names().map(String::from).collect();

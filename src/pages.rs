@@ -16,7 +16,7 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 const MI_OPTION_ALLOW_THP: libmimalloc_sys::mi_option_t = 43;
 
 /// Set when [`for_this_process`] switched huge pages off, so [`for_training`] may switch them
-/// back on and the steps [`crate::exec::shell`] starts get them back.
+/// back on and the steps `exec::shell` starts get them back.
 static THP_OFF_HERE: AtomicBool = AtomicBool::new(false);
 
 /// Called first in `main`. mimalloc returns memory unused for 10 ms to the OS by default; a
