@@ -45,16 +45,13 @@ impl FusedOps for Flex {
             .par_chunks_mut(rows * tk)
             .enumerate()
             .for_each(|(task, block)| {
-                simd(
-                    #[inline(always)]
-                    || {
-                        for (r, row) in block.chunks_mut(tk).enumerate() {
-                            let query = (task * rows + r) % tq;
-                            let seen = if causal { query + 1 } else { tk };
-                            softmax_row(row, scale as f32, seen);
-                        }
-                    },
-                )
+                simd!({
+                    for (r, row) in block.chunks_mut(tk).enumerate() {
+                        let query = (task * rows + r) % tq;
+                        let seen = if causal { query + 1 } else { tk };
+                        softmax_row(row, scale as f32, seen);
+                    }
+                },)
             });
         out
     }
@@ -76,17 +73,14 @@ impl FusedOps for Flex {
             .par_chunks_mut(rows)
             .zip(f32s(&y).par_chunks(rows))
             .for_each(|(gs, ys)| {
-                simd(
-                    #[inline(always)]
-                    || {
-                        for (g, y) in gs.chunks_mut(d).zip(ys.chunks(d)) {
-                            let dot = dot(y, g);
-                            for (g, y) in g.iter_mut().zip(y) {
-                                *g = scale * y * (*g - dot);
-                            }
+                simd!({
+                    for (g, y) in gs.chunks_mut(d).zip(ys.chunks(d)) {
+                        let dot = dot(y, g);
+                        for (g, y) in g.iter_mut().zip(y) {
+                            *g = scale * y * (*g - dot);
                         }
-                    },
-                )
+                    }
+                },)
             });
         out
     }
@@ -148,16 +142,13 @@ impl FusedOps for Flex {
         out.par_chunks_mut(b * d)
             .enumerate()
             .for_each(|(block, out)| {
-                simd(
-                    #[inline(always)]
-                    || {
-                        let (i, j) = (block / c, block % c);
-                        for (k, row) in out.chunks_mut(d).enumerate() {
-                            let from = ((i * b + k) * c + j) * d;
-                            row.copy_from_slice(&xs[from..from + d]);
-                        }
-                    },
-                )
+                simd!({
+                    let (i, j) = (block / c, block % c);
+                    for (k, row) in out.chunks_mut(d).enumerate() {
+                        let from = ((i * b + k) * c + j) * d;
+                        row.copy_from_slice(&xs[from..from + d]);
+                    }
+                },)
             });
         tensor(out, Shape::new([a, c, b, d]))
     }
@@ -182,23 +173,13 @@ impl FusedOps for Flex {
             .par_chunks_mut(rows)
             .zip(xs.par_chunks(rows))
             .map(|(gs, xs)| {
-                simd(
-                    #[inline(always)]
-                    || {
-                        let (mut dgamma, mut dbeta) = (vec![0.0f32; d], vec![0.0f32; d]);
-                        for (g, x) in gs.chunks_mut(d).zip(xs.chunks(d)) {
-                            layer_norm_backward_row(
-                                x,
-                                gammas,
-                                g,
-                                eps as f32,
-                                &mut dgamma,
-                                &mut dbeta,
-                            );
-                        }
-                        (dgamma, dbeta)
-                    },
-                )
+                simd!({
+                    let (mut dgamma, mut dbeta) = (vec![0.0f32; d], vec![0.0f32; d]);
+                    for (g, x) in gs.chunks_mut(d).zip(xs.chunks(d)) {
+                        layer_norm_backward_row(x, gammas, g, eps as f32, &mut dgamma, &mut dbeta);
+                    }
+                    (dgamma, dbeta)
+                },)
             })
             .reduce(
                 || (vec![0.0f32; d], vec![0.0f32; d]),
@@ -230,15 +211,12 @@ impl FusedOps for Flex {
         y.storage_mut::<f32>()
             .par_chunks_mut(rows_per_task(d) * d)
             .for_each(|rows| {
-                simd(
-                    #[inline(always)]
-                    || {
-                        for row in rows.chunks_mut(d) {
-                            let r = rms_reciprocal(row, eps as f32);
-                            row.iter_mut().zip(gammas).for_each(|(v, g)| *v *= r * g);
-                        }
-                    },
-                )
+                simd!({
+                    for row in rows.chunks_mut(d) {
+                        let r = rms_reciprocal(row, eps as f32);
+                        row.iter_mut().zip(gammas).for_each(|(v, g)| *v *= r * g);
+                    }
+                },)
             });
         y
     }
@@ -262,23 +240,20 @@ impl FusedOps for Flex {
             .par_chunks_mut(rows)
             .zip(xs.par_chunks(rows))
             .map(|(gs, xs)| {
-                simd(
-                    #[inline(always)]
-                    || {
-                        let mut dgamma = vec![0.0f32; d];
-                        for (g, x) in gs.chunks_mut(d).zip(xs.chunks(d)) {
-                            let r = rms_reciprocal(x, eps as f32);
-                            // m = mean(g·γ·x̂); dx = r·(g·γ − x̂·m), x̂ = x·r.
-                            let m = sum_of(d, |i| g[i] * gammas[i] * x[i] * r) / d as f32;
-                            for i in 0..d {
-                                let xhat = x[i] * r;
-                                dgamma[i] += g[i] * xhat;
-                                g[i] = r * (g[i] * gammas[i] - xhat * m);
-                            }
+                simd!({
+                    let mut dgamma = vec![0.0f32; d];
+                    for (g, x) in gs.chunks_mut(d).zip(xs.chunks(d)) {
+                        let r = rms_reciprocal(x, eps as f32);
+                        // m = mean(g·γ·x̂); dx = r·(g·γ − x̂·m), x̂ = x·r.
+                        let m = sum_of(d, |i| g[i] * gammas[i] * x[i] * r) / d as f32;
+                        for i in 0..d {
+                            let xhat = x[i] * r;
+                            dgamma[i] += g[i] * xhat;
+                            g[i] = r * (g[i] * gammas[i] - xhat * m);
                         }
-                        dgamma
-                    },
-                )
+                    }
+                    dgamma
+                },)
             })
             .reduce(
                 || vec![0.0f32; d],
@@ -312,22 +287,19 @@ impl FusedOps for Flex {
             .par_chunks_mut(rows * w)
             .enumerate()
             .for_each(|(task, block)| {
-                simd(
-                    #[inline(always)]
-                    || {
-                        for (r, row) in block.chunks_mut(w).enumerate() {
-                            let pos = (task * rows + r) % t;
-                            let (c, s) = (&cs[pos * dh..][..dh], &ss[pos * dh..][..dh]);
-                            for head in row[..heads * dh].chunks_mut(dh) {
-                                for i in 0..half {
-                                    let (a, b) = (head[i], head[i + half]);
-                                    head[i] = a * c[i] - b * s[i];
-                                    head[i + half] = b * c[i + half] + a * s[i + half];
-                                }
+                simd!({
+                    for (r, row) in block.chunks_mut(w).enumerate() {
+                        let pos = (task * rows + r) % t;
+                        let (c, s) = (&cs[pos * dh..][..dh], &ss[pos * dh..][..dh]);
+                        for head in row[..heads * dh].chunks_mut(dh) {
+                            for i in 0..half {
+                                let (a, b) = (head[i], head[i + half]);
+                                head[i] = a * c[i] - b * s[i];
+                                head[i + half] = b * c[i + half] + a * s[i + half];
                             }
                         }
-                    },
-                )
+                    }
+                },)
             });
         y
     }
@@ -343,14 +315,11 @@ impl FusedOps for Flex {
             .par_chunks_mut(CHUNK)
             .zip(ups.par_chunks(CHUNK))
             .for_each(|(ys, ups)| {
-                simd(
-                    #[inline(always)]
-                    || {
-                        for (y, &u) in ys.iter_mut().zip(ups) {
-                            *y = activation(Gate::Silu, *y) * u;
-                        }
-                    },
-                )
+                simd!({
+                    for (y, &u) in ys.iter_mut().zip(ups) {
+                        *y = activation(Gate::Silu, *y) * u;
+                    }
+                },)
             });
         y
     }
@@ -378,17 +347,14 @@ impl FusedOps for Flex {
                     .zip(dys.par_chunks(CHUNK)),
             )
             .for_each(|((dg, du), ((gs, us), dys))| {
-                simd(
-                    #[inline(always)]
-                    || {
-                        for i in 0..gs.len() {
-                            let (x, u, dy) = (gs[i], us[i], dys[i]);
-                            let s = sigmoid(x);
-                            dg[i] = MaybeUninit::new(dy * u * s * (1.0 + x * (1.0 - s)));
-                            du[i] = MaybeUninit::new(dy * x * s);
-                        }
-                    },
-                )
+                simd!({
+                    for i in 0..gs.len() {
+                        let (x, u, dy) = (gs[i], us[i], dys[i]);
+                        let s = sigmoid(x);
+                        dg[i] = MaybeUninit::new(dy * u * s * (1.0 + x * (1.0 - s)));
+                        du[i] = MaybeUninit::new(dy * x * s);
+                    }
+                },)
             });
         // SAFETY: the chunks cover 0..n of both, and every value of each chunk was written.
         unsafe {
@@ -428,15 +394,12 @@ impl FusedOps for Flex {
             .par_chunks_mut(CHUNK)
             .zip(xs.par_chunks(CHUNK).zip(ss.par_chunks(CHUNK)))
             .for_each(|(gs, (xs, ss))| {
-                simd(
-                    #[inline(always)]
-                    || {
-                        for ((g, &x), &s) in gs.iter_mut().zip(xs).zip(ss) {
-                            let du = k * (1.0 + c3 * x * x);
-                            *g *= s + x * s * (1.0 - s) * du;
-                        }
-                    },
-                )
+                simd!({
+                    for ((g, &x), &s) in gs.iter_mut().zip(xs).zip(ss) {
+                        let du = k * (1.0 + c3 * x * x);
+                        *g *= s + x * s * (1.0 - s) * du;
+                    }
+                },)
             });
         out
     }
@@ -452,14 +415,11 @@ impl FusedOps for Flex {
         y.par_chunks_mut(CHUNK)
             .zip(xs.par_chunks(CHUNK))
             .for_each(|(y, xs)| {
-                simd(
-                    #[inline(always)]
-                    || {
-                        for (y, &x) in y.iter_mut().zip(xs) {
-                            *y = activation(Gate::Gelu, x);
-                        }
-                    },
-                )
+                simd!({
+                    for (y, &x) in y.iter_mut().zip(xs) {
+                        *y = activation(Gate::Gelu, x);
+                    }
+                },)
             });
         tensor(y, shape)
     }
@@ -554,17 +514,14 @@ impl FusedOps for Flex {
         y.par_chunks_mut(per * n)
             .zip(hs.par_chunks(per * 2 * n))
             .for_each(|(ys, hs)| {
-                simd(
-                    #[inline(always)]
-                    || {
-                        for (y, h) in ys.chunks_mut(n).zip(hs.chunks(2 * n)) {
-                            let (a, b) = h.split_at(n);
-                            for j in 0..n {
-                                y[j] = activation(gate, a[j]) * b[j];
-                            }
+                simd!({
+                    for (y, h) in ys.chunks_mut(n).zip(hs.chunks(2 * n)) {
+                        let (a, b) = h.split_at(n);
+                        for j in 0..n {
+                            y[j] = activation(gate, a[j]) * b[j];
                         }
-                    },
-                )
+                    }
+                },)
             });
         tensor(y, shape)
     }
@@ -586,24 +543,21 @@ impl FusedOps for Flex {
         dh.par_chunks_mut(per * 2 * n)
             .zip(hs.par_chunks(per * 2 * n).zip(gs.par_chunks(per * n)))
             .for_each(|(dhs, (hs, gs))| {
-                simd(
-                    #[inline(always)]
-                    || {
-                        for ((dh, h), g) in dhs
-                            .chunks_mut(2 * n)
-                            .zip(hs.chunks(2 * n))
-                            .zip(gs.chunks(n))
-                        {
-                            let (a, b) = h.split_at(n);
-                            let (da, db) = dh.split_at_mut(n);
-                            for j in 0..n {
-                                let (act, slope) = activation_and_slope(gate, a[j]);
-                                da[j] = g[j] * b[j] * slope;
-                                db[j] = g[j] * act;
-                            }
+                simd!({
+                    for ((dh, h), g) in dhs
+                        .chunks_mut(2 * n)
+                        .zip(hs.chunks(2 * n))
+                        .zip(gs.chunks(n))
+                    {
+                        let (a, b) = h.split_at(n);
+                        let (da, db) = dh.split_at_mut(n);
+                        for j in 0..n {
+                            let (act, slope) = activation_and_slope(gate, a[j]);
+                            da[j] = g[j] * b[j] * slope;
+                            db[j] = g[j] * act;
                         }
-                    },
-                )
+                    }
+                },)
             });
         tensor(dh, shape)
     }
@@ -623,10 +577,7 @@ impl FusedOps for Flex {
             .zip(xs.par_chunks(CHUNK))
             .enumerate()
             .for_each(|(c, (ys, xs))| {
-                simd(
-                    #[inline(always)]
-                    || dropout::apply(xs, ys, c * CHUNK, seed, drop_below, scale),
-                )
+                simd!(dropout::apply(xs, ys, c * CHUNK, seed, drop_below, scale),)
             });
         // SAFETY: the chunks cover 0..n and `apply` wrote every value of each.
         unsafe { y.set_len(n) };
@@ -645,14 +596,11 @@ fn map_pair(x: FlexTensor, f: impl Fn(f32) -> (f32, f32) + Sync) -> (FlexTensor,
         .zip(b.par_chunks_mut(CHUNK))
         .zip(xs.par_chunks(CHUNK))
         .for_each(|((a, b), xs)| {
-            simd(
-                #[inline(always)]
-                || {
-                    for ((a, b), &x) in a.iter_mut().zip(b.iter_mut()).zip(xs) {
-                        (*a, *b) = f(x);
-                    }
-                },
-            )
+            simd!({
+                for ((a, b), &x) in a.iter_mut().zip(b.iter_mut()).zip(xs) {
+                    (*a, *b) = f(x);
+                }
+            },)
         });
     (tensor(a, shape.clone()), tensor(b, shape))
 }

@@ -228,59 +228,55 @@ fn forward_blocks(
     let rows_per_block = if keep { t } else { query_rows };
     let scratch = if causal { BLOCK } else { rows_per_block }.clamp(1, t.max(1)) * t;
     let out = Shared(ctx.as_mut_ptr());
-    // The body is the closure `simd` is given, so it is compiled into each of simd's vector
-    // versions (a closure called from inside them stays a baseline SSE2 function).
+    // The body is inside `simd!`, so it is compiled into each vector version (a closure
+    // called from inside them would stay a baseline SSE2 function).
     let one = |task: usize, p: &mut [MaybeUninit<f32>]| {
-        simd(
-            #[inline(always)]
-            || {
-                let q = qkv[s.q_offset(task)..].as_ptr();
-                let (k_at, v_at) = s.kv_offsets(task);
-                let o = out;
-                for (r0, m, n) in query_blocks(t, causal, rows_per_block) {
-                    let rows = match keep {
-                        true => &mut p[r0 * t..(r0 + m) * t],
-                        false => &mut p[..m * t],
-                    };
-                    // SAFETY (both blocks): q, k and v are dh columns of T rows w apart inside qkv
-                    // (checked length); rows holds m×T; the context block is dh columns of T rows d
-                    // apart inside ctx, and belongs to this task alone. gemm writes the m×n scores
-                    // without reading them.
-                    unsafe {
-                        let (queries, keys) = (q.add(r0 * w), qkv.as_ptr().add(k_at));
-                        product(
-                            (m, n, dh),
-                            (rows.as_mut_ptr().cast(), t, false),
-                            queries,
-                            (w, 1),
-                            keys,
-                            (1, w),
-                        );
-                    }
-                    for (i, row) in rows.chunks_mut(t).enumerate() {
-                        let (scores, skipped) = row.split_at_mut(n);
-                        skipped.fill(MaybeUninit::new(0.0));
-                        // SAFETY: the product above wrote all n scores of the row.
-                        let scores =
-                            unsafe { &mut *(scores as *mut [MaybeUninit<f32>] as *mut [f32]) };
-                        bias.add(scores, &s, task, r0 + i, scale);
-                        softmax_row(scores, scale, if causal { r0 + i + 1 } else { t });
-                    }
-                    unsafe {
-                        let dst = o.0.add(s.ctx_offset(task) + r0 * d);
-                        let v = qkv.as_ptr().add(v_at);
-                        product(
-                            (m, dh, n),
-                            (dst, d, false),
-                            rows.as_ptr().cast(),
-                            (t, 1),
-                            v,
-                            (w, 1),
-                        );
-                    }
+        simd!({
+            let q = qkv[s.q_offset(task)..].as_ptr();
+            let (k_at, v_at) = s.kv_offsets(task);
+            let o = out;
+            for (r0, m, n) in query_blocks(t, causal, rows_per_block) {
+                let rows = match keep {
+                    true => &mut p[r0 * t..(r0 + m) * t],
+                    false => &mut p[..m * t],
+                };
+                // SAFETY (both blocks): q, k and v are dh columns of T rows w apart inside qkv
+                // (checked length); rows holds m×T; the context block is dh columns of T rows d
+                // apart inside ctx, and belongs to this task alone. gemm writes the m×n scores
+                // without reading them.
+                unsafe {
+                    let (queries, keys) = (q.add(r0 * w), qkv.as_ptr().add(k_at));
+                    product(
+                        (m, n, dh),
+                        (rows.as_mut_ptr().cast(), t, false),
+                        queries,
+                        (w, 1),
+                        keys,
+                        (1, w),
+                    );
                 }
-            },
-        )
+                for (i, row) in rows.chunks_mut(t).enumerate() {
+                    let (scores, skipped) = row.split_at_mut(n);
+                    skipped.fill(MaybeUninit::new(0.0));
+                    // SAFETY: the product above wrote all n scores of the row.
+                    let scores = unsafe { &mut *(scores as *mut [MaybeUninit<f32>] as *mut [f32]) };
+                    bias.add(scores, &s, task, r0 + i, scale);
+                    softmax_row(scores, scale, if causal { r0 + i + 1 } else { t });
+                }
+                unsafe {
+                    let dst = o.0.add(s.ctx_offset(task) + r0 * d);
+                    let v = qkv.as_ptr().add(v_at);
+                    product(
+                        (m, dh, n),
+                        (dst, d, false),
+                        rows.as_ptr().cast(),
+                        (t, 1),
+                        v,
+                        (w, 1),
+                    );
+                }
+            }
+        },)
     };
     if keep {
         probs.spare_capacity_mut()[..tasks * t * t]
@@ -323,67 +319,64 @@ pub(crate) fn backward(
     (0..s.b * s.kv_heads).into_par_iter().for_each_init(
         || vec![0.0f32; t * t],
         |ds, kv_task| {
-            simd(
-                #[inline(always)]
-                || {
-                    let o = out;
-                    let (seq, kv) = (kv_task / s.kv_heads, kv_task % s.kv_heads);
-                    for head in kv * group..(kv + 1) * group {
-                        let task = seq * s.n_head + head;
-                        let p = &probs[task * t * t..][..t * t];
-                        let (k_at, v_at) = s.kv_offsets(task);
-                        // SAFETY (all blocks): as in `forward`; this task's dq columns and its key/value
-                        // head's dk and dv columns are its own (one task per key/value head, its query
-                        // heads in turn). Keys and values 0..n get every block's share added (dqkv
-                        // starts at zero).
-                        let q = unsafe { qkv.as_ptr().add(s.q_offset(task)) };
-                        let dq = unsafe { o.0.add(s.q_offset(task)) };
-                        let (k, dk) = unsafe { (qkv.as_ptr().add(k_at), o.0.add(k_at)) };
-                        let (v, dv) = unsafe { (qkv.as_ptr().add(v_at), o.0.add(v_at)) };
-                        for (r0, m, n) in query_blocks(t, causal, t) {
-                            let (p, ds) = (&p[r0 * t..(r0 + m) * t], &mut ds[r0 * t..(r0 + m) * t]);
-                            let go = unsafe { g.as_ptr().add(s.ctx_offset(task) + r0 * d) };
-                            unsafe {
-                                product((n, dh, m), (dv, w, true), p.as_ptr(), (1, t), go, (d, 1)); // Pᵀ·dO
-                                product(
-                                    (m, n, dh),
-                                    (ds.as_mut_ptr(), t, false),
-                                    go,
-                                    (d, 1),
-                                    v,
-                                    (1, w),
-                                ); // dO·Vᵀ
-                            }
-                            for (dp, p) in ds.chunks_mut(t).zip(p.chunks(t)) {
-                                let (dp, p) = (&mut dp[..n], &p[..n]);
-                                let rowsum = dot(p, dp);
-                                for (dp, p) in dp.iter_mut().zip(p) {
-                                    *dp = scale * p * (*dp - rowsum);
-                                }
-                            }
-                            unsafe {
-                                let (queries, dqueries) = (q.add(r0 * w), dq.add(r0 * w));
-                                product(
-                                    (m, dh, n),
-                                    (dqueries, w, false),
-                                    ds.as_ptr(),
-                                    (t, 1),
-                                    k,
-                                    (w, 1),
-                                ); // dS·K
-                                product(
-                                    (n, dh, m),
-                                    (dk, w, true),
-                                    ds.as_ptr(),
-                                    (1, t),
-                                    queries,
-                                    (w, 1),
-                                ); // dSᵀ·Q
+            simd!({
+                let o = out;
+                let (seq, kv) = (kv_task / s.kv_heads, kv_task % s.kv_heads);
+                for head in kv * group..(kv + 1) * group {
+                    let task = seq * s.n_head + head;
+                    let p = &probs[task * t * t..][..t * t];
+                    let (k_at, v_at) = s.kv_offsets(task);
+                    // SAFETY (all blocks): as in `forward`; this task's dq columns and its key/value
+                    // head's dk and dv columns are its own (one task per key/value head, its query
+                    // heads in turn). Keys and values 0..n get every block's share added (dqkv
+                    // starts at zero).
+                    let q = unsafe { qkv.as_ptr().add(s.q_offset(task)) };
+                    let dq = unsafe { o.0.add(s.q_offset(task)) };
+                    let (k, dk) = unsafe { (qkv.as_ptr().add(k_at), o.0.add(k_at)) };
+                    let (v, dv) = unsafe { (qkv.as_ptr().add(v_at), o.0.add(v_at)) };
+                    for (r0, m, n) in query_blocks(t, causal, t) {
+                        let (p, ds) = (&p[r0 * t..(r0 + m) * t], &mut ds[r0 * t..(r0 + m) * t]);
+                        let go = unsafe { g.as_ptr().add(s.ctx_offset(task) + r0 * d) };
+                        unsafe {
+                            product((n, dh, m), (dv, w, true), p.as_ptr(), (1, t), go, (d, 1)); // Pᵀ·dO
+                            product(
+                                (m, n, dh),
+                                (ds.as_mut_ptr(), t, false),
+                                go,
+                                (d, 1),
+                                v,
+                                (1, w),
+                            ); // dO·Vᵀ
+                        }
+                        for (dp, p) in ds.chunks_mut(t).zip(p.chunks(t)) {
+                            let (dp, p) = (&mut dp[..n], &p[..n]);
+                            let rowsum = dot(p, dp);
+                            for (dp, p) in dp.iter_mut().zip(p) {
+                                *dp = scale * p * (*dp - rowsum);
                             }
                         }
+                        unsafe {
+                            let (queries, dqueries) = (q.add(r0 * w), dq.add(r0 * w));
+                            product(
+                                (m, dh, n),
+                                (dqueries, w, false),
+                                ds.as_ptr(),
+                                (t, 1),
+                                k,
+                                (w, 1),
+                            ); // dS·K
+                            product(
+                                (n, dh, m),
+                                (dk, w, true),
+                                ds.as_ptr(),
+                                (1, t),
+                                queries,
+                                (w, 1),
+                            ); // dSᵀ·Q
+                        }
                     }
-                },
-            )
+                }
+            },)
         },
     );
     dqkv

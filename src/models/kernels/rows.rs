@@ -1,16 +1,27 @@
 //! Row math the CPU kernels share: a vectorizable `exp`, sums in lanes, the softmax of one
-//! row of attention scores, and [`simd`], which runs a kernel's loop with the machine's vector
+//! row of attention scores, and [`simd!`], which runs a kernel's loop with the machine's vector
 //! instructions.
 
-/// Run `f` compiled for the widest vector instructions this CPU has (AVX-512 with the
-/// `avx512` feature, else AVX2 + FMA; the baseline SSE2 where neither is present), chosen at
-/// run time. The release binary targets baseline x86-64, so without it every kernel's loop is
-/// 4 lanes wide and a u32 product (dropout's hash) has no vector instruction at all. Callers
-/// pass `#[inline(always)] || { … }`: a closure is otherwise compiled once, as its own baseline
-/// function that each version calls (a profile showed attention's softmax in SSE2 registers),
-/// so the vector versions would run no vector code. Results are the same bits on
-/// every version: Rust never fuses a product and a sum on its own, and the sums run in
-/// [`LANES`] fixed partial sums whatever the vector width.
+/// `simd!(body)`: run `body` compiled for the widest vector instructions this CPU has
+/// (AVX-512 with the `avx512` feature, else AVX2 + FMA; the baseline SSE2 where neither is
+/// present), chosen at run time. The release binary targets baseline x86-64, so without it
+/// every kernel's loop is 4 lanes wide and a u32 product (dropout's hash) has no vector
+/// instruction at all. `body` becomes an `#[inline(always)]` closure: a plain closure is
+/// compiled once, as its own baseline function that each version calls, so the versions ran
+/// no vector code (a profile showed attention's softmax in SSE2 registers). Results are the
+/// same bits on every version: Rust never fuses a product and a sum on its own, and the sums
+/// run in [`LANES`] fixed partial sums whatever the vector width.
+macro_rules! simd {
+    ($body:expr $(,)?) => {
+        $crate::models::kernels::rows::multiversioned(
+            #[inline(always)]
+            || $body,
+        )
+    };
+}
+pub(crate) use simd;
+
+/// [`simd!`]'s versions: `f()` compiled once per target, picked at run time.
 #[cfg_attr(
     feature = "avx512",
     multiversion::multiversion(targets(
@@ -22,7 +33,7 @@
     not(feature = "avx512"),
     multiversion::multiversion(targets("x86_64+avx2+fma"))
 )]
-pub(crate) fn simd<R, F: FnOnce() -> R>(f: F) -> R {
+pub(crate) fn multiversioned<R, F: FnOnce() -> R>(f: F) -> R {
     f()
 }
 
